@@ -1,0 +1,3 @@
+from boostream.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""Server settings: one frozen record, filled from command-line options or BOOSTREAM_* variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import platformdirs
+
+ENV_PREFIX = "BOOSTREAM_"
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("boostream"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = dataclasses.field(default_factory=_default_data_dir)
+    # Concurrent trainings per device; jobs beyond these wait, in order, as `queued`.
+    cpu_jobs: int = 2
+    gpu_jobs: int = 1
+    # LightGBM threads per CPU job; 0 means the cores divided by cpu_jobs, so that
+    # concurrent jobs never oversubscribe the machine.
+    threads_per_job: int = 0
+    max_body_bytes: int = 2 * 1024**3
+    max_cells: int = 200_000_000
+    progress_interval_s: float = 0.1
+    heartbeat_s: float = 15.0
+    send_timeout_s: float = 30.0
+    log_level: str = "info"
+
+    @property
+    def lightgbm_threads(self) -> int:
+        if self.threads_per_job > 0:
+            return self.threads_per_job
+        return max(1, (os.cpu_count() or 1) // max(1, self.cpu_jobs))
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def from_environment(**overrides: object) -> Settings:
+    """Settings from BOOSTREAM_* variables, then `overrides` (options given on the command line)."""
+    values: dict[str, object] = {}
+    for field in dataclasses.fields(Settings):
+        raw = os.environ.get(env_name(field.name))
+        if raw is not None:
+            values[field.name] = _convert(field, raw)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "data_dir" in values:
+        values["data_dir"] = Path(str(values["data_dir"])).expanduser()
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def _convert(field: dataclasses.Field, raw: str) -> object:
+    kind = {"int": int, "float": float}.get(str(field.type))
+    try:
+        return kind(raw) if kind else raw
+    except ValueError:
+        raise SystemExit(f"{env_name(field.name)}={raw!r} is not a valid {field.type}") from None

@@ -1,0 +1,139 @@
+"""The one bridge from a training thread into the event loop.
+
+A trainer calls `report()` once per boosting round from its own thread. The bridge hands rounds to
+the loop with `loop.call_soon_threadsafe`, at most one wake-up in flight, and coalesces: while the
+loop is busy or a round is throttled, a newer round replaces the older one, so memory never grows
+with a slow consumer. The first round and the last round are always delivered; in between at most
+one round per `interval_s`. No iteration is delivered twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import threading
+import time
+from typing import Callable, Mapping, Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    iteration: int
+    total: int
+    elapsed_s: float
+    eta_s: Optional[float]
+    metrics: dict[str, Optional[float]]
+    # Wall-clock time at which the round finished, so clients can measure delivery latency.
+    ts: float
+
+    @property
+    def percent(self) -> float:
+        return round(100.0 * self.iteration / self.total, 2) if self.total else 100.0
+
+
+def finite_or_none(value: float) -> Optional[float]:
+    """Metrics can be NaN or infinite early in training; JSON has no such numbers. Trainers pass
+    every metric through this before reporting it."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+class ProgressBridge:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        deliver: Callable[[Progress], None],
+        total: int,
+        interval_s: float = 0.1,
+    ) -> None:
+        self.total = total
+        self._loop = loop
+        self._deliver = deliver
+        self._interval_s = interval_s
+        self._started = time.monotonic()
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        # Guarded by _lock: written by the training thread, taken by the loop.
+        self._first: Optional[Progress] = None
+        self._latest: Optional[Progress] = None
+        self._wakeup_pending = False
+        # Loop side only.
+        self._delivered = 0
+        self._next_allowed = 0.0
+        self._timer: Optional[asyncio.TimerHandle] = None
+
+    # Training thread side.
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def cancel(self) -> None:
+        """Ask the trainer to stop after the current round; safe from any thread."""
+        self._cancel.set()
+
+    def report(self, iteration: int, metrics: Mapping[str, Optional[float]]) -> None:
+        elapsed = time.monotonic() - self._started
+        remaining = max(self.total - iteration, 0)
+        progress = Progress(
+            iteration=iteration,
+            total=self.total,
+            elapsed_s=round(elapsed, 4),
+            eta_s=round(elapsed / iteration * remaining, 4) if iteration > 0 else None,
+            metrics=dict(metrics),
+            ts=time.time(),
+        )
+        with self._lock:
+            if self._latest is None:
+                self._first = progress
+            self._latest = progress
+            if self._wakeup_pending:
+                return
+            self._wakeup_pending = True
+        try:
+            self._loop.call_soon_threadsafe(self._flush)
+        except RuntimeError:
+            # The loop is closed: the server went away while this thread trained. Nobody is
+            # listening any more, and the trainer must still be able to finish.
+            pass
+
+    # Event loop side.
+
+    def finish(self) -> None:
+        """Deliver whatever is still pending, throttle or not; call once training has returned."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        with self._lock:
+            first, latest = self._first, self._latest
+            self._first = None
+            self._wakeup_pending = True  # no more wake-ups: training is over
+        for progress in (first, latest):
+            self._deliver_once(progress)
+
+    def _flush(self) -> None:
+        self._timer = None
+        while True:
+            with self._lock:
+                first, latest = self._first, self._latest
+                self._first = None
+            self._deliver_once(first)
+            if latest is not None and latest.iteration > self._delivered:
+                wait = self._next_allowed - time.monotonic()
+                if wait > 0 and latest.iteration < self.total:
+                    self._timer = self._loop.call_later(wait, self._flush)
+                    return  # the wake-up stays pending until the timer fires
+                self._deliver_once(latest)
+            with self._lock:
+                if self._latest is latest:
+                    self._wakeup_pending = False
+                    return
+            # A newer round arrived while we delivered; take it too, within the throttle.
+
+    def _deliver_once(self, progress: Optional[Progress]) -> None:
+        if progress is None or progress.iteration <= self._delivered:
+            return
+        self._delivered = progress.iteration
+        self._next_allowed = time.monotonic() + self._interval_s
+        self._deliver(progress)

@@ -1,0 +1,1 @@
+"""The Starlette application: routes, request decoding, jobs and their event streams."""

@@ -1,0 +1,314 @@
+"""From a request body to validated training arrays, off the event loop.
+
+JSON is the slow part of a training request: a 1M x 50 table is about 1 GB of text, and a generic
+parser builds 50 million Python floats before numpy sees one. Here msgspec checks the request's
+shape and skips over the big arrays without decoding them (`msgspec.Raw`); each array is then
+decoded by simdjson straight into a buffer of doubles. A parser keeps its buffers between requests,
+so parsers are pooled. Whatever the fast path cannot take as it is (missing values as `null`,
+string labels, or anything malformed) goes through an exact, slower path that names the position
+at fault.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import re
+from typing import Any, Mapping, Optional
+
+import msgspec
+import numpy as np
+import orjson
+import simdjson
+
+from boostream.streaming_server.errors import ApiError
+from boostream.trainers.base import OBJECTIVES, InvalidData, InvalidParameter, Trainer, TrainingData, validate_params
+
+VALID_SPLIT_SEED = 0
+DATA_FIELDS = frozenset({"X", "y", "X_valid", "y_valid", "era", "feature_names"})
+
+
+class TrainRequestBody(msgspec.Struct, forbid_unknown_fields=True):
+    X: msgspec.Raw
+    y: msgspec.Raw
+    model_type: str = "lightgbm"
+    objective: str = "regression"
+    # msgspec cannot make a Raw field Optional; an empty Raw marks an absent one.
+    X_valid: msgspec.Raw = msgspec.Raw()
+    y_valid: msgspec.Raw = msgspec.Raw()
+    valid_fraction: Optional[float] = None
+    feature_names: Optional[list[str]] = None
+    era: msgspec.Raw = msgspec.Raw()
+    params: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        for name in ("X_valid", "y_valid", "era"):
+            raw = getattr(self, name)
+            if len(raw) == 4 and bytes(raw) == b"null":
+                setattr(self, name, msgspec.Raw())
+
+
+@dataclasses.dataclass
+class TrainSpec:
+    """A validated training request: everything a job needs to run."""
+
+    trainer: Trainer
+    objective: str
+    params: dict[str, Any]
+    data: TrainingData
+
+
+class TooLarge(Exception):
+    pass
+
+
+_PARSERS: "queue.SimpleQueue[simdjson.Parser]" = queue.SimpleQueue()
+
+
+def decode_train_request(
+    body: bytes | bytearray, trainers: Mapping[str, Trainer], unavailable: Mapping[str, str], max_cells: int
+) -> TrainSpec:
+    """Decode and validate; raise ApiError (400, 413, 422, or 503 for a backend in `unavailable`,
+    which maps names to reasons) naming the field at fault."""
+    try:
+        request = msgspec.json.decode(body, type=TrainRequestBody)
+    except msgspec.ValidationError as error:
+        raise _shape_error(str(error)) from None
+    except msgspec.DecodeError as error:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
+    trainer = trainers.get(request.model_type)
+    if trainer is None:
+        raise ApiError(422, "invalid_parameter", f"unknown model_type {request.model_type!r}; choose one of {sorted(trainers)}", "model_type")
+    if request.model_type in unavailable:
+        reason = unavailable[request.model_type]
+        raise ApiError(503, "backend_unavailable", f"{request.model_type} cannot train on this server: {reason}", "model_type")
+    if request.objective not in OBJECTIVES:
+        raise ApiError(422, "invalid_parameter", f"unknown objective {request.objective!r}; choose one of {list(OBJECTIVES)}", "objective")
+    try:
+        params = validate_params(trainer.params, request.params)
+        data = _training_data(request, body, max_cells)
+        trainer.check(data, request.objective, params)
+    except InvalidParameter as error:
+        raise ApiError(422, "invalid_parameter", error.message, error.field) from None
+    except InvalidData as error:
+        raise ApiError(400, "invalid_data", error.message, error.field) from None
+    except TooLarge as error:
+        raise ApiError(413, "too_large", str(error)) from None
+    return TrainSpec(trainer, request.objective, params, data)
+
+
+def _shape_error(message: str) -> ApiError:
+    """msgspec says e.g. "Expected `str`, got `int` - at `$.objective`" or names a missing or unknown
+    field; turn that into the field and a status: data fields are 400, the rest 422."""
+    at = re.search(r"at `\$\.([A-Za-z_]\w*)", message) or re.search(r"field `([^`]+)`", message)
+    field = at.group(1) if at else None
+    if "unknown field" in message:
+        return ApiError(422, "invalid_parameter", f"unknown field {field!r}", field)
+    status = 400 if field in DATA_FIELDS else 422
+    return ApiError(status, "invalid_data" if status == 400 else "invalid_parameter", message, field)
+
+
+def _training_data(request: TrainRequestBody, body: bytes | bytearray, max_cells: int) -> TrainingData:
+    X = _matrix(request.X, "X", body, max_cells)
+    y = _labels(request.y, "y", body, request.objective)
+    _check_rows("y", y, X)
+    feature_names = _feature_names(request.feature_names, X.shape[1])
+    era = None
+    if request.era:
+        if request.model_type != "warpgbm":
+            raise InvalidParameter("era", "era splitting is a WarpGBM feature; use model_type 'warpgbm'")
+        era = _labels(request.era, "era", body, "multiclass")
+        _check_rows("era", era, X)
+        era = np.unique(era, return_inverse=True)[1].astype(np.int32)
+
+    X_valid = y_valid = None
+    if bool(request.X_valid) != bool(request.y_valid):
+        missing = "X_valid" if request.y_valid else "y_valid"
+        raise InvalidData(missing, "X_valid and y_valid must be sent together")
+    if request.X_valid:
+        if request.valid_fraction is not None:
+            raise InvalidParameter("valid_fraction", "send either valid_fraction or X_valid/y_valid, not both")
+        X_valid = _matrix(request.X_valid, "X_valid", body, max_cells)
+        if X_valid.shape[1] != X.shape[1]:
+            raise InvalidData("X_valid", f"rows have {X_valid.shape[1]} values, but X has {X.shape[1]} features")
+        y_valid = _labels(request.y_valid, "y_valid", body, request.objective)
+        _check_rows("y_valid", y_valid, X_valid)
+    elif request.valid_fraction is not None:
+        X, y, X_valid, y_valid, era = _split(X, y, era, request.valid_fraction)
+
+    data = TrainingData(X=X, y=y, feature_names=feature_names, X_valid=X_valid, y_valid=y_valid, era=era)
+    if request.objective != "regression":
+        _encode_classes(data, request.objective)
+    return data
+
+
+def _matrix(raw: msgspec.Raw, field: str, body: bytes | bytearray, max_cells: int) -> np.ndarray:
+    values = shape = None
+    parser, doc = _parse(raw)
+    if doc is not None:
+        shape = _table_shape(doc, field, max_cells)
+        values = _doubles(doc, shape[0] * shape[1], raw, body, opening_brackets=shape[0] + 1)
+        del doc  # simdjson reuses a parser only once no proxy into its document is alive
+        _PARSERS.put(parser)  # not after an error: the traceback may still hold such proxies
+    if values is None:
+        values = _exact_matrix(raw, field)
+    else:
+        values = values.reshape(shape)
+    if np.isinf(values).any():
+        row, col = np.argwhere(np.isinf(values))[0]
+        raise InvalidData(field, f"{field}[{row}][{col}] is out of the range of a double")
+    return values
+
+
+def _table_shape(doc: Any, field: str, max_cells: int) -> tuple[int, int]:
+    if not isinstance(doc, simdjson.Array):
+        raise InvalidData(field, "must be a list of rows, each a list of numbers")
+    rows = len(doc)
+    if rows == 0:
+        raise InvalidData(field, "is empty: send at least one row")
+    first = doc[0]
+    if not isinstance(first, simdjson.Array) or len(first) == 0:
+        raise InvalidData(field, f"{field}[0] must be a non-empty list of numbers")
+    cols = len(first)
+    del first
+    if rows * cols > max_cells:
+        raise TooLarge(f"{field} has {rows} x {cols} = {rows * cols} values, more than the limit of {max_cells}")
+    return rows, cols
+
+
+def _doubles(doc: Any, expected: int, raw: msgspec.Raw, body: bytes | bytearray, opening_brackets: int) -> Optional[np.ndarray]:
+    """The array flattened to doubles, or None where only the exact path can say what it holds.
+    simdjson flattens nested lists silently, so the count of values and of '[' must both match."""
+    try:
+        values = np.frombuffer(doc.as_buffer(of_type="d"), dtype=np.float64)
+    except (TypeError, ValueError):
+        return None  # null, a string, a bool, or a number beyond a double
+    if len(values) != expected or _count_in(body, raw, b"[") != opening_brackets:
+        return None
+    if opening_brackets > 1:
+        width = expected // (opening_brackets - 1)
+        try:
+            if any(len(row) != width for row in doc):
+                return None
+        except TypeError:  # a row that is not a list
+            return None
+    return values
+
+
+def _count_in(body: bytes | bytearray, raw: msgspec.Raw, byte: bytes) -> int:
+    """Occurrences of `byte` in the part of `body` that `raw` spans, without copying it."""
+    start = np.frombuffer(raw, np.uint8).ctypes.data - np.frombuffer(body, np.uint8).ctypes.data
+    return body.count(byte, start, start + len(raw))
+
+
+def _exact_matrix(raw: msgspec.Raw, field: str) -> np.ndarray:
+    rows = _exact_json(raw, field)
+    if not isinstance(rows, list) or not rows:
+        raise InvalidData(field, "must be a non-empty list of rows, each a list of numbers")
+    width = len(rows[0]) if isinstance(rows[0], list) else 0
+    for i, row in enumerate(rows):
+        if not isinstance(row, list):
+            raise InvalidData(field, f"{field}[{i}] must be a list of numbers, got {_describe(row)}")
+        if len(row) != width:
+            raise InvalidData(field, f"{field}[{i}] has {len(row)} values, but {field}[0] has {width}: rows must all be the same length")
+        for j, value in enumerate(row):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise InvalidData(field, f"{field}[{i}][{j}] is {_describe(value)}, not a number (null marks a missing value)")
+    return np.array(rows, dtype=np.float64)  # None becomes NaN: LightGBM's missing value
+
+
+def _labels(raw: msgspec.Raw, field: str, body: bytes | bytearray, objective: str) -> np.ndarray:
+    """A 1-D array: numbers, or (for classifiers and eras) strings too."""
+    values = None
+    parser, doc = _parse(raw)
+    if doc is not None:
+        count = len(doc) if isinstance(doc, simdjson.Array) else -1
+        values = _doubles(doc, count, raw, body, opening_brackets=1) if count > 0 else None
+        del doc  # simdjson reuses a parser only once no proxy into its document is alive
+        _PARSERS.put(parser)  # not after an error: the traceback may still hold such proxies
+    if values is not None:
+        if np.isinf(values).any():
+            raise InvalidData(field, f"{field}[{int(np.flatnonzero(np.isinf(values))[0])}] is out of the range of a double")
+        return values
+    items = _exact_json(raw, field)
+    if not isinstance(items, list) or not items:
+        raise InvalidData(field, "must be a non-empty list")
+    numeric = objective == "regression" or not isinstance(items[0], str)
+    for i, value in enumerate(items):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) if numeric else isinstance(value, str)
+        if not ok:
+            expected = "a number" if numeric else "a string like the first value"
+            raise InvalidData(field, f"{field}[{i}] is {_describe(value)}, not {expected}")
+    return np.array(items, dtype=np.float64 if numeric else str)
+
+
+def _exact_json(raw: msgspec.Raw, field: str) -> Any:
+    try:
+        return orjson.loads(bytes(raw))
+    except orjson.JSONDecodeError as error:
+        raise InvalidData(field, f"cannot be read: {error}") from None
+
+
+def _describe(value: Any) -> str:
+    return "null" if value is None else repr(value) if not isinstance(value, (list, dict)) else type(value).__name__
+
+
+def _check_rows(field: str, values: np.ndarray, X: np.ndarray) -> None:
+    if len(values) != len(X):
+        x_field = "X_valid" if field == "y_valid" else "X"
+        raise InvalidData(field, f"has {len(values)} values, but {x_field} has {len(X)} rows")
+
+
+def _feature_names(names: Optional[list[str]], width: int) -> list[str]:
+    if names is None:
+        return [f"f{i}" for i in range(width)]
+    if len(names) != width:
+        raise InvalidData("feature_names", f"has {len(names)} names, but X has {width} features")
+    if len(set(names)) != len(names):
+        raise InvalidData("feature_names", "names must be unique")
+    return list(names)
+
+
+def _split(X: np.ndarray, y: np.ndarray, era: Optional[np.ndarray], fraction: float):
+    if not 0.0 < fraction <= 0.5:
+        raise InvalidParameter("valid_fraction", f"must be greater than 0 and at most 0.5, got {fraction}")
+    n_valid = int(round(len(X) * fraction))
+    if n_valid < 1 or n_valid >= len(X):
+        raise InvalidData("X", f"{len(X)} rows are too few to split off valid_fraction={fraction}")
+    order = np.random.default_rng(VALID_SPLIT_SEED).permutation(len(X))
+    valid, train = np.sort(order[:n_valid]), np.sort(order[n_valid:])
+    return X[train], y[train], X[valid], y[valid], None if era is None else era[train]
+
+
+def _encode_classes(data: TrainingData, objective: str) -> None:
+    classes, data.y = np.unique(data.y, return_inverse=True)
+    if len(classes) < 2:
+        raise InvalidData("y", f"has a single class ({_label(classes[0])!r}); a classifier needs at least two")
+    if objective == "binary" and len(classes) != 2:
+        raise InvalidData("y", f"has {len(classes)} classes; the binary objective needs exactly two (use multiclass)")
+    data.y = data.y.astype(np.int32)
+    data.classes = [_label(c) for c in classes]
+    if data.y_valid is not None:
+        unseen = np.setdiff1d(data.y_valid, classes)
+        if len(unseen):
+            raise InvalidData("y_valid", f"has the class {_label(unseen[0])!r}, which y does not have")
+        data.y_valid = np.searchsorted(classes, data.y_valid).astype(np.int32)
+
+
+def _label(value: Any) -> Any:
+    """A class label as JSON will show it: 1 rather than 1.0, plain str rather than numpy's."""
+    value = value.item() if isinstance(value, np.generic) else value
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _parse(raw: msgspec.Raw) -> tuple[simdjson.Parser, Any]:
+    """A pooled parser and the parsed document, or None for a document simdjson refuses
+    (a number beyond a double, say), which the exact path then reads and explains."""
+    try:
+        parser = _PARSERS.get_nowait()
+    except queue.Empty:
+        parser = simdjson.Parser()
+    try:
+        return parser, parser.parse(memoryview(raw))
+    except ValueError:
+        return parser, None

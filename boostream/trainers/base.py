@@ -1,0 +1,193 @@
+"""What every trainer is: arrays and validated parameters in, a fitted model out, rounds reported.
+
+Trainers know nothing about HTTP. A trainer declares its hyperparameters as `ParamSpec`s (the same
+records produce the validation and the JSON Schema of `GET /models`), says whether it can run on
+this machine, and fits on a `TrainingData` while reporting each round to a `Reporter`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Optional, Protocol, Sequence
+
+import numpy as np
+
+OBJECTIVES = ("regression", "binary", "multiclass")
+
+
+class FieldError(ValueError):
+    """An error that names the request field at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class InvalidParameter(FieldError):
+    """A hyperparameter that is unknown, of the wrong type or out of bounds (HTTP 422)."""
+
+
+class InvalidData(FieldError):
+    """Arrays that no model can be trained on: the data is at fault, not the parameters (HTTP 400)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    kind: type  # int, float or bool
+    default: Any
+    description: str
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    exclusive_minimum: bool = False
+    multiple_of: Optional[int] = None
+
+    def validate(self, value: Any) -> Any:
+        field = f"params.{self.name}"
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise InvalidParameter(field, f"must be true or false, got {value!r}")
+            return value
+        # bool is a subclass of int in Python; in JSON it is not a number.
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidParameter(field, f"must be a number, got {value!r}")
+        if self.kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise InvalidParameter(field, f"must be an integer, got {value!r}")
+            value = int(value)  # a plain int: WarpGBM rejects numpy integers
+        else:
+            value = float(value)
+            if not math.isfinite(value):
+                raise InvalidParameter(field, f"must be finite, got {value!r}")
+        if self.minimum is not None:
+            if self.exclusive_minimum and value <= self.minimum:
+                raise InvalidParameter(field, f"must be greater than {self.minimum}, got {value!r}")
+            if value < self.minimum:
+                raise InvalidParameter(field, f"must be at least {self.minimum}, got {value!r}")
+        if self.maximum is not None and value > self.maximum:
+            raise InvalidParameter(field, f"must be at most {self.maximum}, got {value!r}")
+        if self.multiple_of and value % self.multiple_of:
+            raise InvalidParameter(field, f"must be a multiple of {self.multiple_of}, got {value!r}")
+        return value
+
+    def json_schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {
+            "type": {bool: "boolean", int: "integer", float: "number"}[self.kind],
+            "default": self.default,
+            "description": self.description,
+        }
+        if self.minimum is not None:
+            schema["exclusiveMinimum" if self.exclusive_minimum else "minimum"] = self.minimum
+        if self.maximum is not None:
+            schema["maximum"] = self.maximum
+        if self.multiple_of:
+            schema["multipleOf"] = self.multiple_of
+        return schema
+
+
+def validate_params(specs: Sequence[ParamSpec], given: Mapping[str, Any]) -> dict[str, Any]:
+    """Every parameter with its default filled in; an unknown name is an error, never ignored."""
+    by_name = {spec.name: spec for spec in specs}
+    for name in given:
+        if name not in by_name:
+            known = ", ".join(sorted(by_name))
+            raise InvalidParameter(f"params.{name}", f"unknown parameter; known: {known}")
+    return {spec.name: spec.validate(given[spec.name]) if spec.name in given else spec.default for spec in specs}
+
+
+def params_schema(specs: Sequence[ParamSpec]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {spec.name: spec.json_schema() for spec in specs},
+    }
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """Validated arrays. For classifiers `y` holds class indices 0..K-1 and `classes` the labels."""
+
+    X: np.ndarray
+    y: np.ndarray
+    feature_names: list[str]
+    X_valid: Optional[np.ndarray] = None
+    y_valid: Optional[np.ndarray] = None
+    classes: Optional[list[Any]] = None
+    era: Optional[np.ndarray] = None
+
+    @property
+    def has_validation(self) -> bool:
+        return self.X_valid is not None
+
+
+@dataclasses.dataclass
+class FitResult:
+    model: Any  # what the artifact holds: picklable, and it predicts on a CPU machine
+    iterations: int
+    best_iteration: int
+    metrics: dict[str, Optional[float]]
+    cancelled: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Availability:
+    available: bool
+    reason: Optional[str] = None
+    device_name: Optional[str] = None
+
+
+class Reporter(Protocol):
+    @property
+    def cancelled(self) -> bool: ...
+
+    def report(self, iteration: int, metrics: Mapping[str, Optional[float]]) -> None: ...
+
+
+class Trainer(Protocol):
+    name: str
+    device: str  # "cpu" or "gpu": which concurrency limit the job counts against
+    params: Sequence[ParamSpec]
+
+    def availability(self) -> Availability: ...
+
+    def check(self, data: TrainingData, objective: str, params: Mapping[str, Any]) -> None:
+        """Raise InvalidParameter for combinations that the bounds alone cannot express."""
+
+    def fit(self, data: TrainingData, objective: str, params: Mapping[str, Any], reporter: Reporter) -> FitResult: ...
+
+
+def check_early_stopping(data: TrainingData, params: Mapping[str, Any]) -> None:
+    if params["early_stopping_rounds"] and not data.has_validation:
+        raise InvalidParameter(
+            "params.early_stopping_rounds",
+            "needs validation data: send X_valid and y_valid, or valid_fraction",
+        )
+
+
+class RoundHistory:
+    """Per-round metrics, with the best round on the first validation metric (lower is better)."""
+
+    def __init__(self, valid_metric: Optional[str], patience: int) -> None:
+        self.valid_metric = valid_metric
+        self.patience = patience
+        self.rounds: list[dict[str, Optional[float]]] = []
+        self.best_iteration = 0
+        self._best_value = math.inf
+
+    def add(self, metrics: dict[str, Optional[float]]) -> None:
+        self.rounds.append(metrics)
+        value = metrics.get(self.valid_metric) if self.valid_metric else None
+        if value is not None and value < self._best_value:
+            self._best_value = value
+            self.best_iteration = len(self.rounds)
+
+    @property
+    def should_stop(self) -> bool:
+        return bool(self.patience) and bool(self.best_iteration) and len(self.rounds) - self.best_iteration >= self.patience
+
+    def final(self, early_stopped: bool) -> tuple[int, dict[str, Optional[float]]]:
+        """The iteration the model predicts with, and that round's metrics."""
+        best = self.best_iteration if early_stopped and self.best_iteration else len(self.rounds)
+        return best, (self.rounds[best - 1] if best else {})

@@ -1,0 +1,113 @@
+"""LightGBM on the CPU: `lightgbm.train` with one after-iteration callback that reports each round,
+stops early on the validation metric and stops when the job is cancelled."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import lightgbm
+
+from boostream.progress import finite_or_none
+from boostream.trainers.base import (
+    Availability,
+    FitResult,
+    InvalidParameter,
+    ParamSpec,
+    Reporter,
+    RoundHistory,
+    TrainingData,
+    check_early_stopping,
+)
+
+_OBJECTIVE_METRIC = {"regression": "l2", "binary": "binary_logloss", "multiclass": "multi_logloss"}
+
+
+class LightGBMTrainer:
+    name = "lightgbm"
+    device = "cpu"
+    params = (
+        ParamSpec("n_estimators", int, 100, "Boosting rounds.", minimum=1, maximum=100_000),
+        ParamSpec("learning_rate", float, 0.1, "Shrinkage per round.", minimum=0.0, maximum=1.0, exclusive_minimum=True),
+        ParamSpec("num_leaves", int, 31, "Maximum leaves per tree.", minimum=2, maximum=131_072),
+        ParamSpec("max_depth", int, -1, "Maximum tree depth; -1 for no limit.", minimum=-1, maximum=255),
+        ParamSpec("min_data_in_leaf", int, 20, "Minimum rows in a leaf.", minimum=1, maximum=10**9),
+        ParamSpec("min_sum_hessian_in_leaf", float, 1e-3, "Minimum hessian sum in a leaf.", minimum=0.0),
+        ParamSpec("feature_fraction", float, 1.0, "Share of features tried per tree.", minimum=0.0, maximum=1.0, exclusive_minimum=True),
+        ParamSpec("bagging_fraction", float, 1.0, "Share of rows sampled per bagging round (needs bagging_freq > 0).", minimum=0.0, maximum=1.0, exclusive_minimum=True),
+        ParamSpec("bagging_freq", int, 0, "Resample rows every k rounds; 0 disables bagging.", minimum=0, maximum=100_000),
+        ParamSpec("lambda_l1", float, 0.0, "L1 regularisation.", minimum=0.0),
+        ParamSpec("lambda_l2", float, 0.0, "L2 regularisation.", minimum=0.0),
+        ParamSpec("min_gain_to_split", float, 0.0, "Minimum gain to make a split.", minimum=0.0),
+        ParamSpec("max_bin", int, 255, "Maximum histogram bins per feature.", minimum=2, maximum=65_535),
+        ParamSpec("early_stopping_rounds", int, 0, "Stop when the validation metric has not improved for this many rounds; 0 disables.", minimum=0, maximum=100_000),
+        ParamSpec("seed", int, 0, "Random seed.", minimum=0, maximum=2**31 - 1),
+    )
+
+    def __init__(self, num_threads: int) -> None:
+        self.num_threads = num_threads
+
+    def availability(self) -> Availability:
+        return Availability(True, device_name="cpu")
+
+    def check(self, data: TrainingData, objective: str, params: Mapping[str, Any]) -> None:
+        check_early_stopping(data, params)
+        if params["bagging_fraction"] < 1.0 and params["bagging_freq"] == 0:
+            raise InvalidParameter(
+                "params.bagging_fraction", "has no effect while bagging_freq is 0; set bagging_freq too"
+            )
+
+    def fit(self, data: TrainingData, objective: str, params: Mapping[str, Any], reporter: Reporter) -> FitResult:
+        booster_params = {k: v for k, v in params.items() if k not in ("n_estimators", "early_stopping_rounds")}
+        booster_params.update(
+            objective=objective,
+            metric=_OBJECTIVE_METRIC[objective],
+            num_threads=self.num_threads,
+            verbose=-1,
+        )
+        if objective == "multiclass":
+            booster_params["num_class"] = len(data.classes or ())
+        dataset_params = {"max_bin": params["max_bin"], "verbose": -1, "num_threads": self.num_threads}
+        train_set = lightgbm.Dataset(data.X, data.y, feature_name=data.feature_names, params=dataset_params)
+        valid_sets, valid_names = [train_set], ["train"]
+        if data.has_validation:
+            valid_sets.append(lightgbm.Dataset(data.X_valid, data.y_valid, reference=train_set))
+            valid_names.append("valid")
+        history = RoundHistory(
+            f"valid_{_OBJECTIVE_METRIC[objective]}" if data.has_validation else None,
+            params["early_stopping_rounds"],
+        )
+        stop = _StopState()
+        booster = lightgbm.train(
+            booster_params,
+            train_set,
+            num_boost_round=params["n_estimators"],
+            valid_sets=valid_sets,
+            valid_names=valid_names,
+            callbacks=[_report_rounds(reporter, history, stop)],
+        )
+        best_iteration, metrics = history.final(early_stopped=stop.early_stopped)
+        booster.best_iteration = best_iteration
+        return FitResult(booster, len(history.rounds), best_iteration, metrics, cancelled=stop.cancelled)
+
+
+class _StopState:
+    cancelled = False
+    early_stopped = False
+
+
+def _report_rounds(reporter: Reporter, history: RoundHistory, stop: _StopState):
+    def callback(env: lightgbm.callback.CallbackEnv) -> None:
+        metrics = {f"{entry[0]}_{entry[1]}": finite_or_none(entry[2]) for entry in env.evaluation_result_list}
+        history.add(metrics)
+        reporter.report(env.iteration + 1, metrics)
+        if reporter.cancelled:
+            stop.cancelled = True
+        elif history.should_stop:
+            stop.early_stopped = True
+        else:
+            return
+        # The documented way to end lightgbm.train early and still get a usable booster.
+        raise lightgbm.callback.EarlyStopException(env.iteration, env.evaluation_result_list)
+
+    callback.order = 30  # after LightGBM has evaluated the round
+    return callback
