@@ -167,8 +167,10 @@ def _table_shape(doc: Any, field: str, max_cells: int) -> tuple[int, int]:
     if rows == 0:
         raise InvalidData(field, "is empty: send at least one row")
     first = doc[0]
-    if not isinstance(first, simdjson.Array) or len(first) == 0:
-        raise InvalidData(field, f"{field}[0] must be a non-empty list of numbers")
+    if not isinstance(first, simdjson.Array):
+        raise InvalidData(field, f"must be a list of rows, each a list of numbers; {field}[0] is not a list")
+    if len(first) == 0:
+        raise InvalidData(field, f"{field}[0] is an empty row: rows need at least one value")
     cols = len(first)
     del first
     if rows * cols > max_cells:

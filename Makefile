@@ -1,0 +1,23 @@
+# The two commands a newcomer needs: `make serve` and `make test`. Both set up .venv first.
+VENV ?= .venv
+PYTHON ?= python3
+BIN = $(VENV)/bin
+
+.PHONY: serve test bench
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+serve: $(BIN)/.installed
+	$(BIN)/boostream serve
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest
+
+bench: $(BIN)/.installed
+	$(BIN)/python bench/e2e_overhead.py
+	$(BIN)/python bench/progress_latency.py
+	$(BIN)/python bench/health_under_load.py

@@ -1,0 +1,113 @@
+"""The bridge from a training thread into the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from boostream.progress import ProgressBridge
+
+
+def run_training(rounds: int, total: int, interval_s: float, deliver_delay_s: float = 0.0, round_s: float = 0.0):
+    """Report `rounds` rounds from a real thread into a real loop; return what was delivered."""
+    delivered = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        def deliver(progress):
+            delivered.append((time.monotonic(), progress))
+            time.sleep(deliver_delay_s)  # a slow consumer holds the loop
+
+        bridge = ProgressBridge(loop, deliver, total, interval_s)
+
+        def train():
+            for i in range(1, rounds + 1):
+                bridge.report(i, {"train_l2": 1.0 / i})
+                time.sleep(round_s)
+
+        await loop.run_in_executor(None, train)
+        bridge.finish()
+
+    asyncio.run(main())
+    return delivered
+
+
+def test_first_and_last_rounds_are_delivered_and_the_rest_throttled():
+    delivered = run_training(rounds=2000, total=2000, interval_s=0.05, round_s=0.0002)
+    iterations = [p.iteration for _, p in delivered]
+    assert iterations[0] == 1
+    assert iterations[-1] == 2000
+    assert iterations == sorted(set(iterations)), "strictly increasing, never the same round twice"
+    assert len(iterations) < 2000 / 10
+    times = [t for t, _ in delivered]
+    gaps = [b - a for a, b in zip(times[1:-2], times[2:-1])]  # between first and final, the throttle holds
+    assert all(gap >= 0.045 for gap in gaps), gaps
+
+
+def test_a_slow_consumer_gets_the_latest_round_not_a_backlog():
+    delivered = run_training(rounds=20000, total=20000, interval_s=0.0, deliver_delay_s=0.01)
+    iterations = [p.iteration for _, p in delivered]
+    assert iterations[0] == 1 and iterations[-1] == 20000
+    # 20000 rounds took far less than 20000 deliveries of 10 ms each: rounds were coalesced.
+    assert len(iterations) < 2000
+
+
+def test_an_early_stop_still_delivers_its_last_round():
+    delivered = run_training(rounds=37, total=500, interval_s=10.0)
+    assert [p.iteration for _, p in delivered] == [1, 37]
+    last = delivered[-1][1]
+    assert last.total == 500 and last.percent == 7.4 and last.metrics == {"train_l2": 1.0 / 37}
+
+
+def test_progress_carries_elapsed_and_eta():
+    delivered = run_training(rounds=10, total=10, interval_s=0.0, round_s=0.01)
+    middle = [p for _, p in delivered if p.iteration == 5]
+    if middle:  # coalescing may skip round 5 on a busy machine
+        assert middle[0].elapsed_s > 0 and middle[0].eta_s > 0
+    final = delivered[-1][1]
+    assert final.eta_s == 0 and final.percent == 100.0 and final.ts <= time.time()
+
+
+def test_cancel_is_seen_by_the_training_thread():
+    seen = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        bridge = ProgressBridge(loop, lambda p: None, total=1000)
+
+        def train():
+            for i in range(1, 1001):
+                bridge.report(i, {})
+                if bridge.cancelled:
+                    seen.append(i)
+                    return
+                time.sleep(0.001)
+
+        future = loop.run_in_executor(None, train)
+        await asyncio.sleep(0.05)
+        bridge.cancel()
+        await future
+
+    asyncio.run(main())
+    assert seen and seen[0] < 1000
+
+
+def test_reporting_after_the_loop_closed_does_not_raise():
+    loop = asyncio.new_event_loop()
+    bridge = ProgressBridge(loop, lambda p: None, total=3)
+    loop.close()
+    errors = []
+
+    def train():
+        try:
+            for i in range(1, 4):
+                bridge.report(i, {})
+        except Exception as error:  # pragma: no cover - the failure this test looks for
+            errors.append(error)
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    thread.join()
+    assert errors == []

@@ -1,0 +1,199 @@
+"""POST /train/stream on LightGBM, read as a client reads it."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import threading
+import time
+
+import joblib
+import lightgbm
+import numpy as np
+import pytest
+
+from conftest import Server, SseEvent, parse_sse
+
+
+def check_stream(events: list[SseEvent], n_estimators: int) -> SseEvent:
+    """What every successful stream looks like; returns its `complete` event."""
+    kinds = [e.event for e in events]
+    assert kinds[0] == "started" and kinds[-1] == "complete", kinds
+    assert set(kinds[1:-1]) == {"progress"}, kinds
+    assert [e.id for e in events] == list(range(1, len(events) + 1))
+    assert events[0].retry == 2000
+    job_id = events[0].data["job_id"]
+    assert all(e.data["job_id"] == job_id for e in events)
+    started, complete = events[0].data, events[-1]
+    assert started["n_estimators"] == n_estimators
+
+    iterations = [e.data["iteration"] for e in events[1:-1]]
+    assert iterations[0] == 1
+    assert all(a < b for a, b in zip(iterations, iterations[1:])), "strictly increasing"
+    assert iterations[-1] == complete.data["iterations"]
+    for e in events[1:-1]:
+        assert e.data["total"] == n_estimators
+        assert e.data["percent"] == pytest.approx(100 * e.data["iteration"] / n_estimators, abs=0.01)
+        assert e.data["elapsed_s"] >= 0 and e.data["eta_s"] >= 0
+        assert e.data["metrics"] and all(isinstance(v, float) for v in e.data["metrics"].values())
+    return complete
+
+
+def load_artifact(complete: SseEvent):
+    data = complete.data
+    blob = base64.b64decode(data["artifact"])
+    assert len(blob) == data["size_bytes"]
+    assert hashlib.sha256(blob).hexdigest() == data["sha256"]
+    assert data["format"] == "joblib"
+    return joblib.load(io.BytesIO(blob))
+
+
+def split(X, y, n_valid):
+    order = np.random.default_rng(1).permutation(len(X))
+    return X[order[n_valid:]], y[order[n_valid:]], X[order[:n_valid]], y[order[:n_valid]]
+
+
+def test_regression_with_validation_data(server: Server, diabetes):
+    X, y, Xv, yv = split(*diabetes, 100)
+    events = server.train({"X": X.tolist(), "y": y.tolist(), "X_valid": Xv.tolist(), "y_valid": yv.tolist(),
+                           "params": {"n_estimators": 60, "learning_rate": 0.05}})
+    complete = check_stream(events, 60)
+    assert set(events[1].data["metrics"]) == {"train_l2", "valid_l2"}
+    booster = load_artifact(complete)
+    assert isinstance(booster, lightgbm.Booster)
+    predictions = booster.predict(Xv)
+    # The metrics reported are the model's own: recompute them from the artifact.
+    assert complete.data["metrics"]["valid_l2"] == pytest.approx(np.mean((predictions - yv) ** 2), rel=1e-6)
+    assert 1 - np.mean((predictions - yv) ** 2) / np.var(yv) > 0.3  # R^2 on held-out rows
+    assert complete.data["iterations"] == complete.data["best_iteration"] == 60
+    assert complete.data["training_time_s"] > 0
+    assert set(complete.data["timings"]) >= {"decode_s", "queued_s", "fit_s", "artifact_s"}
+    assert (server.data_dir / "artifacts" / f"{complete.data['artifact_id']}.joblib").read_bytes() == base64.b64decode(complete.data["artifact"])
+
+
+def test_regression_without_validation_reports_training_metrics(server: Server, diabetes):
+    X, y = diabetes
+    complete = check_stream(server.train({"X": X.tolist(), "y": y.tolist(), "params": {"n_estimators": 30}}), 30)
+    assert set(complete.data["metrics"]) == {"train_l2"}
+    predictions = load_artifact(complete).predict(X)
+    assert complete.data["metrics"]["train_l2"] == pytest.approx(np.mean((predictions - y) ** 2), rel=1e-6)
+
+
+def test_binary_with_valid_fraction(server: Server, breast_cancer):
+    X, y = breast_cancer
+    events = server.train({"objective": "binary", "X": X.tolist(), "y": y.tolist(), "valid_fraction": 0.25,
+                           "feature_names": [f"col{i}" for i in range(X.shape[1])], "params": {"n_estimators": 50}})
+    complete = check_stream(events, 50)
+    assert events[0].data["n_valid_rows"] == 142 and events[0].data["n_rows"] == 427
+    assert set(complete.data["metrics"]) == {"train_binary_logloss", "valid_binary_logloss"}
+    assert complete.data["classes"] == [0, 1]
+    booster = load_artifact(complete)
+    assert booster.feature_name() == [f"col{i}" for i in range(X.shape[1])]
+    accuracy = np.mean((booster.predict(X) > 0.5) == y)
+    assert accuracy > 0.95
+
+
+def test_multiclass_with_string_labels(server: Server, iris):
+    X, y, Xv, yv = split(*iris, 30)
+    complete = check_stream(server.train({"objective": "multiclass", "X": X.tolist(), "y": y.tolist(),
+                                          "X_valid": Xv.tolist(), "y_valid": yv.tolist(), "params": {"n_estimators": 40}}), 40)
+    assert complete.data["classes"] == ["setosa", "versicolor", "virginica"]
+    assert set(complete.data["metrics"]) == {"train_multi_logloss", "valid_multi_logloss"}
+    probabilities = load_artifact(complete).predict(Xv)
+    assert probabilities.shape == (30, 3)
+    labels = np.array(complete.data["classes"])[probabilities.argmax(axis=1)]
+    assert np.mean(labels == yv) > 0.85
+
+
+@pytest.mark.parametrize("objective", ["regression", "binary", "multiclass"])
+def test_early_stopping_ends_training_and_keeps_the_best_round(server: Server, objective, diabetes, breast_cancer, iris):
+    X, y = {"regression": diabetes, "binary": breast_cancer, "multiclass": iris}[objective]
+    events = server.train({"objective": objective, "X": X.tolist(), "y": y.tolist(), "valid_fraction": 0.3,
+                           "params": {"n_estimators": 2000, "learning_rate": 0.3, "early_stopping_rounds": 5}})
+    complete = check_stream(events, 2000)
+    iterations, best = complete.data["iterations"], complete.data["best_iteration"]
+    assert iterations < 2000
+    assert best == iterations - 5
+    booster = load_artifact(complete)
+    assert booster.best_iteration == best
+    # The final metrics are those of the best round, which the stream reported (unless throttled away).
+    reported = {e.data["iteration"]: e.data["metrics"] for e in events if e.event == "progress"}
+    if best in reported:
+        assert complete.data["metrics"] == reported[best]
+
+
+def test_nan_free_json_even_when_a_metric_is_not_finite(server: Server):
+    # A constant target gives LightGBM nothing to split; metrics stay finite or come as null.
+    X = [[float(i), float(i % 3)] for i in range(50)]
+    events = server.train({"X": X, "y": [1.0] * 50, "params": {"n_estimators": 5}})
+    assert events[-1].event == "complete"
+
+
+def test_many_rounds_are_throttled_to_about_ten_events_a_second(server: Server, diabetes):
+    X, y = diabetes
+    started = time.monotonic()
+    events = server.train({"X": X.tolist(), "y": y.tolist(), "params": {"n_estimators": 3000, "num_leaves": 4}})
+    elapsed = time.monotonic() - started
+    complete = check_stream(events, 3000)
+    progress = [e for e in events if e.event == "progress"]
+    assert complete.data["iterations"] == 3000
+    assert len(progress) <= elapsed * 10 + 3
+
+
+def test_two_jobs_train_at_once_and_both_complete(server: Server, diabetes):
+    X, y = diabetes
+    results = []
+
+    def train():
+        results.append(server.train({"X": X.tolist(), "y": y.tolist(), "params": {"n_estimators": 400}}))
+
+    threads = [threading.Thread(target=train) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r[-1].event for r in results] == ["complete", "complete"]
+    assert results[0][0].data["job_id"] != results[1][0].data["job_id"]
+
+
+def open_stream_and_leave(server: Server, body: dict, progress_events: int, **params: str) -> str:
+    """Start a stream, read a few progress events, then drop the connection; return the job id."""
+    with server.client() as client:
+        with client.stream("POST", "/train/stream", json=body, params=params) as response:
+            assert response.status_code == 200
+            seen = []
+            for event in parse_sse(response.iter_lines()):
+                seen.append(event)
+                if sum(e.event == "progress" for e in seen) >= progress_events:
+                    break
+    return seen[0].data["job_id"]
+
+
+def artifact_count(server: Server) -> int:
+    return len(list((server.data_dir / "artifacts").glob("*.joblib")))
+
+
+def test_disconnect_with_on_disconnect_cancel_stops_training(server: Server, diabetes):
+    X, y = diabetes
+    server.wait_idle()
+    before = artifact_count(server)
+    body = {"X": X.tolist(), "y": y.tolist(), "params": {"n_estimators": 100_000, "learning_rate": 0.001}}
+    job_id = open_stream_and_leave(server, body, progress_events=3, on_disconnect="cancel")
+    left = time.monotonic()
+    health = server.wait_idle(timeout=10)
+    assert sum(q["running"] for q in health["queue"].values()) == 0
+    assert time.monotonic() - left < 5, "training stopped at the next round, not after 100000"
+    assert f"job {job_id}: client left; cancelling" in server.log()
+    assert artifact_count(server) == before  # a cancelled job leaves no model
+
+
+def test_disconnect_by_default_lets_the_job_finish(server: Server, diabetes):
+    X, y = diabetes
+    server.wait_idle()
+    before = artifact_count(server)
+    body = {"X": X.tolist(), "y": y.tolist(), "params": {"n_estimators": 1500, "num_leaves": 8}}
+    job_id = open_stream_and_leave(server, body, progress_events=1)
+    server.wait_idle(timeout=60)
+    assert f"job {job_id}: client left; the job keeps training" in server.log()
+    assert artifact_count(server) == before + 1
