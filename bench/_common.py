@@ -1,0 +1,511 @@
+"""Shared helpers for the benchmark scripts in this folder (not tests; run on demand).
+
+- `Server`: `boostream serve` in a subprocess on a free loopback port with a temporary data
+  directory, ready once GET /health answers, stopped (and its directory removed) on exit.
+- `SSEDecoder` / `stream_train`: Server-Sent Events read incrementally from an httpx response,
+  each event stamped with the wall-clock and monotonic time at which it was parsed.
+- `summary` / `percentile`: latency figures.
+- `Watchdog`: a hard time limit for a whole script, so that none of them can run on.
+
+Only loopback traffic: every server is bound to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import httpx
+import numpy as np
+import orjson
+
+HOST = "127.0.0.1"
+
+
+# ----------------------------------------------------------------------------------------------
+# Machine and data
+
+
+def machine_description() -> str:
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    memory = ""
+    try:
+        with open("/proc/meminfo") as file:
+            total_kib = int(next(line for line in file if line.startswith("MemTotal")).split()[1])
+        memory = f", {total_kib / 1024**2:.0f} GiB RAM"
+    except (OSError, StopIteration, ValueError):
+        pass
+    load = ""
+    if hasattr(os, "getloadavg"):
+        load = ", load average %.2f %.2f %.2f" % os.getloadavg()
+    return f"{os.cpu_count()} cores ({model}){memory}, Python {platform.python_version()}{load}"
+
+
+def print_header(title: str) -> None:
+    print(f"# {title}")
+    print(f"# date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+    print(f"# machine: {machine_description()}")
+    print(f"# command: {' '.join([Path(sys.executable).name] + sys.argv)}")
+    sys.stdout.flush()
+
+
+def regression_data(rows: int, cols: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic regression data, the same for a given (rows, cols, seed): float64, C order."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((rows, cols))
+    weights = rng.standard_normal(min(cols, 10))
+    y = X[:, : len(weights)] @ weights + np.sin(2.0 * X[:, 0]) + 0.5 * X[:, 1] * X[:, min(2, cols - 1)]
+    y += 0.1 * rng.standard_normal(rows)
+    return X, y
+
+
+def train_body(model_type: str, X: np.ndarray, y: np.ndarray, params: dict[str, Any], objective: str = "regression") -> bytes:
+    """The JSON body of POST /train/stream, serialized once (numbers as orjson writes float64:
+    shortest round-trip form, so the server decodes exactly the same array)."""
+    return orjson.dumps(
+        {"model_type": model_type, "objective": objective, "X": X, "y": y, "params": params},
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'100k' 'x' '20' style sizes: '100kx20', '1Mx50', '50000x20'."""
+    match = re.fullmatch(r"\s*([\d.]+)\s*([kKmM]?)\s*[xX*]\s*(\d+)\s*", text)
+    if not match:
+        raise ValueError(f"size {text!r} is not ROWSxCOLS, e.g. 100kx20 or 1Mx50")
+    rows = float(match.group(1)) * {"": 1, "k": 1e3, "m": 1e6}[match.group(2).lower()]
+    return int(rows), int(match.group(3))
+
+
+def size_label(rows: int, cols: int) -> str:
+    if rows % 1_000_000 == 0:
+        label = f"{rows // 1_000_000}M"
+    elif rows % 1000 == 0:
+        label = f"{rows // 1000}k"
+    else:
+        label = str(rows)
+    return f"{label} x {cols}"
+
+
+def free_memory() -> None:
+    gc.collect()
+    try:  # give freed arenas back to the OS (glibc only), so the next run starts lean
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default); NaN for no values."""
+    if not len(values):
+        return math.nan
+    return float(np.percentile(np.asarray(values, dtype=float), q))
+
+
+def median(values: Sequence[float]) -> float:
+    return percentile(values, 50)
+
+
+def summary(values_s: Sequence[float]) -> dict[str, float]:
+    """Latency figures in milliseconds from values in seconds."""
+    ms = [v * 1000.0 for v in values_s]
+    return {
+        "count": len(ms),
+        "p50_ms": percentile(ms, 50),
+        "p90_ms": percentile(ms, 90),
+        "p99_ms": percentile(ms, 99),
+        "max_ms": max(ms) if ms else math.nan,
+        "mean_ms": float(np.mean(ms)) if ms else math.nan,
+    }
+
+
+def format_summary(figures: dict[str, float]) -> str:
+    return "count {count:>5}  p50 {p50_ms:7.2f} ms  p90 {p90_ms:7.2f} ms  p99 {p99_ms:7.2f} ms  max {max_ms:7.2f} ms".format(**figures)
+
+
+def verdict(value: float, target: float, unit: str = "") -> str:
+    if math.isnan(value):
+        return "n/a"
+    if value <= target:
+        return f"MET (<= {target:g}{unit})"
+    return f"MISSED (target <= {target:g}{unit}; {value / target:.2f}x the target, {value - target:+.3g}{unit})"
+
+
+# ----------------------------------------------------------------------------------------------
+# Server
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`python -m boostream serve` on 127.0.0.1:<free port>, with a temporary data directory.
+
+    Use as a context manager; the process is killed and the directory removed on exit."""
+
+    def __init__(
+        self,
+        cpu_jobs: Optional[int] = None,
+        threads_per_job: Optional[int] = None,
+        gpu_jobs: Optional[int] = None,
+        log_level: str = "warning",
+        startup_timeout_s: float = 120.0,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.options = {"--cpu-jobs": cpu_jobs, "--threads-per-job": threads_per_job, "--gpu-jobs": gpu_jobs}
+        self.log_level = log_level
+        self.startup_timeout_s = startup_timeout_s
+        self.extra_args = list(extra_args)
+        self.process: Optional[subprocess.Popen] = None
+        self.data_dir: Optional[Path] = None
+        self.port = 0
+        self._log_file = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def __enter__(self) -> "Server":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.data_dir = Path(tempfile.mkdtemp(prefix="boostream-bench-"))
+        self.port = free_port()
+        command = [sys.executable, "-m", "boostream", "serve", "--host", HOST, "--port", str(self.port), "--data-dir", str(self.data_dir / "data"), "--log-level", self.log_level]
+        for option, value in self.options.items():
+            if value is not None:
+                command += [option, str(value)]
+        command += self.extra_args
+        self._log_file = open(self.data_dir / "server.log", "wb")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen(command, stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        _LIVE_SERVERS.add(self)
+        self.command = command
+        self.wait_healthy()
+
+    def wait_healthy(self) -> dict[str, Any]:
+        deadline = time.monotonic() + self.startup_timeout_s
+        with httpx.Client(timeout=2.0) as client:
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"the server exited with status {self.process.returncode} before answering /health:\n{self.log_tail()}")
+                try:
+                    response = client.get(self.url + "/health")
+                    if response.status_code == 200:
+                        return response.json()
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not answer /health within {self.startup_timeout_s:.0f} s:\n{self.log_tail()}")
+                time.sleep(0.1)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return (self.data_dir / "server.log").read_text(errors="replace")[-chars:]
+        except (OSError, TypeError):
+            return "(no log)"
+
+    def peak_rss_mib(self) -> Optional[float]:
+        """The server's peak resident memory so far (VmHWM), Linux only."""
+        return _proc_status_mib(self.process.pid, "VmHWM") if self.process else None
+
+    def rss_mib(self) -> Optional[float]:
+        return _proc_status_mib(self.process.pid, "VmRSS") if self.process else None
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=10)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        _LIVE_SERVERS.discard(self)
+        if self.data_dir is not None and os.environ.get("BENCH_KEEP_DATA") != "1":
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def kill_now(self) -> None:
+        """From the watchdog thread: no waiting."""
+        process = self.process
+        if process is not None and process.poll() is None:
+            process.kill()
+
+
+_LIVE_SERVERS: set[Server] = set()
+
+
+def _proc_status_mib(pid: int, key: str) -> Optional[float]:
+    try:
+        with open(f"/proc/{pid}/status") as file:
+            for line in file:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+class Watchdog:
+    """Ends the whole script (and its servers) if it runs longer than `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "Watchdog":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._timer.cancel()
+
+    def _expire(self) -> None:
+        sys.stderr.write(f"\nbench: time limit of {self.seconds:.0f} s reached; stopping the servers and exiting\n")
+        sys.stderr.flush()
+        for server in list(_LIVE_SERVERS):
+            server.kill_now()
+        os._exit(3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Server-Sent Events
+
+
+@dataclasses.dataclass
+class SSEEvent:
+    event: str
+    data: str
+    id: Optional[str]
+    retry: Optional[int]
+    received: float  # time.time() when the event was parsed (its blank line was seen)
+    received_perf: float  # time.perf_counter() at the same moment
+
+    def json(self) -> Any:
+        return orjson.loads(self.data)
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+class SSEDecoder:
+    """Incremental Server-Sent Events parser, as the HTML specification reads an event stream:
+    lines end with CRLF, LF or CR; `field: value` (one space after the colon dropped); `data`
+    lines joined with LF; a blank line dispatches the event (none if it had no data); lines
+    starting with ':' are comments; unknown fields are ignored; a `retry` that is not all digits
+    is ignored; an `id` with a NUL is ignored. The last event id persists across events."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._scan_from = 0  # no line end before this offset of the buffer
+        self._started = False
+        self._data: list[str] = []
+        self._event = ""
+        self._retry: Optional[int] = None
+        self.last_event_id: Optional[str] = None
+        self.comments = 0
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        self._buffer += chunk
+        events: list[SSEEvent] = []
+        start = 0
+        buffer = self._buffer
+        while True:
+            match = _LINE_END.search(buffer, max(start, self._scan_from))
+            if match is None:
+                self._scan_from = len(buffer)
+                break
+            if match.group() == b"\r" and match.end() == len(buffer):
+                # A CR at the end of what has arrived may be the first half of a CRLF.
+                self._scan_from = match.start()
+                break
+            line = bytes(buffer[start : match.start()])
+            start = match.end()
+            self._scan_from = start
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        if start:
+            del buffer[:start]
+            self._scan_from -= start
+        return events
+
+    def close(self) -> list[SSEEvent]:
+        """End of stream: a CR left at the end is a line end; an unterminated event is dropped
+        (as the specification says)."""
+        events: list[SSEEvent] = []
+        if self._buffer.endswith(b"\r"):
+            event = self._line(bytes(self._buffer[:-1]))
+            if event is not None:
+                events.append(event)
+        self._buffer.clear()
+        self._scan_from = 0
+        return events
+
+    def _line(self, raw: bytes) -> Optional[SSEEvent]:
+        if not self._started:
+            self._started = True
+            if raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+        if not raw:
+            return self._dispatch()
+        if raw[:1] == b":":
+            self.comments += 1
+            return None
+        name, colon, value = raw.partition(b":")
+        if colon and value[:1] == b" ":
+            value = value[1:]
+        text = value.decode("utf-8", errors="replace")
+        if name == b"data":
+            self._data.append(text)
+        elif name == b"event":
+            self._event = text
+        elif name == b"id":
+            if "\0" not in text:
+                self.last_event_id = text
+        elif name == b"retry":
+            if text.isdigit():
+                self._retry = int(text)
+        return None
+
+    def _dispatch(self) -> Optional[SSEEvent]:
+        if not self._data:
+            self._event = ""
+            self._retry = None
+            return None
+        event = SSEEvent(
+            event=self._event or "message",
+            data="\n".join(self._data),
+            id=self.last_event_id,
+            retry=self._retry,
+            received=time.time(),
+            received_perf=time.perf_counter(),
+        )
+        self._data = []
+        self._event = ""
+        self._retry = None
+        return event
+
+
+class TrainError(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class TrainRun:
+    """One POST /train/stream, timed on the client with time.perf_counter()."""
+
+    sent: float  # just before the request was sent
+    headers: float  # response headers received (the server has read and decoded the body)
+    events: list[SSEEvent]
+    status: int
+
+    def first(self, event_type: str) -> Optional[SSEEvent]:
+        return next((e for e in self.events if e.event == event_type), None)
+
+    def of_type(self, event_type: str) -> list[SSEEvent]:
+        return [e for e in self.events if e.event == event_type]
+
+    @property
+    def terminal(self) -> SSEEvent:
+        event = self.events[-1] if self.events else None
+        if event is None or event.event not in ("complete", "error", "cancelled"):
+            raise TrainError(f"the stream ended without a terminal event (got {[e.event for e in self.events]})")
+        return event
+
+    @property
+    def complete(self) -> dict[str, Any]:
+        event = self.terminal
+        if event.event != "complete":
+            raise TrainError(f"the job ended with {event.event}: {event.data[:2000]}")
+        return event.json()
+
+    @property
+    def e2e_s(self) -> float:
+        """From just before sending the request to the receipt of the terminal event."""
+        return self.terminal.received_perf - self.sent
+
+
+def stream_events(response: httpx.Response) -> Iterator[SSEEvent]:
+    decoder = SSEDecoder()
+    for chunk in response.iter_raw():
+        yield from decoder.feed(chunk)
+    yield from decoder.close()
+
+
+def stream_train(
+    client: httpx.Client,
+    url: str,
+    body: bytes,
+    timeout_s: float = 600.0,
+    on_event=None,
+) -> TrainRun:
+    """POST a pre-serialized body to /train/stream and read the event stream to its end.
+
+    The timer starts just before the request is sent and the terminal event's receipt time is
+    taken as soon as its blank line is parsed. `on_event(event)` is called for every event."""
+    events: list[SSEEvent] = []
+    headers = {"content-type": "application/json", "accept": "text/event-stream"}
+    timeout = httpx.Timeout(timeout_s, connect=10.0)
+    sent = time.perf_counter()
+    with client.stream("POST", url + "/train/stream", content=body, headers=headers, timeout=timeout) as response:
+        headers_at = time.perf_counter()
+        if response.status_code != 200:
+            response.read()
+            raise TrainError(f"POST /train/stream answered {response.status_code}: {response.text[:2000]}")
+        for event in stream_events(response):
+            events.append(event)
+            if on_event is not None:
+                on_event(event)
+            if event.event in ("complete", "error", "cancelled"):
+                break
+    return TrainRun(sent=sent, headers=headers_at, events=events, status=response.status_code)
+
+
+def progress_latencies(run: TrainRun) -> list[float]:
+    """Client receipt time minus the server's `ts` of each progress event, in seconds."""
+    return [e.received - e.json()["ts"] for e in run.of_type("progress")]
+
+
+def fmt_s(value: float) -> str:
+    return f"{value:8.3f} s"
