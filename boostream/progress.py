@@ -4,7 +4,8 @@ A trainer calls `report()` once per boosting round from its own thread. The brid
 the loop with `loop.call_soon_threadsafe`, at most one wake-up in flight, and coalesces: while the
 loop is busy or a round is throttled, a newer round replaces the older one, so memory never grows
 with a slow consumer. The first round and the last round are always delivered; in between at most
-one round per `interval_s`. No iteration is delivered twice.
+one round per `interval_s`, each delivered as soon as it is reported. No iteration is delivered
+twice.
 """
 
 from __future__ import annotations
@@ -61,7 +62,6 @@ class ProgressBridge:
         # Loop side only.
         self._delivered = 0
         self._next_allowed = 0.0
-        self._timer: Optional[asyncio.TimerHandle] = None
 
     # Training thread side.
 
@@ -102,9 +102,6 @@ class ProgressBridge:
 
     def finish(self) -> None:
         """Deliver whatever is still pending, throttle or not; call once training has returned."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         with self._lock:
             first, latest = self._first, self._latest
             self._first = None
@@ -113,17 +110,15 @@ class ProgressBridge:
             self._deliver_once(progress)
 
     def _flush(self) -> None:
-        self._timer = None
+        # A throttled round is not held back for later: it waits in `_latest` until a newer round
+        # replaces it (and is delivered when due) or training ends. So whatever is delivered is
+        # as fresh as the loop allows.
         while True:
             with self._lock:
                 first, latest = self._first, self._latest
                 self._first = None
             self._deliver_once(first)
-            if latest is not None and latest.iteration > self._delivered:
-                wait = self._next_allowed - time.monotonic()
-                if wait > 0 and latest.iteration < self.total:
-                    self._timer = self._loop.call_later(wait, self._flush)
-                    return  # the wake-up stays pending until the timer fires
+            if latest is not None and (latest.iteration >= self.total or time.monotonic() >= self._next_allowed):
                 self._deliver_once(latest)
             with self._lock:
                 if self._latest is latest:

@@ -131,8 +131,8 @@ _NODE_FIELDS = (
 
 
 def _flatten(tree: dict) -> tuple[list[tuple[int, int, int, int, float]], int]:
-    """A WarpGBM tree dict as node rows (feature, split_bin, left, right, value), and its depth.
-    WarpGBM keeps split features as 0-d CUDA tensors: int() brings each to the host once."""
+    """A WarpGBM tree dict (with plain numbers) as node rows (feature, split_bin, left, right,
+    value), in pre-order, and its depth."""
     nodes: list[Any] = []
 
     def walk(node: dict, depth: int) -> int:

@@ -202,7 +202,7 @@ def _export(model: Any, rounds: int, objective: str, init_score: np.ndarray, dat
     else:
         trees = [(k, tree) for per_class in model.forest[:rounds] for k, tree in enumerate(per_class)]
     return Forest.from_trees(
-        trees,
+        _on_host(trees),
         objective=objective,
         learning_rate=model.learning_rate,
         bin_edges=model.bin_edges.cpu().numpy(),
@@ -210,3 +210,28 @@ def _export(model: Any, rounds: int, objective: str, init_score: np.ndarray, dat
         feature_names=data.feature_names,
         classes=data.classes,
     )
+
+
+def _on_host(trees: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
+    """The same trees with each split's feature as an int. WarpGBM keeps them as 0-d CUDA tensors;
+    reading them one by one costs a device synchronisation per node, so read them all at once."""
+    import torch
+
+    features: list[Any] = []
+
+    def collect(node: dict) -> None:
+        if "leaf_value" not in node:
+            features.append(node["feature"])
+            collect(node["left"])
+            collect(node["right"])
+
+    def rebuild(node: dict, values: Any) -> dict:
+        if "leaf_value" in node:
+            return node
+        feature = next(values)
+        return {"feature": feature, "bin": int(node["bin"]), "left": rebuild(node["left"], values), "right": rebuild(node["right"], values)}
+
+    for _, tree in trees:
+        collect(tree)
+    values = iter(torch.stack([torch.as_tensor(f) for f in features]).tolist() if features else [])
+    return [(k, rebuild(tree, values)) for k, tree in trees]
