@@ -129,10 +129,23 @@ def create_app(settings: Settings) -> Starlette:
 
 
 async def _read_body(request: Request, limit: int) -> bytearray:
-    """The body, refused with 413 as soon as it is known to exceed `limit`, before reading the rest."""
+    """The body, refused with 413 as soon as it is known to exceed `limit`, before reading the rest.
+    With a Content-Length the buffer is allocated once: growing it chunk by chunk cost seconds per GB."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "too_large", f"the body is {declared} bytes, more than the limit of {limit}")
+    if declared is not None and declared.isdigit():
+        if int(declared) > limit:
+            raise ApiError(413, "too_large", f"the body is {declared} bytes, more than the limit of {limit}")
+        body = bytearray(int(declared))
+        view, filled = memoryview(body), 0
+        async for chunk in request.stream():
+            if filled + len(chunk) > len(body):
+                raise ApiError(400, "invalid_json", "the body is longer than its Content-Length")
+            view[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+        view.release()
+        if filled != len(body):
+            raise ApiError(400, "invalid_json", f"the body ended after {filled} of its {len(body)} bytes")
+        return body
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
