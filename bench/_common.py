@@ -34,6 +34,11 @@ import numpy as np
 import orjson
 
 HOST = "127.0.0.1"
+# The scripts run as `python bench/NAME.py`; make the package importable without an install too
+# (its server subprocess gets the same through PYTHONPATH).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.append(str(REPO_ROOT))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,6 +218,7 @@ class Server:
         command += self.extra_args
         self._log_file = open(self.data_dir / "server.log", "wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO_ROOT)) if p)
         self.process = subprocess.Popen(command, stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         _LIVE_SERVERS.add(self)
         self.command = command
@@ -473,6 +479,21 @@ def stream_events(response: httpx.Response) -> Iterator[SSEEvent]:
     yield from decoder.close()
 
 
+UPLOAD_CHUNK = 1 << 20
+
+
+def body_chunks(body: bytes, size: int = UPLOAD_CHUNK) -> Iterator[memoryview]:
+    """The body in 1 MiB slices, without copying it.
+
+    Not `content=body`: httpcore (1.0.x) writes a bytes body with `n = sock.send(buffer);
+    buffer = buffer[n:]`, which copies the rest of the body after every send(). For a 1 GB body
+    that is quadratic: measured here at about 50 s to upload 1 GB over loopback, instead of about
+    1 s. With an explicit Content-Length, httpx sends an iterable as it is, not chunked."""
+    view = memoryview(body)
+    for start in range(0, len(view), size):
+        yield view[start : start + size]
+
+
 def stream_train(
     client: httpx.Client,
     url: str,
@@ -485,10 +506,10 @@ def stream_train(
     The timer starts just before the request is sent and the terminal event's receipt time is
     taken as soon as its blank line is parsed. `on_event(event)` is called for every event."""
     events: list[SSEEvent] = []
-    headers = {"content-type": "application/json", "accept": "text/event-stream"}
+    headers = {"content-type": "application/json", "accept": "text/event-stream", "content-length": str(len(body))}
     timeout = httpx.Timeout(timeout_s, connect=10.0)
     sent = time.perf_counter()
-    with client.stream("POST", url + "/train/stream", content=body, headers=headers, timeout=timeout) as response:
+    with client.stream("POST", url + "/train/stream", content=body_chunks(body), headers=headers, timeout=timeout) as response:
         headers_at = time.perf_counter()
         if response.status_code != 200:
             response.read()
@@ -509,3 +530,16 @@ def progress_latencies(run: TrainRun) -> list[float]:
 
 def fmt_s(value: float) -> str:
     return f"{value:8.3f} s"
+
+
+def lightgbm_seconds_per_round(X: np.ndarray, y: np.ndarray, threads: int, rounds: int = 300, skip: int = 50) -> float:
+    """Seconds per boosting round of the server's LightGBM call on (X, y) with `threads`
+    threads, measured in process between round `skip` and the last (Dataset construction and
+    the first rounds left out). Used to size jobs so that they last about a given time."""
+    import lightgbm
+
+    stamps: list[float] = []
+    params = {"objective": "regression", "metric": "l2", "num_threads": threads, "verbose": -1}
+    train_set = lightgbm.Dataset(X, y, params={"max_bin": 255, "verbose": -1, "num_threads": threads})
+    lightgbm.train(params, train_set, num_boost_round=rounds, valid_sets=[train_set], valid_names=["train"], callbacks=[lambda env: stamps.append(time.perf_counter())])
+    return (stamps[-1] - stamps[skip]) / (len(stamps) - 1 - skip)
