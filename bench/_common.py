@@ -543,3 +543,35 @@ def lightgbm_seconds_per_round(X: np.ndarray, y: np.ndarray, threads: int, round
     train_set = lightgbm.Dataset(X, y, params={"max_bin": 255, "verbose": -1, "num_threads": threads})
     lightgbm.train(params, train_set, num_boost_round=rounds, valid_sets=[train_set], valid_names=["train"], callbacks=[lambda env: stamps.append(time.perf_counter())])
     return (stamps[-1] - stamps[skip]) / (len(stamps) - 1 - skip)
+
+
+def e2e_figures(run: TrainRun) -> dict[str, Any]:
+    """What one end-to-end request cost, from the client's clock and the server's `timings`.
+    `outside_s` is the server's time apart from decoding and fitting (body transfer included)."""
+    complete = run.complete
+    timings = complete["timings"]
+    progress = run.of_type("progress")
+    outside = run.e2e_s - timings["decode_s"] - timings["fit_s"]
+    return {
+        "e2e_s": run.e2e_s,
+        "headers_s": run.headers - run.sent,
+        "last_progress_to_complete_s": run.terminal.received_perf - progress[-1].received_perf if progress else math.nan,
+        "decode_s": timings["decode_s"],
+        "queued_s": timings["queued_s"],
+        "fit_s": timings["fit_s"],
+        "artifact_s": timings["artifact_s"],
+        "outside_s": outside,
+        "outside_pct": 100.0 * outside / timings["fit_s"],
+        "iterations": complete["iterations"],
+        "progress_events": len(progress),
+        "artifact_bytes": complete.get("size_bytes"),
+    }
+
+
+def print_e2e(label: str, r: dict[str, Any]) -> None:
+    print(
+        f"  {label:<10} e2e {r['e2e_s']:7.3f} s | headers {r['headers_s']:6.3f} | decode {r['decode_s']:6.3f} | queued {r['queued_s']:6.4f}"
+        f" | fit {r['fit_s']:7.3f} | artifact {r['artifact_s']:6.4f} | last progress->complete {r['last_progress_to_complete_s']:6.3f}"
+        f" | outside fit apart from decode {r['outside_s']:6.3f} s = {r['outside_pct']:5.1f}% of fit"
+    )
+    sys.stdout.flush()

@@ -33,9 +33,11 @@ import numpy as np  # noqa: E402
 from _common import (  # noqa: E402
     Server,
     Watchdog,
+    e2e_figures,
     free_memory,
     median,
     parse_size,
+    print_e2e,
     print_header,
     regression_data,
     size_label,
@@ -75,37 +77,7 @@ def in_process_fit(X: np.ndarray, y: np.ndarray, rounds: int, threads: int) -> t
 
 def e2e_fit(client: httpx.Client, server: Server, body: bytes) -> dict:
     run = stream_train(client, server.url, body)
-    complete = run.complete
-    timings = complete["timings"]
-    e2e = run.e2e_s
-    started = run.first("started")
-    progress = run.of_type("progress")
-    outside = e2e - timings["decode_s"] - timings["fit_s"]
-    return {
-        "e2e_s": e2e,
-        "headers_s": run.headers - run.sent,
-        "started_s": (started.received_perf - run.sent) if started else float("nan"),
-        "last_progress_to_complete_s": run.terminal.received_perf - progress[-1].received_perf if progress else float("nan"),
-        "decode_s": timings["decode_s"],
-        "queued_s": timings["queued_s"],
-        "fit_s": timings["fit_s"],
-        "artifact_s": timings["artifact_s"],
-        "outside_s": outside,
-        "outside_pct": 100.0 * outside / timings["fit_s"],
-        "iterations": complete["iterations"],
-        "train_l2": complete["metrics"].get("train_l2"),
-        "progress_events": len(progress),
-        "artifact_bytes": complete.get("size_bytes"),
-    }
-
-
-def print_e2e(label: str, r: dict) -> None:
-    print(
-        f"  {label:<10} e2e {r['e2e_s']:7.3f} s | headers {r['headers_s']:6.3f} | decode {r['decode_s']:6.3f} | queued {r['queued_s']:6.4f}"
-        f" | fit {r['fit_s']:7.3f} | artifact {r['artifact_s']:6.4f} | last progress->complete {r['last_progress_to_complete_s']:6.3f}"
-        f" | outside fit apart from decode {r['outside_s']:6.3f} s = {r['outside_pct']:5.1f}% of fit"
-    )
-    sys.stdout.flush()
+    return e2e_figures(run) | {"train_l2": run.complete["metrics"].get("train_l2")}
 
 
 def bench_size(client: httpx.Client, server: Server, rows: int, cols: int, rounds: int, repeats: int, threads: int, seed: int) -> dict:

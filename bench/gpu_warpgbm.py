@@ -37,8 +37,10 @@ from _common import (  # noqa: E402
     Server,
     Watchdog,
     format_summary,
+    e2e_figures,
     free_memory,
     median,
+    print_e2e,
     print_header,
     progress_latencies,
     regression_data,
@@ -96,21 +98,9 @@ class Bench:
         self.request_params = {"n_estimators": rounds, "max_depth": max_depth, "num_bins": num_bins}
 
     def _warpgbm(self, rounds: int):
-        p = self.params
-        return self.core.WarpGBM(
-            objective="regression",
-            n_estimators=rounds,
-            learning_rate=p["learning_rate"],
-            max_depth=p["max_depth"],
-            num_bins=p["num_bins"],
-            min_child_weight=p["min_child_weight"],
-            min_split_gain=p["min_split_gain"],
-            L2_reg=p["L2_reg"],
-            colsample_bytree=p["colsample_bytree"],
-            random_state=p["seed"],
-            threads_per_block=p["threads_per_block"],
-            rows_per_thread=p["rows_per_thread"],
-        )
+        from boostream.trainers.warpgbm import estimator_arguments
+
+        return self.core.WarpGBM(**estimator_arguments("regression", self.params | {"n_estimators": rounds}))
 
     def plain(self, X: np.ndarray, y: np.ndarray, rounds: int | None = None) -> float:
         torch = self.torch
@@ -190,28 +180,7 @@ def part_in_process(bench: Bench, X: np.ndarray, y: np.ndarray, repeats: int, bu
 
 def e2e_once(client, server: Server, body: bytes) -> dict:
     run = stream_train(client, server.url, body)
-    timings = run.complete["timings"]
-    e2e = run.e2e_s
-    outside = e2e - timings["decode_s"] - timings["fit_s"]
-    return {
-        "e2e_s": e2e,
-        "headers_s": run.headers - run.sent,
-        "decode_s": timings["decode_s"],
-        "queued_s": timings["queued_s"],
-        "fit_s": timings["fit_s"],
-        "artifact_s": timings["artifact_s"],
-        "outside_s": outside,
-        "outside_pct": 100.0 * outside / timings["fit_s"],
-        "latencies": progress_latencies(run),
-    }
-
-
-def print_e2e(label: str, r: dict) -> None:
-    print(
-        f"  {label:<8} e2e {r['e2e_s']:7.3f} s | headers {r['headers_s']:6.3f} | decode {r['decode_s']:6.3f} | fit {r['fit_s']:6.3f}"
-        f" | artifact {r['artifact_s']:6.4f} | outside fit apart from decode {r['outside_s']:6.3f} s = {r['outside_pct']:5.1f}% of fit"
-    )
-    sys.stdout.flush()
+    return e2e_figures(run) | {"latencies": progress_latencies(run)}
 
 
 def part_e2e(bench: Bench, server: Server, X: np.ndarray, y: np.ndarray, repeats: int, budget: Budget, until_left: float) -> dict:

@@ -88,20 +88,7 @@ class WarpGBMTrainer:
 
     def fit(self, data: TrainingData, objective: str, params: Mapping[str, Any], reporter: Reporter) -> FitResult:
         torch, core, node_kernel = _library()
-        model = _reporting_class(core)(
-            objective=objective,
-            n_estimators=params["n_estimators"],
-            learning_rate=params["learning_rate"],
-            max_depth=params["max_depth"],
-            num_bins=params["num_bins"],
-            min_child_weight=params["min_child_weight"],
-            min_split_gain=params["min_split_gain"],
-            L2_reg=params["L2_reg"],
-            colsample_bytree=params["colsample_bytree"],
-            random_state=params["seed"],
-            threads_per_block=params["threads_per_block"],
-            rows_per_thread=params["rows_per_thread"],
-        )
+        model = _reporting_class(core)(**estimator_arguments(objective, params))
         hook = _RoundHook(torch, node_kernel, data, objective, params["early_stopping_rounds"], reporter)
         model.round_hook = hook
         X = np.asfortranarray(data.X, dtype=np.float32)  # WarpGBM bins one feature column at a time
@@ -117,6 +104,13 @@ class WarpGBMTrainer:
             del model
             torch.cuda.empty_cache()
         return FitResult(forest, len(hook.history.rounds), best_iteration, metrics, cancelled=reporter.cancelled)
+
+
+def estimator_arguments(objective: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """WarpGBM's constructor arguments for validated parameters (`seed` is its `random_state`;
+    early stopping is ours, not WarpGBM's)."""
+    arguments = {name: value for name, value in params.items() if name not in ("seed", "early_stopping_rounds")}
+    return {"objective": objective, "random_state": params["seed"], **arguments}
 
 
 @functools.cache
