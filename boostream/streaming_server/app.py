@@ -51,7 +51,8 @@ class Service:
             if not self.availability[name].available:
                 log.info("%s is unavailable: %s", name, self.availability[name].reason)
         settings = self.settings
-        self.jobs = JobManager(ArtifactStore(settings.artifacts_dir), settings.cpu_jobs, settings.gpu_jobs, settings.progress_interval_s)
+        device_names = {name: a.device_name for name, a in self.availability.items()}
+        self.jobs = JobManager(ArtifactStore(settings.artifacts_dir), device_names, settings.cpu_jobs, settings.gpu_jobs, settings.progress_interval_s)
         self._ingest = asyncio.Semaphore(INGEST_SLOTS)
         yield
         await self.jobs.shutdown()

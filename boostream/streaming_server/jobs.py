@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Mapping, Optional
 
 from boostream.progress import Progress, ProgressBridge
 from boostream.streaming_server.artifacts import ArtifactStore
@@ -105,8 +105,11 @@ class Job:
 
 
 class JobManager:
-    def __init__(self, artifacts: ArtifactStore, cpu_jobs: int, gpu_jobs: int, progress_interval_s: float) -> None:
+    def __init__(
+        self, artifacts: ArtifactStore, device_names: Mapping[str, Optional[str]], cpu_jobs: int, gpu_jobs: int, progress_interval_s: float
+    ) -> None:
         self.artifacts = artifacts
+        self.device_names = device_names  # per backend, as found once at start-up
         self.progress_interval_s = progress_interval_s
         self.limits = {"cpu": cpu_jobs, "gpu": gpu_jobs}
         self._slots = {device: asyncio.Semaphore(limit) for device, limit in self.limits.items()}
@@ -164,7 +167,7 @@ class JobManager:
             "started",
             model_type=spec.trainer.name,
             objective=spec.objective,
-            device=spec.trainer.availability().device_name,
+            device=self.device_names.get(spec.trainer.name),
             n_rows=len(data.X),
             n_valid_rows=0 if data.X_valid is None else len(data.X_valid),
             n_features=data.X.shape[1],
