@@ -26,6 +26,17 @@ class Settings:
     # LightGBM threads per CPU job; 0 means the cores divided by cpu_jobs, so that
     # concurrent jobs never oversubscribe the machine.
     threads_per_job: int = 0
+    # Jobs that may wait per device; one more is refused with 429.
+    max_queued: int = 100
+    # No job trains longer than this; a request may ask for less with `timeout_s`.
+    max_training_s: float = 6 * 3600.0
+    # Finished jobs, their events and artifacts are removed this long after they end.
+    job_ttl_s: float = 7 * 24 * 3600.0
+    # Hosts that `callback_url` may name, comma-separated (`host` or `host:port`; `*` for any).
+    # Empty: no webhooks.
+    webhook_hosts: str = ""
+    # The key that signs webhooks (and artifacts); empty: one generated and kept in the data dir.
+    secret_key: str = ""
     max_body_bytes: int = 2 * 1024**3
     max_cells: int = 200_000_000
     progress_interval_s: float = 0.1
@@ -42,6 +53,18 @@ class Settings:
     @property
     def artifacts_dir(self) -> Path:
         return self.data_dir / "artifacts"
+
+    @property
+    def inputs_dir(self) -> Path:
+        return self.data_dir / "inputs"
+
+    @property
+    def key_path(self) -> Path:
+        return self.data_dir / "secret.key"
+
+    @property
+    def allowed_webhook_hosts(self) -> tuple[str, ...]:
+        return tuple(host.strip() for host in self.webhook_hosts.split(",") if host.strip())
 
 
 def env_name(field_name: str) -> str:

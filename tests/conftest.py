@@ -3,6 +3,7 @@ client that reads its event streams the way `curl -N` or EventSource would."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -54,10 +55,11 @@ def parse_sse(lines: Iterator[str], comments: Optional[list[str]] = None) -> Ite
 
 
 class Server:
-    def __init__(self, url: str, data_dir: Path, log_path: Path) -> None:
+    def __init__(self, url: str, data_dir: Path, log_path: Path, process: subprocess.Popen) -> None:
         self.url = url
         self.data_dir = data_dir
         self.log_path = log_path
+        self.process = process
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=httpx.Timeout(60.0), **kwargs)
@@ -71,6 +73,36 @@ class Server:
             with client.stream("POST", "/train/stream", json=body, params=params) as response:
                 assert response.status_code == 200, response.read()
                 assert response.headers["content-type"].startswith("text/event-stream")
+                return list(parse_sse(response.iter_lines()))
+
+    def create_job(self, body: dict) -> str:
+        """POST /jobs; the new job's id."""
+        with self.client() as client:
+            response = client.post("/jobs", json=body)
+        assert response.status_code == 202, response.text
+        return response.json()["job_id"]
+
+    def job(self, job_id: str) -> dict:
+        with self.client() as client:
+            response = client.get(f"/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_for_job(self, job_id: str, statuses: tuple[str, ...] = ("succeeded", "failed", "cancelled"), timeout: float = 60.0) -> dict:
+        """Poll GET /jobs/{id}, as an agent would, until its status is one of `statuses`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job["status"] in statuses:
+                return job
+            assert time.monotonic() < deadline, f"job {job_id} is still {job['status']}"
+            time.sleep(0.05)
+
+    def events(self, job_id: str, headers: Optional[dict] = None, **params: str) -> list[SseEvent]:
+        """GET /jobs/{id}/events to its end."""
+        with self.client() as client:
+            with client.stream("GET", f"/jobs/{job_id}/events", headers=headers or {}, params=params) as response:
+                assert response.status_code == 200, response.read()
                 return list(parse_sse(response.iter_lines()))
 
     def wait_idle(self, timeout: float = 10.0) -> dict:
@@ -92,18 +124,19 @@ def _free_port() -> int:
 
 
 def start_server(tmp: Path, *options: str) -> Iterator[Server]:
+    """A server on `tmp/data`; a second one started on the same `tmp` takes up its data directory."""
     port = _free_port()
     data_dir = tmp / "data"
     log_path = tmp / "server.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "w") as log:
+    with open(log_path, "a") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "boostream", "serve", "--port", str(port), "--data-dir", str(data_dir), *options],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
         )
-    server = Server(f"http://127.0.0.1:{port}", data_dir, log_path)
+    server = Server(f"http://127.0.0.1:{port}", data_dir, log_path, process)
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -123,6 +156,9 @@ def start_server(tmp: Path, *options: str) -> Iterator[Server]:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+running_server = contextlib.contextmanager(start_server)
 
 
 @pytest.fixture(scope="session")

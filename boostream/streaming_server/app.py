@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import time
 from typing import Any, AsyncIterator, Optional
 
 import anyio
-import orjson
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -21,7 +21,11 @@ from boostream.config import Settings
 from boostream.streaming_server.artifacts import ArtifactStore
 from boostream.streaming_server.decoding import decode_train_request
 from boostream.streaming_server.errors import ApiError, handle_api_error
-from boostream.streaming_server.jobs import Job, JobManager
+from boostream.streaming_server.jobs import Event, Job, JobRequest, JobStatus
+from boostream.streaming_server.manager import JobManager, job_urls
+from boostream.streaming_server.signing import load_or_create_key
+from boostream.streaming_server.store import JobStore
+from boostream.streaming_server.webhooks import WebhookPolicy, WebhookSender
 from boostream.trainers import create_trainers
 from boostream.trainers.base import OBJECTIVES, Availability, params_schema
 
@@ -31,6 +35,8 @@ RETRY_MS = 2000  # EventSource reconnection delay, sent with the first event of 
 ON_DISCONNECT = ("continue", "cancel")
 # Bodies read and decoded at once: each may take a few times its size in memory while decoding.
 INGEST_SLOTS = 2
+JOB_STATUSES = tuple(status.value for status in JobStatus)
+DEFAULT_PAGE, MAX_PAGE = 50, 500
 
 
 class Service:
@@ -40,28 +46,55 @@ class Service:
         self.settings = settings
         self.trainers = create_trainers(settings.lightgbm_threads)
         self.availability: dict[str, Availability] = {}
+        self.webhook_policy = WebhookPolicy(settings.allowed_webhook_hosts)
         self.jobs: Optional[JobManager] = None
         self._ingest: Optional[asyncio.Semaphore] = None
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        settings = self.settings
+        store = JobStore(settings.data_dir)
         # Importing torch to ask for a GPU takes seconds: do it once, off the loop.
         for name, trainer in self.trainers.items():
             self.availability[name] = await anyio.to_thread.run_sync(trainer.availability)
             if not self.availability[name].available:
                 log.info("%s is unavailable: %s", name, self.availability[name].reason)
-        settings = self.settings
-        device_names = {name: a.device_name for name, a in self.availability.items()}
-        self.jobs = JobManager(ArtifactStore(settings.artifacts_dir), device_names, settings.cpu_jobs, settings.gpu_jobs, settings.progress_interval_s)
+        webhooks = WebhookSender(load_or_create_key(settings.key_path, settings.secret_key or None))
+        self.jobs = JobManager(
+            store,
+            ArtifactStore(settings.artifacts_dir),
+            settings.inputs_dir,
+            self.trainers,
+            self.availability,
+            cpu_jobs=settings.cpu_jobs,
+            gpu_jobs=settings.gpu_jobs,
+            max_queued=settings.max_queued,
+            max_training_s=settings.max_training_s,
+            job_ttl_s=settings.job_ttl_s,
+            progress_interval_s=settings.progress_interval_s,
+            webhooks=webhooks,
+            webhook_policy=self.webhook_policy,
+        )
         self._ingest = asyncio.Semaphore(INGEST_SLOTS)
-        yield
-        await self.jobs.shutdown()
+        await self.jobs.start()
+        try:
+            yield
+        finally:
+            await self.jobs.shutdown()
+            store.close()
 
     def routes(self) -> list[Route]:
         return [
             Route("/health", self.health, methods=["GET"]),
             Route("/models", self.models, methods=["GET"]),
             Route("/train/stream", self.train_stream, methods=["POST"]),
+            Route("/jobs", self.create_job, methods=["POST"]),
+            Route("/jobs", self.list_jobs, methods=["GET"]),
+            Route("/jobs/{job_id}", self.job_status, methods=["GET"]),
+            Route("/jobs/{job_id}", self.delete_job, methods=["DELETE"]),
+            Route("/jobs/{job_id}/events", self.job_events, methods=["GET"]),
+            Route("/jobs/{job_id}/result", self.job_result, methods=["GET"]),
+            Route("/jobs/{job_id}/cancel", self.cancel_job, methods=["POST"]),
         ]
 
     async def health(self, request: Request) -> Response:
@@ -95,10 +128,67 @@ class Service:
         on_disconnect = request.query_params.get("on_disconnect", "continue")
         if on_disconnect not in ON_DISCONNECT:
             raise ApiError(422, "invalid_parameter", f"on_disconnect must be one of {list(ON_DISCONNECT)}, got {on_disconnect!r}", "on_disconnect")
-        job = await self._create_job(request)
-        return self._event_response(job, after=0, on_disconnect=on_disconnect)
+        job = await self._submit(request)
+        return self._event_response(job.id, job.follow(0), on_disconnect)
 
-    async def _create_job(self, request: Request) -> Job:
+    async def create_job(self, request: Request) -> Response:
+        job = await self._submit(request)
+        urls = job_urls(job.id)
+        return JSONResponse({"job_id": job.id, "status": job.status.value, **urls}, status_code=202, headers={"Location": urls["status_url"]})
+
+    async def list_jobs(self, request: Request) -> Response:
+        query = request.query_params
+        statuses = [s for s in query.get("status", "").split(",") if s]
+        unknown = [s for s in statuses if s not in JOB_STATUSES]
+        if unknown:
+            raise ApiError(422, "invalid_parameter", f"unknown status {unknown[0]!r}; choose from {list(JOB_STATUSES)}", "status")
+        limit = _int_query(query, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+        cursor = _int_query(query, "cursor", None, 1, None)
+        rows = self.jobs.store.jobs(statuses, limit + 1, cursor)
+        page, more = rows[:limit], len(rows) > limit
+        return JSONResponse({"jobs": [job_view(row) for row in page], "next_cursor": str(page[-1]["seq"]) if more else None})
+
+    async def job_status(self, request: Request) -> Response:
+        return JSONResponse(job_view(self._job_row(request)))
+
+    async def job_events(self, request: Request) -> Response:
+        row = self._job_row(request)
+        after = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
+        if not after.isdigit():
+            raise ApiError(422, "invalid_parameter", f"the event id to resume after must be a whole number, got {after!r}", "after")
+        return self._event_response(row["id"], self.jobs.events(row["id"], int(after)), "continue")
+
+    async def job_result(self, request: Request) -> Response:
+        row = self._job_row(request)
+        status = row["status"]
+        if status != "succeeded":
+            if JobStatus(status).finished:
+                raise ApiError(409, "no_result", f"job {row['id']} ended {status}; it has no result", job_status=status)
+            raise ApiError(409, "not_finished", f"job {row['id']} is {status}; its result is not ready yet", job_status=status)
+        return Response(await self.jobs.result(row), media_type="application/json")
+
+    async def cancel_job(self, request: Request) -> Response:
+        row = self._job_row(request)
+        if self.jobs.live(row["id"]) is None:
+            raise ApiError(409, "already_finished", f"job {row['id']} already ended {row['status']}", job_status=row["status"])
+        status = self.jobs.cancel(row["id"])
+        return JSONResponse({"job_id": row["id"], "status": status.value, "cancel_requested": True}, status_code=202)
+
+    async def delete_job(self, request: Request) -> Response:
+        row = self._job_row(request)
+        if self.jobs.live(row["id"]) is not None:
+            raise ApiError(409, "not_finished", f"job {row['id']} is {row['status']}: cancel it first", job_status=row["status"])
+        await self.jobs.delete(row["id"])
+        return Response(status_code=204)
+
+    def _job_row(self, request: Request) -> dict[str, Any]:
+        job_id = request.path_params["job_id"]
+        row = self.jobs.store.job(job_id)
+        if row is None:
+            raise ApiError(404, "not_found", f"no job {job_id!r} (unknown, deleted, or expired)", "job_id")
+        return row
+
+    async def _submit(self, request: Request) -> Job:
         content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
         if content_type != "application/json":
             raise ApiError(415, "unsupported_media_type", f"send the training request as application/json, not {content_type}")
@@ -109,11 +199,25 @@ class Service:
             spec = await anyio.to_thread.run_sync(decode_train_request, body, self.trainers, unavailable, self.settings.max_cells)
             decode_s = time.perf_counter() - started
             del body
-        return self.jobs.submit(spec, decode_s)
+        job_request = JobRequest(
+            model_type=spec.trainer.name,
+            objective=spec.objective,
+            params=spec.params,
+            callback_url=None if spec.callback_url is None else self.webhook_policy.check(spec.callback_url),
+            timeout_s=self._check_timeout(spec.timeout_s),
+            base_url=str(request.base_url),
+        )
+        return self.jobs.submit(job_request, spec.data, decode_s)
 
-    def _event_response(self, job: Job, after: int, on_disconnect: str) -> EventSourceResponse:
+    def _check_timeout(self, timeout_s: Optional[float]) -> Optional[float]:
+        limit = self.settings.max_training_s
+        if timeout_s is not None and not 0 < timeout_s <= limit:
+            raise ApiError(422, "invalid_parameter", f"timeout_s must be greater than 0 and at most {limit:g} (this server's limit), got {timeout_s:g}", "timeout_s")
+        return timeout_s
+
+    def _event_response(self, job_id: str, events: AsyncIterator[Event], on_disconnect: str) -> EventSourceResponse:
         return EventSourceResponse(
-            _sse_events(job, after, on_disconnect),
+            _sse_events(job_id, events, self.jobs, on_disconnect),
             ping=self.settings.heartbeat_s,
             send_timeout=self.settings.send_timeout_s,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -155,20 +259,21 @@ async def _read_body(request: Request, limit: int) -> bytearray:
     return body
 
 
-async def _sse_events(job: Job, after: int, on_disconnect: str) -> AsyncIterator[ServerSentEvent]:
+async def _sse_events(job_id: str, events: AsyncIterator[Event], jobs: JobManager, on_disconnect: str) -> AsyncIterator[ServerSentEvent]:
     retry: Optional[int] = RETRY_MS
     try:
-        async for event in job.follow(after):
-            yield ServerSentEvent(data=orjson.dumps(event.data).decode(), event=event.type, id=str(event.id), retry=retry)
+        async for event in events:
+            yield ServerSentEvent(data=event.json, event=event.type, id=str(event.id), retry=retry)
             retry = None
     except asyncio.CancelledError:
-        if job.finished:
-            log.info("job %s: client left after the job ended", job.id)
+        job = jobs.live(job_id)
+        if job is None:
+            log.info("job %s: client left after the job ended", job_id)
         elif on_disconnect == "cancel":
-            job.cancel()
-            log.info("job %s: client left; cancelling at the next round (on_disconnect=cancel)", job.id)
+            jobs.cancel(job_id)
+            log.info("job %s: client left; cancelling at the next round (on_disconnect=cancel)", job_id)
         else:
-            log.info("job %s: client left; the job keeps training", job.id)
+            log.info("job %s: client left; the job keeps training", job_id)
         raise
 
 
@@ -179,3 +284,48 @@ def _availability_fields(availability: Availability, device: str) -> dict[str, A
     else:
         fields["reason"] = availability.reason
     return fields
+
+
+def job_view(row: dict[str, Any]) -> dict[str, Any]:
+    """A job as `GET /jobs/{id}` shows it."""
+    total, iteration = row["total"], row["iteration"]
+    return {
+        "job_id": row["id"],
+        "status": row["status"],
+        "model_type": row["model_type"],
+        "objective": row["objective"],
+        "device": row["device"],
+        "created_at": _iso(row["created_at"]),
+        "started_at": _iso(row["started_at"]),
+        "finished_at": _iso(row["finished_at"]),
+        "progress": {
+            "iteration": iteration,
+            "total": total,
+            "percent": round(100.0 * iteration / total, 2) if total else 0.0,
+            "elapsed_s": row["elapsed_s"],
+            "eta_s": row["eta_s"],
+        },
+        "metrics": row["metrics"] or {},
+        "error": {"code": row["error_code"], "message": row["error_message"]} if row["error_code"] else None,
+        "artifact_id": row["artifact_id"],
+        "attempts": row["attempts"],
+        "timeout_s": row["request"]["timeout_s"],
+        "callback": {"url": row["request"]["callback_url"], "state": row["callback_state"]} if row["request"]["callback_url"] else None,
+        **job_urls(row["id"]),
+    }
+
+
+def _iso(timestamp: Optional[float]) -> Optional[str]:
+    if timestamp is None:
+        return None
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _int_query(query: Any, name: str, default: Optional[int], minimum: int, maximum: Optional[int]) -> Optional[int]:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) < minimum or (maximum is not None and int(raw) > maximum):
+        bounds = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+        raise ApiError(422, "invalid_parameter", f"{name} must be a whole number {bounds}, got {raw!r}", name)
+    return int(raw)

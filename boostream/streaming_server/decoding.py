@@ -40,6 +40,8 @@ class TrainRequestBody(msgspec.Struct, forbid_unknown_fields=True):
     feature_names: Optional[list[str]] = None
     era: msgspec.Raw = msgspec.Raw()
     params: dict[str, Any] = {}
+    callback_url: Optional[str] = None
+    timeout_s: Optional[float] = None
 
     def __post_init__(self) -> None:
         for name in ("X_valid", "y_valid", "era"):
@@ -56,6 +58,8 @@ class TrainSpec:
     objective: str
     params: dict[str, Any]
     data: TrainingData
+    callback_url: Optional[str] = None
+    timeout_s: Optional[float] = None
 
 
 class TooLarge(Exception):
@@ -94,7 +98,7 @@ def decode_train_request(
         raise ApiError(400, "invalid_data", error.message, error.field) from None
     except TooLarge as error:
         raise ApiError(413, "too_large", str(error)) from None
-    return TrainSpec(trainer, request.objective, params, data)
+    return TrainSpec(trainer, request.objective, params, data, request.callback_url, request.timeout_s)
 
 
 def _shape_error(message: str) -> ApiError:

@@ -1,32 +1,29 @@
 """Every training is a job: an id, a status, an ordered event log and, at the end, an artifact.
 
-Events are appended on the event loop only, so the log needs no lock. Subscribers read it from any
-position and wait for more, so a late or reconnecting client misses nothing, and any number of them
-share one log. Training runs in a thread pool; at most `cpu_jobs` CPU and `gpu_jobs` GPU jobs train
-at once, and the rest wait, in order, as `queued`.
+A job's events are appended on the event loop only, so its log needs no lock. Each event is
+written to the store as it is appended, together with the job's row fields that change with it, so
+what `GET /jobs/{id}` shows and what a replay sends never disagree. While a job is live, its log is
+also kept in memory: subscribers read it from any position and wait for more, so a late or
+reconnecting client misses nothing, and any number of them share one log and one encoding of
+each event.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
 import enum
-import logging
 import time
 import uuid
-from collections import OrderedDict
-from typing import Any, AsyncIterator, Mapping, Optional
+from typing import Any, AsyncIterator, Optional
+
+import orjson
 
 from boostream.progress import Progress, ProgressBridge
-from boostream.streaming_server.artifacts import ArtifactStore
-from boostream.streaming_server.decoding import TrainSpec
-
-log = logging.getLogger("boostream.jobs")
+from boostream.streaming_server.store import JobStore
+from boostream.trainers.base import Trainer, TrainingData
 
 TERMINAL_EVENTS = frozenset({"complete", "error", "cancelled"})
-# Finished jobs kept in memory for late subscribers; artifacts stay on disk regardless.
-FINISHED_JOBS_KEPT = 256
 
 
 class JobStatus(str, enum.Enum):
@@ -36,35 +33,92 @@ class JobStatus(str, enum.Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
 
+    @property
+    def finished(self) -> bool:
+        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
+
 
 @dataclasses.dataclass(frozen=True)
 class Event:
     id: int
     type: str
-    data: dict[str, Any]
+    json: str  # the data, encoded once for every subscriber
 
     @property
     def terminal(self) -> bool:
         return self.type in TERMINAL_EVENTS
 
 
+@dataclasses.dataclass
+class JobRequest:
+    """What a job was asked to do, beyond its arrays; kept in the store so it can run again."""
+
+    model_type: str
+    objective: str
+    params: dict[str, Any]
+    callback_url: Optional[str] = None
+    timeout_s: Optional[float] = None
+    base_url: str = ""  # where the client reached this server: webhooks send absolute URLs
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 class Job:
-    def __init__(self, spec: TrainSpec, decode_s: float) -> None:
-        self.id = uuid.uuid4().hex
-        self.spec = spec
+    def __init__(self, job_id: str, request: JobRequest, trainer: Trainer, store: JobStore, data: Optional[TrainingData]) -> None:
+        self.id = job_id
+        self.request = request
+        self.trainer = trainer
+        self.data = data  # None while it waits on disk
         self.status = JobStatus.QUEUED
         self.created_at = time.time()
         self.started_at: Optional[float] = None
-        self.finished_at: Optional[float] = None
-        self.decode_s = decode_s
+        self.attempts = 0
+        self.decode_s = 0.0
         self.events: list[Event] = []
         self.bridge: Optional[ProgressBridge] = None
+        self.task: Optional[asyncio.Task] = None  # while it trains
+        self.eta_s: Optional[float] = None  # the latest estimate: how long until a slot frees
+        self.timed_out = False
+        self._store = store
         self._cancel_requested = False
         self._appended = asyncio.Event()
 
+    @classmethod
+    def create(cls, request: JobRequest, trainer: Trainer, store: JobStore, data: TrainingData, decode_s: float) -> "Job":
+        job = cls(uuid.uuid4().hex, request, trainer, store, data)
+        job.decode_s = decode_s
+        store.insert_job(
+            {
+                "id": job.id,
+                "status": job.status.value,
+                "model_type": request.model_type,
+                "objective": request.objective,
+                "device": trainer.device,
+                "request": request.as_json(),
+                "created_at": job.created_at,
+                "total": request.params["n_estimators"],
+            }
+        )
+        return job
+
+    @classmethod
+    def restore(cls, row: dict[str, Any], trainer: Trainer, store: JobStore) -> "Job":
+        """A job the server was running or holding when it stopped, with the log it had written."""
+        job = cls(row["id"], JobRequest(**row["request"]), trainer, store, data=None)
+        job.status = JobStatus(row["status"])
+        job.created_at = row["created_at"]
+        job.attempts = row["attempts"]
+        job.events = [Event(event_id, kind, data) for event_id, kind, data in store.events(job.id)]
+        return job
+
+    @property
+    def device(self) -> str:
+        return self.trainer.device
+
     @property
     def finished(self) -> bool:
-        return self.status not in (JobStatus.QUEUED, JobStatus.RUNNING)
+        return self.status.finished
 
     @property
     def cancel_requested(self) -> bool:
@@ -76,13 +130,67 @@ class Job:
         if self.bridge is not None:
             self.bridge.cancel()
 
-    def finish(self, status: JobStatus, event_type: str, **data: Any) -> None:
-        self.status = status
-        self.finished_at = time.time()
-        self.emit(event_type, **data)
+    def time_out(self) -> None:
+        self.timed_out = True
+        self.cancel()
 
-    def emit(self, event_type: str, **data: Any) -> Event:
-        event = Event(len(self.events) + 1, event_type, {"job_id": self.id, **data})
+    def start(self, device_name: Optional[str], n_rows: int, n_valid_rows: int, n_features: int) -> None:
+        self.status = JobStatus.RUNNING
+        self.started_at = time.time()
+        self.attempts += 1
+        request = self.request
+        self.emit(
+            "started",
+            {
+                "model_type": request.model_type,
+                "objective": request.objective,
+                "device": device_name,
+                "attempt": self.attempts,
+                "n_rows": n_rows,
+                "n_valid_rows": n_valid_rows,
+                "n_features": n_features,
+                "n_estimators": request.params["n_estimators"],
+                "params": request.params,
+            },
+            status=self.status.value,
+            started_at=self.started_at,
+            attempts=self.attempts,
+            iteration=0,
+            elapsed_s=None,
+            eta_s=None,
+            metrics=None,
+        )
+
+    def report(self, progress: Progress) -> None:
+        fields = {
+            "iteration": progress.iteration,
+            "total": progress.total,
+            "percent": progress.percent,
+            "elapsed_s": progress.elapsed_s,
+            "eta_s": progress.eta_s,
+            "metrics": progress.metrics,
+            "ts": progress.ts,
+        }
+        self.eta_s = progress.eta_s
+        self.emit("progress", fields, iteration=progress.iteration, elapsed_s=progress.elapsed_s, eta_s=progress.eta_s, metrics=progress.metrics)
+
+    def requeue(self, reason: str) -> None:
+        """Back in the queue after the server stopped while the job waited or ran."""
+        self.status = JobStatus.QUEUED
+        self.emit("restarted", {"reason": reason, "attempts": self.attempts}, status=self.status.value, iteration=0, elapsed_s=None, eta_s=None)
+
+    def finish(self, status: JobStatus, event_type: str, data: dict[str, Any], **row_fields: Any) -> None:
+        self.status = status
+        self.data = None
+        callback_state = "pending" if self.request.callback_url else None
+        self.emit(event_type, data, status=status.value, finished_at=time.time(), eta_s=None, callback_state=callback_state, **row_fields)
+
+    def emit(self, event_type: str, data: dict[str, Any], **row_fields: Any) -> Event:
+        data = {"job_id": self.id, **data}
+        event = Event(len(self.events) + 1, event_type, orjson.dumps(data).decode())
+        # The artifact is kept once, in its file; the stored event goes without it.
+        stored = orjson.dumps({k: v for k, v in data.items() if k != "artifact"}) if "artifact" in data else event.json.encode()
+        self._store.append_event(self.id, event.id, event_type, stored, **row_fields)
         self.events.append(event)
         # Wake everyone waiting, then give later waiters a fresh event to wait on.
         self._appended.set()
@@ -102,131 +210,3 @@ class Job:
             if self.events and self.events[-1].terminal:
                 return
             await self._appended.wait()
-
-
-class JobManager:
-    def __init__(
-        self, artifacts: ArtifactStore, device_names: Mapping[str, Optional[str]], cpu_jobs: int, gpu_jobs: int, progress_interval_s: float
-    ) -> None:
-        self.artifacts = artifacts
-        self.device_names = device_names  # per backend, as found once at start-up
-        self.progress_interval_s = progress_interval_s
-        self.limits = {"cpu": cpu_jobs, "gpu": gpu_jobs}
-        self._slots = {device: asyncio.Semaphore(limit) for device, limit in self.limits.items()}
-        self._executor = concurrent.futures.ThreadPoolExecutor(cpu_jobs + gpu_jobs, thread_name_prefix="train")
-        self._jobs: OrderedDict[str, Job] = OrderedDict()
-        self._tasks: set[asyncio.Task] = set()
-
-    def get(self, job_id: str) -> Optional[Job]:
-        return self._jobs.get(job_id)
-
-    def submit(self, spec: TrainSpec, decode_s: float) -> Job:
-        job = Job(spec, decode_s)
-        self._jobs[job.id] = job
-        task = asyncio.get_running_loop().create_task(self._run(job), name=f"job-{job.id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        self._forget_old_jobs()
-        return job
-
-    def counts(self) -> dict[str, dict[str, int]]:
-        figures = {device: {"running": 0, "queued": 0, "limit": limit} for device, limit in self.limits.items()}
-        for job in self._jobs.values():
-            if not job.finished:
-                figures[job.spec.trainer.device][job.status.value] += 1
-        return figures
-
-    async def shutdown(self) -> None:
-        """Cancel what still trains, and wait for the threads: nobody will stream it any more."""
-        for job in self._jobs.values():
-            if not job.finished:
-                job.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=30)
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-    async def _run(self, job: Job) -> None:
-        spec = job.spec
-        device = spec.trainer.device
-        slot = self._slots[device]
-        if slot.locked():
-            waiting = sum(1 for j in self._jobs.values() if j.status is JobStatus.QUEUED and j.spec.trainer.device == device)
-            job.emit("queued", position=waiting, device=device)
-        async with slot:
-            if job.cancel_requested:
-                job.finish(JobStatus.CANCELLED, "cancelled", iteration=0)
-                return
-            await self._train(job)
-
-    async def _train(self, job: Job) -> None:
-        spec, data = job.spec, job.spec.data
-        loop = asyncio.get_running_loop()
-        job.status = JobStatus.RUNNING
-        job.started_at = time.time()
-        job.emit(
-            "started",
-            model_type=spec.trainer.name,
-            objective=spec.objective,
-            device=self.device_names.get(spec.trainer.name),
-            n_rows=len(data.X),
-            n_valid_rows=0 if data.X_valid is None else len(data.X_valid),
-            n_features=data.X.shape[1],
-            n_estimators=spec.params["n_estimators"],
-            params=spec.params,
-        )
-        job.bridge = ProgressBridge(loop, lambda p: job.emit("progress", **_progress_fields(p)), spec.params["n_estimators"], self.progress_interval_s)
-        if job.cancel_requested:
-            job.bridge.cancel()
-        try:
-            outcome = await loop.run_in_executor(self._executor, self._fit_and_save, job)
-        except Exception as error:  # a failed fit ends the job, never the server
-            log.exception("job %s failed", job.id)
-            job.bridge.finish()
-            job.finish(JobStatus.FAILED, "error", code="training_failed", message=f"{type(error).__name__}: {error}")
-            return
-        finally:
-            job.spec = dataclasses.replace(spec, data=None)  # the arrays are no longer needed
-        job.bridge.finish()
-        result, artifact, timings = outcome
-        if result.cancelled:
-            job.finish(JobStatus.CANCELLED, "cancelled", iteration=result.iterations)
-            return
-        job.finish(
-            JobStatus.SUCCEEDED,
-            "complete",
-            **artifact.event_fields(),
-            iterations=result.iterations,
-            best_iteration=result.best_iteration,
-            metrics=result.metrics,
-            classes=data.classes,
-            feature_names=data.feature_names,
-            training_time_s=timings["fit_s"],
-            timings={"decode_s": round(job.decode_s, 4), "queued_s": round(job.started_at - job.created_at, 4), **timings},
-        )
-
-    def _fit_and_save(self, job: Job):
-        """Runs in a training thread."""
-        spec = job.spec
-        started = time.perf_counter()
-        result = spec.trainer.fit(spec.data, spec.objective, spec.params, job.bridge)
-        fitted = time.perf_counter()
-        artifact = None if result.cancelled else self.artifacts.save(result.model)
-        saved = time.perf_counter()
-        return result, artifact, {"fit_s": round(fitted - started, 4), "artifact_s": round(saved - fitted, 4)}
-
-    def _forget_old_jobs(self) -> None:
-        finished = [job_id for job_id, job in self._jobs.items() if job.finished]
-        for job_id in finished[: max(0, len(finished) - FINISHED_JOBS_KEPT)]:
-            del self._jobs[job_id]
-
-
-def _progress_fields(progress: Progress) -> dict[str, Any]:
-    return {
-        "iteration": progress.iteration,
-        "total": progress.total,
-        "percent": progress.percent,
-        "elapsed_s": progress.elapsed_s,
-        "eta_s": progress.eta_s,
-        "metrics": progress.metrics,
-        "ts": progress.ts,
-    }

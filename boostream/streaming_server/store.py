@@ -1,0 +1,188 @@
+"""Jobs and their event logs in SQLite, so that nothing finished is lost when the server dies.
+
+One file under the data directory, in WAL mode with `synchronous=NORMAL`: a committed write
+survives the process being killed (only a crash of the whole machine may lose the last moments).
+Every write is one small transaction made on the event loop: a job's row changes a few times, its
+log grows by at most about ten events a second, and each commit costs tens of microseconds.
+
+A job's row holds what `GET /jobs/{id}` shows; its events hold what its stream replays. The
+`complete` event is stored without its base64 artifact, which lives once, in the artifact file.
+
+The store is behind this one class so that a shared store (Redis, Postgres) can replace it when one
+process is outgrown.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import orjson
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    model_type TEXT NOT NULL,
+    objective TEXT NOT NULL,
+    device TEXT NOT NULL,
+    request TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    iteration INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL,
+    elapsed_s REAL,
+    eta_s REAL,
+    metrics TEXT,
+    error_code TEXT,
+    error_message TEXT,
+    artifact_id TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    inputs_saved INTEGER NOT NULL DEFAULT 0,
+    callback_state TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at);
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (job_id, id)
+) WITHOUT ROWID;
+"""
+# The columns a job's row is written with; `seq` is given by SQLite.
+JOB_COLUMNS = (
+    "id", "status", "model_type", "objective", "device", "request", "created_at", "started_at", "finished_at",
+    "iteration", "total", "elapsed_s", "eta_s", "metrics", "error_code", "error_message", "artifact_id",
+    "attempts", "inputs_saved", "callback_state",
+)  # fmt: skip
+JSON_COLUMNS = frozenset({"request", "metrics"})
+
+
+class DataDirInUse(RuntimeError):
+    pass
+
+
+class JobStore:
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_data_dir(data_dir)
+        self.path = data_dir / "jobs.sqlite3"
+        self._db = sqlite3.connect(self.path)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path} was written by a newer boostream (schema {version}); upgrade to use it")
+        with self._db:
+            self._db.executescript(SCHEMA)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._db.close()
+        os.close(self._lock)
+
+    # Writes
+
+    def insert_job(self, row: dict[str, Any]) -> None:
+        """A new job's row; the columns not in `row` take their defaults."""
+        unknown = set(row) - set(JOB_COLUMNS)
+        assert not unknown, unknown
+        with self._db:
+            self._db.execute(
+                f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                [_column_value(name, value) for name, value in row.items()],
+            )
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        with self._db:
+            self._update(job_id, fields)
+
+    def append_event(self, job_id: str, event_id: int, event_type: str, data_json: bytes, **job_fields: Any) -> None:
+        """One event, and the job's row fields that change with it, in one transaction."""
+        with self._db:
+            self._db.execute("INSERT INTO events (job_id, id, type, data) VALUES (?, ?, ?, ?)", (job_id, event_id, event_type, data_json.decode()))
+            if job_fields:
+                self._update(job_id, job_fields)
+
+    def delete_jobs(self, job_ids: Iterable[str]) -> None:
+        ids = [(job_id,) for job_id in job_ids]
+        with self._db:
+            self._db.executemany("DELETE FROM events WHERE job_id = ?", ids)
+            self._db.executemany("DELETE FROM jobs WHERE id = ?", ids)
+
+    # Reads
+
+    def job(self, job_id: str) -> Optional[dict[str, Any]]:
+        row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job_row(row) if row else None
+
+    def jobs(self, statuses: Optional[Iterable[str]] = None, limit: int = 50, before_seq: Optional[int] = None) -> list[dict[str, Any]]:
+        """Newest first."""
+        where, args = [], []
+        if statuses:
+            statuses = list(statuses)
+            where.append(f"status IN ({', '.join('?' * len(statuses))})")
+            args += statuses
+        if before_seq is not None:
+            where.append("seq < ?")
+            args.append(before_seq)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._db.execute(f"SELECT * FROM jobs {clause} ORDER BY seq DESC LIMIT ?", (*args, limit)).fetchall()
+        return [_job_row(row) for row in rows]
+
+    def unfinished_jobs(self) -> list[dict[str, Any]]:
+        """Jobs that were queued or running, oldest first: the order they came in."""
+        rows = self._db.execute("SELECT * FROM jobs WHERE status IN ('queued', 'running') ORDER BY seq").fetchall()
+        return [_job_row(row) for row in rows]
+
+    def pending_callbacks(self) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT * FROM jobs WHERE callback_state = 'pending' ORDER BY seq").fetchall()
+        return [_job_row(row) for row in rows]
+
+    def finished_before(self, cutoff: float) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT * FROM jobs WHERE finished_at < ? ORDER BY seq", (cutoff,)).fetchall()
+        return [_job_row(row) for row in rows]
+
+    def events(self, job_id: str, after: int = 0) -> list[tuple[int, str, str]]:
+        """(id, type, data as JSON text) for the events with ids above `after`."""
+        return self._db.execute("SELECT id, type, data FROM events WHERE job_id = ? AND id > ? ORDER BY id", (job_id, after)).fetchall()
+
+    def _update(self, job_id: str, fields: dict[str, Any]) -> None:
+        unknown = set(fields) - set(JOB_COLUMNS)
+        assert not unknown, unknown
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        values = [_column_value(name, value) for name, value in fields.items()]
+        self._db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values, job_id))
+
+
+def _column_value(name: str, value: Any) -> Any:
+    return orjson.dumps(value).decode() if name in JSON_COLUMNS and value is not None else value
+
+
+def _job_row(row: sqlite3.Row) -> dict[str, Any]:
+    fields = dict(row)
+    for name in JSON_COLUMNS:
+        if fields[name] is not None:
+            fields[name] = orjson.loads(fields[name])
+    return fields
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    """Two servers on one data directory would both re-run its interrupted jobs: allow one.
+    The lock goes with the process, however it ends."""
+    descriptor = os.open(data_dir / "server.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise DataDirInUse(f"another boostream server is using the data directory {data_dir}") from None
+    return descriptor

@@ -1,0 +1,309 @@
+"""Webhooks: signed deliveries to a real receiver on a loopback port, retries, and which URLs a
+client may give; the server's signing key on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import os
+import socket
+import stat
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+import pytest
+
+from boostream import __version__
+from boostream.streaming_server.errors import ApiError
+from boostream.streaming_server.signing import load_or_create_key, sign, verify
+from boostream.streaming_server.webhooks import WebhookPolicy, WebhookSender
+
+KEY = b"k" * 32
+PAYLOAD = {"job_id": "0123abcd", "status": "succeeded", "metrics": {"valid_l2": 0.25, "note": "é ✓"}, "iterations": 100}
+
+
+# A real receiver: http.server in a thread, answering from a script, keeping what arrived.
+
+
+@dataclasses.dataclass
+class Answer:
+    status: int
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    delay_s: float = 0.0
+
+
+@dataclasses.dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.answers: list[Answer] = []  # given in order; 200 once they run out
+        self.received: list[Received] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.received.append(Received(self.path, dict(self.headers), body))
+                answer = receiver.answers.pop(0) if receiver.answers else Answer(200)
+                time.sleep(answer.delay_s)
+                try:
+                    self.send_response(answer.status)
+                    for name, value in answer.headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the sender stopped waiting: what a timeout test wants
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver()
+    thread = threading.Thread(target=receiver.server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield receiver
+    receiver.server.shutdown()
+    receiver.server.server_close()
+
+
+def deliver(url: str, payload: dict, **options: Any) -> bool:
+    async def main() -> bool:
+        sender = WebhookSender(KEY, **options)
+        try:
+            return await sender.deliver(url, payload)
+        finally:
+            await sender.aclose()
+
+    return asyncio.run(main())
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# Delivery
+
+
+def test_delivery_arrives_once_as_json_signed_with_the_key(receiver: Receiver):
+    assert deliver(receiver.url + "/hook", PAYLOAD) is True
+
+    [arrived] = receiver.received
+    assert arrived.path == "/hook"
+    assert json.loads(arrived.body) == PAYLOAD
+    assert arrived.body == orjson.dumps(PAYLOAD)  # compact: the signed bytes are the sent bytes
+    assert arrived.headers["Content-Type"] == "application/json"
+    assert arrived.headers["User-Agent"] == f"boostream/{__version__}"
+    assert len(arrived.headers["X-Boostream-Delivery"]) == 32
+    signature = arrived.headers["X-Boostream-Signature"]
+    assert signature == sign(KEY, arrived.body)
+    assert verify(KEY, arrived.body, signature)
+    assert not verify(b"another key of enough length", arrived.body, signature)
+    assert not verify(KEY, arrived.body.replace(b"succeeded", b"failed"), signature)
+    assert not verify(KEY, arrived.body, "not a signature ✗")
+
+
+def test_one_sender_delivers_many_times_each_with_its_own_delivery_id(receiver: Receiver):
+    async def main() -> list[bool]:
+        sender = WebhookSender(KEY)
+        try:
+            return [await sender.deliver(receiver.url, {"n": n}) for n in range(3)]
+        finally:
+            await sender.aclose()
+
+    assert asyncio.run(main()) == [True, True, True]
+    assert [json.loads(r.body) for r in receiver.received] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert len({r.headers["X-Boostream-Delivery"] for r in receiver.received}) == 3
+
+
+def test_server_errors_are_retried_with_the_same_delivery_id_and_logged_without_the_path(receiver: Receiver, caplog: pytest.LogCaptureFixture):
+    receiver.answers = [Answer(500), Answer(503)]
+    with caplog.at_level(logging.INFO, logger="boostream.webhooks"):
+        assert deliver(receiver.url + "/hooks/s3cret?token=t0ken", PAYLOAD, first_backoff_s=0.01) is True
+
+    assert len(receiver.received) == 3
+    assert len({r.headers["X-Boostream-Delivery"] for r in receiver.received}) == 1
+    assert len({r.body for r in receiver.received}) == 1
+    lines = [r.getMessage() for r in caplog.records if r.name == "boostream.webhooks"]
+    assert [("failed" in line, "delivered on attempt 3" in line) for line in lines] == [(True, False), (True, False), (False, True)]
+    assert "s3cret" not in caplog.text and "t0ken" not in caplog.text
+
+
+def test_client_error_is_not_retried(receiver: Receiver):
+    receiver.answers = [Answer(400)]
+    assert deliver(receiver.url, PAYLOAD, first_backoff_s=0.01) is False
+    assert len(receiver.received) == 1
+
+
+def test_too_many_requests_is_retried_after_the_wait_the_receiver_asked_for(receiver: Receiver):
+    receiver.answers = [Answer(429, {"Retry-After": "0"})]
+    started = time.monotonic()
+    # A 30 s backoff would make this test slow: Retry-After: 0 must be honoured instead.
+    assert deliver(receiver.url, PAYLOAD, first_backoff_s=30.0) is True
+    assert time.monotonic() - started < 5
+    assert len(receiver.received) == 2
+
+
+def test_slow_receiver_times_out_and_is_retried(receiver: Receiver):
+    receiver.answers = [Answer(200, delay_s=1.0)]
+    assert deliver(receiver.url, PAYLOAD, first_backoff_s=0.01, timeout_s=0.2) is True
+    assert len(receiver.received) == 2
+
+
+def test_receiver_down_gives_up_after_every_attempt_without_raising(caplog: pytest.LogCaptureFixture):
+    with caplog.at_level(logging.INFO, logger="boostream.webhooks"):
+        assert deliver(f"http://127.0.0.1:{closed_port()}/hook", PAYLOAD, attempts=3, first_backoff_s=0.01) is False
+    lines = [r.getMessage() for r in caplog.records if r.name == "boostream.webhooks"]
+    assert len(lines) == 4
+    assert all("failed" in line for line in lines[:3])
+    assert "gave up after 3 attempts" in lines[3]
+
+
+def test_redirect_is_not_followed(receiver: Receiver, caplog: pytest.LogCaptureFixture):
+    receiver.answers = [Answer(302, {"Location": receiver.url + "/elsewhere"})]
+    with caplog.at_level(logging.INFO, logger="boostream.webhooks"):
+        assert deliver(receiver.url + "/hook", PAYLOAD, first_backoff_s=0.01) is False
+    assert [r.path for r in receiver.received] == ["/hook"]
+    assert "HTTP 302, a redirect, not followed" in caplog.text
+
+
+def test_payload_that_is_not_json_returns_false_without_raising(receiver: Receiver):
+    assert deliver(receiver.url, {"model": object()}) is False
+    assert receiver.received == []
+
+
+# Which callback URLs a client may give
+
+POLICY = WebhookPolicy(("hooks.example.com", "Internal.Example:8443"))
+
+ACCEPTED = [
+    ("https://hooks.example.com/done?job=1", "https://hooks.example.com/done?job=1"),
+    ("HTTPS://Hooks.Example.COM/done#fragment", "https://hooks.example.com/done"),
+    ("http://hooks.example.com:9000/", "http://hooks.example.com:9000/"),  # no port in the entry: any
+    ("https://hooks.example.com./", "https://hooks.example.com./"),
+    ("https://internal.example:8443/x", "https://internal.example:8443/x"),
+]
+
+REFUSED = [
+    # (what is wrong, URL, words in the message)
+    ("a host not allowed", "https://evil.example/", "not in this server's webhook allow-list"),
+    ("an allowed name as a prefix", "https://hooks.example.com.evil.example/", "allow-list"),
+    ("another port than the entry's", "https://internal.example:9443/", "allow-list"),
+    ("the default port, not the entry's", "https://internal.example/", "allow-list"),
+    ("another scheme", "ftp://hooks.example.com/", "http or https"),
+    ("no scheme", "hooks.example.com/done", "http or https"),
+    ("no host", "https:///done", "no host"),
+    ("credentials", "https://user:secret@hooks.example.com/", "credentials"),
+    ("a backslash before @", "http://hooks.example.com\\@evil.example/", "credentials"),
+    ("a port out of range", "http://hooks.example.com:99999/", "invalid port"),
+    ("a port that is not a number", "http://hooks.example.com:x/", "not a valid URL"),
+]
+
+
+@pytest.mark.parametrize("url, normalised", ACCEPTED, ids=[a[0] for a in ACCEPTED])
+def test_allowed_host_is_accepted_and_normalised(url: str, normalised: str):
+    assert POLICY.check(url) == normalised
+
+
+@pytest.mark.parametrize("case, url, words", REFUSED, ids=[r[0] for r in REFUSED])
+def test_refused_url_is_a_422_on_callback_url(case: str, url: str, words: str):
+    assert_refused(POLICY, url, words)
+
+
+def test_empty_allow_list_says_webhooks_are_disabled_and_how_to_enable_them():
+    error = assert_refused(WebhookPolicy(), "https://hooks.example.com/", "disabled")
+    assert "--webhook-hosts" in error.message and "BOOSTREAM_WEBHOOK_HOSTS" in error.message
+
+
+def test_blank_allow_list_entries_are_ignored():
+    assert_refused(WebhookPolicy(("", " ")), "https://hooks.example.com/", "disabled")
+    assert WebhookPolicy((" hooks.example.com ", "")).check("https://hooks.example.com/") == "https://hooks.example.com/"
+
+
+def test_star_allows_any_host_but_still_checks_the_rest():
+    policy = WebhookPolicy(("*",))
+    assert policy.check("https://anywhere.example:1234/x") == "https://anywhere.example:1234/x"
+    assert_refused(policy, "file:///etc/passwd", "http or https")
+    assert_refused(policy, "https://user:pw@anywhere.example/", "credentials")
+
+
+@pytest.mark.parametrize("entry", ["http://hooks.example.com", "hooks.example.com/path", "hooks.example.com:x", "user@hooks.example.com"])
+def test_malformed_allow_list_entry_is_refused_at_start(entry: str):
+    with pytest.raises(ValueError, match="host name or host:port"):
+        WebhookPolicy((entry,))
+
+
+def assert_refused(policy: WebhookPolicy, url: str, words: str) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        policy.check(url)
+    error = caught.value
+    assert (error.status, error.code, error.field) == (422, "invalid_parameter", "callback_url")
+    assert words in error.message
+    return error
+
+
+# The signing key
+
+
+def test_key_file_is_created_private_and_reused(tmp_path: Path):
+    path = tmp_path / "new" / "dir" / "signing.key"
+    key = load_or_create_key(path)
+    assert len(key) == 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text().strip() == key.hex()
+    assert load_or_create_key(path) == key
+    assert os.listdir(path.parent) == ["signing.key"]  # no temporary file left behind
+
+
+def test_racing_creators_end_with_one_key(tmp_path: Path):
+    path = tmp_path / "signing.key"
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        keys = set(pool.map(lambda _: load_or_create_key(path), range(64)))
+    assert keys == {bytes.fromhex(path.read_text())}
+    assert os.listdir(tmp_path) == ["signing.key"]
+
+
+def test_configured_key_is_used_as_given_and_no_file_is_made(tmp_path: Path):
+    path = tmp_path / "signing.key"
+    assert load_or_create_key(path, "an operator's secret ✓") == "an operator's secret ✓".encode()
+    assert not path.exists()
+
+
+def test_empty_configured_key_means_the_key_file(tmp_path: Path):
+    path = tmp_path / "signing.key"
+    assert load_or_create_key(path, "") == load_or_create_key(path) == bytes.fromhex(path.read_text())
+
+
+def test_short_configured_key_is_refused(tmp_path: Path):
+    with pytest.raises(ValueError, match="at least 16"):
+        load_or_create_key(tmp_path / "signing.key", "short")
+
+
+def test_key_file_that_is_not_hex_is_refused(tmp_path: Path):
+    path = tmp_path / "signing.key"
+    path.write_text("not hex at all")
+    with pytest.raises(ValueError, match="hex-encoded"):
+        load_or_create_key(path)
