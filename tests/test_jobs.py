@@ -355,3 +355,12 @@ def test_a_webhook_is_signed_retried_and_names_the_result(tmp_path, diabetes):
     assert payload["job_id"] == job_id and payload["status"] == "succeeded"
     assert payload["result_url"] == f"{server.url}/jobs/{job_id}/result"
     assert "artifact" not in payload and payload["artifact_id"]
+
+
+def test_a_second_server_refuses_a_data_directory_in_use(tmp_path):
+    with running_server(tmp_path) as server:
+        with pytest.raises(RuntimeError) as refused:
+            next(start_server(tmp_path))
+        assert "another boostream server is using the data directory" in str(refused.value)
+        with server.client() as client:
+            assert client.get("/health").status_code == 200
