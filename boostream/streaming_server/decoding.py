@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import queue
 import re
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import msgspec
 import numpy as np
@@ -28,20 +28,27 @@ VALID_SPLIT_SEED = 0
 DATA_FIELDS = frozenset({"X", "y", "X_valid", "y_valid", "era", "feature_names"})
 
 
-class TrainRequestBody(msgspec.Struct, forbid_unknown_fields=True):
-    X: msgspec.Raw
-    y: msgspec.Raw
+class TrainOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A training request's fields other than its arrays, whichever way the table came."""
+
     model_type: str = "lightgbm"
     objective: str = "regression"
-    # msgspec cannot make a Raw field Optional; an empty Raw marks an absent one.
-    X_valid: msgspec.Raw = msgspec.Raw()
-    y_valid: msgspec.Raw = msgspec.Raw()
     valid_fraction: Optional[float] = None
     feature_names: Optional[list[str]] = None
-    era: msgspec.Raw = msgspec.Raw()
     params: dict[str, Any] = {}
     callback_url: Optional[str] = None
     timeout_s: Optional[float] = None
+
+
+class TrainRequestBody(TrainOptions, forbid_unknown_fields=True, kw_only=True):
+    """A JSON training request: the options and the arrays, which msgspec skips over (`Raw`)."""
+
+    X: msgspec.Raw
+    y: msgspec.Raw
+    # msgspec cannot make a Raw field Optional; an empty Raw marks an absent one.
+    X_valid: msgspec.Raw = msgspec.Raw()
+    y_valid: msgspec.Raw = msgspec.Raw()
+    era: msgspec.Raw = msgspec.Raw()
 
     def __post_init__(self) -> None:
         for name in ("X_valid", "y_valid", "era"):
@@ -80,25 +87,33 @@ def decode_train_request(
         raise _shape_error(str(error)) from None
     except msgspec.DecodeError as error:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
-    trainer = trainers.get(request.model_type)
+    return build_spec(request, lambda: _training_data(request, body, max_cells), trainers, unavailable)
+
+
+def build_spec(
+    options: TrainOptions, read_data: Callable[[], TrainingData], trainers: Mapping[str, Trainer], unavailable: Mapping[str, str]
+) -> TrainSpec:
+    """Check the options, then read the arrays with `read_data` (which raises InvalidData,
+    InvalidParameter or TooLarge), and check them together; ApiError for whatever is wrong."""
+    trainer = trainers.get(options.model_type)
     if trainer is None:
-        raise ApiError(422, "invalid_parameter", f"unknown model_type {request.model_type!r}; choose one of {sorted(trainers)}", "model_type")
-    if request.model_type in unavailable:
-        reason = unavailable[request.model_type]
-        raise ApiError(503, "backend_unavailable", f"{request.model_type} cannot train on this server: {reason}", "model_type")
-    if request.objective not in OBJECTIVES:
-        raise ApiError(422, "invalid_parameter", f"unknown objective {request.objective!r}; choose one of {list(OBJECTIVES)}", "objective")
+        raise ApiError(422, "invalid_parameter", f"unknown model_type {options.model_type!r}; choose one of {sorted(trainers)}", "model_type")
+    if options.model_type in unavailable:
+        reason = unavailable[options.model_type]
+        raise ApiError(503, "backend_unavailable", f"{options.model_type} cannot train on this server: {reason}", "model_type")
+    if options.objective not in OBJECTIVES:
+        raise ApiError(422, "invalid_parameter", f"unknown objective {options.objective!r}; choose one of {list(OBJECTIVES)}", "objective")
     try:
-        params = validate_params(trainer.params, request.params)
-        data = _training_data(request, body, max_cells)
-        trainer.check(data, request.objective, params)
+        params = validate_params(trainer.params, options.params)
+        data = read_data()
+        trainer.check(data, options.objective, params)
     except InvalidParameter as error:
         raise ApiError(422, "invalid_parameter", error.message, error.field) from None
     except InvalidData as error:
         raise ApiError(400, "invalid_data", error.message, error.field) from None
     except TooLarge as error:
         raise ApiError(413, "too_large", str(error)) from None
-    return TrainSpec(trainer, request.objective, params, data, request.callback_url, request.timeout_s)
+    return TrainSpec(trainer, options.objective, params, data, options.callback_url, options.timeout_s)
 
 
 def _shape_error(message: str) -> ApiError:
@@ -115,34 +130,43 @@ def _shape_error(message: str) -> ApiError:
 def _training_data(request: TrainRequestBody, body: bytes | bytearray, max_cells: int) -> TrainingData:
     X = _matrix(request.X, "X", body, max_cells)
     y = _labels(request.y, "y", body, request.objective)
+    era = _labels(request.era, "era", body, "multiclass") if request.era else None
+    if bool(request.X_valid) != bool(request.y_valid):
+        missing = "X_valid" if request.y_valid else "y_valid"
+        raise InvalidData(missing, "X_valid and y_valid must be sent together")
+    valid = None
+    if request.X_valid:
+        valid = _matrix(request.X_valid, "X_valid", body, max_cells), _labels(request.y_valid, "y_valid", body, request.objective)
+    return assemble_training_data(request, X, y, era=era, valid=valid)
+
+
+def assemble_training_data(
+    options: TrainOptions, X: np.ndarray, y: np.ndarray, era: Optional[np.ndarray] = None, valid: Optional[tuple[np.ndarray, np.ndarray]] = None
+) -> TrainingData:
+    """Arrays as read, whatever their source, checked against each other and the options: era ids
+    numbered, the validation rows split off or checked, class labels encoded."""
     _check_rows("y", y, X)
-    feature_names = _feature_names(request.feature_names, X.shape[1])
-    era = None
-    if request.era:
-        if request.model_type != "warpgbm":
+    feature_names = _feature_names(options.feature_names, X.shape[1])
+    if era is not None:
+        if options.model_type != "warpgbm":
             raise InvalidParameter("era", "era splitting is a WarpGBM feature; use model_type 'warpgbm'")
-        era = _labels(request.era, "era", body, "multiclass")
         _check_rows("era", era, X)
         era = np.unique(era, return_inverse=True)[1].astype(np.int32)
 
     X_valid = y_valid = None
-    if bool(request.X_valid) != bool(request.y_valid):
-        missing = "X_valid" if request.y_valid else "y_valid"
-        raise InvalidData(missing, "X_valid and y_valid must be sent together")
-    if request.X_valid:
-        if request.valid_fraction is not None:
+    if valid is not None:
+        if options.valid_fraction is not None:
             raise InvalidParameter("valid_fraction", "send either valid_fraction or X_valid/y_valid, not both")
-        X_valid = _matrix(request.X_valid, "X_valid", body, max_cells)
+        X_valid, y_valid = valid
         if X_valid.shape[1] != X.shape[1]:
             raise InvalidData("X_valid", f"rows have {X_valid.shape[1]} values, but X has {X.shape[1]} features")
-        y_valid = _labels(request.y_valid, "y_valid", body, request.objective)
         _check_rows("y_valid", y_valid, X_valid)
-    elif request.valid_fraction is not None:
-        X, y, X_valid, y_valid, era = _split(X, y, era, request.valid_fraction)
+    elif options.valid_fraction is not None:
+        X, y, X_valid, y_valid, era = _split(X, y, era, options.valid_fraction)
 
     data = TrainingData(X=X, y=y, feature_names=feature_names, X_valid=X_valid, y_valid=y_valid, era=era)
-    if request.objective != "regression":
-        _encode_classes(data, request.objective)
+    if options.objective != "regression":
+        _encode_classes(data, options.objective)
     return data
 
 
