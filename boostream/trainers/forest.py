@@ -6,8 +6,8 @@ bin edges per feature and each tree as arrays of nodes. A row goes left at a spl
 `searchsorted(edges, x, side="right")` on float32 as WarpGBM's binner computes it, is at most the
 split's bin. As the edges are sorted, that is exactly when `x < edges[split_bin]`, so prediction
 compares values with edges and never bins them. It walks every tree at once for a block of rows
-(a leaf points at itself, so a fixed number of steps reaches every leaf) and sums
-`init_score + learning_rate * leaves` per class.
+(a leaf points at itself, so a fixed number of steps reaches every leaf); a class's score is
+`init_score + learning_rate * (its trees' leaves, added in tree order)`.
 
 For classifiers `init_score` holds the log class priors that WarpGBM's training started from, so
 these probabilities are the ones its validation loss was computed on. (WarpGBM 2.2's own
@@ -119,7 +119,7 @@ class Forest:
         trees = _trees(document["trees"], len(init_score), bin_edges.shape)
         return cls(
             objective=objective,
-            learning_rate=float(learning_rate),
+            learning_rate=learning_rate,
             bin_edges=bin_edges,
             init_score=init_score,
             feature_names=feature_names,
@@ -135,6 +135,9 @@ class Forest:
     def to_portable(self) -> dict[str, Any]:
         """The forest as plain data (dicts, lists, numbers, strings) in the format that
         docs/formats.md describes; each tree without the padding that the arrays give it."""
+        labels = self.classes
+        if labels is None and self.objective != "regression":
+            labels = list(range(len(self.init_score)))  # the labels `predict` gives
         node_counts = _node_counts(self.left, self.right)
         trees = [
             {"class": int(k), **{name: getattr(self, name)[t, :n].tolist() for name, _ in _NODE_FIELDS}}
@@ -146,7 +149,7 @@ class Forest:
             "objective": self.objective,
             "learning_rate": float(self.learning_rate),
             "init_score": self.init_score.tolist(),
-            "classes": None if self.classes is None else [_plain(label) for label in self.classes],
+            "classes": None if labels is None else [_plain(label) for label in labels],
             "feature_names": list(self.feature_names),
             "bin_edges": self.bin_edges.tolist(),
             "trees": trees,
@@ -170,7 +173,7 @@ class Forest:
         if X.ndim != 2 or X.shape[1] != self.bin_edges.shape[0]:
             raise ValueError(f"X must have shape (rows, {self.bin_edges.shape[0]}), got {X.shape}")
         walk = _Walk(self)
-        rows_per_block = max(_MIN_ROWS_PER_BLOCK, _CELLS_PER_BLOCK // max(self.n_trees, 1))
+        rows_per_block = max(_MIN_ROWS_PER_BLOCK, _CELLS_PER_BLOCK // len(walk.roots))
         starts = range(0, len(X), rows_per_block)
         scores = np.empty((len(X), len(self.init_score)))
 
@@ -255,21 +258,24 @@ class _Walk:
         tree, node, is_split, right = _breadth_first(forest.left, forest.right)
         feature = forest.feature[tree, node]
         edge = forest.bin_edges[feature, forest.split_bin[tree, node]]
-        self.column = np.where(is_split, feature, 0).astype(np.intp)
-        self.threshold = np.where(is_split, edge, -np.inf).astype(np.float32)
-        self.right = right
-        self.value = forest.value[tree, node]
-        self.roots = np.arange(forest.n_trees, dtype=np.intp)  # the first level is every root
+        # One node more, after all the others: a leaf worth 0 that fills the empty class slots.
+        zero_leaf = len(tree)
+        self.column = np.append(np.where(is_split, feature, 0), 0).astype(np.intp)
+        self.threshold = np.append(np.where(is_split, edge, -np.inf), -np.inf).astype(np.float32)
+        self.right = np.append(right, zero_leaf)
+        self.value = np.append(forest.value[tree, node], 0.0)
+        self.n_classes = len(forest.init_score)
+        # The first level of the order is every tree's root, so a tree's root is its index.
+        self.roots = _class_slots(forest.tree_class, self.n_classes, zero_leaf).ravel()
         self.depth = forest.depth
-        self.class_weights = np.zeros((forest.n_trees, len(forest.init_score)))
-        self.class_weights[self.roots, forest.tree_class] = forest.learning_rate
+        self.learning_rate = forest.learning_rate
         self.init_score = forest.init_score
 
     def raw_score(self, X: np.ndarray) -> np.ndarray:
         values = np.ascontiguousarray(X, dtype=np.float32)  # WarpGBM compares float32 values
         cells = values.ravel()
-        row_start = np.arange(0, values.size, values.shape[1], dtype=np.intp)[:, None]
-        node = np.repeat(self.roots[None, :], len(values), axis=0)  # (rows, trees)
+        row_start = np.arange(0, values.size, values.shape[1], dtype=np.intp)[None, :]
+        node = np.repeat(self.roots[:, None], len(values), axis=1)  # (class slots, rows)
         column, right = np.empty_like(node), np.empty_like(node)
         x, threshold = np.empty(node.shape, np.float32), np.empty(node.shape, np.float32)
         goes_left = np.empty(node.shape, bool)
@@ -283,7 +289,18 @@ class _Walk:
             np.less(x, threshold, out=goes_left)
             np.take(self.right, node, out=right, mode="clip")
             np.subtract(right, goes_left, out=node)
-        return np.take(self.value, node, mode="clip") @ self.class_weights + self.init_score
+        leaves = np.take(self.value, node, mode="clip").reshape(-1, self.n_classes * len(values))
+        return self.init_score + self.learning_rate * _sum_in_order(leaves).reshape(self.n_classes, -1).T
+
+
+def _sum_in_order(rows: np.ndarray) -> np.ndarray:
+    """The sum of the rows of a 2-D array, added one row after another, as a plain loop over the
+    trees adds their leaves, so that a score does not depend on the rows scored with it.
+    np.add.reduce over the first axis adds in that order, fast, except over a single column,
+    where it adds pairwise; np.add.accumulate is always in order, but slow."""
+    if rows.shape[1] == 1:
+        return np.add.accumulate(rows, axis=0)[-1]
+    return np.add.reduce(rows, axis=0)
 
 
 def _levels(left: np.ndarray, right: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -314,6 +331,18 @@ def _breadth_first(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, ...
         levels.append((tree, node, is_split, right_child.astype(np.intp)))
         start = stop
     return tuple(np.concatenate(parts) for parts in zip(*levels))
+
+
+def _class_slots(tree_class: np.ndarray, n_classes: int, empty: int) -> np.ndarray:
+    """(rounds, classes) tree indices: each class's trees in order down its column, and `empty`
+    below a class's last tree. WarpGBM grows one tree per class a round, so for its forests this
+    is the trees' own order."""
+    order = np.argsort(tree_class, kind="stable")
+    counts = np.bincount(tree_class, minlength=n_classes)
+    rank_in_class = np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)
+    slots = np.full((max(counts.max(initial=0), 1), n_classes), empty, dtype=np.intp)
+    slots[rank_in_class, tree_class[order]] = order
+    return slots
 
 
 def _node_counts(left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -399,7 +428,7 @@ def _first(bad: np.ndarray) -> Optional[int]:
 
 
 def _numbers(values: list, path: str, dtype: type = np.float64) -> np.ndarray:
-    """Finite numbers in `dtype` (float32 for bin edges: a value beyond its range is refused)."""
+    """Finite numbers in `dtype` (for float32, a value beyond its range is refused too)."""
     if not set(map(type, values)) <= {int, float}:
         i = next(i for i, v in enumerate(values) if type(v) not in (int, float))
         _refuse(f"{path}[{i}]", f"must be a number, got {_json_type(values[i])}")
@@ -409,7 +438,7 @@ def _numbers(values: list, path: str, dtype: type = np.float64) -> np.ndarray:
     except OverflowError:
         _refuse(path, "holds an integer beyond the range of a double")
     if (i := _first(~np.isfinite(array))) is not None:
-        _refuse(f"{path}[{i}]", f"= {_shown(values[i])} is out of the range of a {np.dtype(dtype).name}")
+        _refuse(f"{path}[{i}]", f"= {_shown(values[i])} is not a finite {np.dtype(dtype).name}")
     return array
 
 
