@@ -21,6 +21,7 @@ _SERVE_OPTIONS = {
     "max_training_s": "longest a job may train, in seconds",
     "job_ttl_s": "seconds a finished job and its artifact are kept",
     "webhook_hosts": "hosts callback_url may name, comma-separated (host or host:port; * for any)",
+    "model_cache_bytes": "memory for models kept loaded for /predict (by their native size)",
     "max_body_bytes": "largest request body accepted",
     "max_cells": "largest table accepted, in rows x features",
     "heartbeat_s": "seconds between heartbeat comments on an idle stream",

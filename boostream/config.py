@@ -37,6 +37,8 @@ class Settings:
     webhook_hosts: str = ""
     # The key that signs webhooks (and artifacts); empty: one generated and kept in the data dir.
     secret_key: str = ""
+    # Models kept loaded for /predict, counted by the size of their native form.
+    model_cache_bytes: int = 512 * 1024**2
     max_body_bytes: int = 2 * 1024**3
     max_cells: int = 200_000_000
     progress_interval_s: float = 0.1
@@ -57,6 +59,10 @@ class Settings:
     @property
     def inputs_dir(self) -> Path:
         return self.data_dir / "inputs"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
 
     @property
     def key_path(self) -> Path:

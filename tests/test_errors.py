@@ -69,8 +69,9 @@ def test_malformed_json_is_a_400(server: Server):
 
 def test_other_content_types_are_refused(server: Server):
     with server.client() as client:
-        response = client.post("/train/stream", content=b"a,b\n1,2\n", headers={"content-type": "text/csv"})
+        response = client.post("/train/stream", content=b"<X>1</X>", headers={"content-type": "application/xml"})
     assert response.status_code == 415
+    assert "text/csv" in response.json()["error"]["message"]
 
 
 def test_bad_on_disconnect_is_a_422(server: Server):

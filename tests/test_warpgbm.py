@@ -146,3 +146,18 @@ def test_warpgbm_prints_nothing_to_the_server_output(capfd):
     X, y = regression_data(5000)
     fit("regression", X, y, Recorder(), n_estimators=10)
     assert capfd.readouterr().out == ""
+
+
+def test_a_gpu_model_downloads_as_portable_json_and_predicts_through_the_api(server: Server):
+    X, y = classification_data(3, rows=5000)
+    events = server.train({"model_type": "warpgbm", "objective": "multiclass", "X": X.tolist(), "y": [f"c{k}" for k in y],
+                           "artifact_format": "native", "params": {"n_estimators": 20}})
+    complete = events[-1].data
+    assert complete["format"] == "native"
+    with server.client() as client:
+        portable = client.get(f"/artifacts/{complete['artifact_id']}", params={"format": "native"})
+        assert portable.headers["content-type"].startswith("application/json")
+        forest = Forest.from_json(portable.content)
+        answer = client.post("/predict", json={"artifact_id": complete["artifact_id"], "X": X[:100].tolist(), "output": "proba"}).json()
+    assert forest.classes == ["c0", "c1", "c2"] and answer["classes"] == ["c0", "c1", "c2"]
+    np.testing.assert_allclose(answer["predictions"], forest.predict_proba(X[:100]), rtol=1e-12)

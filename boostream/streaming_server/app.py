@@ -10,6 +10,7 @@ import time
 from typing import Any, AsyncIterator, Optional
 
 import anyio
+import orjson
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -19,12 +20,14 @@ from starlette.routing import Route
 from boostream import __version__
 from boostream.config import Settings
 from boostream.streaming_server.artifacts import ArtifactStore
-from boostream.streaming_server.decoding import decode_train_request
+from boostream.streaming_server.decoding import ARTIFACT_FORMATS, TrainSpec, decode_predict_request, decode_train_request
 from boostream.streaming_server.errors import ApiError, handle_api_error
 from boostream.streaming_server.jobs import Event, Job, JobRequest, JobStatus
 from boostream.streaming_server.manager import JobManager, job_urls
+from boostream.streaming_server.predicting import ModelCache, ModelLoader
 from boostream.streaming_server.signing import load_or_create_key
 from boostream.streaming_server.store import JobStore
+from boostream.streaming_server.uploads import MULTIPART, TABLE_TYPES, receive_table
 from boostream.streaming_server.webhooks import WebhookPolicy, WebhookSender
 from boostream.trainers import create_trainers
 from boostream.trainers.base import OBJECTIVES, Availability, params_schema
@@ -48,6 +51,7 @@ class Service:
         self.availability: dict[str, Availability] = {}
         self.webhook_policy = WebhookPolicy(settings.allowed_webhook_hosts)
         self.jobs: Optional[JobManager] = None
+        self.models: Optional[ModelLoader] = None
         self._ingest: Optional[asyncio.Semaphore] = None
 
     @contextlib.asynccontextmanager
@@ -59,10 +63,12 @@ class Service:
             self.availability[name] = await anyio.to_thread.run_sync(trainer.availability)
             if not self.availability[name].available:
                 log.info("%s is unavailable: %s", name, self.availability[name].reason)
-        webhooks = WebhookSender(load_or_create_key(settings.key_path, settings.secret_key or None))
+        key = load_or_create_key(settings.key_path, settings.secret_key or None)
+        artifacts = ArtifactStore(settings.artifacts_dir, key)
+        self.models = ModelLoader(store, artifacts, self.trainers, ModelCache(settings.model_cache_bytes))
         self.jobs = JobManager(
             store,
-            ArtifactStore(settings.artifacts_dir),
+            artifacts,
             settings.inputs_dir,
             self.trainers,
             self.availability,
@@ -72,7 +78,7 @@ class Service:
             max_training_s=settings.max_training_s,
             job_ttl_s=settings.job_ttl_s,
             progress_interval_s=settings.progress_interval_s,
-            webhooks=webhooks,
+            webhooks=WebhookSender(key),
             webhook_policy=self.webhook_policy,
         )
         self._ingest = asyncio.Semaphore(INGEST_SLOTS)
@@ -95,6 +101,9 @@ class Service:
             Route("/jobs/{job_id}/events", self.job_events, methods=["GET"]),
             Route("/jobs/{job_id}/result", self.job_result, methods=["GET"]),
             Route("/jobs/{job_id}/cancel", self.cancel_job, methods=["POST"]),
+            Route("/artifacts/{artifact_id}", self.download_artifact, methods=["GET"]),
+            Route("/artifacts/{artifact_id}/metadata", self.artifact_metadata, methods=["GET"]),
+            Route("/predict", self.predict, methods=["POST"]),
         ]
 
     async def health(self, request: Request) -> Response:
@@ -181,6 +190,61 @@ class Service:
         await self.jobs.delete(row["id"])
         return Response(status_code=204)
 
+    async def download_artifact(self, request: Request) -> Response:
+        row = self._artifact_row(request)
+        format = request.query_params.get("format", "joblib")
+        if format not in ARTIFACT_FORMATS:
+            raise ApiError(422, "invalid_parameter", f"format must be one of {list(ARTIFACT_FORMATS)}, got {format!r}", "format")
+        blob = row["blobs"][format]
+        try:
+            content = await anyio.to_thread.run_sync(self.jobs.artifacts.read, row["id"], format)
+        except FileNotFoundError:
+            raise ApiError(410, "gone", f"the {format} file of artifact {row['id']} is missing from the server", "artifact_id") from None
+        headers = {
+            "Content-Disposition": f'attachment; filename="{row["id"]}.{blob["extension"]}"',
+            "ETag": f'"{blob["sha256"]}"',
+            "X-Boostream-Signature": blob["signature"],
+        }
+        return Response(content, media_type=blob["media_type"], headers=headers)
+
+    async def artifact_metadata(self, request: Request) -> Response:
+        row = self._artifact_row(request)
+        return JSONResponse(artifact_view(row))
+
+    async def predict(self, request: Request) -> Response:
+        media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            raise ApiError(415, "unsupported_media_type", f"send the prediction request as application/json, not {media_type}")
+        async with self._ingest:
+            body = await _read_body(request, self.settings.max_body_bytes)
+            parsed, X = await anyio.to_thread.run_sync(decode_predict_request, body, self.settings.max_cells)
+            del body
+        if parsed.artifact_id is not None:
+            row = self.jobs.store.artifact(parsed.artifact_id)
+            if row is None:
+                raise ApiError(404, "not_found", f"no artifact {parsed.artifact_id!r} (unknown, deleted, or expired)", "artifact_id")
+            loaded = await anyio.to_thread.run_sync(self.models.stored, parsed.artifact_id, row)
+        else:
+            loaded = await anyio.to_thread.run_sync(self.models.uploaded, parsed.artifact, parsed.artifact_format, parsed.signature)
+        values = await anyio.to_thread.run_sync(loaded.predict, X, parsed.output)
+        answer = {
+            "artifact_id": loaded.artifact_id,
+            "model_type": loaded.predictor.name,
+            "objective": loaded.shape.objective,
+            "output": parsed.output,
+            "shape": list(values.shape),
+            "classes": loaded.classes,
+            "predictions": values.tolist() if values.dtype == object else values,
+        }
+        return Response(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+    def _artifact_row(self, request: Request) -> dict[str, Any]:
+        artifact_id = request.path_params["artifact_id"]
+        row = self.jobs.store.artifact(artifact_id)
+        if row is None:
+            raise ApiError(404, "not_found", f"no artifact {artifact_id!r} (unknown, deleted, or expired)", "artifact_id")
+        return row
+
     def _job_row(self, request: Request) -> dict[str, Any]:
         job_id = request.path_params["job_id"]
         row = self.jobs.store.job(job_id)
@@ -189,25 +253,44 @@ class Service:
         return row
 
     async def _submit(self, request: Request) -> Job:
-        content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
-        if content_type != "application/json":
-            raise ApiError(415, "unsupported_media_type", f"send the training request as application/json, not {content_type}")
-        unavailable = {name: a.reason or "unavailable" for name, a in self.availability.items() if not a.available}
-        async with self._ingest:
-            body = await _read_body(request, self.settings.max_body_bytes)
-            started = time.perf_counter()
-            spec = await anyio.to_thread.run_sync(decode_train_request, body, self.trainers, unavailable, self.settings.max_cells)
-            decode_s = time.perf_counter() - started
-            del body
+        spec, decode_s = await self._decode(request)
         job_request = JobRequest(
             model_type=spec.trainer.name,
             objective=spec.objective,
             params=spec.params,
             callback_url=None if spec.callback_url is None else self.webhook_policy.check(spec.callback_url),
             timeout_s=self._check_timeout(spec.timeout_s),
+            artifact_format=spec.artifact_format,
             base_url=str(request.base_url),
         )
         return self.jobs.submit(job_request, spec.data, decode_s)
+
+    async def _decode(self, request: Request) -> tuple[TrainSpec, float]:
+        """The training request, read and checked off the loop, and how long decoding it took."""
+        media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if media_type not in ("application/json", MULTIPART, *TABLE_TYPES):
+            accepted = ", ".join(["application/json", *TABLE_TYPES, MULTIPART])
+            raise ApiError(415, "unsupported_media_type", f"send the training request as one of {accepted}; not {media_type}")
+        unavailable = {name: a.reason or "unavailable" for name, a in self.availability.items() if not a.available}
+        settings = self.settings
+        async with self._ingest:
+            if media_type == "application/json":
+                body = await _read_body(request, settings.max_body_bytes)
+                started = time.perf_counter()
+                spec = await anyio.to_thread.run_sync(decode_train_request, body, self.trainers, unavailable, settings.max_cells)
+                del body
+                return spec, time.perf_counter() - started
+            from boostream.streaming_server.tables import decode_table_request  # pyarrow loads in ~0.3 s: only when used
+
+            upload = await receive_table(request, media_type, settings.max_body_bytes, settings.uploads_dir)
+            try:
+                started = time.perf_counter()
+                spec = await anyio.to_thread.run_sync(
+                    decode_table_request, upload.file, upload.kind, upload.fields, self.trainers, unavailable, settings.max_cells
+                )
+                return spec, time.perf_counter() - started
+            finally:
+                await upload.close()
 
     def _check_timeout(self, timeout_s: Optional[float]) -> Optional[float]:
         limit = self.settings.max_training_s
@@ -312,6 +395,24 @@ def job_view(row: dict[str, Any]) -> dict[str, Any]:
         "timeout_s": row["request"]["timeout_s"],
         "callback": {"url": row["request"]["callback_url"], "state": row["callback_state"]} if row["request"]["callback_url"] else None,
         **job_urls(row["id"]),
+    }
+
+
+def artifact_view(row: dict[str, Any]) -> dict[str, Any]:
+    """An artifact's metadata, as `GET /artifacts/{id}/metadata` shows it."""
+    return {
+        "artifact_id": row["id"],
+        "job_id": row["job_id"],
+        "model_type": row["model_type"],
+        "objective": row["objective"],
+        "feature_names": row["feature_names"],
+        "classes": row["classes"],
+        "metrics": row["metrics"],
+        "iterations": row["iterations"],
+        "best_iteration": row["best_iteration"],
+        "created_at": _iso(row["created_at"]),
+        "formats": row["blobs"],
+        "download_urls": {format: f"/artifacts/{row['id']}?format={format}" for format in row["blobs"]},
     }
 
 

@@ -1,7 +1,13 @@
-"""Trained models as artifacts: a joblib blob, its sha256, kept on disk under the data directory.
+"""Trained models as artifacts, kept on disk under the data directory in two formats:
 
-Artifacts are written by this server from models it trained. Nothing here ever loads a blob that a
-client sent.
+- `joblib`: the fitted model object (a `lightgbm.Booster`, or a numpy `Forest` for WarpGBM), for
+  Python clients; loading it runs pickle, so it is only ever loaded when this server signed it;
+- `native`: the backend's own format, which is data: LightGBM's text model, or the portable JSON
+  of a `Forest` (docs/formats.md).
+
+Each blob carries an HMAC-SHA256 signature made with the server's key, so a client can hand an
+artifact back (to `/predict`) and the server can tell that it made it. Nothing here loads a blob
+that a client sent.
 """
 
 from __future__ import annotations
@@ -19,54 +25,74 @@ from typing import Any
 import joblib
 import orjson
 
+from boostream.streaming_server.signing import sign
+from boostream.trainers.base import Predictor
+
 log = logging.getLogger("boostream.artifacts")
 
-FORMAT = "joblib"
+FORMATS = ("joblib", "native")
+JOBLIB_MEDIA_TYPE = "application/octet-stream"
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredBlob:
+    media_type: str
+    extension: str  # for the file name a download suggests
+    size_bytes: int
+    sha256: str
+    signature: str
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class Artifact:
     artifact_id: str
-    sha256: str
-    size_bytes: int
-    blob: bytes
+    blobs: dict[str, StoredBlob]
+    contents: dict[str, bytes]  # the bytes just written, for the `complete` event
 
-    def event_fields(self) -> dict[str, Any]:
-        """What the `complete` event says of it, but the base64 blob: that comes last (`encoded`),
-        where a stored event gets it back (`ArtifactStore.attach`)."""
-        return {"artifact_id": self.artifact_id, "format": FORMAT, "sha256": self.sha256, "size_bytes": self.size_bytes}
+    def event_fields(self, format: str) -> dict[str, Any]:
+        """What the `complete` event says of the artifact, but the base64 blob: that comes last
+        (`encoded`), where a stored event gets it back (`ArtifactStore.attach`)."""
+        blob = self.blobs[format]
+        return {"artifact_id": self.artifact_id, "format": format, "sha256": blob.sha256, "size_bytes": blob.size_bytes, "signature": blob.signature}
 
-    def encoded(self) -> str:
-        return base64.b64encode(self.blob).decode("ascii")
+    def encoded(self, format: str) -> str:
+        return base64.b64encode(self.contents[format]).decode("ascii")
 
 
 class ArtifactStore:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, key: bytes) -> None:
         self.directory = directory
+        self.key = key
         directory.mkdir(parents=True, exist_ok=True)
 
-    def save(self, model: Any) -> Artifact:
+    def save(self, model: Any, predictor: Predictor) -> Artifact:
+        """Write both formats (runs in a training thread)."""
         buffer = io.BytesIO()
         joblib.dump(model, buffer, compress=3)
-        blob = buffer.getvalue()
-        artifact = Artifact(uuid.uuid4().hex, hashlib.sha256(blob).hexdigest(), len(blob), blob)
-        path = self.path(artifact.artifact_id)
-        partial = path.with_suffix(".partial")
-        with open(partial, "wb") as file:
-            file.write(blob)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)  # a reader never sees half an artifact
-        return artifact
+        contents = {"joblib": buffer.getvalue(), "native": predictor.to_native(model)}
+        kinds = {"joblib": (JOBLIB_MEDIA_TYPE, "joblib"), "native": (predictor.native_media_type, predictor.native_extension)}
+        artifact_id = uuid.uuid4().hex
+        blobs = {}
+        for format, content in contents.items():
+            self._write(self.path(artifact_id, format), content)
+            media_type, extension = kinds[format]
+            blobs[format] = StoredBlob(media_type, extension, len(content), hashlib.sha256(content).hexdigest(), sign(self.key, content))
+        return Artifact(artifact_id, blobs, contents)
 
-    def path(self, artifact_id: str) -> Path:
-        return self.directory / f"{artifact_id}.{FORMAT}"
+    def path(self, artifact_id: str, format: str) -> Path:
+        return self.directory / f"{artifact_id}.{format}"
+
+    def read(self, artifact_id: str, format: str) -> bytes:
+        return self.path(artifact_id, format).read_bytes()
 
     def attach(self, complete_json: str) -> str:
         """A stored `complete` event (kept without its artifact) with the artifact put back."""
         complete = orjson.loads(complete_json)
         try:
-            blob = self.path(complete["artifact_id"]).read_bytes()
+            blob = self.read(complete["artifact_id"], complete["format"])
         except FileNotFoundError:
             log.warning("artifact %s is missing from %s", complete["artifact_id"], self.directory)
             complete["artifact"] = None
@@ -75,4 +101,14 @@ class ArtifactStore:
         return orjson.dumps(complete).decode()
 
     def delete(self, artifact_id: str) -> None:
-        self.path(artifact_id).unlink(missing_ok=True)
+        for format in FORMATS:
+            self.path(artifact_id, format).unlink(missing_ok=True)
+
+    @staticmethod
+    def _write(path: Path, content: bytes) -> None:
+        partial = path.with_suffix(".partial")
+        with open(partial, "wb") as file:
+            file.write(content)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)  # a reader never sees half an artifact

@@ -25,6 +25,7 @@ from boostream.streaming_server.errors import ApiError
 from boostream.trainers.base import OBJECTIVES, InvalidData, InvalidParameter, Trainer, TrainingData, validate_params
 
 VALID_SPLIT_SEED = 0
+ARTIFACT_FORMATS = ("joblib", "native")
 DATA_FIELDS = frozenset({"X", "y", "X_valid", "y_valid", "era", "feature_names"})
 
 
@@ -38,6 +39,7 @@ class TrainOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     params: dict[str, Any] = {}
     callback_url: Optional[str] = None
     timeout_s: Optional[float] = None
+    artifact_format: str = "joblib"
 
 
 class TrainRequestBody(TrainOptions, forbid_unknown_fields=True, kw_only=True):
@@ -67,6 +69,7 @@ class TrainSpec:
     data: TrainingData
     callback_url: Optional[str] = None
     timeout_s: Optional[float] = None
+    artifact_format: str = "joblib"
 
 
 class TooLarge(Exception):
@@ -103,6 +106,8 @@ def build_spec(
         raise ApiError(503, "backend_unavailable", f"{options.model_type} cannot train on this server: {reason}", "model_type")
     if options.objective not in OBJECTIVES:
         raise ApiError(422, "invalid_parameter", f"unknown objective {options.objective!r}; choose one of {list(OBJECTIVES)}", "objective")
+    if options.artifact_format not in ARTIFACT_FORMATS:
+        raise ApiError(422, "invalid_parameter", f"artifact_format must be one of {list(ARTIFACT_FORMATS)}, got {options.artifact_format!r}", "artifact_format")
     try:
         params = validate_params(trainer.params, options.params)
         data = read_data()
@@ -113,7 +118,38 @@ def build_spec(
         raise ApiError(400, "invalid_data", error.message, error.field) from None
     except TooLarge as error:
         raise ApiError(413, "too_large", str(error)) from None
-    return TrainSpec(trainer, options.objective, params, data, options.callback_url, options.timeout_s)
+    return TrainSpec(trainer, options.objective, params, data, options.callback_url, options.timeout_s, options.artifact_format)
+
+
+class PredictRequestBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    X: msgspec.Raw
+    artifact_id: Optional[str] = None
+    artifact: Optional[str] = None  # base64, as a `complete` event or a download gave it
+    artifact_format: str = "joblib"
+    signature: Optional[str] = None
+    output: str = "value"
+
+
+def decode_predict_request(body: bytes | bytearray, max_cells: int) -> tuple[PredictRequestBody, np.ndarray]:
+    """The request and its rows; ApiError naming the field at fault."""
+    try:
+        request = msgspec.json.decode(body, type=PredictRequestBody)
+    except msgspec.ValidationError as error:
+        raise _shape_error(str(error)) from None
+    except msgspec.DecodeError as error:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
+    if (request.artifact_id is None) == (request.artifact is None):
+        raise ApiError(422, "invalid_parameter", "send either artifact_id or artifact (with its artifact_format), not both or neither", "artifact_id")
+    if request.artifact_format not in ARTIFACT_FORMATS:
+        raise ApiError(422, "invalid_parameter", f"artifact_format must be one of {list(ARTIFACT_FORMATS)}, got {request.artifact_format!r}", "artifact_format")
+    if request.output not in ("value", "proba"):
+        raise ApiError(422, "invalid_parameter", f"output must be 'value' or 'proba', got {request.output!r}", "output")
+    try:
+        return request, _matrix(request.X, "X", body, max_cells)
+    except InvalidData as error:
+        raise ApiError(400, "invalid_data", error.message, error.field) from None
+    except TooLarge as error:
+        raise ApiError(413, "too_large", str(error)) from None
 
 
 def _shape_error(message: str) -> ApiError:

@@ -58,6 +58,7 @@ class JobRequest:
     params: dict[str, Any]
     callback_url: Optional[str] = None
     timeout_s: Optional[float] = None
+    artifact_format: str = "joblib"  # which of the artifact's formats the `complete` event carries
     base_url: str = ""  # where the client reached this server: webhooks send absolute URLs
 
     def as_json(self) -> dict[str, Any]:

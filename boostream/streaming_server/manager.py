@@ -143,11 +143,7 @@ class JobManager:
         return job.status
 
     async def delete(self, job_id: str) -> None:
-        row = self.store.job(job_id)
-        assert row is not None and JobStatus(row["status"]).finished
-        self.store.delete_jobs([job_id])
-        if row["artifact_id"]:
-            await self._on_disk(self.artifacts.delete, row["artifact_id"])
+        await self._remove_artifacts(self.store.delete_jobs([job_id]))
 
     async def result(self, row: dict[str, Any]) -> str:
         """The `complete` payload of a job that succeeded, as JSON with its artifact."""
@@ -247,8 +243,9 @@ class JobManager:
         elif result.cancelled:
             self._end(job, JobStatus.CANCELLED, "cancelled", {"iteration": result.iterations})
         else:
+            format = request.artifact_format
             complete = {
-                **artifact.event_fields(),
+                **artifact.event_fields(format),
                 "iterations": result.iterations,
                 "best_iteration": result.best_iteration,
                 "metrics": result.metrics,
@@ -256,8 +253,23 @@ class JobManager:
                 "feature_names": data.feature_names,
                 "training_time_s": timings["fit_s"],
                 "timings": {"decode_s": round(job.decode_s, 4), "queued_s": round(job.started_at - job.created_at, 4), **timings},
-                "artifact": artifact.encoded(),
+                "artifact": artifact.encoded(format),
             }
+            self.store.insert_artifact(
+                {
+                    "id": artifact.artifact_id,
+                    "job_id": job.id,
+                    "model_type": request.model_type,
+                    "objective": request.objective,
+                    "feature_names": data.feature_names,
+                    "classes": data.classes,
+                    "metrics": result.metrics,
+                    "iterations": result.iterations,
+                    "best_iteration": result.best_iteration,
+                    "created_at": time.time(),
+                    "blobs": {format: blob.as_json() for format, blob in artifact.blobs.items()},
+                }
+            )
             self._end(job, JobStatus.SUCCEEDED, "complete", complete, artifact_id=artifact.artifact_id, metrics=result.metrics, iteration=result.iterations)
 
     def _fit_and_save(self, job: Job, data: TrainingData):
@@ -266,7 +278,7 @@ class JobManager:
         started = time.perf_counter()
         result = job.trainer.fit(data, request.objective, request.params, job.bridge)
         fitted = time.perf_counter()
-        artifact = None if result.cancelled else self.artifacts.save(result.model)
+        artifact = None if result.cancelled else self.artifacts.save(result.model, job.trainer)
         saved = time.perf_counter()
         return result, artifact, {"fit_s": round(fitted - started, 4), "artifact_s": round(saved - fitted, 4)}
 
@@ -331,11 +343,12 @@ class JobManager:
         rows = self.store.finished_before(time.time() - self.job_ttl_s)
         if not rows:
             return
-        self.store.delete_jobs(row["id"] for row in rows)
-        for row in rows:
-            if row["artifact_id"]:
-                await self._on_disk(self.artifacts.delete, row["artifact_id"])
+        await self._remove_artifacts(self.store.delete_jobs(row["id"] for row in rows))
         log.info("removed %d jobs that finished more than %g s ago, with their artifacts", len(rows), self.job_ttl_s)
+
+    async def _remove_artifacts(self, artifact_ids: list[str]) -> None:
+        for artifact_id in artifact_ids:
+            await self._on_disk(self.artifacts.delete, artifact_id)
 
     async def _deliver_webhook(self, job_id: str) -> None:
         row = self.store.job(job_id)

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Optional
 
 import orjson
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added the artifacts table
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -56,6 +56,20 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL,
     PRIMARY KEY (job_id, id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS artifacts (
+    id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    model_type TEXT NOT NULL,
+    objective TEXT NOT NULL,
+    feature_names TEXT NOT NULL,
+    classes TEXT,
+    metrics TEXT,
+    iterations INTEGER NOT NULL,
+    best_iteration INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    blobs TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS artifacts_by_job ON artifacts (job_id);
 """
 # The columns a job's row is written with; `seq` is given by SQLite.
 JOB_COLUMNS = (
@@ -63,7 +77,11 @@ JOB_COLUMNS = (
     "iteration", "total", "elapsed_s", "eta_s", "metrics", "error_code", "error_message", "artifact_id",
     "attempts", "inputs_saved", "callback_state",
 )  # fmt: skip
-JSON_COLUMNS = frozenset({"request", "metrics"})
+ARTIFACT_COLUMNS = (
+    "id", "job_id", "model_type", "objective", "feature_names", "classes", "metrics", "iterations", "best_iteration",
+    "created_at", "blobs",
+)  # fmt: skip
+JSON_COLUMNS = frozenset({"request", "metrics", "feature_names", "classes", "blobs"})
 
 
 class DataDirInUse(RuntimeError):
@@ -113,17 +131,29 @@ class JobStore:
             if job_fields:
                 self._update(job_id, job_fields)
 
-    def delete_jobs(self, job_ids: Iterable[str]) -> None:
+    def insert_artifact(self, row: dict[str, Any]) -> None:
+        assert set(row) == set(ARTIFACT_COLUMNS), set(row) ^ set(ARTIFACT_COLUMNS)
+        with self._db:
+            self._db.execute(
+                f"INSERT INTO artifacts ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                [_column_value(name, value) for name, value in row.items()],
+            )
+
+    def delete_jobs(self, job_ids: Iterable[str]) -> list[str]:
+        """Remove jobs with their events and artifact records; the ids of those artifacts."""
         ids = [(job_id,) for job_id in job_ids]
+        artifact_ids = [row[0] for job_id in ids for row in self._db.execute("SELECT id FROM artifacts WHERE job_id = ?", job_id)]
         with self._db:
             self._db.executemany("DELETE FROM events WHERE job_id = ?", ids)
+            self._db.executemany("DELETE FROM artifacts WHERE job_id = ?", ids)
             self._db.executemany("DELETE FROM jobs WHERE id = ?", ids)
+        return artifact_ids
 
     # Reads
 
     def job(self, job_id: str) -> Optional[dict[str, Any]]:
         row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _job_row(row) if row else None
+        return _json_fields(row) if row else None
 
     def jobs(self, statuses: Optional[Iterable[str]] = None, limit: int = 50, before_seq: Optional[int] = None) -> list[dict[str, Any]]:
         """Newest first."""
@@ -137,20 +167,24 @@ class JobStore:
             args.append(before_seq)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._db.execute(f"SELECT * FROM jobs {clause} ORDER BY seq DESC LIMIT ?", (*args, limit)).fetchall()
-        return [_job_row(row) for row in rows]
+        return [_json_fields(row) for row in rows]
 
     def unfinished_jobs(self) -> list[dict[str, Any]]:
         """Jobs that were queued or running, oldest first: the order they came in."""
         rows = self._db.execute("SELECT * FROM jobs WHERE status IN ('queued', 'running') ORDER BY seq").fetchall()
-        return [_job_row(row) for row in rows]
+        return [_json_fields(row) for row in rows]
 
     def pending_callbacks(self) -> list[dict[str, Any]]:
         rows = self._db.execute("SELECT * FROM jobs WHERE callback_state = 'pending' ORDER BY seq").fetchall()
-        return [_job_row(row) for row in rows]
+        return [_json_fields(row) for row in rows]
 
     def finished_before(self, cutoff: float) -> list[dict[str, Any]]:
         rows = self._db.execute("SELECT * FROM jobs WHERE finished_at < ? ORDER BY seq", (cutoff,)).fetchall()
-        return [_job_row(row) for row in rows]
+        return [_json_fields(row) for row in rows]
+
+    def artifact(self, artifact_id: str) -> Optional[dict[str, Any]]:
+        row = self._db.execute("SELECT * FROM artifacts WHERE id = ?", (artifact_id,)).fetchone()
+        return _json_fields(row) if row else None
 
     def events(self, job_id: str, after: int = 0) -> list[tuple[int, str, str]]:
         """(id, type, data as JSON text) for the events with ids above `after`."""
@@ -168,9 +202,9 @@ def _column_value(name: str, value: Any) -> Any:
     return orjson.dumps(value).decode() if name in JSON_COLUMNS and value is not None else value
 
 
-def _job_row(row: sqlite3.Row) -> dict[str, Any]:
+def _json_fields(row: sqlite3.Row) -> dict[str, Any]:
     fields = dict(row)
-    for name in JSON_COLUMNS:
+    for name in JSON_COLUMNS & fields.keys():
         if fields[name] is not None:
             fields[name] = orjson.loads(fields[name])
     return fields

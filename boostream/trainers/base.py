@@ -158,6 +158,35 @@ class Trainer(Protocol):
     def fit(self, data: TrainingData, objective: str, params: Mapping[str, Any], reporter: Reporter) -> FitResult: ...
 
 
+class Predictor(Protocol):
+    """What a backend does with a fitted model, on the CPU: this is all `/predict` needs."""
+
+    name: str
+    native_media_type: str  # of the backend's own format, which is data, never code
+    native_extension: str
+
+    def owns(self, model: Any) -> bool:
+        """Whether `model` (loaded from a signed artifact) is this backend's."""
+
+    def to_native(self, model: Any) -> bytes: ...
+
+    def from_native(self, blob: bytes) -> Any:
+        """Parse the backend's own format; ValueError when it is not one."""
+
+    def describe(self, model: Any) -> ModelShape: ...
+
+    def scores(self, model: Any, X: np.ndarray) -> np.ndarray:
+        """Values (rows,) for regression; class probabilities (rows, classes) for classifiers."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelShape:
+    objective: str
+    n_features: int
+    n_classes: int = 1  # 1 for regression
+    classes: Optional[list[Any]] = None  # where the model itself knows its labels
+
+
 def check_early_stopping(data: TrainingData, params: Mapping[str, Any]) -> None:
     if params["early_stopping_rounds"] and not data.has_validation:
         raise InvalidParameter(

@@ -6,12 +6,14 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import lightgbm
+import numpy as np
 
 from boostream.progress import finite_or_none
 from boostream.trainers.base import (
     Availability,
     FitResult,
     InvalidParameter,
+    ModelShape,
     ParamSpec,
     Reporter,
     RoundHistory,
@@ -25,6 +27,8 @@ _OBJECTIVE_METRIC = {"regression": "l2", "binary": "binary_logloss", "multiclass
 class LightGBMTrainer:
     name = "lightgbm"
     device = "cpu"
+    native_media_type = "text/plain"  # LightGBM's text model: lightgbm.Booster(model_str=...)
+    native_extension = "txt"
     params = (
         ParamSpec("n_estimators", int, 100, "Boosting rounds.", minimum=1, maximum=100_000),
         ParamSpec("learning_rate", float, 0.1, "Shrinkage per round.", minimum=0.0, maximum=1.0, exclusive_minimum=True),
@@ -88,6 +92,36 @@ class LightGBMTrainer:
         best_iteration, metrics = history.final(early_stopped=stop.early_stopped)
         booster.best_iteration = best_iteration
         return FitResult(booster, len(history.rounds), best_iteration, metrics, cancelled=stop.cancelled)
+
+
+    # Prediction
+
+    def owns(self, model: Any) -> bool:
+        return isinstance(model, lightgbm.Booster)
+
+    def to_native(self, model: lightgbm.Booster) -> bytes:
+        return model.model_to_string().encode()  # at the best iteration, which the booster knows
+
+    def from_native(self, blob: bytes) -> lightgbm.Booster:
+        try:
+            return lightgbm.Booster(model_str=blob.decode("utf-8"))
+        except (UnicodeDecodeError, lightgbm.basic.LightGBMError) as error:
+            raise ValueError(f"not a LightGBM text model: {error}") from None
+
+    def describe(self, model: lightgbm.Booster) -> ModelShape:
+        objective = _OBJECTIVE_NAMES.get(str(model.params.get("objective", "regression")).split()[0], "regression")
+        n_classes = {"regression": 1, "binary": 2}.get(objective, model.num_model_per_iteration())
+        return ModelShape(objective, model.num_feature(), n_classes)
+
+    def scores(self, model: lightgbm.Booster, X: np.ndarray) -> np.ndarray:
+        predicted = model.predict(X, num_threads=self.num_threads)
+        if self.describe(model).objective == "binary":
+            return np.column_stack([1.0 - predicted, predicted])
+        return predicted
+
+
+# What LightGBM calls the objectives it may have written into a model, as this service names them.
+_OBJECTIVE_NAMES = {"regression": "regression", "l2": "regression", "binary": "binary", "multiclass": "multiclass", "softmax": "multiclass"}
 
 
 class _StopState:

@@ -21,6 +21,7 @@ from boostream.trainers.base import (
     Availability,
     FitResult,
     InvalidData,
+    ModelShape,
     ParamSpec,
     Reporter,
     RoundHistory,
@@ -57,6 +58,9 @@ def _library() -> Any:
 class WarpGBMTrainer:
     name = "warpgbm"
     device = "gpu"
+    # Trained on the GPU, exported to a Forest that predicts on the CPU; its portable JSON is data.
+    native_media_type = "application/json"
+    native_extension = "json"
     params = (
         ParamSpec("n_estimators", int, 100, "Boosting rounds.", minimum=1, maximum=100_000),
         ParamSpec("learning_rate", float, 0.1, "Shrinkage per round.", minimum=0.0, maximum=1.0, exclusive_minimum=True),
@@ -104,6 +108,24 @@ class WarpGBMTrainer:
             del model
             torch.cuda.empty_cache()
         return FitResult(forest, len(hook.history.rounds), best_iteration, metrics, cancelled=reporter.cancelled)
+
+    # Prediction: a Forest, numpy only, on the CPU.
+
+    def owns(self, model: Any) -> bool:
+        return isinstance(model, Forest)
+
+    def to_native(self, model: Forest) -> bytes:
+        return model.to_json()
+
+    def from_native(self, blob: bytes) -> Forest:
+        return Forest.from_json(blob)  # validates everything: the document may come from a client
+
+    def describe(self, model: Forest) -> ModelShape:
+        n_classes = 1 if model.objective == "regression" else len(model.init_score)
+        return ModelShape(model.objective, model.bin_edges.shape[0], n_classes, model.classes)
+
+    def scores(self, model: Forest, X: np.ndarray) -> np.ndarray:
+        return model.predict(X) if model.objective == "regression" else model.predict_proba(X)
 
 
 def estimator_arguments(objective: str, params: Mapping[str, Any]) -> dict[str, Any]:

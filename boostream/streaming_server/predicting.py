@@ -1,0 +1,142 @@
+"""Predictions on the CPU from a stored artifact, or from an artifact a client hands back.
+
+A stored artifact is loaded from its native format (data, not code). A client's blob is loaded
+only as data (a LightGBM text model or a Forest's portable JSON), or, for a joblib blob, only when
+its signature proves that this server made it: unpickling anything else would let a client run
+code here. Loaded models are kept in a cache bounded by the size of their native form.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import dataclasses
+import hashlib
+import io
+import threading
+from typing import Any, Mapping, Optional
+
+import joblib
+import numpy as np
+
+from boostream.streaming_server.artifacts import ArtifactStore
+from boostream.streaming_server.errors import ApiError
+from boostream.streaming_server.signing import verify
+from boostream.streaming_server.store import JobStore
+from boostream.trainers.base import ModelShape, Predictor
+
+OUTPUTS = ("value", "proba")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    model: Any
+    predictor: Predictor
+    shape: ModelShape
+    classes: Optional[list[Any]]  # labels for classifiers; class indices when unknown
+    artifact_id: Optional[str]
+    size_bytes: int  # what it counts for against the cache's bound
+
+    def predict(self, X: np.ndarray, output: str) -> np.ndarray:
+        if X.shape[1] != self.shape.n_features:
+            raise ApiError(400, "invalid_data", f"rows have {X.shape[1]} values, but the model takes {self.shape.n_features} features", "X")
+        if output == "proba" and self.shape.objective == "regression":
+            raise ApiError(422, "invalid_parameter", "output 'proba' needs a classifier; this model is a regression", "output")
+        scores = self.predictor.scores(self.model, X)
+        if output == "proba" or self.shape.objective == "regression":
+            return scores
+        return np.asarray(self.classes, dtype=object)[np.argmax(scores, axis=1)]
+
+
+class ModelCache:
+    """Least recently used models, up to `max_bytes` of their native size."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._models: collections.OrderedDict[str, LoadedModel] = collections.OrderedDict()
+        self._lock = threading.Lock()  # used from worker threads
+
+    def get(self, key: str) -> Optional[LoadedModel]:
+        with self._lock:
+            model = self._models.get(key)
+            if model is not None:
+                self._models.move_to_end(key)
+            return model
+
+    def put(self, key: str, model: LoadedModel) -> None:
+        with self._lock:
+            self._models[key] = model
+            self._models.move_to_end(key)
+            while len(self._models) > 1 and sum(m.size_bytes for m in self._models.values()) > self.max_bytes:
+                self._models.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+
+class ModelLoader:
+    def __init__(self, store: JobStore, artifacts: ArtifactStore, predictors: Mapping[str, Predictor], cache: ModelCache) -> None:
+        self.store = store
+        self.artifacts = artifacts
+        self.predictors = predictors
+        self.cache = cache
+
+    def stored(self, artifact_id: str, row: dict[str, Any]) -> LoadedModel:
+        """A model this server trained (runs in a worker thread)."""
+        cached = self.cache.get(artifact_id)
+        if cached is not None:
+            return cached
+        predictor = self.predictors[row["model_type"]]
+        blob = self.artifacts.read(artifact_id, "native")
+        model = predictor.from_native(blob)
+        shape = predictor.describe(model)
+        loaded = LoadedModel(model, predictor, shape, _classes(row["classes"], shape), artifact_id, len(blob))
+        self.cache.put(artifact_id, loaded)
+        return loaded
+
+    def uploaded(self, encoded: str, format: str, signature: Optional[str]) -> LoadedModel:
+        """A model a client sent back (runs in a worker thread)."""
+        try:
+            blob = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(400, "invalid_data", "artifact is not valid base64", "artifact") from None
+        if format == "joblib":
+            self._check_signature(blob, signature)  # before the cache too: a hit proves nothing
+        key = f"{format}:{hashlib.sha256(blob).hexdigest()}"
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        model, predictor = self._signed_joblib(blob) if format == "joblib" else self._native(blob)
+        shape = predictor.describe(model)
+        loaded = LoadedModel(model, predictor, shape, _classes(shape.classes, shape), None, len(blob))
+        self.cache.put(key, loaded)
+        return loaded
+
+    def _check_signature(self, blob: bytes, signature: Optional[str]) -> None:
+        if not signature:
+            raise ApiError(403, "untrusted_artifact", "a joblib artifact is loaded only with the signature this server gave it; send its native format instead", "signature")
+        if not verify(self.artifacts.key, blob, signature):
+            raise ApiError(403, "untrusted_artifact", "the signature does not match this artifact: it was changed, or another server made it", "signature")
+
+    def _signed_joblib(self, blob: bytes) -> tuple[Any, Predictor]:
+        model = joblib.load(io.BytesIO(blob))  # safe: this server wrote these very bytes
+        for predictor in self.predictors.values():
+            if predictor.owns(model):
+                return model, predictor
+        raise ApiError(400, "invalid_data", f"the artifact holds a {type(model).__name__}, which no backend here predicts with", "artifact")
+
+    def _native(self, blob: bytes) -> tuple[Any, Predictor]:
+        # A Forest's portable format is a JSON object; LightGBM's model is text starting with "tree".
+        name = "warpgbm" if blob.lstrip()[:1] == b"{" else "lightgbm"
+        predictor = self.predictors[name]
+        try:
+            return predictor.from_native(blob), predictor
+        except ValueError as error:
+            raise ApiError(400, "invalid_data", f"artifact is not a valid {name} model: {error}", "artifact") from None
+
+
+def _classes(known: Optional[list[Any]], shape: ModelShape) -> Optional[list[Any]]:
+    if shape.objective == "regression":
+        return None
+    return list(known) if known is not None else list(range(shape.n_classes))

@@ -1,0 +1,114 @@
+"""Tables sent as files (CSV or Parquet): spooled to disk as they arrive, so a large upload is never
+held whole in memory, then parsed from there off the event loop.
+
+A file comes either as the whole body, with its media type as Content-Type and the request's other
+fields in the query string, or as the one file of a `multipart/form-data` upload, with the fields
+as form fields (and in the query string).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Optional
+
+import anyio
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from boostream.streaming_server.errors import ApiError
+
+TABLE_TYPES = {
+    "text/csv": "csv",
+    "application/vnd.apache.parquet": "parquet",
+    "application/x-parquet": "parquet",
+    "application/parquet": "parquet",
+}
+EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+MULTIPART = "multipart/form-data"
+# Chunks are gathered to this size before each write, which runs in a thread.
+WRITE_BATCH_BYTES = 8 * 1024 * 1024
+MAX_FORM_FIELDS = 200
+
+
+@dataclasses.dataclass
+class Upload:
+    file: BinaryIO  # positioned at the start
+    kind: str  # "csv" or "parquet"
+    fields: dict[str, str]
+
+    async def close(self) -> None:
+        await anyio.to_thread.run_sync(self.file.close)
+
+
+async def receive_table(request: Request, media_type: str, limit: int, directory: Path) -> Upload:
+    """The uploaded table, spooled; ApiError when it is too large or not a table."""
+    if media_type == MULTIPART:
+        return await _receive_form(request, limit)
+    return Upload(await _spool_body(request, limit, directory), TABLE_TYPES[media_type], dict(request.query_params))
+
+
+async def _spool_body(request: Request, limit: int, directory: Path) -> BinaryIO:
+    declared = _declared_length(request)
+    if declared is not None and declared > limit:
+        raise ApiError(413, "too_large", f"the body is {declared} bytes, more than the limit of {limit}")
+    directory.mkdir(parents=True, exist_ok=True)
+    # Unlinked at once: the open file is all there is, and it vanishes however the request ends.
+    file = tempfile.TemporaryFile(dir=directory)
+    try:
+        received, batch = 0, bytearray()
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise ApiError(413, "too_large", f"the body is more than the limit of {limit} bytes")
+            batch += chunk
+            if len(batch) >= WRITE_BATCH_BYTES:
+                await anyio.to_thread.run_sync(file.write, bytes(batch))
+                batch.clear()
+        await anyio.to_thread.run_sync(file.write, bytes(batch))
+        file.seek(0)
+    except BaseException:
+        file.close()
+        raise
+    return file
+
+
+async def _receive_form(request: Request, limit: int) -> Upload:
+    declared = _declared_length(request)
+    if declared is None:
+        raise ApiError(411, "length_required", "send a multipart upload with its Content-Length")
+    if declared > limit:
+        raise ApiError(413, "too_large", f"the body is {declared} bytes, more than the limit of {limit}")
+    # Starlette spools each file part to a temporary file beyond 1 MiB.
+    form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS)
+    files = [(name, value) for name, value in form.multi_items() if isinstance(value, UploadFile)]
+    if not files:
+        await form.close()
+        raise ApiError(400, "invalid_data", "the multipart upload has no file: attach the table as a file part", "file")
+    name, upload = files[0]
+    kind = _kind_of(upload)
+    if kind is None:
+        await form.close()
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"the file {upload.filename or name!r} is neither CSV nor Parquet: name it .csv or .parquet, or give its part a Content-Type of {sorted(TABLE_TYPES)}",
+            name,
+        )
+    fields = {**request.query_params, **{k: v for k, v in form.multi_items() if isinstance(v, str)}}
+    upload.file.seek(0)
+    return Upload(upload.file, kind, fields)
+
+
+def _kind_of(upload: UploadFile) -> Optional[str]:
+    media_type = (upload.content_type or "").split(";")[0].strip().lower()
+    if media_type in TABLE_TYPES:
+        return TABLE_TYPES[media_type]
+    return EXTENSIONS.get(os.path.splitext(upload.filename or "")[1].lower())
+
+
+def _declared_length(request: Request) -> Optional[int]:
+    declared = request.headers.get("content-length")
+    return int(declared) if declared is not None and declared.isdigit() else None
