@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import queue
 import re
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import msgspec
 import numpy as np
@@ -25,6 +25,10 @@ from boostream.streaming_server.errors import ApiError
 from boostream.trainers.base import OBJECTIVES, InvalidData, InvalidParameter, Trainer, TrainingData, validate_params
 
 VALID_SPLIT_SEED = 0
+# A table is parsed this many bytes of rows at a time (see _table_doubles).
+ROW_BLOCK_BYTES = 2 * 1024 * 1024
+_ROW_BOUNDARY = re.compile(rb"\]\s*,\s*\[")
+_JSON_SPACE = frozenset(b" \t\r\n")
 ARTIFACT_FORMATS = ("joblib", "native")
 DATA_FIELDS = frozenset({"X", "y", "X_valid", "y_valid", "era", "feature_names"})
 
@@ -207,63 +211,125 @@ def assemble_training_data(
 
 
 def _matrix(raw: msgspec.Raw, field: str, body: bytes | bytearray, max_cells: int) -> np.ndarray:
-    values = shape = None
-    parser, doc = _parse(raw)
-    if doc is not None:
-        shape = _table_shape(doc, field, max_cells)
-        values = _doubles(doc, shape[0] * shape[1], raw, body, opening_brackets=shape[0] + 1)
-        del doc  # simdjson reuses a parser only once no proxy into its document is alive
-        _PARSERS.put(parser)  # not after an error: the traceback may still hold such proxies
+    values = _table_doubles(body, _offset_in(body, raw), len(raw), field, max_cells)
     if values is None:
         values = _exact_matrix(raw, field)
-    else:
-        values = values.reshape(shape)
     if np.isinf(values).any():
         row, col = np.argwhere(np.isinf(values))[0]
         raise InvalidData(field, f"{field}[{row}][{col}] is out of the range of a double")
     return values
 
 
-def _table_shape(doc: Any, field: str, max_cells: int) -> tuple[int, int]:
-    if not isinstance(doc, simdjson.Array):
+def _table_doubles(body: bytes | bytearray, start: int, length: int, field: str, max_cells: int) -> Optional[np.ndarray]:
+    """The table at body[start:start+length] as a (rows, width) array of doubles, or None where only
+    the exact path can say what it holds (null, a string, a nested list, a ragged row...).
+
+    It is parsed a block of rows at a time, each block its own small document: simdjson's buffers
+    then stay a few megabytes instead of growing with the table, and no single call holds the
+    GIL for long, so the event loop keeps answering while a large body is decoded."""
+    end = start + length
+    if body[start : start + 1] != b"[":
         raise InvalidData(field, "must be a list of rows, each a list of numbers")
-    rows = len(doc)
-    if rows == 0:
+    first = _skip_space(body, start + 1, end)
+    if body[first : first + 1] == b"]":
         raise InvalidData(field, "is empty: send at least one row")
-    first = doc[0]
-    if not isinstance(first, simdjson.Array):
+    if body[first : first + 1] != b"[":
         raise InvalidData(field, f"must be a list of rows, each a list of numbers; {field}[0] is not a list")
-    if len(first) == 0:
+    first_end = body.find(b"]", first, end)
+    if first_end < 0:
+        return None
+    if not body[first + 1 : first_end].strip():
         raise InvalidData(field, f"{field}[0] is an empty row: rows need at least one value")
-    cols = len(first)
-    del first
-    if rows * cols > max_cells:
-        raise TooLarge(f"{field} has {rows} x {cols} = {rows * cols} values, more than the limit of {max_cells}")
-    return rows, cols
+    width = body.count(b",", first, first_end) + 1
+    # Right for a table of numbers (the blocks check it), counted in steps that each hold the GIL briefly.
+    rows = sum(body.count(b"[", at, min(at + ROW_BLOCK_BYTES, end)) for at in range(start, end, ROW_BLOCK_BYTES)) - 1
+    if rows * width > max_cells:
+        raise TooLarge(f"{field} has {rows} x {width} = {rows * width} values, more than the limit of {max_cells}")
+    table = np.empty((rows, width))
+    parser = _parser()
+    filled = 0
+    for block_start, block_end in _row_blocks(body, first, _rows_end(body, start, end)):
+        values = _block_doubles(parser, body, block_start, block_end, width)
+        if values is None or filled + len(values) > rows:
+            return None
+        table[filled : filled + len(values)] = values
+        filled += len(values)
+    _PARSERS.put(parser)  # not after an error: the traceback may still hold proxies into a document
+    return table if filled == rows else None
 
 
-def _doubles(doc: Any, expected: int, raw: msgspec.Raw, body: bytes | bytearray, opening_brackets: int) -> Optional[np.ndarray]:
-    """The array flattened to doubles, or None where only the exact path can say what it holds.
-    simdjson flattens nested lists silently, so the count of values and of '[' must both match."""
+def _row_blocks(body: bytes | bytearray, first: int, last: int) -> Iterator[tuple[int, int]]:
+    """Spans of whole rows, about ROW_BLOCK_BYTES each, in body[first:last] (the rows and the
+    separators between them): a block ends at a row's ']' and the next starts at the next '['."""
+    position = first
+    while position < last:
+        boundary = _ROW_BOUNDARY.search(body, min(position + ROW_BLOCK_BYTES, last), last)
+        if boundary is None:
+            yield position, last
+            return
+        yield position, boundary.start() + 1
+        position = boundary.end() - 1
+
+
+def _block_doubles(parser: simdjson.Parser, body: bytes | bytearray, start: int, end: int, width: int) -> Optional[np.ndarray]:
+    """The rows in body[start:end] as a (rows, width) array, or None unless every row is a flat
+    list of exactly `width` numbers. simdjson flattens nested lists silently, so the brackets and
+    commas are checked too."""
+    text = np.frombuffer(body, np.uint8, end - start, start)
+    opens, closes = np.flatnonzero(text == ord("[")), np.flatnonzero(text == ord("]"))
+    if len(opens) != len(closes) or not (opens < closes).all() or not (closes[:-1] < opens[1:]).all():
+        return None
+    commas = np.flatnonzero(text == ord(","))
+    if ((np.searchsorted(commas, closes) - np.searchsorted(commas, opens)) != width - 1).any():
+        return None
+    try:
+        document = parser.parse(b"[" + body[start:end] + b"]")
+        values = np.frombuffer(document.as_buffer(of_type="d"), dtype=np.float64)
+    except (TypeError, ValueError):
+        return None  # null, a string, a bool, a number beyond a double, or not JSON at all
+    finally:
+        document = None  # the parser is reused only once no proxy into its document is alive
+    if len(values) != len(opens) * width:
+        return None
+    return values.reshape(len(opens), width)
+
+
+def _flat_doubles(doc: Any, raw: msgspec.Raw, body: bytes | bytearray) -> Optional[np.ndarray]:
+    """A flat list of numbers as doubles, or None where only the exact path can say what it holds."""
+    if not isinstance(doc, simdjson.Array) or len(doc) == 0:
+        return None
     try:
         values = np.frombuffer(doc.as_buffer(of_type="d"), dtype=np.float64)
     except (TypeError, ValueError):
         return None  # null, a string, a bool, or a number beyond a double
-    if len(values) != expected or _count_in(body, raw, b"[") != opening_brackets:
+    # simdjson flattens nested lists silently: only the outer '[' may be there.
+    if len(values) != len(doc) or _count_in(body, raw, b"[") != 1:
         return None
-    if opening_brackets > 1:
-        width = expected // (opening_brackets - 1)
-        try:
-            if any(len(row) != width for row in doc):
-                return None
-        except TypeError:  # a row that is not a list
-            return None
     return values
+
+
+def _skip_space(body: bytes | bytearray, position: int, end: int) -> int:
+    while position < end and body[position] in _JSON_SPACE:
+        position += 1
+    return position
+
+
+def _rows_end(body: bytes | bytearray, start: int, end: int) -> int:
+    """Just after the last row's ']': the outer list's ']' is at end - 1."""
+    position = end - 2
+    while position > start and body[position] in _JSON_SPACE:
+        position -= 1
+    return position + 1
+
+
+def _offset_in(body: bytes | bytearray, raw: msgspec.Raw) -> int:
+    """Where `raw`, a view into `body`, starts in it."""
+    return np.frombuffer(raw, np.uint8).ctypes.data - np.frombuffer(body, np.uint8).ctypes.data
 
 
 def _count_in(body: bytes | bytearray, raw: msgspec.Raw, byte: bytes) -> int:
     """Occurrences of `byte` in the part of `body` that `raw` spans, without copying it."""
-    start = np.frombuffer(raw, np.uint8).ctypes.data - np.frombuffer(body, np.uint8).ctypes.data
+    start = _offset_in(body, raw)
     return body.count(byte, start, start + len(raw))
 
 
@@ -288,8 +354,7 @@ def _labels(raw: msgspec.Raw, field: str, body: bytes | bytearray, objective: st
     values = None
     parser, doc = _parse(raw)
     if doc is not None:
-        count = len(doc) if isinstance(doc, simdjson.Array) else -1
-        values = _doubles(doc, count, raw, body, opening_brackets=1) if count > 0 else None
+        values = _flat_doubles(doc, raw, body)
         del doc  # simdjson reuses a parser only once no proxy into its document is alive
         _PARSERS.put(parser)  # not after an error: the traceback may still hold such proxies
     if values is not None:
@@ -367,13 +432,17 @@ def _label(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+def _parser() -> simdjson.Parser:
+    try:
+        return _PARSERS.get_nowait()
+    except queue.Empty:
+        return simdjson.Parser()
+
+
 def _parse(raw: msgspec.Raw) -> tuple[simdjson.Parser, Any]:
     """A pooled parser and the parsed document, or None for a document simdjson refuses
     (a number beyond a double, say), which the exact path then reads and explains."""
-    try:
-        parser = _PARSERS.get_nowait()
-    except queue.Empty:
-        parser = simdjson.Parser()
+    parser = _parser()
     try:
         return parser, parser.parse(memoryview(raw))
     except ValueError:
