@@ -60,6 +60,7 @@ class ProgressBridge:
         self._latest: Optional[Progress] = None
         self._wakeup_pending = False
         # Loop side only.
+        self._closed = False
         self._delivered = 0
         self._next_allowed = 0.0
 
@@ -109,6 +110,11 @@ class ProgressBridge:
         for progress in (first, latest):
             self._deliver_once(progress)
 
+    def close(self) -> None:
+        """Deliver nothing more, whatever the training thread still reports: whoever received the
+        rounds is gone (the server is stopping)."""
+        self._closed = True
+
     def _flush(self) -> None:
         # A throttled round is not held back for later: it waits in `_latest` until a newer round
         # replaces it (and is delivered when due) or training ends. So whatever is delivered is
@@ -127,7 +133,7 @@ class ProgressBridge:
             # A newer round arrived while we delivered; take it too, within the throttle.
 
     def _deliver_once(self, progress: Optional[Progress]) -> None:
-        if progress is None or progress.iteration <= self._delivered:
+        if self._closed or progress is None or progress.iteration <= self._delivered:
             return
         self._delivered = progress.iteration
         self._next_allowed = time.monotonic() + self._interval_s

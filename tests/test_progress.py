@@ -111,3 +111,20 @@ def test_reporting_after_the_loop_closed_does_not_raise():
     thread.start()
     thread.join()
     assert errors == []
+
+
+def test_a_closed_bridge_delivers_nothing_more():
+    delivered = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        bridge = ProgressBridge(loop, delivered.append, total=10, interval_s=0.0)
+        await loop.run_in_executor(None, bridge.report, 1, {})
+        await asyncio.sleep(0.05)
+        bridge.close()
+        await loop.run_in_executor(None, bridge.report, 2, {})
+        await asyncio.sleep(0.05)
+        bridge.finish()
+
+    asyncio.run(main())
+    assert [p.iteration for p in delivered] == [1]

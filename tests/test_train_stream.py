@@ -54,6 +54,17 @@ def split(X, y, n_valid):
     return X[order[n_valid:]], y[order[n_valid:]], X[order[:n_valid]], y[order[:n_valid]]
 
 
+def test_models_lists_each_backend_with_its_parameters_and_bounds(server: Server):
+    with server.client() as client:
+        models = {m["model_type"]: m for m in client.get("/models").json()["models"]}
+    assert set(models) == {"lightgbm", "warpgbm"}
+    lightgbm_model = models["lightgbm"]
+    assert lightgbm_model["available"] and lightgbm_model["objectives"] == ["regression", "binary", "multiclass"]
+    n_estimators = lightgbm_model["params"]["properties"]["n_estimators"]
+    assert n_estimators["type"] == "integer" and n_estimators["minimum"] == 1 and n_estimators["default"] == 100
+    assert models["warpgbm"]["available"] or models["warpgbm"]["reason"]
+
+
 def test_regression_with_validation_data(server: Server, diabetes):
     X, y, Xv, yv = split(*diabetes, 100)
     events = server.train({"X": X.tolist(), "y": y.tolist(), "X_valid": Xv.tolist(), "y_valid": yv.tolist(),

@@ -10,6 +10,7 @@ import time
 from typing import Any, AsyncIterator, Optional
 
 import anyio
+import numpy as np
 import orjson
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
@@ -24,7 +25,7 @@ from boostream.streaming_server.decoding import ARTIFACT_FORMATS, TrainSpec, dec
 from boostream.streaming_server.errors import ApiError, handle_api_error
 from boostream.streaming_server.jobs import Event, Job, JobRequest, JobStatus
 from boostream.streaming_server.manager import JobManager, job_urls
-from boostream.streaming_server.predicting import ModelCache, ModelLoader
+from boostream.streaming_server.predicting import LoadedModel, ModelCache, ModelLoader
 from boostream.streaming_server.signing import load_or_create_key
 from boostream.streaming_server.store import JobStore
 from boostream.streaming_server.uploads import MULTIPART, TABLE_TYPES, receive_table
@@ -51,8 +52,8 @@ class Service:
         self.availability: dict[str, Availability] = {}
         self.webhook_policy = WebhookPolicy(settings.allowed_webhook_hosts)
         self.jobs: Optional[JobManager] = None
-        self.models: Optional[ModelLoader] = None
-        self._ingest: Optional[asyncio.Semaphore] = None
+        self.model_loader: Optional[ModelLoader] = None
+        self.ingest: Optional[asyncio.Semaphore] = None
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -65,7 +66,7 @@ class Service:
                 log.info("%s is unavailable: %s", name, self.availability[name].reason)
         key = load_or_create_key(settings.key_path, settings.secret_key or None)
         artifacts = ArtifactStore(settings.artifacts_dir, key)
-        self.models = ModelLoader(store, artifacts, self.trainers, ModelCache(settings.model_cache_bytes))
+        self.model_loader = ModelLoader(store, artifacts, self.trainers, ModelCache(settings.model_cache_bytes))
         self.jobs = JobManager(
             store,
             artifacts,
@@ -81,7 +82,7 @@ class Service:
             webhooks=WebhookSender(key),
             webhook_policy=self.webhook_policy,
         )
-        self._ingest = asyncio.Semaphore(INGEST_SLOTS)
+        self.ingest = asyncio.Semaphore(INGEST_SLOTS)
         await self.jobs.start()
         try:
             yield
@@ -119,19 +120,7 @@ class Service:
         )
 
     async def models(self, request: Request) -> Response:
-        return JSONResponse(
-            {
-                "models": [
-                    {
-                        "model_type": name,
-                        **_availability_fields(self.availability[name], trainer.device),
-                        "objectives": list(OBJECTIVES),
-                        "params": params_schema(trainer.params),
-                    }
-                    for name, trainer in self.trainers.items()
-                ]
-            }
-        )
+        return JSONResponse(self.models_view())
 
     async def train_stream(self, request: Request) -> Response:
         on_disconnect = request.query_params.get("on_disconnect", "continue")
@@ -158,17 +147,17 @@ class Service:
         return JSONResponse({"jobs": [job_view(row) for row in page], "next_cursor": str(page[-1]["seq"]) if more else None})
 
     async def job_status(self, request: Request) -> Response:
-        return JSONResponse(job_view(self._job_row(request)))
+        return JSONResponse(job_view(self.job_row(request.path_params["job_id"])))
 
     async def job_events(self, request: Request) -> Response:
-        row = self._job_row(request)
+        row = self.job_row(request.path_params["job_id"])
         after = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
         if not after.isdigit():
             raise ApiError(422, "invalid_parameter", f"the event id to resume after must be a whole number, got {after!r}", "after")
         return self._event_response(row["id"], self.jobs.events(row["id"], int(after)), "continue")
 
     async def job_result(self, request: Request) -> Response:
-        row = self._job_row(request)
+        row = self.job_row(request.path_params["job_id"])
         status = row["status"]
         if status != "succeeded":
             if JobStatus(status).finished:
@@ -177,21 +166,17 @@ class Service:
         return Response(await self.jobs.result(row), media_type="application/json")
 
     async def cancel_job(self, request: Request) -> Response:
-        row = self._job_row(request)
-        if self.jobs.live(row["id"]) is None:
-            raise ApiError(409, "already_finished", f"job {row['id']} already ended {row['status']}", job_status=row["status"])
-        status = self.jobs.cancel(row["id"])
-        return JSONResponse({"job_id": row["id"], "status": status.value, "cancel_requested": True}, status_code=202)
+        return JSONResponse(self.cancel(request.path_params["job_id"]), status_code=202)
 
     async def delete_job(self, request: Request) -> Response:
-        row = self._job_row(request)
+        row = self.job_row(request.path_params["job_id"])
         if self.jobs.live(row["id"]) is not None:
             raise ApiError(409, "not_finished", f"job {row['id']} is {row['status']}: cancel it first", job_status=row["status"])
         await self.jobs.delete(row["id"])
         return Response(status_code=204)
 
     async def download_artifact(self, request: Request) -> Response:
-        row = self._artifact_row(request)
+        row = self.artifact_row(request.path_params["artifact_id"])
         format = request.query_params.get("format", "joblib")
         if format not in ARTIFACT_FORMATS:
             raise ApiError(422, "invalid_parameter", f"format must be one of {list(ARTIFACT_FORMATS)}, got {format!r}", "format")
@@ -208,52 +193,65 @@ class Service:
         return Response(content, media_type=blob["media_type"], headers=headers)
 
     async def artifact_metadata(self, request: Request) -> Response:
-        row = self._artifact_row(request)
+        row = self.artifact_row(request.path_params["artifact_id"])
         return JSONResponse(artifact_view(row))
 
     async def predict(self, request: Request) -> Response:
         media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         if media_type != "application/json":
             raise ApiError(415, "unsupported_media_type", f"send the prediction request as application/json, not {media_type}")
-        async with self._ingest:
+        async with self.ingest:
             body = await _read_body(request, self.settings.max_body_bytes)
             parsed, X = await anyio.to_thread.run_sync(decode_predict_request, body, self.settings.max_cells)
             del body
         if parsed.artifact_id is not None:
-            row = self.jobs.store.artifact(parsed.artifact_id)
-            if row is None:
-                raise ApiError(404, "not_found", f"no artifact {parsed.artifact_id!r} (unknown, deleted, or expired)", "artifact_id")
-            loaded = await anyio.to_thread.run_sync(self.models.stored, parsed.artifact_id, row)
+            row = self.artifact_row(parsed.artifact_id)
+            loaded = await anyio.to_thread.run_sync(self.model_loader.stored, parsed.artifact_id, row)
         else:
-            loaded = await anyio.to_thread.run_sync(self.models.uploaded, parsed.artifact, parsed.artifact_format, parsed.signature)
-        values = await anyio.to_thread.run_sync(loaded.predict, X, parsed.output)
-        answer = {
-            "artifact_id": loaded.artifact_id,
-            "model_type": loaded.predictor.name,
-            "objective": loaded.shape.objective,
-            "output": parsed.output,
-            "shape": list(values.shape),
-            "classes": loaded.classes,
-            "predictions": values.tolist() if values.dtype == object else values,
-        }
+            loaded = await anyio.to_thread.run_sync(self.model_loader.uploaded, parsed.artifact, parsed.artifact_format, parsed.signature)
+        answer = await self.predictions(loaded, X, parsed.output)
         return Response(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
-    def _artifact_row(self, request: Request) -> dict[str, Any]:
-        artifact_id = request.path_params["artifact_id"]
-        row = self.jobs.store.artifact(artifact_id)
-        if row is None:
-            raise ApiError(404, "not_found", f"no artifact {artifact_id!r} (unknown, deleted, or expired)", "artifact_id")
-        return row
+    # What the HTTP routes and the MCP tools share
 
-    def _job_row(self, request: Request) -> dict[str, Any]:
-        job_id = request.path_params["job_id"]
+    def models_view(self) -> dict[str, Any]:
+        return {
+            "models": [
+                {
+                    "model_type": name,
+                    **_availability_fields(self.availability[name], trainer.device),
+                    "objectives": list(OBJECTIVES),
+                    "params": params_schema(trainer.params),
+                }
+                for name, trainer in self.trainers.items()
+            ]
+        }
+
+    def job_row(self, job_id: str) -> dict[str, Any]:
         row = self.jobs.store.job(job_id)
         if row is None:
             raise ApiError(404, "not_found", f"no job {job_id!r} (unknown, deleted, or expired)", "job_id")
         return row
 
-    async def _submit(self, request: Request) -> Job:
-        spec, decode_s = await self._decode(request)
+    def artifact_row(self, artifact_id: str) -> dict[str, Any]:
+        row = self.jobs.store.artifact(artifact_id)
+        if row is None:
+            raise ApiError(404, "not_found", f"no artifact {artifact_id!r} (unknown, deleted, or expired)", "artifact_id")
+        return row
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        row = self.job_row(job_id)
+        if self.jobs.live(row["id"]) is None:
+            raise ApiError(409, "already_finished", f"job {row['id']} already ended {row['status']}", job_status=row["status"])
+        return {"job_id": row["id"], "status": self.jobs.cancel(row["id"]).value, "cancel_requested": True}
+
+    @property
+    def unavailable(self) -> dict[str, str]:
+        """The backends that cannot train here, with the reason."""
+        return {name: a.reason or "unavailable" for name, a in self.availability.items() if not a.available}
+
+    def submit(self, spec: TrainSpec, decode_s: float, base_url: str) -> Job:
+        """A job for a decoded request, once its options are checked against this server's limits."""
         job_request = JobRequest(
             model_type=spec.trainer.name,
             objective=spec.objective,
@@ -261,9 +259,25 @@ class Service:
             callback_url=None if spec.callback_url is None else self.webhook_policy.check(spec.callback_url),
             timeout_s=self._check_timeout(spec.timeout_s),
             artifact_format=spec.artifact_format,
-            base_url=str(request.base_url),
+            base_url=base_url,
         )
         return self.jobs.submit(job_request, spec.data, decode_s)
+
+    async def predictions(self, loaded: LoadedModel, X: np.ndarray, output: str) -> dict[str, Any]:
+        values = await anyio.to_thread.run_sync(loaded.predict, X, output)
+        return {
+            "artifact_id": loaded.artifact_id,
+            "model_type": loaded.predictor.name,
+            "objective": loaded.shape.objective,
+            "output": output,
+            "shape": list(values.shape),
+            "classes": loaded.classes,
+            "predictions": values.tolist() if values.dtype == object else values,
+        }
+
+    async def _submit(self, request: Request) -> Job:
+        spec, decode_s = await self._decode(request)
+        return self.submit(spec, decode_s, str(request.base_url))
 
     async def _decode(self, request: Request) -> tuple[TrainSpec, float]:
         """The training request, read and checked off the loop, and how long decoding it took."""
@@ -271,9 +285,9 @@ class Service:
         if media_type not in ("application/json", MULTIPART, *TABLE_TYPES):
             accepted = ", ".join(["application/json", *TABLE_TYPES, MULTIPART])
             raise ApiError(415, "unsupported_media_type", f"send the training request as one of {accepted}; not {media_type}")
-        unavailable = {name: a.reason or "unavailable" for name, a in self.availability.items() if not a.available}
+        unavailable = self.unavailable
         settings = self.settings
-        async with self._ingest:
+        async with self.ingest:
             if media_type == "application/json":
                 body = await _read_body(request, settings.max_body_bytes)
                 started = time.perf_counter()
@@ -308,10 +322,19 @@ class Service:
 
 
 def create_app(settings: Settings) -> Starlette:
+    from boostream.streaming_server.mcp_server import McpEndpoint  # it imports this module
+
     service = Service(settings)
+    mcp = McpEndpoint(service)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with service.lifespan(app), mcp.lifespan():
+            yield
+
     return Starlette(
-        routes=service.routes(),
-        lifespan=service.lifespan,
+        routes=[*service.routes(), mcp.route()],
+        lifespan=lifespan,
         exception_handlers={ApiError: handle_api_error},
     )
 

@@ -96,6 +96,7 @@ class JobManager:
         for job in list(self._live.values()):
             if job.bridge is not None:
                 job.bridge.cancel()  # not job.cancel(): that would end the job `cancelled`
+                job.bridge.close()  # its last rounds would land after the store has closed
         for tasks in (self._running_tasks(), self._tasks):
             for task in tasks:
                 task.cancel()

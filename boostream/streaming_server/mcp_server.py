@@ -1,0 +1,502 @@
+"""The service for AI agents: an MCP server over Streamable HTTP at `/mcp`, in the same app.
+
+Its tools are the HTTP API's: list the backends, train (waiting, with a progress notification per
+throttled round), start a job without waiting, a job's status, cancel, predict. They run on the
+same jobs and stores, and their arguments go through the same decoding and checks as a JSON body
+(re-encoded once, off the event loop), so a tool refuses what the HTTP API refuses, with the same
+message naming the field. Such refusals, and jobs that fail or are cancelled, come back as tool
+errors (`isError`), which an agent can read and correct; an unknown tool is a protocol error.
+
+When the caller of `train` cancels the call (`notifications/cancelled`, or on 2026-07-28
+connections by aborting its HTTP request), the job trains on by default, like `POST /train/stream`
+whose client leaves: its id is in every progress message, for `job_status` and `cancel_job`.
+With `on_cancel: "cancel"` it stops at the next round instead. A client that merely drops a
+2025-era connection does not cancel the call: the job trains on whatever `on_cancel` says.
+
+The MCP specification requires validating `Origin` against DNS rebinding. The SDK's transport
+security does it, together with `Host`: a request whose `Origin` is present and not allowed gets
+403, one whose `Host` is not allowed gets 421, one without `Origin` (any non-browser client) is
+served. Allowed are the loopback names, the address the server binds when it is a specific one,
+pages served from those same hosts, and what the operator adds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Optional, Sequence
+
+import anyio
+import mcp_types as types
+import numpy as np
+import orjson
+from mcp.server import Server, ServerRequestContext
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE, TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
+from starlette.requests import Request
+from starlette.routing import Route
+
+from boostream import __version__
+from boostream.streaming_server.app import Service, job_view
+from boostream.streaming_server.decoding import (
+    ARTIFACT_FORMATS,
+    PredictRequestBody,
+    TrainOptions,
+    TrainSpec,
+    decode_predict_request,
+    decode_train_request,
+)
+from boostream.streaming_server.errors import ApiError
+from boostream.streaming_server.jobs import Job, JobStatus
+from boostream.streaming_server.manager import job_urls
+from boostream.streaming_server.predicting import OUTPUTS
+from boostream.trainers.base import OBJECTIVES, Trainer, params_schema
+
+log = logging.getLogger("boostream.mcp")
+
+PATH = "/mcp"
+ON_CANCEL = ("continue", "cancel")
+# Tool arguments arrive inside one JSON-RPC body that the SDK parses on the event loop (about
+# 70 ms per MiB here), so bodies stay at the SDK's 4 MiB; bigger tables go to `POST /jobs`.
+MAX_BODY_BYTES = DEFAULT_MAX_REQUEST_BODY_SIZE
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+WILDCARD_ADDRESSES = ("", "0.0.0.0", "::")
+DEFAULTS = TrainOptions()
+INSTRUCTIONS = (
+    "Trains gradient-boosted tree models (LightGBM on the CPU, WarpGBM on an NVIDIA GPU) on tables you send. "
+    "`train` waits for the model and reports each round as progress; `start_job` returns at once, then poll "
+    "`job_status`. A trained model is kept on the server: pass its `artifact_id` to `predict`."
+)
+
+
+class ToolError(Exception):
+    """A job that did not succeed, told to the caller as a tool error."""
+
+    def __init__(self, code: str, message: str, field: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+@dataclasses.dataclass(frozen=True)
+class Tool:
+    definition: types.Tool
+    run: Callable[[ServerRequestContext, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class McpEndpoint:
+    """The MCP server of one `Service`: its tools, its sessions, and the route that serves them."""
+
+    def __init__(self, service: Service, extra_hosts: Sequence[str] = (), extra_origins: Sequence[str] = ()) -> None:
+        self.service = service
+        self.server = Server(
+            "boostream",
+            version=__version__,
+            instructions=INSTRUCTIONS,
+            on_list_tools=self._list_tools,
+            on_call_tool=self._call_tool,
+        )
+        self.sessions = StreamableHTTPSessionManager(
+            self.server,
+            security_settings=transport_security(service.settings.host, extra_hosts, extra_origins),
+            max_request_body_size=min(MAX_BODY_BYTES, service.settings.max_body_bytes),
+        )
+        self.tools = {tool.definition.name: tool for tool in self._tools()}
+        self._stopping = False
+
+    def route(self) -> Route:
+        return Route(PATH, endpoint=StreamableHTTPASGIApp(self.sessions))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        """Run inside the service's lifespan: sessions end before the jobs shut down."""
+        async with self.sessions.run():
+            try:
+                yield
+            finally:
+                # Calls cancelled from here on are the server stopping, not their callers: their
+                # jobs stay queued or running in the store, and the next server runs them again.
+                self._stopping = True
+
+    # The protocol
+
+    async def _list_tools(self, ctx: ServerRequestContext, params: Optional[types.PaginatedRequestParams]) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=[tool.definition for tool in self.tools.values()])
+
+    async def _call_tool(self, ctx: ServerRequestContext, params: types.CallToolRequestParams) -> types.CallToolResult:
+        tool = self.tools.get(params.name)
+        if tool is None:
+            raise MCPError(types.INVALID_PARAMS, f"unknown tool {params.name!r}; the tools are {sorted(self.tools)}")
+        arguments = dict(params.arguments or {})
+        try:
+            _refuse_unknown(arguments, tool.definition.input_schema)
+            answer = await tool.run(ctx, arguments)
+        except (ApiError, ToolError) as error:
+            where = f" ({error.field})" if error.field else ""
+            return types.CallToolResult(content=[types.TextContent(text=f"{error.code}{where}: {error.message}")], is_error=True)
+        return types.CallToolResult(content=[types.TextContent(text=orjson.dumps(answer).decode())], structured_content=answer)
+
+    # The tools
+
+    async def list_models(self, ctx: ServerRequestContext, arguments: dict[str, Any]) -> dict[str, Any]:
+        return self.service.models_view()
+
+    async def train(self, ctx: ServerRequestContext, arguments: dict[str, Any]) -> dict[str, Any]:
+        include_artifact = _flag(arguments.pop("include_artifact", False), "include_artifact")
+        on_cancel = _choice(arguments.pop("on_cancel", "continue"), "on_cancel", ON_CANCEL)
+        job = await self._submit(ctx, arguments)
+        try:
+            kind, data = await self._follow(ctx, job)
+        except anyio.get_cancelled_exc_class():
+            self._caller_left(job.id, on_cancel)
+            raise
+        if kind == "error":
+            raise ToolError(data["code"], f"job {job.id} failed: {data['message']}")
+        if kind == "cancelled":
+            raise ToolError("cancelled", f"job {job.id} was cancelled after round {data['iteration']}")
+        if not include_artifact:
+            data.pop("artifact", None)
+        return {"job_id": job.id, "status": JobStatus.SUCCEEDED.value, **data}
+
+    async def start_job(self, ctx: ServerRequestContext, arguments: dict[str, Any]) -> dict[str, Any]:
+        job = await self._submit(ctx, arguments)
+        return {"job_id": job.id, "status": job.status.value, **job_urls(job.id)}
+
+    async def job_status(self, ctx: ServerRequestContext, arguments: dict[str, Any]) -> dict[str, Any]:
+        return job_view(self.service.job_row(_text(arguments, "job_id")))
+
+    async def cancel_job(self, ctx: ServerRequestContext, arguments: dict[str, Any]) -> dict[str, Any]:
+        return self.service.cancel(_text(arguments, "job_id"))
+
+    async def predict(self, ctx: ServerRequestContext, arguments: dict[str, Any]) -> dict[str, Any]:
+        service = self.service
+        artifact_id = _text(arguments, "artifact_id")
+        async with service.ingest:
+            parsed, X = await anyio.to_thread.run_sync(_decode_predict_arguments, arguments, service.settings.max_cells)
+        row = service.artifact_row(artifact_id)
+        loaded = await anyio.to_thread.run_sync(service.model_loader.stored, artifact_id, row)
+        answer = await service.predictions(loaded, X, parsed.output)
+        return {**answer, "predictions": np.asarray(answer["predictions"]).tolist()}
+
+    # Jobs
+
+    async def _submit(self, ctx: ServerRequestContext, arguments: dict[str, Any]) -> Job:
+        """A job from tool arguments, decoded and checked as `POST /jobs` checks its body."""
+        service = self.service
+        async with service.ingest:
+            started = time.perf_counter()
+            spec: TrainSpec = await anyio.to_thread.run_sync(
+                _decode_train_arguments, arguments, service.trainers, service.unavailable, service.settings.max_cells
+            )
+            decode_s = time.perf_counter() - started
+        return service.submit(spec, decode_s, str(ctx.request.base_url) if isinstance(ctx.request, Request) else "")
+
+    async def _follow(self, ctx: ServerRequestContext, job: Job) -> tuple[str, dict[str, Any]]:
+        """Wait for the job's end, telling the caller its progress; its terminal event's type and data.
+        Progress only rises: 0 once the job waits or starts, then each round the job reports."""
+        total = job.request.params["n_estimators"]
+        reported = -1
+        async with contextlib.aclosing(self.service.jobs.events(job.id, 0)) as events:
+            async for event in events:
+                data = orjson.loads(event.json)
+                if event.terminal:
+                    return event.type, data
+                iteration = data["iteration"] if event.type == "progress" else 0
+                if event.type in ("queued", "started", "progress") and iteration > reported:
+                    reported = iteration
+                    await ctx.session.report_progress(iteration, total, _progress_message(job.id, event.type, data, total))
+        raise ToolError("interrupted", f"job {job.id} ended without a result")
+
+    def _caller_left(self, job_id: str, on_cancel: str) -> None:
+        jobs = self.service.jobs
+        if jobs.live(job_id) is None:
+            log.info("job %s: MCP call cancelled after the job ended", job_id)
+        elif self._stopping:
+            log.info("job %s: MCP call ended by the server stopping; the job is run again by the next server", job_id)
+        elif on_cancel == "cancel":
+            jobs.cancel(job_id)
+            log.info("job %s: MCP call cancelled; cancelling at the next round (on_cancel=cancel)", job_id)
+        else:
+            log.info("job %s: MCP call cancelled; the job keeps training", job_id)
+
+    # What the tools say about themselves
+
+    def _tools(self) -> list[Tool]:
+        trainers = self.service.trainers
+        train_inputs = _train_input_schema(trainers, self.service.settings.max_training_s)
+        job_id = _object({"job_id": {"type": "string", "minLength": 1, "description": "The id `train` or `start_job` gave."}}, ["job_id"])
+        return [
+            Tool(
+                types.Tool(
+                    name="list_models",
+                    title="List the model backends",
+                    description="The backends (lightgbm, warpgbm): whether each can train here and why not, its device, "
+                    "the objectives, and each hyperparameter as JSON Schema with its default and bounds.",
+                    input_schema=_object({}, []),
+                    output_schema=_object({"models": {"type": "array", "items": {"type": "object"}}}, ["models"], closed=False),
+                    annotations=types.ToolAnnotations(read_only_hint=True, open_world_hint=False),
+                ),
+                self.list_models,
+            ),
+            Tool(
+                types.Tool(
+                    name="train",
+                    title="Train a model and wait for it",
+                    description="Train a gradient-boosted tree model on X and y and wait until it is trained. With a progress "
+                    "token, each boosting round (at most about 10 a second) comes as a progress notification: progress is the "
+                    "round, total the rounds asked for, the message names the job and its latest metrics. Returns the job id, "
+                    "the `artifact_id` to `predict` with, metrics, iterations, best_iteration and timings; the model file "
+                    "itself (base64) only with include_artifact. A failed or cancelled job is a tool error. If this call is "
+                    "cancelled the job trains on (see job_status, cancel_job) unless on_cancel is 'cancel'.",
+                    input_schema=_with_properties(
+                        train_inputs,
+                        {
+                            "include_artifact": {"type": "boolean", "default": False, "description": "Also return the model file, base64, in `artifact`."},
+                            "on_cancel": {
+                                "type": "string",
+                                "enum": list(ON_CANCEL),
+                                "default": "continue",
+                                "description": "What happens to the job when this call is cancelled: it trains on, or it stops at the next round.",
+                            },
+                        },
+                    ),
+                    output_schema=TRAIN_OUTPUT_SCHEMA,
+                    annotations=types.ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False),
+                ),
+                self.train,
+            ),
+            Tool(
+                types.Tool(
+                    name="start_job",
+                    title="Start a training job",
+                    description="Start training as `train` does, but return at once with the job id and its status "
+                    "(queued or running); follow it with job_status, stop it with cancel_job.",
+                    input_schema=train_inputs,
+                    output_schema=_object({"job_id": {"type": "string"}, "status": STATUS_SCHEMA}, ["job_id", "status"], closed=False),
+                    annotations=types.ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False),
+                ),
+                self.start_job,
+            ),
+            Tool(
+                types.Tool(
+                    name="job_status",
+                    title="A job's status",
+                    description="A job as `GET /jobs/{id}` shows it: status (queued, running, succeeded, failed, cancelled), "
+                    "progress (iteration, total, percent, elapsed_s, eta_s), latest metrics, times, error, artifact_id.",
+                    input_schema=job_id,
+                    output_schema=_object(
+                        {"job_id": {"type": "string"}, "status": STATUS_SCHEMA, "artifact_id": {"type": ["string", "null"]}},
+                        ["job_id", "status"],
+                        closed=False,
+                    ),
+                    annotations=types.ToolAnnotations(read_only_hint=True, open_world_hint=False),
+                ),
+                self.job_status,
+            ),
+            Tool(
+                types.Tool(
+                    name="cancel_job",
+                    title="Cancel a job",
+                    description="Stop a job: a waiting one ends cancelled at once, a training one after its current round. "
+                    "A job that has already ended is a tool error (already_finished).",
+                    input_schema=job_id,
+                    output_schema=_object(
+                        {"job_id": {"type": "string"}, "status": STATUS_SCHEMA, "cancel_requested": {"type": "boolean"}},
+                        ["job_id", "status", "cancel_requested"],
+                        closed=False,
+                    ),
+                    annotations=types.ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False),
+                ),
+                self.cancel_job,
+            ),
+            Tool(
+                types.Tool(
+                    name="predict",
+                    title="Predict with a trained model",
+                    description="Predict rows of X with the model `train` made (its artifact_id). output 'value' gives numbers "
+                    "for a regression and class labels for a classifier; 'proba' gives one probability per class, in the order of `classes`.",
+                    input_schema=_object(
+                        {
+                            "artifact_id": {"type": "string", "minLength": 1, "description": "The `artifact_id` that `train` or `job_status` gave."},
+                            "X": _table_schema("Rows to predict, each with as many values as the model has features; null marks a missing value."),
+                            "output": {"type": "string", "enum": list(OUTPUTS), "default": "value"},
+                        },
+                        ["artifact_id", "X"],
+                    ),
+                    output_schema=PREDICT_OUTPUT_SCHEMA,
+                    annotations=types.ToolAnnotations(read_only_hint=True, open_world_hint=False),
+                ),
+                self.predict,
+            ),
+        ]
+
+
+def transport_security(bound_host: str, extra_hosts: Sequence[str] = (), extra_origins: Sequence[str] = ()) -> TransportSecuritySettings:
+    """Which `Host` and `Origin` headers `/mcp` accepts: the loopback names, the address the server
+    binds if it is a specific one, and `extra_hosts`, on any port; as origins, pages served from
+    those hosts (http or https), and `extra_origins` (`scheme://host[:port]`, or `:*` for any port)."""
+    hosts = list(LOOPBACK_HOSTS)
+    if bound_host not in WILDCARD_ADDRESSES:
+        hosts.append(f"[{bound_host}]" if ":" in bound_host else bound_host)
+    hosts.extend(extra_hosts)
+    allowed_hosts = [name for host in dict.fromkeys(hosts) for name in (host, f"{host}:*")]
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=allowed_hosts,
+        allowed_origins=[f"{scheme}://{host}" for host in allowed_hosts for scheme in ("http", "https")] + list(extra_origins),
+    )
+
+
+# Arguments
+
+
+def _decode_train_arguments(arguments: dict[str, Any], trainers: Mapping[str, Trainer], unavailable: Mapping[str, str], max_cells: int) -> TrainSpec:
+    """Runs in a worker thread: the JSON body path, so every check and message is the HTTP API's."""
+    return decode_train_request(_as_json(arguments), trainers, unavailable, max_cells)
+
+
+def _decode_predict_arguments(arguments: dict[str, Any], max_cells: int) -> tuple[PredictRequestBody, np.ndarray]:
+    return decode_predict_request(_as_json(arguments), max_cells)
+
+
+def _as_json(arguments: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(arguments)
+    except orjson.JSONEncodeError as error:  # e.g. an integer beyond 64 bits
+        raise ApiError(400, "invalid_data", f"the arguments cannot be read as numbers: {error}") from None
+
+
+def _refuse_unknown(arguments: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
+    known = schema["properties"]
+    for name in arguments:
+        if name not in known:
+            raise ApiError(422, "invalid_parameter", f"unknown field {name!r}; known: {', '.join(known) or 'none'}", name)
+
+
+def _text(arguments: Mapping[str, Any], name: str) -> str:
+    value = arguments.get(name)
+    if not isinstance(value, str) or not value:
+        raise ApiError(422, "invalid_parameter", f"{name} must be a non-empty string, got {value!r}", name)
+    return value
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ApiError(422, "invalid_parameter", f"{name} must be true or false, got {value!r}", name)
+    return value
+
+
+def _choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ApiError(422, "invalid_parameter", f"{name} must be one of {list(choices)}, got {value!r}", name)
+    return value
+
+
+def _progress_message(job_id: str, kind: str, data: Mapping[str, Any], total: int) -> str:
+    if kind == "queued":
+        return f"job {job_id}: waiting for a {data['device'].upper()} slot, position {data['position']}"
+    if kind == "started":
+        return f"job {job_id}: training {total} rounds on {data['n_rows']} rows x {data['n_features']} features"
+    metrics = ", ".join(f"{name} {'n/a' if value is None else format(value, '.6g')}" for name, value in data["metrics"].items())
+    return f"job {job_id}: round {data['iteration']} of {total}" + (f"; {metrics}" if metrics else "")
+
+
+# Schemas
+
+
+def _object(properties: dict[str, Any], required: list[str], closed: bool = True) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties, "required": required}
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
+def _with_properties(schema: dict[str, Any], properties: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "properties": {**schema["properties"], **properties}}
+
+
+def _table_schema(description: str) -> dict[str, Any]:
+    row = {"type": "array", "minItems": 1, "items": {"type": ["number", "null"]}}
+    return {"type": "array", "minItems": 1, "items": row, "description": description}
+
+
+def _labels_schema(description: str) -> dict[str, Any]:
+    return {"type": "array", "minItems": 1, "items": {"type": ["number", "string"]}, "description": description}
+
+
+def _train_input_schema(trainers: Mapping[str, Trainer], max_training_s: float) -> dict[str, Any]:
+    """A training request, as the HTTP API takes it; `params` checked against the chosen backend's."""
+    properties = {
+        "X": _table_schema("Training rows, each a list of numbers; null marks a missing value (LightGBM only)."),
+        "y": _labels_schema("One target per row: numbers, or for classifiers numbers or strings."),
+        "model_type": {"type": "string", "enum": list(trainers), "default": DEFAULTS.model_type},
+        "objective": {"type": "string", "enum": list(OBJECTIVES), "default": DEFAULTS.objective},
+        "params": {
+            "type": "object",
+            "description": "The backend's hyperparameters (see list_models); each is checked against its bounds, an unknown one is refused.",
+        },
+        "X_valid": _table_schema("Validation rows: their metrics are reported each round, and early stopping watches them."),
+        "y_valid": _labels_schema("One target per validation row."),
+        "valid_fraction": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 0.5,
+            "description": "Instead of X_valid/y_valid: this share of the rows is held out for validation, with a fixed seed.",
+        },
+        "feature_names": {"type": "array", "items": {"type": "string"}, "uniqueItems": True, "description": "One name per column of X."},
+        "era": _labels_schema("WarpGBM only: one era id per row, for its directional era splitting."),
+        "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": max_training_s, "description": "Stop the job (failed, timeout) if it trains longer."},
+        "artifact_format": {"type": "string", "enum": list(ARTIFACT_FORMATS), "default": DEFAULTS.artifact_format},
+        "callback_url": {"type": "string", "format": "uri", "description": "POSTed to when the job ends; only hosts the operator allows."},
+    }
+    schema = _object(properties, ["X", "y"])
+    schema["dependentRequired"] = {"X_valid": ["y_valid"], "y_valid": ["X_valid"]}
+    schema["allOf"] = [_params_rule(name, trainer, name == DEFAULTS.model_type) for name, trainer in trainers.items()]
+    return schema
+
+
+def _params_rule(name: str, trainer: Trainer, default: bool) -> dict[str, Any]:
+    """`params` follows this backend's schema when model_type names it (or, for the default, is absent)."""
+    when: dict[str, Any] = {"properties": {"model_type": {"const": name}}}
+    if not default:
+        when["required"] = ["model_type"]
+    return {"if": when, "then": {"properties": {"params": params_schema(trainer.params)}}}
+
+
+STATUS_SCHEMA = {"type": "string", "enum": [status.value for status in JobStatus]}
+NUMBERS = {"type": "object", "additionalProperties": {"type": ["number", "null"]}}
+TRAIN_OUTPUT_SCHEMA = _object(
+    {
+        "job_id": {"type": "string"},
+        "status": {"const": JobStatus.SUCCEEDED.value},
+        "artifact_id": {"type": "string", "description": "Pass it to predict; GET /artifacts/{id} downloads the model."},
+        "metrics": NUMBERS,
+        "iterations": {"type": "integer"},
+        "best_iteration": {"type": "integer", "description": "The round the model predicts with."},
+        "timings": NUMBERS,
+        "training_time_s": {"type": "number"},
+        "classes": {"type": ["array", "null"]},
+        "feature_names": {"type": "array", "items": {"type": "string"}},
+        "format": {"type": "string", "enum": list(ARTIFACT_FORMATS)},
+        "artifact": {"type": "string", "contentEncoding": "base64", "description": "The model file, only with include_artifact."},
+    },
+    ["job_id", "status", "artifact_id", "metrics", "iterations", "best_iteration", "timings"],
+    closed=False,
+)
+PREDICT_OUTPUT_SCHEMA = _object(
+    {
+        "artifact_id": {"type": "string"},
+        "model_type": {"type": "string"},
+        "objective": {"type": "string", "enum": list(OBJECTIVES)},
+        "output": {"type": "string", "enum": list(OUTPUTS)},
+        "shape": {"type": "array", "items": {"type": "integer"}},
+        "classes": {"type": ["array", "null"]},
+        "predictions": {"type": "array"},
+    },
+    ["artifact_id", "output", "shape", "predictions"],
+    closed=False,
+)
