@@ -33,6 +33,7 @@ BAD_REQUESTS = [
     ("single class", body(objective="binary", y=[1, 1, 1, 1]), 400, "y", "single class"),
     ("three classes for binary", body(objective="binary", y=[0, 1, 2, 0]), 400, "y", "needs exactly two"),
     ("feature names of the wrong count", body(feature_names=["a"]), 400, "feature_names", "has 1 names, but X has 2 features"),
+    ("a feature name LightGBM refuses", body(feature_names=["a:b", "c"]), 400, "feature_names", "'a:b' is not a usable feature name"),
     ("X_valid without y_valid", body(X_valid=GOOD_X), 400, "y_valid", "sent together"),
     ("X_valid of another width", body(X_valid=[[1.0]], y_valid=[1.0]), 400, "X_valid", "rows have 1 values"),
     ("unknown model_type", body(model_type="xgboost"), 422, "model_type", "unknown model_type 'xgboost'"),

@@ -29,6 +29,7 @@ VALID_SPLIT_SEED = 0
 ROW_BLOCK_BYTES = 2 * 1024 * 1024
 _ROW_BOUNDARY = re.compile(rb"\]\s*,\s*\[")
 _JSON_SPACE = frozenset(b" \t\r\n")
+_NAME_CHARACTERS_REFUSED = '",:[]{}'
 ARTIFACT_FORMATS = ("joblib", "native")
 DATA_FIELDS = frozenset({"X", "y", "X_valid", "y_valid", "era", "feature_names"})
 
@@ -397,6 +398,10 @@ def _feature_names(names: Optional[list[str]], width: int) -> list[str]:
         raise InvalidData("feature_names", f"has {len(names)} names, but X has {width} features")
     if len(set(names)) != len(names):
         raise InvalidData("feature_names", "names must be unique")
+    for name in names:
+        # LightGBM keeps its model as JSON-like text and refuses these; say so before training.
+        if not name or any(character in name for character in _NAME_CHARACTERS_REFUSED):
+            raise InvalidData("feature_names", f"{name!r} is not a usable feature name: it must be non-empty, without any of {_NAME_CHARACTERS_REFUSED}")
     return list(names)
 
 

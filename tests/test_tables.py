@@ -1,0 +1,274 @@
+"""Training tables sent as files: CSV or Parquet, as the whole body or as a multipart upload, train the
+same model as the same table sent as JSON; their mistakes are answered naming the column or field."""
+
+from __future__ import annotations
+
+import base64
+import decimal
+import io
+import json
+
+import joblib
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import Server, parse_sse, start_server
+
+CSV = "text/csv"
+PARQUET = "application/vnd.apache.parquet"
+PARAMS = {"n_estimators": 15, "num_leaves": 7, "learning_rate": 0.2, "seed": 3}
+
+
+def table_of(X: np.ndarray, y: np.ndarray, names: list[str], target: str = "target") -> pa.Table:
+    return pa.table({**{name: X[:, i] for i, name in enumerate(names)}, target: y})
+
+
+def csv_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pcsv.write_csv(table, sink)
+    return sink.getvalue()
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def query(**fields) -> dict[str, str]:
+    """Request fields as a query string or a form carries them: text."""
+    return {name: str(value).lower() if isinstance(value, bool) else str(value) for name, value in fields.items()}
+
+
+def post_table(server: Server, body: bytes, content_type: str, path: str = "/train/stream", **fields):
+    with server.client() as client:
+        return client.post(path, content=body, headers={"content-type": content_type}, params=query(**fields))
+
+
+def train_table(server: Server, body: bytes, content_type: str, **fields) -> list:
+    """POST /train/stream with the table as the body and the fields in the query string."""
+    with server.client() as client:
+        with client.stream("POST", "/train/stream", content=body, headers={"content-type": content_type}, params=query(**fields)) as response:
+            assert response.status_code == 200, response.read()
+            return list(parse_sse(response.iter_lines()))
+
+
+def train_upload(server: Server, filename: str, body: bytes, **fields) -> list:
+    """POST /train/stream as a multipart form: the table as its file part, the fields as form fields."""
+    with server.client() as client:
+        with client.stream("POST", "/train/stream", files={"table": (filename, body)}, data=query(**fields)) as response:
+            assert response.status_code == 200, response.read()
+            return list(parse_sse(response.iter_lines()))
+
+
+def completed(events: list) -> dict:
+    assert events[-1].event == "complete", events[-1]
+    return events[-1].data
+
+
+def booster_of(complete: dict):
+    assert complete["format"] == "joblib"
+    return joblib.load(io.BytesIO(base64.b64decode(complete["artifact"])))
+
+
+def assert_same_model(from_file: dict, from_json: dict, X: np.ndarray) -> None:
+    assert from_file["metrics"] == from_json["metrics"]
+    assert from_file["iterations"] == from_json["iterations"]
+    np.testing.assert_array_equal(booster_of(from_file).predict(X), booster_of(from_json).predict(X))
+
+
+def json_body(X: np.ndarray, y: np.ndarray, names: list[str], **fields) -> dict:
+    return {"X": X.tolist(), "y": y.tolist(), "feature_names": names, "params": PARAMS, **fields}
+
+
+def names_for(X: np.ndarray) -> list[str]:
+    return [f"col {i}" for i in range(X.shape[1])]  # a space: names are taken as they are
+
+
+# The same model as JSON
+
+
+def test_a_csv_body_trains_the_same_model_as_json(server: Server, diabetes):
+    X, y = diabetes
+    names = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
+    from_json = completed(server.train(json_body(X, y, names, valid_fraction=0.2)))
+    from_csv = completed(train_table(server, csv_bytes(table_of(X, y, names)), CSV, target="target", valid_fraction=0.2, **PARAMS))
+    assert_same_model(from_csv, from_json, X)
+    assert "valid_l2" in from_csv["metrics"]
+    assert from_csv["feature_names"] == names
+    assert booster_of(from_csv).feature_name() == names
+
+
+def test_a_parquet_body_trains_the_same_model_as_json(server: Server, breast_cancer):
+    X, y = breast_cancer
+    names = [f"m{i}" for i in range(X.shape[1])]
+    from_json = completed(server.train(json_body(X, y, names, objective="binary", valid_fraction=0.25)))
+    body = parquet_bytes(table_of(X, y.astype(np.int64), names, target="diagnosis"))
+    events = train_table(server, body, PARQUET, target="diagnosis", objective="binary", valid_fraction=0.25, **PARAMS)
+    assert events[0].data["n_features"] == X.shape[1]
+    from_parquet = completed(events)
+    assert_same_model(from_parquet, from_json, X)
+    assert from_parquet["classes"] == [0, 1]
+    assert from_parquet["feature_names"] == names
+
+
+def test_a_multipart_upload_trains_the_same_model_as_json(server: Server, diabetes):
+    X, y = diabetes
+    names = [f"f{i}" for i in range(X.shape[1])]
+    from_json = completed(server.train(json_body(X, y, names)))
+    table = table_of(X, y, names, target="progression")
+    from_csv = completed(train_upload(server, "diabetes.csv", csv_bytes(table), target="progression", **PARAMS))
+    from_parquet = completed(train_upload(server, "diabetes.parquet", parquet_bytes(table), target="progression", **PARAMS))
+    assert_same_model(from_csv, from_json, X)
+    assert_same_model(from_parquet, from_json, X)
+
+
+def test_features_selects_the_columns_and_their_order(server: Server, diabetes):
+    X, y = diabetes
+    names = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
+    chosen = ["s5", "bmi", "bp"]
+    columns = [names.index(name) for name in chosen]
+    from_json = completed(server.train(json_body(X[:, columns], y, chosen)))
+    events = train_table(server, csv_bytes(table_of(X, y, names)), CSV, target="target", features=" s5, bmi,bp", **PARAMS)
+    assert events[0].data["n_features"] == 3
+    from_csv = completed(events)
+    assert from_csv["feature_names"] == chosen
+    assert_same_model(from_csv, from_json, X[:, columns])
+
+
+def test_string_labels_from_a_csv_train_a_multiclass_model(server: Server, iris):
+    X, y = iris
+    names = ["sepal length", "sepal width", "petal length", "petal width"]
+    from_json = completed(server.train(json_body(X, y, names, objective="multiclass")))
+    from_csv = completed(train_table(server, csv_bytes(table_of(X, y, names, target="species")), CSV, target="species", objective="multiclass", **PARAMS))
+    assert from_csv["classes"] == ["setosa", "versicolor", "virginica"]
+    assert_same_model(from_csv, from_json, X)
+
+
+def test_missing_values_are_nan_as_json_null_is(server: Server, diabetes):
+    X, y = diabetes
+    X = X.copy()
+    X[::7, 2] = np.nan
+    X[3::11, 5] = np.nan
+    names = names_for(X)
+    body = json_body(X, y, names)
+    body["X"] = [[None if np.isnan(value) else value for value in row] for row in body["X"]]
+    from_json = completed(server.train(body))
+    columns = {name: pa.array(X[:, i], from_pandas=True) for i, name in enumerate(names)}  # NaN as null
+    from_parquet = completed(train_table(server, parquet_bytes(pa.table({**columns, "target": y})), PARQUET, target="target", **PARAMS))
+    from_csv = completed(train_table(server, csv_bytes(pa.table({**columns, "target": y})), CSV, target="target", **PARAMS))
+    assert_same_model(from_parquet, from_json, X)
+    assert_same_model(from_csv, from_json, X)
+
+
+def test_integer_boolean_and_decimal_columns_are_numbers(server: Server):
+    rng = np.random.default_rng(0)
+    count = 200
+    integers, flags = rng.integers(0, 50, count), rng.random(count) < 0.5
+    y = integers * 0.1 + flags + rng.random(count) * 0.01
+    X = np.column_stack([integers, flags]).astype(np.float64)
+    from_json = completed(server.train(json_body(X, y, ["n", "flag"])))
+    table = pa.table({"n": pa.array(integers), "flag": pa.array(flags), "target": y})
+    from_csv = completed(train_table(server, csv_bytes(table), CSV, target="target", **PARAMS))  # "true" and "false"
+    assert_same_model(from_csv, from_json, X)
+    decimals = table.set_column(0, "n", pa.array([decimal.Decimal(int(n)) for n in integers], pa.decimal128(6, 1)))
+    from_parquet = completed(train_table(server, parquet_bytes(decimals), PARQUET, target="target", **PARAMS))
+    assert_same_model(from_parquet, from_json, X)
+
+
+def test_a_pandas_index_in_parquet_is_not_a_feature(server: Server, diabetes):
+    X, y = diabetes
+    names = names_for(X)
+    table = table_of(X, y, names).append_column("__index_level_0__", pa.array(np.arange(len(y)) * 7))
+    table = table.replace_schema_metadata({b"pandas": json.dumps({"index_columns": ["__index_level_0__"]}).encode()})
+    complete = completed(train_table(server, parquet_bytes(table), PARQUET, target="target", **PARAMS))
+    assert complete["feature_names"] == names
+
+
+def test_a_job_takes_a_csv_body_too(server: Server, diabetes):
+    X, y = diabetes
+    names = names_for(X)
+    response = post_table(server, csv_bytes(table_of(X, y, names)), CSV, path="/jobs", target="target", **PARAMS)
+    assert response.status_code == 202, response.text
+    job = server.wait_for_job(response.json()["job_id"])
+    assert job["status"] == "succeeded"
+    with server.client() as client:
+        result = client.get(f"/jobs/{job['job_id']}/result").json()
+    assert result["feature_names"] == names
+
+
+# Mistakes, answered before any stream
+
+SMALL = pa.table({"a": [1.0, 2.0, 3.0, 4.0], "b": [0.5, 0.25, 0.0, 1.0], "city": ["Oslo", "Lima", "Oslo", "Pune"], "y": [1.0, 2.0, 3.0, 4.0]})
+NUMBERS = SMALL.drop_columns(["city"])
+BAD_TABLES = [
+    # (what is wrong, body, content type, fields, status, field, words in the message)
+    ("no target", csv_bytes(NUMBERS), CSV, {}, 400, "target", "`target`"),
+    ("a target that is no column", csv_bytes(NUMBERS), CSV, {"target": "label"}, 400, "target", "no column 'label'"),
+    ("a string feature column", csv_bytes(SMALL), CSV, {"target": "y"}, 400, "city", "column 'city' holds string"),
+    ("a string feature column in Parquet", parquet_bytes(SMALL), PARQUET, {"target": "y"}, 400, "city", "column 'city' holds string"),
+    # pyarrow infers types from the first 1 MiB; the column is read as numbers all the same.
+    ("a string beyond the first MiB", b"a,y\n" + b"1,1\n" * 300_000 + b"one,2\n", CSV, {"target": "y"}, 400, "a", "invalid value 'one'"),
+    ("a fraction beyond the first MiB is fine, but not a null target", b"a,y\n" + b"1,1\n" * 300_000 + b"2.5,\n", CSV, {"target": "y"}, 400, "y", "no value in row 300000"),
+    ("a null in the target", b"a,b,y\n1,2,3\n4,5,\n6,7,8\n", CSV, {"target": "y"}, 400, "y", "no value in row 1"),
+    ("a string target for regression", csv_bytes(SMALL), CSV, {"target": "city", "features": "a"}, 400, "city", "must be numbers"),
+    ("an infinite value", b"a,y\n1,1\ninf,2\n", CSV, {"target": "y"}, 400, "a", "infinite in row 1"),
+    ("ragged rows", b"a,b,y\n1,2,3\n4,5\n", CSV, {"target": "y"}, 400, "file", "Expected 3 columns, got 2"),
+    ("no rows", b"a,b,y\n", CSV, {"target": "y"}, 400, "file", "no rows"),
+    ("an empty body", b"", CSV, {"target": "y"}, 400, "file", "Empty CSV"),
+    ("CSV sent as Parquet", csv_bytes(NUMBERS), PARQUET, {"target": "y"}, 400, "file", "not a parquet file"),
+    ("an unknown feature column", csv_bytes(NUMBERS), CSV, {"target": "y", "features": "a,z"}, 400, "features", "no column 'z'"),
+    ("the target among the features", csv_bytes(NUMBERS), CSV, {"target": "y", "features": "a,y"}, 400, "features", "'y' is the target"),
+    ("a column name twice", b"a,a,y\n1,2,3\n", CSV, {"target": "y"}, 400, "a", "2 columns named 'a'"),
+    ("an unknown hyperparameter", csv_bytes(NUMBERS), CSV, {"target": "y", "x": "1"}, 422, "params.x", "unknown parameter"),
+    ("a hyperparameter that is not a number", csv_bytes(NUMBERS), CSV, {"target": "y", "n_estimators": "abc"}, 422, "params.n_estimators", "must be a number"),
+    ("a fraction for an integer", csv_bytes(NUMBERS), CSV, {"target": "y", "num_leaves": "7.5"}, 422, "params.num_leaves", "must be an integer"),
+    ("valid_fraction that is not a number", csv_bytes(NUMBERS), CSV, {"target": "y", "valid_fraction": "half"}, 422, "valid_fraction", "'half'"),
+    ("an unknown objective", csv_bytes(NUMBERS), CSV, {"target": "y", "objective": "poisson"}, 422, "objective", "unknown objective"),
+    ("era on LightGBM", csv_bytes(NUMBERS), CSV, {"target": "y", "era": "b"}, 422, "era", "WarpGBM"),
+]
+
+
+@pytest.mark.parametrize("case, body, content_type, fields, status, field, words", BAD_TABLES, ids=[c[0] for c in BAD_TABLES])
+def test_a_bad_table_is_answered_with_status_and_field(server: Server, case, body, content_type, fields, status, field, words):
+    response = post_table(server, body, content_type, **fields)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["field"] == field
+    assert words in error["message"]
+
+
+def test_hyperparameters_are_read_from_text_as_json_gives_them(server: Server):
+    events = train_table(server, csv_bytes(NUMBERS), CSV, target="y", n_estimators="1e1", learning_rate="0.5", min_data_in_leaf="1")
+    started = events[0].data
+    assert started["params"]["n_estimators"] == 10 and started["params"]["learning_rate"] == 0.5
+    assert completed(events)["iterations"] == 10
+
+
+def test_a_bool_hyperparameter_reads_true_false_1_and_0():
+    from boostream.streaming_server.tables import _typed  # no backend has a bool parameter yet
+
+    assert [_typed(text, bool) for text in ("true", "False", "1", "0", "yes")] == [True, False, True, False, "yes"]
+
+
+def test_a_multipart_form_without_a_file_is_a_400(server: Server):
+    with server.client() as client:
+        response = client.post("/train/stream", data={"target": "y"}, files={"note": (None, "no table here")})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["field"] == "file"
+
+
+@pytest.fixture(scope="module")
+def small_server(tmp_path_factory):
+    yield from start_server(tmp_path_factory.mktemp("tables"), "--cpu-jobs", "1", "--max-cells", "600")
+
+
+@pytest.mark.parametrize("content_type, write", [(CSV, csv_bytes), (PARQUET, parquet_bytes)], ids=["csv", "parquet"])
+def test_a_table_over_the_cell_limit_is_a_413(small_server: Server, content_type, write):
+    X = np.arange(800, dtype=np.float64).reshape(400, 2)
+    response = post_table(small_server, write(table_of(X, X[:, 0], ["a", "b"])), content_type, target="target")
+    assert response.status_code == 413, response.text
+    assert "600" in response.json()["error"]["message"]
