@@ -1,14 +1,32 @@
-"""The `boostream` command."""
+"""The `boostream` command: `serve` runs the server; `train`, `watch`, `jobs`, `cancel` and `predict`
+talk to one over HTTP (`boostream.client`), and `train --local` trains in this process instead."""
 
 from __future__ import annotations
 
 import argparse
+import base64
+import concurrent.futures
+import csv
 import dataclasses
+import hashlib
+import io
 import logging
-from typing import Optional, Sequence
+import math
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TextIO
 
 from boostream import __version__
+from boostream.client import TERMINAL_EVENTS, ApiError, Client, Event, Unreachable, server_from_environment, table_kind
 from boostream.config import Settings, env_name, from_environment
+
+if TYPE_CHECKING:  # the server's modules load numpy, msgspec and pyarrow: only `train --local` needs them
+    from boostream.streaming_server.decoding import TrainSpec
+    from boostream.trainers.base import Predictor
 
 _SERVE_OPTIONS = {
     "host": "address to listen on",
@@ -21,6 +39,8 @@ _SERVE_OPTIONS = {
     "max_training_s": "longest a job may train, in seconds",
     "job_ttl_s": "seconds a finished job and its artifact are kept",
     "webhook_hosts": "hosts callback_url may name, comma-separated (host or host:port; * for any)",
+    "mcp_hosts": "hosts /mcp accepts besides loopback and the bound address, comma-separated",
+    "mcp_origins": "browser origins /mcp accepts besides those hosts' pages (scheme://host[:port], :* for any port)",
     "model_cache_bytes": "memory for models kept loaded for /predict (by their native size)",
     "max_body_bytes": "largest request body accepted",
     "max_cells": "largest table accepted, in rows x features",
@@ -28,11 +48,82 @@ _SERVE_OPTIONS = {
     "log_level": "debug, info, warning or error",
 }
 
+EXIT_SUCCEEDED, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_CANCELLED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+
+EPILOG = f"""\
+The server is --server URL, else $BOOSTREAM_SERVER, else http://127.0.0.1:8000.
+Progress and messages go to stderr; `train` and `watch` print the model's artifact id to stdout
+when the job succeeds (`train --detach`: the job id). Ctrl-C during `train` cancels the job on the
+server and waits for it to stop (press it again to quit at once); during `watch` it only stops
+watching.
+
+exit codes:
+  {EXIT_SUCCEEDED}    done: the job succeeded, or the command did what it was asked
+  {EXIT_FAILED}    the job failed, or the server could not serve the request (5xx): its error code and message are printed
+  {EXIT_USAGE}    usage error, or the server refused the request (4xx: its message and field are printed)
+  {EXIT_UNREACHABLE}    the server cannot be reached
+  {EXIT_CANCELLED}    the job was cancelled
+  {EXIT_INTERRUPTED}  interrupted by Ctrl-C (train: after the server was asked to cancel the job)
+"""
+
+ARTIFACT_FORMATS = ("joblib", "native")
+# Request fields sent beside the hyperparameters: a --param of one of these names would replace it.
+REQUEST_FIELDS = frozenset(
+    {"target", "features", "era", "model_type", "objective", "valid_fraction", "timeout_s", "artifact_format", "callback_url", "on_disconnect"}
+)
+BAR_WIDTH = 16
+
+
+class UsageError(Exception):
+    """The command line asks for something impossible; nothing was sent."""
+
+
+class Failure(Exception):
+    """The job failed, or what it made could not be written."""
+
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="boostream", description="Streaming training service for gradient-boosted trees.")
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(from_environment(**{name: getattr(args, name) for name in _SERVE_OPTIONS}))
+    try:
+        return args.run(args)
+    except UsageError as error:
+        _say(f"boostream: {error}")
+        return EXIT_USAGE
+    except ApiError as error:
+        _say(f"boostream: {error.code}" + (f" ({error.field})" if error.field else "") + f": {error.message}")
+        return EXIT_USAGE if error.status < 500 else EXIT_FAILED
+    except Unreachable as error:
+        _say(f"boostream: {error}")
+        return EXIT_UNREACHABLE
+    except Failure as error:
+        _say(f"boostream: {error}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        _say("boostream: interrupted")
+        return EXIT_INTERRUPTED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="boostream",
+        description="Streaming training service for gradient-boosted trees.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"boostream {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_serve(commands)
+    _add_train(commands)
+    _add_watch(commands)
+    _add_jobs(commands)
+    _add_cancel(commands)
+    _add_predict(commands)
+    return parser
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="run the HTTP server")
     defaults = Settings()
     types = {field.name: field.type for field in dataclasses.fields(Settings)}
@@ -44,8 +135,60 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             default=None,
             help=f"{help_text} (env {env_name(name)}; default {getattr(defaults, name)})",
         )
-    args = parser.parse_args(argv)
-    return _serve(from_environment(**{name: getattr(args, name) for name in _SERVE_OPTIONS}))
+
+
+def _client_command(commands: argparse._SubParsersAction, name: str, help: str, run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    command = commands.add_parser(name, help=help, description=help, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    command.add_argument("--server", metavar="URL", help="the boostream server (env BOOSTREAM_SERVER)")
+    command.set_defaults(run=run)
+    return command
+
+
+def _add_model_output(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--out", type=Path, metavar="FILE", help="write the trained model here")
+    command.add_argument("--format", choices=ARTIFACT_FORMATS, default="joblib", help="the model file's format: joblib (a pickled model) or native (LightGBM's text model; WarpGBM's JSON) (default joblib)")
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    train = _client_command(commands, "train", "train a model on a CSV or Parquet file, showing its progress", _train)
+    train.add_argument("data", type=Path, metavar="DATA", help="the table: a .csv file with a header, or .parquet")
+    train.add_argument("--target", required=True, metavar="COLUMN", help="the label column")
+    train.add_argument("--features", metavar="A,B,C", help="the feature columns (default: all the others)")
+    train.add_argument("--era", metavar="COLUMN", help="WarpGBM: the column of era ids")
+    train.add_argument("--model", default="lightgbm", metavar="lightgbm|warpgbm", help="the backend (default lightgbm)")
+    train.add_argument("--objective", default="regression", metavar="regression|binary|multiclass", help="(default regression)")
+    train.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a hyperparameter, e.g. n_estimators=300; repeat for more (see GET /models)")
+    train.add_argument("--valid-fraction", type=float, metavar="F", help="hold out this share of rows (0 < F <= 0.5) for validation metrics")
+    train.add_argument("--timeout", type=float, metavar="SECONDS", help="fail the job if it trains longer than this")
+    _add_model_output(train)
+    where = train.add_mutually_exclusive_group()
+    where.add_argument("--detach", action="store_true", help="print the job id and return at once (follow it with `boostream watch`)")
+    where.add_argument("--local", action="store_true", help="train in this process, without a server (needs --out)")
+
+
+def _add_watch(commands: argparse._SubParsersAction) -> None:
+    watch = _client_command(commands, "watch", "follow a job's progress to its end (Ctrl-C stops watching, not the job)", _watch)
+    watch.add_argument("job_id", metavar="JOB_ID")
+    _add_model_output(watch)
+
+
+def _add_jobs(commands: argparse._SubParsersAction) -> None:
+    jobs = _client_command(commands, "jobs", "list recent jobs, newest first", _jobs)
+    jobs.add_argument("--status", metavar="STATUS[,STATUS]", help="only these: queued, running, succeeded, failed, cancelled")
+    jobs.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+
+
+def _add_cancel(commands: argparse._SubParsersAction) -> None:
+    cancel = _client_command(commands, "cancel", "cancel a job: it stops after its current round", _cancel)
+    cancel.add_argument("job_id", metavar="JOB_ID")
+
+
+def _add_predict(commands: argparse._SubParsersAction) -> None:
+    predict = _client_command(commands, "predict", "predict with a trained model on the server", _predict)
+    predict.add_argument("artifact_id", metavar="ARTIFACT_ID")
+    predict.add_argument("data", type=Path, metavar="DATA", help="a CSV with a header: the model's feature columns are taken by name (others are ignored), else by position")
+    predict.add_argument("--output", choices=("value", "proba"), default="value", help="value: one prediction per line; proba: a CSV of class probabilities (default value)")
+    predict.add_argument("--out", type=Path, metavar="FILE", help="write the predictions here instead of to stdout")
 
 
 def _serve(settings: Settings) -> int:
@@ -58,3 +201,434 @@ def _serve(settings: Settings) -> int:
     logging.getLogger("boostream").info("data directory: %s", settings.data_dir)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=5)
     return 0
+
+
+# train, watch
+
+
+def _train(args: argparse.Namespace) -> int:
+    _check_table(args.data)
+    fields = _train_fields(args)
+    if args.out is not None:
+        _check_writable(args.out)
+        if args.detach:
+            raise UsageError("--out needs the job followed to its end: drop --detach, or use `boostream watch JOB_ID --out FILE`")
+    if args.local:
+        if args.server is not None:
+            raise UsageError("--local trains in this process: it takes no --server")
+        if args.out is None:
+            raise UsageError("--local needs --out FILE: the model is kept nowhere else")
+        return _train_locally(args.data, fields, args.out, ProgressDisplay(sys.stderr))
+    with _client(args) as client:
+        job_id = client.upload_job(args.data, fields)["job_id"]
+        if args.detach:
+            print(job_id)
+            return EXIT_SUCCEEDED
+        return _follow(client, job_id, ProgressDisplay(sys.stderr), args.out, args.format, cancel_on_interrupt=True)
+
+
+def _watch(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        _check_writable(args.out)
+    with _client(args) as client:
+        return _follow(client, args.job_id, ProgressDisplay(sys.stderr), args.out, args.format, cancel_on_interrupt=False)
+
+
+def _train_fields(args: argparse.Namespace) -> dict[str, str]:
+    """The training request's fields as text, as the server reads them from a query string."""
+    fields = {"target": args.target, "model_type": args.model, "objective": args.objective, "artifact_format": args.format}
+    optional = {"features": args.features, "era": args.era, "valid_fraction": args.valid_fraction, "timeout_s": args.timeout}
+    fields.update({name: str(value) for name, value in optional.items() if value is not None})
+    for param in args.param:
+        name, equals, value = param.partition("=")
+        name = name.strip()
+        if not equals or not name:
+            raise UsageError(f"--param {param!r}: write it NAME=VALUE, e.g. n_estimators=300")
+        if name in REQUEST_FIELDS:
+            raise UsageError(f"--param {name}: not a hyperparameter; it has its own option (see --help)")
+        if name in fields:
+            raise UsageError(f"--param {name} is given twice")
+        fields[name] = value.strip()
+    return fields
+
+
+def _follow(client: Client, job_id: str, display: ProgressDisplay, out: Optional[Path], format: str, cancel_on_interrupt: bool) -> int:
+    """Show a job's events to its end; the exit code its end calls for. Ctrl-C either cancels the
+    job and waits for it to stop (a second Ctrl-C quits at once), or only stops watching."""
+    last: Optional[Event] = None
+    interrupted = False
+    while last is None or last.type not in TERMINAL_EVENTS:
+        try:
+            for last in client.events(job_id, last.id if last else 0):
+                display.show(last)
+        except KeyboardInterrupt:
+            if not cancel_on_interrupt:
+                display.note(f"stopped watching; job {job_id} goes on (`boostream cancel {job_id}` stops it)")
+                raise
+            if interrupted:
+                raise
+            interrupted = True
+            display.note(f"cancelling job {job_id} (Ctrl-C again to quit at once)")
+            _request_cancel(client, job_id)
+    if last.type == "complete":
+        if out is not None:
+            _save_model(client, last.data, out, format)
+            display.note(f"wrote the model to {out} ({format})")
+        print(last.data["artifact_id"])
+        return EXIT_SUCCEEDED
+    if last.type == "error":
+        return EXIT_FAILED
+    return EXIT_INTERRUPTED if interrupted else EXIT_CANCELLED
+
+
+def _request_cancel(client: Client, job_id: str) -> None:
+    try:
+        client.cancel(job_id)
+    except ApiError as error:
+        if error.status != 409:
+            raise
+        # It ended meanwhile: its stream says how.
+
+
+def _save_model(client: Client, complete: dict[str, Any], out: Path, format: str) -> None:
+    """The model file, from the `complete` event when it carries that format, else downloaded;
+    written only once its sha256 matches what the server states."""
+    if complete["format"] == format:
+        content, expected = base64.b64decode(complete["artifact"]), complete["sha256"]
+    else:
+        artifact = client.artifact(complete["artifact_id"], format)
+        content, expected = artifact.content, artifact.sha256
+    actual = hashlib.sha256(content).hexdigest()
+    if actual != expected:
+        raise Failure(f"the model's sha256 is {actual}, but the server states {expected}: not written")
+    _write_file(out, content)
+
+
+def _train_locally(table: Path, fields: dict[str, str], out: Path, display: ProgressDisplay) -> int:
+    """The server's decoding and trainers, in this process: the same checks, parameters and model.
+    Training runs in a thread so that Ctrl-C can stop it between rounds."""
+    spec = _decode_locally(table, fields)
+    display.note(f"training {spec.trainer.name} {spec.objective} here: {len(spec.data.X)} rows x {spec.data.X.shape[1]} features, {spec.params['n_estimators']} rounds")
+    reporter = LocalReporter(display, spec.params["n_estimators"], spec.timeout_s)
+    result = reporter.run(lambda: spec.trainer.fit(spec.data, spec.objective, spec.params, reporter))
+    if result.cancelled:
+        if reporter.timed_out:
+            raise Failure(f"timeout: training took longer than {spec.timeout_s:g} s")
+        display.note(f"cancelled after round {result.iterations}")
+        return EXIT_INTERRUPTED
+    _write_file(out, _model_file(spec.trainer, result.model, spec.artifact_format))
+    display.note(f"done: {result.iterations} rounds, best {result.best_iteration}; {_metrics_text(result.metrics)}; wrote the model to {out} ({spec.artifact_format})")
+    return EXIT_SUCCEEDED
+
+
+def _decode_locally(table: Path, fields: dict[str, str]) -> TrainSpec:
+    """The TrainSpec a server would make of this upload; its refusals as the client's ApiError."""
+    from boostream.streaming_server.errors import ApiError as RequestError
+    from boostream.streaming_server.tables import decode_table_request
+    from boostream.trainers import create_trainers
+
+    settings = from_environment()  # threads and limits as a server's job would get them here
+    trainers = create_trainers(settings.lightgbm_threads)
+    trainer = trainers.get(fields["model_type"])
+    availability = trainer.availability() if trainer else None  # only the one asked for: torch loads slowly
+    unavailable = {trainer.name: availability.reason or "unavailable"} if availability and not availability.available else {}
+    with open(table, "rb") as file:
+        try:
+            return decode_table_request(file, table_kind(table), fields, trainers, unavailable, settings.max_cells)
+        except RequestError as error:
+            raise ApiError(error.status, error.code, error.message, error.field) from None
+
+
+def _model_file(trainer: Predictor, model: Any, format: str) -> bytes:
+    """The bytes a server's artifact of this format would hold (unsigned: there is no server key)."""
+    if format == "native":
+        return trainer.to_native(model)
+    import joblib
+
+    buffer = io.BytesIO()
+    joblib.dump(model, buffer, compress=3)
+    return buffer.getvalue()
+
+
+class LocalReporter:
+    """A trainer's reporter for training in this process: rounds go to the display as `progress`
+    events shaped like the server's, and the trainer stops when asked or past its timeout."""
+
+    def __init__(self, display: ProgressDisplay, total: int, timeout_s: Optional[float]) -> None:
+        self.display = display
+        self.total = total
+        self._started = time.monotonic()
+        self._deadline = self._started + timeout_s if timeout_s else math.inf
+        self._stop = threading.Event()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._stop.is_set() or self.timed_out
+
+    @property
+    def timed_out(self) -> bool:
+        return time.monotonic() > self._deadline
+
+    def report(self, iteration: int, metrics: dict[str, Optional[float]]) -> None:
+        elapsed = time.monotonic() - self._started
+        progress = {
+            "iteration": iteration,
+            "total": self.total,
+            "percent": round(100.0 * iteration / self.total, 2),
+            "elapsed_s": elapsed,
+            "eta_s": elapsed / iteration * max(self.total - iteration, 0),
+            "metrics": dict(metrics),
+        }
+        self.display.show(Event(iteration, "progress", progress))
+
+    def run(self, fit: Callable[[], Any]) -> Any:
+        """`fit()` in a thread; the first Ctrl-C asks it to stop after its round, a second quits.
+        A Future, not Thread.join: an interrupted join can take a live thread for ended (bpo-45274)."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def target() -> None:
+            try:
+                future.set_result(fit())
+            except BaseException as error:  # handed to the main thread, which reports it
+                future.set_exception(error)
+
+        threading.Thread(target=target, name="boostream-local-fit", daemon=True).start()
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            self.display.note("stopping after this round (Ctrl-C again to quit at once)")
+            self._stop.set()
+            return future.result()
+
+
+# jobs, cancel, predict
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    statuses = [status.strip() for status in (args.status or "").split(",") if status.strip()]
+    with _client(args) as client:
+        jobs = client.jobs(statuses, args.limit)
+    rows = [("ID", "STATUS", "MODEL", "OBJECTIVE", "PROGRESS", "CREATED")]
+    rows += [(job["job_id"], job["status"], job["model_type"], job["objective"], _progress_cell(job["progress"]), _time_cell(job["created_at"])) for job in jobs]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return EXIT_SUCCEEDED
+
+
+def _progress_cell(progress: dict[str, Any]) -> str:
+    if not progress["total"]:
+        return "-"
+    return f"{progress['iteration']}/{progress['total']} ({progress['percent']:.0f}%)"
+
+
+def _time_cell(iso: Optional[str]) -> str:
+    return "-" if iso is None else iso[:19] + "Z"  # to the second, still marked UTC
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        answer = client.cancel(args.job_id)
+    when = "cancelled" if answer["status"] == "cancelled" else "stops after its current round"
+    print(f"job {answer['job_id']}: {when}")
+    return EXIT_SUCCEEDED
+
+
+def _predict(args: argparse.Namespace) -> int:
+    if not args.data.is_file():
+        raise UsageError(f"{args.data}: no such file")
+    with _client(args) as client:
+        feature_names = client.artifact_metadata(args.artifact_id)["feature_names"] or []
+        X = _feature_rows(args.data, feature_names)
+        answer = client.predict(args.artifact_id, X, args.output)
+    text = io.StringIO(newline="")
+    if args.output == "proba":
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(answer["classes"])
+        writer.writerows(answer["predictions"])
+    else:
+        text.writelines(f"{value}\n" for value in answer["predictions"])
+    if args.out is None:
+        sys.stdout.write(text.getvalue())
+    else:
+        _write_file(args.out, text.getvalue().encode())
+    return EXIT_SUCCEEDED
+
+
+def _feature_rows(path: Path, feature_names: list[str]) -> list[list[Optional[float]]]:
+    """The model's feature columns of a CSV with a header, as numbers; an empty cell or NaN is a
+    missing value (null)."""
+    with open(path, newline="") as file:
+        reader = csv.reader(file)
+        header = next(reader, None)
+        if header is None:
+            raise UsageError(f"{path} is empty: it needs a header and rows")
+        columns = _model_columns(path, header, feature_names)
+        return [_numbers(path, line, header, cells, columns) for line, cells in enumerate(reader, start=2) if cells]
+
+
+def _model_columns(path: Path, header: list[str], feature_names: list[str]) -> list[int]:
+    """Where the header names all the model's features, those columns in the model's order (so the
+    training file itself, target and all, can be used); else all of them, in place."""
+    if feature_names and set(feature_names) <= set(header):
+        return [header.index(name) for name in feature_names]
+    if len(header) != len(feature_names):
+        raise UsageError(f"{path} has the columns {header}; the model takes {len(feature_names)} features: {feature_names}")
+    return list(range(len(header)))
+
+
+def _numbers(path: Path, line: int, header: list[str], cells: list[str], columns: list[int]) -> list[Optional[float]]:
+    if len(cells) != len(header):
+        raise UsageError(f"{path}, line {line}: {len(cells)} values, but the header names {len(header)} columns")
+    row: list[Optional[float]] = []
+    for column in columns:
+        cell = cells[column]
+        try:
+            value = float(cell) if cell.strip() else math.nan
+        except ValueError:
+            raise UsageError(f"{path}, line {line}, column {header[column]!r}: {cell!r} is not a number") from None
+        row.append(None if math.isnan(value) else value)
+    return row
+
+
+# Shared
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(server_from_environment(args.server))
+
+
+def _check_table(path: Path) -> None:
+    try:
+        table_kind(path)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+
+
+def _check_writable(out: Path) -> None:
+    """Before training: a model that cannot be written is found out before, not after, the work."""
+    directory = out.parent
+    if not directory.is_dir():
+        raise UsageError(f"--out {out}: the folder {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise UsageError(f"--out {out}: the folder {directory} is not writable")
+
+
+def _write_file(path: Path, content: bytes) -> None:
+    """Written beside, then renamed: an interrupted write never leaves half a file under `path`."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_bytes(content)
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise Failure(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# Progress display
+
+
+class ProgressDisplay:
+    """A job's events as text. On a terminal the progress line is redrawn in place (`\\r`), at most
+    every `redraw_s`; elsewhere (logs, CI, pipes) a progress line is printed at most every
+    `interval_s`, so a log stays short however fast the rounds come. The last round, and the
+    latest one before any other line, are always shown."""
+
+    def __init__(self, stream: TextIO, interval_s: float = 1.0, redraw_s: float = 0.1, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream
+        self.interactive = stream.isatty()
+        self.interval_s = redraw_s if self.interactive else interval_s
+        self._clock = clock
+        self._lock = threading.Lock()  # local training reports from its own thread
+        self._held: Optional[dict[str, Any]] = None  # the latest progress, not shown yet
+        self._shown_at = -math.inf
+        self._bar_drawn = False  # on a terminal: the cursor is at the end of a progress line
+
+    def show(self, event: Event) -> None:
+        if event.type != "progress":
+            self.note(describe_event(event))
+            return
+        with self._lock:
+            self._held = event.data
+            if event.data["iteration"] >= event.data["total"] or self._clock() - self._shown_at >= self.interval_s:
+                self._show_held()
+
+    def note(self, text: str) -> None:
+        """A line of its own, below the progress line."""
+        with self._lock:
+            self._show_held()
+            if self._bar_drawn:
+                self.stream.write("\n")
+                self._bar_drawn = False
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def _show_held(self) -> None:
+        if self._held is None:
+            return
+        progress, self._held = self._held, None
+        self._shown_at = self._clock()
+        if self.interactive:
+            width = shutil.get_terminal_size().columns - 1  # a line that wraps cannot be redrawn
+            line = progress_line(progress)
+            if len(line) > width:
+                line = progress_line(progress, bar=False)
+            self.stream.write("\r" + line[:width] + "\x1b[K")
+            self._bar_drawn = True
+        else:
+            self.stream.write(progress_line(progress) + "\n")
+        self.stream.flush()
+
+
+def progress_line(progress: dict[str, Any], bar: bool = True) -> str:
+    """`round 37/100 [#######-------------]  37%  train_l2 2831.2  elapsed 1.2s  ETA 2.0s`"""
+    iteration, total = progress["iteration"], progress["total"]
+    filled = min(BAR_WIDTH, BAR_WIDTH * iteration // total) if total else BAR_WIDTH
+    drawn = f" [{'#' * filled}{'-' * (BAR_WIDTH - filled)}]" if bar else ""
+    parts = [f"round {iteration}/{total}{drawn} {progress['percent']:3.0f}%"]
+    if progress["metrics"]:
+        parts.append(_metrics_text(progress["metrics"]))
+    parts.append(f"elapsed {_duration(progress['elapsed_s'])}  ETA {_duration(progress['eta_s'])}")
+    return "  ".join(parts)
+
+
+def describe_event(event: Event) -> str:
+    data = event.data
+    job = f"job {data.get('job_id', '')}"
+    if event.type == "queued":
+        return f"{job}: queued, position {data['position']} for the {data['device']}"
+    if event.type == "restarted":
+        return f"{job}: restarted ({data['reason']}); training starts over"
+    if event.type == "started":
+        valid = f" (+{data['n_valid_rows']} validation)" if data.get("n_valid_rows") else ""
+        return f"{job}: training {data['model_type']} {data['objective']} on the {data['device']}: {data['n_rows']} rows{valid} x {data['n_features']} features, {data['n_estimators']} rounds"
+    if event.type == "complete":
+        return (
+            f"{job}: done: {data['iterations']} rounds in {_duration(data['training_time_s'])}, best {data['best_iteration']}; "
+            f"{_metrics_text(data['metrics'])}; artifact {data['artifact_id']}"
+        )
+    if event.type == "error":
+        return f"{job}: failed: {data['code']}: {data['message']}"
+    if event.type == "cancelled":
+        return f"{job}: cancelled after round {data['iteration']}"
+    return f"{job}: {event.type}"
+
+
+def _metrics_text(metrics: dict[str, Optional[float]]) -> str:
+    return "  ".join(f"{name} {'n/a' if value is None else f'{value:.6g}'}" for name, value in metrics.items())
+
+
+def _duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
