@@ -35,6 +35,10 @@ class Settings:
     # Hosts that `callback_url` may name, comma-separated (`host` or `host:port`; `*` for any).
     # Empty: no webhooks.
     webhook_hosts: str = ""
+    # Besides loopback and the bound address: hosts (`host` or `host:port`) and browser origins
+    # (`scheme://host[:port]`, `:*` for any port) that /mcp accepts, comma-separated.
+    mcp_hosts: str = ""
+    mcp_origins: str = ""
     # The key that signs webhooks (and artifacts); empty: one generated and kept in the data dir.
     secret_key: str = ""
     # Models kept loaded for /predict, counted by the size of their native form.
@@ -70,7 +74,20 @@ class Settings:
 
     @property
     def allowed_webhook_hosts(self) -> tuple[str, ...]:
-        return tuple(host.strip() for host in self.webhook_hosts.split(",") if host.strip())
+        return _items(self.webhook_hosts)
+
+    @property
+    def allowed_mcp_hosts(self) -> tuple[str, ...]:
+        return _items(self.mcp_hosts)
+
+    @property
+    def allowed_mcp_origins(self) -> tuple[str, ...]:
+        return _items(self.mcp_origins)
+
+
+def _items(listed: str) -> tuple[str, ...]:
+    """The entries of a comma-separated setting."""
+    return tuple(item.strip() for item in listed.split(",") if item.strip())
 
 
 def env_name(field_name: str) -> str:

@@ -16,9 +16,9 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
-from boostream import __version__
+from boostream import __version__, dashboard
 from boostream.config import Settings
 from boostream.streaming_server.artifacts import ArtifactStore
 from boostream.streaming_server.decoding import ARTIFACT_FORMATS, TrainSpec, decode_predict_request, decode_train_request
@@ -90,7 +90,7 @@ class Service:
             await self.jobs.shutdown()
             store.close()
 
-    def routes(self) -> list[Route]:
+    def routes(self) -> list[BaseRoute]:
         return [
             Route("/health", self.health, methods=["GET"]),
             Route("/models", self.models, methods=["GET"]),
@@ -105,6 +105,7 @@ class Service:
             Route("/artifacts/{artifact_id}", self.download_artifact, methods=["GET"]),
             Route("/artifacts/{artifact_id}/metadata", self.artifact_metadata, methods=["GET"]),
             Route("/predict", self.predict, methods=["POST"]),
+            *dashboard.routes(),
         ]
 
     async def health(self, request: Request) -> Response:
@@ -325,7 +326,7 @@ def create_app(settings: Settings) -> Starlette:
     from boostream.streaming_server.mcp_server import McpEndpoint  # it imports this module
 
     service = Service(settings)
-    mcp = McpEndpoint(service)
+    mcp = McpEndpoint(service, settings.allowed_mcp_hosts, settings.allowed_mcp_origins)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

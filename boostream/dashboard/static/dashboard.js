@@ -1,0 +1,490 @@
+// The boostream dashboard: start a training job, watch it live over EventSource, open recent jobs.
+// One module with no framework and no build step; everything it loads comes from the server itself.
+
+const DEMOS = [
+  { file: "diabetes.csv", label: "Demo: diabetes (regression)", objective: "regression" },
+  { file: "breast_cancer.csv", label: "Demo: breast cancer (binary)", objective: "binary" },
+  { file: "iris.csv", label: "Demo: iris (multiclass)", objective: "multiclass" },
+];
+const OWN_FILE = "";
+const TABLE_TYPES = { csv: "text/csv", parquet: "application/vnd.apache.parquet", pq: "application/vnd.apache.parquet" };
+// The hyperparameters the form offers, where the backend has them; the others keep their defaults.
+const MAIN_PARAMS = ["n_estimators", "learning_rate", "num_leaves", "max_depth", "early_stopping_rounds"];
+const STATUS_AFTER = {
+  queued: "queued", restarted: "queued", started: "running", progress: "running",
+  complete: "succeeded", error: "failed", cancelled: "cancelled",
+};
+const TERMINAL = new Set(["complete", "error", "cancelled"]);
+const LIVE = new Set(["queued", "running"]);
+const JOBS_REFRESH_MS = 3000;
+const RECONNECT_MS = 2000;
+
+const $ = (id) => document.getElementById(id);
+let models = [];
+const demoBlobs = new Map();
+let guessedTarget = ""; // the target last filled in from a CSV header: cleared for a Parquet file
+
+// ---- the form ----
+
+async function loadModels() {
+  try {
+    models = (await request("/models")).models;
+  } catch (error) {
+    showFormError(`Cannot list the backends: ${error.message}`);
+    return;
+  }
+  const select = $("model_type");
+  for (const model of models) {
+    const option = new Option(model.available ? model.model_type : `${model.model_type} (unavailable)`, model.model_type);
+    option.disabled = !model.available;
+    if (!model.available) option.title = model.reason;
+    select.add(option);
+  }
+  select.value = models.find((model) => model.available)?.model_type ?? "";
+  const unavailable = models.filter((model) => !model.available);
+  $("backend-note").textContent = unavailable.map((model) => `${model.model_type} is unavailable: ${model.reason}`).join(" ");
+  $("backend-note").hidden = !unavailable.length;
+  $("start").disabled = !select.value;
+  renderBackend();
+}
+
+function renderBackend() {
+  const model = models.find((candidate) => candidate.model_type === $("model_type").value);
+  if (!model) return;
+  const objective = $("objective");
+  const chosen = objective.value;
+  objective.replaceChildren(...model.objectives.map((name) => new Option(name, name)));
+  if (model.objectives.includes(chosen)) objective.value = chosen;
+  renderParams(model.params.properties);
+}
+
+function renderParams(schemas) {
+  const fieldset = $("params");
+  const typed = Object.fromEntries([...fieldset.querySelectorAll("input")].map((input) => [input.name, input.value]));
+  fieldset.querySelectorAll(".param").forEach((node) => node.remove());
+  for (const name of MAIN_PARAMS.filter((candidate) => candidate in schemas)) {
+    const schema = schemas[name];
+    const input = el("input", { id: `param-${name}`, name, type: "number", "aria-describedby": `hint-${name}` });
+    input.step = schema.type === "integer" ? schema.multipleOf ?? 1 : "any";
+    const minimum = schema.minimum ?? schema.exclusiveMinimum;
+    if (minimum !== undefined) input.min = minimum;
+    if (schema.maximum !== undefined) input.max = schema.maximum;
+    input.value = typed[name] ?? schema.default;
+    const bounds = [
+      schema.minimum !== undefined ? `≥ ${schema.minimum}` : schema.exclusiveMinimum !== undefined ? `> ${schema.exclusiveMinimum}` : "",
+      schema.maximum !== undefined ? `≤ ${schema.maximum}` : "",
+    ].filter(Boolean).join(", ");
+    const hint = el("span", { id: `hint-${name}`, class: "note" }, `${schema.description} ${bounds}`.trim());
+    fieldset.append(el("div", { class: "param" }, el("label", { for: input.id }, name), input, hint));
+  }
+}
+
+function setupTables() {
+  const select = $("table");
+  for (const demo of DEMOS) select.add(new Option(demo.label, demo.file));
+  select.add(new Option("Your own CSV or Parquet file…", OWN_FILE));
+  select.addEventListener("change", tableChanged);
+  $("file").addEventListener("change", tableChanged);
+  return tableChanged();
+}
+
+async function tableChanged() {
+  const demo = DEMOS.find((candidate) => candidate.file === $("table").value);
+  $("file-row").hidden = Boolean(demo);
+  if (demo && [...$("objective").options].some((option) => option.value === demo.objective)) $("objective").value = demo.objective;
+  let columns = [];
+  try {
+    const table = await chosenTable();
+    if (table?.type === TABLE_TYPES.csv) columns = csvHeader(await table.blob.slice(0, 1 << 16).text());
+  } catch (error) {
+    showFormError(error.message);
+  }
+  $("columns").replaceChildren(...columns.map((name) => new Option(name, name)));
+  const target = $("target");
+  if (columns.length && !columns.includes(target.value)) target.value = columns.at(-1);
+  else if (!columns.length && target.value === guessedTarget) target.value = ""; // a Parquet file: ask for it
+  guessedTarget = columns.length ? target.value : "";
+  target.placeholder = columns.length ? "" : "the label column's name";
+}
+
+// The table to send: a bundled demo or the picked file, with its media type; null when none is picked.
+async function chosenTable() {
+  const demo = DEMOS.find((candidate) => candidate.file === $("table").value);
+  if (demo) {
+    if (!demoBlobs.has(demo.file)) {
+      const response = await fetch(`/ui/demo/${demo.file}`);
+      if (!response.ok) throw new Error(`Cannot load the demo table ${demo.file}: ${response.status}`);
+      demoBlobs.set(demo.file, await response.blob());
+    }
+    return { blob: demoBlobs.get(demo.file), type: TABLE_TYPES.csv };
+  }
+  const file = $("file").files[0];
+  if (!file) return null;
+  const type = TABLE_TYPES[file.name.split(".").pop().toLowerCase()];
+  if (!type) throw new Error(`${file.name} is neither .csv nor .parquet`);
+  return { blob: file, type };
+}
+
+// The names in a CSV's first line (quoted fields allowed); unnamed columns, such as an index, left out.
+function csvHeader(text) {
+  const names = [];
+  let name = "";
+  let quoted = false;
+  for (let i = text.charCodeAt(0) === 0xfeff ? 1 : 0; i < text.length; i++) {
+    const c = text[i];
+    if (quoted && c === '"' && text[i + 1] === '"') { name += '"'; i++; }
+    else if (c === '"') quoted = !quoted;
+    else if (!quoted && c === ",") { names.push(name); name = ""; }
+    else if (!quoted && (c === "\n" || c === "\r")) break;
+    else name += c;
+  }
+  names.push(name);
+  return names.filter((candidate) => candidate.trim() !== "");
+}
+
+async function startJob(event) {
+  event.preventDefault();
+  showFormError("");
+  const start = $("start");
+  start.disabled = true;
+  try {
+    const table = await chosenTable();
+    if (!table) throw Object.assign(new Error("Pick a CSV or Parquet file first."), { field: "file" });
+    if (!$("target").value.trim()) throw Object.assign(new Error("Name the target column."), { field: "target" });
+    const fields = new URLSearchParams({ target: $("target").value.trim(), model_type: $("model_type").value, objective: $("objective").value });
+    if ($("valid_fraction").value !== "") fields.set("valid_fraction", $("valid_fraction").value);
+    for (const input of $("params").querySelectorAll("input")) if (input.value !== "") fields.set(input.name, input.value);
+    const job = await request(`/jobs?${fields}`, { method: "POST", headers: { "content-type": table.type }, body: table.blob });
+    openJob(job.job_id);
+    refreshJobs();
+  } catch (error) {
+    showFormError(error.message, error.field);
+  } finally {
+    start.disabled = false;
+  }
+}
+
+function showFormError(message, field) {
+  $("form-error").textContent = message && field ? `${field}: ${message}` : message;
+  document.querySelectorAll("[aria-invalid]").forEach((node) => node.removeAttribute("aria-invalid"));
+  const input = field && ($(field) || $(`param-${field.replace(/^params\./, "")}`));
+  if (input) input.setAttribute("aria-invalid", "true");
+}
+
+// ---- watching a job ----
+
+const watch = {
+  jobId: null, source: null, lastEventId: 0, status: "idle", total: 0, points: [], finished: false, cancelling: false, connections: 0,
+};
+
+function openJob(jobId) {
+  closeSource();
+  Object.assign(watch, { jobId, lastEventId: 0, total: 0, points: [], finished: false, cancelling: false });
+  history.replaceState(null, "", `#${jobId}`);
+  $("job-id").textContent = jobId;
+  $("job-meta").textContent = "";
+  $("job-error").textContent = "";
+  $("result").hidden = true;
+  clearProgress();
+  setStatus("…");
+  markOpenJob();
+  request(`/jobs/${jobId}`).then((job) => {
+    if (watch.jobId !== jobId) return;
+    if (watch.lastEventId === 0) setStatus(job.status);
+    if (!$("job-meta").textContent) $("job-meta").textContent = `${job.model_type} · ${job.objective}`;
+  }, (error) => error.status === 404 && showJobError("No such job (deleted or expired)."));
+  connect(0);
+}
+
+function connect(after) {
+  const source = new EventSource(`/jobs/${encodeURIComponent(watch.jobId)}/events?after=${after}`);
+  watch.source = source;
+  watch.connections++;
+  for (const type of Object.keys(STATUS_AFTER)) source.addEventListener(type, (message) => receive(source, type, message));
+  source.onopen = () => setConnection("live");
+  source.onerror = () => connectionFailed(source);
+}
+
+function closeSource() {
+  watch.source?.close();
+  watch.source = null;
+  setConnection("");
+}
+
+// A test hook, and what a dropped connection looks like: close the stream and resume after `after`
+// (by default the last event seen; an earlier id replays events, which must be ignored).
+function dropConnection(after = watch.lastEventId) {
+  closeSource();
+  connect(after);
+}
+
+function connectionFailed(source) {
+  if (source !== watch.source) return;
+  if (source.readyState === EventSource.CONNECTING) {
+    setConnection("reconnecting…"); // the browser retries by itself, sending Last-Event-ID
+    return;
+  }
+  // Closed for good (an HTTP error): try again from the last event seen, unless the job is gone.
+  const jobId = watch.jobId;
+  watch.source = null;
+  setConnection("disconnected");
+  request(`/jobs/${jobId}`).then(() => true, (error) => error.status !== 404).then((retry) => {
+    if (!retry) showJobError("No such job (deleted or expired).");
+    else setTimeout(() => watch.jobId === jobId && !watch.source && !watch.finished && connect(watch.lastEventId), RECONNECT_MS);
+  });
+}
+
+function receive(source, type, message) {
+  const id = Number(message.lastEventId);
+  if (source !== watch.source || !(id > watch.lastEventId)) return; // already seen, or from a stream since closed
+  watch.lastEventId = id;
+  const data = JSON.parse(message.data);
+  setStatus(STATUS_AFTER[type]);
+  HANDLERS[type](data);
+  if (TERMINAL.has(type)) {
+    watch.finished = true;
+    closeSource(); // or EventSource would reconnect forever once the server ends the stream
+    refreshJobs();
+  }
+}
+
+const HANDLERS = {
+  queued: (data) => { $("job-meta").textContent = `waiting for the ${data.device}: position ${data.position} in the queue`; },
+  restarted: (data) => {
+    watch.points = []; // training starts over: so does its chart
+    clearProgress();
+    $("job-meta").textContent = `restarted (${data.reason}); attempt ${data.attempts}`;
+  },
+  started: (data) => {
+    watch.total = data.n_estimators;
+    const valid = data.n_valid_rows ? ` (+${data.n_valid_rows} validation)` : "";
+    const attempt = data.attempt > 1 ? ` · attempt ${data.attempt}` : "";
+    $("job-meta").textContent = `${data.model_type} · ${data.objective} · ${data.device} · ${data.n_rows} rows${valid} × ${data.n_features} features${attempt}`;
+    scheduleChart();
+  },
+  progress: (data) => {
+    watch.total = data.total;
+    if (!(data.iteration > (watch.points.at(-1)?.iteration ?? 0))) return; // never the same round twice
+    watch.points.push({ iteration: data.iteration, metrics: data.metrics });
+    showProgress(data);
+    scheduleChart();
+  },
+  complete: (data) => {
+    const figures = { ...data.metrics, "best round": data.best_iteration, "rounds trained": data.iterations, "training time": duration(data.training_time_s) };
+    $("final-metrics").replaceChildren(...Object.entries(figures).flatMap(([name, value]) => [el("dt", {}, name), el("dd", {}, formatNumber(value))]));
+    for (const format of ["joblib", "native"]) $(`download-${format}`).href = `/artifacts/${data.artifact_id}?format=${format}`;
+    $("result").hidden = false;
+  },
+  error: (data) => showJobError(`${data.code}: ${data.message}`),
+  cancelled: (data) => { $("job-meta").textContent += ` · cancelled after round ${data.iteration}`; },
+};
+
+function setStatus(status) {
+  const cancelling = watch.cancelling && LIVE.has(status);
+  watch.status = status;
+  $("job-status").textContent = cancelling ? "cancelling…" : status; // until the `cancelled` event
+  $("job-status").dataset.status = status;
+  $("cancel").disabled = cancelling || !LIVE.has(status);
+}
+
+function setConnection(text) {
+  $("connection").textContent = text;
+}
+
+function showProgress(progress) {
+  $("job-progress").value = progress.percent;
+  $("job-percent").textContent = `${progress.percent.toFixed(1)}%`;
+  if (progress.iteration === undefined) return;
+  $("job-round").textContent = `${progress.iteration} of ${progress.total}`;
+  $("job-elapsed").textContent = duration(progress.elapsed_s);
+  $("job-eta").textContent = duration(progress.eta_s);
+}
+
+function clearProgress() {
+  showProgress({ percent: 0 });
+  for (const id of ["job-round", "job-elapsed", "job-eta"]) $(id).textContent = "–";
+  scheduleChart();
+}
+
+function showJobError(message) {
+  $("job-error").textContent = message;
+}
+
+async function cancelJob() {
+  const jobId = watch.jobId;
+  $("cancel").disabled = true;
+  try {
+    await request(`/jobs/${jobId}/cancel`, { method: "POST" });
+    if (watch.jobId !== jobId) return;
+    watch.cancelling = true;
+    setStatus(watch.status);
+  } catch (error) {
+    if (watch.jobId === jobId) showJobError(error.message);
+  }
+}
+
+// ---- the chart: metrics per round, one curve per metric ----
+
+const SVG = "http://www.w3.org/2000/svg";
+const BOX = { width: 640, height: 300, left: 64, right: 16, top: 30, bottom: 40 };
+const COLORS = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#0891b2"];
+let chartPending = false;
+
+function scheduleChart() {
+  if (chartPending) return;
+  chartPending = true;
+  requestAnimationFrame(() => { chartPending = false; drawChart(); });
+}
+
+function drawChart() {
+  const svg = $("chart");
+  svg.querySelectorAll(":scope > :not(title)").forEach((node) => node.remove());
+  const names = [...new Set(watch.points.flatMap((point) => Object.keys(point.metrics)))].sort(); // train_* before valid_*
+  const values = watch.points.flatMap((point) => names.map((name) => point.metrics[name])).filter(Number.isFinite);
+  if (!values.length) {
+    const text = watch.jobId ? "Waiting for the first round…" : "Start or open a job to see its metrics.";
+    svgEl(svg, "text", { x: BOX.width / 2, y: BOX.height / 2, class: "empty", "text-anchor": "middle" }, text);
+    return;
+  }
+  const [plotW, plotH] = [BOX.width - BOX.left - BOX.right, BOX.height - BOX.top - BOX.bottom];
+  const xTicks = niceTicks(0, Math.max(watch.total, watch.points.at(-1).iteration, 1));
+  const yTicks = niceTicks(values.reduce((a, b) => Math.min(a, b)), values.reduce((a, b) => Math.max(a, b)));
+  const [x0, x1, y0, y1] = [xTicks[0], xTicks.at(-1), yTicks[0], yTicks.at(-1)];
+  const x = (value) => BOX.left + ((value - x0) / (x1 - x0)) * plotW;
+  const y = (value) => BOX.top + (1 - (value - y0) / (y1 - y0)) * plotH;
+  for (const tick of yTicks) {
+    svgEl(svg, "line", { x1: BOX.left, x2: BOX.left + plotW, y1: y(tick), y2: y(tick), class: "grid" });
+    svgEl(svg, "text", { x: BOX.left - 6, y: y(tick) + 4, "text-anchor": "end", class: "tick" }, formatNumber(tick));
+  }
+  for (const tick of xTicks) {
+    svgEl(svg, "line", { x1: x(tick), x2: x(tick), y1: BOX.top + plotH, y2: BOX.top + plotH + 5, class: "axis" });
+    svgEl(svg, "text", { x: x(tick), y: BOX.top + plotH + 18, "text-anchor": "middle", class: "tick" }, formatNumber(tick));
+  }
+  svgEl(svg, "line", { x1: BOX.left, x2: BOX.left + plotW, y1: BOX.top + plotH, y2: BOX.top + plotH, class: "axis" });
+  svgEl(svg, "line", { x1: BOX.left, x2: BOX.left, y1: BOX.top, y2: BOX.top + plotH, class: "axis" });
+  svgEl(svg, "text", { x: BOX.left + plotW / 2, y: BOX.height - 4, "text-anchor": "middle", class: "label" }, "round");
+  names.forEach((name, index) => {
+    const color = COLORS[index % COLORS.length];
+    let path = "";
+    let pen = "M";
+    for (const point of watch.points) {
+      const value = point.metrics[name];
+      if (!Number.isFinite(value)) { pen = "M"; continue; } // a gap where the metric is null
+      path += `${pen}${x(point.iteration).toFixed(1)},${y(value).toFixed(1)}`;
+      pen = "L";
+    }
+    svgEl(svg, "path", { d: path, class: "series", stroke: color, "data-name": name, "stroke-dasharray": name.startsWith("valid") ? "6 3" : "none" });
+    const left = BOX.left + index * 170;
+    svgEl(svg, "line", { x1: left, x2: left + 24, y1: 14, y2: 14, class: "series", stroke: color, "stroke-dasharray": name.startsWith("valid") ? "6 3" : "none" });
+    svgEl(svg, "text", { x: left + 30, y: 18, class: "legend" }, name);
+  });
+}
+
+// About `count` round steps (1, 2, 2.5 or 5 times a power of ten) covering lo..hi.
+function niceTicks(lo, hi, count = 5) {
+  if (hi - lo < 1e-12 * Math.max(1, Math.abs(hi))) [lo, hi] = [lo - (Math.abs(lo) / 10 || 1), hi + (Math.abs(hi) / 10 || 1)];
+  const raw = (hi - lo) / count;
+  const magnitude = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 2.5, 5, 10].map((factor) => factor * magnitude).find((candidate) => candidate >= raw);
+  const first = Math.floor(lo / step);
+  const last = Math.ceil(hi / step);
+  return Array.from({ length: last - first + 1 }, (_, i) => Number(((first + i) * step).toPrecision(12)));
+}
+
+// ---- the jobs list ----
+
+let shownJobs = "";
+
+async function refreshJobs() {
+  let jobs;
+  try {
+    jobs = (await request("/jobs?limit=20")).jobs;
+  } catch {
+    return; // keep the list shown; the next refresh tries again
+  }
+  const fingerprint = JSON.stringify(jobs.map((job) => [job.job_id, job.status, job.progress.percent]));
+  if (fingerprint === shownJobs) return; // unchanged: keep the rows, and the focus in them
+  shownJobs = fingerprint;
+  $("jobs-body").replaceChildren(...jobs.map(jobRow));
+  markOpenJob();
+}
+
+function jobRow(job) {
+  const open = el("button", { type: "button", class: "link", "aria-label": `Open job ${job.job_id}` }, job.job_id.slice(0, 8));
+  open.addEventListener("click", () => openJob(job.job_id));
+  const cells = [open, el("span", { class: "status", "data-status": job.status }, job.status), job.model_type, job.objective,
+    `${job.progress.percent}%`, new Date(job.created_at).toLocaleString()];
+  return el("tr", { "data-job": job.job_id }, ...cells.map((cell) => el("td", {}, cell)));
+}
+
+function markOpenJob() {
+  for (const row of $("jobs-body").rows) row.toggleAttribute("aria-current", row.dataset.job === watch.jobId);
+}
+
+// ---- small helpers ----
+
+// fetch, answering the JSON body; an Error with the server's message, `status` and `field` otherwise.
+async function request(url, options) {
+  const response = await fetch(url, options);
+  const body = await response.json().catch(() => null);
+  if (!response.ok) {
+    const error = new Error(body?.error?.message ?? `${response.status} ${response.statusText}`);
+    throw Object.assign(error, { status: response.status, field: body?.error?.field });
+  }
+  return body;
+}
+
+function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  node.append(...children);
+  return node;
+}
+
+function svgEl(parent, tag, attributes, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  if (text !== undefined) node.textContent = text;
+  parent.append(node);
+  return node;
+}
+
+function formatNumber(value) {
+  if (typeof value !== "number") return String(value ?? "–");
+  if (value !== 0 && (Math.abs(value) >= 1e5 || Math.abs(value) < 1e-3)) return value.toExponential(2);
+  return String(Number(value.toPrecision(4)));
+}
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  if (seconds < 60) return `${seconds.toFixed(1)} s`;
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) return `${minutes} min ${String(Math.floor(seconds % 60)).padStart(2, "0")} s`;
+  return `${Math.floor(minutes / 60)} h ${String(minutes % 60).padStart(2, "0")} min`;
+}
+
+// ---- start ----
+
+window.__boostream = {
+  dropConnection,
+  state: () => ({
+    jobId: watch.jobId, status: watch.status, lastEventId: watch.lastEventId, connections: watch.connections,
+    open: Boolean(watch.source), points: watch.points.map((point) => ({ ...point })),
+  }),
+};
+
+async function start() {
+  $("job-form").addEventListener("submit", startJob);
+  $("model_type").addEventListener("change", renderBackend);
+  $("cancel").addEventListener("click", cancelJob);
+  $("refresh-jobs").addEventListener("click", refreshJobs);
+  await loadModels();
+  await setupTables();
+  drawChart();
+  await refreshJobs();
+  setInterval(() => document.visibilityState === "visible" && refreshJobs(), JOBS_REFRESH_MS);
+  if (location.hash.length > 1) openJob(decodeURIComponent(location.hash.slice(1)));
+  document.body.dataset.ready = "true"; // for tests: the form is filled in
+}
+
+start();
