@@ -191,7 +191,7 @@ def test_a_cancelled_train_call_leaves_its_job_training_unless_asked_to_stop_it(
     kept_status, stopped = asyncio.run(agent())
     assert kept_status["status"] == "running" and kept_status["progress"]["iteration"] > 1
     assert server.wait_for_job(stopped)["status"] == "cancelled"
-    assert "MCP call cancelled; the job keeps training" in server.log()
+    assert "MCP caller left; the job keeps training" in server.log()
 
 
 def test_a_2026_client_trains_with_progress_too(server: Server, iris):

@@ -373,14 +373,7 @@ async def _sse_events(job_id: str, events: AsyncIterator[Event], jobs: JobManage
             yield ServerSentEvent(data=event.json, event=event.type, id=str(event.id), retry=retry)
             retry = None
     except asyncio.CancelledError:
-        job = jobs.live(job_id)
-        if job is None:
-            log.info("job %s: client left after the job ended", job_id)
-        elif on_disconnect == "cancel":
-            jobs.cancel(job_id)
-            log.info("job %s: client left; cancelling at the next round (on_disconnect=cancel)", job_id)
-        else:
-            log.info("job %s: client left; the job keeps training", job_id)
+        jobs.client_left(job_id, "client", cancel=on_disconnect == "cancel")
         raise
 
 

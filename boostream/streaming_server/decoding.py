@@ -89,12 +89,7 @@ def decode_train_request(
 ) -> TrainSpec:
     """Decode and validate; raise ApiError (400, 413, 422, or 503 for a backend in `unavailable`,
     which maps names to reasons) naming the field at fault."""
-    try:
-        request = msgspec.json.decode(body, type=TrainRequestBody)
-    except msgspec.ValidationError as error:
-        raise _shape_error(str(error)) from None
-    except msgspec.DecodeError as error:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
+    request = _decode_json(body, TrainRequestBody)
     return build_spec(request, lambda: _training_data(request, body, max_cells), trainers, unavailable)
 
 
@@ -137,12 +132,7 @@ class PredictRequestBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
 
 def decode_predict_request(body: bytes | bytearray, max_cells: int) -> tuple[PredictRequestBody, np.ndarray]:
     """The request and its rows; ApiError naming the field at fault."""
-    try:
-        request = msgspec.json.decode(body, type=PredictRequestBody)
-    except msgspec.ValidationError as error:
-        raise _shape_error(str(error)) from None
-    except msgspec.DecodeError as error:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
+    request = _decode_json(body, PredictRequestBody)
     if (request.artifact_id is None) == (request.artifact is None):
         raise ApiError(422, "invalid_parameter", "send either artifact_id or artifact (with its artifact_format), not both or neither", "artifact_id")
     if request.artifact_format not in ARTIFACT_FORMATS:
@@ -155,6 +145,16 @@ def decode_predict_request(body: bytes | bytearray, max_cells: int) -> tuple[Pre
         raise ApiError(400, "invalid_data", error.message, error.field) from None
     except TooLarge as error:
         raise ApiError(413, "too_large", str(error)) from None
+
+
+def _decode_json(body: bytes | bytearray, shape: type[msgspec.Struct]) -> Any:
+    """The body's fields, the big arrays left as Raw; ApiError naming what is wrong."""
+    try:
+        return msgspec.json.decode(body, type=shape)
+    except msgspec.ValidationError as error:
+        raise _shape_error(str(error)) from None
+    except msgspec.DecodeError as error:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
 
 
 def _shape_error(message: str) -> ApiError:

@@ -132,6 +132,16 @@ class JobManager:
                 data = await self._with_artifact(data)
             yield Event(event_id, kind, data)
 
+    def client_left(self, job_id: str, client: str, cancel: bool) -> None:
+        """A client that followed a job went away: cancel the job if it asked to, and say so."""
+        if job_id not in self._live:
+            log.info("job %s: %s left after the job ended", job_id, client)
+        elif cancel:
+            self.cancel(job_id)
+            log.info("job %s: %s left; cancelling at the next round", job_id, client)
+        else:
+            log.info("job %s: %s left; the job keeps training", job_id, client)
+
     def cancel(self, job_id: str) -> JobStatus:
         """Ask a job to stop; a waiting one ends at once. The job's status after the request."""
         job = self._live[job_id]

@@ -212,16 +212,10 @@ class McpEndpoint:
         raise ToolError("interrupted", f"job {job.id} ended without a result")
 
     def _caller_left(self, job_id: str, on_cancel: str) -> None:
-        jobs = self.service.jobs
-        if jobs.live(job_id) is None:
-            log.info("job %s: MCP call cancelled after the job ended", job_id)
-        elif self._stopping:
+        if self._stopping:
             log.info("job %s: MCP call ended by the server stopping; the job is run again by the next server", job_id)
-        elif on_cancel == "cancel":
-            jobs.cancel(job_id)
-            log.info("job %s: MCP call cancelled; cancelling at the next round (on_cancel=cancel)", job_id)
         else:
-            log.info("job %s: MCP call cancelled; the job keeps training", job_id)
+            self.service.jobs.client_left(job_id, "MCP caller", cancel=on_cancel == "cancel")
 
     # What the tools say about themselves
 
