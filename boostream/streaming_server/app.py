@@ -366,12 +366,15 @@ async def _read_body(request: Request, limit: int) -> bytearray:
     return body
 
 
-async def _sse_events(job_id: str, events: AsyncIterator[Event], jobs: JobManager, on_disconnect: str) -> AsyncIterator[ServerSentEvent]:
-    retry: Optional[int] = RETRY_MS
+async def _sse_events(job_id: str, events: AsyncIterator[Event], jobs: JobManager, on_disconnect: str) -> AsyncIterator[ServerSentEvent | bytes]:
+    first = True
     try:
         async for event in events:
-            yield ServerSentEvent(data=event.json, event=event.type, id=str(event.id), retry=retry)
-            retry = None
+            if first:  # the reconnection hint goes with the first event of each stream
+                yield ServerSentEvent(data=event.json, event=event.type, id=str(event.id), retry=RETRY_MS)
+                first = False
+            else:
+                yield event.sse
     except asyncio.CancelledError:
         jobs.client_left(job_id, "client", cancel=on_disconnect == "cancel")
         raise

@@ -35,6 +35,7 @@ log = logging.getLogger("boostream.jobs")
 # A job that was running each time the server died may be what kills it: stop trying after this.
 MAX_ATTEMPTS = 3
 RETRY_AFTER_UNKNOWN_S = 10
+EXPIRY_BATCH = 100
 
 
 class JobManager:
@@ -351,11 +352,14 @@ class JobManager:
             await asyncio.sleep(period)
 
     async def _expire(self) -> None:
-        rows = self.store.finished_before(time.time() - self.job_ttl_s)
-        if not rows:
-            return
-        await self._remove_artifacts(self.store.delete_jobs(row["id"] for row in rows))
-        log.info("removed %d jobs that finished more than %g s ago, with their artifacts", len(rows), self.job_ttl_s)
+        cutoff, removed = time.time() - self.job_ttl_s, 0
+        # In batches, each one short, so that a long backlog never holds up the event loop.
+        while expired := self.store.finished_before(cutoff, EXPIRY_BATCH):
+            await self._remove_artifacts(self.store.delete_jobs(expired))
+            removed += len(expired)
+            await asyncio.sleep(0)
+        if removed:
+            log.info("removed %d jobs that finished more than %g s ago, with their artifacts", removed, self.job_ttl_s)
 
     async def _remove_artifacts(self, artifact_ids: list[str]) -> None:
         for artifact_id in artifact_ids:

@@ -178,9 +178,10 @@ class JobStore:
         rows = self._db.execute("SELECT * FROM jobs WHERE callback_state = 'pending' ORDER BY seq").fetchall()
         return [_json_fields(row) for row in rows]
 
-    def finished_before(self, cutoff: float) -> list[dict[str, Any]]:
-        rows = self._db.execute("SELECT * FROM jobs WHERE finished_at < ? ORDER BY seq", (cutoff,)).fetchall()
-        return [_json_fields(row) for row in rows]
+    def finished_before(self, cutoff: float, limit: int) -> list[str]:
+        """The ids of up to `limit` jobs that finished before `cutoff`, oldest first."""
+        rows = self._db.execute("SELECT id FROM jobs WHERE finished_at < ? ORDER BY finished_at LIMIT ?", (cutoff, limit)).fetchall()
+        return [row[0] for row in rows]
 
     def artifact(self, artifact_id: str) -> Optional[dict[str, Any]]:
         row = self._db.execute("SELECT * FROM artifacts WHERE id = ?", (artifact_id,)).fetchone()
