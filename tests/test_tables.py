@@ -40,7 +40,7 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 def query(**fields) -> dict[str, str]:
     """Request fields as a query string or a form carries them: text."""
-    return {name: str(value).lower() if isinstance(value, bool) else str(value) for name, value in fields.items()}
+    return {name: str(value) for name, value in fields.items()}
 
 
 def post_table(server: Server, body: bytes, content_type: str, path: str = "/train/stream", **fields):
@@ -204,6 +204,7 @@ def test_a_job_takes_a_csv_body_too(server: Server, diabetes):
 
 SMALL = pa.table({"a": [1.0, 2.0, 3.0, 4.0], "b": [0.5, 0.25, 0.0, 1.0], "city": ["Oslo", "Lima", "Oslo", "Pune"], "y": [1.0, 2.0, 3.0, 4.0]})
 NUMBERS = SMALL.drop_columns(["city"])
+PARQUET_OF_NUMBERS = parquet_bytes(NUMBERS)
 BAD_TABLES = [
     # (what is wrong, body, content type, fields, status, field, words in the message)
     ("no target", csv_bytes(NUMBERS), CSV, {}, 400, "target", "`target`"),
@@ -220,9 +221,11 @@ BAD_TABLES = [
     ("no rows", b"a,b,y\n", CSV, {"target": "y"}, 400, "file", "no rows"),
     ("an empty body", b"", CSV, {"target": "y"}, 400, "file", "Empty CSV"),
     ("CSV sent as Parquet", csv_bytes(NUMBERS), PARQUET, {"target": "y"}, 400, "file", "not a parquet file"),
+    ("corrupt Parquet pages", PARQUET_OF_NUMBERS[:4] + b"\xff" * 24 + PARQUET_OF_NUMBERS[28:], PARQUET, {"target": "y"}, 400, "file", "Deserializing page header failed"),
     ("an unknown feature column", csv_bytes(NUMBERS), CSV, {"target": "y", "features": "a,z"}, 400, "features", "no column 'z'"),
     ("the target among the features", csv_bytes(NUMBERS), CSV, {"target": "y", "features": "a,y"}, 400, "features", "'y' is the target"),
     ("a column name twice", b"a,a,y\n1,2,3\n", CSV, {"target": "y"}, 400, "a", "2 columns named 'a'"),
+    ("a column name LightGBM refuses", b'"a,b",y\n1,2\n', CSV, {"target": "y"}, 400, "features", "'a,b' is not a usable feature name"),
     ("an unknown hyperparameter", csv_bytes(NUMBERS), CSV, {"target": "y", "x": "1"}, 422, "params.x", "unknown parameter"),
     ("a hyperparameter that is not a number", csv_bytes(NUMBERS), CSV, {"target": "y", "n_estimators": "abc"}, 422, "params.n_estimators", "must be a number"),
     ("a fraction for an integer", csv_bytes(NUMBERS), CSV, {"target": "y", "num_leaves": "7.5"}, 422, "params.num_leaves", "must be an integer"),

@@ -65,9 +65,9 @@ async def _spool_body(request: Request, limit: int, directory: Path) -> BinaryIO
                 raise ApiError(413, "too_large", f"the body is more than the limit of {limit} bytes")
             batch += chunk
             if len(batch) >= WRITE_BATCH_BYTES:
-                await anyio.to_thread.run_sync(file.write, bytes(batch))
+                await anyio.to_thread.run_sync(file.write, batch)  # awaited: the batch is not touched meanwhile
                 batch.clear()
-        await anyio.to_thread.run_sync(file.write, bytes(batch))
+        await anyio.to_thread.run_sync(file.write, batch)
         file.seek(0)
     except BaseException:
         file.close()
