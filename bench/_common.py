@@ -500,16 +500,18 @@ def stream_train(
     body: bytes,
     timeout_s: float = 600.0,
     on_event=None,
+    content_type: str = "application/json",
+    params: Optional[dict[str, str]] = None,
 ) -> TrainRun:
     """POST a pre-serialized body to /train/stream and read the event stream to its end.
 
     The timer starts just before the request is sent and the terminal event's receipt time is
     taken as soon as its blank line is parsed. `on_event(event)` is called for every event."""
     events: list[SSEEvent] = []
-    headers = {"content-type": "application/json", "accept": "text/event-stream", "content-length": str(len(body))}
+    headers = {"content-type": content_type, "accept": "text/event-stream", "content-length": str(len(body))}
     timeout = httpx.Timeout(timeout_s, connect=10.0)
     sent = time.perf_counter()
-    with client.stream("POST", url + "/train/stream", content=body_chunks(body), headers=headers, timeout=timeout) as response:
+    with client.stream("POST", url + "/train/stream", params=params, content=body_chunks(body), headers=headers, timeout=timeout) as response:
         headers_at = time.perf_counter()
         if response.status_code != 200:
             response.read()

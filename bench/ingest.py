@@ -46,7 +46,6 @@ import pyarrow.parquet as pq  # noqa: E402
 from _common import (  # noqa: E402
     Server,
     TrainError,
-    TrainRun,
     Watchdog,
     body_chunks,
     e2e_figures,
@@ -56,7 +55,6 @@ from _common import (  # noqa: E402
     print_header,
     regression_data,
     size_label,
-    stream_events,
     stream_train,
     train_body,
     verdict,
@@ -170,23 +168,6 @@ def bench_decoding(paths: dict[str, Path], args: argparse.Namespace, x_mib: floa
 # (b) end to end
 
 
-def stream_table_train(client: httpx.Client, url: str, body: bytes, kind: str, fields: dict[str, str]) -> TrainRun:
-    """Like _common.stream_train, for any content type, with the fields in the query string."""
-    headers = {"content-type": CONTENT_TYPES[kind], "accept": "text/event-stream", "content-length": str(len(body))}
-    events = []
-    sent = time.perf_counter()
-    with client.stream("POST", url + "/train/stream", params=fields, content=body_chunks(body), headers=headers, timeout=httpx.Timeout(900.0, connect=10.0)) as response:
-        headers_at = time.perf_counter()
-        if response.status_code != 200:
-            response.read()
-            raise TrainError(f"POST /train/stream answered {response.status_code}: {response.text[:2000]}")
-        for event in stream_events(response):
-            events.append(event)
-            if event.event in ("complete", "error", "cancelled"):
-                break
-    return TrainRun(sent=sent, headers=headers_at, events=events, status=response.status_code)
-
-
 def upload_seconds(client: httpx.Client, server: Server, body: bytes) -> float:
     """Sending and spooling the Parquet body alone: with a `target` that names no column, the server
     answers 400 as soon as it has read the file's footer."""
@@ -203,7 +184,7 @@ def e2e(client: httpx.Client, server: Server, body: bytes, kind: str, rounds: in
     if kind == "json":
         run = stream_train(client, server.url, body, timeout_s=900.0)
     else:
-        run = stream_table_train(client, server.url, body, kind, table_fields(rounds))
+        run = stream_train(client, server.url, body, timeout_s=900.0, content_type=CONTENT_TYPES[kind], params=table_fields(rounds))
     return e2e_figures(run) | {"train_l2": run.complete["metrics"].get("train_l2")}
 
 
