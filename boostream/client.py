@@ -167,6 +167,8 @@ class Client:
             try:
                 with self._event_stream(job_id, after) as response:
                     connected = True
+                    if response.status_code == 204:  # the job ended and nothing is left after `after`
+                        return
                     for event in parse_events(response.iter_lines()):
                         after, failures = event.id, 0
                         if event.retry_ms is not None:

@@ -99,9 +99,11 @@ class Server:
             time.sleep(0.05)
 
     def events(self, job_id: str, headers: Optional[dict] = None, **params: str) -> list[SseEvent]:
-        """GET /jobs/{id}/events to its end."""
+        """GET /jobs/{id}/events to its end; none when the server answers 204 (nothing left)."""
         with self.client() as client:
             with client.stream("GET", f"/jobs/{job_id}/events", headers=headers or {}, params=params) as response:
+                if response.status_code == 204:
+                    return []
                 assert response.status_code == 200, response.read()
                 return list(parse_sse(response.iter_lines()))
 

@@ -194,6 +194,16 @@ def test_bad_prediction_requests_name_the_field(server: Server, trained):
     predict_error(server, 400, "X", artifact_id=artifact_id, X=[[0.0] * 9 + ["a"]])
 
 
+def test_an_artifact_whose_files_were_removed_by_hand_is_gone(server: Server, diabetes):
+    complete = server.train({"X": diabetes[0].tolist(), "y": diabetes[1].tolist(), "params": {"n_estimators": 5}})[-1].data
+    for path in server.data_dir.glob(f"artifacts/{complete['artifact_id']}.*"):
+        path.unlink()
+    error = predict_error(server, 410, "artifact_id", artifact_id=complete["artifact_id"], X=diabetes[0][:2].tolist())
+    assert error["code"] == "gone"
+    with server.client() as client:
+        assert client.get(f"/artifacts/{complete['artifact_id']}").status_code == 410
+
+
 def test_deleting_a_job_deletes_its_artifact(server: Server, diabetes):
     complete = server.train({"X": diabetes[0].tolist(), "y": diabetes[1].tolist(), "params": {"n_estimators": 5}})[-1].data
     with server.client() as client:

@@ -13,6 +13,7 @@ import anyio
 import numpy as np
 import orjson
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -41,6 +42,7 @@ ON_DISCONNECT = ("continue", "cancel")
 INGEST_SLOTS = 2
 JOB_STATUSES = tuple(status.value for status in JobStatus)
 DEFAULT_PAGE, MAX_PAGE = 50, 500
+MAX_ID = 2**62  # event ids and cursors: SQLite's integers are 64-bit
 
 
 class Service:
@@ -142,7 +144,7 @@ class Service:
         if unknown:
             raise ApiError(422, "invalid_parameter", f"unknown status {unknown[0]!r}; choose from {list(JOB_STATUSES)}", "status")
         limit = _int_query(query, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
-        cursor = _int_query(query, "cursor", None, 1, None)
+        cursor = _int_query(query, "cursor", None, 1, MAX_ID)
         rows = self.jobs.store.jobs(statuses, limit + 1, cursor)
         page, more = rows[:limit], len(rows) > limit
         return JSONResponse({"jobs": [job_view(row) for row in page], "next_cursor": str(page[-1]["seq"]) if more else None})
@@ -152,10 +154,12 @@ class Service:
 
     async def job_events(self, request: Request) -> Response:
         row = self.job_row(request.path_params["job_id"])
-        after = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
-        if not after.isdigit():
-            raise ApiError(422, "invalid_parameter", f"the event id to resume after must be a whole number, got {after!r}", "after")
-        return self._event_response(row["id"], self.jobs.events(row["id"], int(after)), "continue")
+        raw = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
+        after = _whole_number(raw, "after", 0, MAX_ID)
+        if self.jobs.live(row["id"]) is None and not self.jobs.store.has_events_after(row["id"], after):
+            # A finished job with nothing left to send: 204 tells EventSource to stop reconnecting.
+            return Response(status_code=204)
+        return self._event_response(row["id"], self.jobs.events(row["id"], after), "continue")
 
     async def job_result(self, request: Request) -> Response:
         row = self.job_row(request.path_params["job_id"])
@@ -376,7 +380,9 @@ async def _sse_events(job_id: str, events: AsyncIterator[Event], jobs: JobManage
             else:
                 yield event.sse
     except asyncio.CancelledError:
-        jobs.client_left(job_id, "client", cancel=on_disconnect == "cancel")
+        # When the server is stopping, streams end before the jobs are put away: that is no
+        # client leaving, and a job it would cancel must run again after the restart.
+        jobs.client_left(job_id, "client", cancel=on_disconnect == "cancel" and not AppStatus.should_exit)
         raise
 
 
@@ -442,11 +448,13 @@ def _iso(timestamp: Optional[float]) -> Optional[str]:
     return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _int_query(query: Any, name: str, default: Optional[int], minimum: int, maximum: Optional[int]) -> Optional[int]:
+def _int_query(query: Any, name: str, default: Optional[int], minimum: int, maximum: int) -> Optional[int]:
     raw = query.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or int(raw) < minimum or (maximum is not None and int(raw) > maximum):
-        bounds = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
-        raise ApiError(422, "invalid_parameter", f"{name} must be a whole number {bounds}, got {raw!r}", name)
+    return default if raw is None else _whole_number(raw, name, minimum, maximum)
+
+
+def _whole_number(raw: str, name: str, minimum: int, maximum: int) -> int:
+    # isdigit() alone takes '²', and int() of thousands of digits raises: check ASCII and length first.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= len(str(maximum)) and minimum <= int(raw) <= maximum):
+        raise ApiError(422, "invalid_parameter", f"{name} must be a whole number from {minimum} to {maximum}, got {raw[:40]!r}", name)
     return int(raw)

@@ -34,6 +34,11 @@ def save(folder: Path, data: TrainingData) -> None:
     partial.replace(folder / META)
 
 
+def complete(folder: Path) -> bool:
+    """Whether every file was written: the metadata goes last."""
+    return (folder / META).exists()
+
+
 def load(folder: Path) -> Optional[TrainingData]:
     """The arrays as saved, or None when the folder is missing or incomplete."""
     try:

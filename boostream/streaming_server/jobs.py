@@ -200,11 +200,20 @@ class Job:
         # The artifact is kept once, in its file; the stored event goes without it.
         stored = orjson.dumps({k: v for k, v in data.items() if k != "artifact"}) if "artifact" in data else event.json.encode()
         self._store.append_event(self.id, event.id, event_type, stored, **row_fields)
+        self._append(event)
+        return event
+
+    def abandon(self, message: str) -> None:
+        """End the log in memory only, because the store failed: followers still get an end."""
+        self.status = JobStatus.FAILED
+        data = {"job_id": self.id, "code": "internal_error", "message": message}
+        self._append(Event(len(self.events) + 1, "error", orjson.dumps(data).decode()))
+
+    def _append(self, event: Event) -> None:
         self.events.append(event)
         # Wake everyone waiting, then give later waiters a fresh event to wait on.
         self._appended.set()
         self._appended = asyncio.Event()
-        return event
 
     async def follow(self, after: int = 0) -> AsyncIterator[Event]:
         """The events with ids above `after`, then live ones, ending after the terminal event."""

@@ -80,13 +80,15 @@ class JobManager:
 
     async def start(self) -> None:
         """Take up what the last server left: unfinished jobs, undelivered webhooks, stale files."""
+        # Read before recovering: a job that recovery ends schedules its own webhook.
+        owed = self.store.pending_callbacks()
         for row in self.store.unfinished_jobs():
             self._recover(row)
         keep = set(self._live)
         for folder in self.inputs_dir.glob("*") if self.inputs_dir.exists() else ():
             if folder.name not in keep:
                 await self._on_disk(inputs.remove, folder)
-        for row in self.store.pending_callbacks():
+        for row in owed:
             self._background(self._deliver_webhook(row["id"]))
         self._background(self._expire_forever())
 
@@ -215,16 +217,30 @@ class JobManager:
     # Running a job
 
     async def _run(self, job: Job) -> None:
-        if job.cancel_requested:
-            self._end(job, JobStatus.CANCELLED, "cancelled", {"iteration": 0})
-            return
-        data = job.data
-        if data is None:
-            data = await self._on_disk(inputs.load, self._inputs_folder(job))
-            if data is None:
-                self._end(job, JobStatus.FAILED, "error", {"code": "interrupted", "message": "the job's input was lost while the server was down"})
+        try:
+            data = job.data
+            if data is None and not job.cancel_requested:
+                data = await self._on_disk(inputs.load, self._inputs_folder(job))
+                if data is None:
+                    self._end(job, JobStatus.FAILED, "error", {"code": "interrupted", "message": "the job's input was lost while the server was down"})
+                    return
+            if job.cancel_requested:  # asked while it waited, or while its input was read back
+                self._end(job, JobStatus.CANCELLED, "cancelled", {"iteration": 0})
                 return
-        await self._train(job, data)
+            await self._train(job, data)
+        except Exception:  # the store failing, say: end the job, never leave it `running`
+            log.exception("job %s: the server failed while running it", job.id)
+            if job.id in self._live:
+                self._fail_without_store(job)
+
+    def _fail_without_store(self, job: Job) -> None:
+        message = "the server failed while running this job; see its log"
+        try:
+            self._end(job, JobStatus.FAILED, "error", {"code": "internal_error", "message": message})
+        except Exception:
+            log.exception("job %s: could not record its failure either", job.id)
+            job.abandon(message)
+            self._live.pop(job.id, None)
 
     async def _train(self, job: Job, data: TrainingData) -> None:
         loop = asyncio.get_running_loop()
@@ -331,7 +347,7 @@ class JobManager:
         was = row["status"]
         if row["attempts"] >= MAX_ATTEMPTS:
             problem = f"the server stopped while this job ran, {row['attempts']} times; it is not tried again"
-        elif not row["inputs_saved"]:
+        elif not inputs.complete(self._inputs_folder(job)):
             problem = "the server stopped before the job's input was kept on disk"
         elif not availability.available:
             problem = f"{row['model_type']} cannot train on this server any more: {availability.reason}"

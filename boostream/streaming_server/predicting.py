@@ -88,7 +88,10 @@ class ModelLoader:
         if cached is not None:
             return cached
         predictor = self.predictors[row["model_type"]]
-        blob = self.artifacts.read(artifact_id, "native")
+        try:
+            blob = self.artifacts.read(artifact_id, "native")
+        except FileNotFoundError:
+            raise ApiError(410, "gone", f"the files of artifact {artifact_id} are missing from the server", "artifact_id") from None
         model = predictor.from_native(blob)
         shape = predictor.describe(model)
         loaded = LoadedModel(model, predictor, shape, _classes(row["classes"], shape), artifact_id, len(blob))

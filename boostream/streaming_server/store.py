@@ -187,6 +187,9 @@ class JobStore:
         row = self._db.execute("SELECT * FROM artifacts WHERE id = ?", (artifact_id,)).fetchone()
         return _json_fields(row) if row else None
 
+    def has_events_after(self, job_id: str, after: int) -> bool:
+        return self._db.execute("SELECT 1 FROM events WHERE job_id = ? AND id > ? LIMIT 1", (job_id, after)).fetchone() is not None
+
     def events(self, job_id: str, after: int = 0) -> list[tuple[int, str, str]]:
         """(id, type, data as JSON text) for the events with ids above `after`."""
         return self._db.execute("SELECT id, type, data FROM events WHERE job_id = ? AND id > ? ORDER BY id", (job_id, after)).fetchall()
