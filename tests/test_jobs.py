@@ -369,3 +369,44 @@ def test_a_second_server_refuses_a_data_directory_in_use(tmp_path):
         assert "another boostream server is using the data directory" in str(refused.value)
         with server.client() as client:
             assert client.get("/health").status_code == 200
+
+
+def test_a_restart_removes_artifact_files_no_job_has_and_keeps_the_rest(tmp_path, diabetes):
+    with running_server(tmp_path) as server:
+        job_id = server.create_job(body_for(diabetes, 5))
+        artifact_id = server.wait_for_job(job_id)["artifact_id"]
+    artifacts = server.data_dir / "artifacts"
+    for name in ("0123abcd.joblib", "0123abcd.native", "0123abcd.partial"):
+        (artifacts / name).write_bytes(b"left by a server that died")
+    with running_server(tmp_path) as restarted:
+        assert sorted(p.name for p in artifacts.iterdir()) == [f"{artifact_id}.joblib", f"{artifact_id}.native"]
+        with restarted.client() as client:
+            assert client.get(f"/artifacts/{artifact_id}").status_code == 200
+
+
+def test_stopping_the_server_does_not_cancel_a_job_whose_stream_asked_for_it(tmp_path, diabetes):
+    """SIGTERM closes the streams before the jobs are put away; that is not a client leaving."""
+    with running_server(tmp_path, "--cpu-jobs", "1") as server:
+        running = server.create_job(long_body(diabetes))
+        wait_for_event(server, running, "progress")
+        seen = threading.Event()
+
+        def follow_waiting_job():
+            with server.client() as client:
+                with client.stream("POST", "/train/stream", json=body_for(diabetes, 10), params={"on_disconnect": "cancel"}) as response:
+                    try:
+                        for event in parse_sse(response.iter_lines()):
+                            seen.job_id = event.data["job_id"]
+                            seen.set()
+                    except httpx.HTTPError:
+                        pass  # the server stopped mid-stream, as this test makes it
+
+        follower = threading.Thread(target=follow_waiting_job, daemon=True)
+        follower.start()
+        assert seen.wait(30)
+        server.process.terminate()
+        server.process.wait(30)
+    with running_server(tmp_path, "--cpu-jobs", "1") as restarted:
+        with restarted.client() as client:
+            client.post(f"/jobs/{running}/cancel")
+        assert restarted.wait_for_job(seen.job_id)["status"] == "succeeded"

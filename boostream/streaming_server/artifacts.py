@@ -100,6 +100,19 @@ class ArtifactStore:
             complete["artifact"] = base64.b64encode(blob).decode("ascii")
         return orjson.dumps(complete).decode()
 
+    def remove_unknown(self, known: set[str]) -> list[str]:
+        """Remove files of artifacts no job has (a training thread that outlived its server, a write
+        cut short): each is a file `<id>.<format>` or `<id>.partial`. The ids removed."""
+        removed = set()
+        for path in self.directory.iterdir():
+            artifact_id = path.name.split(".", 1)[0]
+            if artifact_id not in known:
+                path.unlink(missing_ok=True)
+                removed.add(artifact_id)
+        if removed:
+            log.info("removed the files of %d artifacts that no job has", len(removed))
+        return sorted(removed)
+
     def delete(self, artifact_id: str) -> None:
         for format in FORMATS:
             self.path(artifact_id, format).unlink(missing_ok=True)

@@ -88,6 +88,7 @@ class JobManager:
         for folder in self.inputs_dir.glob("*") if self.inputs_dir.exists() else ():
             if folder.name not in keep:
                 await self._on_disk(inputs.remove, folder)
+        await self._on_disk(self.artifacts.remove_unknown, self.store.artifact_ids())
         for row in owed:
             self._background(self._deliver_webhook(row["id"]))
         self._background(self._expire_forever())

@@ -187,6 +187,11 @@ class JobStore:
         row = self._db.execute("SELECT * FROM artifacts WHERE id = ?", (artifact_id,)).fetchone()
         return _json_fields(row) if row else None
 
+    def artifact_ids(self) -> set[str]:
+        """Every artifact a job refers to (jobs kept before the artifacts table count too)."""
+        query = "SELECT id FROM artifacts UNION SELECT artifact_id FROM jobs WHERE artifact_id IS NOT NULL"
+        return {row[0] for row in self._db.execute(query)}
+
     def has_events_after(self, job_id: str, after: int) -> bool:
         return self._db.execute("SELECT 1 FROM events WHERE job_id = ? AND id > ? LIMIT 1", (job_id, after)).fetchone() is not None
 
