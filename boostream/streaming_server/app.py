@@ -29,7 +29,7 @@ from boostream.streaming_server.manager import JobManager, job_urls
 from boostream.streaming_server.predicting import LoadedModel, ModelCache, ModelLoader
 from boostream.streaming_server.signing import load_or_create_key
 from boostream.streaming_server.store import JobStore
-from boostream.streaming_server.uploads import MULTIPART, TABLE_TYPES, receive_table
+from boostream.streaming_server.uploads import MULTIPART, TABLE_TYPES, read_body, receive_table
 from boostream.streaming_server.webhooks import WebhookPolicy, WebhookSender
 from boostream.trainers import create_trainers
 from boostream.trainers.base import OBJECTIVES, Availability, params_schema
@@ -206,7 +206,7 @@ class Service:
         if media_type != "application/json":
             raise ApiError(415, "unsupported_media_type", f"send the prediction request as application/json, not {media_type}")
         async with self.ingest:
-            body = await _read_body(request, self.settings.max_body_bytes)
+            body = await read_body(request, self.settings.max_body_bytes)
             parsed, X = await anyio.to_thread.run_sync(decode_predict_request, body, self.settings.max_cells)
             del body
         if parsed.artifact_id is not None:
@@ -294,7 +294,7 @@ class Service:
         settings = self.settings
         async with self.ingest:
             if media_type == "application/json":
-                body = await _read_body(request, settings.max_body_bytes)
+                body = await read_body(request, settings.max_body_bytes)
                 started = time.perf_counter()
                 spec = await anyio.to_thread.run_sync(decode_train_request, body, self.trainers, unavailable, settings.max_cells)
                 del body
@@ -342,32 +342,6 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
         exception_handlers={ApiError: handle_api_error},
     )
-
-
-async def _read_body(request: Request, limit: int) -> bytearray:
-    """The body, refused with 413 as soon as it is known to exceed `limit`, before reading the rest.
-    With a Content-Length the buffer is allocated once: growing it chunk by chunk cost seconds per GB."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit():
-        if int(declared) > limit:
-            raise ApiError(413, "too_large", f"the body is {declared} bytes, more than the limit of {limit}")
-        body = bytearray(int(declared))
-        view, filled = memoryview(body), 0
-        async for chunk in request.stream():
-            if filled + len(chunk) > len(body):
-                raise ApiError(400, "invalid_json", "the body is longer than its Content-Length")
-            view[filled : filled + len(chunk)] = chunk
-            filled += len(chunk)
-        view.release()
-        if filled != len(body):
-            raise ApiError(400, "invalid_json", f"the body ended after {filled} of its {len(body)} bytes")
-        return body
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, "too_large", f"the body is more than the limit of {limit} bytes")
-    return body
 
 
 async def _sse_events(job_id: str, events: AsyncIterator[Event], jobs: JobManager, on_disconnect: str) -> AsyncIterator[ServerSentEvent | bytes]:

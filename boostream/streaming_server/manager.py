@@ -334,7 +334,6 @@ class JobManager:
         if job.finished:
             await self._on_disk(inputs.remove, self._inputs_folder(job))  # it ended while its input was written
             return
-        self.store.update_job(job.id, inputs_saved=1)
         if job.status is JobStatus.QUEUED:
             job.data = None  # it waits on disk; `_run` reads it back
 

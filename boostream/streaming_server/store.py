@@ -44,7 +44,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     error_message TEXT,
     artifact_id TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
-    inputs_saved INTEGER NOT NULL DEFAULT 0,
     callback_state TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
@@ -75,7 +74,7 @@ CREATE INDEX IF NOT EXISTS artifacts_by_job ON artifacts (job_id);
 JOB_COLUMNS = (
     "id", "status", "model_type", "objective", "device", "request", "created_at", "started_at", "finished_at",
     "iteration", "total", "elapsed_s", "eta_s", "metrics", "error_code", "error_message", "artifact_id",
-    "attempts", "inputs_saved", "callback_state",
+    "attempts", "callback_state",
 )  # fmt: skip
 ARTIFACT_COLUMNS = (
     "id", "job_id", "model_type", "objective", "feature_names", "classes", "metrics", "iterations", "best_iteration",

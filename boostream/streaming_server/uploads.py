@@ -1,5 +1,6 @@
-"""Tables sent as files (CSV or Parquet): spooled to disk as they arrive, so a large upload is never
-held whole in memory, then parsed from there off the event loop.
+"""Request bodies, received with their size checked as they arrive: a JSON body into one buffer,
+and tables sent as files (CSV or Parquet) spooled to disk as they arrive, so a large upload is
+never held whole in memory, then parsed from there off the event loop.
 
 A file comes either as the whole body, with its media type as Content-Type and the request's other
 fields in the query string, or as the one file of a `multipart/form-data` upload, with the fields
@@ -50,10 +51,42 @@ async def receive_table(request: Request, media_type: str, limit: int, directory
     return Upload(await _spool_body(request, limit, directory), TABLE_TYPES[media_type], dict(request.query_params))
 
 
-async def _spool_body(request: Request, limit: int, directory: Path) -> BinaryIO:
-    declared = _declared_length(request)
-    if declared is not None and declared > limit:
+async def read_body(request: Request, limit: int) -> bytearray:
+    """The body, refused with 413 as soon as it is known to exceed `limit`, before reading the rest.
+    With a Content-Length the buffer is allocated once: growing it chunk by chunk cost seconds per GB."""
+    declared = declared_length(request, limit)
+    if declared is not None:
+        body = bytearray(declared)
+        view, filled = memoryview(body), 0
+        async for chunk in request.stream():
+            if filled + len(chunk) > len(body):
+                raise ApiError(400, "invalid_json", "the body is longer than its Content-Length")
+            view[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+        view.release()
+        if filled != len(body):
+            raise ApiError(400, "invalid_json", f"the body ended after {filled} of its {len(body)} bytes")
+        return body
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, "too_large", f"the body is more than the limit of {limit} bytes")
+    return body
+
+
+def declared_length(request: Request, limit: int) -> Optional[int]:
+    """The body's Content-Length, if it has one; 413 at once when it is over `limit`."""
+    declared = request.headers.get("content-length", "")
+    if not (declared.isascii() and declared.isdigit()):
+        return None
+    if int(declared) > limit:
         raise ApiError(413, "too_large", f"the body is {declared} bytes, more than the limit of {limit}")
+    return int(declared)
+
+
+async def _spool_body(request: Request, limit: int, directory: Path) -> BinaryIO:
+    declared_length(request, limit)
     directory.mkdir(parents=True, exist_ok=True)
     # Unlinked at once: the open file is all there is, and it vanishes however the request ends.
     file = tempfile.TemporaryFile(dir=directory)
@@ -76,11 +109,8 @@ async def _spool_body(request: Request, limit: int, directory: Path) -> BinaryIO
 
 
 async def _receive_form(request: Request, limit: int) -> Upload:
-    declared = _declared_length(request)
-    if declared is None:
+    if declared_length(request, limit) is None:
         raise ApiError(411, "length_required", "send a multipart upload with its Content-Length")
-    if declared > limit:
-        raise ApiError(413, "too_large", f"the body is {declared} bytes, more than the limit of {limit}")
     # Starlette spools each file part to a temporary file beyond 1 MiB.
     form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS)
     files = [(name, value) for name, value in form.multi_items() if isinstance(value, UploadFile)]
@@ -108,7 +138,3 @@ def _kind_of(upload: UploadFile) -> Optional[str]:
         return TABLE_TYPES[media_type]
     return EXTENSIONS.get(os.path.splitext(upload.filename or "")[1].lower())
 
-
-def _declared_length(request: Request) -> Optional[int]:
-    declared = request.headers.get("content-length")
-    return int(declared) if declared is not None and declared.isdigit() else None
