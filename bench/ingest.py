@@ -26,6 +26,7 @@ its defaults: snappy, one row group per 1M rows). All three hold exactly the sam
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -100,8 +101,11 @@ def decode_in_subprocess(kind: str, path: Path, rounds: int, threads: int) -> di
 def decode_child(kind: str, path: Path, rounds: int, threads: int) -> None:
     """Runs in the subprocess: decode the file twice, print one JSON line of figures."""
     from boostream.streaming_server.decoding import decode_train_request
+    from boostream.streaming_server.pages import avoid_huge_pages
     from boostream.streaming_server.tables import decode_table_request
     from boostream.trainers import create_trainers
+
+    avoid_huge_pages()  # as `boostream serve` does
 
     trainers = create_trainers(threads)
     rss_before = proc_status_mib("VmRSS")
@@ -125,7 +129,9 @@ def decode_child(kind: str, path: Path, rounds: int, threads: int) -> None:
         figures[f"{run}_s"] = time.perf_counter() - wall
         figures[f"{run}_cpu_s"] = time.process_time() - cpu
         X, y = spec.data.X, spec.data.y
-        figures["checksum"] = [float(X.sum()), float(y.sum()), list(X.shape), bool(X.flags["C_CONTIGUOUS"])]
+        # Exact, whatever X's memory order: the sha256 of its values in C order, and of y's.
+        figures["checksum"] = [hashlib.sha256(np.ascontiguousarray(X)).hexdigest()[:16], hashlib.sha256(y).hexdigest()[:16], list(X.shape)]
+        figures["order"] = "C" if X.flags["C_CONTIGUOUS"] else "F"
         del spec, X, y
         free_memory()
     figures["peak_mib"] = proc_status_mib("VmHWM") - rss_before
@@ -144,14 +150,14 @@ def bench_decoding(paths: dict[str, Path], args: argparse.Namespace, x_mib: floa
     print(f"\n## (a) decode only, in process; each format in {args.repeats} fresh subprocess(es), two decodes each")
     print(f"{'format':<8} {'source MB':>9} {'run':>3} {'cold s':>7} {'cpu s':>6} {'warm s':>7} {'cpu s':>6} {'cold MB/s':>9} {'warm MB/s':>9} {'peak +MiB':>9}")
     results: dict[str, dict[str, float]] = {}
-    checksums = {}
+    checksums, orders = {}, {}
     for kind in FORMATS:
         size_mb = paths[kind].stat().st_size / 1e6
         runs = []
         for repeat in range(args.repeats):
             r = decode_in_subprocess(kind, paths[kind], args.rounds, args.threads)
             runs.append(r)
-            checksums[kind] = r["checksum"]
+            checksums[kind], orders[kind] = r["checksum"], r["order"]
             print(
                 f"{kind:<8} {size_mb:9.1f} {repeat + 1:>3} {r['cold_s']:7.3f} {r['cold_cpu_s']:6.2f} {r['warm_s']:7.3f} {r['warm_cpu_s']:6.2f}"
                 f" {size_mb / r['cold_s']:9.1f} {size_mb / r['warm_s']:9.1f} {r['peak_mib']:9.0f}"
@@ -160,7 +166,7 @@ def bench_decoding(paths: dict[str, Path], args: argparse.Namespace, x_mib: floa
         results[kind] = {key: median([r[key] for r in runs]) for key in ("cold_s", "warm_s", "cold_cpu_s", "warm_cpu_s", "peak_mib")}
         results[kind]["size_mb"] = size_mb
     same = len({json.dumps(c) for c in checksums.values()}) == 1
-    print(f"  X is {x_mib:.0f} MiB; all three decoded the same X and y (sums, shape, C order): {same} {checksums['parquet']}")
+    print(f"  X is {x_mib:.0f} MiB; all three decoded the same X and y (sha256 of X's values in C order and of y, shape): {same} {checksums['parquet']}; X's order: {orders}")
     return results
 
 

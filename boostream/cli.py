@@ -195,7 +195,9 @@ def _serve(settings: Settings) -> int:
     import uvicorn
 
     from boostream.streaming_server.app import create_app
+    from boostream.streaming_server.pages import avoid_huge_pages
 
+    avoid_huge_pages()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     logging.getLogger("boostream").info("data directory: %s", settings.data_dir)

@@ -9,6 +9,7 @@ import io
 import json
 
 import joblib
+import lightgbm
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
@@ -200,6 +201,24 @@ def test_a_job_takes_a_csv_body_too(server: Server, diabetes):
     assert result["feature_names"] == names
 
 
+def test_a_large_parquet_body_arrives_whole(server: Server):
+    """64 MB: spooled through several write buffers, and its columns read in more than one group;
+    the model is the one LightGBM trains in process on the same numbers."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(200_000, 40))
+    X[rng.random(X.shape) < 0.01] = np.nan
+    y = np.nan_to_num(X[:, 0]) * 2 + np.nan_to_num(X[:, 39]) + rng.normal(scale=0.1, size=len(X))
+    names = [f"f{i}" for i in range(X.shape[1])]
+    body = parquet_bytes(table_of(X, y, names))
+    assert len(body) > 60e6
+    params = {"n_estimators": 3, "num_leaves": 7, "seed": 1}
+    complete = completed(train_table(server, body, PARQUET, target="target", **params))
+    served = booster_of(complete)
+    assert served.num_feature() == 40 and served.feature_name() == names
+    in_process = lightgbm.train(served.params, lightgbm.Dataset(X, y), num_boost_round=3)
+    np.testing.assert_array_equal(served.predict(X[:5000]), in_process.predict(X[:5000]))
+
+
 # Mistakes, answered before any stream
 
 SMALL = pa.table({"a": [1.0, 2.0, 3.0, 4.0], "b": [0.5, 0.25, 0.0, 1.0], "city": ["Oslo", "Lima", "Oslo", "Pune"], "y": [1.0, 2.0, 3.0, 4.0]})
@@ -217,6 +236,7 @@ BAD_TABLES = [
     ("a null in the target", b"a,b,y\n1,2,3\n4,5,\n6,7,8\n", CSV, {"target": "y"}, 400, "y", "no value in row 1"),
     ("a string target for regression", csv_bytes(SMALL), CSV, {"target": "city", "features": "a"}, 400, "city", "must be numbers"),
     ("an infinite value", b"a,y\n1,1\ninf,2\n", CSV, {"target": "y"}, 400, "a", "infinite in row 1"),
+    ("an infinite value in Parquet", parquet_bytes(pa.table({"a": [1.0, 2.0, -np.inf], "y": [1.0, 2.0, 3.0]})), PARQUET, {"target": "y"}, 400, "a", "infinite in row 2"),
     ("ragged rows", b"a,b,y\n1,2,3\n4,5\n", CSV, {"target": "y"}, 400, "file", "Expected 3 columns, got 2"),
     ("no rows", b"a,b,y\n", CSV, {"target": "y"}, 400, "file", "no rows"),
     ("an empty body", b"", CSV, {"target": "y"}, 400, "file", "Empty CSV"),

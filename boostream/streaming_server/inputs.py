@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 import orjson
 
+from boostream.streaming_server.pages import save_array
 from boostream.trainers.base import TrainingData
 
 ARRAYS = ("X", "y", "X_valid", "y_valid", "era")
@@ -27,7 +28,7 @@ def save(folder: Path, data: TrainingData) -> None:
     for name in ARRAYS:
         array = getattr(data, name)
         if array is not None:
-            np.save(folder / f"{name}.npy", array, allow_pickle=False)
+            save_array(folder / f"{name}.npy", array)
     meta = {"feature_names": data.feature_names, "classes": data.classes, "arrays": [n for n in ARRAYS if getattr(data, n) is not None]}
     partial = folder / (META + ".partial")
     partial.write_bytes(orjson.dumps(meta, option=orjson.OPT_SERIALIZE_NUMPY))

@@ -12,12 +12,14 @@ Feature columns must hold numbers: integers, floats, decimals or booleans (as 0 
 value becomes NaN, as `null` does in JSON; a column of anything else is refused naming it (the
 error's `field` is the column's name). The label holds numbers, or strings for a classifier.
 
-X is allocated once and filled as the file is read: a block of rows at a time from CSV, a few columns
-at a time from Parquet, so the file's table is never held whole in memory beside X.
+X is allocated once and filled as the file is read: a block of rows at a time from CSV (X in C
+order), a few columns at a time from Parquet (X in Fortran order), so the file's table is never held
+whole in memory beside X.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import os
@@ -288,17 +290,39 @@ def _read_parquet(source: pa.NativeFile, choose: Callable[[pa.Schema], _Columns]
         raise InvalidData("file", "the table has no rows")
     if rows * width > max_cells:
         raise TooLarge(f"the table has {rows} rows x {width} features = {rows * width} values, more than the limit of {max_cells}")
-    X = np.empty((rows, width))
-    group = max(1, PARQUET_GROUP_BYTES // (8 * rows))
-    for first in range(0, width, group):
-        names = columns.features[first : first + group]
-        row = 0
-        for batch in parquet.read(columns=names, use_threads=True).to_batches():
-            _copy_into(X, row, first, names, batch.columns)
-            row += batch.num_rows
+    # Fortran order: each column is copied whole and in place (LightGBM takes either order, and
+    # trains the same model): 0.40-0.47 s for 1M x 50 against 0.56-0.62 s gathering rows into C order.
+    X = np.empty((rows, width), order="F")
+    size = max(1, PARQUET_GROUP_BYTES // (8 * rows))
+    groups = [columns.features[first : first + size] for first in range(0, width, size)]
+    # The next group is read (pyarrow, without the GIL) while this one is copied into X.
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="parquet") as reader:
+        reading = reader.submit(parquet.read, columns=groups[0], use_threads=True)
+        first = 0
+        for index, names in enumerate(groups):
+            table = reading.result()
+            if index + 1 < len(groups):
+                reading = reader.submit(parquet.read, columns=groups[index + 1], use_threads=True)
+            for offset, name in enumerate(names):
+                _copy_column(X[:, first + offset], name, table.column(offset))
+            first += len(names)
+            del table
     target = parquet.read(columns=[columns.target]).column(0)
     era = parquet.read(columns=[columns.era]).column(0) if columns.era else None
     return _Table(columns, X, target, era)
+
+
+def _copy_column(into: np.ndarray, name: str, column: pa.ChunkedArray) -> None:
+    """A feature column into one column of X, as doubles, nulls as NaN (LightGBM's missing value)."""
+    if column.type != pa.float64():
+        column = pc.cast(column, pa.float64())
+    row = 0
+    for chunk in column.chunks:
+        into[row : row + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
+        row += len(chunk)
+    infinite = np.isinf(into)
+    if infinite.any():
+        raise InvalidData(name, f"column {name!r} is infinite in row {int(np.argmax(infinite))} (rows count from 0)")
 
 
 def _copy_into(X: np.ndarray, row: int, column: int, names: Sequence[str], arrays: Sequence[pa.Array]) -> None:

@@ -9,6 +9,7 @@ as form fields (and in the query string).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import tempfile
@@ -20,6 +21,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from boostream.streaming_server.errors import ApiError
+from boostream.streaming_server.pages import write_all
 
 TABLE_TYPES = {
     "text/csv": "csv",
@@ -90,19 +92,35 @@ async def _spool_body(request: Request, limit: int, directory: Path) -> BinaryIO
     directory.mkdir(parents=True, exist_ok=True)
     # Unlinked at once: the open file is all there is, and it vanishes however the request ends.
     file = tempfile.TemporaryFile(dir=directory)
+    # Two buffers: one is written to the file in a thread while the body fills the other.
+    buffers = [bytearray(WRITE_BATCH_BYTES), bytearray(WRITE_BATCH_BYTES)]
+    writing: Optional[asyncio.Future] = None
+    loop = asyncio.get_running_loop()
     try:
-        received, batch = 0, bytearray()
+        received, filled = 0, 0
         async for chunk in request.stream():
             received += len(chunk)
             if received > limit:
                 raise ApiError(413, "too_large", f"the body is more than the limit of {limit} bytes")
-            batch += chunk
-            if len(batch) >= WRITE_BATCH_BYTES:
-                await anyio.to_thread.run_sync(file.write, batch)  # awaited: the batch is not touched meanwhile
-                batch.clear()
-        await anyio.to_thread.run_sync(file.write, batch)
+            if filled + len(chunk) > WRITE_BATCH_BYTES:
+                if writing is not None:
+                    await writing
+                writing = loop.run_in_executor(None, write_all, file, memoryview(buffers[0])[:filled])
+                buffers.reverse()
+                filled = 0
+            if len(chunk) > WRITE_BATCH_BYTES:
+                await writing
+                await loop.run_in_executor(None, write_all, file, chunk)
+                continue
+            buffers[0][filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+        if writing is not None:
+            await writing
+        await loop.run_in_executor(None, write_all, file, memoryview(buffers[0])[:filled])
         file.seek(0)
     except BaseException:
+        if writing is not None:
+            await asyncio.wait([writing])  # the thread must be done with the file before it closes
         file.close()
         raise
     return file
