@@ -554,6 +554,7 @@ def e2e_figures(run: TrainRun) -> dict[str, Any]:
     timings = complete["timings"]
     progress = run.of_type("progress")
     outside = run.e2e_s - timings["decode_s"] - timings["fit_s"]
+    receive = timings.get("receive_s", math.nan)  # the server's reading of the body, from its first byte
     return {
         "e2e_s": run.e2e_s,
         "headers_s": run.headers - run.sent,
@@ -564,6 +565,9 @@ def e2e_figures(run: TrainRun) -> dict[str, Any]:
         "artifact_s": timings["artifact_s"],
         "outside_s": outside,
         "outside_pct": 100.0 * outside / timings["fit_s"],
+        "receive_s": receive,
+        "own_s": outside - receive,  # what is left: the server's own work outside the fit, decoding and the upload
+        "own_pct": 100.0 * (outside - receive) / timings["fit_s"],
         "iterations": complete["iterations"],
         "progress_events": len(progress),
         "artifact_bytes": complete.get("size_bytes"),
@@ -575,5 +579,6 @@ def print_e2e(label: str, r: dict[str, Any]) -> None:
         f"  {label:<10} e2e {r['e2e_s']:7.3f} s | headers {r['headers_s']:6.3f} | decode {r['decode_s']:6.3f} | queued {r['queued_s']:6.4f}"
         f" | fit {r['fit_s']:7.3f} | artifact {r['artifact_s']:6.4f} | last progress->complete {r['last_progress_to_complete_s']:6.3f}"
         f" | outside fit apart from decode {r['outside_s']:6.3f} s = {r['outside_pct']:5.1f}% of fit"
+        f" (receiving the body {r['receive_s']:6.3f} s; the rest {r['own_s']:6.3f} s = {r['own_pct']:4.1f}%)"
     )
     sys.stdout.flush()

@@ -79,7 +79,7 @@ def test_regression_with_validation_data(server: Server, diabetes):
     assert 1 - np.mean((predictions - yv) ** 2) / np.var(yv) > 0.3  # R^2 on held-out rows
     assert complete.data["iterations"] == complete.data["best_iteration"] == 60
     assert complete.data["training_time_s"] > 0
-    assert set(complete.data["timings"]) >= {"decode_s", "queued_s", "fit_s", "artifact_s"}
+    assert set(complete.data["timings"]) >= {"receive_s", "decode_s", "queued_s", "fit_s", "artifact_s"}
     assert (server.data_dir / "artifacts" / f"{complete.data['artifact_id']}.joblib").read_bytes() == base64.b64decode(complete.data["artifact"])
 
 

@@ -255,8 +255,9 @@ class Service:
         """The backends that cannot train here, with the reason."""
         return {name: a.reason or "unavailable" for name, a in self.availability.items() if not a.available}
 
-    def submit(self, spec: TrainSpec, decode_s: float, base_url: str) -> Job:
-        """A job for a decoded request, once its options are checked against this server's limits."""
+    def submit(self, spec: TrainSpec, ingest_timings: dict[str, float], base_url: str) -> Job:
+        """A job for a decoded request, once its options are checked against this server's limits.
+        `ingest_timings`: `receive_s` (reading the body, where there was one) and `decode_s`."""
         job_request = JobRequest(
             model_type=spec.trainer.name,
             objective=spec.objective,
@@ -266,7 +267,7 @@ class Service:
             artifact_format=spec.artifact_format,
             base_url=base_url,
         )
-        return self.jobs.submit(job_request, spec.data, decode_s)
+        return self.jobs.submit(job_request, spec.data, ingest_timings)
 
     async def predictions(self, loaded: LoadedModel, X: np.ndarray, output: str) -> dict[str, Any]:
         values = await anyio.to_thread.run_sync(loaded.predict, X, output)
@@ -281,11 +282,12 @@ class Service:
         }
 
     async def _submit(self, request: Request) -> Job:
-        spec, decode_s = await self._decode(request)
-        return self.submit(spec, decode_s, str(request.base_url))
+        spec, ingest_timings = await self._decode(request)
+        return self.submit(spec, ingest_timings, str(request.base_url))
 
-    async def _decode(self, request: Request) -> tuple[TrainSpec, float]:
-        """The training request, read and checked off the loop, and how long decoding it took."""
+    async def _decode(self, request: Request) -> tuple[TrainSpec, dict[str, float]]:
+        """The training request, read and checked off the loop, and how long reading the body (from
+        the moment it may be read) and decoding it took."""
         media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         if media_type not in ("application/json", MULTIPART, *TABLE_TYPES):
             accepted = ", ".join(["application/json", *TABLE_TYPES, MULTIPART])
@@ -293,12 +295,14 @@ class Service:
         unavailable = self.unavailable
         settings = self.settings
         async with self.ingest:
+            arrived = time.perf_counter()
             if media_type == "application/json":
                 body = await read_body(request, settings.max_body_bytes)
                 started = time.perf_counter()
                 spec = await anyio.to_thread.run_sync(decode_train_request, body, self.trainers, unavailable, settings.max_cells)
+                decoded = time.perf_counter()
                 del body
-                return spec, time.perf_counter() - started
+                return spec, {"receive_s": started - arrived, "decode_s": decoded - started}
             from boostream.streaming_server.tables import decode_table_request  # pyarrow loads in ~0.3 s: only when used
 
             upload = await receive_table(request, media_type, settings.max_body_bytes, settings.uploads_dir)
@@ -307,7 +311,7 @@ class Service:
                 spec = await anyio.to_thread.run_sync(
                     decode_table_request, upload.file, upload.kind, upload.fields, self.trainers, unavailable, settings.max_cells
                 )
-                return spec, time.perf_counter() - started
+                return spec, {"receive_s": started - arrived, "decode_s": time.perf_counter() - started}
             finally:
                 await upload.close()
 

@@ -83,7 +83,7 @@ class Job:
         self.created_at = time.time()
         self.started_at: Optional[float] = None
         self.attempts = 0
-        self.decode_s = 0.0
+        self.ingest_timings: dict[str, float] = {}  # receive_s, decode_s: how the request was read
         self.events: list[Event] = []
         self.bridge: Optional[ProgressBridge] = None
         self.task: Optional[asyncio.Task] = None  # while it trains
@@ -94,9 +94,9 @@ class Job:
         self._appended = asyncio.Event()
 
     @classmethod
-    def create(cls, request: JobRequest, trainer: Trainer, store: JobStore, data: TrainingData, decode_s: float) -> "Job":
+    def create(cls, request: JobRequest, trainer: Trainer, store: JobStore, data: TrainingData, ingest_timings: dict[str, float]) -> "Job":
         job = cls(uuid.uuid4().hex, request, trainer, store, data)
-        job.decode_s = decode_s
+        job.ingest_timings = ingest_timings
         store.insert_job(
             {
                 "id": job.id,

@@ -112,10 +112,10 @@ class JobManager:
 
     # What the routes ask for
 
-    def submit(self, request: JobRequest, data: TrainingData, decode_s: float) -> Job:
+    def submit(self, request: JobRequest, data: TrainingData, ingest_timings: dict[str, float]) -> Job:
         trainer = self.trainers[request.model_type]
         self._check_room(trainer.device)
-        job = Job.create(request, trainer, self.store, data, decode_s)
+        job = Job.create(request, trainer, self.store, data, ingest_timings)
         self._live[job.id] = job
         self._enqueue(job)
         self._background(self._save_inputs(job, data))
@@ -281,7 +281,7 @@ class JobManager:
                 "classes": data.classes,
                 "feature_names": data.feature_names,
                 "training_time_s": timings["fit_s"],
-                "timings": {"decode_s": round(job.decode_s, 4), "queued_s": round(job.started_at - job.created_at, 4), **timings},
+                "timings": {**{name: round(value, 4) for name, value in job.ingest_timings.items()}, "queued_s": round(job.started_at - job.created_at, 4), **timings},
                 "artifact": artifact.encoded(format),
             }
             self.store.insert_artifact(

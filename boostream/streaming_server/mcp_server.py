@@ -193,7 +193,7 @@ class McpEndpoint:
                 _decode_train_arguments, arguments, service.trainers, service.unavailable, service.settings.max_cells
             )
             decode_s = time.perf_counter() - started
-        return service.submit(spec, decode_s, str(ctx.request.base_url) if isinstance(ctx.request, Request) else "")
+        return service.submit(spec, {"decode_s": decode_s}, str(ctx.request.base_url) if isinstance(ctx.request, Request) else "")
 
     async def _follow(self, ctx: ServerRequestContext, job: Job) -> tuple[str, dict[str, Any]]:
         """Wait for the job's end, telling the caller its progress; its terminal event's type and data.
