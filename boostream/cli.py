@@ -348,7 +348,9 @@ def _model_file(trainer: Predictor, model: Any, format: str) -> bytes:
     import joblib
 
     buffer = io.BytesIO()
-    joblib.dump(model, buffer, compress=3)
+    from boostream.streaming_server.artifacts import JOBLIB_COMPRESS
+
+    joblib.dump(model, buffer, compress=JOBLIB_COMPRESS)
     return buffer.getvalue()
 
 

@@ -32,6 +32,9 @@ log = logging.getLogger("boostream.artifacts")
 
 FORMATS = ("joblib", "native")
 JOBLIB_MEDIA_TYPE = "application/octet-stream"
+# zlib level: for a 200-tree LightGBM model (0.60 MB as text), level 3 took 15 ms for 0.23 MB,
+# level 1 9 ms for 0.25 MB; this is on the path to every job's `complete` event.
+JOBLIB_COMPRESS = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +74,7 @@ class ArtifactStore:
     def save(self, model: Any, predictor: Predictor) -> Artifact:
         """Write both formats (runs in a training thread)."""
         buffer = io.BytesIO()
-        joblib.dump(model, buffer, compress=3)
+        joblib.dump(model, buffer, compress=JOBLIB_COMPRESS)
         contents = {"joblib": buffer.getvalue(), "native": predictor.to_native(model)}
         kinds = {"joblib": (JOBLIB_MEDIA_TYPE, "joblib"), "native": (predictor.native_media_type, predictor.native_extension)}
         artifact_id = uuid.uuid4().hex

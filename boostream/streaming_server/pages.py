@@ -2,8 +2,9 @@
 
 On a virtual machine whose free memory goes back to the host (virtio-balloon free page reporting,
 in 2 MiB blocks), memory that was freed a few seconds ago costs far more to use again in large
-blocks than in small pages. Measured on a 2-core VM of that kind, after 20 s idle (`bench/ingest.py`
-sees the same: each request follows a 20 s in-process fit):
+blocks than in small pages. Measured on a 2-core VM of that kind, after 20 s idle
+(`bench/fresh_memory.py`, docs/benchmarks.md section 10; `bench/ingest.py` sees the same, as each
+of its requests follows a 20 s in-process fit):
 - writing 420 MB to a file in 8 MiB `write()` calls took 1.1-1.3 s (0.09-0.12 s warm); in 256 KiB
   calls 0.12 s, cold or warm (the page cache takes large folios for large writes);
 - filling a fresh 400 MB numpy array took 0.86 s with numpy's default `madvise(MADV_HUGEPAGE)`
