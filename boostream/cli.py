@@ -347,9 +347,9 @@ def _model_file(trainer: Predictor, model: Any, format: str) -> bytes:
         return trainer.to_native(model)
     import joblib
 
-    buffer = io.BytesIO()
     from boostream.streaming_server.artifacts import JOBLIB_COMPRESS
 
+    buffer = io.BytesIO()
     joblib.dump(model, buffer, compress=JOBLIB_COMPRESS)
     return buffer.getvalue()
 

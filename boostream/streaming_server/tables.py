@@ -320,9 +320,7 @@ def _copy_column(into: np.ndarray, name: str, column: pa.ChunkedArray) -> None:
     for chunk in column.chunks:
         into[row : row + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
         row += len(chunk)
-    infinite = np.isinf(into)
-    if infinite.any():
-        raise InvalidData(name, f"column {name!r} is infinite in row {int(np.argmax(infinite))} (rows count from 0)")
+    _refuse_infinite(into[:, np.newaxis], [name], 0)
 
 
 def _copy_into(X: np.ndarray, row: int, column: int, names: Sequence[str], arrays: Sequence[pa.Array]) -> None:
@@ -334,12 +332,18 @@ def _copy_into(X: np.ndarray, row: int, column: int, names: Sequence[str], array
     batch = pa.RecordBatch.from_arrays(doubles, names=list(names))
     for start in range(0, batch.num_rows, COPY_BLOCK_ROWS):
         block = np.asarray(batch.slice(start, COPY_BLOCK_ROWS).to_tensor(row_major=False, null_to_nan=True))
-        infinite = np.isinf(block)
-        if infinite.any():
-            at_row, at_column = np.argwhere(infinite)[0]
-            name = names[at_column]
-            raise InvalidData(name, f"column {name!r} is infinite in row {row + start + int(at_row)} (rows count from 0)")
+        _refuse_infinite(block, names, row + start)
         X[row + start : row + start + len(block), column : column + len(names)] = block
+
+
+def _refuse_infinite(block: np.ndarray, names: Sequence[str], first_row: int) -> None:
+    """InvalidData naming the first infinite value of `block` (rows from `first_row` on, one column
+    per name) by its column and row."""
+    infinite = np.isinf(block)
+    if infinite.any():
+        at_row, at_column = np.argwhere(infinite)[0]
+        name = names[at_column]
+        raise InvalidData(name, f"column {name!r} is infinite in row {first_row + int(at_row)} (rows count from 0)")
 
 
 def _labels(column: pa.ChunkedArray, name: str) -> np.ndarray:

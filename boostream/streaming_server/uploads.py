@@ -105,18 +105,17 @@ async def _spool_body(request: Request, limit: int, directory: Path) -> BinaryIO
             received += len(chunk)
             if received > limit:
                 raise ApiError(413, "too_large", f"the body is more than the limit of {limit} bytes")
-            if filled + len(chunk) > WRITE_BATCH_BYTES:
-                if writing is not None:
-                    await writing
-                writing = loop.run_in_executor(None, write_all, file, memoryview(buffers[0])[:filled])
-                buffers.reverse()
-                filled = 0
-            if len(chunk) > WRITE_BATCH_BYTES:
-                await writing
-                await loop.run_in_executor(None, write_all, file, chunk)
-                continue
-            buffers[0][filled : filled + len(chunk)] = chunk
-            filled += len(chunk)
+            rest = memoryview(chunk)
+            while rest:
+                taken = min(len(rest), WRITE_BATCH_BYTES - filled)
+                buffers[0][filled : filled + taken] = rest[:taken]
+                filled, rest = filled + taken, rest[taken:]
+                if filled == WRITE_BATCH_BYTES:
+                    if writing is not None:
+                        await writing
+                    writing = loop.run_in_executor(None, write_all, file, buffers[0])
+                    buffers.reverse()
+                    filled = 0
         if writing is not None:
             await writing
         await loop.run_in_executor(None, write_all, file, memoryview(buffers[0])[:filled])
