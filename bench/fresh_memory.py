@@ -10,7 +10,9 @@ memory used again after a pause can cost far more than memory reused at once. Ea
 - writing `--mb` MB to a new temporary file in 8 MiB `write()` calls, and in 256 KiB calls
   (`pages.WRITE_SLICE_BYTES`, what the server uses for spooled uploads and saved inputs);
 - filling a fresh numpy array of `--mb` MB, with numpy's default `madvise(MADV_HUGEPAGE)` for large
-  arrays and without it (`pages.avoid_huge_pages`, what `boostream serve` does).
+  arrays and without it (`pages.avoid_huge_pages`, what `boostream serve` does);
+- filling an array whose memory is first mapped in one call (`madvise(MADV_POPULATE_WRITE)`, what
+  `pages.empty` does for fresh memory); Linux only.
 
 No target: the figures explain choices made in the server (docs/benchmarks.md, section 10).
 """
@@ -59,6 +61,16 @@ def fill_array(size: int, huge_pages: bool) -> float:
     return elapsed
 
 
+def fill_mapped(size: int) -> float:
+    started = time.perf_counter()
+    block = pages._mapped(size)
+    array = np.frombuffer(block, np.float64)
+    array.fill(1.0)
+    elapsed = time.perf_counter() - started
+    del array, block
+    return elapsed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=int, default=420, help="MB written or filled per case (default 420)")
@@ -75,6 +87,8 @@ def main() -> int:
         "array, huge pages (numpy's default)": lambda: fill_array(size, True),
         "array, no huge pages (boostream serve)": lambda: fill_array(size, False),
     }
+    if sys.platform.startswith("linux"):
+        cases["array, mapped in one call (pages.empty)"] = lambda: fill_mapped(size)
     with Watchdog(args.max_seconds):
         print(f"\n## {args.mb} MB per case; {args.idle_s:g} s idle before each 'after idle'")
         print(f"{'case':<42} {'repeat':>6} {'after idle s':>12} {'at once s':>10}")

@@ -42,6 +42,7 @@ _SERVE_OPTIONS = {
     "mcp_hosts": "hosts /mcp accepts besides loopback and the bound address, comma-separated",
     "mcp_origins": "browser origins /mcp accepts besides those hosts' pages (scheme://host[:port], :* for any port)",
     "model_cache_bytes": "memory for models kept loaded for /predict (by their native size)",
+    "keep_memory_s": "seconds a decoded table's memory is kept for the next table of about its size (0: not kept)",
     "max_body_bytes": "largest request body accepted",
     "max_cells": "largest table accepted, in rows x features",
     "heartbeat_s": "seconds between heartbeat comments on an idle stream",
@@ -195,9 +196,13 @@ def _serve(settings: Settings) -> int:
     import uvicorn
 
     from boostream.streaming_server.app import create_app
-    from boostream.streaming_server.pages import avoid_huge_pages
+    from boostream.streaming_server import pages
 
-    avoid_huge_pages()
+    pages.avoid_huge_pages()
+    try:
+        pages.keep_memory(settings.keep_memory_s)
+    except ValueError as error:
+        raise SystemExit(f"--keep-memory-s: {error}") from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     logging.getLogger("boostream").info("data directory: %s", settings.data_dir)

@@ -502,3 +502,9 @@ def test_the_help_documents_the_exit_codes(capsys):
     help_text = capsys.readouterr().out
     for code in ("0", "1", "2", "3", "4", "130"):
         assert re.search(rf"^  {code} +\S", help_text, re.MULTILINE), code
+
+
+def test_serve_refuses_a_negative_keep_memory_s_naming_it(tmp_path: Path):
+    done = boostream("serve", "--port", str(_free_port()), "--data-dir", str(tmp_path / "data"), "--keep-memory-s", "-1", timeout=60)
+    assert done.returncode == 1
+    assert "--keep-memory-s" in done.stderr and "0 or more" in done.stderr, done.stderr

@@ -1,8 +1,12 @@
-"""Large files written in slices, and a job's arrays saved as .npy files that np.load reads back."""
+"""Large files written in slices, a job's arrays saved as .npy files that np.load reads back, and
+large arrays whose memory is kept for the next one."""
 
 from __future__ import annotations
 
+import gc
 import io
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -53,3 +57,79 @@ def test_a_saved_array_loads_back_the_same(tmp_path, array):
 def test_an_array_of_objects_is_not_saved(tmp_path):
     with pytest.raises(ValueError, match="objects"):
         pages.save_array(tmp_path / "a.npy", np.array([{"a": 1}], dtype=object))
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mapped and kept on Linux only")
+ROWS = 4 * pages.MAPPED_MIN_BYTES // (8 * 10)  # a 10-column array of doubles, 4x the threshold
+
+
+@pytest.fixture()
+def nothing_kept(monkeypatch):
+    monkeypatch.setattr(pages, "_KEPT", pages._Kept())
+    return pages._KEPT
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_empty_gives_a_writable_array_of_the_shape_type_and_order_asked(order, nothing_kept):
+    for shape, dtype in [((ROWS, 10), np.float64), ((ROWS * 2, 10), np.float32), ((7, 3), np.float64)]:
+        array = pages.empty(shape, dtype, order=order)
+        assert array.shape == shape and array.dtype == dtype and array.flags.writeable
+        assert array.flags.f_contiguous if order == "F" else array.flags.c_contiguous
+        array[:] = np.arange(array.size, dtype=dtype).reshape(shape)
+        assert array[-1, -1] == array.size - 1
+
+
+@linux_only
+def test_the_memory_of_a_garbage_array_goes_to_the_next_of_about_its_size(nothing_kept):
+    first = pages.empty((ROWS, 10))
+    first[:] = 1.0
+    address = first.ctypes.data
+    column = first[:, 3]
+    del first
+    gc.collect()
+    assert len(nothing_kept) == 0, "kept while a view of the array could still read or write it"
+    other = pages.empty((ROWS, 10))
+    assert other.ctypes.data != address  # nor given out again
+    del column
+    assert len(nothing_kept) == 1
+    again = pages.empty((ROWS - 1000, 10), order="F")  # smaller, but more than half as large
+    assert again.ctypes.data == address and len(nothing_kept) == 0
+    assert again.shape == (ROWS - 1000, 10) and again.flags.f_contiguous
+
+
+@linux_only
+def test_a_kept_block_twice_too_large_or_too_small_is_let_go_for_a_fresh_one(nothing_kept):
+    block = pages.empty((ROWS, 10))
+    address = block.ctypes.data
+    del block
+    assert len(nothing_kept) == 1
+    small = pages.empty((ROWS // 3, 10))  # would leave two thirds of the block unused
+    assert small.ctypes.data != address and len(nothing_kept) == 0
+    del small
+    large = pages.empty((ROWS * 3, 10))
+    assert len(nothing_kept) == 0 and large.shape == (ROWS * 3, 10)
+
+
+@linux_only
+def test_kept_memory_is_let_go_after_keep_s_and_at_most_keep_most_blocks(nothing_kept, monkeypatch):
+    monkeypatch.setattr(pages, "KEEP_S", 0.2)
+    arrays = [pages.empty((ROWS, 10)) for _ in range(pages.KEEP_MOST + 2)]
+    del arrays
+    assert len(nothing_kept) == pages.KEEP_MOST
+    deadline = time.monotonic() + 10
+    while len(nothing_kept) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(nothing_kept) == 0
+
+
+@linux_only
+def test_keep_memory_0_keeps_nothing_and_lets_go_of_what_was_kept(nothing_kept, monkeypatch):
+    monkeypatch.setattr(pages, "KEEP_S", pages.KEEP_S)  # restored after the test
+    pages.empty((ROWS, 10))  # garbage at once
+    assert len(nothing_kept) == 1
+    pages.keep_memory(0)
+    assert len(nothing_kept) == 0
+    pages.empty((ROWS, 10))  # garbage at once
+    assert len(nothing_kept) == 0
+    with pytest.raises(ValueError, match="0 or more"):
+        pages.keep_memory(-1)

@@ -21,6 +21,7 @@ import numpy as np
 import orjson
 import simdjson
 
+from boostream.streaming_server import pages
 from boostream.streaming_server.errors import ApiError
 from boostream.trainers.base import OBJECTIVES, InvalidData, InvalidParameter, Trainer, TrainingData, validate_params
 
@@ -246,7 +247,7 @@ def _table_doubles(body: bytes | bytearray, start: int, length: int, field: str,
     rows = sum(body.count(b"[", at, min(at + ROW_BLOCK_BYTES, end)) for at in range(start, end, ROW_BLOCK_BYTES)) - 1
     if rows * width > max_cells:
         raise TooLarge(f"{field} has {rows} x {width} = {rows * width} values, more than the limit of {max_cells}")
-    table = np.empty((rows, width))
+    table = pages.empty((rows, width))
     parser = _parser()
     filled = 0
     for block_start, block_end in _row_blocks(body, first, _rows_end(body, start, end)):
