@@ -42,7 +42,7 @@ _SERVE_OPTIONS = {
     "mcp_hosts": "hosts /mcp accepts besides loopback and the bound address, comma-separated",
     "mcp_origins": "browser origins /mcp accepts besides those hosts' pages (scheme://host[:port], :* for any port)",
     "model_cache_bytes": "memory for models kept loaded for /predict (by their native size)",
-    "keep_memory_s": "seconds a decoded table's memory is kept for the next table of about its size (0: not kept)",
+    "keep_memory_s": "seconds the memory of a decoded table or JSON body is kept for the next of about its size (0: not kept)",
     "max_body_bytes": "largest request body accepted",
     "max_cells": "largest table accepted, in rows x features",
     "heartbeat_s": "seconds between heartbeat comments on an idle stream",

@@ -65,8 +65,56 @@ ROWS = 4 * pages.MAPPED_MIN_BYTES // (8 * 10)  # a 10-column array of doubles, 4
 
 @pytest.fixture()
 def nothing_kept(monkeypatch):
-    monkeypatch.setattr(pages, "_KEPT", pages._Kept())
+    monkeypatch.setattr(pages, "_KEPT", pages._Kept(len))
+    monkeypatch.setattr(pages, "_KEPT_BUFFERS", pages._Kept(lambda body: body.__alloc__() - 1))
     return pages._KEPT
+
+
+BODY = 3 * pages.MAPPED_MIN_BYTES
+
+
+def test_a_body_given_back_serves_the_next_body_of_about_its_size(nothing_kept):
+    body = pages.buffer(BODY)
+    assert len(body) == BODY and body == bytes(BODY)  # fresh: zeros
+    body[:] = b"a" * BODY
+    identity = id(body)
+    pages.give_back(body)
+    del body
+    smaller = pages.buffer(BODY - 1000)
+    assert id(smaller) == identity and len(smaller) == BODY - 1000
+    assert smaller[-1:] == b"a"  # the same memory, with its old bytes until written
+    pages.give_back(smaller)
+    del smaller
+    larger = pages.buffer(BODY - 10)  # grows again within its memory
+    assert id(larger) == identity and len(larger) == BODY - 10
+    larger[:] = b"b" * len(larger)
+    assert larger.count(b"b") == BODY - 10
+
+
+def test_a_body_still_held_or_viewed_is_not_kept(nothing_kept):
+    body = pages.buffer(BODY)
+    view = memoryview(body)[10:20]
+    pages.give_back(body)
+    assert len(pages._KEPT_BUFFERS) == 0
+    view.release()
+    alias = [body]
+    pages.give_back(body)
+    assert len(pages._KEPT_BUFFERS) == 0
+    alias.clear()
+    pages.give_back(body)
+    assert len(pages._KEPT_BUFFERS) == 1
+
+
+def test_small_or_far_larger_bodies_are_not_served_from_kept_ones(nothing_kept):
+    small = pages.buffer(pages.MAPPED_MIN_BYTES // 2)
+    pages.give_back(small)
+    assert len(pages._KEPT_BUFFERS) == 0
+    body = pages.buffer(BODY)
+    body[:] = b"a" * BODY
+    pages.give_back(body)
+    del body
+    assert pages.buffer(BODY // 3).count(0) == BODY // 3  # fresh zeros: the kept one would leave two thirds unused
+    assert len(pages._KEPT_BUFFERS) == 0
 
 
 @pytest.mark.parametrize("order", ["C", "F"])

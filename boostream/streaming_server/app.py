@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Route
 
 from boostream import __version__, dashboard
 from boostream.config import Settings
+from boostream.streaming_server import pages
 from boostream.streaming_server.artifacts import ArtifactStore
 from boostream.streaming_server.decoding import ARTIFACT_FORMATS, TrainSpec, decode_predict_request, decode_train_request
 from boostream.streaming_server.errors import ApiError, handle_api_error
@@ -208,6 +209,7 @@ class Service:
         async with self.ingest:
             body = await read_body(request, self.settings.max_body_bytes)
             parsed, X = await anyio.to_thread.run_sync(decode_predict_request, body, self.settings.max_cells)
+            pages.give_back(body)  # for the next body of about its size, if nothing holds it
             del body
         if parsed.artifact_id is not None:
             row = self.artifact_row(parsed.artifact_id)
@@ -301,6 +303,7 @@ class Service:
                 started = time.perf_counter()
                 spec = await anyio.to_thread.run_sync(decode_train_request, body, self.trainers, unavailable, settings.max_cells)
                 decoded = time.perf_counter()
+                pages.give_back(body)  # for the next body of about its size, if nothing holds it
                 del body
                 return spec, {"receive_s": started - arrived, "decode_s": decoded - started}
             from boostream.streaming_server.tables import decode_table_request  # pyarrow loads in ~0.3 s: only when used

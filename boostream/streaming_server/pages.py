@@ -21,6 +21,8 @@ fills whole (X, decoded from JSON or Parquet), maps them in one call (`MADV_POPU
 memory for KEEP_S seconds for the next array of about its size. A sweep that sends the same table
 again and again decodes it into memory already mapped: 1M x 50 from Parquet in 0.15-0.27 s
 instead of 0.8-1.3 s (`bench/ingest.py`, docs/benchmarks.md section 9).
+A JSON body's buffer is kept the same way (`buffer`, `give_back`): it is the largest fresh block
+of a JSON request.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import BinaryIO, Optional
+from typing import BinaryIO, Callable, Generic, Optional, TypeVar
 
 import numpy as np
 
@@ -44,6 +46,7 @@ MAPPED_MIN_BYTES = 4 << 20
 # blocks at most.
 KEEP_S = 60.0
 KEEP_MOST = 2
+Block = TypeVar("Block", mmap.mmap, bytearray)
 # Not in Python's mmap module before 3.13; the value is Linux's own.
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 
@@ -76,14 +79,56 @@ def empty(shape: tuple[int, ...], dtype: np.dtype | type = np.float64, order: st
     return owner.view(dtype).reshape(shape, order=order)
 
 
+def buffer(size: int) -> bytearray:
+    """bytearray(size), for a body about to be written whole: from MAPPED_MIN_BYTES on, one that
+    `give_back` kept, of between one and two times `size` (with its old bytes until written), when
+    there is one."""
+    kept = _KEPT_BUFFERS.take(size) if size >= MAPPED_MIN_BYTES else None
+    if kept is None:
+        return bytearray(size)
+    if size <= len(kept):
+        del kept[size:]  # in place: a bytearray keeps its memory when it shrinks by half at most
+    else:
+        kept.extend(bytes(size - len(kept)))  # within its memory, which holds at least `size`
+    return kept
+
+
+def give_back(body: bytearray) -> None:
+    """Keep `body` for `buffer`, if nothing but the caller holds it (no other reference, no view):
+    the caller must not use it afterwards."""
+    if len(body) < MAPPED_MIN_BYTES or _references(body) > _UNSHARED:
+        return
+    try:
+        last = body.pop()  # BufferError while a memoryview or an array still reads it
+    except BufferError:
+        return
+    body.append(last)  # both in place: within the memory the bytearray has
+    _KEPT_BUFFERS.keep(body)
+
+
+def _references(body: bytearray) -> int:
+    return sys.getrefcount(body)
+
+
+def _as_give_back_counts(body: bytearray) -> int:
+    return _references(body)  # from the same depth of calls as in give_back
+
+
+def _calibrated() -> int:
+    """What `_references` counts in give_back for an object that only give_back's caller holds."""
+    probe = bytearray()  # held by this frame alone
+    return _as_give_back_counts(probe)
+
+
 def keep_memory(seconds: float) -> None:
-    """How long `empty` keeps the memory of a garbage array (KEEP_S); 0 keeps none."""
+    """How long `empty` and `give_back` keep memory (KEEP_S); 0 keeps none."""
     global KEEP_S
     if seconds < 0:
         raise ValueError(f"keep_memory_s must be 0 or more, not {seconds}")
     KEEP_S = seconds
     if seconds == 0:
         _KEPT.expire()
+        _KEPT_BUFFERS.expire()
 
 
 def _mapped(size: int) -> mmap.mmap:
@@ -95,27 +140,29 @@ def _mapped(size: int) -> mmap.mmap:
     return mapping
 
 
-class _Kept:
-    """Blocks of memory from `empty` whose arrays are garbage: at most KEEP_MOST, each for KEEP_S
-    seconds. A block is unmapped when the last reference to it goes."""
+class _Kept(Generic[Block]):
+    """Blocks of memory that nothing uses any more (mappings from `empty`, bodies from
+    `give_back`): at most KEEP_MOST, each for KEEP_S seconds. `capacity` tells how many bytes a
+    block can hold. A block's memory goes when the last reference to it does."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: Callable[[Block], int]) -> None:
+        self._capacity = capacity
         self._lock = threading.Lock()
-        self._blocks: list[tuple[float, mmap.mmap]] = []  # (kept since, block), oldest first
+        self._blocks: list[tuple[float, Block]] = []  # (kept since, block), oldest first
 
-    def take(self, size: int) -> Optional[mmap.mmap]:
-        """The smallest kept block of `size` to 2 x `size` bytes; or None, and then every kept
-        block is let go first, so that the fresh one does not come on top of them."""
+    def take(self, size: int) -> Optional[Block]:
+        """The smallest kept block that holds `size` to 2 x `size` bytes; or None, and then every
+        kept block is let go first, so that the fresh one does not come on top of them."""
         with self._lock:
-            fitting = [entry for entry in self._blocks if size <= len(entry[1]) <= 2 * size]
+            fitting = [entry for entry in self._blocks if size <= self._capacity(entry[1]) <= 2 * size]
             if fitting:
-                entry = min(fitting, key=lambda entry: len(entry[1]))
+                entry = min(fitting, key=lambda entry: self._capacity(entry[1]))
                 self._blocks.remove(entry)
                 return entry[1]
             self._blocks.clear()
             return None
 
-    def keep(self, block: mmap.mmap) -> None:
+    def keep(self, block: Block) -> None:
         if KEEP_S <= 0:
             return
         with self._lock:
@@ -138,7 +185,9 @@ class _Kept:
         return len(self._blocks)
 
 
-_KEPT = _Kept()
+_KEPT: _Kept[mmap.mmap] = _Kept(len)
+_KEPT_BUFFERS: _Kept[bytearray] = _Kept(lambda body: body.__alloc__() - 1)  # less its trailing NUL
+_UNSHARED = _calibrated()
 
 
 def save_array(path: Path, array: np.ndarray) -> None:

@@ -21,6 +21,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from boostream.streaming_server.errors import ApiError
+from boostream.streaming_server import pages
 from boostream.streaming_server.pages import write_all
 
 TABLE_TYPES = {
@@ -60,8 +61,9 @@ async def read_body(request: Request, limit: int) -> bytearray:
     With a Content-Length the buffer is allocated once: growing it chunk by chunk cost seconds per GB."""
     declared = declared_length(request, limit)
     if declared is not None:
-        # Zero-filling fresh memory takes about 0.5 s per GB here: not on the event loop.
-        body = bytearray(declared) if declared < LOOP_ALLOCATION_BYTES else await anyio.to_thread.run_sync(bytearray, declared)
+        # Zero-filling fresh memory takes about 0.5 s per GB here: not on the event loop. A body
+        # that the caller gives back (pages.give_back) may serve again.
+        body = bytearray(declared) if declared < LOOP_ALLOCATION_BYTES else await anyio.to_thread.run_sync(pages.buffer, declared)
         view, filled = memoryview(body), 0
         async for chunk in request.stream():
             if filled + len(chunk) > len(body):
