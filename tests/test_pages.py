@@ -6,9 +6,11 @@ from __future__ import annotations
 import gc
 import io
 import sys
+import threading
 import time
 
 import numpy as np
+import orjson
 import pytest
 
 from boostream.streaming_server import pages
@@ -181,3 +183,47 @@ def test_keep_memory_0_keeps_nothing_and_lets_go_of_what_was_kept(nothing_kept, 
     assert len(nothing_kept) == 0
     with pytest.raises(ValueError, match="0 or more"):
         pages.keep_memory(-1)
+
+
+@linux_only
+def test_an_array_freed_by_the_garbage_collector_while_the_keeper_is_busy_does_not_hang_it(nothing_kept):
+    # Finalizers run wherever the collector does: here, inside the keeper's own lock.
+    class Cycle:
+        pass
+
+    cycle = Cycle()
+    cycle.me, cycle.array = cycle, pages.empty((ROWS, 10))
+    del cycle
+
+    def collect_inside_the_lock():
+        with nothing_kept._lock:
+            gc.collect()
+
+    thread = threading.Thread(target=collect_inside_the_lock, daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "the keeper deadlocked on its own lock"
+    assert len(nothing_kept) == 1
+    assert pages.empty((ROWS, 10)) is not None and len(nothing_kept) == 0
+
+
+@linux_only
+def test_many_kept_blocks_share_one_timer_thread(nothing_kept):
+    before = threading.active_count()
+    arrays = [pages.empty((ROWS, 10)) for _ in range(10)]
+    del arrays  # ten blocks kept at once, the oldest let go beyond KEEP_MOST
+    assert threading.active_count() <= before + 1
+    assert len(nothing_kept) == pages.KEEP_MOST
+
+
+def test_a_predict_body_is_free_to_serve_again_once_decoded(nothing_kept):
+    from boostream.streaming_server.decoding import decode_predict_request
+
+    rows = np.random.default_rng(0).random((60_000, 10))
+    body = bytearray(orjson.dumps({"artifact_id": "a", "X": rows.tolist()}))
+    assert len(body) >= pages.MAPPED_MIN_BYTES
+    _, X = decode_predict_request(body, 10**9)
+    np.testing.assert_array_equal(X, rows)
+    pages.give_back(body)
+    del body
+    assert len(pages._KEPT_BUFFERS) == 1

@@ -336,6 +336,7 @@ class Service:
 def create_app(settings: Settings) -> Starlette:
     from boostream.streaming_server.mcp_server import McpEndpoint  # it imports this module
 
+    pages.keep_memory(settings.keep_memory_s)  # process-wide, as the memory it governs
     service = Service(settings)
     mcp = McpEndpoint(service, settings.allowed_mcp_hosts, settings.allowed_mcp_origins)
 

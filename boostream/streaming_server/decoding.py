@@ -141,11 +141,13 @@ def decode_predict_request(body: bytes | bytearray, max_cells: int) -> tuple[Pre
     if request.output not in ("value", "proba"):
         raise ApiError(422, "invalid_parameter", f"output must be 'value' or 'proba', got {request.output!r}", "output")
     try:
-        return request, _matrix(request.X, "X", body, max_cells)
+        X = _matrix(request.X, "X", body, max_cells)  # a copy, never a view of the body
     except InvalidData as error:
         raise ApiError(400, "invalid_data", error.message, error.field) from None
     except TooLarge as error:
         raise ApiError(413, "too_large", str(error)) from None
+    # Without the raw X, which holds the body: the body may then serve again (pages.give_back).
+    return msgspec.structs.replace(request, X=msgspec.Raw()), X
 
 
 def _decode_json(body: bytes | bytearray, shape: type[msgspec.Struct]) -> Any:

@@ -27,8 +27,10 @@ of a JSON request.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
+import queue
 import sys
 import threading
 import time
@@ -42,10 +44,11 @@ import numpy as np
 WRITE_SLICE_BYTES = 256 << 10
 # Arrays from this size on are mapped by `empty` itself; smaller ones come from numpy's allocator.
 MAPPED_MIN_BYTES = 4 << 20
-# How long the memory of an array from `empty` is kept once the array is garbage, and how many such
-# blocks at most.
+# How long the memory of an array from `empty` (or a body given back) is kept once nothing uses it,
+# how many such blocks of each kind at most, and how much larger than asked one may be to serve.
 KEEP_S = 60.0
 KEEP_MOST = 2
+KEEP_FIT = 1.25
 Block = TypeVar("Block", mmap.mmap, bytearray)
 # Not in Python's mmap module before 3.13; the value is Linux's own.
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
@@ -64,7 +67,7 @@ def write_all(file: BinaryIO, data: bytes | bytearray | memoryview) -> None:
 def empty(shape: tuple[int, ...], dtype: np.dtype | type = np.float64, order: str = "C") -> np.ndarray:
     """np.empty(shape, dtype, order), for an array about to be written whole: from MAPPED_MIN_BYTES
     on, on Linux, in memory that is mapped at once, either kept from an earlier array of between
-    one and two times its size (with that array's values until written) or fresh. Elsewhere, or
+    one and KEEP_FIT (1.25) times its size (with that array's values until written) or fresh. Elsewhere, or
     for smaller arrays, plain np.empty."""
     dtype = np.dtype(dtype)
     size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -81,21 +84,22 @@ def empty(shape: tuple[int, ...], dtype: np.dtype | type = np.float64, order: st
 
 def buffer(size: int) -> bytearray:
     """bytearray(size), for a body about to be written whole: from MAPPED_MIN_BYTES on, one that
-    `give_back` kept, of between one and two times `size` (with its old bytes until written), when
+    `give_back` kept, of between one and KEEP_FIT times `size` (with its old bytes until written), when
     there is one."""
     kept = _KEPT_BUFFERS.take(size) if size >= MAPPED_MIN_BYTES else None
     if kept is None:
         return bytearray(size)
     if size <= len(kept):
-        del kept[size:]  # in place: a bytearray keeps its memory when it shrinks by half at most
+        del kept[size:]  # in place: a bytearray keeps its memory when it shrinks by less than half
     else:
         kept.extend(bytes(size - len(kept)))  # within its memory, which holds at least `size`
     return kept
 
 
 def give_back(body: bytearray) -> None:
-    """Keep `body` for `buffer`, if nothing but the caller holds it (no other reference, no view):
-    the caller must not use it afterwards."""
+    """Keep `body` for `buffer`, if nothing but the caller holds it, and in one place: call it as
+    `give_back(name)` and then `del name`. Not kept while another reference or a view (memoryview,
+    array, msgspec.Raw) of it is left."""
     if len(body) < MAPPED_MIN_BYTES or _references(body) > _UNSHARED:
         return
     try:
@@ -123,8 +127,8 @@ def _calibrated() -> int:
 def keep_memory(seconds: float) -> None:
     """How long `empty` and `give_back` keep memory (KEEP_S); 0 keeps none."""
     global KEEP_S
-    if seconds < 0:
-        raise ValueError(f"keep_memory_s must be 0 or more, not {seconds}")
+    if not 0 <= seconds < 1e9:  # not NaN or infinity either: kept blocks must go some day
+        raise ValueError(f"keep_memory_s must be 0 or more (in seconds), not {seconds}")
     KEEP_S = seconds
     if seconds == 0:
         _KEPT.expire()
@@ -133,56 +137,111 @@ def keep_memory(seconds: float) -> None:
 
 def _mapped(size: int) -> mmap.mmap:
     mapping = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
-        mapping.madvise(MADV_POPULATE_WRITE)
-    except OSError:
-        pass  # an older kernel (EINVAL): the pages are faulted in as they are written
+    if _madvise is not None:
+        # Through ctypes, which lets go of the GIL (mmap.madvise holds it: up to 1 s for 400 MB in
+        # the server, with the event loop stopped). An older kernel refuses (EINVAL): then the pages
+        # are faulted in as they are written.
+        address = np.frombuffer(mapping, np.uint8).ctypes.data  # the array goes at once: no export left
+        _madvise(ctypes.c_void_p(address), ctypes.c_size_t(size), MADV_POPULATE_WRITE)
     return mapping
+
+
+def _libc_madvise() -> Optional[Callable[..., int]]:
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    madvise.restype = ctypes.c_int
+    return madvise
+
+
+_madvise = _libc_madvise() if sys.platform.startswith("linux") else None
 
 
 class _Kept(Generic[Block]):
     """Blocks of memory that nothing uses any more (mappings from `empty`, bodies from
     `give_back`): at most KEEP_MOST, each for KEEP_S seconds. `capacity` tells how many bytes a
-    block can hold. A block's memory goes when the last reference to it does."""
+    block can hold. A block's memory goes when the last reference to it does.
+
+    `keep` runs in finalizers, which the garbage collector may call in any thread at any
+    allocation, even in this class while it holds its lock: so `keep` takes no lock, and only
+    queues the block (SimpleQueue.put is safe there); the others take the queued blocks in under
+    the lock. Blocks let go are dropped after the lock is released (unmapping takes time). One
+    timer at a time lets blocks go once they are KEEP_S old."""
 
     def __init__(self, capacity: Callable[[Block], int]) -> None:
         self._capacity = capacity
         self._lock = threading.Lock()
+        self._arriving: queue.SimpleQueue[tuple[float, Block]] = queue.SimpleQueue()
         self._blocks: list[tuple[float, Block]] = []  # (kept since, block), oldest first
+        self._timer: Optional[threading.Timer] = None
 
     def take(self, size: int) -> Optional[Block]:
-        """The smallest kept block that holds `size` to 2 x `size` bytes; or None, and then every
-        kept block is let go first, so that the fresh one does not come on top of them."""
+        """The smallest kept block that holds `size` to KEEP_FIT x `size` bytes; or None, and then
+        every kept block is let go first, so that the fresh one does not come on top of them."""
         with self._lock:
-            fitting = [entry for entry in self._blocks if size <= self._capacity(entry[1]) <= 2 * size]
+            self._take_in()
+            fitting = [entry for entry in self._blocks if size <= self._capacity(entry[1]) <= KEEP_FIT * size]
             if fitting:
                 entry = min(fitting, key=lambda entry: self._capacity(entry[1]))
                 self._blocks.remove(entry)
-                return entry[1]
-            self._blocks.clear()
-            return None
+                taken: Optional[Block] = entry[1]
+            else:
+                taken, dropped, self._blocks = None, self._blocks, []
+        dropped = None  # unmapped here, outside the lock
+        self._arm()  # for a block a finalizer queued while the lock was held
+        return taken
 
     def keep(self, block: Block) -> None:
-        if KEEP_S <= 0:
-            return
-        with self._lock:
-            self._blocks.append((time.monotonic(), block))
-            del self._blocks[:-KEEP_MOST]
-        timer = threading.Timer(KEEP_S, self.expire)
-        timer.daemon = True
-        try:
-            timer.start()
-        except RuntimeError:  # the interpreter is shutting down
-            pass
+        if KEEP_S > 0:
+            self._arriving.put((time.monotonic(), block))
+            self._arm()
 
     def expire(self) -> None:
-        """Let go of the blocks kept for KEEP_S seconds or more."""
+        """Let go of the blocks kept for KEEP_S seconds or more; wait for the next one to be."""
         now = time.monotonic()
         with self._lock:
+            self._take_in()
+            self._timer = None
+            dropped = [entry for entry in self._blocks if now - entry[0] >= KEEP_S - 0.01]
             self._blocks = [entry for entry in self._blocks if now - entry[0] < KEEP_S - 0.01]
+        del dropped
+        self._arm()
+
+    def _take_in(self) -> None:
+        """Move queued blocks into the list, the oldest let go beyond KEEP_MOST; under the lock."""
+        while not self._arriving.empty():
+            self._blocks.append(self._arriving.get_nowait())
+        if KEEP_S <= 0 or KEEP_MOST <= 0:
+            self._blocks.clear()
+        elif len(self._blocks) > KEEP_MOST:
+            del self._blocks[: len(self._blocks) - KEEP_MOST]
+
+    def _arm(self) -> None:
+        """Start the timer, unless one is waiting, for when the oldest block is KEEP_S old. Not in
+        a finalizer's thread if the lock is taken: the timer that waits will see to it."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            self._take_in()
+            if self._timer is not None or not self._blocks:
+                return
+            oldest = self._blocks[0][0]
+            timer = threading.Timer(max(0.0, oldest + KEEP_S - time.monotonic()), self.expire)
+            timer.daemon = True
+            try:
+                timer.start()
+            except RuntimeError:  # the interpreter is shutting down
+                return
+            self._timer = timer
+        finally:
+            self._lock.release()
 
     def __len__(self) -> int:
-        return len(self._blocks)
+        with self._lock:
+            self._take_in()
+            return len(self._blocks)
 
 
 _KEPT: _Kept[mmap.mmap] = _Kept(len)

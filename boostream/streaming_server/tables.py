@@ -322,6 +322,8 @@ def _copy_column(into: np.ndarray, name: str, column: pa.ChunkedArray) -> None:
     for chunk in column.chunks:
         into[row : row + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
         row += len(chunk)
+    if row != len(into):  # X may hold an earlier table's values (pages.empty): every row is written
+        raise InvalidData(name, f"column {name!r} has {row} values where the file's metadata says {len(into)} rows")
     _refuse_infinite(into[:, np.newaxis], [name], 0)
 
 
