@@ -120,6 +120,7 @@ class Service:
                 "backends": {name: _availability_fields(a, self.trainers[name].device) for name, a in self.availability.items()},
                 "gpu": gpu.device_name if gpu and gpu.available else None,
                 "queue": self.jobs.counts(),
+                "memory": pages.kept_memory(),
             }
         )
 

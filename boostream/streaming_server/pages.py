@@ -135,6 +135,12 @@ def keep_memory(seconds: float) -> None:
         _KEPT_BUFFERS.expire()
 
 
+def kept_memory() -> dict[str, float | int]:
+    """What is kept for reuse now: for /health."""
+    arrays, bodies = _KEPT.usage(), _KEPT_BUFFERS.usage()
+    return {"keep_s": KEEP_S, "kept_blocks": arrays[0] + bodies[0], "kept_bytes": arrays[1] + bodies[1]}
+
+
 def _mapped(size: int) -> mmap.mmap:
     mapping = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if _madvise is not None:
@@ -239,9 +245,13 @@ class _Kept(Generic[Block]):
             self._lock.release()
 
     def __len__(self) -> int:
+        return self.usage()[0]
+
+    def usage(self) -> tuple[int, int]:
+        """How many blocks are kept, and how many bytes they hold."""
         with self._lock:
             self._take_in()
-            return len(self._blocks)
+            return len(self._blocks), sum(self._capacity(block) for _, block in self._blocks)
 
 
 _KEPT: _Kept[mmap.mmap] = _Kept(len)
