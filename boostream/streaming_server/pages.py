@@ -186,16 +186,18 @@ class _Kept(Generic[Block]):
     def take(self, size: int) -> Optional[Block]:
         """The smallest kept block that holds `size` to KEEP_FIT x `size` bytes; or None, and then
         every kept block is let go first, so that the fresh one does not come on top of them."""
+        taken: Optional[Block] = None
+        dropped: list[tuple[float, Block]] = []
         with self._lock:
             self._take_in()
             fitting = [entry for entry in self._blocks if size <= self._capacity(entry[1]) <= KEEP_FIT * size]
             if fitting:
                 entry = min(fitting, key=lambda entry: self._capacity(entry[1]))
                 self._blocks.remove(entry)
-                taken: Optional[Block] = entry[1]
+                taken = entry[1]
             else:
-                taken, dropped, self._blocks = None, self._blocks, []
-        dropped = None  # unmapped here, outside the lock
+                dropped, self._blocks = self._blocks, []
+        del dropped  # unmapped here, outside the lock
         self._arm()  # for a block a finalizer queued while the lock was held
         return taken
 

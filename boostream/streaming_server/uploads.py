@@ -20,9 +20,8 @@ import anyio
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from boostream.streaming_server.errors import ApiError
 from boostream.streaming_server import pages
-from boostream.streaming_server.pages import write_all
+from boostream.streaming_server.errors import ApiError
 
 TABLE_TYPES = {
     "text/csv": "csv",
@@ -115,12 +114,12 @@ async def _spool_body(request: Request, limit: int, directory: Path) -> BinaryIO
                 if filled == WRITE_BATCH_BYTES:
                     if writing is not None:
                         await writing
-                    writing = loop.run_in_executor(None, write_all, file, buffers[0])
+                    writing = loop.run_in_executor(None, pages.write_all, file, buffers[0])
                     buffers.reverse()
                     filled = 0
         if writing is not None:
             await writing
-        await loop.run_in_executor(None, write_all, file, memoryview(buffers[0])[:filled])
+        await loop.run_in_executor(None, pages.write_all, file, memoryview(buffers[0])[:filled])
         file.seek(0)
     except BaseException:
         if writing is not None:
