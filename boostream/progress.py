@@ -6,6 +6,11 @@ loop is busy or a round is throttled, a newer round replaces the older one, so m
 with a slow consumer. The first round and the last round are always delivered; in between at most
 one round per `interval_s`, each delivered as soon as it is reported. No iteration is delivered
 twice.
+
+Throttling never costs the curve: each delivered round carries the metrics of every round reported
+since the previous delivery (`Progress.rounds`), so a client that wants every round gets every
+round without more deliveries. What waits is one small record of metrics per round, at most the
+job's own curve.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import dataclasses
 import math
 import threading
 import time
-from typing import Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,10 +32,23 @@ class Progress:
     metrics: dict[str, Optional[float]]
     # Wall-clock time at which the round finished, so clients can measure delivery latency.
     ts: float
+    # The metrics of every round since the previous delivery, oldest first; the last is `metrics`.
+    rounds: tuple[Mapping[str, Optional[float]], ...] = ()
 
     @property
     def percent(self) -> float:
         return round(100.0 * self.iteration / self.total, 2) if self.total else 100.0
+
+    @property
+    def history(self) -> dict[str, Any]:
+        return metric_history(self.iteration - len(self.rounds) + 1, self.rounds)
+
+
+def metric_history(first: int, rounds: Sequence[Mapping[str, Optional[float]]]) -> dict[str, Any]:
+    """Rounds `first`, `first + 1`, ... as one list of values per metric (`null` where a round has
+    no value): the shape of a `progress` event's `history` and of a `complete` event's `curve`."""
+    names = list(dict.fromkeys(name for metrics in rounds for name in metrics))
+    return {"first": first, "metrics": {name: [metrics.get(name) for metrics in rounds] for name in names}}
 
 
 def finite_or_none(value: float) -> Optional[float]:
@@ -58,6 +76,7 @@ class ProgressBridge:
         # Guarded by _lock: written by the training thread, taken by the loop.
         self._first: Optional[Progress] = None
         self._latest: Optional[Progress] = None
+        self._undelivered: list[Progress] = []  # every round reported since the last delivery
         self._wakeup_pending = False
         # Loop side only.
         self._closed = False
@@ -89,6 +108,7 @@ class ProgressBridge:
             if self._latest is None:
                 self._first = progress
             self._latest = progress
+            self._undelivered.append(progress)
             if self._wakeup_pending:
                 return
             self._wakeup_pending = True
@@ -135,6 +155,11 @@ class ProgressBridge:
     def _deliver_once(self, progress: Optional[Progress]) -> None:
         if self._closed or progress is None or progress.iteration <= self._delivered:
             return
+        with self._lock:
+            # Rounds are reported in order, so what this delivery covers is a prefix.
+            covered = next((i for i, earlier in enumerate(self._undelivered) if earlier.iteration > progress.iteration), len(self._undelivered))
+            rounds = tuple(earlier.metrics for earlier in self._undelivered[:covered])
+            del self._undelivered[:covered]
         self._delivered = progress.iteration
         self._next_allowed = time.monotonic() + self._interval_s
-        self._deliver(progress)
+        self._deliver(dataclasses.replace(progress, rounds=rounds))

@@ -6,7 +6,9 @@ import asyncio
 import threading
 import time
 
-from boostream.progress import ProgressBridge
+import pytest
+
+from boostream.progress import ProgressBridge, metric_history
 
 
 def run_training(rounds: int, total: int, interval_s: float, deliver_delay_s: float = 0.0, round_s: float = 0.0):
@@ -59,6 +61,26 @@ def test_an_early_stop_still_delivers_its_last_round():
     assert [p.iteration for _, p in delivered] == [1, 37]
     last = delivered[-1][1]
     assert last.total == 500 and last.percent == 7.4 and last.metrics == {"train_l2": 1.0 / 37}
+
+
+@pytest.mark.parametrize("deliver_delay_s", [0.0, 0.01])
+def test_throttled_rounds_reach_the_consumer_in_the_history_of_the_next_delivery(deliver_delay_s):
+    delivered = run_training(rounds=3000, total=3000, interval_s=0.02, deliver_delay_s=deliver_delay_s)
+    progresses = [p for _, p in delivered]
+    assert len(progresses) < 300, "still throttled"
+    covered = []
+    for progress in progresses:
+        history = progress.history
+        rounds = len(history["metrics"]["train_l2"])
+        assert history["first"] == progress.iteration - rounds + 1
+        assert history["metrics"]["train_l2"][-1] == progress.metrics["train_l2"]
+        covered += [(history["first"] + k, value) for k, value in enumerate(history["metrics"]["train_l2"])]
+    assert covered == [(i, 1.0 / i) for i in range(1, 3001)], "every round once, in order, with its own metrics"
+
+
+def test_metric_history_is_one_column_per_metric_with_null_where_a_round_has_none():
+    rounds = [{"train_l2": 3.0}, {"train_l2": 2.0, "valid_l2": 5.0}]
+    assert metric_history(4, rounds) == {"first": 4, "metrics": {"train_l2": [3.0, 2.0], "valid_l2": [None, 5.0]}}
 
 
 def test_progress_carries_elapsed_and_eta():

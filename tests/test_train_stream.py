@@ -38,7 +38,24 @@ def check_stream(events: list[SseEvent], n_estimators: int) -> SseEvent:
         assert e.data["percent"] == pytest.approx(100 * e.data["iteration"] / n_estimators, abs=0.01)
         assert e.data["elapsed_s"] >= 0 and e.data["eta_s"] >= 0
         assert e.data["metrics"] and all(isinstance(v, float) for v in e.data["metrics"].values())
+    # Throttled or not, the events' histories hold every round once, and add up to the curve.
+    curve = streamed_curve(events)
+    assert curve == complete.data["curve"]["metrics"] and complete.data["curve"]["first"] == 1
+    assert all(len(values) == complete.data["iterations"] for values in curve.values())
     return complete
+
+
+def streamed_curve(events: list[SseEvent]) -> dict[str, list]:
+    """Every round's metrics, put together from the `history` of each `progress` event."""
+    curve: dict[str, list] = {}
+    for event in events:
+        if event.event == "progress":
+            history = event.data["history"]
+            for name, values in history["metrics"].items():
+                assert len(curve.setdefault(name, [])) == history["first"] - 1, "no gap, no round twice"
+                curve[name] += values
+                assert values[-1] == event.data["metrics"][name]
+    return curve
 
 
 def load_artifact(complete: SseEvent):
@@ -129,10 +146,10 @@ def test_early_stopping_ends_training_and_keeps_the_best_round(server: Server, o
     assert best == iterations - 5
     booster = load_artifact(complete)
     assert booster.best_iteration == best
-    # The final metrics are those of the best round, which the stream reported (unless throttled away).
-    reported = {e.data["iteration"]: e.data["metrics"] for e in events if e.event == "progress"}
-    if best in reported:
-        assert complete.data["metrics"] == reported[best]
+    # The final metrics are those of the best round, as the stream reported it, not of the last one.
+    curve = streamed_curve(events)
+    assert complete.data["metrics"] == {name: values[best - 1] for name, values in curve.items()}
+    assert complete.data["metrics"] != {name: values[-1] for name, values in curve.items()}
 
 
 def test_nan_free_json_even_when_a_metric_is_not_finite(server: Server):
@@ -151,6 +168,24 @@ def test_many_rounds_are_throttled_to_about_ten_events_a_second(server: Server, 
     progress = [e for e in events if e.event == "progress"]
     assert complete.data["iterations"] == 3000
     assert len(progress) <= elapsed * 10 + 3
+
+
+def test_a_300_round_job_streams_every_round_of_its_curve_in_few_events(server: Server, diabetes):
+    X, y, Xv, yv = split(*diabetes, 100)
+    events = server.train({"X": X.tolist(), "y": y.tolist(), "X_valid": Xv.tolist(), "y_valid": yv.tolist(),
+                           "params": {"n_estimators": 300, "learning_rate": 0.05}})
+    complete = check_stream(events, 300)
+    assert len([e for e in events if e.event == "progress"]) < 300
+    curve = streamed_curve(events)
+    assert set(curve) == {"train_l2", "valid_l2"} and len(curve["valid_l2"]) == 300
+    # Each round's value is the model's own at that round: recompute some from the artifact.
+    booster = load_artifact(complete)
+    for rounds in (1, 7, 150, 300):
+        assert curve["valid_l2"][rounds - 1] == pytest.approx(np.mean((booster.predict(Xv, num_iteration=rounds) - yv) ** 2), rel=1e-6)
+        assert curve["train_l2"][rounds - 1] == pytest.approx(np.mean((booster.predict(X, num_iteration=rounds) - y) ** 2), rel=1e-6)
+    with server.client() as client:
+        result = client.get(f"/jobs/{complete.data['job_id']}/result").json()
+    assert result["curve"]["metrics"] == curve
 
 
 def test_two_jobs_train_at_once_and_both_complete(server: Server, diabetes):

@@ -178,6 +178,7 @@ class Job:
             "elapsed_s": progress.elapsed_s,
             "eta_s": progress.eta_s,
             "metrics": progress.metrics,
+            "history": progress.history,
             "ts": progress.ts,
         }
         self.eta_s = progress.eta_s

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Mapping, Optional
 
-from boostream.progress import ProgressBridge
+from boostream.progress import ProgressBridge, metric_history
 from boostream.streaming_server import inputs
 from boostream.streaming_server.artifacts import ArtifactStore
 from boostream.streaming_server.errors import ApiError
@@ -278,6 +278,7 @@ class JobManager:
                 "iterations": result.iterations,
                 "best_iteration": result.best_iteration,
                 "metrics": result.metrics,
+                "curve": metric_history(1, result.curve),
                 "classes": data.classes,
                 "feature_names": data.feature_names,
                 "training_time_s": timings["fit_s"],

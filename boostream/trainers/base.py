@@ -129,6 +129,7 @@ class FitResult:
     best_iteration: int
     metrics: dict[str, Optional[float]]
     cancelled: bool = False
+    curve: list[dict[str, Optional[float]]] = dataclasses.field(default_factory=list)  # every round's metrics, in order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +143,8 @@ class Reporter(Protocol):
     @property
     def cancelled(self) -> bool: ...
 
-    def report(self, iteration: int, metrics: Mapping[str, Optional[float]]) -> None: ...
+    def report(self, iteration: int, metrics: Mapping[str, Optional[float]]) -> None:
+        """Called once per round, in order from round 1."""
 
 
 class Trainer(Protocol):

@@ -91,7 +91,7 @@ class LightGBMTrainer:
         )
         best_iteration, metrics = history.final(early_stopped=stop.early_stopped)
         booster.best_iteration = best_iteration
-        return FitResult(booster, len(history.rounds), best_iteration, metrics, cancelled=stop.cancelled)
+        return FitResult(booster, len(history.rounds), best_iteration, metrics, cancelled=stop.cancelled, curve=history.rounds)
 
 
     # Prediction

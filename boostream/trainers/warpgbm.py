@@ -107,7 +107,7 @@ class WarpGBMTrainer:
             hook.release()
             del model
             torch.cuda.empty_cache()
-        return FitResult(forest, len(hook.history.rounds), best_iteration, metrics, cancelled=reporter.cancelled)
+        return FitResult(forest, len(hook.history.rounds), best_iteration, metrics, cancelled=reporter.cancelled, curve=hook.history.rounds)
 
     # Prediction: a Forest, numpy only, on the CPU.
 
