@@ -115,6 +115,53 @@ def test_a_signed_joblib_artifact_handed_back_predicts(server: Server, trained, 
     np.testing.assert_allclose(answer["predictions"], booster_of(complete).predict(diabetes[0][:5]), rtol=1e-12)
 
 
+def handed_back(complete: dict, format: str) -> dict:
+    """The model as a client hands it back to /predict: `artifact_id`, or the file in one format."""
+    if format == "artifact_id":
+        return {"artifact_id": complete["artifact_id"]}
+    fields = {"artifact": complete["artifact"], "artifact_format": format}
+    return {**fields, "signature": complete["signature"]} if format == "joblib" else fields
+
+
+def with_native_artifact(server: Server, complete: dict) -> dict:
+    with server.client() as client:
+        native = client.get(f"/artifacts/{complete['artifact_id']}", params={"format": "native"}).content
+    return {**complete, "artifact": base64.b64encode(native).decode(), "format": "native"}
+
+
+@pytest.mark.parametrize("format", ["artifact_id", "joblib", "native"])
+@pytest.mark.parametrize("objective, labels", [("binary", ["no", "yes"]), ("multiclass", ["a=1", "b\nline", "c"]), ("binary", [-1.5, 3])])
+def test_a_lightgbm_models_class_labels_survive_every_way_back(server: Server, breast_cancer, objective, labels, format):
+    X, y = breast_cancer
+    y = np.array(labels, dtype=object)[(y + (X[:, 0] > 15)) % len(labels)]
+    complete = server.train({"objective": objective, "X": X.tolist(), "y": y.tolist(), "params": {"n_estimators": 10}})[-1].data
+    assert complete["classes"] == sorted(labels)
+    if format == "native":
+        complete = with_native_artifact(server, complete)
+    answer = predict(server, **handed_back(complete, format), X=X[:40].tolist())
+    assert answer["classes"] == complete["classes"]
+    assert set(answer["predictions"]) <= set(labels) and len(set(answer["predictions"])) > 1
+    assert answer["predictions"] == predict(server, artifact_id=complete["artifact_id"], X=X[:40].tolist())["predictions"]
+
+
+def test_a_joblib_lightgbm_model_knows_its_labels_and_its_text_model_loads_anywhere(server: Server, iris):
+    complete = server.train({"objective": "multiclass", "X": iris[0].tolist(), "y": iris[1].tolist(), "params": {"n_estimators": 5}})[-1].data
+    assert booster_of(complete).classes_ == ["setosa", "versicolor", "virginica"]
+    text = base64.b64decode(with_native_artifact(server, complete)["artifact"]).decode()
+    assert 'boostream_classes:["setosa","versicolor","virginica"]' in text
+    plain = lightgbm.Booster(model_str=text)  # LightGBM itself reads the file as it is
+    np.testing.assert_allclose(plain.predict(iris[0]), booster_of(complete).predict(iris[0]), rtol=1e-12)
+
+
+def test_a_native_lightgbm_model_with_bad_labels_is_refused(server: Server, iris):
+    complete = server.train({"objective": "multiclass", "X": iris[0].tolist(), "y": iris[1].tolist(), "params": {"n_estimators": 3}})[-1].data
+    text = base64.b64decode(with_native_artifact(server, complete)["artifact"]).decode()
+    for bad in ('["a","b"]', '["a","a","b"]', '[["a"],"b","c"]', "not json"):
+        changed = text.replace('["setosa","versicolor","virginica"]', bad)
+        error = predict_error(server, 400, "artifact", artifact=base64.b64encode(changed.encode()).decode(), artifact_format="native", X=[[1.0] * 4])
+        assert "boostream_classes" in error["message"]
+
+
 def test_a_tampered_or_unsigned_joblib_artifact_is_refused(server: Server, trained, diabetes):
     complete = trained["regression"]
     blob = bytearray(base64.b64decode(complete["artifact"]))

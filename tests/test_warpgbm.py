@@ -161,3 +161,20 @@ def test_a_gpu_model_downloads_as_portable_json_and_predicts_through_the_api(ser
         answer = client.post("/predict", json={"artifact_id": complete["artifact_id"], "X": X[:100].tolist(), "output": "proba"}).json()
     assert forest.classes == ["c0", "c1", "c2"] and answer["classes"] == ["c0", "c1", "c2"]
     np.testing.assert_allclose(answer["predictions"], forest.predict_proba(X[:100]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("format", ["artifact_id", "joblib", "native"])
+def test_a_gpu_models_string_labels_survive_every_way_back(server: Server, format):
+    from test_artifacts import handed_back, predict, with_native_artifact
+
+    X, y = classification_data(2, rows=5000)
+    labels = np.array(["no", "yes"])[y]
+    complete = server.train({"model_type": "warpgbm", "objective": "binary", "X": X.tolist(), "y": labels.tolist(),
+                             "params": {"n_estimators": 20}})[-1].data
+    assert complete["classes"] == ["no", "yes"]
+    if format == "native":
+        complete = with_native_artifact(server, complete)
+    answer = predict(server, **handed_back(complete, format), X=X[:200].tolist())
+    assert answer["classes"] == ["no", "yes"]
+    assert set(answer["predictions"]) == {"no", "yes"}
+    assert np.mean(np.array(answer["predictions"]) == labels[:200]) > 0.6

@@ -1,12 +1,19 @@
 """LightGBM on the CPU: `lightgbm.train` with one after-iteration callback that reports each round,
-stops early on the validation metric and stops when the job is cancelled."""
+stops early on the validation metric and stops when the job is cancelled.
+
+A classifier's labels travel with the model in both formats: as the booster's `classes_` attribute
+(a pickle keeps it), and in the text model as one line of JSON, `boostream_classes:[...]`, after
+LightGBM's `end of parameters` where LightGBM's own readers skip it (docs/formats.md).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import math
+from typing import Any, Mapping, Optional
 
 import lightgbm
 import numpy as np
+import orjson
 
 from boostream.progress import finite_or_none
 from boostream.trainers.base import (
@@ -91,6 +98,7 @@ class LightGBMTrainer:
         )
         best_iteration, metrics = history.final(early_stopped=stop.early_stopped)
         booster.best_iteration = best_iteration
+        booster.classes_ = data.classes
         return FitResult(booster, len(history.rounds), best_iteration, metrics, cancelled=stop.cancelled, curve=history.rounds)
 
 
@@ -100,24 +108,54 @@ class LightGBMTrainer:
         return isinstance(model, lightgbm.Booster)
 
     def to_native(self, model: lightgbm.Booster) -> bytes:
-        return model.model_to_string().encode()  # at the best iteration, which the booster knows
+        text = model.model_to_string()  # at the best iteration, which the booster knows
+        classes = getattr(model, "classes_", None)
+        if classes is None:
+            return text.encode()
+        # Before the last line: LightGBM's Python package reads `pandas_categorical:` from the last line.
+        body, _, last = text.rstrip("\n").rpartition("\n")
+        return f"{body}\n{CLASSES_LINE}{orjson.dumps(classes).decode()}\n{last}\n".encode()
 
     def from_native(self, blob: bytes) -> lightgbm.Booster:
         try:
-            return lightgbm.Booster(model_str=blob.decode("utf-8"))
+            text = blob.decode("utf-8")
+            model = lightgbm.Booster(model_str=text)
         except (UnicodeDecodeError, lightgbm.basic.LightGBMError) as error:
             raise ValueError(f"not a LightGBM text model: {error}") from None
+        model.classes_ = _read_classes(text, self.describe(model).n_classes)
+        return model
 
     def describe(self, model: lightgbm.Booster) -> ModelShape:
         objective = _OBJECTIVE_NAMES.get(str(model.params.get("objective", "regression")).split()[0], "regression")
         n_classes = {"regression": 1, "binary": 2}.get(objective, model.num_model_per_iteration())
-        return ModelShape(objective, model.num_feature(), n_classes)
+        return ModelShape(objective, model.num_feature(), n_classes, getattr(model, "classes_", None))
 
     def scores(self, model: lightgbm.Booster, X: np.ndarray) -> np.ndarray:
         predicted = model.predict(X, num_threads=self.num_threads)
         if self.describe(model).objective == "binary":
             return np.column_stack([1.0 - predicted, predicted])
         return predicted
+
+
+CLASSES_LINE = "boostream_classes:"
+
+
+def _read_classes(text: str, n_classes: int) -> Optional[list[Any]]:
+    """The labels a text model carries on its `boostream_classes:` line, checked; None without one."""
+    start = text.rfind("\n" + CLASSES_LINE)
+    if start < 0:
+        return None
+    line = text[start + 1 + len(CLASSES_LINE) :].split("\n", 1)[0]
+    try:
+        labels = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        raise ValueError(f"its {CLASSES_LINE} line is not JSON") from None
+    plain = isinstance(labels, list) and all(
+        isinstance(label, str) or (type(label) in (int, float) and math.isfinite(label)) for label in labels
+    )
+    if not plain or len(labels) != n_classes or len(set(labels)) != n_classes:
+        raise ValueError(f"its {CLASSES_LINE} line must list {n_classes} unique labels (strings or finite numbers)")
+    return labels
 
 
 # What LightGBM calls the objectives it may have written into a model, as this service names them.
