@@ -93,6 +93,10 @@ def test_an_agent_lists_the_tools_trains_with_progress_and_predicts_with_the_art
     assert result["status"] == "succeeded" and result["iterations"] == 300
     assert set(result["metrics"]) == {"train_l2"} and set(result["timings"]) >= {"decode_s", "queued_s", "fit_s", "artifact_s"}
     assert "artifact" not in result
+    # The whole learning curve comes back, one value per round, ending at the reported metrics.
+    curve = result["curve"]
+    assert curve["first"] == 1 and len(curve["metrics"]["train_l2"]) == 300
+    assert curve["metrics"]["train_l2"][-1] == result["metrics"]["train_l2"]
 
     values = [note[0] for note in progress.notes]
     assert len(values) >= 3 and values[0] == 0 and values[-1] == 300, values

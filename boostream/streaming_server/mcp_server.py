@@ -243,7 +243,8 @@ class McpEndpoint:
                     description="Train a gradient-boosted tree model on X and y and wait until it is trained. With a progress "
                     "token, each boosting round (at most about 10 a second) comes as a progress notification: progress is the "
                     "round, total the rounds asked for, the message names the job and its latest metrics. Returns the job id, "
-                    "the `artifact_id` to `predict` with, metrics, iterations, best_iteration and timings; the model file "
+                    "the `artifact_id` to `predict` with, metrics, iterations, best_iteration, the learning curve (every round's "
+                    "metrics) and timings; the model file "
                     "itself (base64) only with include_artifact. A failed or cancelled job is a tool error. If this call is "
                     "cancelled the job trains on (see job_status, cancel_job) unless on_cancel is 'cancel'.",
                     input_schema=_with_properties(
@@ -471,6 +472,11 @@ TRAIN_OUTPUT_SCHEMA = _object(
         "metrics": NUMBERS,
         "iterations": {"type": "integer"},
         "best_iteration": {"type": "integer", "description": "The round the model predicts with."},
+        "curve": {
+            "type": "object",
+            "description": "Every round's metrics: metrics[name][k] is the value at round first + k.",
+            "properties": {"first": {"type": "integer"}, "metrics": {"type": "object", "additionalProperties": {"type": "array"}}},
+        },
         "timings": NUMBERS,
         "training_time_s": {"type": "number"},
         "classes": {"type": ["array", "null"]},
