@@ -33,6 +33,13 @@ from boostream.trainers.forest import Forest
 log = logging.getLogger("boostream.warpgbm")
 
 _METRIC = {"regression": "l2", "binary": "binary_logloss", "multiclass": "multi_logloss"}
+# WarpGBM builds its CUDA extension against the torch already installed, so it cannot come with the
+# other packages in one `pip install` (build isolation would hide torch from it).
+INSTALL_RECIPE = (
+    "to train on an NVIDIA GPU, install a CUDA build of PyTorch (pip install 'torch>=2.4' scikit-learn tqdm), "
+    "then WarpGBM against it, with nvcc on the PATH: TORCH_CUDA_ARCH_LIST=9.0 pip install --no-build-isolation "
+    "--no-deps warpgbm==2.2.0 (9.0 is Hopper: use your GPU's); see 'WarpGBM on a GPU' in the README"
+)
 
 
 @functools.cache
@@ -41,7 +48,7 @@ def _library() -> Any:
     try:
         import torch
     except ImportError as error:
-        raise ImportError(f"PyTorch is not installed ({error}); install the 'gpu' extra") from None
+        raise ImportError(f"PyTorch is not installed ({error}); {INSTALL_RECIPE}") from None
     if not torch.cuda.is_available():
         build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
         raise ImportError(f"no CUDA GPU is visible to PyTorch {torch.__version__} ({build})")
@@ -49,7 +56,7 @@ def _library() -> Any:
         import warpgbm.core as core
         from warpgbm.cuda import node_kernel
     except ImportError as error:
-        raise ImportError(f"WarpGBM or its CUDA extension is not installed: {error}") from None
+        raise ImportError(f"WarpGBM or its CUDA extension is not installed ({error}); {INSTALL_RECIPE}") from None
     # WarpGBM prints while it fits; keep that out of the server's output.
     core.print = lambda *args, **kwargs: log.debug(" ".join(map(str, args)))
     return torch, core, node_kernel
