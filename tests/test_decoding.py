@@ -3,6 +3,8 @@ cannot take still reaches the exact path, which names the position at fault."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import orjson
 import pytest
@@ -66,3 +68,14 @@ def test_missing_values_in_a_late_block_become_nan(table):
     rows[55_555][2] = None
     decoded = decode(orjson.dumps({"X": rows, "y": y.tolist()})).data.X
     assert np.isnan(decoded[55_555, 2]) and np.isnan(decoded).sum() == 1
+
+
+def test_a_nan_in_a_late_block_is_named_by_its_row_and_column(table):
+    X, y = table
+    rows = X.tolist()
+    rows[50_000][3] = float("nan")
+    text = json.dumps({"X": rows, "y": y.tolist()}).encode()  # as Python writes it by default: a bare NaN
+    with pytest.raises(ApiError) as error:
+        decode(text)
+    assert (error.value.status, error.value.code, error.value.field) == (400, "invalid_json", "X")
+    assert error.value.message.startswith("X[50000][3] is NaN: NaN and Infinity are not JSON"), error.value.message

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import math
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
 
+from boostream import cli
+from boostream.trainers import create_trainers
 from conftest import Server, parse_sse, start_server
 
 GOOD_X = [[0.0, 1.0], [1.0, 0.0], [2.0, 1.0], [3.0, 0.0]]
@@ -68,6 +73,55 @@ def test_malformed_json_is_a_400(server: Server):
     assert response.json()["error"]["code"] == "invalid_json"
 
 
+NAN, INF = math.nan, math.inf
+NOT_JSON_NUMBERS = [
+    # (what is wrong, path, body as Python's json.dumps writes it by default, field, words in the message)
+    ("NaN in X", "/train/stream", body(X=[[0.0, 1.0], [1.0, NAN], [2.0, 1.0], [3.0, 0.0]]), "X", "X[1][1] is NaN"),
+    ("Infinity in y", "/train/stream", body(y=[0.0, 1.0, INF, 1.0]), "y", "y[2] is Infinity"),
+    ("-Infinity in X_valid", "/jobs", body(X_valid=[[1.0, 2.0], [1.0, -INF]], y_valid=[1.0, 0.0]), "X_valid", "X_valid[1][1] is -Infinity"),
+    ("NaN as valid_fraction", "/train/stream", body(valid_fraction=NAN), "valid_fraction", "valid_fraction is NaN"),
+    ("NaN in X to predict", "/predict", {"artifact_id": "0" * 32, "X": [[1.0, 2.0], [NAN, 1.0]]}, "X", "X[1][0] is NaN"),
+]
+
+
+@pytest.mark.parametrize("case, path, request_body, field, words", NOT_JSON_NUMBERS, ids=[c[0] for c in NOT_JSON_NUMBERS])
+def test_nan_and_infinity_are_named_as_not_json(server: Server, case, path, request_body, field, words):
+    with server.client() as client:
+        response = client.post(path, content=json.dumps(request_body), headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_json", field)
+    assert words in error["message"] and "not JSON" in error["message"] and "null" in error["message"], error
+
+
+@pytest.mark.parametrize("path", ["/train/stream", "/jobs", "/predict"])
+@pytest.mark.parametrize("content", [b"", b" \r\n"], ids=["empty", "blank"])
+def test_an_empty_body_is_named_empty(server: Server, path: str, content: bytes):
+    with server.client() as client:
+        response = client.post(path, content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_json"
+    assert "the body is empty" in error["message"] and "X" in error["message"], error
+
+
+@pytest.mark.parametrize(
+    "request_body, field, words",
+    [
+        (body(y=["a", "b", "a", "b"]), "y", "y[0] is 'a', not a number"),
+        (body(X_valid=GOOD_X[:2], y_valid=[0.0, "b"]), "y_valid", "y_valid[1] is 'b', not a number"),
+    ],
+    ids=["y", "y_valid"],
+)
+def test_string_labels_for_a_regression_hint_at_a_classifier(server: Server, request_body, field, words):
+    with server.client() as client:
+        response = client.post("/train/stream", json=request_body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["field"] == field and words in error["message"]
+    assert "strings are class labels: use a classifier objective" in error["message"], error
+
+
 def test_other_content_types_are_refused(server: Server):
     with server.client() as client:
         response = client.post("/train/stream", content=b"<X>1</X>", headers={"content-type": "application/xml"})
@@ -91,7 +145,20 @@ def test_warpgbm_without_a_gpu_is_a_503_with_the_reason(server: Server):
     assert response.status_code == 503
     error = response.json()["error"]
     assert error["code"] == "backend_unavailable" and error["field"] == "model_type"
-    assert health["backends"]["warpgbm"]["reason"] in error["message"]
+    assert f"warpgbm cannot train on this server: {health['backends']['warpgbm']['reason']}" in error["message"]
+
+
+def test_local_warpgbm_without_a_gpu_says_this_machine_not_server(tmp_path: Path, capsys):
+    availability = create_trainers(1)["warpgbm"].availability()
+    if availability.available:
+        pytest.skip("this machine can train WarpGBM")
+    table = tmp_path / "table.csv"
+    table.write_text("a,y\n1,1\n2,2\n3,1\n")
+    code = cli.main(["train", str(table), "--target", "y", "--local", "--model", "warpgbm", "--out", str(tmp_path / "m.joblib")])
+    said = capsys.readouterr().err
+    assert code == cli.EXIT_FAILED
+    assert f"warpgbm cannot train on this machine: {availability.reason}" in said, said
+    assert "this server" not in said
 
 
 def test_the_server_still_trains_after_all_that(server: Server):

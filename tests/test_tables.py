@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import decimal
+import gzip
 import io
 import json
 
@@ -239,8 +240,9 @@ BAD_TABLES = [
     ("an infinite value in Parquet", parquet_bytes(pa.table({"a": [1.0, 2.0, -np.inf], "y": [1.0, 2.0, 3.0]})), PARQUET, {"target": "y"}, 400, "a", "infinite in row 2"),
     ("ragged rows", b"a,b,y\n1,2,3\n4,5\n", CSV, {"target": "y"}, 400, "file", "Expected 3 columns, got 2"),
     ("no rows", b"a,b,y\n", CSV, {"target": "y"}, 400, "file", "no rows"),
-    ("an empty body", b"", CSV, {"target": "y"}, 400, "file", "Empty CSV"),
-    ("CSV sent as Parquet", csv_bytes(NUMBERS), PARQUET, {"target": "y"}, 400, "file", "not a parquet file"),
+    ("an empty body", b"", CSV, {"target": "y"}, 400, "file", "the table is empty (0 bytes): send CSV text"),
+    ("an empty Parquet body", b"", PARQUET, {"target": "y"}, 400, "file", "the table is empty (0 bytes): send a Parquet file"),
+    ("CSV sent as Parquet", csv_bytes(NUMBERS), PARQUET, {"target": "y"}, 400, "file", "not a Parquet file (one starts with PAR1); it is text: a CSV table goes as text/csv"),
     ("corrupt Parquet pages", PARQUET_OF_NUMBERS[:4] + b"\xff" * 24 + PARQUET_OF_NUMBERS[28:], PARQUET, {"target": "y"}, 400, "file", "Deserializing page header failed"),
     ("an unknown feature column", csv_bytes(NUMBERS), CSV, {"target": "y", "features": "a,z"}, 400, "features", "no column 'z'"),
     ("the target among the features", csv_bytes(NUMBERS), CSV, {"target": "y", "features": "a,y"}, 400, "features", "'y' is the target"),
@@ -262,6 +264,41 @@ def test_a_bad_table_is_answered_with_status_and_field(server: Server, case, bod
     error = response.json()["error"]
     assert error["field"] == field
     assert words in error["message"]
+
+
+BINARY_AS_CSV = [
+    # (what is sent as text/csv, words in the message)
+    ("a Parquet file", PARQUET_OF_NUMBERS, "looks like a Parquet file, not CSV text: send it as application/vnd.apache.parquet"),
+    ("gzip-compressed CSV", gzip.compress(csv_bytes(NUMBERS)), "does not look like CSV text: byte 0 is 0x1f, a control character"),
+    ("binary after a CSV header", b"a,y\n1,1\n" + bytes(range(256)) * 8, "does not look like CSV text: byte 8 is 0x00"),
+    ("binary beyond the first rows", b"a,y\n" + b"1,1\n" * 200 + bytes(range(256)) * 8, "Expected 2 columns"),
+]
+
+
+@pytest.mark.parametrize("case, body, words", BINARY_AS_CSV, ids=[c[0] for c in BINARY_AS_CSV])
+def test_binary_sent_as_csv_is_never_echoed(server: Server, case, body, words):
+    response = post_table(server, body, CSV, target="y")
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["field"] == "file" and words in error["message"], error
+    assert error["message"].isprintable() and len(error["message"]) < 400, error["message"]
+
+
+@pytest.mark.parametrize(
+    "files, headers, content, words",
+    [
+        ({"a": ("a.csv", b"a,y\n1,1\n"), "b": ("b.csv", b"a,y\n1,1\n")}, {}, None, "more than one file"),
+        (None, {"content-type": "multipart/form-data; boundary=xyz"}, b"not multipart at all", "cannot be read"),
+        (None, {"content-type": "multipart/form-data"}, b"--xyz\r\n", "boundary"),
+    ],
+    ids=["two files", "malformed", "no boundary"],
+)
+def test_a_multipart_upload_that_cannot_be_read_is_a_json_400(server: Server, files, headers, content, words):
+    with server.client() as client:
+        response = client.post("/train/stream", files=files, headers=headers, content=content, params={"target": "y"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_multipart" and words in error["message"], error
 
 
 def test_hyperparameters_are_read_from_text_as_json_gives_them(server: Server):

@@ -15,6 +15,7 @@ import orjson
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -24,7 +25,7 @@ from boostream.config import Settings
 from boostream.streaming_server import pages
 from boostream.streaming_server.artifacts import ArtifactStore
 from boostream.streaming_server.decoding import ARTIFACT_FORMATS, TrainSpec, decode_predict_request, decode_train_request
-from boostream.streaming_server.errors import ApiError, handle_api_error
+from boostream.streaming_server.errors import ApiError, handle_api_error, handle_http_exception, handle_unexpected_error
 from boostream.streaming_server.jobs import Event, Job, JobRequest, JobStatus
 from boostream.streaming_server.manager import JobManager, job_urls
 from boostream.streaming_server.predicting import LoadedModel, ModelCache, ModelLoader
@@ -349,7 +350,11 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(
         routes=[*service.routes(), mcp.route()],
         lifespan=lifespan,
-        exception_handlers={ApiError: handle_api_error},
+        exception_handlers={
+            ApiError: handle_api_error,
+            HTTPException: handle_http_exception,  # Starlette's: no such route, a method a route does not take
+            Exception: handle_unexpected_error,
+        },
     )
 
 

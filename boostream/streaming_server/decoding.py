@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import queue
 import re
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Optional
 
 import msgspec
 import numpy as np
@@ -33,6 +33,14 @@ _JSON_SPACE = frozenset(b" \t\r\n")
 _NAME_CHARACTERS_REFUSED = '",:[]{}'
 ARTIFACT_FORMATS = ("joblib", "native")
 DATA_FIELDS = frozenset({"X", "y", "X_valid", "y_valid", "era", "feature_names"})
+MATRIX_FIELDS, LABEL_FIELDS = frozenset({"X", "X_valid"}), frozenset({"y", "y_valid", "era"})
+CLASS_LABEL_HINT = "strings are class labels: use a classifier objective"
+# msgspec names the byte where the JSON goes wrong: "JSON is malformed: invalid character (byte 26)".
+_AT_BYTE = re.compile(r"\(byte (\d+)\)")
+# What Python's json.dumps writes for floats that JSON has no numbers for (msgspec points past a '-').
+_NOT_JSON_NUMBER = re.compile(rb"NaN|Infinity")
+_AFTER_KEY = re.compile(rb'"[ \t\r\n]*:[ \t\r\n]*')
+_NOT_JSON = "NaN and Infinity are not JSON (Python's json.dumps writes them unless allow_nan=False)"
 
 
 class TrainOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -50,6 +58,8 @@ class TrainOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class TrainRequestBody(TrainOptions, forbid_unknown_fields=True, kw_only=True):
     """A JSON training request: the options and the arrays, which msgspec skips over (`Raw`)."""
+
+    expected: ClassVar[str] = "a JSON object with X (a list of rows of numbers) and y (a label per row)"
 
     X: msgspec.Raw
     y: msgspec.Raw
@@ -95,16 +105,21 @@ def decode_train_request(
 
 
 def build_spec(
-    options: TrainOptions, read_data: Callable[[], TrainingData], trainers: Mapping[str, Trainer], unavailable: Mapping[str, str]
+    options: TrainOptions,
+    read_data: Callable[[], TrainingData],
+    trainers: Mapping[str, Trainer],
+    unavailable: Mapping[str, str],
+    where: str = "on this server",
 ) -> TrainSpec:
     """Check the options, then read the arrays with `read_data` (which raises InvalidData,
-    InvalidParameter or TooLarge), and check them together; ApiError for whatever is wrong."""
+    InvalidParameter or TooLarge), and check them together; ApiError for whatever is wrong.
+    `where` the training would run, for a backend in `unavailable`: "on this machine" without a server."""
     trainer = trainers.get(options.model_type)
     if trainer is None:
         raise ApiError(422, "invalid_parameter", f"unknown model_type {options.model_type!r}; choose one of {sorted(trainers)}", "model_type")
     if options.model_type in unavailable:
         reason = unavailable[options.model_type]
-        raise ApiError(503, "backend_unavailable", f"{options.model_type} cannot train on this server: {reason}", "model_type")
+        raise ApiError(503, "backend_unavailable", f"{options.model_type} cannot train {where}: {reason}", "model_type")
     if options.objective not in OBJECTIVES:
         raise ApiError(422, "invalid_parameter", f"unknown objective {options.objective!r}; choose one of {list(OBJECTIVES)}", "objective")
     if options.artifact_format not in ARTIFACT_FORMATS:
@@ -123,6 +138,8 @@ def build_spec(
 
 
 class PredictRequestBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    expected: ClassVar[str] = "a JSON object with X (a list of rows of numbers) and artifact_id (or artifact)"
+
     X: msgspec.Raw
     artifact_id: Optional[str] = None
     artifact: Optional[str] = None  # base64, as a `complete` event or a download gave it
@@ -157,7 +174,47 @@ def _decode_json(body: bytes | bytearray, shape: type[msgspec.Struct]) -> Any:
     except msgspec.ValidationError as error:
         raise _shape_error(str(error)) from None
     except msgspec.DecodeError as error:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
+        raise _syntax_error(body, str(error), shape) from None
+
+
+def _syntax_error(body: bytes | bytearray, message: str, shape: Any) -> ApiError:
+    """msgspec's DecodeError, said so that the client can act on it: an empty body, or a NaN or
+    Infinity (which Python's json.dumps writes by default) named by its field and position."""
+    if _skip_space(body, 0, len(body)) == len(body):
+        return ApiError(400, "invalid_json", f"the body is empty: send {shape.expected}")
+    if "truncated" in message:
+        return ApiError(400, "invalid_json", f"the body is not valid JSON: it ends, after {len(body)} bytes, before the JSON does")
+    at = _AT_BYTE.search(message)
+    word = _NOT_JSON_NUMBER.match(body, int(at.group(1))) if at else None
+    if word is None:
+        return ApiError(400, "invalid_json", f"the body is not valid JSON: {message}")
+    start = word.start() - 1 if body[word.start() - 1 : word.start()] == b"-" else word.start()
+    field, where = _position(body, start, shape)
+    token = body[start : word.end()].decode()
+    advice = "null marks a missing value" + (", and a label cannot be missing: drop its row" if field in LABEL_FIELDS else "")
+    return ApiError(400, "invalid_json", f"{where} is {token}: {_NOT_JSON}; {advice}", field)
+
+
+def _position(body: bytes | bytearray, at: int, shape: Any) -> tuple[Optional[str], str]:
+    """The field of the value at body[at] and where it is in it, as the text before it shows at the
+    cost of a few scans: the key just before it, and in an array of numbers the row and column."""
+    key_end = body.rfind(b'"', 0, at)
+    key_start = body.rfind(b'"', 0, key_end) if key_end > 0 else -1
+    after_key = _AFTER_KEY.match(body, key_end) if key_start >= 0 else None
+    if after_key is None:
+        return None, f"the value at byte {at}"
+    key = body[key_start + 1 : key_end].decode(errors="replace")
+    if key not in shape.__struct_fields__:
+        return None, f"the value at byte {at} (under {key!r})"  # in params, say
+    start = after_key.end()
+    if start == at:
+        return key, key
+    opens, closes = body.count(b"[", start, at), body.count(b"]", start, at)
+    if key in MATRIX_FIELDS and opens - closes == 2:
+        return key, f"{key}[{closes}][{body.count(b',', body.rfind(b'[', start, at), at)}]"
+    if key in LABEL_FIELDS and (opens, closes) == (1, 0):
+        return key, f"{key}[{body.count(b',', start, at)}]"
+    return key, f"a value in {key}"
 
 
 def _shape_error(message: str) -> ApiError:
@@ -373,7 +430,8 @@ def _labels(raw: msgspec.Raw, field: str, body: bytes | bytearray, objective: st
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) if numeric else isinstance(value, str)
         if not ok:
             expected = "a number" if numeric else "a string like the first value"
-            raise InvalidData(field, f"{field}[{i}] is {_describe(value)}, not {expected}")
+            hint = f" ({CLASS_LABEL_HINT})" if objective == "regression" and isinstance(value, str) else ""
+            raise InvalidData(field, f"{field}[{i}] is {_describe(value)}, not {expected}{hint}")
     return np.array(items, dtype=np.float64 if numeric else str)
 
 

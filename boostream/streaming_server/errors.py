@@ -1,11 +1,18 @@
-"""Errors answered before a stream starts: JSON with the right status, naming the field at fault."""
+"""Errors answered before a stream starts: JSON with the right status, naming the field at fault.
+Starlette's own refusals (no such route, a method the route does not take) and unexpected failures
+are answered in the same JSON."""
 
 from __future__ import annotations
 
+import http
 from typing import Optional
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.routing import Match, Route
+
+UNEXPECTED = "the server failed unexpectedly; its log says why. Try again, and report it if it persists"
 
 
 class ApiError(Exception):
@@ -38,3 +45,40 @@ class ApiError(Exception):
 async def handle_api_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, ApiError)
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+async def handle_http_exception(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, HTTPException)
+    status, headers = error.status_code, dict(error.headers or {})
+    if status == 404:
+        message = f"there is nothing at {request.url.path}"
+    elif status == 405:
+        headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+        message = f"{request.url.path} does not take {request.method}; use {headers['Allow']}"
+    else:
+        message = error.detail
+    return JSONResponse(ApiError(status, _code(status), message).body(), status_code=status, headers=headers)
+
+
+def _code(status: int) -> str:
+    """The status's name as an error code: 404 `not_found`, 405 `method_not_allowed`."""
+    try:
+        return http.HTTPStatus(status).name.lower()
+    except ValueError:
+        return "http_error"
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the routes of this path take: Starlette's 405 names only the first route's, where
+    several routes share a path (`GET /jobs` and `POST /jobs`)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
+async def handle_unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    # Starlette raises the error again once this is sent, and uvicorn logs it with its traceback; it
+    # then closes the connection, which "Connection: close" tells the client before it reuses it.
+    return JSONResponse(ApiError(500, "internal_error", UNEXPECTED).body(), status_code=500, headers={"Connection": "close"})

@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import os
 import re
 from typing import Any, BinaryIO, Callable, Iterator, Mapping, Optional, Sequence
@@ -34,7 +35,14 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from boostream.streaming_server import pages
-from boostream.streaming_server.decoding import TooLarge, TrainOptions, TrainSpec, assemble_training_data, build_spec
+from boostream.streaming_server.decoding import (
+    CLASS_LABEL_HINT,
+    TooLarge,
+    TrainOptions,
+    TrainSpec,
+    assemble_training_data,
+    build_spec,
+)
 from boostream.streaming_server.errors import ApiError
 from boostream.trainers.base import InvalidData, Trainer, TrainingData
 
@@ -50,6 +58,16 @@ CSV_BLOCK_BYTES = 1 << 20
 PARQUET_GROUP_BYTES = 32 << 20
 # Rows laid out at a time on their way into X: a block that stays in the CPU's cache.
 COPY_BLOCK_ROWS = 32768
+# A table's first bytes, read to tell a file sent as the wrong kind before its parser fails on it.
+HEAD_BYTES = 512
+PARQUET_MAGIC = b"PAR1"
+EXPECTED = {"csv": "CSV text, a header row then a row per sample", "parquet": "a Parquet file"}
+CSV_HINT = "it is text: a CSV table goes as text/csv (or in a file named .csv)"
+PARQUET_HINT = "send it as application/vnd.apache.parquet (or in a file named .parquet)"
+# Control characters other than tab, line feed and carriage return: text holds none, binary files many.
+_BINARY = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+# A parser's message is quoted up to this length: it may show a row of the file.
+MESSAGE_QUOTE_CHARS = 200
 
 
 def decode_table_request(
@@ -59,11 +77,13 @@ def decode_table_request(
     trainers: Mapping[str, Trainer],
     unavailable: Mapping[str, str],
     max_cells: int,
+    where: str = "on this server",
 ) -> TrainSpec:
     """Read and validate a CSV or Parquet (`kind`) training table with its request's `fields`;
-    ApiError (400, 413, 422, 503) naming the field or column at fault."""
+    ApiError (400, 413, 422, 503) naming the field or column at fault. `where` as for build_spec."""
     options = _options(fields, trainers)
-    return build_spec(options, lambda: _training_data(file, kind, fields, options, max_cells), trainers, unavailable)
+    read_data = functools.partial(_training_data, file, kind, fields, options, max_cells)
+    return build_spec(options, read_data, trainers, unavailable, where)
 
 
 def _options(fields: Mapping[str, str], trainers: Mapping[str, Trainer]) -> TrainOptions:
@@ -123,12 +143,13 @@ def _training_data(file: BinaryIO, kind: str, fields: Mapping[str, str], options
     read = _read_csv if kind == "csv" else _read_parquet
     try:
         with _arrow_source(file) as source:
+            _check_kind(source, kind)
             table = read(source, lambda schema: _choose_columns(schema, fields, options.objective), max_cells)
     except (pa.ArrowException, OSError, UnicodeDecodeError) as error:
         # pyarrow reports corrupt data as an OSError without errno; with one, the disk failed.
         if isinstance(error, MemoryError) or (isinstance(error, OSError) and error.errno):
             raise
-        raise InvalidData("file", f"cannot read the table as {kind.upper()}: {error}") from None
+        raise InvalidData("file", f"cannot read the table as {kind.upper()}: {_quotable(str(error))}") from None
     columns = table.columns
     y = _labels(table.target, columns.target)
     era = None if table.era is None else _labels(table.era, columns.era)
@@ -184,7 +205,7 @@ def _check_label_type(schema: pa.Schema, name: str, what: str, allow_text: bool)
     type_ = schema.field(name).type
     if _is_numeric(type_) or (allow_text and _is_text(type_)):
         return
-    expected = "numbers or strings" if allow_text else "numbers (strings are class labels: use a classifier objective)"
+    expected = "numbers or strings" if allow_text else f"numbers ({CLASS_LABEL_HINT})"
     raise InvalidData(name, f"column {name!r} holds {type_}; {what} must be {expected}")
 
 
@@ -204,6 +225,31 @@ def _is_text(type_: pa.DataType) -> bool:
     if pa.types.is_dictionary(type_):
         return _is_text(type_.value_type)
     return pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_string_view(type_)
+
+
+def _check_kind(source: pa.NativeFile, kind: str) -> None:
+    """InvalidData for a table that is empty, or plainly not of its `kind` (Parquet sent as CSV, say),
+    before a parser says so in its own words, or quotes binary bytes."""
+    head = source.read(HEAD_BYTES)
+    source.seek(0)
+    if not head:
+        raise InvalidData("file", f"the table is empty (0 bytes): send {EXPECTED[kind]}")
+    control = _BINARY.search(head)
+    if kind == "parquet" and not head.startswith(PARQUET_MAGIC):
+        seen = f"it starts with the bytes {head[:8].hex(' ')}" if control else CSV_HINT
+        raise InvalidData("file", f"the table is not a Parquet file (one starts with {PARQUET_MAGIC.decode()}); {seen}")
+    if kind == "csv" and head.startswith(PARQUET_MAGIC):
+        raise InvalidData("file", f"the table looks like a Parquet file, not CSV text: {PARQUET_HINT}")
+    if kind == "csv" and control:
+        at = control.start()
+        binary = f"byte {at} is 0x{head[at]:02x}, a control character, as in binary files"
+        raise InvalidData("file", f"the table does not look like CSV text: {binary}; send {EXPECTED['csv']}, or a Parquet file")
+
+
+def _quotable(text: str) -> str:
+    """A parser's message fit to quote: cut short, control characters escaped."""
+    short = text if len(text) <= MESSAGE_QUOTE_CHARS else text[:MESSAGE_QUOTE_CHARS] + " ..."
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in short)
 
 
 def _listing(names: Sequence[str], most: int = 20) -> str:
@@ -279,7 +325,7 @@ def _csv_batches(reader: pcsv.CSVStreamingReader, names: list[str]) -> Iterator[
             if at is None:
                 raise
             name = names[int(at.group(1))]
-            raise InvalidData(name, f"column {name!r}: {at.group(2)}") from None
+            raise InvalidData(name, f"column {name!r}: {_quotable(at.group(2))}") from None
         yield batch
 
 

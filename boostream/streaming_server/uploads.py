@@ -18,6 +18,7 @@ from typing import BinaryIO, Optional
 
 import anyio
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from boostream.streaming_server import pages
@@ -36,6 +37,12 @@ WRITE_BATCH_BYTES = 8 * 1024 * 1024
 MAX_FORM_FIELDS = 200
 # A body buffer up to this size is allocated on the event loop; a larger one in a thread.
 LOOP_ALLOCATION_BYTES = 4 << 20
+# Starlette's words for a multipart body it cannot parse (as HTTPException's detail), by their start,
+# and what to do about them.
+FORM_PROBLEMS = {
+    "Too many files": "the upload has more than one file: attach only the table; the other fields go as text fields",
+    "Missing boundary": "the Content-Type has no boundary: let the HTTP client write it (curl -F does), not by hand",
+}
 
 
 @dataclasses.dataclass
@@ -133,7 +140,10 @@ async def _receive_form(request: Request, limit: int) -> Upload:
     if declared_length(request, limit) is None:
         raise ApiError(411, "length_required", "send a multipart upload with its Content-Length")
     # Starlette spools each file part to a temporary file beyond 1 MiB.
-    form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS)
+    try:
+        form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS)
+    except HTTPException as error:
+        raise _form_error(error.detail) from None
     files = [(name, value) for name, value in form.multi_items() if isinstance(value, UploadFile)]
     if not files:
         await form.close()
@@ -151,6 +161,11 @@ async def _receive_form(request: Request, limit: int) -> Upload:
     fields = {**request.query_params, **{k: v for k, v in form.multi_items() if isinstance(v, str)}}
     upload.file.seek(0)
     return Upload(upload.file, kind, fields)
+
+
+def _form_error(detail: str) -> ApiError:
+    problem = next((advice for start, advice in FORM_PROBLEMS.items() if detail.startswith(start)), None)
+    return ApiError(400, "invalid_multipart", problem or f"the multipart upload cannot be read: {detail}", "file")
 
 
 def _kind_of(upload: UploadFile) -> Optional[str]:
