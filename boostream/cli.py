@@ -18,13 +18,15 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, TextIO
 
 from boostream import __version__
 from boostream.client import TERMINAL_EVENTS, ApiError, Client, Event, Unreachable, server_from_environment, table_kind
 from boostream.config import Settings, env_name, from_environment
 
 if TYPE_CHECKING:  # the server's modules load numpy, msgspec and pyarrow: only `train --local` needs them
+    import pyarrow as pa
+
     from boostream.streaming_server.decoding import TrainSpec
     from boostream.trainers.base import Predictor
 
@@ -50,6 +52,10 @@ _SERVE_OPTIONS = {
 }
 
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_CANCELLED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+# What a shell reports for a Unix tool killed by SIGPIPE (128 + 13) when its reader goes away
+# (`boostream jobs | head -5`): scripts under `set -o pipefail` already know it, and 1 would say
+# that the job failed.
+EXIT_BROKEN_PIPE = 141
 
 EPILOG = f"""\
 The server is --server URL, else $BOOSTREAM_SERVER, else http://127.0.0.1:8000.
@@ -65,6 +71,7 @@ exit codes:
   {EXIT_UNREACHABLE}    the server cannot be reached
   {EXIT_CANCELLED}    the job was cancelled
   {EXIT_INTERRUPTED}  interrupted by Ctrl-C (train: after the server was asked to cancel the job)
+  {EXIT_BROKEN_PIPE}  the reader of the output went away (e.g. `| head`): nothing more was written
 """
 
 ARTIFACT_FORMATS = ("joblib", "native")
@@ -73,6 +80,12 @@ REQUEST_FIELDS = frozenset(
     {"target", "features", "era", "model_type", "objective", "valid_fraction", "timeout_s", "artifact_format", "callback_url", "on_disconnect"}
 )
 BAR_WIDTH = 16
+# The first round also carries the trainer's setup (binning, building LightGBM's Dataset), which
+# can take longer than many rounds: the ETA is measured from the first round seen, not from the
+# start, and shown only once that spans this many rounds and seconds, so one round's time does
+# not swing it (the first ETAs were 11:06, then 48.6s, from the server's elapsed / iteration).
+ETA_MIN_ROUNDS = 5
+ETA_MIN_SPAN_S = 1.0
 
 
 class UsageError(Exception):
@@ -85,10 +98,13 @@ class Failure(Exception):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "serve":
-        return _serve(from_environment(**{name: getattr(args, name) for name in _SERVE_OPTIONS}))
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # here, not at exit, where a closed pipe could no longer be caught
+        return code
+    except BrokenPipeError:
+        _stop_writing()
+        return EXIT_BROKEN_PIPE
     except UsageError as error:
         _say(f"boostream: {error}")
         return EXIT_USAGE
@@ -106,6 +122,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _stop_writing() -> None:
+    """The reader of stdout (or stderr) went away: end quietly as Unix tools do. What is still
+    buffered goes to devnull, so that flushing at exit fails no more (Python docs, "Note on
+    SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        os.dup2(devnull, stream.fileno())
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="boostream",
@@ -121,11 +146,13 @@ def _parser() -> argparse.ArgumentParser:
     _add_jobs(commands)
     _add_cancel(commands)
     _add_predict(commands)
+    _add_demo_data(commands)
     return parser
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="run the HTTP server")
+    serve.set_defaults(run=_serve)
     defaults = Settings()
     types = {field.name: field.type for field in dataclasses.fields(Settings)}
     for name, help_text in _SERVE_OPTIONS.items():
@@ -145,9 +172,10 @@ def _client_command(commands: argparse._SubParsersAction, name: str, help: str, 
     return command
 
 
-def _add_model_output(command: argparse.ArgumentParser) -> None:
+def _add_outputs(command: argparse.ArgumentParser) -> None:
     command.add_argument("--out", type=Path, metavar="FILE", help="write the trained model here")
     command.add_argument("--format", choices=ARTIFACT_FORMATS, default="joblib", help="the model file's format: joblib (a pickled model) or native (LightGBM's text model; WarpGBM's JSON) (default joblib)")
+    command.add_argument("--curve", type=Path, metavar="FILE", help="write the learning curve here as CSV: iteration, then each metric, one row per round trained")
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
@@ -161,7 +189,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a hyperparameter, e.g. n_estimators=300; repeat for more (see GET /models)")
     train.add_argument("--valid-fraction", type=float, metavar="F", help="hold out this share of rows (0 < F <= 0.5) for validation metrics")
     train.add_argument("--timeout", type=float, metavar="SECONDS", help="fail the job if it trains longer than this")
-    _add_model_output(train)
+    _add_outputs(train)
     where = train.add_mutually_exclusive_group()
     where.add_argument("--detach", action="store_true", help="print the job id and return at once (follow it with `boostream watch`)")
     where.add_argument("--local", action="store_true", help="train in this process, without a server (needs --out)")
@@ -170,7 +198,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 def _add_watch(commands: argparse._SubParsersAction) -> None:
     watch = _client_command(commands, "watch", "follow a job's progress to its end (Ctrl-C stops watching, not the job)", _watch)
     watch.add_argument("job_id", metavar="JOB_ID")
-    _add_model_output(watch)
+    _add_outputs(watch)
 
 
 def _add_jobs(commands: argparse._SubParsersAction) -> None:
@@ -187,17 +215,25 @@ def _add_cancel(commands: argparse._SubParsersAction) -> None:
 def _add_predict(commands: argparse._SubParsersAction) -> None:
     predict = _client_command(commands, "predict", "predict with a trained model on the server", _predict)
     predict.add_argument("artifact_id", metavar="ARTIFACT_ID")
-    predict.add_argument("data", type=Path, metavar="DATA", help="a CSV with a header: the model's feature columns are taken by name (others are ignored), else by position")
+    predict.add_argument("data", type=Path, metavar="DATA", help="a .csv file with a header, or .parquet: the model's feature columns are taken by name (others are ignored), else by position")
     predict.add_argument("--output", choices=("value", "proba"), default="value", help="value: one prediction per line; proba: a CSV of class probabilities (default value)")
     predict.add_argument("--out", type=Path, metavar="FILE", help="write the predictions here instead of to stdout")
 
 
-def _serve(settings: Settings) -> int:
+def _add_demo_data(commands: argparse._SubParsersAction) -> None:
+    demo = commands.add_parser("demo-data", help="write the demo tables (CSV, Parquet, a JSON request) to try the server with")
+    demo.add_argument("folder", type=Path, metavar="FOLDER", help="where to write them (made if missing)")
+    demo.set_defaults(run=_demo_data)
+
+
+def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from boostream.streaming_server.app import create_app
     from boostream.streaming_server import pages
+    from boostream.streaming_server.store import DataDirInUse, check_data_dir_free
 
+    settings = from_environment(**{name: getattr(args, name) for name in _SERVE_OPTIONS})
     pages.avoid_huge_pages()
     try:
         pages.keep_memory(settings.keep_memory_s)
@@ -205,6 +241,10 @@ def _serve(settings: Settings) -> int:
         raise SystemExit(f"--keep-memory-s: {error}") from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        check_data_dir_free(settings.data_dir)  # in the app's startup, uvicorn would print a traceback
+    except DataDirInUse as error:
+        raise Failure(str(error)) from None
     logging.getLogger("boostream").info("data directory: %s", settings.data_dir)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=5)
     return 0
@@ -213,32 +253,53 @@ def _serve(settings: Settings) -> int:
 # train, watch
 
 
+@dataclasses.dataclass(frozen=True)
+class OutputFiles:
+    """The files `train` and `watch` write once the job succeeds."""
+
+    model: Optional[Path]  # --out
+    format: str  # --format: the model file's, joblib or native
+    curve: Optional[Path]  # --curve: the learning curve as CSV
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> OutputFiles:
+        """The options' files; each one's folder checked before any work, which a file that cannot
+        be written would waste."""
+        outputs = cls(args.out, args.format, args.curve)
+        for option, path in outputs.asked().items():
+            _check_writable(option, path)
+        return outputs
+
+    def asked(self) -> dict[str, Path]:
+        """The files asked for, by their option."""
+        return {option: path for option, path in (("--out", self.model), ("--curve", self.curve)) if path is not None}
+
+
 def _train(args: argparse.Namespace) -> int:
     _check_table(args.data)
     fields = _train_fields(args)
-    if args.out is not None:
-        _check_writable(args.out)
-        if args.detach:
-            raise UsageError("--out needs the job followed to its end: drop --detach, or use `boostream watch JOB_ID --out FILE`")
+    outputs = OutputFiles.of(args)
+    if args.detach and outputs.asked():
+        option = next(iter(outputs.asked()))
+        raise UsageError(f"{option} needs the job followed to its end: drop --detach, or use `boostream watch JOB_ID {option} FILE`")
     if args.local:
         if args.server is not None:
             raise UsageError("--local trains in this process: it takes no --server")
         if args.out is None:
             raise UsageError("--local needs --out FILE: the model is kept nowhere else")
-        return _train_locally(args.data, fields, args.out, ProgressDisplay(sys.stderr))
+        return _train_locally(args.data, fields, outputs, ProgressDisplay(sys.stderr))
     with _client(args) as client:
         job_id = client.upload_job(args.data, fields)["job_id"]
         if args.detach:
             print(job_id)
             return EXIT_SUCCEEDED
-        return _follow(client, job_id, ProgressDisplay(sys.stderr), args.out, args.format, cancel_on_interrupt=True)
+        return _follow(client, job_id, ProgressDisplay(sys.stderr), outputs, cancel_on_interrupt=True)
 
 
 def _watch(args: argparse.Namespace) -> int:
-    if args.out is not None:
-        _check_writable(args.out)
+    outputs = OutputFiles.of(args)
     with _client(args) as client:
-        return _follow(client, args.job_id, ProgressDisplay(sys.stderr), args.out, args.format, cancel_on_interrupt=False)
+        return _follow(client, args.job_id, ProgressDisplay(sys.stderr), outputs, cancel_on_interrupt=False)
 
 
 def _train_fields(args: argparse.Namespace) -> dict[str, str]:
@@ -259,7 +320,7 @@ def _train_fields(args: argparse.Namespace) -> dict[str, str]:
     return fields
 
 
-def _follow(client: Client, job_id: str, display: ProgressDisplay, out: Optional[Path], format: str, cancel_on_interrupt: bool) -> int:
+def _follow(client: Client, job_id: str, display: ProgressDisplay, outputs: OutputFiles, cancel_on_interrupt: bool) -> int:
     """Show a job's events to its end; the exit code its end calls for. Ctrl-C either cancels the
     job and waits for it to stop (a second Ctrl-C quits at once), or only stops watching."""
     last: Optional[Event] = None
@@ -278,9 +339,7 @@ def _follow(client: Client, job_id: str, display: ProgressDisplay, out: Optional
             display.note(f"cancelling job {job_id} (Ctrl-C again to quit at once)")
             _request_cancel(client, job_id)
     if last.type == "complete":
-        if out is not None:
-            _save_model(client, last.data, out, format)
-            display.note(f"wrote the model to {out} ({format})")
+        _write_outputs(client, last.data, outputs, display)
         print(last.data["artifact_id"])
         return EXIT_SUCCEEDED
     if last.type == "error":
@@ -297,6 +356,16 @@ def _request_cancel(client: Client, job_id: str) -> None:
         # It ended meanwhile: its stream says how.
 
 
+def _write_outputs(client: Client, complete: dict[str, Any], outputs: OutputFiles, display: ProgressDisplay) -> None:
+    if outputs.model is not None:
+        _save_model(client, complete, outputs.model, outputs.format)
+        display.note(f"wrote the model to {outputs.model} ({outputs.format})")
+    if outputs.curve is not None:
+        if "curve" not in complete:
+            raise Failure(f"the server sent no learning curve (it is older than --curve): {outputs.curve} not written")
+        _write_curve(outputs.curve, complete["curve"], display)
+
+
 def _save_model(client: Client, complete: dict[str, Any], out: Path, format: str) -> None:
     """The model file, from the `complete` event when it carries that format, else downloaded;
     written only once its sha256 matches what the server states."""
@@ -311,7 +380,7 @@ def _save_model(client: Client, complete: dict[str, Any], out: Path, format: str
     _write_file(out, content)
 
 
-def _train_locally(table: Path, fields: dict[str, str], out: Path, display: ProgressDisplay) -> int:
+def _train_locally(table: Path, fields: dict[str, str], outputs: OutputFiles, display: ProgressDisplay) -> int:
     """The server's decoding and trainers, in this process: the same checks, parameters and model.
     Training runs in a thread so that Ctrl-C can stop it between rounds."""
     spec = _decode_locally(table, fields)
@@ -323,8 +392,13 @@ def _train_locally(table: Path, fields: dict[str, str], out: Path, display: Prog
             raise Failure(f"timeout: training took longer than {spec.timeout_s:g} s")
         display.note(f"cancelled after round {result.iterations}")
         return EXIT_INTERRUPTED
-    _write_file(out, _model_file(spec.trainer, result.model, spec.artifact_format))
-    display.note(f"done: {result.iterations} rounds, best {result.best_iteration}; {_metrics_text(result.metrics)}; wrote the model to {out} ({spec.artifact_format})")
+    assert outputs.model is not None  # _train asks for it
+    _write_file(outputs.model, _model_file(spec.trainer, result.model, spec.artifact_format))
+    display.note(f"done: {result.iterations} rounds, best {result.best_iteration}; {_metrics_text(result.metrics)}; wrote the model to {outputs.model} ({spec.artifact_format})")
+    if outputs.curve is not None:
+        from boostream.progress import metric_history
+
+        _write_curve(outputs.curve, metric_history(1, result.curve), display)
     return EXIT_SUCCEEDED
 
 
@@ -341,7 +415,7 @@ def _decode_locally(table: Path, fields: dict[str, str]) -> TrainSpec:
     unavailable = {trainer.name: availability.reason or "unavailable"} if availability and not availability.available else {}
     with open(table, "rb") as file:
         try:
-            return decode_table_request(file, table_kind(table), fields, trainers, unavailable, settings.max_cells)
+            return decode_table_request(file, table_kind(table), fields, trainers, unavailable, settings.max_cells, where="on this machine")
         except RequestError as error:
             raise ApiError(error.status, error.code, error.message, error.field) from None
 
@@ -435,6 +509,14 @@ def _time_cell(iso: Optional[str]) -> str:
     return "-" if iso is None else iso[:19] + "Z"  # to the second, still marked UTC
 
 
+def _demo_data(args: argparse.Namespace) -> int:
+    from boostream.demo_data import write_demo_data
+
+    for path in write_demo_data(args.folder):
+        print(path)
+    return EXIT_SUCCEEDED
+
+
 def _cancel(args: argparse.Namespace) -> int:
     with _client(args) as client:
         answer = client.cancel(args.job_id)
@@ -444,36 +526,74 @@ def _cancel(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    if not args.data.is_file():
-        raise UsageError(f"{args.data}: no such file")
+    _check_table(args.data)
     with _client(args) as client:
         feature_names = client.artifact_metadata(args.artifact_id)["feature_names"] or []
         X = _feature_rows(args.data, feature_names)
         answer = client.predict(args.artifact_id, X, args.output)
-    text = io.StringIO(newline="")
     if args.output == "proba":
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(answer["classes"])
-        writer.writerows(answer["predictions"])
+        text = _csv_text([answer["classes"], *answer["predictions"]])
     else:
-        text.writelines(f"{value}\n" for value in answer["predictions"])
+        text = "".join(f"{value}\n" for value in answer["predictions"])
     if args.out is None:
-        sys.stdout.write(text.getvalue())
+        sys.stdout.write(text)
     else:
-        _write_file(args.out, text.getvalue().encode())
+        _write_file(args.out, text.encode())
     return EXIT_SUCCEEDED
 
 
 def _feature_rows(path: Path, feature_names: list[str]) -> list[list[Optional[float]]]:
-    """The model's feature columns of a CSV with a header, as numbers; an empty cell or NaN is a
-    missing value (null)."""
-    with open(path, newline="") as file:
-        reader = csv.reader(file)
-        header = next(reader, None)
-        if header is None:
-            raise UsageError(f"{path} is empty: it needs a header and rows")
-        columns = _model_columns(path, header, feature_names)
-        return [_numbers(path, line, header, cells, columns) for line, cells in enumerate(reader, start=2) if cells]
+    """The model's feature columns of a CSV or Parquet table, as rows of numbers; a missing value
+    or NaN is null."""
+    read = _parquet_feature_rows if table_kind(path) == "parquet" else _csv_feature_rows
+    return read(path, feature_names)
+
+
+def _csv_feature_rows(path: Path, feature_names: list[str]) -> list[list[Optional[float]]]:
+    """Of a CSV with a header (UTF-8, as the server reads it; a byte order mark is skipped as
+    pyarrow does); an empty cell is a missing value."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            reader = csv.reader(file)
+            header = next(reader, None)
+            if header is None:
+                raise UsageError(f"{path} is empty: it needs a header and rows")
+            columns = _model_columns(path, header, feature_names)
+            return [_numbers(path, line, header, cells, columns) for line, cells in enumerate(reader, start=2) if cells]
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not a CSV file: it is not UTF-8 text") from None
+    except csv.Error as error:
+        raise UsageError(f"{path} is not a CSV file: {error}") from None
+
+
+def _parquet_feature_rows(path: Path, feature_names: list[str]) -> list[list[Optional[float]]]:
+    """Of a Parquet file, whose columns of numbers (or of text that reads as numbers) are taken;
+    a pandas index stored as a column is not a feature, as in training."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+        schema = parquet.schema_arrow
+        index = [name for name in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(name, str)]
+        header = [name for name in schema.names if name not in index]
+        names = [header[column] for column in _model_columns(path, header, feature_names)]
+        table = parquet.read(columns=names)
+    except (pa.ArrowException, OSError) as error:  # pyarrow reports some corrupt files as an OSError
+        reason = str(error).partition("\n")[0]
+        raise UsageError(f"{path} cannot be read as Parquet: {reason}") from None
+    columns = [_parquet_numbers(path, name, table.column(name)) for name in names]
+    return [list(row) for row in zip(*columns)]
+
+
+def _parquet_numbers(path: Path, name: str, column: pa.ChunkedArray) -> list[Optional[float]]:
+    import pyarrow as pa
+
+    try:
+        values = column.cast(pa.float64()).to_pylist()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise UsageError(f"{path}, column {name!r}: its values ({column.type}) are not numbers") from None
+    return [None if value is None or math.isnan(value) else value for value in values]
 
 
 def _model_columns(path: Path, header: list[str], feature_names: list[str]) -> list[int]:
@@ -516,13 +636,12 @@ def _check_table(path: Path) -> None:
         raise UsageError(f"{path}: no such file")
 
 
-def _check_writable(out: Path) -> None:
-    """Before training: a model that cannot be written is found out before, not after, the work."""
-    directory = out.parent
+def _check_writable(option: str, path: Path) -> None:
+    directory = path.parent
     if not directory.is_dir():
-        raise UsageError(f"--out {out}: the folder {directory} does not exist")
+        raise UsageError(f"{option} {path}: the folder {directory} does not exist")
     if not os.access(directory, os.W_OK):
-        raise UsageError(f"--out {out}: the folder {directory} is not writable")
+        raise UsageError(f"{option} {path}: the folder {directory} is not writable")
 
 
 def _write_file(path: Path, content: bytes) -> None:
@@ -534,6 +653,23 @@ def _write_file(path: Path, content: bytes) -> None:
     except OSError as error:
         partial.unlink(missing_ok=True)
         raise Failure(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def _write_curve(path: Path, curve: dict[str, Any], display: ProgressDisplay) -> None:
+    """A learning curve (`boostream.progress.metric_history`'s shape: `first` and one list of values
+    per metric) as CSV: `iteration,<metric names>`, then a row per round; a round without a value
+    has an empty cell."""
+    rounds = zip(*curve["metrics"].values())  # each round's values, in the metrics' order
+    rows = [[curve["first"] + index, *values] for index, values in enumerate(rounds)]
+    _write_file(path, _csv_text([["iteration", *curve["metrics"]], *rows]).encode())
+    display.note(f"wrote the learning curve to {path} ({len(rows)} rounds)")
+
+
+def _csv_text(rows: Iterable[Sequence[Any]]) -> str:
+    """Rows as CSV lines; None as an empty cell, a float as Python writes it (exactly)."""
+    text = io.StringIO(newline="")
+    csv.writer(text, lineterminator="\n").writerows(rows)
+    return text.getvalue()
 
 
 def _say(text: str) -> None:
@@ -558,12 +694,16 @@ class ProgressDisplay:
         self._held: Optional[dict[str, Any]] = None  # the latest progress, not shown yet
         self._shown_at = -math.inf
         self._bar_drawn = False  # on a terminal: the cursor is at the end of a progress line
+        self._eta = EtaEstimate()
 
     def show(self, event: Event) -> None:
         if event.type != "progress":
+            if event.type == "started":  # a restarted job trains from its first round again
+                self._eta = EtaEstimate()
             self.note(describe_event(event))
             return
         with self._lock:
+            self._eta.observe(event.data)
             self._held = event.data
             if event.data["iteration"] >= event.data["total"] or self._clock() - self._shown_at >= self.interval_s:
                 self._show_held()
@@ -583,27 +723,52 @@ class ProgressDisplay:
             return
         progress, self._held = self._held, None
         self._shown_at = self._clock()
+        eta_s = self._eta.seconds_left(progress)
         if self.interactive:
             width = shutil.get_terminal_size().columns - 1  # a line that wraps cannot be redrawn
-            line = progress_line(progress)
+            line = progress_line(progress, eta_s)
             if len(line) > width:
-                line = progress_line(progress, bar=False)
+                line = progress_line(progress, eta_s, bar=False)
             self.stream.write("\r" + line[:width] + "\x1b[K")
             self._bar_drawn = True
         else:
-            self.stream.write(progress_line(progress) + "\n")
+            self.stream.write(progress_line(progress, eta_s) + "\n")
         self.stream.flush()
 
 
-def progress_line(progress: dict[str, Any], bar: bool = True) -> str:
-    """`round 37/100 [#######-------------]  37%  train_l2 2831.2  elapsed 1.2s  ETA 2.0s`"""
+class EtaEstimate:
+    """The time a job has left, at the pace of its rounds since the first one seen (see
+    ETA_MIN_ROUNDS); None while that pace is not measured yet."""
+
+    def __init__(self) -> None:
+        self._first: Optional[tuple[int, float]] = None  # the first progress seen: iteration, elapsed_s
+
+    def observe(self, progress: dict[str, Any]) -> None:
+        if self._first is None:
+            self._first = (progress["iteration"], progress["elapsed_s"])
+
+    def seconds_left(self, progress: dict[str, Any]) -> Optional[float]:
+        left = progress["total"] - progress["iteration"]
+        if left <= 0:
+            return 0.0
+        if self._first is None:
+            return None
+        rounds, seconds = progress["iteration"] - self._first[0], progress["elapsed_s"] - self._first[1]
+        if rounds < ETA_MIN_ROUNDS or seconds < ETA_MIN_SPAN_S:
+            return None
+        return seconds / rounds * left
+
+
+def progress_line(progress: dict[str, Any], eta_s: Optional[float], bar: bool = True) -> str:
+    """`round 37/100 [#######-------------]  37%  train_l2 2831.2  elapsed 1.2s  ETA 2.0s`; `ETA -`
+    while it is not known."""
     iteration, total = progress["iteration"], progress["total"]
     filled = min(BAR_WIDTH, BAR_WIDTH * iteration // total) if total else BAR_WIDTH
     drawn = f" [{'#' * filled}{'-' * (BAR_WIDTH - filled)}]" if bar else ""
     parts = [f"round {iteration}/{total}{drawn} {progress['percent']:3.0f}%"]
     if progress["metrics"]:
         parts.append(_metrics_text(progress["metrics"]))
-    parts.append(f"elapsed {_duration(progress['elapsed_s'])}  ETA {_duration(progress['eta_s'])}")
+    parts.append(f"elapsed {_duration(progress['elapsed_s'])}  ETA {_duration(eta_s)}")
     return "  ".join(parts)
 
 
@@ -635,7 +800,7 @@ def _metrics_text(metrics: dict[str, Optional[float]]) -> str:
 
 def _duration(seconds: Optional[float]) -> str:
     if seconds is None:
-        return "?"
+        return "-"
     if seconds < 60:
         return f"{seconds:.1f}s"
     minutes, secs = divmod(round(seconds), 60)

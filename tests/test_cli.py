@@ -16,14 +16,18 @@ import httpx
 import joblib
 import lightgbm
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from boostream import cli, client as client_module
 from boostream.client import Client, Event, Unreachable
+from boostream.streaming_server.decoding import VALID_SPLIT_SEED
 from conftest import Server, _free_port
 
 LONG_JOB = ["--param", "n_estimators=100000", "--param", "learning_rate=0.001", "--param", "num_leaves=8"]
 HEX_ID = re.compile(r"^[0-9a-f]{32}$")
+DIABETES_FEATURES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
 
 
 def boostream(*args: str, env: Optional[dict] = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -45,7 +49,7 @@ def write_csv(path: Path, X: np.ndarray, y: np.ndarray, names: list[str]) -> Pat
 def tables(tmp_path_factory: pytest.TempPathFactory, diabetes, iris) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("tables")
     return {
-        "diabetes": write_csv(folder / "diabetes.csv", *diabetes, ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]),
+        "diabetes": write_csv(folder / "diabetes.csv", *diabetes, DIABETES_FEATURES),
         "iris": write_csv(folder / "iris.csv", *iris, ["sepal_length", "sepal_width", "petal_length", "petal_width"]),
     }
 
@@ -63,6 +67,16 @@ def server_predictions(server: Server, artifact_id: str, X: np.ndarray, output: 
         response = http.post("/predict", json={"artifact_id": artifact_id, "X": X.tolist(), "output": output})
     assert response.status_code == 200, response.text
     return response.json()["predictions"]
+
+
+def with_stdout_closed(*args: str) -> subprocess.CompletedProcess:
+    """The command with its stdout a pipe whose reader has gone, as `| head` leaves it."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run([sys.executable, "-m", "boostream", *args], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
 
 
 def read_until_a_round(process: subprocess.Popen) -> list[str]:
@@ -95,6 +109,8 @@ def test_train_shows_rounds_and_metrics_and_writes_a_model_that_predicts_as_the_
     assert HEX_ID.match(artifact_id), done.stdout
     assert "round 1/30" in done.stderr and "round 30/30" in done.stderr, done.stderr
     assert "train_l2" in done.stderr and "ETA" in done.stderr
+    rounds = [line for line in done.stderr.splitlines() if line.startswith("round ")]
+    assert rounds[0].endswith("ETA -") and rounds[-1].endswith("ETA 0.0s"), rounds  # 30 rounds: too fast to time
     booster = joblib.load(out)
     assert isinstance(booster, lightgbm.Booster) and booster.num_trees() == 30
     X = diabetes[0]
@@ -108,6 +124,35 @@ def test_train_writes_the_native_format_when_asked(server: Server, tables, tmp_p
     booster = lightgbm.Booster(model_str=out.read_text())
     X = diabetes[0]
     np.testing.assert_allclose(booster.predict(X), server_predictions(server, done.stdout.strip(), X), rtol=1e-12)
+
+
+@pytest.mark.parametrize("command", ["train", "watch", "train --local"])
+def test_curve_writes_every_round_as_lightgbm_computes_it_from_the_model(server: Server, tables, tmp_path: Path, diabetes, command: str):
+    model, curve = tmp_path / "model.joblib", tmp_path / "curve.csv"
+    job = [str(tables["diabetes"]), "--target", "y", "--param", "n_estimators=300", "--valid-fraction", "0.2"]
+    outputs = ["--out", str(model), "--curve", str(curve)]
+    if command == "train --local":
+        done = boostream("train", *job, "--local", *outputs)
+    elif command == "train":
+        done = boostream("train", *job, "--server", server.url, *outputs)
+    else:
+        job_id = boostream("train", *job, "--server", server.url, "--detach").stdout.strip()
+        done = boostream("watch", job_id, "--server", server.url, *outputs)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"done: 300 rounds.*, best 300;", done.stderr), done.stderr
+    assert f"wrote the learning curve to {curve} (300 rounds)" in done.stderr
+    header, *rows = list(csv.reader(io.StringIO(curve.read_text())))
+    assert header == ["iteration", "train_l2", "valid_l2"]
+    assert [int(row[0]) for row in rows] == list(range(1, 301))
+    # The rows the server held out for validation_fraction (the same seed, the same draw).
+    X, y = diabetes
+    order = np.random.default_rng(VALID_SPLIT_SEED).permutation(len(X))
+    n_valid = round(len(X) * 0.2)
+    valid, train = np.sort(order[:n_valid]), np.sort(order[n_valid:])
+    booster = joblib.load(model)
+    for iteration in (1, 2, 150, 300):
+        computed = [np.mean((booster.predict(X[part], num_iteration=iteration) - y[part]) ** 2) for part in (train, valid)]
+        np.testing.assert_allclose([float(value) for value in rows[iteration - 1][1:]], computed, rtol=1e-9)
 
 
 def test_a_non_tty_log_gets_a_progress_line_a_second_at_most(server: Server, tables):
@@ -154,6 +199,8 @@ def test_an_unreachable_server_exits_3(tables):
         (["--param", "seed=1", "--param", "seed=2"], "given twice"),
         (["--out", "{tmp}/no/m.joblib"], "does not exist"),
         (["--detach", "--out", "{tmp}/m.joblib"], "--detach"),
+        (["--detach", "--curve", "{tmp}/c.csv"], "--curve needs the job followed"),
+        (["--curve", "{tmp}/no/c.csv"], "does not exist"),
         (["--local"], "needs --out"),
         (["--local", "--out", "{tmp}/m.joblib", "--server", "{nowhere}"], "no --server"),
     ],
@@ -213,6 +260,13 @@ def test_detach_prints_the_job_id_and_watch_follows_it_to_its_model(server: Serv
     assert artifact_id == server.job(job_id)["artifact_id"]
     # The job asked for joblib: the native file is downloaded, and checked against its sha256.
     assert lightgbm.Booster(model_str=out.read_text()).num_trees() == 25
+
+
+@pytest.mark.parametrize("command", ["jobs", "predict"])
+def test_output_to_a_reader_that_went_away_ends_quietly_with_141(server: Server, trained, tables, command: str):
+    arguments = ["predict", trained[0].stdout.strip(), str(tables["diabetes"])] if command == "predict" else ["jobs"]
+    done = with_stdout_closed(*arguments, "--server", server.url)
+    assert (done.returncode, done.stderr) == (141, "")
 
 
 def test_jobs_lists_a_job_with_its_status_model_and_progress(server: Server, tables):
@@ -292,6 +346,46 @@ def test_predict_proba_writes_a_csv_of_class_probabilities(server: Server, table
     labels = boostream("predict", artifact_id, str(tables["iris"]), "--server", server.url).stdout.splitlines()
     assert labels == server_predictions(server, artifact_id, iris[0])
     assert np.mean(np.array(labels) == iris[1]) > 0.9
+
+
+def test_predict_takes_a_parquet_file_by_column_name(server: Server, trained, tmp_path: Path, diabetes):
+    artifact_id = trained[0].stdout.strip()
+    X, y = diabetes
+    table = tmp_path / "diabetes.parquet"
+    # The target first and the features in reverse: they are taken by name, in the model's order.
+    columns = {"y": y, **{name: X[:, index] for index, name in reversed(list(enumerate(DIABETES_FEATURES)))}}
+    pq.write_table(pa.table(columns), table)
+    predicted = boostream("predict", artifact_id, str(table), "--server", server.url)
+    assert predicted.returncode == 0, predicted.stderr
+    assert [float(line) for line in predicted.stdout.splitlines()] == server_predictions(server, artifact_id, X)
+
+
+def test_predict_takes_parquet_columns_by_position_where_names_differ(server: Server, trained, tmp_path: Path, diabetes):
+    artifact_id = trained[0].stdout.strip()
+    X = diabetes[0][:5]
+    table = tmp_path / "unnamed.parquet"
+    pq.write_table(pa.table({f"column_{index}": X[:, index] for index in range(X.shape[1])}), table)
+    predicted = boostream("predict", artifact_id, str(table), "--server", server.url)
+    assert predicted.returncode == 0, predicted.stderr
+    assert [float(line) for line in predicted.stdout.splitlines()] == server_predictions(server, artifact_id, X)
+
+
+@pytest.mark.parametrize(
+    "name, content, words",
+    [
+        ("table.json", "parquet", "name a CSV file .csv, a Parquet file .parquet or .pq"),
+        ("parquet.csv", "parquet", "is not a CSV file: it is not UTF-8 text"),
+        ("csv.parquet", "csv", "cannot be read as Parquet"),
+    ],
+)
+def test_predict_refuses_a_file_that_is_not_csv_or_parquet_in_one_line(server: Server, trained, tables, tmp_path: Path, name: str, content: str, words: str):
+    parquet = tmp_path / "diabetes.parquet"
+    pq.write_table(pa.table({"a": [1.0, 2.0]}), parquet)
+    table = tmp_path / name
+    table.write_bytes((parquet if content == "parquet" else tables["diabetes"]).read_bytes())
+    done = boostream("predict", trained[0].stdout.strip(), str(table), "--server", server.url)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
 
 
 def test_predict_refuses_a_csv_without_the_models_columns(server: Server, trained, tmp_path: Path):
@@ -496,11 +590,30 @@ def test_a_log_gets_the_first_round_one_a_second_the_latest_before_other_lines_a
     assert lines[3] == "cancelling" and "valid_l2 2.5" in lines[0]
 
 
+def _timed_round(iteration: int, total: int = 1000) -> Event:
+    """Round `iteration` of a job whose first round took 0.6 s of setup, and every other 0.01 s."""
+    elapsed_s = 0.6 + 0.01 * (iteration - 1)
+    # What the server's ETA (elapsed / iteration) would say: 9:59 after the first round.
+    eta_s = elapsed_s / iteration * (total - iteration)
+    data = {"iteration": iteration, "total": total, "percent": 100 * iteration / total, "elapsed_s": elapsed_s, "eta_s": eta_s, "metrics": {}}
+    return Event(iteration, "progress", data)
+
+
+def test_no_eta_is_shown_until_the_pace_of_rounds_after_the_first_is_measured():
+    log = _Log()
+    display = cli.ProgressDisplay(log, interval_s=0.0)
+    for iteration in (1, 2, 6, 50, 201, 600, 1000):
+        display.show(_timed_round(iteration))
+    etas = [line.rpartition("ETA ")[2] for line in log.getvalue().splitlines()]
+    # 5 rounds after the first, but 0.05 s; 49 rounds, 0.49 s; then 0.01 s a round, as they took.
+    assert etas == ["-", "-", "-", "-", "8.0s", "4.0s", "0.0s"]
+
+
 def test_the_help_documents_the_exit_codes(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     help_text = capsys.readouterr().out
-    for code in ("0", "1", "2", "3", "4", "130"):
+    for code in ("0", "1", "2", "3", "4", "130", "141"):
         assert re.search(rf"^  {code} +\S", help_text, re.MULTILINE), code
 
 
@@ -508,3 +621,9 @@ def test_serve_refuses_a_negative_keep_memory_s_naming_it(tmp_path: Path):
     done = boostream("serve", "--port", str(_free_port()), "--data-dir", str(tmp_path / "data"), "--keep-memory-s", "-1", timeout=60)
     assert done.returncode == 1
     assert "--keep-memory-s" in done.stderr and "0 or more" in done.stderr, done.stderr
+
+
+def test_serve_on_a_data_directory_in_use_says_which_server_holds_it_in_one_line(server: Server):
+    done = boostream("serve", "--port", str(_free_port()), "--data-dir", str(server.data_dir), timeout=60)
+    assert done.returncode == 1
+    assert done.stderr == f"boostream: another boostream server (pid {server.process.pid}) is using the data directory {server.data_dir}\n"

@@ -134,6 +134,22 @@ def test_cancel_ends_a_running_job_within_two_seconds(server: Server, diabetes):
         assert result.status_code == 409 and result.json()["error"]["code"] == "no_result"
 
 
+def test_a_finished_job_shows_its_final_state_not_a_stale_one(server: Server, diabetes):
+    X, y = diabetes
+    stopped_early = server.create_job({"X": X.tolist(), "y": y.tolist(), "valid_fraction": 0.3,
+                                       "params": {"n_estimators": 2000, "learning_rate": 0.3, "early_stopping_rounds": 5}})
+    job = server.wait_for_job(stopped_early)
+    assert job["status"] == "succeeded" and job["progress"]["iteration"] < 2000
+    assert job["progress"]["percent"] == 100.0 and job["progress"]["eta_s"] is None
+    cancelled = server.create_job(long_body(diabetes))
+    wait_for_event(server, cancelled, "progress")
+    with server.client() as client:
+        assert client.post(f"/jobs/{cancelled}/cancel").status_code == 202
+    job = server.wait_for_job(cancelled)
+    assert job["status"] == "cancelled" and job["progress"]["eta_s"] is None
+    assert job["progress"]["percent"] == round(100 * job["progress"]["iteration"] / job["progress"]["total"], 2) < 100
+
+
 def test_result_is_a_409_while_running_and_unknown_jobs_are_404(server: Server, diabetes):
     job_id = server.create_job(long_body(diabetes))
     wait_for_event(server, job_id, "started")
@@ -366,7 +382,8 @@ def test_a_second_server_refuses_a_data_directory_in_use(tmp_path):
     with running_server(tmp_path) as server:
         with pytest.raises(RuntimeError) as refused:
             next(start_server(tmp_path))
-        assert "another boostream server is using the data directory" in str(refused.value)
+        assert f"another boostream server (pid {server.process.pid}) is using the data directory" in str(refused.value)
+        assert "Traceback" not in str(refused.value)
         with server.client() as client:
             assert client.get("/health").status_code == 200
 

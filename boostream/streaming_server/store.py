@@ -218,13 +218,25 @@ def _json_fields(row: sqlite3.Row) -> dict[str, Any]:
     return fields
 
 
+def check_data_dir_free(data_dir: Path) -> None:
+    """DataDirInUse when another server holds `data_dir`, so that a command can say so before it
+    starts one. The lock is let go at once: the server's JobStore takes it again (a server started
+    in between still fails, later, in its startup)."""
+    os.close(_lock_data_dir(data_dir))
+
+
 def _lock_data_dir(data_dir: Path) -> int:
     """Two servers on one data directory would both re-run its interrupted jobs: allow one.
-    The lock goes with the process, however it ends."""
+    The lock goes with the process, however it ends. The holder writes its pid in the lock file,
+    so that the one refused can say which server holds it."""
     descriptor = os.open(data_dir / "server.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip()
         os.close(descriptor)
-        raise DataDirInUse(f"another boostream server is using the data directory {data_dir}") from None
+        which = f" (pid {holder})" if holder.isdigit() else ""
+        raise DataDirInUse(f"another boostream server{which} is using the data directory {data_dir}") from None
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
     return descriptor
