@@ -398,7 +398,8 @@ def job_view(row: dict[str, Any]) -> dict[str, Any]:
         "progress": {
             "iteration": iteration,
             "total": total,
-            "percent": round(100.0 * iteration / total, 2) if total else 0.0,
+            # A job that stopped early succeeded all the same: it is done, whatever rounds it skipped.
+            "percent": 100.0 if row["status"] == JobStatus.SUCCEEDED.value else round(100.0 * iteration / total, 2) if total else 0.0,
             "elapsed_s": row["elapsed_s"],
             "eta_s": row["eta_s"],
         },
