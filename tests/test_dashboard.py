@@ -1,6 +1,8 @@
 """The dashboard at `/`: served whole by the app (nothing from elsewhere), and driven in a real
-Chromium through Playwright: start a job on a bundled demo table and watch it to its end, cancel one,
-open a finished one from the list, and lose the connection mid-job without a gap or a duplicate.
+Chromium through Playwright: start a job on a bundled demo table and watch it to its end, with one
+point per round on its chart; cancel one; open a finished one from the list; lose the connection
+mid-job without a gap or a duplicate; see where early stopping left the model; and find the figures
+of the panel and of the jobs list the same, live and once a job has ended.
 
 The browser is Debian's `chromium` (`.ci/run` installs it), another on PATH named by
 `$BOOSTREAM_CHROMIUM`, or Playwright's own; where there is none, or no Playwright, the browser tests
@@ -17,6 +19,7 @@ import io
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -34,7 +37,24 @@ DEMOS = {"diabetes.csv": ("progression", "regression"), "breast_cancer.csv": ("d
 # its progress can be seen, about ten rounds a second.
 WATCHED = {"n_estimators": 10_000, "learning_rate": 0.002, "num_leaves": 7}
 ENDLESS = {"n_estimators": 100_000, "learning_rate": 0.001}
+# Stops after a few dozen rounds: the validation loss stops improving long before round 2000.
+EARLY_STOPPED = {"n_estimators": 2000, "early_stopping_rounds": 5}
 STATE = "window.__boostream.state()"
+# What the panel shows, read at one instant: the status, the round ("N of T ..."), the percent, the
+# number of points of each of the chart's curves, and the open job's row in the jobs list.
+SHOWN = """(() => {
+  const text = (query) => document.querySelector(query)?.textContent ?? null;
+  const id = window.__boostream.state().jobId;
+  const row = document.querySelector(`tr[data-job="${id}"]`);
+  return {
+    status: document.querySelector('#job-status').dataset.status, round: parseInt(text('#job-round')),
+    percent: text('#job-percent'), bar: document.querySelector('#job-progress').value, eta: text('#job-eta'),
+    points: Object.fromEntries([...document.querySelectorAll('#chart path.series')]
+      .map((path) => [path.dataset.name, (path.getAttribute('d').match(/[ML]/g) || []).length])),
+    row: row && {status: row.querySelector('.status').dataset.status, progress: row.cells[4].textContent},
+  };
+})()"""
+JOBS_REFRESH_LIVE_MS = 1000  # dashboard.js: how often the jobs list is polled while a listed job waits or trains
 
 
 def artifacts_dir() -> Path:
@@ -135,18 +155,43 @@ class Dashboard:
         assert self.page.text_content("#form-error") == ""
         return self.state()["jobId"]
 
+    def shown(self) -> dict[str, Any]:
+        return self.page.evaluate(SHOWN)
+
+    def chart_rounds(self) -> dict[str, Any]:
+        """The rounds behind the chart and their metrics: `{"iterations": [...], "metrics": {name: [...]}}`."""
+        return self.page.evaluate("window.__boostream.curve?.() ?? null")
+
+    def catch_up_while_running(self, rounds: int) -> dict[str, Any]:
+        """What the panel shows once it has charted at least `rounds` rounds, at an instant when each curve
+        has one point for every round up to the one shown (not one drawn behind) while the job runs;
+        what it shows when the job ended before such an instant."""
+        return self.wait_until(
+            f"(c => (c.status !== 'running' || c.round >= {rounds} && Object.keys(c.points).length > 0"
+            f" && Object.values(c.points).every((n) => n === c.round)) && c)({SHOWN})"
+        )
+
     def curves(self, points: Optional[int] = None) -> dict[str, int]:
-        """The chart's curves: their names and how many points each has, once it has drawn `points`."""
+        """The chart's curves: their names and how many points each has, once it has drawn `points` (or
+        after 10 s, for the assertion that follows to show what it drew)."""
+        from playwright.sync_api import TimeoutError as Timeout  # only here: without Playwright, the browser tests skip
+
         if points is not None:  # it draws at the next animation frame
-            self.wait_until(f"[...document.querySelectorAll('#chart path.series')].every(p => p.getAttribute('d').match(/[ML]/g).length === {points})")
+            with contextlib.suppress(Timeout):
+                drawn = f"[...document.querySelectorAll('#chart path.series')].every(p => p.getAttribute('d').match(/[ML]/g).length === {points})"
+                self.wait_until(drawn, timeout_s=10)
         paths = self.page.eval_on_selector_all("#chart path.series", "paths => paths.map(p => [p.dataset.name, p.getAttribute('d')])")
         return {name: len(re.findall(r"[ML]", d)) for name, d in paths}
 
 
 @contextlib.contextmanager
-def open_dashboard(browser: Any, server: Server) -> Iterator[Dashboard]:
+def open_dashboard(browser: Any, server: Server, paused_clock: bool = False) -> Iterator[Dashboard]:
+    """A fresh page on the dashboard; with `paused_clock`, its timers fire only when the test runs the clock."""
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     page = context.new_page()
+    if paused_clock:
+        page.clock.install()
+        page.clock.pause_at(time.time() + 1)
     dashboard = Dashboard(page, server, [])
     page.on("console", lambda message: message.type == "error" and dashboard.problems.append(f"console: {message.text}"))
     page.on("pageerror", lambda error: dashboard.problems.append(f"script error: {error}"))
@@ -165,27 +210,57 @@ def dashboard(browser: Any, dashboard_server: Server) -> Iterator[Dashboard]:
         yield dashboard
 
 
-def progress_iterations(server: Server, job_id: str) -> list[int]:
-    """The rounds of a job's progress events, from its last (re)start: what its chart must show."""
+def sent_rounds(server: Server, job_id: str) -> dict[str, Any]:
+    """Every round's metrics as the job's progress events carried them (their `history`), from its last
+    (re)start: what its chart must show, in the shape of `Dashboard.chart_rounds`."""
     events = server.events(job_id)
     starts = [i for i, event in enumerate(events) if event.event == "started"]
-    return [event.data["iteration"] for event in events[starts[-1] :] if event.event == "progress"]
+    rounds: dict[str, Any] = {"iterations": [], "metrics": {}}
+    for event in events[starts[-1] :]:
+        if event.event == "progress":
+            history = event.data["history"]
+            count = max(len(values) for values in history["metrics"].values())
+            rounds["iterations"] += range(history["first"], history["first"] + count)
+            for name, values in history["metrics"].items():
+                rounds["metrics"].setdefault(name, []).extend(values)
+    return rounds
+
+
+def terminal_event(server: Server, job_id: str) -> Any:
+    return server.events(job_id)[-1]
+
+
+def every_round(count: int) -> list[int]:
+    return list(range(1, count + 1))
+
+
+def first_rounds(rounds: dict[str, Any], count: int) -> dict[str, Any]:
+    """The first `count` rounds of `sent_rounds`."""
+    return {"iterations": rounds["iterations"][:count], "metrics": {name: values[:count] for name, values in rounds["metrics"].items()}}
 
 
 def test_a_job_on_a_demo_table_is_watched_live_to_its_model(dashboard: Dashboard):
     page = dashboard.page
+    rounds = WATCHED["n_estimators"]
     job_id = dashboard.start_job("diabetes.csv", **WATCHED)
-    training = dashboard.wait_until("s.status === 'running' && s.points.length >= 3 && {points: s.points.length, percent: $('#job-percent'), eta: $('#job-eta')}")
+    training = dashboard.catch_up_while_running(100)  # a progress event carries a few hundred rounds
+    assert training["status"] == "running", f"the chart never had a point for every round so far: {training}"
     assert 0 < float(training["percent"].rstrip("%")) < 100 and training["eta"].endswith(" s")
-    assert set(dashboard.curves()) == {"train_l2", "valid_l2"}
-    dashboard.wait_until(f"s.points.length > {training['points']}")  # and more rounds arrive
+    assert set(training["points"]) == {"train_l2", "valid_l2"}
+    so_far = dashboard.chart_rounds()
+    assert so_far["iterations"] == every_round(len(so_far["iterations"])), "each round once, in order, from the first"
+    dashboard.wait_until(f"s.rounds > {len(so_far['iterations'])}")  # and more rounds arrive
 
     page.wait_for_selector("#job-status[data-status=succeeded]", timeout=60_000)
     assert page.text_content("#job-percent") == "100.0%"
-    assert page.text_content("#job-round") == f"{WATCHED['n_estimators']} of {WATCHED['n_estimators']}"
-    iterations = progress_iterations(dashboard.server, job_id)
-    assert [point["iteration"] for point in dashboard.state()["points"]] == iterations
-    assert dashboard.curves(len(iterations)) == {"train_l2": len(iterations), "valid_l2": len(iterations)}
+    assert page.text_content("#job-round") == f"{rounds} of {rounds}"
+    assert dashboard.curves(rounds) == {"train_l2": rounds, "valid_l2": rounds}
+    sent = sent_rounds(dashboard.server, job_id)
+    assert sent["iterations"] == every_round(rounds)
+    assert dashboard.chart_rounds() == sent
+    count = len(so_far["iterations"])  # what was charted while it trained: the rounds the server sent, as it sent them
+    assert so_far == first_rounds(sent, count)
+    assert page.query_selector("#chart .best-round") is None, "no early stopping, no best-round marker"
     final = page.inner_text("#final-metrics")
     assert "train_l2" in final and "valid_l2" in final and "best round" in final
     artifact_id = dashboard.server.job(job_id)["artifact_id"]
@@ -200,22 +275,53 @@ def test_a_job_on_a_demo_table_is_watched_live_to_its_model(dashboard: Dashboard
 
 
 def test_a_running_job_is_cancelled_with_its_button(dashboard: Dashboard):
+    page = dashboard.page
     job_id = dashboard.start_job("iris.csv", **ENDLESS)
-    dashboard.wait_until("s.points.length >= 2")
-    dashboard.page.click("#cancel")
-    dashboard.page.wait_for_selector("#job-status[data-status=cancelled]", timeout=30_000)
-    assert dashboard.page.is_disabled("#cancel")
-    assert "cancelled after round" in dashboard.page.text_content("#job-meta")
+    running = dashboard.wait_until(f"s.lastRound >= 2 && {SHOWN}")
+    assert running["eta"].endswith(" s")
+    page.click("#cancel")
+    page.wait_for_selector("#job-status[data-status=cancelled]", timeout=30_000)
+    assert page.is_disabled("#cancel")
+    assert "cancelled after round" in page.text_content("#job-meta")
     assert dashboard.server.job(job_id)["status"] == "cancelled"
-    dashboard.page.wait_for_selector(f'tr[data-job="{job_id}"] .status[data-status=cancelled]')
+    page.wait_for_selector(f'tr[data-job="{job_id}"] .status[data-status=cancelled]')
+    shown = dashboard.shown()
+    assert shown["eta"] == "–", "nothing is left to wait for"
+    assert shown["row"] == {"status": "cancelled", "progress": shown["percent"]}
+    assert 0 < shown["bar"] < 100 and shown["percent"] != "100.0%"
+
+    # A cancelled job has no final curve: its chart is what the progress events carried, every round once.
+    trained = sent_rounds(dashboard.server, job_id)
+    assert trained["iterations"] == every_round(len(trained["iterations"]))
+    for opened_by in ("the stream it was watched on", "the list, after a reload"):
+        count = len(trained["iterations"])
+        assert dashboard.curves(count) == {"train_multi_logloss": count, "valid_multi_logloss": count}, opened_by
+        assert dashboard.chart_rounds() == trained, opened_by
+        page.goto(dashboard.server.url + "/")
+        page.wait_for_selector("body[data-ready=true]")
+        page.click(f'tr[data-job="{job_id}"] button')
+        page.wait_for_selector("#job-status[data-status=cancelled]")
+    assert dashboard.shown()["eta"] == "–"
+    assert dashboard.problems == []
+
+
+def test_a_300_round_job_has_300_points_on_each_curve(dashboard: Dashboard):
+    """About three progress events carry the 300 rounds: the chart draws every one of them."""
+    job_id = dashboard.start_job("diabetes.csv", n_estimators=300)
+    dashboard.page.wait_for_selector("#job-status[data-status=succeeded]", timeout=30_000)
+    assert dashboard.curves(300) == {"train_l2": 300, "valid_l2": 300}
+    assert dashboard.chart_rounds()["iterations"] == every_round(300)
+    assert dashboard.page.text_content("#job-round") == "300 of 300"
+    assert len(dashboard.server.events(job_id)) < 10, "far fewer events than rounds"
     assert dashboard.problems == []
 
 
 def test_a_finished_job_opened_from_the_list_replays_its_curve(dashboard: Dashboard, diabetes):
     X, y = diabetes
-    job_id = dashboard.server.create_job({"X": X.tolist(), "y": y.tolist(), "valid_fraction": 0.2, "params": {"n_estimators": 1000}})
+    job_id = dashboard.server.create_job({"X": X.tolist(), "y": y.tolist(), "valid_fraction": 0.2, "params": {"n_estimators": 300}})
     dashboard.server.wait_for_job(job_id)
-    iterations = progress_iterations(dashboard.server, job_id)
+    rounds = sent_rounds(dashboard.server, job_id)
+    assert rounds["iterations"] == every_round(300)
     page = dashboard.page
     page.click("#refresh-jobs")
     page.click(f'tr[data-job="{job_id}"] button')
@@ -224,8 +330,9 @@ def test_a_finished_job_opened_from_the_list_replays_its_curve(dashboard: Dashbo
         dashboard.wait_until("!s.open")  # the stream ended, and was closed rather than reconnected
         state = dashboard.state()
         assert state["jobId"] == job_id, opened_by
-        assert [point["iteration"] for point in state["points"]] == iterations, opened_by
-        assert dashboard.curves(len(iterations)) == {"train_l2": len(iterations), "valid_l2": len(iterations)}
+        assert dashboard.curves(300) == {"train_l2": 300, "valid_l2": 300}, opened_by
+        assert dashboard.chart_rounds() == rounds, opened_by
+        assert dashboard.shown()["row"] == {"status": "succeeded", "progress": "100.0%"}, opened_by
         assert page.is_visible("#download-native")
         page.reload()
         page.wait_for_selector("body[data-ready=true]")
@@ -234,15 +341,95 @@ def test_a_finished_job_opened_from_the_list_replays_its_curve(dashboard: Dashbo
 
 def test_a_dropped_connection_resumes_without_gaps_or_duplicates(dashboard: Dashboard):
     job_id = dashboard.start_job("diabetes.csv", **WATCHED)
-    dashboard.wait_until("s.points.length >= 3")
-    dashboard.page.evaluate("window.__boostream.dropConnection(0)")  # replays every event: all already seen
-    dashboard.wait_until("s.points.length >= 6")
-    dashboard.page.evaluate("window.__boostream.dropConnection()")  # resumes after the last event seen
+    charted = 100
+    for after in ("0", ""):  # 0 replays every event, all already seen; none resumes after the last event seen
+        dashboard.wait_until(f"s.lastRound >= {charted}")
+        dashboard.page.evaluate(f"window.__boostream.dropConnection({after})")
+        dashboard.wait_until(f"s.connections === {2 if after else 3}")
+        shown = dashboard.catch_up_while_running(dashboard.state()["lastRound"] + 1)  # a round that came after the drop
+        assert shown["status"] == "running", f"the chart never had a point for every round so far: {shown}"
+        so_far = dashboard.chart_rounds()
+        assert so_far["iterations"] == every_round(len(so_far["iterations"])), "no gap and no duplicate"
+        charted = len(so_far["iterations"]) + 1
     dashboard.page.wait_for_selector("#job-status[data-status=succeeded]", timeout=60_000)
-    state = dashboard.state()
-    assert state["connections"] == 3
-    assert [point["iteration"] for point in state["points"]] == progress_iterations(dashboard.server, job_id)
+    assert dashboard.state()["connections"] == 3
+    sent = sent_rounds(dashboard.server, job_id)
+    count = len(so_far["iterations"])
+    assert so_far == first_rounds(sent, count)
+    assert dashboard.chart_rounds() == sent
     assert dashboard.problems == []
+
+
+def test_early_stopping_marks_the_best_round_and_the_job_reads_done_everywhere(dashboard: Dashboard):
+    page = dashboard.page
+    planned = EARLY_STOPPED["n_estimators"]
+    job_id = dashboard.start_job("diabetes.csv", **EARLY_STOPPED)
+    page.wait_for_selector("#job-status[data-status=succeeded]", timeout=30_000)
+    complete = terminal_event(dashboard.server, job_id).data
+    trained, best = complete["iterations"], complete["best_iteration"]
+    assert best < trained < planned, "early stopping ended the job"
+    done = f"100.0% (stopped early: {trained} of {planned} rounds)"
+    page.wait_for_selector(f'tr[data-job="{job_id}"] .status[data-status=succeeded]')
+    for opened_by in ("the stream it was watched on", "the list, in a page loaded afresh"):
+        shown = dashboard.shown()
+        assert (shown["percent"], shown["bar"], shown["eta"]) == ("100.0%", 100, "–"), opened_by
+        assert page.text_content("#job-round") == f"{trained} of {planned} (stopped early, best {best})", opened_by
+        assert shown["row"] == {"status": "succeeded", "progress": done}, opened_by
+        assert dashboard.curves(trained) == {"train_l2": trained, "valid_l2": trained}, opened_by
+        # The marker: a line at the best round, through the best round's point of each curve, and its label.
+        marker = page.query_selector("#chart .best-round")
+        assert marker is not None, "a marker at the best round"
+        assert marker.get_attribute("data-round") == str(best)
+        assert marker.text_content() == f"best round {best}"
+        line = marker.eval_on_selector("line", "line => [line.x1.baseVal.value, line.x2.baseVal.value]")
+        dots = marker.eval_on_selector_all("circle", "dots => dots.map(d => [d.dataset.name, d.cx.baseVal.value, d.cy.baseVal.value])")
+        for name, path in page.eval_on_selector_all("#chart path.series", "paths => paths.map(p => [p.dataset.name, p.getAttribute('d')])"):
+            points = [(float(x), float(y)) for x, y in re.findall(r"[ML]([-\d.]+),([-\d.]+)", path)]
+            x, y = points[best - 1]
+            assert line == pytest.approx([x, x], abs=0.1), name
+            assert [dot[1:] for dot in dots if dot[0] == name] == [pytest.approx([x, y], abs=0.1)], name
+            assert points[-1][0] > x + 5, "the rounds after the best one are drawn to its right"
+        page.goto(dashboard.server.url + "/")
+        page.wait_for_selector("body[data-ready=true]")
+        # Before any stream is opened, the list alone says the job is done, whatever round it stopped at.
+        assert page.text_content(f'tr[data-job="{job_id}"] td:nth-child(5)') == done
+        page.click(f'tr[data-job="{job_id}"] button')
+        page.wait_for_selector("#job-status[data-status=succeeded]")
+        dashboard.wait_until("!s.open")
+    assert dashboard.problems == []
+
+
+def test_the_open_jobs_row_in_the_list_follows_its_stream(dashboard: Dashboard):
+    page = dashboard.page
+    job_id = dashboard.start_job("diabetes.csv", **WATCHED)
+    page.wait_for_selector(f'tr[data-job="{job_id}"]')
+    dashboard.wait_until("s.lastRound >= 100")
+    samples = []
+    for _ in range(6):
+        samples.append(dashboard.shown())
+        page.wait_for_timeout(120)
+    running = [sample for sample in samples if sample["status"] == "running"]
+    assert len(running) >= 3, samples
+    for sample in running:
+        assert sample["row"] == {"status": "running", "progress": sample["percent"]}, "the row shows what the panel shows"
+    page.wait_for_selector("#job-status[data-status=succeeded]", timeout=60_000)
+    assert dashboard.shown()["row"] == {"status": "succeeded", "progress": "100.0%"}
+    assert dashboard.problems == []
+
+
+def test_the_jobs_list_shows_within_a_second_that_a_job_ended_elsewhere(browser: Any, dashboard_server: Server, iris):
+    X, y = iris
+    job_id = dashboard_server.create_job({"X": X.tolist(), "y": y.tolist(), "objective": "multiclass", "params": ENDLESS})
+    dashboard_server.wait_for_job(job_id, ("running",))
+    with open_dashboard(browser, dashboard_server, paused_clock=True) as dashboard:
+        page = dashboard.page
+        page.wait_for_selector(f'tr[data-job="{job_id}"] .status[data-status=running]')
+        with dashboard_server.client() as client:
+            assert client.post(f"/jobs/{job_id}/cancel").status_code == 202
+        assert dashboard_server.wait_for_job(job_id)["status"] == "cancelled"
+        page.clock.run_for(JOBS_REFRESH_LIVE_MS)  # no stream tells the page of this job: its next poll does
+        page.wait_for_selector(f'tr[data-job="{job_id}"] .status[data-status=cancelled]', timeout=5_000)
+        assert dashboard.problems == []
 
 
 def test_the_browser_reconnects_by_itself_to_a_restarted_server(browser: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -250,16 +437,17 @@ def test_the_browser_reconnects_by_itself_to_a_restarted_server(browser: Any, tm
     monkeypatch.setattr(conftest, "_free_port", lambda: port)  # the restarted server listens where the first did
     with running_server(tmp_path, "--cpu-jobs", "2") as first, open_dashboard(browser, first) as dashboard:
         job_id = dashboard.start_job("diabetes.csv", **WATCHED)
-        dashboard.wait_until("s.points.length >= 3")
+        dashboard.wait_until("s.lastRound >= 3")
         first.process.kill()
         first.process.wait()
         dashboard.page.wait_for_selector("#connection:text('reconnecting')")
         with running_server(tmp_path, "--cpu-jobs", "2") as second:
             dashboard.page.wait_for_selector("#job-status[data-status=succeeded]", timeout=60_000)
             assert "attempt 2" in dashboard.page.text_content("#job-meta")
-            state = dashboard.state()
-            assert state["connections"] == 1, "EventSource reconnected by itself, sending Last-Event-ID"
-            assert [point["iteration"] for point in state["points"]] == progress_iterations(second, job_id), "only the second attempt's curve"
+            assert dashboard.state()["connections"] == 1, "EventSource reconnected by itself, sending Last-Event-ID"
+            rounds = WATCHED["n_estimators"]
+            assert dashboard.curves(rounds) == {"train_l2": rounds, "valid_l2": rounds}, "only the second attempt's curve"
+            assert dashboard.chart_rounds() == sent_rounds(second, job_id)
     # The browser reported the stream cut off and the connections refused while the server was down; nothing else.
     assert [problem for problem in dashboard.problems if not problem.startswith("console: Failed to load resource: net::ERR_")] == []
 

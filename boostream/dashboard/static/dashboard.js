@@ -16,7 +16,12 @@ const STATUS_AFTER = {
 };
 const TERMINAL = new Set(["complete", "error", "cancelled"]);
 const LIVE = new Set(["queued", "running"]);
-const JOBS_REFRESH_MS = 3000;
+const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
+// The jobs list is polled (no stream tells of other jobs): often while one of them waits or trains,
+// so that its end shows within a second, and seldom otherwise.
+const JOBS_REFRESH_LIVE_MS = 1000;
+const JOBS_REFRESH_IDLE_MS = 5000;
+const JOB_PROGRESS_CELL = 4;
 const RECONNECT_MS = 2000;
 
 const $ = (id) => document.getElementById(id);
@@ -173,13 +178,19 @@ function showFormError(message, field) {
 
 // ---- watching a job ----
 
-const watch = {
-  jobId: null, source: null, lastEventId: 0, status: "idle", total: 0, points: [], finished: false, cancelling: false, connections: 0,
-};
+const watch = { jobId: null, source: null, connections: 0, ...jobState() };
+
+// What the panel knows of the open job; all of it starts over when another job is opened.
+function jobState() {
+  return {
+    lastEventId: 0, status: "idle", finished: false, cancelling: false,
+    total: 0, iteration: 0, percent: 0, trained: null, best: null, curve: newCurve(),
+  };
+}
 
 function openJob(jobId) {
   closeSource();
-  Object.assign(watch, { jobId, lastEventId: 0, total: 0, points: [], finished: false, cancelling: false });
+  Object.assign(watch, { jobId, ...jobState() });
   history.replaceState(null, "", `#${jobId}`);
   $("job-id").textContent = jobId;
   $("job-meta").textContent = "";
@@ -241,17 +252,14 @@ function receive(source, type, message) {
   const data = JSON.parse(message.data);
   setStatus(STATUS_AFTER[type]);
   HANDLERS[type](data);
-  if (TERMINAL.has(type)) {
-    watch.finished = true;
-    closeSource(); // or EventSource would reconnect forever once the server ends the stream
-    refreshJobs();
-  }
+  if (TERMINAL.has(type)) endWatch();
+  showOpenJobRow();
 }
 
 const HANDLERS = {
   queued: (data) => { $("job-meta").textContent = `waiting for the ${data.device}: position ${data.position} in the queue`; },
   restarted: (data) => {
-    watch.points = []; // training starts over: so does its chart
+    Object.assign(watch, { total: 0, iteration: 0, percent: 0, curve: newCurve() }); // training starts over: so does its chart
     clearProgress();
     $("job-meta").textContent = `restarted (${data.reason}); attempt ${data.attempts}`;
   },
@@ -263,21 +271,36 @@ const HANDLERS = {
     scheduleChart();
   },
   progress: (data) => {
-    watch.total = data.total;
-    if (!(data.iteration > (watch.points.at(-1)?.iteration ?? 0))) return; // never the same round twice
-    watch.points.push({ iteration: data.iteration, metrics: data.metrics });
+    if (!(data.iteration > watch.iteration)) return; // never the same round twice
+    // Every round since the previous progress event (an older server sends only the event's own round).
+    const rounds = data.history ?? { first: data.iteration, metrics: mapValues(data.metrics, (value) => [value]) };
+    addRounds(watch.curve, rounds.first, rounds.metrics);
     showProgress(data);
     scheduleChart();
   },
   complete: (data) => {
+    if (data.curve) { // every round trained: the chart ends exactly as the model was trained
+      watch.curve = newCurve();
+      addRounds(watch.curve, data.curve.first, data.curve.metrics);
+    }
+    showSucceeded(data);
     const figures = { ...data.metrics, "best round": data.best_iteration, "rounds trained": data.iterations, "training time": duration(data.training_time_s) };
     $("final-metrics").replaceChildren(...Object.entries(figures).flatMap(([name, value]) => [el("dt", {}, name), el("dd", {}, formatNumber(value))]));
     for (const format of ["joblib", "native"]) $(`download-${format}`).href = `/artifacts/${data.artifact_id}?format=${format}`;
     $("result").hidden = false;
+    scheduleChart();
   },
   error: (data) => showJobError(`${data.code}: ${data.message}`),
   cancelled: (data) => { $("job-meta").textContent += ` · cancelled after round ${data.iteration}`; },
 };
+
+// After the terminal event: nothing more to wait for, and the jobs list has news.
+function endWatch() {
+  watch.finished = true;
+  $("job-eta").textContent = "–";
+  closeSource(); // or EventSource would reconnect forever once the server ends the stream
+  refreshJobs();
+}
 
 function setStatus(status) {
   const cancelling = watch.cancelling && LIVE.has(status);
@@ -292,18 +315,37 @@ function setConnection(text) {
 }
 
 function showProgress(progress) {
-  $("job-progress").value = progress.percent;
-  $("job-percent").textContent = `${progress.percent.toFixed(1)}%`;
-  if (progress.iteration === undefined) return;
+  Object.assign(watch, { total: progress.total, iteration: progress.iteration, percent: progress.percent });
+  showPercent(progress.percent);
   $("job-round").textContent = `${progress.iteration} of ${progress.total}`;
   $("job-elapsed").textContent = duration(progress.elapsed_s);
   $("job-eta").textContent = duration(progress.eta_s);
 }
 
+// A job that succeeded is done, even when early stopping ended it before its last planned round.
+function showSucceeded(complete) {
+  const total = Math.max(watch.total, complete.iterations);
+  Object.assign(watch, { total, iteration: complete.iterations, percent: 100, trained: complete.iterations, best: complete.best_iteration });
+  showPercent(100);
+  $("job-round").textContent = roundsText(complete.iterations, total, complete.best_iteration);
+  $("job-elapsed").textContent = duration(complete.training_time_s);
+}
+
+function showPercent(percent) {
+  $("job-progress").value = percent;
+  $("job-percent").textContent = percentText(percent);
+}
+
 function clearProgress() {
-  showProgress({ percent: 0 });
+  showPercent(0);
   for (const id of ["job-round", "job-elapsed", "job-eta"]) $(id).textContent = "–";
   scheduleChart();
+}
+
+// "142 of 2000 (stopped early, best 137)": the rounds trained, and the one the model predicts with.
+function roundsText(iterations, total, best) {
+  const notes = [iterations < total ? "stopped early" : "", best < iterations ? `best ${best}` : ""].filter(Boolean);
+  return notes.length ? `${iterations} of ${total} (${notes.join(", ")})` : `${iterations} of ${total}`;
 }
 
 function showJobError(message) {
@@ -323,10 +365,30 @@ async function cancelJob() {
   }
 }
 
-// ---- the chart: metrics per round, one curve per metric ----
+// ---- the curve: every round's metrics, one column per metric ----
+
+function newCurve() {
+  return { iterations: [], metrics: {} };
+}
+
+// Append the rounds first, first + 1, ... of `metrics` (a name → one value per round) that come after
+// the curve's last round: a batch replayed after a reconnect, or overlapping one already seen, adds
+// no round twice.
+function addRounds(curve, first, metrics) {
+  const count = Math.max(0, ...Object.values(metrics).map((values) => values.length));
+  const last = curve.iterations.at(-1) ?? 0;
+  for (const name of Object.keys(metrics)) curve.metrics[name] ??= curve.iterations.map(() => null); // new from here on
+  for (let i = Math.max(0, last + 1 - first); i < count; i++) {
+    curve.iterations.push(first + i);
+    for (const [name, values] of Object.entries(curve.metrics)) values.push(metrics[name]?.[i] ?? null);
+  }
+}
+
+// ---- the chart: metrics per round, one curve per metric, and the best round ----
 
 const SVG = "http://www.w3.org/2000/svg";
 const BOX = { width: 640, height: 300, left: 64, right: 16, top: 30, bottom: 40 };
+const PLOT = { width: BOX.width - BOX.left - BOX.right, height: BOX.height - BOX.top - BOX.bottom };
 const COLORS = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#0891b2"];
 let chartPending = false;
 
@@ -339,45 +401,76 @@ function scheduleChart() {
 function drawChart() {
   const svg = $("chart");
   svg.querySelectorAll(":scope > :not(title)").forEach((node) => node.remove());
-  const names = [...new Set(watch.points.flatMap((point) => Object.keys(point.metrics)))].sort(); // train_* before valid_*
-  const values = watch.points.flatMap((point) => names.map((name) => point.metrics[name])).filter(Number.isFinite);
+  const curve = watch.curve;
+  const names = Object.keys(curve.metrics).sort(); // train_* before valid_*
+  const values = names.flatMap((name) => curve.metrics[name]).filter(Number.isFinite);
   if (!values.length) {
     const text = watch.jobId ? "Waiting for the first round…" : "Start or open a job to see its metrics.";
     svgEl(svg, "text", { x: BOX.width / 2, y: BOX.height / 2, class: "empty", "text-anchor": "middle" }, text);
     return;
   }
-  const [plotW, plotH] = [BOX.width - BOX.left - BOX.right, BOX.height - BOX.top - BOX.bottom];
-  const xTicks = niceTicks(0, Math.max(watch.total, watch.points.at(-1).iteration, 1));
-  const yTicks = niceTicks(values.reduce((a, b) => Math.min(a, b)), values.reduce((a, b) => Math.max(a, b)));
+  // The rounds planned; once early stopping has ended the job, the rounds it trained.
+  const rounds = watch.trained ?? Math.max(watch.total, curve.iterations.at(-1), 1);
+  const [lo, hi] = values.reduce(([min, max], value) => [Math.min(min, value), Math.max(max, value)], [Infinity, -Infinity]);
+  const scale = chartScale(niceTicks(0, rounds), niceTicks(lo, hi));
+  drawAxes(svg, scale);
+  names.forEach((name, index) => drawSeries(svg, scale, curve, name, index));
+  if (watch.best !== null && watch.best < watch.trained) drawBestRound(svg, scale, curve, names, watch.best);
+}
+
+function chartScale(xTicks, yTicks) {
   const [x0, x1, y0, y1] = [xTicks[0], xTicks.at(-1), yTicks[0], yTicks.at(-1)];
-  const x = (value) => BOX.left + ((value - x0) / (x1 - x0)) * plotW;
-  const y = (value) => BOX.top + (1 - (value - y0) / (y1 - y0)) * plotH;
+  return {
+    xTicks, yTicks,
+    x: (value) => BOX.left + ((value - x0) / (x1 - x0)) * PLOT.width,
+    y: (value) => BOX.top + (1 - (value - y0) / (y1 - y0)) * PLOT.height,
+  };
+}
+
+function drawAxes(svg, { xTicks, yTicks, x, y }) {
+  const bottom = BOX.top + PLOT.height;
   for (const tick of yTicks) {
-    svgEl(svg, "line", { x1: BOX.left, x2: BOX.left + plotW, y1: y(tick), y2: y(tick), class: "grid" });
+    svgEl(svg, "line", { x1: BOX.left, x2: BOX.left + PLOT.width, y1: y(tick), y2: y(tick), class: "grid" });
     svgEl(svg, "text", { x: BOX.left - 6, y: y(tick) + 4, "text-anchor": "end", class: "tick" }, formatNumber(tick));
   }
   for (const tick of xTicks) {
-    svgEl(svg, "line", { x1: x(tick), x2: x(tick), y1: BOX.top + plotH, y2: BOX.top + plotH + 5, class: "axis" });
-    svgEl(svg, "text", { x: x(tick), y: BOX.top + plotH + 18, "text-anchor": "middle", class: "tick" }, formatNumber(tick));
+    svgEl(svg, "line", { x1: x(tick), x2: x(tick), y1: bottom, y2: bottom + 5, class: "axis" });
+    svgEl(svg, "text", { x: x(tick), y: bottom + 18, "text-anchor": "middle", class: "tick" }, formatNumber(tick));
   }
-  svgEl(svg, "line", { x1: BOX.left, x2: BOX.left + plotW, y1: BOX.top + plotH, y2: BOX.top + plotH, class: "axis" });
-  svgEl(svg, "line", { x1: BOX.left, x2: BOX.left, y1: BOX.top, y2: BOX.top + plotH, class: "axis" });
-  svgEl(svg, "text", { x: BOX.left + plotW / 2, y: BOX.height - 4, "text-anchor": "middle", class: "label" }, "round");
-  names.forEach((name, index) => {
-    const color = COLORS[index % COLORS.length];
-    let path = "";
-    let pen = "M";
-    for (const point of watch.points) {
-      const value = point.metrics[name];
-      if (!Number.isFinite(value)) { pen = "M"; continue; } // a gap where the metric is null
-      path += `${pen}${x(point.iteration).toFixed(1)},${y(value).toFixed(1)}`;
-      pen = "L";
-    }
-    svgEl(svg, "path", { d: path, class: "series", stroke: color, "data-name": name, "stroke-dasharray": name.startsWith("valid") ? "6 3" : "none" });
-    const left = BOX.left + index * 170;
-    svgEl(svg, "line", { x1: left, x2: left + 24, y1: 14, y2: 14, class: "series", stroke: color, "stroke-dasharray": name.startsWith("valid") ? "6 3" : "none" });
-    svgEl(svg, "text", { x: left + 30, y: 18, class: "legend" }, name);
+  svgEl(svg, "line", { x1: BOX.left, x2: BOX.left + PLOT.width, y1: bottom, y2: bottom, class: "axis" });
+  svgEl(svg, "line", { x1: BOX.left, x2: BOX.left, y1: BOX.top, y2: bottom, class: "axis" });
+  svgEl(svg, "text", { x: BOX.left + PLOT.width / 2, y: BOX.height - 4, "text-anchor": "middle", class: "label" }, "round");
+}
+
+// One point per round; `data-points` says how many were drawn.
+function drawSeries(svg, { x, y }, curve, name, index) {
+  const style = { class: "series", stroke: COLORS[index % COLORS.length], "stroke-dasharray": name.startsWith("valid") ? "6 3" : "none" };
+  const values = curve.metrics[name];
+  const commands = [];
+  let pen = "M";
+  curve.iterations.forEach((iteration, j) => {
+    if (!Number.isFinite(values[j])) { pen = "M"; return; } // a gap where the metric is null
+    commands.push(`${pen}${x(iteration).toFixed(1)},${y(values[j]).toFixed(1)}`);
+    pen = "L";
   });
+  svgEl(svg, "path", { d: commands.join(""), "data-name": name, "data-points": commands.length, ...style });
+  const left = BOX.left + index * 170;
+  svgEl(svg, "line", { x1: left, x2: left + 24, y1: 14, y2: 14, ...style });
+  svgEl(svg, "text", { x: left + 30, y: 18, class: "legend" }, name);
+}
+
+// Early stopping trained past the round the model predicts with: a line and a dot on each curve there.
+function drawBestRound(svg, { x, y }, curve, names, best) {
+  const at = x(best);
+  const marker = svgEl(svg, "g", { class: "best-round", "data-round": best });
+  svgEl(marker, "line", { x1: at, x2: at, y1: BOX.top, y2: BOX.top + PLOT.height });
+  const index = curve.iterations.indexOf(best);
+  names.forEach((name, n) => {
+    const value = curve.metrics[name][index];
+    if (Number.isFinite(value)) svgEl(marker, "circle", { cx: at, cy: y(value), r: 3.5, fill: COLORS[n % COLORS.length], "data-name": name });
+  });
+  const right = at > BOX.left + PLOT.width * 0.7; // keep the label inside the plot
+  svgEl(marker, "text", { x: right ? at - 6 : at + 6, y: BOX.top + 12, "text-anchor": right ? "end" : "start" }, `best round ${best}`);
 }
 
 // About `count` round steps (1, 2, 2.5 or 5 times a power of ten) covering lo..hi.
@@ -391,30 +484,61 @@ function niceTicks(lo, hi, count = 5) {
   return Array.from({ length: last - first + 1 }, (_, i) => Number(((first + i) * step).toPrecision(12)));
 }
 
-// ---- the jobs list ----
+// ---- the jobs list: polled, faster while a listed job waits or trains; the open job's row follows its stream ----
 
 let shownJobs = "";
+let jobsAsked = 0; // the latest request: an older answer arriving late is not shown
+let jobsTimer = 0;
 
 async function refreshJobs() {
+  const asked = ++jobsAsked;
+  clearTimeout(jobsTimer);
   let jobs;
   try {
     jobs = (await request("/jobs?limit=20")).jobs;
   } catch {
-    return; // keep the list shown; the next refresh tries again
+    jobs = null; // keep the list shown; the next refresh tries again
   }
-  const fingerprint = JSON.stringify(jobs.map((job) => [job.job_id, job.status, job.progress.percent]));
+  if (asked !== jobsAsked) return;
+  if (document.visibilityState === "visible") {
+    const live = jobs?.some((job) => LIVE.has(job.status)) ?? true;
+    jobsTimer = setTimeout(refreshJobs, live ? JOBS_REFRESH_LIVE_MS : JOBS_REFRESH_IDLE_MS);
+  }
+  if (jobs) showJobs(jobs);
+}
+
+function showJobs(jobs) {
+  const fingerprint = JSON.stringify(jobs.map((job) => [job.job_id, job.status, job.progress]));
   if (fingerprint === shownJobs) return; // unchanged: keep the rows, and the focus in them
   shownJobs = fingerprint;
   $("jobs-body").replaceChildren(...jobs.map(jobRow));
   markOpenJob();
+  showOpenJobRow();
 }
 
 function jobRow(job) {
   const open = el("button", { type: "button", class: "link", "aria-label": `Open job ${job.job_id}` }, job.job_id.slice(0, 8));
   open.addEventListener("click", () => openJob(job.job_id));
-  const cells = [open, el("span", { class: "status", "data-status": job.status }, job.status), job.model_type, job.objective,
-    `${job.progress.percent}%`, new Date(job.created_at).toLocaleString()];
-  return el("tr", { "data-job": job.job_id }, ...cells.map((cell) => el("td", {}, cell)));
+  const cells = [open, el("span", { class: "status" }), job.model_type, job.objective, "", new Date(job.created_at).toLocaleString()];
+  const row = el("tr", { "data-job": job.job_id }, ...cells.map((cell) => el("td", {}, cell)));
+  showJobRowProgress(row, { status: job.status, ...job.progress });
+  return row;
+}
+
+function showJobRowProgress(row, { status, percent, iteration, total }) {
+  const badge = row.querySelector(".status");
+  badge.textContent = badge.dataset.status = status;
+  row.cells[JOB_PROGRESS_CELL].textContent = status === "succeeded"
+    ? `${percentText(100)}${iteration < total ? ` (stopped early: ${iteration} of ${total} rounds)` : ""}`
+    : percentText(percent ?? 0);
+}
+
+// The open job's row shows what its panel shows as each event arrives, not the last poll's figures.
+function showOpenJobRow() {
+  const row = [...$("jobs-body").rows].find((candidate) => candidate.dataset.job === watch.jobId);
+  if (!row || watch.lastEventId === 0) return; // nothing heard from the stream yet
+  if (FINISHED.has(row.querySelector(".status").dataset.status) && !watch.finished) return; // replaying a finished job
+  showJobRowProgress(row, watch);
 }
 
 function markOpenJob() {
@@ -449,6 +573,14 @@ function svgEl(parent, tag, attributes, text) {
   return node;
 }
 
+function mapValues(object, map) {
+  return Object.fromEntries(Object.entries(object).map(([name, value]) => [name, map(value)]));
+}
+
+function percentText(percent) {
+  return `${percent.toFixed(1)}%`;
+}
+
 function formatNumber(value) {
   if (typeof value !== "number") return String(value ?? "–");
   if (value !== 0 && (Math.abs(value) >= 1e5 || Math.abs(value) < 1e-3)) return value.toExponential(2);
@@ -467,10 +599,13 @@ function duration(seconds) {
 
 window.__boostream = {
   dropConnection,
+  // `rounds` counts the chart's rounds; with `firstRound` 1 and `lastRound` equal to it, none is missing or twice.
   state: () => ({
     jobId: watch.jobId, status: watch.status, lastEventId: watch.lastEventId, connections: watch.connections,
-    open: Boolean(watch.source), points: watch.points.map((point) => ({ ...point })),
+    open: Boolean(watch.source), rounds: watch.curve.iterations.length, firstRound: watch.curve.iterations[0] ?? null,
+    lastRound: watch.curve.iterations.at(-1) ?? null,
   }),
+  curve: () => structuredClone(watch.curve),
 };
 
 async function start() {
@@ -478,11 +613,11 @@ async function start() {
   $("model_type").addEventListener("change", renderBackend);
   $("cancel").addEventListener("click", cancelJob);
   $("refresh-jobs").addEventListener("click", refreshJobs);
+  document.addEventListener("visibilitychange", () => document.visibilityState === "visible" && refreshJobs());
   await loadModels();
   await setupTables();
   drawChart();
   await refreshJobs();
-  setInterval(() => document.visibilityState === "visible" && refreshJobs(), JOBS_REFRESH_MS);
   if (location.hash.length > 1) openJob(decodeURIComponent(location.hash.slice(1)));
   document.body.dataset.ready = "true"; // for tests: the form is filled in
 }
