@@ -36,7 +36,7 @@ _METRIC = {"regression": "l2", "binary": "binary_logloss", "multiclass": "multi_
 # WarpGBM builds its CUDA extension against the torch already installed, so it cannot come with the
 # other packages in one `pip install` (build isolation would hide torch from it).
 INSTALL_RECIPE = (
-    "to train on an NVIDIA GPU, install a CUDA build of PyTorch (pip install 'torch>=2.4' scikit-learn tqdm), "
+    "to train on an NVIDIA GPU, install a CUDA build of PyTorch and what WarpGBM needs (the gpu extra: pip install -e '.[gpu]'), "
     "then WarpGBM against it, with nvcc on the PATH: TORCH_CUDA_ARCH_LIST=9.0 pip install --no-build-isolation "
     "--no-deps warpgbm==2.2.0 (9.0 is Hopper: use your GPU's); see 'WarpGBM on a GPU' in the README"
 )
