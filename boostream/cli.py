@@ -80,6 +80,7 @@ REQUEST_FIELDS = frozenset(
     {"target", "features", "era", "model_type", "objective", "valid_fraction", "timeout_s", "artifact_format", "callback_url", "on_disconnect"}
 )
 BAR_WIDTH = 16
+NOT_FINITE = "infinite: a model takes finite numbers (a missing value is an empty cell, or null)"
 # The first round also carries the trainer's setup (binning, building LightGBM's Dataset), which
 # can take longer than many rounds: the ETA is measured from the first round seen, not from the
 # start, and shown only once that spans this many rounds and seconds, so one round's time does
@@ -361,9 +362,10 @@ def _write_outputs(client: Client, complete: dict[str, Any], outputs: OutputFile
         _save_model(client, complete, outputs.model, outputs.format)
         display.note(f"wrote the model to {outputs.model} ({outputs.format})")
     if outputs.curve is not None:
-        if "curve" not in complete:
-            raise Failure(f"the server sent no learning curve (it is older than --curve): {outputs.curve} not written")
-        _write_curve(outputs.curve, complete["curve"], display)
+        if "curve" in complete:
+            _write_curve(outputs.curve, complete["curve"], display)
+        else:  # the job succeeded all the same: say so, and exit 0
+            display.note(f"warning: the server sent no learning curve (it is older than --curve); {outputs.curve} not written")
 
 
 def _save_model(client: Client, complete: dict[str, Any], out: Path, format: str) -> None:
@@ -512,7 +514,11 @@ def _time_cell(iso: Optional[str]) -> str:
 def _demo_data(args: argparse.Namespace) -> int:
     from boostream.demo_data import write_demo_data
 
-    for path in write_demo_data(args.folder):
+    try:
+        written = write_demo_data(args.folder)
+    except OSError as error:
+        raise Failure(f"cannot write the demo files to {args.folder}: {error.strerror or error}") from None
+    for path in written:
         print(path)
     return EXIT_SUCCEEDED
 
@@ -593,12 +599,18 @@ def _parquet_numbers(path: Path, name: str, column: pa.ChunkedArray) -> list[Opt
         values = column.cast(pa.float64()).to_pylist()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         raise UsageError(f"{path}, column {name!r}: its values ({column.type}) are not numbers") from None
+    infinite = next((row for row, value in enumerate(values) if value is not None and math.isinf(value)), None)
+    if infinite is not None:
+        raise UsageError(f"{path}, row {infinite + 1}, column {name!r}: {values[infinite]} is {NOT_FINITE}")
     return [None if value is None or math.isnan(value) else value for value in values]
 
 
 def _model_columns(path: Path, header: list[str], feature_names: list[str]) -> list[int]:
     """Where the header names all the model's features, those columns in the model's order (so the
     training file itself, target and all, can be used); else all of them, in place."""
+    twice = next((name for i, name in enumerate(header) if name in header[:i]), None)
+    if twice is not None:
+        raise UsageError(f"{path} has two columns named {twice!r}: name each column once")
     if feature_names and set(feature_names) <= set(header):
         return [header.index(name) for name in feature_names]
     if len(header) != len(feature_names):
@@ -616,6 +628,8 @@ def _numbers(path: Path, line: int, header: list[str], cells: list[str], columns
             value = float(cell) if cell.strip() else math.nan
         except ValueError:
             raise UsageError(f"{path}, line {line}, column {header[column]!r}: {cell!r} is not a number") from None
+        if math.isinf(value):
+            raise UsageError(f"{path}, line {line}, column {header[column]!r}: {cell!r} is {NOT_FINITE}")
         row.append(None if math.isnan(value) else value)
     return row
 

@@ -2,8 +2,8 @@
 
 A trainer calls `report()` once per boosting round from its own thread. The bridge hands rounds to
 the loop with `loop.call_soon_threadsafe`, at most one wake-up in flight, and coalesces: while the
-loop is busy or a round is throttled, a newer round replaces the older one, so memory never grows
-with a slow consumer. The first round and the last round are always delivered; in between at most
+loop is busy or a round is throttled, a newer round replaces the older one as the one to deliver, so
+a slow consumer gets fewer deliveries, never a backlog of them. The first round and the last round are always delivered; in between at most
 one round per `interval_s`, each delivered as soon as it is reported. No iteration is delivered
 twice.
 

@@ -38,7 +38,7 @@ def parse_sse(lines: Iterator[str], comments: Optional[list[str]] = None) -> Ite
                 yield SseEvent(
                     id=int(fields["id"]) if "id" in fields else None,
                     event=fields.get("event", "message"),
-                    data=json.loads("\n".join(data_lines)),
+                    data=json.loads("\n".join(data_lines), parse_constant=_refuse_constant),
                     retry=int(fields["retry"]) if "retry" in fields else None,
                 )
             fields, data_lines = {}, []
@@ -52,6 +52,11 @@ def parse_sse(lines: Iterator[str], comments: Optional[list[str]] = None) -> Ite
                 data_lines.append(value)
             else:
                 fields[name] = value
+
+
+def _refuse_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON: a browser's JSON.parse refuses them, and so do these tests."""
+    raise ValueError(f"{name} is not JSON")
 
 
 class Server:

@@ -13,7 +13,7 @@ import lightgbm
 import numpy as np
 import pytest
 
-from conftest import Server
+from conftest import Server, running_server
 from boostream.streaming_server.signing import load_or_create_key, verify
 from boostream.trainers.forest import Forest
 
@@ -130,7 +130,7 @@ def with_native_artifact(server: Server, complete: dict) -> dict:
 
 
 @pytest.mark.parametrize("format", ["artifact_id", "joblib", "native"])
-@pytest.mark.parametrize("objective, labels", [("binary", ["no", "yes"]), ("multiclass", ["a=1", "b\nline", "c"]), ("binary", [-1.5, 3])])
+@pytest.mark.parametrize("objective, labels", [("binary", ["no", "yes"]), ("multiclass", ["a=1", "b\nline", "c"]), ("binary", [-1.5, 3]), ("binary", [1e20, 2e20])])
 def test_a_lightgbm_models_class_labels_survive_every_way_back(server: Server, breast_cancer, objective, labels, format):
     X, y = breast_cancer
     y = np.array(labels, dtype=object)[(y + (X[:, 0] > 15)) % len(labels)]
@@ -151,6 +151,16 @@ def test_a_joblib_lightgbm_model_knows_its_labels_and_its_text_model_loads_anywh
     assert 'boostream_classes:["setosa","versicolor","virginica"]' in text
     plain = lightgbm.Booster(model_str=text)  # LightGBM itself reads the file as it is
     np.testing.assert_allclose(plain.predict(iris[0]), booster_of(complete).predict(iris[0]), rtol=1e-12)
+
+
+def test_a_text_model_that_would_abort_lightgbm_is_refused_and_the_server_lives_on(server: Server, diabetes):
+    X, y = diabetes
+    booster = lightgbm.train({"objective": "regression", "verbose": -1, "num_threads": 1}, lightgbm.Dataset(X, y), 3)
+    broken = booster.model_to_string().replace("split_feature=", "split_feature=zz\x1b[31m ", 1)  # LightGBM's parser aborts on it
+    error = predict_error(server, 400, "artifact", artifact=base64.b64encode(broken.encode()).decode(), artifact_format="native", X=X[:2].tolist())
+    assert "Model format error" in error["message"] and "\x1b" not in error["message"], error
+    with server.client() as client:
+        assert client.get("/health").status_code == 200
 
 
 def test_a_native_lightgbm_model_with_bad_labels_is_refused(server: Server, iris):
@@ -249,6 +259,32 @@ def test_an_artifact_whose_files_were_removed_by_hand_is_gone(server: Server, di
     assert error["code"] == "gone"
     with server.client() as client:
         assert client.get(f"/artifacts/{complete['artifact_id']}").status_code == 410
+
+
+def test_predicting_by_artifact_id_never_unpickles_the_servers_own_file(server: Server, diabetes, tmp_path):
+    complete = server.train({"X": diabetes[0].tolist(), "y": diabetes[1].tolist(), "params": {"n_estimators": 5}})[-1].data
+    target = tmp_path / "pwned"
+    joblib.dump(CreatesAFile(str(target)), server.data_dir / "artifacts" / f"{complete['artifact_id']}.joblib")
+    answer = predict(server, artifact_id=complete["artifact_id"], X=diabetes[0][:5].tolist())
+    np.testing.assert_allclose(answer["predictions"], booster_of(complete).predict(diabetes[0][:5]), rtol=1e-12)
+    assert not target.exists(), "the joblib file on disk was unpickled"
+
+
+def test_models_stay_loaded_within_model_cache_bytes(tmp_path, diabetes):
+    """A loaded model keeps predicting after its file is gone; one pushed out of the cache does not."""
+    body = {"X": diabetes[0].tolist(), "y": diabetes[1].tolist(), "params": {"n_estimators": 20}}
+    rows = diabetes[0][:3].tolist()
+    for cache_bytes, kept in ((1, False), (64 * 1024**2, True)):  # room for one model (at least one stays), or for all
+        folder = tmp_path / str(cache_bytes)
+        folder.mkdir()
+        with running_server(folder, "--model-cache-bytes", str(cache_bytes)) as server:
+            first, second = (server.train(body)[-1].data["artifact_id"] for _ in range(2))
+            predict(server, artifact_id=first, X=rows)
+            predict(server, artifact_id=second, X=rows)
+            (server.data_dir / "artifacts" / f"{first}.native").unlink()
+            with server.client() as client:
+                status = client.post("/predict", json={"artifact_id": first, "X": rows}).status_code
+            assert status == (200 if kept else 410), (cache_bytes, status)
 
 
 def test_deleting_a_job_deletes_its_artifact(server: Server, diabetes):

@@ -388,6 +388,32 @@ def test_predict_refuses_a_file_that_is_not_csv_or_parquet_in_one_line(server: S
     assert done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
 
 
+def test_predict_refuses_infinite_values_and_twice_named_columns_in_one_line(server: Server, trained, tmp_path: Path, diabetes):
+    artifact_id = trained[0].stdout.strip()
+    X = diabetes[0][:3].copy()
+    names = [f"c{index}" for index in range(X.shape[1])]
+    infinite_csv = tmp_path / "infinite.csv"
+    infinite_csv.write_text(",".join(names) + "\n" + "\n".join(",".join(map(str, row)) for row in X).replace(str(X[1, 2]), "inf", 1) + "\n")
+    X[2, 4] = -np.inf
+    infinite_parquet = tmp_path / "infinite.parquet"
+    pq.write_table(pa.table({name: X[:, index] for index, name in enumerate(names)}), infinite_parquet)
+    twice = tmp_path / "twice.parquet"
+    pq.write_table(pa.table([pa.array(X[:, index]) for index in range(X.shape[1])], names=["age", *names[1:-1], "age"]), twice)
+    for table, words in ((infinite_csv, "line 3, column 'c2': 'inf' is infinite"), (infinite_parquet, "row 3, column 'c4': -inf is infinite"),
+                         (twice, "two columns named 'age'")):
+        done = boostream("predict", artifact_id, str(table), "--server", server.url)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
+
+
+def test_demo_data_writes_the_readmes_files_or_says_in_one_line_why_not(tmp_path: Path):
+    done = boostream("demo-data", str(tmp_path / "demo"))
+    assert done.returncode == 0, done.stderr
+    assert sorted(path.name for path in (tmp_path / "demo").iterdir()) == sorted(Path(line).name for line in done.stdout.splitlines())
+    (tmp_path / "a-file").write_text("")
+    refused = boostream("demo-data", str(tmp_path / "a-file"))
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "cannot write the demo files" in refused.stderr, refused.stderr
+
+
 def test_predict_refuses_a_csv_without_the_models_columns(server: Server, trained, tmp_path: Path):
     artifact_id = trained[0].stdout.strip()
     table = tmp_path / "two.csv"

@@ -49,8 +49,7 @@ SHOWN = """(() => {
   return {
     status: document.querySelector('#job-status').dataset.status, round: parseInt(text('#job-round')),
     percent: text('#job-percent'), bar: document.querySelector('#job-progress').value, eta: text('#job-eta'),
-    points: Object.fromEntries([...document.querySelectorAll('#chart path.series')]
-      .map((path) => [path.dataset.name, (path.getAttribute('d').match(/[ML]/g) || []).length])),
+    points: Object.fromEntries([...document.querySelectorAll('#chart path.series')].map((path) => [path.dataset.name, Number(path.dataset.rounds)])),
     row: row && {status: row.querySelector('.status').dataset.status, progress: row.cells[4].textContent},
   };
 })()"""
@@ -171,15 +170,18 @@ class Dashboard:
             f" && Object.values(c.points).every((n) => n === c.round)) && c)({SHOWN})"
         )
 
-    def curves(self, points: Optional[int] = None) -> dict[str, int]:
-        """The chart's curves: their names and how many points each has, once it has drawn `points` (or
+    def curves(self, rounds: Optional[int] = None) -> dict[str, int]:
+        """The chart's curves: their names and how many rounds each draws, once it draws `rounds` (or
         after 10 s, for the assertion that follows to show what it drew)."""
         from playwright.sync_api import TimeoutError as Timeout  # only here: without Playwright, the browser tests skip
 
-        if points is not None:  # it draws at the next animation frame
+        if rounds is not None:  # it draws at the next animation frame
             with contextlib.suppress(Timeout):
-                drawn = f"[...document.querySelectorAll('#chart path.series')].every(p => p.getAttribute('d').match(/[ML]/g).length === {points})"
-                self.wait_until(drawn, timeout_s=10)
+                self.wait_until(f"[...document.querySelectorAll('#chart path.series')].every(p => p.dataset.rounds === '{rounds}')", timeout_s=10)
+        return dict(self.page.eval_on_selector_all("#chart path.series", "paths => paths.map(p => [p.dataset.name, Number(p.dataset.rounds)])"))
+
+    def drawn_points(self) -> dict[str, int]:
+        """How many points each curve's path has (every round, or a few per pixel column)."""
         paths = self.page.eval_on_selector_all("#chart path.series", "paths => paths.map(p => [p.dataset.name, p.getAttribute('d')])")
         return {name: len(re.findall(r"[ML]", d)) for name, d in paths}
 
@@ -255,6 +257,8 @@ def test_a_job_on_a_demo_table_is_watched_live_to_its_model(dashboard: Dashboard
     assert page.text_content("#job-percent") == "100.0%"
     assert page.text_content("#job-round") == f"{rounds} of {rounds}"
     assert dashboard.curves(rounds) == {"train_l2": rounds, "valid_l2": rounds}
+    # 10,000 rounds on a plot some 560 pixels wide: a few points per pixel column, not one per round.
+    assert all(600 <= points <= 4 * 560 for points in dashboard.drawn_points().values()), dashboard.drawn_points()
     sent = sent_rounds(dashboard.server, job_id)
     assert sent["iterations"] == every_round(rounds)
     assert dashboard.chart_rounds() == sent
@@ -310,6 +314,7 @@ def test_a_300_round_job_has_300_points_on_each_curve(dashboard: Dashboard):
     job_id = dashboard.start_job("diabetes.csv", n_estimators=300)
     dashboard.page.wait_for_selector("#job-status[data-status=succeeded]", timeout=30_000)
     assert dashboard.curves(300) == {"train_l2": 300, "valid_l2": 300}
+    assert dashboard.drawn_points() == {"train_l2": 300, "valid_l2": 300}, "fewer rounds than pixels: every one is a point"
     assert dashboard.chart_rounds()["iterations"] == every_round(300)
     assert dashboard.page.text_content("#job-round") == "300 of 300"
     assert len(dashboard.server.events(job_id)) < 10, "far fewer events than rounds"
@@ -459,7 +464,7 @@ def test_a_refused_request_is_explained_next_to_the_form(dashboard: Dashboard):
     page.wait_for_selector("#param-learning_rate[aria-invalid=true]")
     assert "learning_rate" in page.text_content("#form-error")
     assert dashboard.state()["jobId"] is None
-    assert all("422" in problem for problem in dashboard.problems), "only the refused request was reported"
+    assert dashboard.problems and all("422" in problem for problem in dashboard.problems), "only the refused request was reported"
 
 
 def test_unavailable_backends_are_offered_disabled_with_the_reason(dashboard: Dashboard):

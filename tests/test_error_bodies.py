@@ -76,6 +76,9 @@ def test_an_unknown_route_is_a_json_404(server: Server):
     assert response.status_code == 404
     assert_error_body(response)
     assert response.json()["error"] == {"code": "not_found", "message": "there is nothing at /no/such/route"}
+    with server.client() as client:
+        hostile = client.get("/nope%00%1b%5B31m" + "x" * 5000).json()["error"]["message"]
+    assert "\x1b" not in hostile and "\x00" not in hostile and "\\x1b[31m" in hostile and len(hostile) < 300, hostile
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,9 @@ BAD_REQUESTS = [
     ("early stopping without validation", body(params={"early_stopping_rounds": 5}), 422, "params.early_stopping_rounds", "needs validation data"),
     ("bagging that would silently do nothing", body(params={"bagging_fraction": 0.5}), 422, "params.bagging_fraction", "bagging_freq"),
     ("valid_fraction out of range", body(valid_fraction=0.9), 422, "valid_fraction", "at most 0.5"),
+    ("valid_fraction and X_valid both", body(valid_fraction=0.25, X_valid=GOOD_X, y_valid=GOOD_Y), 422, "valid_fraction", "not both"),
+    ("a validation label y does not have", body(objective="binary", y=["a", "b", "a", "b"], X_valid=GOOD_X[:2], y_valid=["a", "c"]),
+     400, "y_valid", "has the class 'c', which y does not have"),
     ("an unknown top-level field", body(n_estimators=10), 422, "n_estimators", "unknown field"),
     ("era on LightGBM", body(era=[1, 1, 2, 2]), 422, "era", "WarpGBM"),
 ]
@@ -92,6 +95,15 @@ def test_nan_and_infinity_are_named_as_not_json(server: Server, case, path, requ
     error = response.json()["error"]
     assert (error["code"], error["field"]) == ("invalid_json", field)
     assert words in error["message"] and "not JSON" in error["message"] and "null" in error["message"], error
+
+
+def test_a_nan_nested_under_a_field_name_is_not_blamed_on_that_field(server: Server):
+    request_body = body(params={"X": NAN})  # not the table X: a (wrong) parameter of that name
+    with server.client() as client:
+        response = client.post("/jobs", content=json.dumps(request_body), headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert "field" not in error and "(under 'X') is NaN" in error["message"], error
 
 
 @pytest.mark.parametrize("path", ["/train/stream", "/jobs", "/predict"])

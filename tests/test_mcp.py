@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import io
+import json
 import re
 from typing import Any, AsyncIterator, Optional
 
@@ -17,8 +18,8 @@ import numpy as np
 from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import Server
-from boostream.streaming_server.mcp_server import transport_security, _train_input_schema
+from conftest import Server, running_server
+from boostream.streaming_server.mcp_server import MAX_BODY_BYTES, transport_security, _train_input_schema
 from boostream.trainers import create_trainers
 
 TOOLS = {"list_models", "train", "start_job", "job_status", "cancel_job", "predict"}
@@ -74,7 +75,7 @@ def test_an_agent_lists_the_tools_trains_with_progress_and_predicts_with_the_art
         progress = ProgressLog()
         async with mcp_session(server) as session:
             tools = {tool.name: tool for tool in (await session.list_tools()).tools}
-            trained = await session.call_tool("train", train_arguments(diabetes, 300), progress_callback=progress)
+            trained = await session.call_tool("train", {**train_arguments(diabetes, 300), "include_curve": True}, progress_callback=progress)
             predicted = await session.call_tool("predict", {"artifact_id": trained.structured_content["artifact_id"], "X": X.tolist()})
             return tools, progress, trained, predicted
 
@@ -122,6 +123,7 @@ def test_train_returns_the_artifact_only_when_asked(server: Server, breast_cance
     result = asyncio.run(agent()).structured_content
     model = joblib.load(io.BytesIO(base64.b64decode(result["artifact"])))
     assert model.num_trees() == 5 and result["classes"] == [0, 1]
+    assert "curve" not in result, "the curve comes only with include_curve"
 
 
 def test_a_started_job_is_polled_and_cancelled(server: Server, diabetes):
@@ -228,6 +230,41 @@ def test_a_foreign_origin_is_refused_before_any_session(server: Server):
     assert rebound.status_code == 421  # a DNS-rebound name is not one this server answers to
     assert loopback.status_code == 200 and loopback.headers["mcp-session-id"]
     assert without.status_code == 200
+
+
+def test_hosts_and_origins_the_operator_lists_are_served_and_no_others(tmp_path):
+    headers = {"accept": "application/json, text/event-stream"}
+    options = ("--mcp-hosts", "models.internal", "--mcp-origins", "https://dashboard.example")
+    with running_server(tmp_path, *options) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        def initialize(**extra: str) -> int:
+            return client.post("/mcp", json=INITIALIZE, headers={**headers, **extra}).status_code
+
+        assert initialize(host="models.internal:8000") == 200
+        assert initialize(host="models.internal:8000", origin="http://models.internal:8000") == 200  # a page of a listed host
+        assert initialize(origin="https://dashboard.example") == 200
+        assert initialize(host="other.internal:8000") == 421
+        assert initialize(origin="https://other.example") == 403
+        assert initialize(origin="https://dashboard.example:8443") == 403  # the origin listed has no port
+
+
+def test_tool_arguments_over_4_mib_are_refused_and_the_server_carries_on(server: Server, diabetes):
+    X, y = diabetes
+    rows = 4 * 1024**2 // len(str(X[0].tolist())) + 100
+    big = {"X": np.resize(X, (rows, X.shape[1])).tolist(), "y": np.resize(y, rows).tolist()}
+    request = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "train", "arguments": big}}
+    assert len(json.dumps(request)) > MAX_BODY_BYTES
+    headers = {"accept": "application/json, text/event-stream"}
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        session = client.post("/mcp", json=INITIALIZE, headers=headers).headers["mcp-session-id"]
+        refused = client.post("/mcp", json=request, headers={**headers, "mcp-session-id": session})
+        assert refused.status_code == 413, refused.text
+        assert client.get("/health").json()["queue"]["cpu"]["queued"] == 0
+
+    async def agent():
+        async with mcp_session(server) as session:
+            return await session.call_tool("train", train_arguments((X[:100], y[:100]), 5))
+
+    assert not asyncio.run(agent()).is_error, "a call under the cap still trains"
 
 
 def test_origins_allowed_are_the_hosts_the_server_answers_to():

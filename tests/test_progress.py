@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import threading
 import time
 
 import pytest
 
 from boostream.progress import ProgressBridge, metric_history
+from boostream.streaming_server.jobs import Job, JobRequest
+from boostream.streaming_server.store import JobStore
+from boostream.trainers.lightgbm import LightGBMTrainer
 
 
 def run_training(rounds: int, total: int, interval_s: float, deliver_delay_s: float = 0.0, round_s: float = 0.0):
@@ -150,3 +155,36 @@ def test_a_closed_bridge_delivers_nothing_more():
 
     asyncio.run(main())
     assert [p.iteration for p in delivered] == [1]
+
+
+def test_a_metric_that_is_not_finite_reaches_every_reader_as_null(tmp_path):
+    """Early rounds can give NaN or infinite losses (WarpGBM's float32 losses overflow on large
+    targets); JSON has no such numbers, and a browser's JSON.parse refuses them."""
+    store = JobStore(tmp_path)
+    request = JobRequest("lightgbm", "regression", {"n_estimators": 3})
+    metrics = [{"train_l2": math.inf, "valid_l2": math.nan}, {"train_l2": -math.inf, "valid_l2": 2.0}, {"train_l2": 1.0, "valid_l2": 1.5}]
+
+    async def main() -> Job:
+        job = Job.create(request, LightGBMTrainer(1), store, data=None, ingest_timings={})
+        job.start("cpu", n_rows=10, n_valid_rows=5, n_features=2)
+        bridge = ProgressBridge(asyncio.get_running_loop(), job.report, total=3, interval_s=10.0)
+
+        def train():
+            for iteration, values in enumerate(metrics, start=1):
+                bridge.report(iteration, values)
+
+        await asyncio.get_running_loop().run_in_executor(None, train)
+        bridge.finish()
+        return job
+
+    job = asyncio.run(main())
+    live = [json.loads(event.json, parse_constant=refuse) for event in job.events if event.type == "progress"]
+    stored = [json.loads(data, parse_constant=refuse) for _, kind, data in store.events(job.id) if kind == "progress"]
+    store.close()
+    assert live == stored and [p["iteration"] for p in live] == [1, 3]
+    assert live[0]["metrics"] == {"train_l2": None, "valid_l2": None}
+    assert live[1]["history"] == {"first": 2, "metrics": {"train_l2": [None, 1.0], "valid_l2": [2.0, 1.5]}}
+
+
+def refuse(name: str):
+    raise ValueError(f"{name} is not JSON")

@@ -128,6 +128,12 @@ def test_a_multipart_upload_trains_the_same_model_as_json(server: Server, diabet
     assert_same_model(from_parquet, from_json, X)
 
 
+def test_a_csv_whose_first_column_name_starts_like_parquet_is_still_csv(server: Server, diabetes):
+    names = ["PAR1_score", *(f"f{i}" for i in range(1, 10))]
+    complete = completed(train_table(server, csv_bytes(table_of(*diabetes, names)), CSV, target="target", n_estimators="3"))
+    assert complete["feature_names"] == names
+
+
 def test_features_selects_the_columns_and_their_order(server: Server, diabetes):
     X, y = diabetes
     names = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
@@ -319,6 +325,20 @@ def test_a_multipart_form_without_a_file_is_a_400(server: Server):
         response = client.post("/train/stream", data={"target": "y"}, files={"note": (None, "no table here")})
     assert response.status_code == 400, response.text
     assert response.json()["error"]["field"] == "file"
+
+
+def test_a_multipart_upload_without_a_content_length_is_a_411(server: Server, diabetes):
+    """A multipart upload is spooled to disk as it arrives: without a declared length, nothing bounds it."""
+    boundary = "b0undary"
+    table = csv_bytes(table_of(*diabetes, [f"f{i}" for i in range(10)]))
+    parts = [f"--{boundary}\r\nContent-Disposition: form-data; name=\"table\"; filename=\"t.csv\"\r\nContent-Type: text/csv\r\n\r\n".encode(),
+             table, f"\r\n--{boundary}--\r\n".encode()]
+    with server.client() as client:
+        chunked = client.post("/jobs?target=target", content=iter(parts), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        assert chunked.status_code == 411, chunked.text
+        assert chunked.json()["error"]["code"] == "length_required"
+        declared = client.post("/jobs?target=target", content=b"".join(parts), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        assert declared.status_code == 202, declared.text
 
 
 @pytest.fixture(scope="module")

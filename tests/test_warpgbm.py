@@ -178,3 +178,12 @@ def test_a_gpu_models_string_labels_survive_every_way_back(server: Server, forma
     assert answer["classes"] == ["no", "yes"]
     assert set(answer["predictions"]) == {"no", "yes"}
     assert np.mean(np.array(answer["predictions"]) == labels[:200]) > 0.6
+
+
+def test_a_loss_that_overflows_on_the_gpu_is_streamed_as_null(server: Server):
+    # WarpGBM computes its losses in float32: squares of targets near 1e20 overflow to infinity.
+    X, y = regression_data(5000)
+    events = server.train({"model_type": "warpgbm", "X": X.tolist(), "y": (y * 1e20).tolist(), "params": {"n_estimators": 5}})
+    progress = [e for e in events if e.event == "progress"]
+    assert progress and progress[0].data["metrics"]["train_l2"] is None  # parsed strictly: no NaN, no Infinity
+    assert events[-1].event == "complete" and events[-1].data["curve"]["metrics"]["train_l2"][0] is None

@@ -22,7 +22,7 @@ import orjson
 import simdjson
 
 from boostream.streaming_server import pages
-from boostream.streaming_server.errors import ApiError
+from boostream.streaming_server.errors import ApiError, quotable
 from boostream.trainers.base import OBJECTIVES, InvalidData, InvalidParameter, Trainer, TrainingData, validate_params
 
 VALID_SPLIT_SEED = 0
@@ -204,8 +204,9 @@ def _position(body: bytes | bytearray, at: int, shape: Any) -> tuple[Optional[st
     if after_key is None:
         return None, f"the value at byte {at}"
     key = body[key_start + 1 : key_end].decode(errors="replace")
-    if key not in shape.__struct_fields__:
-        return None, f"the value at byte {at} (under {key!r})"  # in params, say
+    top_level = body.count(b"{", 0, key_start) - body.count(b"}", 0, key_start) == 1
+    if key not in shape.__struct_fields__ or not top_level:
+        return None, f"the value at byte {at} (under {quotable(key)!r})"  # in params, say
     start = after_key.end()
     if start == at:
         return key, key
@@ -493,9 +494,10 @@ def _encode_classes(data: TrainingData, objective: str) -> None:
 
 
 def _label(value: Any) -> Any:
-    """A class label as JSON will show it: 1 rather than 1.0, plain str rather than numpy's."""
+    """A class label as JSON will show it: 1 rather than 1.0 (but 1e+20 stays a float: JSON
+    encoders refuse integers beyond 64 bits), plain str rather than numpy's."""
     value = value.item() if isinstance(value, np.generic) else value
-    return int(value) if isinstance(value, float) and value.is_integer() else value
+    return int(value) if isinstance(value, float) and value.is_integer() and abs(value) < 2**63 else value
 
 
 def _parser() -> simdjson.Parser:

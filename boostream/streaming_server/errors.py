@@ -13,6 +13,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Match, Route
 
 UNEXPECTED = "the server failed unexpectedly; its log says why. Try again, and report it if it persists"
+# What a message quotes of a client's input (a path, a row of a file, a parser's words on it) is cut
+# to this length.
+QUOTE_CHARS = 200
 
 
 class ApiError(Exception):
@@ -47,14 +50,21 @@ async def handle_api_error(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
+def quotable(text: str) -> str:
+    """Client input fit to quote in a message: cut short, control characters escaped, so that a
+    terminal printing the message shows them rather than obeys them."""
+    short = text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS] + " ..."
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in short)
+
+
 async def handle_http_exception(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, HTTPException)
     status, headers = error.status_code, dict(error.headers or {})
     if status == 404:
-        message = f"there is nothing at {request.url.path}"
+        message = f"there is nothing at {quotable(request.url.path)}"
     elif status == 405:
         headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
-        message = f"{request.url.path} does not take {request.method}; use {headers['Allow']}"
+        message = f"{quotable(request.url.path)} does not take {quotable(request.method)}; use {headers['Allow']}"
     else:
         message = error.detail
     return JSONResponse(ApiError(status, _code(status), message).body(), status_code=status, headers=headers)

@@ -147,6 +147,7 @@ class McpEndpoint:
 
     async def train(self, ctx: ServerRequestContext, arguments: dict[str, Any]) -> dict[str, Any]:
         include_artifact = _flag(arguments.pop("include_artifact", False), "include_artifact")
+        include_curve = _flag(arguments.pop("include_curve", False), "include_curve")
         on_cancel = _choice(arguments.pop("on_cancel", "continue"), "on_cancel", ON_CANCEL)
         job = await self._submit(ctx, arguments)
         try:
@@ -160,6 +161,8 @@ class McpEndpoint:
             raise ToolError("cancelled", f"job {job.id} was cancelled after round {data['iteration']}")
         if not include_artifact:
             data.pop("artifact", None)
+        if not include_curve:  # one number per round and metric: tokens an agent pays for only when it asks
+            data.pop("curve", None)
         return {"job_id": job.id, "status": JobStatus.SUCCEEDED.value, **data}
 
     async def start_job(self, ctx: ServerRequestContext, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -243,14 +246,15 @@ class McpEndpoint:
                     description="Train a gradient-boosted tree model on X and y and wait until it is trained. With a progress "
                     "token, each boosting round (at most about 10 a second) comes as a progress notification: progress is the "
                     "round, total the rounds asked for, the message names the job and its latest metrics. Returns the job id, "
-                    "the `artifact_id` to `predict` with, metrics, iterations, best_iteration, the learning curve (every round's "
-                    "metrics) and timings; the model file "
-                    "itself (base64) only with include_artifact. A failed or cancelled job is a tool error. If this call is "
+                    "the `artifact_id` to `predict` with, metrics, iterations, best_iteration and timings; the learning curve "
+                    "(every round's metrics) only with include_curve, the model file itself (base64) only with include_artifact. "
+                    "A failed or cancelled job is a tool error. If this call is "
                     "cancelled the job trains on (see job_status, cancel_job) unless on_cancel is 'cancel'.",
                     input_schema=_with_properties(
                         train_inputs,
                         {
                             "include_artifact": {"type": "boolean", "default": False, "description": "Also return the model file, base64, in `artifact`."},
+                            "include_curve": {"type": "boolean", "default": False, "description": "Also return every round's metrics, in `curve`."},
                             "on_cancel": {
                                 "type": "string",
                                 "enum": list(ON_CANCEL),
@@ -474,7 +478,7 @@ TRAIN_OUTPUT_SCHEMA = _object(
         "best_iteration": {"type": "integer", "description": "The round the model predicts with."},
         "curve": {
             "type": "object",
-            "description": "Every round's metrics: metrics[name][k] is the value at round first + k.",
+            "description": "Every round's metrics, only with include_curve: metrics[name][k] is the value at round first + k.",
             "properties": {"first": {"type": "integer"}, "metrics": {"type": "object", "additionalProperties": {"type": "array"}}},
         },
         "timings": NUMBERS,

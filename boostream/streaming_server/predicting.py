@@ -21,7 +21,7 @@ import joblib
 import numpy as np
 
 from boostream.streaming_server.artifacts import ArtifactStore
-from boostream.streaming_server.errors import ApiError
+from boostream.streaming_server.errors import ApiError, quotable
 from boostream.streaming_server.signing import verify
 from boostream.streaming_server.store import JobStore
 from boostream.trainers.base import ModelShape, Predictor
@@ -92,7 +92,7 @@ class ModelLoader:
             blob = self.artifacts.read(artifact_id, "native")
         except FileNotFoundError:
             raise ApiError(410, "gone", f"the files of artifact {artifact_id} are missing from the server", "artifact_id") from None
-        model = predictor.from_native(blob)
+        model = predictor.from_native(blob, trusted=True)  # this server wrote it
         shape = predictor.describe(model)
         loaded = LoadedModel(model, predictor, shape, _classes(row["classes"], shape), artifact_id, len(blob))
         self.cache.put(artifact_id, loaded)
@@ -136,7 +136,7 @@ class ModelLoader:
         try:
             return predictor.from_native(blob), predictor
         except ValueError as error:
-            raise ApiError(400, "invalid_data", f"artifact is not a valid {name} model: {error}", "artifact") from None
+            raise ApiError(400, "invalid_data", f"artifact is not a valid {name} model: {quotable(str(error))}", "artifact") from None
 
 
 def _classes(known: Optional[list[Any]], shape: ModelShape) -> Optional[list[Any]]:

@@ -43,7 +43,7 @@ from boostream.streaming_server.decoding import (
     assemble_training_data,
     build_spec,
 )
-from boostream.streaming_server.errors import ApiError
+from boostream.streaming_server.errors import ApiError, quotable
 from boostream.trainers.base import InvalidData, Trainer, TrainingData
 
 TABLE_FIELDS = frozenset({"target", "features", "era"})
@@ -66,8 +66,6 @@ CSV_HINT = "it is text: a CSV table goes as text/csv (or in a file named .csv)"
 PARQUET_HINT = "send it as application/vnd.apache.parquet (or in a file named .parquet)"
 # Control characters other than tab, line feed and carriage return: text holds none, binary files many.
 _BINARY = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
-# A parser's message is quoted up to this length: it may show a row of the file.
-MESSAGE_QUOTE_CHARS = 200
 
 
 def decode_table_request(
@@ -149,7 +147,7 @@ def _training_data(file: BinaryIO, kind: str, fields: Mapping[str, str], options
         # pyarrow reports corrupt data as an OSError without errno; with one, the disk failed.
         if isinstance(error, MemoryError) or (isinstance(error, OSError) and error.errno):
             raise
-        raise InvalidData("file", f"cannot read the table as {kind.upper()}: {_quotable(str(error))}") from None
+        raise InvalidData("file", f"cannot read the table as {kind.upper()}: {quotable(str(error))}") from None
     columns = table.columns
     y = _labels(table.target, columns.target)
     era = None if table.era is None else _labels(table.era, columns.era)
@@ -238,18 +236,12 @@ def _check_kind(source: pa.NativeFile, kind: str) -> None:
     if kind == "parquet" and not head.startswith(PARQUET_MAGIC):
         seen = f"it starts with the bytes {head[:8].hex(' ')}" if control else CSV_HINT
         raise InvalidData("file", f"the table is not a Parquet file (one starts with {PARQUET_MAGIC.decode()}); {seen}")
-    if kind == "csv" and head.startswith(PARQUET_MAGIC):
+    if kind == "csv" and control and head.startswith(PARQUET_MAGIC):  # not a header that starts "PAR1"
         raise InvalidData("file", f"the table looks like a Parquet file, not CSV text: {PARQUET_HINT}")
     if kind == "csv" and control:
         at = control.start()
         binary = f"byte {at} is 0x{head[at]:02x}, a control character, as in binary files"
         raise InvalidData("file", f"the table does not look like CSV text: {binary}; send {EXPECTED['csv']}, or a Parquet file")
-
-
-def _quotable(text: str) -> str:
-    """A parser's message fit to quote: cut short, control characters escaped."""
-    short = text if len(text) <= MESSAGE_QUOTE_CHARS else text[:MESSAGE_QUOTE_CHARS] + " ..."
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in short)
 
 
 def _listing(names: Sequence[str], most: int = 20) -> str:
@@ -325,7 +317,7 @@ def _csv_batches(reader: pcsv.CSVStreamingReader, names: list[str]) -> Iterator[
             if at is None:
                 raise
             name = names[int(at.group(1))]
-            raise InvalidData(name, f"column {name!r}: {_quotable(at.group(2))}") from None
+            raise InvalidData(name, f"column {name!r}: {quotable(at.group(2))}") from None
         yield batch
 
 

@@ -172,8 +172,9 @@ class Predictor(Protocol):
 
     def to_native(self, model: Any) -> bytes: ...
 
-    def from_native(self, blob: bytes) -> Any:
-        """Parse the backend's own format; ValueError when it is not one."""
+    def from_native(self, blob: bytes, trusted: bool = False) -> Any:
+        """Parse the backend's own format; ValueError when it is not one. A blob that is not
+        `trusted` (this server did not write it) may be anything, and must not harm the process."""
 
     def describe(self, model: Any) -> ModelShape: ...
 

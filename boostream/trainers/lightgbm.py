@@ -9,6 +9,8 @@ LightGBM's `end of parameters` where LightGBM's own readers skip it (docs/format
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from typing import Any, Mapping, Optional
 
 import lightgbm
@@ -116,9 +118,11 @@ class LightGBMTrainer:
         body, _, last = text.rstrip("\n").rpartition("\n")
         return f"{body}\n{CLASSES_LINE}{orjson.dumps(classes).decode()}\n{last}\n".encode()
 
-    def from_native(self, blob: bytes) -> lightgbm.Booster:
+    def from_native(self, blob: bytes, trusted: bool = False) -> lightgbm.Booster:
         try:
             text = blob.decode("utf-8")
+            if not trusted:
+                _check_in_a_process_of_its_own(text)
             model = lightgbm.Booster(model_str=text)
         except (UnicodeDecodeError, lightgbm.basic.LightGBMError) as error:
             raise ValueError(f"not a LightGBM text model: {error}") from None
@@ -138,6 +142,21 @@ class LightGBMTrainer:
 
 
 CLASSES_LINE = "boostream_classes:"
+# LightGBM's parser aborts the whole process on some malformed models (`[Fatal] Model format error`,
+# then `terminate called`): a text model a client sent is read first by a Python of its own.
+_READ_MODEL = "import sys, lightgbm; lightgbm.Booster(model_str=sys.stdin.read())"
+READ_CHECK_TIMEOUT_S = 60
+
+
+def _check_in_a_process_of_its_own(text: str) -> None:
+    """ValueError, with LightGBM's own last words, unless a separate process reads `text` as a model."""
+    try:
+        read = subprocess.run([sys.executable, "-c", _READ_MODEL], input=text, capture_output=True, text=True, timeout=READ_CHECK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise ValueError(f"LightGBM did not read it within {READ_CHECK_TIMEOUT_S} s") from None
+    if read.returncode != 0:
+        said = [line for line in read.stderr.splitlines() if "Fatal" in line or "Error" in line]
+        raise ValueError(said[-1] if said else f"LightGBM could not read it (exit status {read.returncode})")
 
 
 def _read_classes(text: str, n_classes: int) -> Optional[list[Any]]:

@@ -390,6 +390,7 @@ const SVG = "http://www.w3.org/2000/svg";
 const BOX = { width: 640, height: 300, left: 64, right: 16, top: 30, bottom: 40 };
 const PLOT = { width: BOX.width - BOX.left - BOX.right, height: BOX.height - BOX.top - BOX.bottom };
 const COLORS = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#0891b2"];
+const MAX_POINTS_PER_COLUMN = 4;
 let chartPending = false;
 
 function scheduleChart() {
@@ -442,21 +443,54 @@ function drawAxes(svg, { xTicks, yTicks, x, y }) {
   svgEl(svg, "text", { x: BOX.left + PLOT.width / 2, y: BOX.height - 4, "text-anchor": "middle", class: "label" }, "round");
 }
 
-// One point per round; `data-points` says how many were drawn.
+// Every round with a value; `data-rounds` says how many, `data-points` how many points were drawn.
 function drawSeries(svg, { x, y }, curve, name, index) {
   const style = { class: "series", stroke: COLORS[index % COLORS.length], "stroke-dasharray": name.startsWith("valid") ? "6 3" : "none" };
   const values = curve.metrics[name];
   const commands = [];
   let pen = "M";
-  curve.iterations.forEach((iteration, j) => {
-    if (!Number.isFinite(values[j])) { pen = "M"; return; } // a gap where the metric is null
-    commands.push(`${pen}${x(iteration).toFixed(1)},${y(values[j]).toFixed(1)}`);
+  for (const j of drawnRounds(curve.iterations, values, x)) {
+    if (j === null) { pen = "M"; continue; } // a gap where the metric is null
+    commands.push(`${pen}${x(curve.iterations[j]).toFixed(1)},${y(values[j]).toFixed(1)}`);
     pen = "L";
-  });
-  svgEl(svg, "path", { d: commands.join(""), "data-name": name, "data-points": commands.length, ...style });
+  }
+  const rounds = values.filter(Number.isFinite).length;
+  svgEl(svg, "path", { d: commands.join(""), "data-name": name, "data-rounds": rounds, "data-points": commands.length, ...style });
   const left = BOX.left + index * 170;
   svgEl(svg, "line", { x1: left, x2: left + 24, y1: 14, y2: 14, ...style });
   svgEl(svg, "text", { x: left + 30, y: 18, class: "legend" }, name);
+}
+
+// The rounds to draw, as indices (null for a gap): all of them while they are a few per pixel column;
+// beyond that, each column's first, lowest, highest and last, which draws the same line. Without
+// this, a 100,000-round job would rebuild paths of 100,000 points ten times a second.
+function drawnRounds(iterations, values, x) {
+  const drawn = [];
+  let column = null;
+  let bucket = [];
+  const flush = () => {
+    if (bucket.length > MAX_POINTS_PER_COLUMN) {
+      const low = bucket.reduce((best, j) => (values[j] < values[best] ? j : best));
+      const high = bucket.reduce((best, j) => (values[j] > values[best] ? j : best));
+      bucket = [...new Set([bucket[0], low, high, bucket.at(-1)])].sort((a, b) => a - b);
+    }
+    drawn.push(...bucket);
+    bucket = [];
+  };
+  iterations.forEach((iteration, j) => {
+    if (!Number.isFinite(values[j])) {
+      flush();
+      drawn.push(null);
+      column = null;
+      return;
+    }
+    const at = Math.floor(x(iteration));
+    if (at !== column) flush();
+    column = at;
+    bucket.push(j);
+  });
+  flush();
+  return drawn;
 }
 
 // Early stopping trained past the round the model predicts with: a line and a dot on each curve there.
