@@ -1,10 +1,12 @@
 """Webhooks: signed deliveries to a real receiver on a loopback port, retries, and which URLs a
-client may give; the server's signing key on disk."""
+client may give; the server's signing key on disk; and, through real servers, the callback's state
+in `GET /jobs/{id}` (delivered, failed, refused) and deliveries owed across a restart."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import logging
@@ -20,6 +22,8 @@ from typing import Any, Iterator
 import orjson
 import pytest
 
+from conftest import Server, running_server, start_server
+from test_jobs import body_for, long_body
 from boostream import __version__
 from boostream.streaming_server.errors import ApiError
 from boostream.streaming_server.signing import load_or_create_key, sign, verify
@@ -44,13 +48,14 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    at: float  # time.monotonic() when it arrived
 
 
 class Receiver:
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.answers: list[Answer] = []  # given in order; 200 once they run out
         self.received: list[Received] = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
@@ -60,7 +65,7 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.received.append(Received(self.path, dict(self.headers), body))
+                receiver.received.append(Received(self.path, dict(self.headers), body, time.monotonic()))
                 answer = receiver.answers.pop(0) if receiver.answers else Answer(200)
                 time.sleep(answer.delay_s)
                 try:
@@ -78,14 +83,21 @@ class Receiver:
         return Handler
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    receiver = Receiver()
+@contextlib.contextmanager
+def serving(receiver: Receiver) -> Iterator[Receiver]:
     thread = threading.Thread(target=receiver.server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    yield receiver
-    receiver.server.shutdown()
-    receiver.server.server_close()
+    try:
+        yield receiver
+    finally:
+        receiver.server.shutdown()
+        receiver.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with serving(Receiver()) as receiver:
+        yield receiver
 
 
 def deliver(url: str, payload: dict, **options: Any) -> bool:
@@ -167,9 +179,27 @@ def test_too_many_requests_is_retried_after_the_wait_the_receiver_asked_for(rece
     assert len(receiver.received) == 2
 
 
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+def test_timeouts_too_many_requests_and_server_errors_are_retried(receiver: Receiver, status: int):
+    receiver.answers = [Answer(status)]
+    assert deliver(receiver.url, PAYLOAD, first_backoff_s=0.01) is True
+    assert len(receiver.received) == 2
+    first, second = receiver.received
+    assert first.headers["X-Boostream-Delivery"] == second.headers["X-Boostream-Delivery"] and first.body == second.body
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_is_waited_for_rather_than_the_backoff(receiver: Receiver, status: int):
+    receiver.answers = [Answer(status, {"Retry-After": "1"})]
+    assert deliver(receiver.url, PAYLOAD, first_backoff_s=0.01) is True
+    first, second = receiver.received
+    assert second.at - first.at >= 0.95, "asked to wait a second, it waited the 0.01 s backoff"
+
+
 def test_slow_receiver_times_out_and_is_retried(receiver: Receiver):
-    receiver.answers = [Answer(200, delay_s=1.0)]
-    assert deliver(receiver.url, PAYLOAD, first_backoff_s=0.01, timeout_s=0.2) is True
+    # Far apart: a loaded machine may take a while to answer even the quick second attempt.
+    receiver.answers = [Answer(200, delay_s=4.0)]
+    assert deliver(receiver.url, PAYLOAD, first_backoff_s=0.01, timeout_s=1.0) is True
     assert len(receiver.received) == 2
 
 
@@ -307,3 +337,105 @@ def test_key_file_that_is_not_hex_is_refused(tmp_path: Path):
     path.write_text("not hex at all")
     with pytest.raises(ValueError, match="hex-encoded"):
         load_or_create_key(path)
+
+
+# Through a real server: the callback's state in GET /jobs/{id}, and deliveries across restarts.
+# The server's sender makes 5 attempts, backing off 1, 2, 4, then 8 s (with up to 20% jitter):
+# giving up after backoffs alone takes 15-18 s, so the test of giving up answers 503 with
+# Retry-After: 0, which the sender honours, and gets there in well under a second.
+
+# Attempts in all, the first included. The README says failures "are retried 5 times", which reads
+# as 6 attempts; the sender makes 5 (WebhookSender's default): one of the two should change.
+WEBHOOK_ATTEMPTS = 5
+
+
+@pytest.fixture(scope="module")
+def webhook_server(tmp_path_factory) -> Iterator[Server]:
+    # A host without a port: any port on it, so each test's receiver has its own.
+    yield from start_server(tmp_path_factory.mktemp("webhooks"), "--webhook-hosts", "127.0.0.1")
+
+
+@pytest.mark.parametrize("answer", [Answer(408), Answer(500), Answer(429, {"Retry-After": "0"})], ids=["408", "500", "429"])
+def test_the_server_retries_a_failed_delivery_and_shows_it_delivered(webhook_server: Server, receiver: Receiver, diabetes, answer: Answer):
+    receiver.answers = [answer]
+    job_id = webhook_server.create_job({**body_for(diabetes, 10), "callback_url": receiver.url + "/hook"})
+    webhook_server.wait_for_job(job_id)
+    callback = wait_for_callback(webhook_server, job_id)
+    assert callback == {"url": receiver.url + "/hook", "state": "delivered"}
+    first, second = receiver.received
+    assert first.headers["X-Boostream-Delivery"] == second.headers["X-Boostream-Delivery"] and first.body == second.body
+    key = load_or_create_key(webhook_server.data_dir / "secret.key")
+    assert verify(key, second.body, second.headers["X-Boostream-Signature"])
+    assert json.loads(second.body)["job_id"] == job_id
+
+
+def test_the_server_gives_up_after_every_attempt_and_shows_the_callback_failed(webhook_server: Server, receiver: Receiver, diabetes):
+    receiver.answers = [Answer(503, {"Retry-After": "0"}) for _ in range(WEBHOOK_ATTEMPTS + 5)]
+    job_id = webhook_server.create_job({**body_for(diabetes, 10), "callback_url": receiver.url + "/hook"})
+    assert webhook_server.wait_for_job(job_id)["status"] == "succeeded"
+    assert wait_for_callback(webhook_server, job_id)["state"] == "failed"
+    assert len(receiver.received) == WEBHOOK_ATTEMPTS
+    assert len({r.headers["X-Boostream-Delivery"] for r in receiver.received}) == 1
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
+def test_a_delivery_owed_when_the_server_stopped_is_made_by_the_next_one(tmp_path: Path, diabetes, stop: str):
+    port = closed_port()  # the receiver is down while the job ends
+    hosts = ("--webhook-hosts", f"127.0.0.1:{port}")
+    with running_server(tmp_path, *hosts) as server:
+        job_id = server.create_job({**body_for(diabetes, 10), "callback_url": f"http://127.0.0.1:{port}/hook"})
+        assert server.wait_for_job(job_id)["status"] == "succeeded"
+        deadline = time.monotonic() + 15
+        while f"attempt 1 of {WEBHOOK_ATTEMPTS} failed" not in server.log():
+            assert time.monotonic() < deadline, "the first delivery was never tried"
+            time.sleep(0.05)
+        assert server.job(job_id)["callback"]["state"] == "pending"  # its retries go on for 15 s or more
+        server.process.kill() if stop == "SIGKILL" else server.process.terminate()
+        server.process.wait(30)
+
+    with serving(Receiver(port)) as receiver:
+        with running_server(tmp_path, *hosts) as restarted:
+            callback = wait_for_callback(restarted, job_id)
+            assert callback["state"] == "delivered"
+            job = restarted.job(job_id)
+    [arrived] = receiver.received
+    assert arrived.path == "/hook"
+    assert verify(load_or_create_key(restarted.data_dir / "secret.key"), arrived.body, arrived.headers["X-Boostream-Signature"])
+    payload = json.loads(arrived.body)
+    assert payload["job_id"] == job_id and payload["status"] == "succeeded"
+    # The URLs are those the client used: the first server's.
+    assert payload["artifact_id"] == job["artifact_id"] and payload["result_url"] == f"{server.url}/jobs/{job_id}/result"
+
+
+def test_a_callback_to_a_host_no_longer_allowed_after_a_restart_is_refused(tmp_path: Path, receiver: Receiver, diabetes):
+    port = receiver.server.server_address[1]
+    with running_server(tmp_path, "--cpu-jobs", "1", "--threads-per-job", "1", "--webhook-hosts", f"127.0.0.1:{port}") as server:
+        job_id = server.create_job({**long_body(diabetes), "callback_url": receiver.url + "/hook"})
+        deadline = time.monotonic() + 30
+        while not (server.job(job_id)["progress"]["iteration"] > 0 and (server.data_dir / "inputs" / job_id / "meta.json").exists()):
+            assert time.monotonic() < deadline, server.job(job_id)
+            time.sleep(0.05)
+        server.process.kill()
+        server.process.wait()
+
+    # The operator now allows another host only: the job runs again, and its callback is not sent.
+    with running_server(tmp_path, "--cpu-jobs", "1", "--threads-per-job", "1", "--webhook-hosts", "hooks.example.com") as restarted:
+        with restarted.client() as client:
+            assert client.post(f"/jobs/{job_id}/cancel").status_code == 202
+        assert restarted.wait_for_job(job_id)["status"] == "cancelled"
+        callback = wait_for_callback(restarted, job_id)
+        log = restarted.log()
+    assert callback == {"url": receiver.url + "/hook", "state": "refused"}
+    assert receiver.received == []
+    assert "webhook not sent" in log and "allow-list" in log
+
+
+def wait_for_callback(server: Server, job_id: str, timeout: float = 15.0) -> dict:
+    """The job's callback once its state is no longer `pending`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        callback = server.job(job_id)["callback"]
+        if callback["state"] != "pending":
+            return callback
+        assert time.monotonic() < deadline, f"the callback of job {job_id} is still pending"
+        time.sleep(0.05)
