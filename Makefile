@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: serve test bench
+.PHONY: serve test bench mutation breakages
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,3 +21,11 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/e2e_overhead.py
 	$(BIN)/python bench/progress_latency.py
 	$(BIN)/python bench/health_under_load.py
+
+# Run on demand, not in CI (minutes each): docs/mutation.md and docs/breakages.md say how they went.
+mutation: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet mutmut==3.8.1
+	$(BIN)/mutmut run; $(BIN)/mutmut results
+
+breakages: $(BIN)/.installed
+	$(BIN)/python tools/breakages.py
