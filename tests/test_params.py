@@ -7,7 +7,18 @@ import math
 
 import pytest
 
-from boostream.trainers.base import InvalidParameter, ParamSpec, RoundHistory, params_schema, validate_params
+import numpy as np
+
+from boostream.progress import finite_or_none
+from boostream.trainers.base import (
+    InvalidParameter,
+    ParamSpec,
+    RoundHistory,
+    TrainingData,
+    check_early_stopping,
+    params_schema,
+    validate_params,
+)
 
 RATE = ParamSpec("learning_rate", float, 0.1, "Shrinkage.", minimum=0.0, maximum=1.0, exclusive_minimum=True)
 LEAVES = ParamSpec("num_leaves", int, 31, "Leaves.", minimum=2, maximum=100)
@@ -45,6 +56,7 @@ def test_a_value_out_of_bounds_or_of_the_wrong_kind_names_the_parameter(spec, gi
     with pytest.raises(InvalidParameter) as refused:
         spec.validate(given)
     assert refused.value.field == f"params.{spec.name}" and words in refused.value.message
+    assert str(refused.value) == f"params.{spec.name}: {refused.value.message}"
 
 
 def test_every_parameter_comes_with_its_default_and_an_unknown_one_is_refused():
@@ -56,7 +68,7 @@ def test_every_parameter_comes_with_its_default_and_an_unknown_one_is_refused():
 
 def test_the_schema_says_what_the_checks_check():
     schema = params_schema(SPECS)
-    assert schema["additionalProperties"] is False
+    assert schema["type"] == "object" and schema["additionalProperties"] is False
     assert schema["properties"]["learning_rate"] == {
         "type": "number", "default": 0.1, "description": "Shrinkage.", "exclusiveMinimum": 0.0, "maximum": 1.0,
     }
@@ -95,3 +107,23 @@ def test_a_round_without_a_validation_value_is_never_the_best():
     history.add({"train_l2": 0.5, "valid_l2": 2.0})
     assert history.best_iteration == 2
     assert history.final(early_stopped=True) == (2, {"train_l2": 0.5, "valid_l2": 2.0})
+
+
+def test_no_round_trained_has_no_best_round_and_no_metrics():
+    assert RoundHistory("valid_l2", patience=3).final(early_stopped=False) == (0, {})
+
+
+def test_early_stopping_needs_validation_data():
+    data = TrainingData(X=np.zeros((4, 2)), y=np.zeros(4), feature_names=["a", "b"])
+    check_early_stopping(data, {"early_stopping_rounds": 0})  # off: nothing to check
+    with pytest.raises(InvalidParameter) as refused:
+        check_early_stopping(data, {"early_stopping_rounds": 5})
+    assert refused.value.field == "params.early_stopping_rounds" and "needs validation data" in refused.value.message
+    data.X_valid, data.y_valid = np.zeros((2, 2)), np.zeros(2)
+    check_early_stopping(data, {"early_stopping_rounds": 5})
+
+
+@pytest.mark.parametrize("value, expected", [(1.5, 1.5), (np.float32(2.5), 2.5), (math.nan, None), (math.inf, None), (-math.inf, None)])
+def test_a_metric_is_a_plain_float_or_none_where_it_is_not_finite(value, expected):
+    metric = finite_or_none(value)
+    assert metric == expected and (metric is None or type(metric) is float)

@@ -97,6 +97,19 @@ def test_progress_carries_elapsed_and_eta():
     assert final.eta_s == 0 and final.percent == 100.0 and final.ts <= time.time()
 
 
+def test_elapsed_and_eta_are_measured_from_the_start_and_projected_over_the_rounds_left():
+    started = time.monotonic()
+    delivered = run_training(rounds=8, total=20, interval_s=0.0, round_s=0.02)
+    wall = time.monotonic() - started
+    elapsed = [p.elapsed_s for _, p in delivered]
+    assert elapsed == sorted(elapsed) and 0 <= elapsed[0] < elapsed[-1] <= wall
+    assert elapsed[-1] >= 7 * 0.02 * 0.9, "eight rounds of 20 ms: at least the seven between the first and the last"
+    for _, progress in delivered:
+        remaining = progress.total - progress.iteration
+        # Both are rounded to 0.1 ms; the ETA's rounding, and elapsed's scaled by remaining / iteration.
+        assert progress.eta_s == pytest.approx(progress.elapsed_s / progress.iteration * remaining, abs=1e-4 * (1 + remaining / progress.iteration))
+
+
 def test_cancel_is_seen_by_the_training_thread():
     seen = []
 
