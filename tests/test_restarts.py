@@ -3,8 +3,12 @@ promises about interrupted jobs ("Interrupted jobs run again")."""
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
 from pathlib import Path
+
+import pytest
 
 from conftest import Server, running_server
 from test_jobs import body_for, check_log, long_body
@@ -91,3 +95,31 @@ def wait_for_inputs_on_disk(server: Server, job_ids: list[str], timeout: float =
     while not all((server.data_dir / "inputs" / job_id / "meta.json").exists() for job_id in job_ids):
         assert time.monotonic() < deadline, "the jobs' inputs were never kept on disk"
         time.sleep(0.05)
+
+
+def test_a_job_whose_backend_is_gone_after_the_restart_ends_interrupted_saying_why(tmp_path: Path, diabetes):
+    """A data directory taken from a GPU server to one where WarpGBM cannot train: its WarpGBM jobs
+    cannot run again there, and end `interrupted` naming the reason, rather than wait forever."""
+    from boostream.trainers.warpgbm import WarpGBMTrainer
+
+    availability = WarpGBMTrainer().availability()
+    if availability.available:
+        pytest.skip("WarpGBM trains here: its jobs would run again")
+    with running_server(tmp_path, *ONE_SLOT) as server:
+        job_id = server.create_job(long_body(diabetes))
+        wait_until_training(server, job_id, attempt=1)
+        wait_for_inputs_on_disk(server, [job_id])
+        kill_9(server)
+    # As the GPU server left it: the same job, on the WarpGBM queue.
+    with sqlite3.connect(tmp_path / "data" / "jobs.sqlite3") as database:
+        (request,) = database.execute("SELECT request FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        moved = json.dumps({**json.loads(request), "model_type": "warpgbm"})
+        database.execute("UPDATE jobs SET model_type = 'warpgbm', device = 'gpu', request = ? WHERE id = ?", (moved, job_id))
+
+    with running_server(tmp_path, *ONE_SLOT) as server:
+        job = server.job(job_id)
+        assert job["status"] == "failed" and job["error"]["code"] == "interrupted", job
+        assert "warpgbm cannot train on this server any more" in job["error"]["message"]
+        assert availability.reason in job["error"]["message"]
+        check_log(server.events(job_id), "error")
+        assert server.wait_idle()["queue"]["gpu"]["queued"] == 0

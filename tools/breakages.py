@@ -52,6 +52,8 @@ BREAKAGES = [
     Breakage("requeue out of order", "interrupted jobs are queued again in their original order",
              MANAGER, "for row in self.store.unfinished_jobs():", "for row in reversed(self.store.unfinished_jobs()):",
              JOB_TESTS),
+    Breakage("gone backend requeued", "a job whose backend is gone after a restart ends interrupted",
+             MANAGER, "elif not availability.available:", "elif False:", JOB_TESTS),
     Breakage("Retry-After not the soonest ETA", "429's Retry-After is the soonest ETA of a running job",
              MANAGER, "retry_after = max(1, math.ceil(min(etas))) if etas else RETRY_AFTER_UNKNOWN_S",
              "retry_after = RETRY_AFTER_UNKNOWN_S", JOB_TESTS),
