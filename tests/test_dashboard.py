@@ -305,6 +305,7 @@ def test_a_running_job_is_cancelled_with_its_button(dashboard: Dashboard):
         page.wait_for_selector("body[data-ready=true]")
         page.click(f'tr[data-job="{job_id}"] button')
         page.wait_for_selector("#job-status[data-status=cancelled]")
+        dashboard.wait_until(f"!s.open && s.lastEventId === {len(dashboard.server.events(job_id))}")  # the replay reached its end
     assert dashboard.shown()["eta"] == "–"
     assert dashboard.problems == []
 
