@@ -578,10 +578,12 @@ def _parquet_feature_rows(path: Path, feature_names: list[str]) -> list[list[Opt
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from boostream.streaming_server.tables import pandas_index
+
     try:
         parquet = pq.ParquetFile(path)
         schema = parquet.schema_arrow
-        index = [name for name in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(name, str)]
+        index = pandas_index(schema)
         header = [name for name in schema.names if name not in index]
         names = [header[column] for column in _model_columns(path, header, feature_names)]
         table = parquet.read(columns=names)

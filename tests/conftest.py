@@ -38,7 +38,7 @@ def parse_sse(lines: Iterator[str], comments: Optional[list[str]] = None) -> Ite
                 yield SseEvent(
                     id=int(fields["id"]) if "id" in fields else None,
                     event=fields.get("event", "message"),
-                    data=json.loads("\n".join(data_lines), parse_constant=_refuse_constant),
+                    data=strict_json("\n".join(data_lines)),
                     retry=int(fields["retry"]) if "retry" in fields else None,
                 )
             fields, data_lines = {}, []
@@ -54,8 +54,12 @@ def parse_sse(lines: Iterator[str], comments: Optional[list[str]] = None) -> Ite
                 fields[name] = value
 
 
+def strict_json(text: str | bytes) -> Any:
+    """JSON as a browser's JSON.parse reads it: NaN and Infinity, which are not JSON, are refused."""
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
 def _refuse_constant(name: str) -> Any:
-    """NaN and Infinity are not JSON: a browser's JSON.parse refuses them, and so do these tests."""
     raise ValueError(f"{name} is not JSON")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import threading
 import time
@@ -14,6 +13,7 @@ from boostream.progress import ProgressBridge, metric_history
 from boostream.streaming_server.jobs import Job, JobRequest
 from boostream.streaming_server.store import JobStore
 from boostream.trainers.lightgbm import LightGBMTrainer
+from conftest import strict_json
 
 
 def run_training(rounds: int, total: int, interval_s: float, deliver_delay_s: float = 0.0, round_s: float = 0.0):
@@ -191,13 +191,9 @@ def test_a_metric_that_is_not_finite_reaches_every_reader_as_null(tmp_path):
         return job
 
     job = asyncio.run(main())
-    live = [json.loads(event.json, parse_constant=refuse) for event in job.events if event.type == "progress"]
-    stored = [json.loads(data, parse_constant=refuse) for _, kind, data in store.events(job.id) if kind == "progress"]
+    live = [strict_json(event.json) for event in job.events if event.type == "progress"]
+    stored = [strict_json(data) for _, kind, data in store.events(job.id) if kind == "progress"]
     store.close()
     assert live == stored and [p["iteration"] for p in live] == [1, 3]
     assert live[0]["metrics"] == {"train_l2": None, "valid_l2": None}
     assert live[1]["history"] == {"first": 2, "metrics": {"train_l2": [None, 1.0], "valid_l2": [2.0, 1.5]}}
-
-
-def refuse(name: str):
-    raise ValueError(f"{name} is not JSON")

@@ -183,7 +183,7 @@ def _choose_columns(schema: pa.Schema, fields: Mapping[str, str], objective: str
 def _features(schema: pa.Schema, fields: Mapping[str, str], target: str, era: Optional[str]) -> list[str]:
     names = schema.names
     if "features" not in fields:
-        excluded = {target, era, *_pandas_index(schema)}
+        excluded = {target, era, *pandas_index(schema)}
         features = [name for name in names if name not in excluded]
         if not features:
             raise InvalidData("features", f"the table has no feature columns, only {_listing(names)}")
@@ -207,7 +207,7 @@ def _check_label_type(schema: pa.Schema, name: str, what: str, allow_text: bool)
     raise InvalidData(name, f"column {name!r} holds {type_}; {what} must be {expected}")
 
 
-def _pandas_index(schema: pa.Schema) -> list[str]:
+def pandas_index(schema: pa.Schema) -> list[str]:
     """Columns that pandas wrote for its index: row labels, not features."""
     metadata = schema.pandas_metadata or {}
     return [name for name in metadata.get("index_columns", []) if isinstance(name, str)]
