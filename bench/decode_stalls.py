@@ -67,7 +67,7 @@ def main() -> int:
     import msgspec
     import simdjson
 
-    from boostream.streaming_server import decoding
+    from boostream.requests import json_body as decoding
     from boostream.trainers import create_trainers
 
     print_header(f"decode_stalls: decoding a {size_label(rows, cols)} body in process")

@@ -1,4 +1,4 @@
-"""What fresh memory costs on this machine: the measurements behind `streaming_server/pages.py`.
+"""What fresh memory costs on this machine: the measurements behind `boostream/memory.py`.
 
     python bench/fresh_memory.py                 # about 3 minutes here
     python bench/fresh_memory.py --idle-s 5 --mb 100
@@ -8,11 +8,11 @@ memory used again after a pause can cost far more than memory reused at once. Ea
 `--idle-s` seconds after the previous one (`after idle`), then again at once (`at once`):
 
 - writing `--mb` MB to a new temporary file in 8 MiB `write()` calls, and in 256 KiB calls
-  (`pages.WRITE_SLICE_BYTES`, what the server uses for spooled uploads and saved inputs);
+  (`memory.WRITE_SLICE_BYTES`, what the server uses for spooled uploads and saved inputs);
 - filling a fresh numpy array of `--mb` MB, with numpy's default `madvise(MADV_HUGEPAGE)` for large
-  arrays and without it (`pages.avoid_huge_pages`, what `boostream serve` does);
+  arrays and without it (`memory.avoid_huge_pages`, what `boostream serve` does);
 - filling an array whose memory is first mapped in one call (`madvise(MADV_POPULATE_WRITE)`, what
-  `pages.empty` does for fresh memory); Linux only.
+  `memory.empty` does for fresh memory); Linux only.
 
 No target: the figures explain choices made in the server (docs/benchmarks.md, section 10).
 """
@@ -34,7 +34,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from boostream.streaming_server import pages  # noqa: E402
+from boostream import memory  # noqa: E402
 
 
 def write_file(folder: str, size: int, write_bytes: int) -> float:
@@ -63,11 +63,10 @@ def fill_array(size: int, huge_pages: bool) -> float:
 
 def fill_mapped(size: int) -> float:
     started = time.perf_counter()
-    block = pages._mapped(size)
-    array = np.frombuffer(block, np.float64)
+    array = memory.empty((size // 8,))
     array.fill(1.0)
     elapsed = time.perf_counter() - started
-    del array, block
+    del array
     return elapsed
 
 
@@ -83,12 +82,12 @@ def main() -> int:
     size = args.mb * 1_000_000
     cases = {
         "file, 8 MiB writes": lambda: write_file(args.dir, size, 8 << 20),
-        f"file, {pages.WRITE_SLICE_BYTES >> 10} KiB writes": lambda: write_file(args.dir, size, pages.WRITE_SLICE_BYTES),
+        f"file, {memory.WRITE_SLICE_BYTES >> 10} KiB writes": lambda: write_file(args.dir, size, memory.WRITE_SLICE_BYTES),
         "array, huge pages (numpy's default)": lambda: fill_array(size, True),
         "array, no huge pages (boostream serve)": lambda: fill_array(size, False),
     }
     if sys.platform.startswith("linux"):
-        cases["array, mapped in one call (pages.empty)"] = lambda: fill_mapped(size)
+        cases["array, mapped in one call (memory.empty)"] = lambda: fill_mapped(size)
     with Watchdog(args.max_seconds):
         print(f"\n## {args.mb} MB per case; {args.idle_s:g} s idle before each 'after idle'")
         print(f"{'case':<42} {'repeat':>6} {'after idle s':>12} {'at once s':>10}")

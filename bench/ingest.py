@@ -100,9 +100,9 @@ def decode_in_subprocess(kind: str, path: Path, rounds: int, threads: int) -> di
 
 def decode_child(kind: str, path: Path, rounds: int, threads: int) -> None:
     """Runs in the subprocess: decode the file twice, print one JSON line of figures."""
-    from boostream.streaming_server.decoding import decode_train_request
-    from boostream.streaming_server.pages import avoid_huge_pages
-    from boostream.streaming_server.tables import decode_table_request
+    from boostream.memory import avoid_huge_pages
+    from boostream.requests.json_body import decode_train_request
+    from boostream.requests.tables import decode_table_request
     from boostream.trainers import create_trainers
 
     avoid_huge_pages()  # as `boostream serve` does

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import concurrent.futures
 import csv
 import dataclasses
 import hashlib
@@ -23,12 +22,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, T
 from boostream import __version__
 from boostream.client import TERMINAL_EVENTS, ApiError, Client, Event, Unreachable, server_from_environment, table_kind
 from boostream.config import Settings, env_name, from_environment
+from boostream.errors import BoostreamError, Unavailable
 
-if TYPE_CHECKING:  # the server's modules load numpy, msgspec and pyarrow: only `train --local` needs them
+if TYPE_CHECKING:  # the service's modules load numpy, msgspec and pyarrow: only `train --local` needs them
     import pyarrow as pa
 
-    from boostream.streaming_server.decoding import TrainSpec
-    from boostream.trainers.base import Predictor
+    from boostream.jobs.job import Job
+    from boostream.service import Service
 
 _SERVE_OPTIONS = {
     "host": "address to listen on",
@@ -44,7 +44,6 @@ _SERVE_OPTIONS = {
     "mcp_hosts": "hosts /mcp accepts besides loopback and the bound address, comma-separated",
     "mcp_origins": "browser origins /mcp accepts besides those hosts' pages (scheme://host[:port], :* for any port)",
     "model_cache_bytes": "memory for models kept loaded for /predict (by their native size)",
-    "keep_memory_s": "seconds the memory of a decoded table or JSON body is kept for the next of about its size (0: not kept)",
     "max_body_bytes": "largest request body accepted",
     "max_cells": "largest table accepted, in rows x features",
     "heartbeat_s": "seconds between heartbeat comments on an idle stream",
@@ -112,6 +111,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ApiError as error:
         _say(f"boostream: {error.code}" + (f" ({error.field})" if error.field else "") + f": {error.message}")
         return EXIT_USAGE if error.status < 500 else EXIT_FAILED
+    except BoostreamError as error:  # refused by the service in this process (`train --local`), shown as a server's would be
+        _say(f"boostream: {error.line()}")
+        return EXIT_FAILED if isinstance(error, Unavailable) else EXIT_USAGE
     except Unreachable as error:
         _say(f"boostream: {error}")
         return EXIT_UNREACHABLE
@@ -230,16 +232,12 @@ def _add_demo_data(commands: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from boostream.jobs.sqlite import DataDirInUse, check_data_dir_free
+    from boostream.memory import avoid_huge_pages
     from boostream.streaming_server.app import create_app
-    from boostream.streaming_server import pages
-    from boostream.streaming_server.store import DataDirInUse, check_data_dir_free
 
     settings = from_environment(**{name: getattr(args, name) for name in _SERVE_OPTIONS})
-    pages.avoid_huge_pages()
-    try:
-        pages.keep_memory(settings.keep_memory_s)
-    except ValueError as error:
-        raise SystemExit(f"--keep-memory-s: {error}") from None
+    avoid_huge_pages()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -339,9 +337,15 @@ def _follow(client: Client, job_id: str, display: ProgressDisplay, outputs: Outp
             interrupted = True
             display.note(f"cancelling job {job_id} (Ctrl-C again to quit at once)")
             _request_cancel(client, job_id)
+    return _ended(client, last, outputs, display, interrupted)
+
+
+def _ended(client: Optional[Client], last: Event, outputs: OutputFiles, display: ProgressDisplay, interrupted: bool) -> int:
+    """Write what a job's end makes (when it succeeded); the exit code it calls for."""
     if last.type == "complete":
         _write_outputs(client, last.data, outputs, display)
-        print(last.data["artifact_id"])
+        if client is not None:  # a local job's artifact went with its data directory
+            print(last.data["artifact_id"])
         return EXIT_SUCCEEDED
     if last.type == "error":
         return EXIT_FAILED
@@ -357,7 +361,7 @@ def _request_cancel(client: Client, job_id: str) -> None:
         # It ended meanwhile: its stream says how.
 
 
-def _write_outputs(client: Client, complete: dict[str, Any], outputs: OutputFiles, display: ProgressDisplay) -> None:
+def _write_outputs(client: Optional[Client], complete: dict[str, Any], outputs: OutputFiles, display: ProgressDisplay) -> None:
     if outputs.model is not None:
         _save_model(client, complete, outputs.model, outputs.format)
         display.note(f"wrote the model to {outputs.model} ({outputs.format})")
@@ -368,10 +372,10 @@ def _write_outputs(client: Client, complete: dict[str, Any], outputs: OutputFile
             display.note(f"warning: the server sent no learning curve (it is older than --curve); {outputs.curve} not written")
 
 
-def _save_model(client: Client, complete: dict[str, Any], out: Path, format: str) -> None:
+def _save_model(client: Optional[Client], complete: dict[str, Any], out: Path, format: str) -> None:
     """The model file, from the `complete` event when it carries that format, else downloaded;
     written only once its sha256 matches what the server states."""
-    if complete["format"] == format:
+    if complete["format"] == format or client is None:
         content, expected = base64.b64decode(complete["artifact"]), complete["sha256"]
     else:
         artifact = client.artifact(complete["artifact_id"], format)
@@ -383,107 +387,58 @@ def _save_model(client: Client, complete: dict[str, Any], out: Path, format: str
 
 
 def _train_locally(table: Path, fields: dict[str, str], outputs: OutputFiles, display: ProgressDisplay) -> int:
-    """The server's decoding and trainers, in this process: the same checks, parameters and model.
-    Training runs in a thread so that Ctrl-C can stop it between rounds."""
-    spec = _decode_locally(table, fields)
-    display.note(f"training {spec.trainer.name} {spec.objective} here: {len(spec.data.X)} rows x {spec.data.X.shape[1]} features, {spec.params['n_estimators']} rounds")
-    reporter = LocalReporter(display, spec.params["n_estimators"], spec.timeout_s)
-    result = reporter.run(lambda: spec.trainer.fit(spec.data, spec.objective, spec.params, reporter))
-    if result.cancelled:
-        if reporter.timed_out:
-            raise Failure(f"timeout: training took longer than {spec.timeout_s:g} s")
-        display.note(f"cancelled after round {result.iterations}")
-        return EXIT_INTERRUPTED
-    assert outputs.model is not None  # _train asks for it
-    _write_file(outputs.model, _model_file(spec.trainer, result.model, spec.artifact_format))
-    display.note(f"done: {result.iterations} rounds, best {result.best_iteration}; {_metrics_text(result.metrics)}; wrote the model to {outputs.model} ({spec.artifact_format})")
-    if outputs.curve is not None:
-        from boostream.progress import metric_history
+    """The service's job in this process, on a data directory of its own that goes when it is
+    done: the same checks, parameters, events and model as a server's. The first Ctrl-C asks the
+    job to stop after its round, a second quits at once."""
+    import asyncio
+    import tempfile
 
-        _write_curve(outputs.curve, metric_history(1, result.curve), display)
-    return EXIT_SUCCEEDED
+    from boostream.service import Service
+
+    with tempfile.TemporaryDirectory(prefix="boostream-local-") as data_dir:
+        settings = from_environment(data_dir=data_dir)  # threads and limits as a server's job would get them here
+        model_type = fields.get("model_type", "lightgbm")
+        # Only the backend asked for is asked whether it can train (WarpGBM imports torch: seconds).
+        service = Service(settings, model_types=[model_type] if model_type in ("lightgbm", "warpgbm") else None)
+        last = asyncio.run(_run_locally(service, table, fields, display))
+    return _ended(None, last, outputs, display, interrupted=last.type == "cancelled")
 
 
-def _decode_locally(table: Path, fields: dict[str, str]) -> TrainSpec:
-    """The TrainSpec a server would make of this upload; its refusals as the client's ApiError."""
-    from boostream.streaming_server.errors import ApiError as RequestError
-    from boostream.streaming_server.tables import decode_table_request
-    from boostream.trainers import create_trainers
+async def _run_locally(service: Service, table: Path, fields: dict[str, str], display: ProgressDisplay) -> Event:
+    """The job's events shown as they come; its last one."""
+    import asyncio
+    import signal
 
-    settings = from_environment()  # threads and limits as a server's job would get them here
-    trainers = create_trainers(settings.lightgbm_threads)
-    trainer = trainers.get(fields["model_type"])
-    availability = trainer.availability() if trainer else None  # only the one asked for: torch loads slowly
-    unavailable = {trainer.name: availability.reason or "unavailable"} if availability and not availability.available else {}
-    with open(table, "rb") as file:
-        try:
-            return decode_table_request(file, table_kind(table), fields, trainers, unavailable, settings.max_cells, where="on this machine")
-        except RequestError as error:
-            raise ApiError(error.status, error.code, error.message, error.field) from None
+    import orjson
 
-
-def _model_file(trainer: Predictor, model: Any, format: str) -> bytes:
-    """The bytes a server's artifact of this format would hold (unsigned: there is no server key)."""
-    if format == "native":
-        return trainer.to_native(model)
-    import joblib
-
-    from boostream.streaming_server.artifacts import JOBLIB_COMPRESS
-
-    buffer = io.BytesIO()
-    joblib.dump(model, buffer, compress=JOBLIB_COMPRESS)
-    return buffer.getvalue()
+    async with service.running():
+        with open(table, "rb") as file:
+            started = time.perf_counter()
+            spec = await service.decode_table(file, table_kind(table), fields, where="on this machine")
+            decode_s = time.perf_counter() - started
+        job = service.submit(spec, {"decode_s": decode_s})
+        loop = asyncio.get_running_loop()
+        _on_interrupt(loop, signal.SIGINT, lambda: _stop_local(service, job, display))
+        last: Optional[Event] = None
+        async for event in job.follow(0):
+            last = Event(event.id, event.type, orjson.loads(event.json))
+            display.show(last)
+        assert last is not None  # a job's log always ends with its terminal event
+        return last
 
 
-class LocalReporter:
-    """A trainer's reporter for training in this process: rounds go to the display as `progress`
-    events shaped like the server's, and the trainer stops when asked or past its timeout."""
+def _on_interrupt(loop: Any, signum: int, handler: Callable[[], None]) -> None:
+    try:
+        loop.add_signal_handler(signum, handler)
+    except (NotImplementedError, RuntimeError):  # not on this platform, or not in the main thread
+        pass
 
-    def __init__(self, display: ProgressDisplay, total: int, timeout_s: Optional[float]) -> None:
-        self.display = display
-        self.total = total
-        self._started = time.monotonic()
-        self._deadline = self._started + timeout_s if timeout_s else math.inf
-        self._stop = threading.Event()
 
-    @property
-    def cancelled(self) -> bool:
-        return self._stop.is_set() or self.timed_out
-
-    @property
-    def timed_out(self) -> bool:
-        return time.monotonic() > self._deadline
-
-    def report(self, iteration: int, metrics: dict[str, Optional[float]]) -> None:
-        elapsed = time.monotonic() - self._started
-        progress = {
-            "iteration": iteration,
-            "total": self.total,
-            "percent": round(100.0 * iteration / self.total, 2),
-            "elapsed_s": elapsed,
-            "eta_s": elapsed / iteration * max(self.total - iteration, 0),
-            "metrics": dict(metrics),
-        }
-        self.display.show(Event(iteration, "progress", progress))
-
-    def run(self, fit: Callable[[], Any]) -> Any:
-        """`fit()` in a thread; the first Ctrl-C asks it to stop after its round, a second quits.
-        A Future, not Thread.join: an interrupted join can take a live thread for ended (bpo-45274)."""
-        future: concurrent.futures.Future = concurrent.futures.Future()
-
-        def target() -> None:
-            try:
-                future.set_result(fit())
-            except BaseException as error:  # handed to the main thread, which reports it
-                future.set_exception(error)
-
-        threading.Thread(target=target, name="boostream-local-fit", daemon=True).start()
-        try:
-            return future.result()
-        except KeyboardInterrupt:
-            self.display.note("stopping after this round (Ctrl-C again to quit at once)")
-            self._stop.set()
-            return future.result()
+def _stop_local(service: Service, job: Job, display: ProgressDisplay) -> None:
+    if job.cancel_requested:
+        raise KeyboardInterrupt  # the second Ctrl-C: out of the event loop, which ends the job's thread
+    display.note("stopping after this round (Ctrl-C again to quit at once)")
+    service.cancel(job.id)
 
 
 # jobs, cancel, predict
@@ -578,7 +533,7 @@ def _parquet_feature_rows(path: Path, feature_names: list[str]) -> list[list[Opt
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from boostream.streaming_server.tables import pandas_index
+    from boostream.requests.tables import pandas_index
 
     try:
         parquet = pq.ParquetFile(path)

@@ -43,9 +43,6 @@ class Settings:
     secret_key: str = ""
     # Models kept loaded for /predict, counted by the size of their native form.
     model_cache_bytes: int = 512 * 1024**2
-    # Seconds the memory of a decoded table (X) and of a JSON body is kept, once nothing uses it,
-    # for the next one of about its size (the same table sent again, in a sweep). 0: given back at once.
-    keep_memory_s: float = 60.0
     max_body_bytes: int = 2 * 1024**3
     max_cells: int = 200_000_000
     progress_interval_s: float = 0.1

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import Server, running_server
-from boostream.streaming_server.signing import load_or_create_key, verify
+from boostream.models.signing import load_or_create_key, verify
 from boostream.trainers.forest import Forest
 
 

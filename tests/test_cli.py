@@ -22,7 +22,7 @@ import pytest
 
 from boostream import cli, client as client_module
 from boostream.client import Client, Event, Unreachable
-from boostream.streaming_server.decoding import VALID_SPLIT_SEED
+from boostream.requests.spec import VALID_SPLIT_SEED
 from conftest import Server, _free_port
 
 LONG_JOB = ["--param", "n_estimators=100000", "--param", "learning_rate=0.001", "--param", "num_leaves=8"]
@@ -641,12 +641,6 @@ def test_the_help_documents_the_exit_codes(capsys):
     help_text = capsys.readouterr().out
     for code in ("0", "1", "2", "3", "4", "130", "141"):
         assert re.search(rf"^  {code} +\S", help_text, re.MULTILINE), code
-
-
-def test_serve_refuses_a_negative_keep_memory_s_naming_it(tmp_path: Path):
-    done = boostream("serve", "--port", str(_free_port()), "--data-dir", str(tmp_path / "data"), "--keep-memory-s", "-1", timeout=60)
-    assert done.returncode == 1
-    assert "--keep-memory-s" in done.stderr and "0 or more" in done.stderr, done.stderr
 
 
 def test_serve_on_a_data_directory_in_use_says_which_server_holds_it_in_one_line(server: Server):

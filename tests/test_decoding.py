@@ -9,8 +9,9 @@ import numpy as np
 import orjson
 import pytest
 
-from boostream.streaming_server import decoding
-from boostream.streaming_server.errors import ApiError
+from boostream.requests import json_body as decoding
+from boostream.errors import BoostreamError
+from boostream.streaming_server.errors import status_of
 from boostream.trainers import create_trainers
 
 TRAINERS = create_trainers(1)
@@ -57,9 +58,9 @@ def test_a_bad_row_in_a_late_block_is_named(table, change, words):
     X, y = table
     rows = X.tolist()
     change(rows)
-    with pytest.raises(ApiError) as error:
+    with pytest.raises(BoostreamError) as error:
         decode(orjson.dumps({"X": rows, "y": y.tolist()}))
-    assert error.value.status == 400 and error.value.field == "X" and words in error.value.message
+    assert status_of(error.value) == 400 and error.value.field == "X" and words in error.value.message
 
 
 def test_missing_values_in_a_late_block_become_nan(table):
@@ -75,7 +76,7 @@ def test_a_nan_in_a_late_block_is_named_by_its_row_and_column(table):
     rows = X.tolist()
     rows[50_000][3] = float("nan")
     text = json.dumps({"X": rows, "y": y.tolist()}).encode()  # as Python writes it by default: a bare NaN
-    with pytest.raises(ApiError) as error:
+    with pytest.raises(BoostreamError) as error:
         decode(text)
-    assert (error.value.status, error.value.code, error.value.field) == (400, "invalid_json", "X")
+    assert (status_of(error.value), error.value.code, error.value.field) == (400, "invalid_json", "X")
     assert error.value.message.startswith("X[50000][3] is NaN: NaN and Infinity are not JSON"), error.value.message

@@ -13,7 +13,7 @@ from starlette.routing import Mount, Route
 
 from boostream.config import Settings
 from boostream.streaming_server.app import create_app
-from boostream.streaming_server.mcp_server import PATH as MCP_PATH
+from boostream.mcp_server import PATH as MCP_PATH
 from conftest import Server, running_server
 
 UNKNOWN_ID = "0" * 32

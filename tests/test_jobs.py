@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import Server, SseEvent, parse_sse, running_server, start_server
-from boostream.streaming_server.signing import load_or_create_key, verify
+from boostream.models.signing import load_or_create_key, verify
 
 
 def body_for(data, rounds: int, **params) -> dict:

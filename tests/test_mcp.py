@@ -19,7 +19,7 @@ from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from conftest import Server, running_server
-from boostream.streaming_server.mcp_server import MAX_BODY_BYTES, transport_security, _train_input_schema
+from boostream.mcp_server import MAX_BODY_BYTES, transport_security, _train_input_schema
 from boostream.trainers import create_trainers
 
 TOOLS = {"list_models", "train", "start_job", "job_status", "cancel_job", "predict"}

@@ -7,11 +7,17 @@ import math
 import threading
 import time
 
+import numpy as np
 import pytest
 
+from boostream.jobs.job import Job
+from boostream.jobs.manager import JobManager
+from boostream.jobs.records import JobRecord, JobRequest
+from boostream.jobs.sqlite import SqliteJobStore
+from boostream.jobs.webhooks import WebhookPolicy, WebhookSender
+from boostream.models.artifacts import ArtifactStore
 from boostream.progress import ProgressBridge, metric_history
-from boostream.streaming_server.jobs import Job, JobRequest
-from boostream.streaming_server.store import JobStore
+from boostream.trainers.base import Availability, TrainingData
 from boostream.trainers.lightgbm import LightGBMTrainer
 from conftest import strict_json
 
@@ -173,14 +179,22 @@ def test_a_closed_bridge_delivers_nothing_more():
 def test_a_metric_that_is_not_finite_reaches_every_reader_as_null(tmp_path):
     """Early rounds can give NaN or infinite losses (WarpGBM's float32 losses overflow on large
     targets); JSON has no such numbers, and a browser's JSON.parse refuses them."""
-    store = JobStore(tmp_path)
+    store = SqliteJobStore(tmp_path)
+    trainer, key = LightGBMTrainer(1), b"k" * 32
     request = JobRequest("lightgbm", "regression", {"n_estimators": 3})
     metrics = [{"train_l2": math.inf, "valid_l2": math.nan}, {"train_l2": -math.inf, "valid_l2": 2.0}, {"train_l2": 1.0, "valid_l2": 1.5}]
 
     async def main() -> Job:
-        job = Job.create(request, LightGBMTrainer(1), store, data=None, ingest_timings={})
-        job.start("cpu", n_rows=10, n_valid_rows=5, n_features=2)
-        bridge = ProgressBridge(asyncio.get_running_loop(), job.report, total=3, interval_s=10.0)
+        # The job manager writes every event, and the live log gets what the store got.
+        manager = JobManager(
+            store, ArtifactStore(tmp_path / "artifacts", key), tmp_path / "inputs", {"lightgbm": trainer}, {"lightgbm": Availability(True, device_name="cpu")},
+            cpu_jobs=1, gpu_jobs=0, max_queued=1, max_training_s=60, job_ttl_s=60, progress_interval_s=10.0,
+            webhooks=WebhookSender(key), webhook_policy=WebhookPolicy(),
+        )  # fmt: skip
+        job = Job("job", request, trainer, time.time())
+        store.insert_job(JobRecord(job.id, job.status, "lightgbm", "regression", "cpu", request, job.created_at, total=3))
+        manager._start(job, TrainingData(X=np.zeros((10, 2)), y=np.zeros(10), feature_names=["a", "b"], X_valid=np.zeros((5, 2)), y_valid=np.zeros(5)))
+        bridge = ProgressBridge(asyncio.get_running_loop(), lambda progress: manager._report(job, progress), total=3, interval_s=10.0)
 
         def train():
             for iteration, values in enumerate(metrics, start=1):
@@ -192,7 +206,7 @@ def test_a_metric_that_is_not_finite_reaches_every_reader_as_null(tmp_path):
 
     job = asyncio.run(main())
     live = [strict_json(event.json) for event in job.events if event.type == "progress"]
-    stored = [strict_json(data) for _, kind, data in store.events(job.id) if kind == "progress"]
+    stored = [strict_json(event.json) for event in store.events(job.id) if event.type == "progress"]
     store.close()
     assert live == stored and [p["iteration"] for p in live] == [1, 3]
     assert live[0]["metrics"] == {"train_l2": None, "valid_l2": None}

@@ -315,7 +315,7 @@ def test_hyperparameters_are_read_from_text_as_json_gives_them(server: Server):
 
 
 def test_a_bool_hyperparameter_reads_true_false_1_and_0():
-    from boostream.streaming_server.tables import _typed  # no backend has a bool parameter yet
+    from boostream.requests.tables import _typed  # no backend has a bool parameter yet
 
     assert [_typed(text, bool) for text in ("true", "False", "1", "0", "yes")] == [True, False, True, False, "yes"]
 

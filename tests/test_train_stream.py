@@ -245,24 +245,3 @@ def test_disconnect_by_default_lets_the_job_finish(server: Server, diabetes):
     assert artifact_count(server) == before + 1
 
 
-def kept_memory(server: Server) -> dict:
-    return httpx.get(server.url + "/health", timeout=10).json()["memory"]
-
-
-@pytest.mark.parametrize("keep_s", ["60", "0"])
-def test_health_shows_the_memory_kept_for_the_next_table_and_none_when_told_to_keep_none(tmp_path_factory, keep_s):
-    rows = np.random.default_rng(1).random((60_000, 10))  # X of 4.8 MB and a JSON body of 11 MB
-    body = {"model_type": "lightgbm", "X": rows.tolist(), "y": rows.sum(axis=1).tolist(), "params": {"n_estimators": 3}}
-    with running_server(tmp_path_factory.mktemp("memory"), "--keep-memory-s", keep_s) as server:
-        assert kept_memory(server) == {"keep_s": float(keep_s), "kept_blocks": 0, "kept_bytes": 0}
-        for _ in range(2):  # the second from what the first left
-            assert server.train(body)[-1].event == "complete"
-        deadline = time.monotonic() + 30  # X is let go when its job's last reference goes
-        while kept_memory(server)["kept_blocks"] < (2 if keep_s != "0" else 0) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        memory = kept_memory(server)
-        if keep_s == "0":
-            assert memory["kept_blocks"] == 0 and memory["kept_bytes"] == 0
-        else:
-            assert memory["kept_blocks"] == 2  # the last request's body and X
-            assert memory["kept_bytes"] > rows.nbytes + 4 * 2**20  # and a body of more than 4 MiB

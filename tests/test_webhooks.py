@@ -25,9 +25,10 @@ import pytest
 from conftest import Server, running_server, start_server
 from test_jobs import body_for, long_body
 from boostream import __version__
-from boostream.streaming_server.errors import ApiError
-from boostream.streaming_server.signing import load_or_create_key, sign, verify
-from boostream.streaming_server.webhooks import WebhookPolicy, WebhookSender
+from boostream.errors import BoostreamError
+from boostream.jobs.webhooks import WebhookPolicy, WebhookSender
+from boostream.models.signing import load_or_create_key, sign, verify
+from boostream.streaming_server.errors import status_of
 
 KEY = b"k" * 32
 PAYLOAD = {"job_id": "0123abcd", "status": "succeeded", "metrics": {"valid_l2": 0.25, "note": "é ✓"}, "iterations": 100}
@@ -286,11 +287,11 @@ def test_malformed_allow_list_entry_is_refused_at_start(entry: str):
         WebhookPolicy((entry,))
 
 
-def assert_refused(policy: WebhookPolicy, url: str, words: str) -> ApiError:
-    with pytest.raises(ApiError) as caught:
+def assert_refused(policy: WebhookPolicy, url: str, words: str) -> BoostreamError:
+    with pytest.raises(BoostreamError) as caught:
         policy.check(url)
     error = caught.value
-    assert (error.status, error.code, error.field) == (422, "invalid_parameter", "callback_url")
+    assert (status_of(error), error.code, error.field) == (422, "invalid_parameter", "callback_url")
     assert words in error.message
     return error
 

@@ -1,6 +1,7 @@
-"""Errors answered before a stream starts: JSON with the right status, naming the field at fault.
-Starlette's own refusals (no such route, a method the route does not take) and unexpected failures
-are answered in the same JSON."""
+"""Errors at the HTTP edge: every domain error (`boostream.errors`) becomes JSON with the status
+this table gives it, naming the field at fault; so do the refusals only HTTP has (a media type, a
+missing length), Starlette's own (no such route, a method the route does not take) and unexpected
+failures."""
 
 from __future__ import annotations
 
@@ -12,49 +13,50 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Match, Route
 
+from boostream import errors
+from boostream.errors import BoostreamError, quotable
+
 UNEXPECTED = "the server failed unexpectedly; its log says why. Try again, and report it if it persists"
-# What a message quotes of a client's input (a path, a row of a file, a parser's words on it) is cut
-# to this length.
-QUOTE_CHARS = 200
+# The status of each domain error; a subclass takes its nearest listed ancestor's.
+STATUS: dict[type[BoostreamError], int] = {
+    errors.InvalidData: 400,
+    errors.InvalidParameter: 422,
+    errors.TooLarge: 413,
+    errors.NotFound: 404,
+    errors.Gone: 410,
+    errors.Untrusted: 403,
+    errors.Conflict: 409,
+    errors.QueueFull: 429,
+    errors.Unavailable: 503,
+}
 
 
-class ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        field: Optional[str] = None,
-        headers: Optional[dict[str, str]] = None,
-        job_status: Optional[str] = None,
-    ) -> None:
-        super().__init__(message)
+class ApiError(BoostreamError):
+    """A refusal that only HTTP has: the status is part of it."""
+
+    def __init__(self, status: int, code: str, message: str, field: Optional[str] = None) -> None:
+        super().__init__(message, field=field)
         self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
-        self.headers = headers
-        self.job_status = job_status  # for a conflict with where a job stands
-
-    def body(self) -> dict:
-        error = {"code": self.code, "message": self.message}
-        if self.field is not None:
-            error["field"] = self.field
-        if self.job_status is not None:
-            error["status"] = self.job_status
-        return {"error": error}
+        self.code = code  # type: ignore[misc]  # per instance
 
 
-async def handle_api_error(request: Request, error: Exception) -> JSONResponse:
-    assert isinstance(error, ApiError)
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+def status_of(error: BoostreamError) -> int:
+    if isinstance(error, ApiError):
+        return error.status
+    for kind in type(error).__mro__:
+        if kind in STATUS:
+            return STATUS[kind]  # type: ignore[index]
+    return 500
 
 
-def quotable(text: str) -> str:
-    """Client input fit to quote in a message: cut short, control characters escaped, so that a
-    terminal printing the message shows them rather than obeys them."""
-    short = text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS] + " ..."
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in short)
+def error_response(error: BoostreamError) -> JSONResponse:
+    headers = {"Retry-After": str(error.retry_after_s)} if isinstance(error, errors.QueueFull) else None
+    return JSONResponse({"error": error.details()}, status_code=status_of(error), headers=headers)
+
+
+async def handle_domain_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, BoostreamError)
+    return error_response(error)
 
 
 async def handle_http_exception(request: Request, error: Exception) -> JSONResponse:
@@ -67,7 +69,7 @@ async def handle_http_exception(request: Request, error: Exception) -> JSONRespo
         message = f"{quotable(request.url.path)} does not take {quotable(request.method)}; use {headers['Allow']}"
     else:
         message = error.detail
-    return JSONResponse(ApiError(status, _code(status), message).body(), status_code=status, headers=headers)
+    return JSONResponse({"error": ApiError(status, _code(status), message).details()}, status_code=status, headers=headers)
 
 
 def _code(status: int) -> str:
@@ -91,4 +93,5 @@ def _allowed_methods(request: Request) -> str:
 async def handle_unexpected_error(request: Request, error: Exception) -> JSONResponse:
     # Starlette raises the error again once this is sent, and uvicorn logs it with its traceback; it
     # then closes the connection, which "Connection: close" tells the client before it reuses it.
-    return JSONResponse(ApiError(500, "internal_error", UNEXPECTED).body(), status_code=500, headers={"Connection": "close"})
+    body = {"error": ApiError(500, "internal_error", UNEXPECTED).details()}
+    return JSONResponse(body, status_code=500, headers={"Connection": "close"})

@@ -21,7 +21,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from boostream.streaming_server import pages
+from boostream import memory
+from boostream.errors import InvalidData, InvalidJson, TooLarge
 from boostream.streaming_server.errors import ApiError
 
 TABLE_TYPES = {
@@ -56,45 +57,44 @@ class Upload:
 
 
 async def receive_table(request: Request, media_type: str, limit: int, directory: Path) -> Upload:
-    """The uploaded table, spooled; ApiError when it is too large or not a table."""
+    """The uploaded table, spooled; refused when it is too large or not a table."""
     if media_type == MULTIPART:
         return await _receive_form(request, limit)
     return Upload(await _spool_body(request, limit, directory), TABLE_TYPES[media_type], dict(request.query_params))
 
 
 async def read_body(request: Request, limit: int) -> bytearray:
-    """The body, refused with 413 as soon as it is known to exceed `limit`, before reading the rest.
+    """The body, refused (TooLarge) as soon as it is known to exceed `limit`, before reading the rest.
     With a Content-Length the buffer is allocated once: growing it chunk by chunk cost seconds per GB."""
     declared = declared_length(request, limit)
     if declared is not None:
-        # Zero-filling fresh memory takes about 0.5 s per GB here: not on the event loop. A body
-        # that the caller gives back (pages.give_back) may serve again.
-        body = bytearray(declared) if declared < LOOP_ALLOCATION_BYTES else await anyio.to_thread.run_sync(pages.buffer, declared)
+        # Zero-filling fresh memory takes about 0.5 s per GB here: not on the event loop.
+        body = bytearray(declared) if declared < LOOP_ALLOCATION_BYTES else await anyio.to_thread.run_sync(bytearray, declared)
         view, filled = memoryview(body), 0
         async for chunk in request.stream():
             if filled + len(chunk) > len(body):
-                raise ApiError(400, "invalid_json", "the body is longer than its Content-Length")
+                raise InvalidJson(None, "the body is longer than its Content-Length")
             view[filled : filled + len(chunk)] = chunk
             filled += len(chunk)
         view.release()
         if filled != len(body):
-            raise ApiError(400, "invalid_json", f"the body ended after {filled} of its {len(body)} bytes")
+            raise InvalidJson(None, f"the body ended after {filled} of its {len(body)} bytes")
         return body
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise ApiError(413, "too_large", f"the body is more than the limit of {limit} bytes")
+            raise TooLarge(f"the body is more than the limit of {limit} bytes")
     return body
 
 
 def declared_length(request: Request, limit: int) -> Optional[int]:
-    """The body's Content-Length, if it has one; 413 at once when it is over `limit`."""
+    """The body's Content-Length, if it has one; TooLarge at once when it is over `limit`."""
     declared = request.headers.get("content-length", "")
     if not (declared.isascii() and declared.isdigit()):
         return None
     if int(declared) > limit:
-        raise ApiError(413, "too_large", f"the body is {declared} bytes, more than the limit of {limit}")
+        raise TooLarge(f"the body is {declared} bytes, more than the limit of {limit}")
     return int(declared)
 
 
@@ -112,7 +112,7 @@ async def _spool_body(request: Request, limit: int, directory: Path) -> BinaryIO
         async for chunk in request.stream():
             received += len(chunk)
             if received > limit:
-                raise ApiError(413, "too_large", f"the body is more than the limit of {limit} bytes")
+                raise TooLarge(f"the body is more than the limit of {limit} bytes")
             rest = memoryview(chunk)
             while rest:
                 taken = min(len(rest), WRITE_BATCH_BYTES - filled)
@@ -121,12 +121,12 @@ async def _spool_body(request: Request, limit: int, directory: Path) -> BinaryIO
                 if filled == WRITE_BATCH_BYTES:
                     if writing is not None:
                         await writing
-                    writing = loop.run_in_executor(None, pages.write_all, file, buffers[0])
+                    writing = loop.run_in_executor(None, memory.write_all, file, buffers[0])
                     buffers.reverse()
                     filled = 0
         if writing is not None:
             await writing
-        await loop.run_in_executor(None, pages.write_all, file, memoryview(buffers[0])[:filled])
+        await loop.run_in_executor(None, memory.write_all, file, memoryview(buffers[0])[:filled])
         file.seek(0)
     except BaseException:
         if writing is not None:
@@ -147,7 +147,7 @@ async def _receive_form(request: Request, limit: int) -> Upload:
     files = [(name, value) for name, value in form.multi_items() if isinstance(value, UploadFile)]
     if not files:
         await form.close()
-        raise ApiError(400, "invalid_data", "the multipart upload has no file: attach the table as a file part", "file")
+        raise InvalidData("file", "the multipart upload has no file: attach the table as a file part")
     name, upload = files[0]
     kind = _kind_of(upload)
     if kind is None:

@@ -13,24 +13,11 @@ from typing import Any, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 
+from boostream.errors import InvalidData, InvalidParameter
+
+__all__ = ["InvalidData", "InvalidParameter"]  # raised by trainers, defined with the other domain errors
+
 OBJECTIVES = ("regression", "binary", "multiclass")
-
-
-class FieldError(ValueError):
-    """An error that names the request field at fault."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
-class InvalidParameter(FieldError):
-    """A hyperparameter that is unknown, of the wrong type or out of bounds (HTTP 422)."""
-
-
-class InvalidData(FieldError):
-    """Arrays that no model can be trained on: the data is at fault, not the parameters (HTTP 400)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,9 +135,14 @@ class Reporter(Protocol):
 
 
 class Trainer(Protocol):
-    name: str
+    name: str  # as requests name it: `model_type`
+    title: str  # as people write it, in messages
     device: str  # "cpu" or "gpu": which concurrency limit the job counts against
     params: Sequence[ParamSpec]
+    takes_era: bool  # whether `TrainingData.era` means something to it
+
+    def rounds(self, params: Mapping[str, Any]) -> int:
+        """The boosting rounds that `params` ask for: the `total` of the job's progress."""
 
     def availability(self) -> Availability: ...
 
@@ -169,6 +161,9 @@ class Predictor(Protocol):
 
     def owns(self, model: Any) -> bool:
         """Whether `model` (loaded from a signed artifact) is this backend's."""
+
+    def recognizes(self, blob: bytes) -> bool:
+        """Whether `blob` looks like this backend's native format (before parsing it)."""
 
     def to_native(self, model: Any) -> bytes: ...
 

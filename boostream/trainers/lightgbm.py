@@ -35,9 +35,11 @@ _OBJECTIVE_METRIC = {"regression": "l2", "binary": "binary_logloss", "multiclass
 
 class LightGBMTrainer:
     name = "lightgbm"
+    title = "LightGBM"
     device = "cpu"
     native_media_type = "text/plain"  # LightGBM's text model: lightgbm.Booster(model_str=...)
     native_extension = "txt"
+    takes_era = False
     params = (
         ParamSpec("n_estimators", int, 100, "Boosting rounds.", minimum=1, maximum=100_000),
         ParamSpec("learning_rate", float, 0.1, "Shrinkage per round.", minimum=0.0, maximum=1.0, exclusive_minimum=True),
@@ -58,6 +60,9 @@ class LightGBMTrainer:
 
     def __init__(self, num_threads: int) -> None:
         self.num_threads = num_threads
+
+    def rounds(self, params: Mapping[str, Any]) -> int:
+        return int(params["n_estimators"])
 
     def availability(self) -> Availability:
         return Availability(True, device_name="cpu")
@@ -105,6 +110,11 @@ class LightGBMTrainer:
 
 
     # Prediction
+
+    def recognizes(self, blob: bytes) -> bool:
+        # LightGBM's text model starts with "tree"; anything else that is not a JSON object is
+        # read as one too, so that its parser says what is wrong with it.
+        return blob.lstrip()[:1] != b"{"
 
     def owns(self, model: Any) -> bool:
         return isinstance(model, lightgbm.Booster)

@@ -64,10 +64,12 @@ def _library() -> Any:
 
 class WarpGBMTrainer:
     name = "warpgbm"
+    title = "WarpGBM"
     device = "gpu"
     # Trained on the GPU, exported to a Forest that predicts on the CPU; its portable JSON is data.
     native_media_type = "application/json"
     native_extension = "json"
+    takes_era = True
     params = (
         ParamSpec("n_estimators", int, 100, "Boosting rounds.", minimum=1, maximum=100_000),
         ParamSpec("learning_rate", float, 0.1, "Shrinkage per round.", minimum=0.0, maximum=1.0, exclusive_minimum=True),
@@ -82,6 +84,9 @@ class WarpGBMTrainer:
         ParamSpec("threads_per_block", int, 64, "CUDA threads per block.", minimum=32, maximum=1024, multiple_of=32),
         ParamSpec("rows_per_thread", int, 4, "Rows each CUDA thread accumulates.", minimum=1, maximum=16),
     )
+
+    def rounds(self, params: Mapping[str, Any]) -> int:
+        return int(params["n_estimators"])
 
     def availability(self) -> Availability:
         try:
@@ -117,6 +122,9 @@ class WarpGBMTrainer:
         return FitResult(forest, len(hook.history.rounds), best_iteration, metrics, cancelled=reporter.cancelled, curve=hook.history.rounds)
 
     # Prediction: a Forest, numpy only, on the CPU.
+
+    def recognizes(self, blob: bytes) -> bool:
+        return blob.lstrip()[:1] == b"{"  # a Forest's portable format is a JSON object
 
     def owns(self, model: Any) -> bool:
         return isinstance(model, Forest)

@@ -34,21 +34,15 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from boostream.streaming_server import pages
-from boostream.streaming_server.decoding import (
-    CLASS_LABEL_HINT,
-    TooLarge,
-    TrainOptions,
-    TrainSpec,
-    assemble_training_data,
-    build_spec,
-)
-from boostream.streaming_server.errors import ApiError, quotable
-from boostream.trainers.base import InvalidData, Trainer, TrainingData
+from boostream import memory
+from boostream.errors import InvalidData, InvalidParameter, TooLarge, quotable
+from boostream.requests.spec import CLASS_LABEL_HINT, TrainOptions, TrainSpec, assemble_training_data, build_spec
+from boostream.trainers.base import Trainer, TrainingData
 
 TABLE_FIELDS = frozenset({"target", "features", "era"})
 OPTION_FIELDS = frozenset(TrainOptions.__struct_fields__) - {"feature_names", "params"}
-ROUTE_FIELDS = frozenset({"on_disconnect"})  # read by the route itself, not a training field
+# Read by the route itself, not training fields.
+ROUTE_FIELDS = frozenset({"on_disconnect"})
 BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
 # pyarrow's default CSV block: 16 MiB blocks were no faster, and the reader holds several at once
 # (0.5 GB more at the peak for 1M x 50).
@@ -77,8 +71,8 @@ def decode_table_request(
     max_cells: int,
     where: str = "on this server",
 ) -> TrainSpec:
-    """Read and validate a CSV or Parquet (`kind`) training table with its request's `fields`;
-    ApiError (400, 413, 422, 503) naming the field or column at fault. `where` as for build_spec."""
+    """Read and validate a CSV or Parquet (`kind`) training table with its request's `fields`; a
+    domain error naming the field or column at fault. `where` as for build_spec."""
     options = _options(fields, trainers)
     read_data = functools.partial(_training_data, file, kind, fields, options, max_cells)
     return build_spec(options, read_data, trainers, unavailable, where)
@@ -92,7 +86,7 @@ def _options(fields: Mapping[str, str], trainers: Mapping[str, Trainer]) -> Trai
         at = re.search(r"\$\.(\w+)", str(error))
         field = at.group(1) if at else None
         reason = str(error).split(" - at ")[0]
-        raise ApiError(422, "invalid_parameter", f"cannot read {field}={given.get(field)!r}: {reason}", field) from None
+        raise InvalidParameter(field, f"cannot read {field}={given.get(field)!r}: {reason}") from None
     trainer = trainers.get(options.model_type)
     kinds = {spec.name: spec.kind for spec in trainer.params} if trainer else {}
     not_params = OPTION_FIELDS | TABLE_FIELDS | ROUTE_FIELDS
@@ -337,7 +331,7 @@ def _read_parquet(source: pa.NativeFile, choose: Callable[[pa.Schema], _Columns]
     # first while X is mapped.
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="parquet") as reader:
         reading = reader.submit(parquet.read, columns=groups[0], use_threads=True)
-        X = pages.empty((rows, width), order="F")
+        X = memory.empty((rows, width), order="F")
         first = 0
         for index, names in enumerate(groups):
             table = reading.result()
@@ -360,7 +354,7 @@ def _copy_column(into: np.ndarray, name: str, column: pa.ChunkedArray) -> None:
     for chunk in column.chunks:
         into[row : row + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
         row += len(chunk)
-    if row != len(into):  # X may hold an earlier table's values (pages.empty): every row is written
+    if row != len(into):  # every row of X must be written: its memory is not zeroed
         raise InvalidData(name, f"column {name!r} has {row} values where the file's metadata says {len(into)} rows")
     _refuse_infinite(into[:, np.newaxis], [name], 0)
 

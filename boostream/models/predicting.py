@@ -20,10 +20,9 @@ from typing import Any, Mapping, Optional
 import joblib
 import numpy as np
 
-from boostream.streaming_server.artifacts import ArtifactStore
-from boostream.streaming_server.errors import ApiError, quotable
-from boostream.streaming_server.signing import verify
-from boostream.streaming_server.store import JobStore
+from boostream.errors import Gone, InvalidData, InvalidParameter, Untrusted, quotable
+from boostream.models.artifacts import ArtifactRecord, ArtifactStore
+from boostream.models.signing import verify
 from boostream.trainers.base import ModelShape, Predictor
 
 OUTPUTS = ("value", "proba")
@@ -40,9 +39,9 @@ class LoadedModel:
 
     def predict(self, X: np.ndarray, output: str) -> np.ndarray:
         if X.shape[1] != self.shape.n_features:
-            raise ApiError(400, "invalid_data", f"rows have {X.shape[1]} values, but the model takes {self.shape.n_features} features", "X")
+            raise InvalidData("X", f"rows have {X.shape[1]} values, but the model takes {self.shape.n_features} features")
         if output == "proba" and self.shape.objective == "regression":
-            raise ApiError(422, "invalid_parameter", "output 'proba' needs a classifier; this model is a regression", "output")
+            raise InvalidParameter("output", "output 'proba' needs a classifier; this model is a regression")
         scores = self.predictor.scores(self.model, X)
         if output == "proba" or self.shape.objective == "regression":
             return scores
@@ -76,25 +75,25 @@ class ModelCache:
 
 
 class ModelLoader:
-    def __init__(self, store: JobStore, artifacts: ArtifactStore, predictors: Mapping[str, Predictor], cache: ModelCache) -> None:
-        self.store = store
+    def __init__(self, artifacts: ArtifactStore, predictors: Mapping[str, Predictor], cache: ModelCache) -> None:
         self.artifacts = artifacts
         self.predictors = predictors
         self.cache = cache
 
-    def stored(self, artifact_id: str, row: dict[str, Any]) -> LoadedModel:
+    def stored(self, record: ArtifactRecord) -> LoadedModel:
         """A model this server trained (runs in a worker thread)."""
+        artifact_id = record.id
         cached = self.cache.get(artifact_id)
         if cached is not None:
             return cached
-        predictor = self.predictors[row["model_type"]]
+        predictor = self.predictors[record.model_type]
         try:
             blob = self.artifacts.read(artifact_id, "native")
         except FileNotFoundError:
-            raise ApiError(410, "gone", f"the files of artifact {artifact_id} are missing from the server", "artifact_id") from None
+            raise Gone(f"the files of artifact {artifact_id} are missing from the server", field="artifact_id") from None
         model = predictor.from_native(blob, trusted=True)  # this server wrote it
         shape = predictor.describe(model)
-        loaded = LoadedModel(model, predictor, shape, _classes(row["classes"], shape), artifact_id, len(blob))
+        loaded = LoadedModel(model, predictor, shape, _classes(record.classes, shape), artifact_id, len(blob))
         self.cache.put(artifact_id, loaded)
         return loaded
 
@@ -103,7 +102,7 @@ class ModelLoader:
         try:
             blob = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
-            raise ApiError(400, "invalid_data", "artifact is not valid base64", "artifact") from None
+            raise InvalidData("artifact", "artifact is not valid base64") from None
         if format == "joblib":
             self._check_signature(blob, signature)  # before the cache too: a hit proves nothing
         key = f"{format}:{hashlib.sha256(blob).hexdigest()}"
@@ -118,25 +117,25 @@ class ModelLoader:
 
     def _check_signature(self, blob: bytes, signature: Optional[str]) -> None:
         if not signature:
-            raise ApiError(403, "untrusted_artifact", "a joblib artifact is loaded only with the signature this server gave it; send its native format instead", "signature")
+            raise Untrusted("a joblib artifact is loaded only with the signature this server gave it; send its native format instead", field="signature")
         if not verify(self.artifacts.key, blob, signature):
-            raise ApiError(403, "untrusted_artifact", "the signature does not match this artifact: it was changed, or another server made it", "signature")
+            raise Untrusted("the signature does not match this artifact: it was changed, or another server made it", field="signature")
 
     def _signed_joblib(self, blob: bytes) -> tuple[Any, Predictor]:
         model = joblib.load(io.BytesIO(blob))  # safe: this server wrote these very bytes
         for predictor in self.predictors.values():
             if predictor.owns(model):
                 return model, predictor
-        raise ApiError(400, "invalid_data", f"the artifact holds a {type(model).__name__}, which no backend here predicts with", "artifact")
+        raise InvalidData("artifact", f"the artifact holds a {type(model).__name__}, which no backend here predicts with")
 
     def _native(self, blob: bytes) -> tuple[Any, Predictor]:
-        # A Forest's portable format is a JSON object; LightGBM's model is text starting with "tree".
-        name = "warpgbm" if blob.lstrip()[:1] == b"{" else "lightgbm"
-        predictor = self.predictors[name]
+        predictor = next((predictor for predictor in self.predictors.values() if predictor.recognizes(blob)), None)
+        if predictor is None:
+            raise InvalidData("artifact", "artifact is in no native format a backend here reads")
         try:
             return predictor.from_native(blob), predictor
         except ValueError as error:
-            raise ApiError(400, "invalid_data", f"artifact is not a valid {name} model: {quotable(str(error))}", "artifact") from None
+            raise InvalidData("artifact", f"artifact is not a valid {predictor.name} model: {quotable(str(error))}") from None
 
 
 def _classes(known: Optional[list[Any]], shape: ModelShape) -> Optional[list[Any]]:

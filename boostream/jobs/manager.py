@@ -1,9 +1,10 @@
-"""Runs jobs: one queue per device, training in threads, and what must happen when a job ends or
-the server starts again.
+"""The one owner of job state: it creates jobs, queues them per device, runs them in training
+threads, writes every event and row change to the store, and keeps what must happen when a job
+ends or the server starts again. Everything else reads job state through it.
 
 Per device, at most `limit` jobs train at once; the others wait in the order they came, and each
 waiting job is told its position whenever the queue moves. Beyond `max_queued` waiting jobs a new
-one is refused (429). A job's arrays are written to disk while it waits, and dropped from memory
+one is refused (QueueFull). A job's arrays are written to disk while it waits, and dropped from memory
 if it is still waiting by then, so a long queue does not hold every table in memory; they are
 removed when the job ends. A server that starts on a data directory puts the jobs it finds queued
 or running back in the queue (or ends them `interrupted` when that cannot work) before it takes
@@ -15,20 +16,26 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import logging
 import math
 import time
+import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator, Mapping, Optional
+from typing import Any, AsyncIterator, Callable, Coroutine, Mapping, Optional, TypeVar
 
-from boostream.progress import ProgressBridge, metric_history
-from boostream.streaming_server import inputs
-from boostream.streaming_server.artifacts import ArtifactStore
-from boostream.streaming_server.errors import ApiError
-from boostream.streaming_server.jobs import Event, Job, JobRequest, JobStatus
-from boostream.streaming_server.store import JobStore
-from boostream.streaming_server.webhooks import WebhookPolicy, WebhookSender
-from boostream.trainers.base import Availability, Trainer, TrainingData
+import orjson
+
+from boostream.errors import InvalidParameter, QueueFull
+from boostream.jobs import inputs
+from boostream.jobs.job import Job
+from boostream.jobs.records import Event, JobRecord, JobRequest, JobStatus, JobStore
+from boostream.jobs.webhooks import WebhookPolicy, WebhookSender, webhook_payload
+from boostream.models.artifacts import Artifact, ArtifactRecord, ArtifactStore
+from boostream.progress import Progress, ProgressBridge, metric_history
+from boostream.trainers.base import Availability, FitResult, Trainer, TrainingData
+
+T = TypeVar("T")
 
 log = logging.getLogger("boostream.jobs")
 
@@ -73,7 +80,7 @@ class JobManager:
         self._live: dict[str, Job] = {}  # queued or running
         self._executor = concurrent.futures.ThreadPoolExecutor(cpu_jobs + gpu_jobs, thread_name_prefix="train")
         self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inputs")
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
 
     # Lifecycle
@@ -82,15 +89,15 @@ class JobManager:
         """Take up what the last server left: unfinished jobs, undelivered webhooks, stale files."""
         # Read before recovering: a job that recovery ends schedules its own webhook.
         owed = self.store.pending_callbacks()
-        for row in self.store.unfinished_jobs():
-            self._recover(row)
+        for record in self.store.unfinished_jobs():
+            self._recover(record)
         keep = set(self._live)
         for folder in self.inputs_dir.glob("*") if self.inputs_dir.exists() else ():
             if folder.name not in keep:
                 await self._on_disk(inputs.remove, folder)
         await self._on_disk(self.artifacts.remove_unknown, self.store.artifact_ids())
-        for row in owed:
-            self._background(self._deliver_webhook(row["id"]))
+        for record in owed:
+            self._background(self._deliver_webhook(record.id))
         self._background(self._expire_forever())
 
     async def shutdown(self) -> None:
@@ -110,12 +117,25 @@ class JobManager:
         self._disk.shutdown(wait=True)
         await self.webhooks.aclose()
 
-    # What the routes ask for
+    # What the service asks for
 
     def submit(self, request: JobRequest, data: TrainingData, ingest_timings: dict[str, float]) -> Job:
         trainer = self.trainers[request.model_type]
         self._check_room(trainer.device)
-        job = Job.create(request, trainer, self.store, data, ingest_timings)
+        job = Job(uuid.uuid4().hex, request, trainer, time.time(), data)
+        job.ingest_timings = ingest_timings
+        self.store.insert_job(
+            JobRecord(
+                id=job.id,
+                status=job.status,
+                model_type=request.model_type,
+                objective=request.objective,
+                device=trainer.device,
+                request=request,
+                created_at=job.created_at,
+                total=job.rounds,
+            )
+        )
         self._live[job.id] = job
         self._enqueue(job)
         self._background(self._save_inputs(job, data))
@@ -124,6 +144,23 @@ class JobManager:
     def live(self, job_id: str) -> Optional[Job]:
         return self._live.get(job_id)
 
+    def job(self, job_id: str) -> Optional[JobRecord]:
+        return self.store.job(job_id)
+
+    def jobs(self, statuses: list[str], limit: int, before_seq: Optional[int]) -> list[JobRecord]:
+        """Newest first."""
+        return self.store.jobs(statuses, limit, before_seq)
+
+    def artifact(self, artifact_id: str) -> Optional[ArtifactRecord]:
+        return self.store.artifact(artifact_id)
+
+    async def artifact_file(self, artifact_id: str, format: str) -> bytes:
+        """The artifact's file in `format`; FileNotFoundError when it is missing."""
+        return await self._on_disk(self.artifacts.read, artifact_id, format)
+
+    def has_events_after(self, job_id: str, after: int) -> bool:
+        return self.store.has_events_after(job_id, after)
+
     async def events(self, job_id: str, after: int) -> AsyncIterator[Event]:
         """The job's events after `after`, then live ones until the terminal event."""
         job = self._live.get(job_id)
@@ -131,10 +168,8 @@ class JobManager:
             async for event in job.follow(after):
                 yield event
             return
-        for event_id, kind, data in self.store.events(job_id, after):
-            if kind == "complete":
-                data = await self._with_artifact(data)
-            yield Event(event_id, kind, data)
+        for event in self.store.events(job_id, after):
+            yield Event(event.id, event.type, await self._with_artifact(event.json)) if event.type == "complete" else event
 
     def client_left(self, job_id: str, client: str, cancel: bool) -> None:
         """A client that followed a job went away: cancel the job if it asked to, and say so."""
@@ -160,10 +195,10 @@ class JobManager:
     async def delete(self, job_id: str) -> None:
         await self._remove_artifacts(self.store.delete_jobs([job_id]))
 
-    async def result(self, row: dict[str, Any]) -> str:
+    async def result(self, job_id: str) -> str:
         """The `complete` payload of a job that succeeded, as JSON with its artifact."""
-        last = self.store.events(row["id"], after=0)[-1]
-        return await self._with_artifact(last[2])
+        last = self.store.events(job_id, after=0)[-1]
+        return await self._with_artifact(last.json)
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {
@@ -178,18 +213,13 @@ class JobManager:
             return
         etas = [job.eta_s for job in self._running[device] if job.eta_s is not None]
         retry_after = max(1, math.ceil(min(etas))) if etas else RETRY_AFTER_UNKNOWN_S
-        raise ApiError(
-            429,
-            "queue_full",
-            f"{self.max_queued} {device.upper()} jobs are already waiting; try again later",
-            headers={"Retry-After": str(retry_after)},
-        )
+        raise QueueFull(f"{self.max_queued} {device.upper()} jobs are already waiting; try again later", retry_after)
 
     def _enqueue(self, job: Job) -> None:
         device = job.device
         self._waiting[device].append(job)
         if not self._dispatch(device):
-            job.emit("queued", {"position": len(self._waiting[device]), "device": device})
+            self._emit(job, "queued", {"position": len(self._waiting[device]), "device": device})
 
     def _dispatch(self, device: str) -> bool:
         """Start waiting jobs while there is room; whether any started."""
@@ -210,9 +240,9 @@ class JobManager:
 
     def _announce_positions(self, device: str) -> None:
         for position, job in enumerate(self._waiting[device], start=1):
-            job.emit("queued", {"position": position, "device": device})
+            self._emit(job, "queued", {"position": position, "device": device})
 
-    def _running_tasks(self) -> set[asyncio.Task]:
+    def _running_tasks(self) -> set[asyncio.Task[None]]:
         return {job.task for jobs in self._running.values() for job in jobs if job.task is not None}
 
     # Running a job
@@ -240,14 +270,17 @@ class JobManager:
             self._end(job, JobStatus.FAILED, "error", {"code": "internal_error", "message": message})
         except Exception:
             log.exception("job %s: could not record its failure either", job.id)
-            job.abandon(message)
+            # End the log in memory only: followers still get an end.
+            job.status = JobStatus.FAILED
+            data = {"job_id": job.id, "code": "internal_error", "message": message}
+            job.append(Event(len(job.events) + 1, "error", orjson.dumps(data).decode()))
             self._live.pop(job.id, None)
 
     async def _train(self, job: Job, data: TrainingData) -> None:
         loop = asyncio.get_running_loop()
         request = job.request
-        job.start(self.availability[request.model_type].device_name, len(data.X), 0 if data.X_valid is None else len(data.X_valid), data.X.shape[1])
-        job.bridge = ProgressBridge(loop, job.report, request.params["n_estimators"], self.progress_interval_s)
+        self._start(job, data)
+        job.bridge = ProgressBridge(loop, functools.partial(self._report, job), job.rounds, self.progress_interval_s)
         limit_s = request.timeout_s or self.max_training_s
         deadline = loop.call_later(limit_s, job.time_out)
         if job.cancel_requested:
@@ -286,36 +319,84 @@ class JobManager:
                 "artifact": artifact.encoded(format),
             }
             self.store.insert_artifact(
-                {
-                    "id": artifact.artifact_id,
-                    "job_id": job.id,
-                    "model_type": request.model_type,
-                    "objective": request.objective,
-                    "feature_names": data.feature_names,
-                    "classes": data.classes,
-                    "metrics": result.metrics,
-                    "iterations": result.iterations,
-                    "best_iteration": result.best_iteration,
-                    "created_at": time.time(),
-                    "blobs": {format: blob.as_json() for format, blob in artifact.blobs.items()},
-                }
+                ArtifactRecord(
+                    id=artifact.artifact_id,
+                    job_id=job.id,
+                    model_type=request.model_type,
+                    objective=request.objective,
+                    feature_names=data.feature_names,
+                    classes=data.classes,
+                    metrics=result.metrics,
+                    iterations=result.iterations,
+                    best_iteration=result.best_iteration,
+                    created_at=time.time(),
+                    blobs=artifact.blobs,
+                )
             )
             self._end(job, JobStatus.SUCCEEDED, "complete", complete, artifact_id=artifact.artifact_id, metrics=result.metrics, iteration=result.iterations)
 
-    def _fit_and_save(self, job: Job, data: TrainingData):
+    def _fit_and_save(self, job: Job, data: TrainingData) -> tuple[FitResult, Optional[Artifact], dict[str, float]]:
         """Runs in a training thread."""
         request = job.request
         started = time.perf_counter()
+        assert job.bridge is not None
         result = job.trainer.fit(data, request.objective, request.params, job.bridge)
         fitted = time.perf_counter()
         artifact = None if result.cancelled else self.artifacts.save(result.model, job.trainer)
         saved = time.perf_counter()
         return result, artifact, {"fit_s": round(fitted - started, 4), "artifact_s": round(saved - fitted, 4)}
 
+    # The job's events: each written to the store with the row fields that change with it, then
+    # appended to the live log
+
+    def _emit(self, job: Job, event_type: str, data: dict[str, Any], **row_fields: Any) -> Event:
+        data = {"job_id": job.id, **data}
+        event = Event(len(job.events) + 1, event_type, orjson.dumps(data).decode())
+        # The artifact is kept once, in its file; the stored event goes without it.
+        stored = orjson.dumps({k: v for k, v in data.items() if k != "artifact"}) if "artifact" in data else event.json.encode()
+        self.store.append_event(job.id, event.id, event_type, stored, **row_fields)
+        job.append(event)
+        return event
+
+    def _start(self, job: Job, data: TrainingData) -> None:
+        job.status = JobStatus.RUNNING
+        job.started_at = time.time()
+        job.attempts += 1
+        request = job.request
+        started = {
+            "model_type": request.model_type,
+            "objective": request.objective,
+            "device": self.availability[request.model_type].device_name,
+            "attempt": job.attempts,
+            "n_rows": len(data.X),
+            "n_valid_rows": 0 if data.X_valid is None else len(data.X_valid),
+            "n_features": data.X.shape[1],
+            "n_estimators": job.rounds,
+            "params": request.params,
+        }
+        self._emit(job, "started", started, status=job.status, started_at=job.started_at, attempts=job.attempts, iteration=0, elapsed_s=None, eta_s=None, metrics=None)
+
+    def _report(self, job: Job, progress: Progress) -> None:
+        fields = {
+            "iteration": progress.iteration,
+            "total": progress.total,
+            "percent": progress.percent,
+            "elapsed_s": progress.elapsed_s,
+            "eta_s": progress.eta_s,
+            "metrics": progress.metrics,
+            "history": progress.history,
+            "ts": progress.ts,
+        }
+        job.eta_s = progress.eta_s
+        self._emit(job, "progress", fields, iteration=progress.iteration, elapsed_s=progress.elapsed_s, eta_s=progress.eta_s, metrics=progress.metrics)
+
     def _end(self, job: Job, status: JobStatus, event_type: str, data: dict[str, Any], **row_fields: Any) -> None:
         if status is JobStatus.FAILED:
             row_fields.update(error_code=data["code"], error_message=data["message"])
-        job.finish(status, event_type, data, **row_fields)
+        job.status = status
+        job.data = None
+        callback_state = "pending" if job.request.callback_url else None
+        self._emit(job, event_type, data, status=status, finished_at=time.time(), eta_s=None, callback_state=callback_state, **row_fields)
         del self._live[job.id]
         self._background(self._on_disk(inputs.remove, self._inputs_folder(job)))
         if job.request.callback_url:
@@ -340,21 +421,29 @@ class JobManager:
 
     # After a restart
 
-    def _recover(self, row: dict[str, Any]) -> None:
-        trainer = self.trainers[row["model_type"]]
-        job = Job.restore(row, trainer, self.store)
+    def _recover(self, record: JobRecord) -> None:
+        """A job the server was running or holding when it stopped, with the log it had written:
+        back in the queue, or ended when it cannot run again."""
+        trainer = self.trainers[record.model_type]
+        job = Job(record.id, record.request, trainer, record.created_at)
+        job.status = record.status
+        job.attempts = record.attempts
+        for event in self.store.events(job.id):
+            job.append(event)
         self._live[job.id] = job
-        availability = self.availability[row["model_type"]]
-        was = row["status"]
-        if row["attempts"] >= MAX_ATTEMPTS:
-            problem = f"the server stopped while this job ran, {row['attempts']} times; it is not tried again"
+        availability = self.availability[record.model_type]
+        was = record.status.value
+        if record.attempts >= MAX_ATTEMPTS:
+            problem = f"the server stopped while this job ran, {record.attempts} times; it is not tried again"
         elif not inputs.complete(self._inputs_folder(job)):
             problem = "the server stopped before the job's input was kept on disk"
         elif not availability.available:
-            problem = f"{row['model_type']} cannot train on this server any more: {availability.reason}"
+            problem = f"{record.model_type} cannot train on this server any more: {availability.reason}"
         else:
             log.info("job %s was %s when the server stopped; it runs again", job.id, was)
-            job.requeue(f"the server restarted while the job was {was}")
+            job.status = JobStatus.QUEUED
+            reason = f"the server restarted while the job was {was}"
+            self._emit(job, "restarted", {"reason": reason, "attempts": job.attempts}, status=job.status, iteration=0, elapsed_s=None, eta_s=None)
             self._enqueue(job)
             return
         log.warning("job %s was %s when the server stopped; it ends interrupted: %s", job.id, was, problem)
@@ -383,50 +472,28 @@ class JobManager:
             await self._on_disk(self.artifacts.delete, artifact_id)
 
     async def _deliver_webhook(self, job_id: str) -> None:
-        row = self.store.job(job_id)
-        if row is None:
+        record = self.store.job(job_id)
+        if record is None or record.request.callback_url is None:
             return
         try:
             # Asked again: after a restart the operator's allow-list may have changed.
-            url = self.webhook_policy.check(row["request"]["callback_url"])
-        except ApiError as refused:
+            url = self.webhook_policy.check(record.request.callback_url)
+        except InvalidParameter as refused:
             log.warning("job %s: webhook not sent: %s", job_id, refused.message)
             state = "refused"
         else:
-            state = "delivered" if await self.webhooks.deliver(url, webhook_payload(row)) else "failed"
+            state = "delivered" if await self.webhooks.deliver(url, webhook_payload(record)) else "failed"
         if self.store.job(job_id) is not None:  # it may have been deleted meanwhile
             self.store.update_job(job_id, callback_state=state)
 
     async def _with_artifact(self, complete_json: str) -> str:
         return await self._on_disk(self.artifacts.attach, complete_json)
 
-    async def _on_disk(self, function, *args):
+    async def _on_disk(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._disk, function, *args)
 
-    def _background(self, coroutine) -> None:
+    def _background(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-
-def job_urls(job_id: str, base_url: str = "") -> dict[str, str]:
-    base = f"{base_url.rstrip('/')}/jobs/{job_id}"
-    return {"status_url": base, "events_url": f"{base}/events", "result_url": f"{base}/result", "cancel_url": f"{base}/cancel"}
-
-
-def webhook_payload(row: dict[str, Any]) -> dict[str, Any]:
-    """What a callback receives when a job ends: enough to act on, not the artifact itself."""
-    urls = job_urls(row["id"], row["request"]["base_url"])
-    return {
-        "job_id": row["id"],
-        "status": row["status"],
-        "model_type": row["model_type"],
-        "objective": row["objective"],
-        "iterations": row["iteration"],
-        "metrics": row["metrics"],
-        "artifact_id": row["artifact_id"],
-        "error": {"code": row["error_code"], "message": row["error_message"]} if row["error_code"] else None,
-        "finished_at": row["finished_at"],
-        "status_url": urls["status_url"],
-        "result_url": urls["result_url"],
-    }

@@ -20,12 +20,12 @@ import logging
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import joblib
 import orjson
 
-from boostream.streaming_server.signing import sign
+from boostream.models.signing import sign
 from boostream.trainers.base import Predictor
 
 log = logging.getLogger("boostream.artifacts")
@@ -47,6 +47,23 @@ class StoredBlob:
 
     def as_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactRecord:
+    """What is known of a stored artifact besides its files: `GET /artifacts/{id}/metadata`."""
+
+    id: str
+    job_id: str
+    model_type: str
+    objective: str
+    feature_names: list[str]
+    classes: Optional[list[Any]]
+    metrics: dict[str, Optional[float]]
+    iterations: int
+    best_iteration: int
+    created_at: float
+    blobs: dict[str, StoredBlob]  # by format
 
 
 @dataclasses.dataclass(frozen=True)

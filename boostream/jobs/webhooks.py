@@ -13,14 +13,15 @@ import dataclasses
 import logging
 import random
 import uuid
-from typing import Optional
+from typing import Any, Optional
 
 import httpx
 import orjson
 
 from boostream import __version__
-from boostream.streaming_server.errors import ApiError
-from boostream.streaming_server.signing import sign
+from boostream.errors import InvalidParameter
+from boostream.jobs.records import JobRecord, job_urls
+from boostream.models.signing import sign
 
 log = logging.getLogger("boostream.webhooks")
 
@@ -41,7 +42,7 @@ class WebhookPolicy:
         self.allowed = {_parse_allowed(entry) for entry in entries - {ANY_HOST}}
 
     def check(self, url: str) -> str:
-        """The URL, normalised, or ApiError(422) saying why it is refused."""
+        """The URL, normalised, or InvalidParameter saying why it is refused."""
         if not self.any_host and not self.allowed:
             raise _invalid(
                 "webhooks are disabled on this server; the operator can allow callback hosts "
@@ -90,7 +91,7 @@ class WebhookSender:
         self.timeout_s = timeout_s
         self._client: Optional[httpx.AsyncClient] = None
 
-    async def deliver(self, url: str, payload: dict) -> bool:
+    async def deliver(self, url: str, payload: dict[str, Any]) -> bool:
         """True once a 2xx answer came back; False after giving up (logged, not raised)."""
         delivery = uuid.uuid4().hex
         try:
@@ -198,5 +199,23 @@ def _describe(error: Exception) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
-def _invalid(message: str) -> ApiError:
-    return ApiError(422, "invalid_parameter", message, FIELD)
+def _invalid(message: str) -> InvalidParameter:
+    return InvalidParameter(FIELD, message)
+
+
+def webhook_payload(record: JobRecord) -> dict[str, Any]:
+    """What a callback receives when a job ends: enough to act on, not the artifact itself."""
+    urls = job_urls(record.id, record.request.base_url)
+    return {
+        "job_id": record.id,
+        "status": record.status.value,
+        "model_type": record.model_type,
+        "objective": record.objective,
+        "iterations": record.iteration,
+        "metrics": record.metrics,
+        "artifact_id": record.artifact_id,
+        "error": {"code": record.error_code, "message": record.error_message} if record.error_code else None,
+        "finished_at": record.finished_at,
+        "status_url": urls["status_url"],
+        "result_url": urls["result_url"],
+    }

@@ -1,4 +1,5 @@
-"""Jobs and their event logs in SQLite, so that nothing finished is lost when the server dies.
+"""The embedded JobStore: jobs and their event logs in SQLite, so that nothing finished is lost
+when the server dies.
 
 One file under the data directory, in WAL mode with `synchronous=NORMAL`: a committed write
 survives the process being killed (only a crash of the whole machine may lose the last moments).
@@ -8,7 +9,7 @@ log grows by at most about ten events a second, and each commit costs tens of mi
 A job's row holds what `GET /jobs/{id}` shows; its events hold what its stream replays. The
 `complete` event is stored without its base64 artifact, which lives once, in the artifact file.
 
-The store is behind this one class so that a shared store (Redis, Postgres) can replace it when one
+A shared store (Redis) replaces it, behind the same interface (`records.JobStore`), when one
 process is outgrown.
 """
 
@@ -21,6 +22,9 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import orjson
+
+from boostream.jobs.records import CHANGING_FIELDS, Event, JobRecord, JobRequest, JobStatus
+from boostream.models.artifacts import ArtifactRecord, StoredBlob
 
 SCHEMA_VERSION = 2  # 2 added the artifacts table
 SCHEMA = """
@@ -87,7 +91,7 @@ class DataDirInUse(RuntimeError):
     pass
 
 
-class JobStore:
+class SqliteJobStore:
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = _lock_data_dir(data_dir)
@@ -109,10 +113,8 @@ class JobStore:
 
     # Writes
 
-    def insert_job(self, row: dict[str, Any]) -> None:
-        """A new job's row; the columns not in `row` take their defaults."""
-        unknown = set(row) - set(JOB_COLUMNS)
-        assert not unknown, unknown
+    def insert_job(self, record: JobRecord) -> None:
+        row = {name: getattr(record, name) for name in JOB_COLUMNS}
         with self._db:
             self._db.execute(
                 f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
@@ -130,8 +132,9 @@ class JobStore:
             if job_fields:
                 self._update(job_id, job_fields)
 
-    def insert_artifact(self, row: dict[str, Any]) -> None:
-        assert set(row) == set(ARTIFACT_COLUMNS), set(row) ^ set(ARTIFACT_COLUMNS)
+    def insert_artifact(self, record: ArtifactRecord) -> None:
+        row = {name: getattr(record, name) for name in ARTIFACT_COLUMNS}
+        row["blobs"] = {format: blob.as_json() for format, blob in record.blobs.items()}
         with self._db:
             self._db.execute(
                 f"INSERT INTO artifacts ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
@@ -150,41 +153,46 @@ class JobStore:
 
     # Reads
 
-    def job(self, job_id: str) -> Optional[dict[str, Any]]:
+    def job(self, job_id: str) -> Optional[JobRecord]:
         row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _json_fields(row) if row else None
+        return _job_record(row) if row else None
 
-    def jobs(self, statuses: Optional[Iterable[str]] = None, limit: int = 50, before_seq: Optional[int] = None) -> list[dict[str, Any]]:
+    def jobs(self, statuses: Iterable[str] = (), limit: int = 50, before_seq: Optional[int] = None) -> list[JobRecord]:
         """Newest first."""
-        where, args = [], []
-        if statuses:
-            statuses = list(statuses)
-            where.append(f"status IN ({', '.join('?' * len(statuses))})")
-            args += statuses
+        where: list[str] = []
+        args: list[Any] = []
+        wanted = list(statuses)
+        if wanted:
+            where.append(f"status IN ({', '.join('?' * len(wanted))})")
+            args += wanted
         if before_seq is not None:
             where.append("seq < ?")
             args.append(before_seq)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._db.execute(f"SELECT * FROM jobs {clause} ORDER BY seq DESC LIMIT ?", (*args, limit)).fetchall()
-        return [_json_fields(row) for row in rows]
+        return [_job_record(row) for row in rows]
 
-    def unfinished_jobs(self) -> list[dict[str, Any]]:
+    def unfinished_jobs(self) -> list[JobRecord]:
         """Jobs that were queued or running, oldest first: the order they came in."""
         rows = self._db.execute("SELECT * FROM jobs WHERE status IN ('queued', 'running') ORDER BY seq").fetchall()
-        return [_json_fields(row) for row in rows]
+        return [_job_record(row) for row in rows]
 
-    def pending_callbacks(self) -> list[dict[str, Any]]:
+    def pending_callbacks(self) -> list[JobRecord]:
         rows = self._db.execute("SELECT * FROM jobs WHERE callback_state = 'pending' ORDER BY seq").fetchall()
-        return [_json_fields(row) for row in rows]
+        return [_job_record(row) for row in rows]
 
     def finished_before(self, cutoff: float, limit: int) -> list[str]:
         """The ids of up to `limit` jobs that finished before `cutoff`, oldest first."""
         rows = self._db.execute("SELECT id FROM jobs WHERE finished_at < ? ORDER BY finished_at LIMIT ?", (cutoff, limit)).fetchall()
         return [row[0] for row in rows]
 
-    def artifact(self, artifact_id: str) -> Optional[dict[str, Any]]:
+    def artifact(self, artifact_id: str) -> Optional[ArtifactRecord]:
         row = self._db.execute("SELECT * FROM artifacts WHERE id = ?", (artifact_id,)).fetchone()
-        return _json_fields(row) if row else None
+        if row is None:
+            return None
+        fields = _json_fields(row)
+        fields["blobs"] = {format: StoredBlob(**blob) for format, blob in fields["blobs"].items()}
+        return ArtifactRecord(**fields)
 
     def artifact_ids(self) -> set[str]:
         """Every artifact a job refers to (jobs kept before the artifacts table count too)."""
@@ -194,12 +202,13 @@ class JobStore:
     def has_events_after(self, job_id: str, after: int) -> bool:
         return self._db.execute("SELECT 1 FROM events WHERE job_id = ? AND id > ? LIMIT 1", (job_id, after)).fetchone() is not None
 
-    def events(self, job_id: str, after: int = 0) -> list[tuple[int, str, str]]:
-        """(id, type, data as JSON text) for the events with ids above `after`."""
-        return self._db.execute("SELECT id, type, data FROM events WHERE job_id = ? AND id > ? ORDER BY id", (job_id, after)).fetchall()
+    def events(self, job_id: str, after: int = 0) -> list[Event]:
+        """The events with ids above `after`, in order."""
+        rows = self._db.execute("SELECT id, type, data FROM events WHERE job_id = ? AND id > ? ORDER BY id", (job_id, after))
+        return [Event(event_id, kind, data) for event_id, kind, data in rows]
 
     def _update(self, job_id: str, fields: dict[str, Any]) -> None:
-        unknown = set(fields) - set(JOB_COLUMNS)
+        unknown = set(fields) - CHANGING_FIELDS
         assert not unknown, unknown
         assignments = ", ".join(f"{name} = ?" for name in fields)
         values = [_column_value(name, value) for name, value in fields.items()]
@@ -207,7 +216,18 @@ class JobStore:
 
 
 def _column_value(name: str, value: Any) -> Any:
+    if isinstance(value, JobRequest):
+        value = value.as_json()
+    elif isinstance(value, JobStatus):
+        return value.value
     return orjson.dumps(value).decode() if name in JSON_COLUMNS and value is not None else value
+
+
+def _job_record(row: sqlite3.Row) -> JobRecord:
+    fields = _json_fields(row)
+    fields["status"] = JobStatus(fields["status"])
+    fields["request"] = JobRequest(**fields["request"])
+    return JobRecord(**fields)
 
 
 def _json_fields(row: sqlite3.Row) -> dict[str, Any]:

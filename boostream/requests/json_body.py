@@ -1,4 +1,4 @@
-"""From a request body to validated training arrays, off the event loop.
+"""A JSON request body (training or prediction) to validated arrays, off the event loop.
 
 JSON is the slow part of a training request: a 1M x 50 table is about 1 GB of text, and a generic
 parser builds 50 million Python floats before numpy sees one. Here msgspec checks the request's
@@ -11,49 +11,35 @@ at fault.
 
 from __future__ import annotations
 
-import dataclasses
 import queue
 import re
-from typing import Any, Callable, ClassVar, Iterator, Mapping, Optional
+from typing import Any, ClassVar, Iterator, Mapping, Optional
 
 import msgspec
 import numpy as np
 import orjson
 import simdjson
 
-from boostream.streaming_server import pages
-from boostream.streaming_server.errors import ApiError, quotable
-from boostream.trainers.base import OBJECTIVES, InvalidData, InvalidParameter, Trainer, TrainingData, validate_params
+from boostream import memory
+from boostream.errors import BoostreamError, InvalidData, InvalidJson, InvalidParameter, TooLarge, quotable
+from boostream.models.artifacts import FORMATS as ARTIFACT_FORMATS
+from boostream.models.predicting import OUTPUTS
+from boostream.requests.spec import CLASS_LABEL_HINT, DATA_FIELDS, TrainOptions, TrainSpec, assemble_training_data, build_spec
+from boostream.trainers.base import Trainer, TrainingData
 
-VALID_SPLIT_SEED = 0
 # A table is parsed this many bytes of rows at a time (see _table_doubles).
 ROW_BLOCK_BYTES = 2 * 1024 * 1024
 _ROW_BOUNDARY = re.compile(rb"\]\s*,\s*\[")
 _JSON_SPACE = frozenset(b" \t\r\n")
-_NAME_CHARACTERS_REFUSED = '",:[]{}'
-ARTIFACT_FORMATS = ("joblib", "native")
-DATA_FIELDS = frozenset({"X", "y", "X_valid", "y_valid", "era", "feature_names"})
+# Fields whose wrong shape is the data's fault (400), not the options' (422).
+BAD_DATA_FIELDS = frozenset({*DATA_FIELDS, "feature_names"})
 MATRIX_FIELDS, LABEL_FIELDS = frozenset({"X", "X_valid"}), frozenset({"y", "y_valid", "era"})
-CLASS_LABEL_HINT = "strings are class labels: use a classifier objective"
 # msgspec names the byte where the JSON goes wrong: "JSON is malformed: invalid character (byte 26)".
 _AT_BYTE = re.compile(r"\(byte (\d+)\)")
 # What Python's json.dumps writes for floats that JSON has no numbers for (msgspec points past a '-').
 _NOT_JSON_NUMBER = re.compile(rb"NaN|Infinity")
 _AFTER_KEY = re.compile(rb'"[ \t\r\n]*:[ \t\r\n]*')
 _NOT_JSON = "NaN and Infinity are not JSON (Python's json.dumps writes them unless allow_nan=False)"
-
-
-class TrainOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """A training request's fields other than its arrays, whichever way the table came."""
-
-    model_type: str = "lightgbm"
-    objective: str = "regression"
-    valid_fraction: Optional[float] = None
-    feature_names: Optional[list[str]] = None
-    params: dict[str, Any] = {}
-    callback_url: Optional[str] = None
-    timeout_s: Optional[float] = None
-    artifact_format: str = "joblib"
 
 
 class TrainRequestBody(TrainOptions, forbid_unknown_fields=True, kw_only=True):
@@ -75,21 +61,6 @@ class TrainRequestBody(TrainOptions, forbid_unknown_fields=True, kw_only=True):
                 setattr(self, name, msgspec.Raw())
 
 
-@dataclasses.dataclass
-class TrainSpec:
-    """A validated training request: everything a job needs to run."""
-
-    trainer: Trainer
-    objective: str
-    params: dict[str, Any]
-    data: TrainingData
-    callback_url: Optional[str] = None
-    timeout_s: Optional[float] = None
-    artifact_format: str = "joblib"
-
-
-class TooLarge(Exception):
-    pass
 
 
 _PARSERS: "queue.SimpleQueue[simdjson.Parser]" = queue.SimpleQueue()
@@ -98,43 +69,9 @@ _PARSERS: "queue.SimpleQueue[simdjson.Parser]" = queue.SimpleQueue()
 def decode_train_request(
     body: bytes | bytearray, trainers: Mapping[str, Trainer], unavailable: Mapping[str, str], max_cells: int
 ) -> TrainSpec:
-    """Decode and validate; raise ApiError (400, 413, 422, or 503 for a backend in `unavailable`,
-    which maps names to reasons) naming the field at fault."""
+    """Decode and validate; a domain error naming the field at fault (see build_spec)."""
     request = _decode_json(body, TrainRequestBody)
     return build_spec(request, lambda: _training_data(request, body, max_cells), trainers, unavailable)
-
-
-def build_spec(
-    options: TrainOptions,
-    read_data: Callable[[], TrainingData],
-    trainers: Mapping[str, Trainer],
-    unavailable: Mapping[str, str],
-    where: str = "on this server",
-) -> TrainSpec:
-    """Check the options, then read the arrays with `read_data` (which raises InvalidData,
-    InvalidParameter or TooLarge), and check them together; ApiError for whatever is wrong.
-    `where` the training would run, for a backend in `unavailable`: "on this machine" without a server."""
-    trainer = trainers.get(options.model_type)
-    if trainer is None:
-        raise ApiError(422, "invalid_parameter", f"unknown model_type {options.model_type!r}; choose one of {sorted(trainers)}", "model_type")
-    if options.model_type in unavailable:
-        reason = unavailable[options.model_type]
-        raise ApiError(503, "backend_unavailable", f"{options.model_type} cannot train {where}: {reason}", "model_type")
-    if options.objective not in OBJECTIVES:
-        raise ApiError(422, "invalid_parameter", f"unknown objective {options.objective!r}; choose one of {list(OBJECTIVES)}", "objective")
-    if options.artifact_format not in ARTIFACT_FORMATS:
-        raise ApiError(422, "invalid_parameter", f"artifact_format must be one of {list(ARTIFACT_FORMATS)}, got {options.artifact_format!r}", "artifact_format")
-    try:
-        params = validate_params(trainer.params, options.params)
-        data = read_data()
-        trainer.check(data, options.objective, params)
-    except InvalidParameter as error:
-        raise ApiError(422, "invalid_parameter", error.message, error.field) from None
-    except InvalidData as error:
-        raise ApiError(400, "invalid_data", error.message, error.field) from None
-    except TooLarge as error:
-        raise ApiError(413, "too_large", str(error)) from None
-    return TrainSpec(trainer, options.objective, params, data, options.callback_url, options.timeout_s, options.artifact_format)
 
 
 class PredictRequestBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -149,26 +86,21 @@ class PredictRequestBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
 
 
 def decode_predict_request(body: bytes | bytearray, max_cells: int) -> tuple[PredictRequestBody, np.ndarray]:
-    """The request and its rows; ApiError naming the field at fault."""
+    """The request and its rows; a domain error naming the field at fault."""
     request = _decode_json(body, PredictRequestBody)
     if (request.artifact_id is None) == (request.artifact is None):
-        raise ApiError(422, "invalid_parameter", "send either artifact_id or artifact (with its artifact_format), not both or neither", "artifact_id")
+        raise InvalidParameter("artifact_id", "send either artifact_id or artifact (with its artifact_format), not both or neither")
     if request.artifact_format not in ARTIFACT_FORMATS:
-        raise ApiError(422, "invalid_parameter", f"artifact_format must be one of {list(ARTIFACT_FORMATS)}, got {request.artifact_format!r}", "artifact_format")
-    if request.output not in ("value", "proba"):
-        raise ApiError(422, "invalid_parameter", f"output must be 'value' or 'proba', got {request.output!r}", "output")
-    try:
-        X = _matrix(request.X, "X", body, max_cells)  # a copy, never a view of the body
-    except InvalidData as error:
-        raise ApiError(400, "invalid_data", error.message, error.field) from None
-    except TooLarge as error:
-        raise ApiError(413, "too_large", str(error)) from None
-    # Without the raw X, which holds the body: the body may then serve again (pages.give_back).
+        raise InvalidParameter("artifact_format", f"artifact_format must be one of {list(ARTIFACT_FORMATS)}, got {request.artifact_format!r}")
+    if request.output not in OUTPUTS:
+        raise InvalidParameter("output", f"output must be 'value' or 'proba', got {request.output!r}")
+    X = _matrix(request.X, "X", body, max_cells)  # a copy, never a view of the body
+    # Without the raw X, which is a view of the body: the caller may let the body go.
     return msgspec.structs.replace(request, X=msgspec.Raw()), X
 
 
 def _decode_json(body: bytes | bytearray, shape: type[msgspec.Struct]) -> Any:
-    """The body's fields, the big arrays left as Raw; ApiError naming what is wrong."""
+    """The body's fields, the big arrays left as Raw; a domain error naming what is wrong."""
     try:
         return msgspec.json.decode(body, type=shape)
     except msgspec.ValidationError as error:
@@ -177,22 +109,22 @@ def _decode_json(body: bytes | bytearray, shape: type[msgspec.Struct]) -> Any:
         raise _syntax_error(body, str(error), shape) from None
 
 
-def _syntax_error(body: bytes | bytearray, message: str, shape: Any) -> ApiError:
+def _syntax_error(body: bytes | bytearray, message: str, shape: Any) -> InvalidJson:
     """msgspec's DecodeError, said so that the client can act on it: an empty body, or a NaN or
     Infinity (which Python's json.dumps writes by default) named by its field and position."""
     if _skip_space(body, 0, len(body)) == len(body):
-        return ApiError(400, "invalid_json", f"the body is empty: send {shape.expected}")
+        return InvalidJson(None, f"the body is empty: send {shape.expected}")
     if "truncated" in message:
-        return ApiError(400, "invalid_json", f"the body is not valid JSON: it ends, after {len(body)} bytes, before the JSON does")
+        return InvalidJson(None, f"the body is not valid JSON: it ends, after {len(body)} bytes, before the JSON does")
     at = _AT_BYTE.search(message)
     word = _NOT_JSON_NUMBER.match(body, int(at.group(1))) if at else None
     if word is None:
-        return ApiError(400, "invalid_json", f"the body is not valid JSON: {message}")
+        return InvalidJson(None, f"the body is not valid JSON: {message}")
     start = word.start() - 1 if body[word.start() - 1 : word.start()] == b"-" else word.start()
     field, where = _position(body, start, shape)
     token = body[start : word.end()].decode()
     advice = "null marks a missing value" + (", and a label cannot be missing: drop its row" if field in LABEL_FIELDS else "")
-    return ApiError(400, "invalid_json", f"{where} is {token}: {_NOT_JSON}; {advice}", field)
+    return InvalidJson(field, f"{where} is {token}: {_NOT_JSON}; {advice}")
 
 
 def _position(body: bytes | bytearray, at: int, shape: Any) -> tuple[Optional[str], str]:
@@ -218,15 +150,14 @@ def _position(body: bytes | bytearray, at: int, shape: Any) -> tuple[Optional[st
     return key, f"a value in {key}"
 
 
-def _shape_error(message: str) -> ApiError:
+def _shape_error(message: str) -> BoostreamError:
     """msgspec says e.g. "Expected `str`, got `int` - at `$.objective`" or names a missing or unknown
     field; turn that into the field and a status: data fields are 400, the rest 422."""
     at = re.search(r"at `\$\.([A-Za-z_]\w*)", message) or re.search(r"field `([^`]+)`", message)
     field = at.group(1) if at else None
     if "unknown field" in message:
-        return ApiError(422, "invalid_parameter", f"unknown field {field!r}", field)
-    status = 400 if field in DATA_FIELDS else 422
-    return ApiError(status, "invalid_data" if status == 400 else "invalid_parameter", message, field)
+        return InvalidParameter(field, f"unknown field {field!r}")
+    return InvalidData(field, message) if field in BAD_DATA_FIELDS else InvalidParameter(field, message)
 
 
 def _training_data(request: TrainRequestBody, body: bytes | bytearray, max_cells: int) -> TrainingData:
@@ -241,35 +172,6 @@ def _training_data(request: TrainRequestBody, body: bytes | bytearray, max_cells
         valid = _matrix(request.X_valid, "X_valid", body, max_cells), _labels(request.y_valid, "y_valid", body, request.objective)
     return assemble_training_data(request, X, y, era=era, valid=valid)
 
-
-def assemble_training_data(
-    options: TrainOptions, X: np.ndarray, y: np.ndarray, era: Optional[np.ndarray] = None, valid: Optional[tuple[np.ndarray, np.ndarray]] = None
-) -> TrainingData:
-    """Arrays as read, whatever their source, checked against each other and the options: era ids
-    numbered, the validation rows split off or checked, class labels encoded."""
-    _check_rows("y", y, X)
-    feature_names = _feature_names(options.feature_names, X.shape[1])
-    if era is not None:
-        if options.model_type != "warpgbm":
-            raise InvalidParameter("era", "era splitting is a WarpGBM feature; use model_type 'warpgbm'")
-        _check_rows("era", era, X)
-        era = np.unique(era, return_inverse=True)[1].astype(np.int32)
-
-    X_valid = y_valid = None
-    if valid is not None:
-        if options.valid_fraction is not None:
-            raise InvalidParameter("valid_fraction", "send either valid_fraction or X_valid/y_valid, not both")
-        X_valid, y_valid = valid
-        if X_valid.shape[1] != X.shape[1]:
-            raise InvalidData("X_valid", f"rows have {X_valid.shape[1]} values, but X has {X.shape[1]} features")
-        _check_rows("y_valid", y_valid, X_valid)
-    elif options.valid_fraction is not None:
-        X, y, X_valid, y_valid, era = _split(X, y, era, options.valid_fraction)
-
-    data = TrainingData(X=X, y=y, feature_names=feature_names, X_valid=X_valid, y_valid=y_valid, era=era)
-    if options.objective != "regression":
-        _encode_classes(data, options.objective)
-    return data
 
 
 def _matrix(raw: msgspec.Raw, field: str, body: bytes | bytearray, max_cells: int) -> np.ndarray:
@@ -307,7 +209,7 @@ def _table_doubles(body: bytes | bytearray, start: int, length: int, field: str,
     rows = sum(body.count(b"[", at, min(at + ROW_BLOCK_BYTES, end)) for at in range(start, end, ROW_BLOCK_BYTES)) - 1
     if rows * width > max_cells:
         raise TooLarge(f"{field} has {rows} x {width} = {rows * width} values, more than the limit of {max_cells}")
-    table = pages.empty((rows, width))
+    table = memory.empty((rows, width))
     parser = _parser()
     filled = 0
     for block_start, block_end in _row_blocks(body, first, _rows_end(body, start, end)):
@@ -447,57 +349,9 @@ def _describe(value: Any) -> str:
     return "null" if value is None else repr(value) if not isinstance(value, (list, dict)) else type(value).__name__
 
 
-def _check_rows(field: str, values: np.ndarray, X: np.ndarray) -> None:
-    if len(values) != len(X):
-        x_field = "X_valid" if field == "y_valid" else "X"
-        raise InvalidData(field, f"has {len(values)} values, but {x_field} has {len(X)} rows")
 
 
-def _feature_names(names: Optional[list[str]], width: int) -> list[str]:
-    if names is None:
-        return [f"f{i}" for i in range(width)]
-    if len(names) != width:
-        raise InvalidData("feature_names", f"has {len(names)} names, but X has {width} features")
-    if len(set(names)) != len(names):
-        raise InvalidData("feature_names", "names must be unique")
-    for name in names:
-        # LightGBM keeps its model as JSON-like text and refuses these; say so before training.
-        if not name or any(character in name for character in _NAME_CHARACTERS_REFUSED):
-            raise InvalidData("feature_names", f"{name!r} is not a usable feature name: it must be non-empty, without any of {_NAME_CHARACTERS_REFUSED}")
-    return list(names)
 
-
-def _split(X: np.ndarray, y: np.ndarray, era: Optional[np.ndarray], fraction: float):
-    if not 0.0 < fraction <= 0.5:
-        raise InvalidParameter("valid_fraction", f"must be greater than 0 and at most 0.5, got {fraction}")
-    n_valid = int(round(len(X) * fraction))
-    if n_valid < 1 or n_valid >= len(X):
-        raise InvalidData("X", f"{len(X)} rows are too few to split off valid_fraction={fraction}")
-    order = np.random.default_rng(VALID_SPLIT_SEED).permutation(len(X))
-    valid, train = np.sort(order[:n_valid]), np.sort(order[n_valid:])
-    return X[train], y[train], X[valid], y[valid], None if era is None else era[train]
-
-
-def _encode_classes(data: TrainingData, objective: str) -> None:
-    classes, data.y = np.unique(data.y, return_inverse=True)
-    if len(classes) < 2:
-        raise InvalidData("y", f"has a single class ({_label(classes[0])!r}); a classifier needs at least two")
-    if objective == "binary" and len(classes) != 2:
-        raise InvalidData("y", f"has {len(classes)} classes; the binary objective needs exactly two (use multiclass)")
-    data.y = data.y.astype(np.int32)
-    data.classes = [_label(c) for c in classes]
-    if data.y_valid is not None:
-        unseen = np.setdiff1d(data.y_valid, classes)
-        if len(unseen):
-            raise InvalidData("y_valid", f"has the class {_label(unseen[0])!r}, which y does not have")
-        data.y_valid = np.searchsorted(classes, data.y_valid).astype(np.int32)
-
-
-def _label(value: Any) -> Any:
-    """A class label as JSON will show it: 1 rather than 1.0 (but 1e+20 stays a float: JSON
-    encoders refuse integers beyond 64 bits), plain str rather than numpy's."""
-    value = value.item() if isinstance(value, np.generic) else value
-    return int(value) if isinstance(value, float) and value.is_integer() and abs(value) < 2**63 else value
 
 
 def _parser() -> simdjson.Parser:

@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 import orjson
 
-from boostream.streaming_server.pages import save_array
+from boostream.memory import save_array
 from boostream.trainers.base import TrainingData
 
 ARRAYS = ("X", "y", "X_valid", "y_valid", "era")

@@ -1,11 +1,13 @@
-"""The service for AI agents: an MCP server over Streamable HTTP at `/mcp`, in the same app.
+"""The MCP edge: the service for AI agents, an MCP server over Streamable HTTP at `/mcp`, in the
+same app (which mounts `sessions` there).
 
 Its tools are the HTTP API's: list the backends, train (waiting, with a progress notification per
 throttled round), start a job without waiting, a job's status, cancel, predict. They run on the
 same jobs and stores, and their arguments go through the same decoding and checks as a JSON body
 (re-encoded once, off the event loop), so a tool refuses what the HTTP API refuses, with the same
-message naming the field. Such refusals, and jobs that fail or are cancelled, come back as tool
-errors (`isError`), which an agent can read and correct; an unknown tool is a protocol error.
+message naming the field. Such refusals (any domain error, `boostream.errors`), and jobs that fail
+or are cancelled, come back as tool errors (`isError`: "code (field): message"), which an agent can
+read and correct; an unknown tool is a protocol error.
 
 When the caller of `train` cancels the call (`notifications/cancelled`, or on 2026-07-28
 connections by aborting its HTTP request), the job trains on by default, like `POST /train/stream`
@@ -33,26 +35,18 @@ import mcp_types as types
 import numpy as np
 import orjson
 from mcp.server import Server, ServerRequestContext
-from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE, TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
-from starlette.requests import Request
-from starlette.routing import Route
 
 from boostream import __version__
-from boostream.streaming_server.app import Service, job_view
-from boostream.streaming_server.decoding import (
-    ARTIFACT_FORMATS,
-    PredictRequestBody,
-    TrainOptions,
-    TrainSpec,
-    decode_predict_request,
-    decode_train_request,
-)
-from boostream.streaming_server.errors import ApiError
-from boostream.streaming_server.jobs import Job, JobStatus
-from boostream.streaming_server.manager import job_urls
-from boostream.streaming_server.predicting import OUTPUTS
+from boostream.errors import BoostreamError, InvalidData, InvalidParameter
+from boostream.jobs.job import Job
+from boostream.jobs.records import JobStatus, job_urls
+from boostream.models.artifacts import FORMATS as ARTIFACT_FORMATS
+from boostream.models.predicting import OUTPUTS
+from boostream.requests.spec import TrainOptions
+from boostream.service import Service
 from boostream.trainers.base import OBJECTIVES, Trainer, params_schema
 
 log = logging.getLogger("boostream.mcp")
@@ -72,14 +66,12 @@ INSTRUCTIONS = (
 )
 
 
-class ToolError(Exception):
+class ToolError(BoostreamError):
     """A job that did not succeed, told to the caller as a tool error."""
 
-    def __init__(self, code: str, message: str, field: Optional[str] = None) -> None:
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
-        self.code = code
-        self.message = message
-        self.field = field
+        self.code = code  # type: ignore[misc]  # per instance: the job's own error code
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,11 +100,8 @@ class McpEndpoint:
         self.tools = {tool.definition.name: tool for tool in self._tools()}
         self._stopping = False
 
-    def route(self) -> Route:
-        return Route(PATH, endpoint=StreamableHTTPASGIApp(self.sessions))
-
     @contextlib.asynccontextmanager
-    async def lifespan(self) -> AsyncIterator[None]:
+    async def running(self) -> AsyncIterator[None]:
         """Run inside the service's lifespan: sessions end before the jobs shut down."""
         async with self.sessions.run():
             try:
@@ -135,15 +124,14 @@ class McpEndpoint:
         try:
             _refuse_unknown(arguments, tool.definition.input_schema)
             answer = await tool.run(ctx, arguments)
-        except (ApiError, ToolError) as error:
-            where = f" ({error.field})" if error.field else ""
-            return types.CallToolResult(content=[types.TextContent(text=f"{error.code}{where}: {error.message}")], is_error=True)
+        except BoostreamError as error:  # one rule for every domain error: its code, field and message
+            return types.CallToolResult(content=[types.TextContent(text=error.line())], is_error=True)
         return types.CallToolResult(content=[types.TextContent(text=orjson.dumps(answer).decode())], structured_content=answer)
 
     # The tools
 
     async def list_models(self, ctx: ServerRequestContext, arguments: dict[str, Any]) -> dict[str, Any]:
-        return self.service.models_view()
+        return self.service.models()
 
     async def train(self, ctx: ServerRequestContext, arguments: dict[str, Any]) -> dict[str, Any]:
         include_artifact = _flag(arguments.pop("include_artifact", False), "include_artifact")
@@ -170,40 +158,36 @@ class McpEndpoint:
         return {"job_id": job.id, "status": job.status.value, **job_urls(job.id)}
 
     async def job_status(self, ctx: ServerRequestContext, arguments: dict[str, Any]) -> dict[str, Any]:
-        return job_view(self.service.job_row(_text(arguments, "job_id")))
+        return self.service.status(_text(arguments, "job_id"))
 
     async def cancel_job(self, ctx: ServerRequestContext, arguments: dict[str, Any]) -> dict[str, Any]:
         return self.service.cancel(_text(arguments, "job_id"))
 
     async def predict(self, ctx: ServerRequestContext, arguments: dict[str, Any]) -> dict[str, Any]:
-        service = self.service
-        artifact_id = _text(arguments, "artifact_id")
-        async with service.ingest:
-            parsed, X = await anyio.to_thread.run_sync(_decode_predict_arguments, arguments, service.settings.max_cells)
-        row = service.artifact_row(artifact_id)
-        loaded = await anyio.to_thread.run_sync(service.model_loader.stored, artifact_id, row)
-        answer = await service.predictions(loaded, X, parsed.output)
+        _text(arguments, "artifact_id")
+        async with self.service.ingest_slot():
+            parsed, X = await self.service.decode_predict(await anyio.to_thread.run_sync(_as_json, arguments))
+        answer = await self.service.predict(parsed, X)
         return {**answer, "predictions": np.asarray(answer["predictions"]).tolist()}
 
     # Jobs
 
     async def _submit(self, ctx: ServerRequestContext, arguments: dict[str, Any]) -> Job:
         """A job from tool arguments, decoded and checked as `POST /jobs` checks its body."""
-        service = self.service
-        async with service.ingest:
+        async with self.service.ingest_slot():
             started = time.perf_counter()
-            spec: TrainSpec = await anyio.to_thread.run_sync(
-                _decode_train_arguments, arguments, service.trainers, service.unavailable, service.settings.max_cells
-            )
+            body = await anyio.to_thread.run_sync(_as_json, arguments)
+            spec = await self.service.decode_json(body)
             decode_s = time.perf_counter() - started
-        return service.submit(spec, {"decode_s": decode_s}, str(ctx.request.base_url) if isinstance(ctx.request, Request) else "")
+        base_url = getattr(ctx.request, "base_url", "")  # the HTTP request the call came in, where there is one
+        return self.service.submit(spec, {"decode_s": decode_s}, str(base_url))
 
     async def _follow(self, ctx: ServerRequestContext, job: Job) -> tuple[str, dict[str, Any]]:
         """Wait for the job's end, telling the caller its progress; its terminal event's type and data.
         Progress only rises: 0 once the job waits or starts, then each round the job reports."""
-        total = job.request.params["n_estimators"]
+        total = job.rounds
         reported = -1
-        async with contextlib.aclosing(self.service.jobs.events(job.id, 0)) as events:
+        async with contextlib.aclosing(job.follow(0)) as events:
             async for event in events:
                 data = orjson.loads(event.json)
                 if event.terminal:
@@ -218,7 +202,7 @@ class McpEndpoint:
         if self._stopping:
             log.info("job %s: MCP call ended by the server stopping; the job is run again by the next server", job_id)
         else:
-            self.service.jobs.client_left(job_id, "MCP caller", cancel=on_cancel == "cancel")
+            self.service.client_left(job_id, "MCP caller", cancel=on_cancel == "cancel")
 
     # What the tools say about themselves
 
@@ -353,45 +337,36 @@ def transport_security(bound_host: str, extra_hosts: Sequence[str] = (), extra_o
 # Arguments
 
 
-def _decode_train_arguments(arguments: dict[str, Any], trainers: Mapping[str, Trainer], unavailable: Mapping[str, str], max_cells: int) -> TrainSpec:
-    """Runs in a worker thread: the JSON body path, so every check and message is the HTTP API's."""
-    return decode_train_request(_as_json(arguments), trainers, unavailable, max_cells)
-
-
-def _decode_predict_arguments(arguments: dict[str, Any], max_cells: int) -> tuple[PredictRequestBody, np.ndarray]:
-    return decode_predict_request(_as_json(arguments), max_cells)
-
-
 def _as_json(arguments: dict[str, Any]) -> bytes:
     try:
         return orjson.dumps(arguments)
     except orjson.JSONEncodeError as error:  # e.g. an integer beyond 64 bits
-        raise ApiError(400, "invalid_data", f"the arguments cannot be read as numbers: {error}") from None
+        raise InvalidData(None, f"the arguments cannot be read as numbers: {error}") from None
 
 
 def _refuse_unknown(arguments: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
     known = schema["properties"]
     for name in arguments:
         if name not in known:
-            raise ApiError(422, "invalid_parameter", f"unknown field {name!r}; known: {', '.join(known) or 'none'}", name)
+            raise InvalidParameter(name, f"unknown field {name!r}; known: {', '.join(known) or 'none'}")
 
 
 def _text(arguments: Mapping[str, Any], name: str) -> str:
     value = arguments.get(name)
     if not isinstance(value, str) or not value:
-        raise ApiError(422, "invalid_parameter", f"{name} must be a non-empty string, got {value!r}", name)
+        raise InvalidParameter(name, f"{name} must be a non-empty string, got {value!r}")
     return value
 
 
 def _flag(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
-        raise ApiError(422, "invalid_parameter", f"{name} must be true or false, got {value!r}", name)
+        raise InvalidParameter(name, f"{name} must be true or false, got {value!r}")
     return value
 
 
 def _choice(value: Any, name: str, choices: Sequence[str]) -> str:
     if value not in choices:
-        raise ApiError(422, "invalid_parameter", f"{name} must be one of {list(choices)}, got {value!r}", name)
+        raise InvalidParameter(name, f"{name} must be one of {list(choices)}, got {value!r}")
     return value
 
 

@@ -1,0 +1,85 @@
+"""A live job: queued or running in this process, with its event log in memory.
+
+Every training is a job: an id, a status, an ordered event log and, at the end, an artifact. Its
+events are appended on the event loop only, by the `JobManager`, which writes each to the store
+first, so the log needs no lock. Subscribers read the log from any position and wait for more, so
+a late or reconnecting client misses nothing, and any number of them share one log and one
+encoding of each event. Once the job ends, its log is read from the store instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator, Optional
+
+from boostream.jobs.records import Event, JobRequest, JobStatus
+from boostream.progress import ProgressBridge
+from boostream.trainers.base import Trainer, TrainingData
+
+
+class Job:
+    def __init__(self, job_id: str, request: JobRequest, trainer: Trainer, created_at: float, data: Optional[TrainingData] = None) -> None:
+        self.id = job_id
+        self.request = request
+        self.trainer = trainer
+        self.data = data  # None while it waits on disk
+        self.status = JobStatus.QUEUED
+        self.created_at = created_at
+        self.started_at: Optional[float] = None
+        self.attempts = 0
+        self.ingest_timings: dict[str, float] = {}  # receive_s, decode_s: how the request was read
+        self.events: list[Event] = []
+        self.bridge: Optional[ProgressBridge] = None
+        self.task: Optional[asyncio.Task[None]] = None  # while it trains
+        self.eta_s: Optional[float] = None  # the latest estimate: how long until a slot frees
+        self.timed_out = False
+        self._cancel_requested = False
+        self._appended = asyncio.Event()
+
+    @property
+    def device(self) -> str:
+        return self.trainer.device
+
+    @property
+    def rounds(self) -> int:
+        return self.trainer.rounds(self.request.params)
+
+    @property
+    def finished(self) -> bool:
+        return self.status.finished
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel_requested
+
+    def cancel(self) -> None:
+        """Stop at the next round (or before starting, if still queued)."""
+        self._cancel_requested = True
+        if self.bridge is not None:
+            self.bridge.cancel()
+
+    def time_out(self) -> None:
+        self.timed_out = True
+        self.cancel()
+
+    def append(self, event: Event) -> None:
+        """Add the next event (the store has it already) and wake every subscriber."""
+        assert event.id == len(self.events) + 1, (event.id, len(self.events))
+        self.events.append(event)
+        # Wake everyone waiting, then give later waiters a fresh event to wait on.
+        self._appended.set()
+        self._appended = asyncio.Event()
+
+    async def follow(self, after: int = 0) -> AsyncIterator[Event]:
+        """The events with ids above `after`, then live ones, ending after the terminal event."""
+        position = max(after, 0)
+        while True:
+            while position < len(self.events):
+                event = self.events[position]
+                position += 1
+                yield event
+                if event.terminal:
+                    return
+            if self.events and self.events[-1].terminal:
+                return
+            await self._appended.wait()

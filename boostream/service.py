@@ -1,0 +1,270 @@
+"""The operations every client needs, whatever its transport: submit a decoded request, follow a
+job, its status, the list, cancel, delete, the result, artifacts, predictions, the backends.
+
+HTTP routes, MCP tools and `boostream train --local` all call these. They speak in domain terms:
+requests already read (bytes, a spooled file), answers as plain data, refusals as domain errors
+(`boostream.errors`), which each edge maps once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import IO, Any, AsyncIterator, Collection, Optional
+
+import anyio
+import numpy as np
+
+from boostream import __version__
+from boostream.config import Settings
+from boostream.errors import Conflict, Gone, InvalidParameter, NotFound
+from boostream.jobs.job import Job
+from boostream.jobs.manager import JobManager
+from boostream.jobs.records import Event, JobRecord, JobRequest, JobStatus
+from boostream.jobs.sqlite import SqliteJobStore
+from boostream.jobs.webhooks import WebhookPolicy, WebhookSender
+from boostream.models.artifacts import FORMATS as ARTIFACT_FORMATS
+from boostream.models.artifacts import ArtifactRecord, ArtifactStore, StoredBlob
+from boostream.models.predicting import LoadedModel, ModelCache, ModelLoader
+from boostream.models.signing import load_or_create_key
+from boostream.requests.json_body import PredictRequestBody, decode_predict_request, decode_train_request
+from boostream.requests.spec import TrainSpec
+from boostream.trainers import create_trainers
+from boostream.trainers.base import OBJECTIVES, Availability, params_schema
+from boostream.views import artifact_view, availability_view, job_view
+
+log = logging.getLogger("boostream.service")
+
+# Requests read and decoded at once: each may take a few times its size in memory while decoding.
+INGEST_SLOTS = 2
+JOB_STATUSES = tuple(status.value for status in JobStatus)
+
+
+class Service:
+    """One per application; nothing global. `running()` opens the stores and starts the jobs;
+    `model_types`, when given, limits the backends to those (the others are not even asked whether
+    they can train: asking WarpGBM imports torch, which takes seconds)."""
+
+    def __init__(self, settings: Settings, model_types: Optional[Collection[str]] = None) -> None:
+        self.settings = settings
+        trainers = create_trainers(settings.lightgbm_threads)
+        self.trainers = {name: trainer for name, trainer in trainers.items() if model_types is None or name in model_types}
+        self.availability: dict[str, Availability] = {}
+        self.webhook_policy = WebhookPolicy(settings.allowed_webhook_hosts)
+        self._jobs: Optional[JobManager] = None
+        self._models: Optional[ModelLoader] = None
+        self._ingest: Optional[anyio.Semaphore] = None
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        settings = self.settings
+        store = SqliteJobStore(settings.data_dir)
+        try:
+            # Importing torch to ask for a GPU takes seconds: do it once, off the loop.
+            for name, trainer in self.trainers.items():
+                self.availability[name] = await anyio.to_thread.run_sync(trainer.availability)
+                if not self.availability[name].available:
+                    log.info("%s is unavailable: %s", name, self.availability[name].reason)
+            key = load_or_create_key(settings.key_path, settings.secret_key or None)
+            artifacts = ArtifactStore(settings.artifacts_dir, key)
+            self._models = ModelLoader(artifacts, self.trainers, ModelCache(settings.model_cache_bytes))
+            self._jobs = JobManager(
+                store,
+                artifacts,
+                settings.inputs_dir,
+                self.trainers,
+                self.availability,
+                cpu_jobs=settings.cpu_jobs,
+                gpu_jobs=settings.gpu_jobs,
+                max_queued=settings.max_queued,
+                max_training_s=settings.max_training_s,
+                job_ttl_s=settings.job_ttl_s,
+                progress_interval_s=settings.progress_interval_s,
+                webhooks=WebhookSender(key),
+                webhook_policy=self.webhook_policy,
+            )
+            self._ingest = anyio.Semaphore(INGEST_SLOTS)
+            await self._jobs.start()
+            try:
+                yield
+            finally:
+                await self._jobs.shutdown()
+        finally:
+            store.close()
+
+    @property
+    def jobs(self) -> JobManager:
+        assert self._jobs is not None, "the service is not running"
+        return self._jobs
+
+    # Reading requests (in a thread each, at most INGEST_SLOTS at once with their reading)
+
+    @contextlib.asynccontextmanager
+    async def ingest_slot(self) -> AsyncIterator[None]:
+        """Hold one of the slots for reading and decoding a request body."""
+        assert self._ingest is not None, "the service is not running"
+        async with self._ingest:
+            yield
+
+    @property
+    def unavailable(self) -> dict[str, str]:
+        """The backends that cannot train here, with the reason."""
+        return {name: a.reason or "unavailable" for name, a in self.availability.items() if not a.available}
+
+    async def decode_json(self, body: bytes | bytearray) -> TrainSpec:
+        return await anyio.to_thread.run_sync(decode_train_request, body, self.trainers, self.unavailable, self.settings.max_cells)
+
+    async def decode_table(self, file: IO[bytes], kind: str, fields: dict[str, str], where: str = "on this server") -> TrainSpec:
+        from boostream.requests.tables import decode_table_request  # pyarrow loads in ~0.3 s: only when used
+
+        return await anyio.to_thread.run_sync(
+            decode_table_request, file, kind, fields, self.trainers, self.unavailable, self.settings.max_cells, where
+        )
+
+    async def decode_predict(self, body: bytes | bytearray) -> tuple[PredictRequestBody, np.ndarray]:
+        return await anyio.to_thread.run_sync(decode_predict_request, body, self.settings.max_cells)
+
+    # What there is
+
+    def health(self) -> dict[str, Any]:
+        gpu = next((self.availability[name] for name, trainer in self.trainers.items() if trainer.device == "gpu"), None)
+        return {
+            "status": "ok",
+            "version": __version__,
+            "backends": {name: availability_view(a, self.trainers[name].device) for name, a in self.availability.items()},
+            "gpu": gpu.device_name if gpu and gpu.available else None,
+            "queue": self.jobs.counts(),
+        }
+
+    def models(self) -> dict[str, Any]:
+        return {
+            "models": [
+                {
+                    "model_type": name,
+                    **availability_view(self.availability[name], trainer.device),
+                    "objectives": list(OBJECTIVES),
+                    "params": params_schema(trainer.params),
+                }
+                for name, trainer in self.trainers.items()
+            ]
+        }
+
+    # Jobs
+
+    def submit(self, spec: TrainSpec, ingest_timings: dict[str, float], base_url: str = "") -> Job:
+        """A job for a decoded request, once its options are checked against this server's limits.
+        `ingest_timings`: `receive_s` (reading the body, where there was one) and `decode_s`;
+        `base_url`: where the client reached the server, for the absolute URLs of webhooks."""
+        job_request = JobRequest(
+            model_type=spec.trainer.name,
+            objective=spec.objective,
+            params=spec.params,
+            callback_url=None if spec.callback_url is None else self.webhook_policy.check(spec.callback_url),
+            timeout_s=self._check_timeout(spec.timeout_s),
+            artifact_format=spec.artifact_format,
+            base_url=base_url,
+        )
+        return self.jobs.submit(job_request, spec.data, ingest_timings)
+
+    def job(self, job_id: str) -> JobRecord:
+        record = self.jobs.job(job_id)
+        if record is None:
+            raise NotFound(f"no job {job_id!r} (unknown, deleted, or expired)", field="job_id")
+        return record
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        return job_view(self.job(job_id))
+
+    def list_jobs(self, statuses: list[str], limit: int, cursor: Optional[int]) -> dict[str, Any]:
+        """A page of jobs, newest first, and the cursor of the next page (None on the last)."""
+        unknown = [s for s in statuses if s not in JOB_STATUSES]
+        if unknown:
+            raise InvalidParameter("status", f"unknown status {unknown[0]!r}; choose from {list(JOB_STATUSES)}")
+        records = self.jobs.jobs(statuses, limit + 1, cursor)
+        page, more = records[:limit], len(records) > limit
+        return {"jobs": [job_view(record) for record in page], "next_cursor": str(page[-1].seq) if more else None}
+
+    def follow(self, job_id: str, after: int = 0) -> Optional[AsyncIterator[Event]]:
+        """The job's events after `after`, then live ones to the terminal event; None when the job
+        has ended and no event is left after `after`."""
+        record = self.job(job_id)
+        if self.jobs.live(record.id) is None and not self.jobs.has_events_after(record.id, after):
+            return None
+        return self.jobs.events(record.id, after)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        record = self.job(job_id)
+        if self.jobs.live(record.id) is None:
+            raise Conflict("already_finished", f"job {record.id} already ended {record.status.value}", record.status.value)
+        return {"job_id": record.id, "status": self.jobs.cancel(record.id).value, "cancel_requested": True}
+
+    def client_left(self, job_id: str, client: str, cancel: bool) -> None:
+        """A client that followed a job went away: cancel the job if it asked to."""
+        self.jobs.client_left(job_id, client, cancel)
+
+    async def delete(self, job_id: str) -> None:
+        record = self.job(job_id)
+        if self.jobs.live(record.id) is not None:
+            raise Conflict("not_finished", f"job {record.id} is {record.status.value}: cancel it first", record.status.value)
+        await self.jobs.delete(record.id)
+
+    async def result(self, job_id: str) -> str:
+        """The `complete` event of a job that succeeded, as JSON, with its artifact."""
+        record = self.job(job_id)
+        status = record.status
+        if status is not JobStatus.SUCCEEDED:
+            if status.finished:
+                raise Conflict("no_result", f"job {record.id} ended {status.value}; it has no result", status.value)
+            raise Conflict("not_finished", f"job {record.id} is {status.value}; its result is not ready yet", status.value)
+        return await self.jobs.result(record.id)
+
+    # Artifacts and predictions
+
+    def artifact(self, artifact_id: str) -> ArtifactRecord:
+        record = self.jobs.artifact(artifact_id)
+        if record is None:
+            raise NotFound(f"no artifact {artifact_id!r} (unknown, deleted, or expired)", field="artifact_id")
+        return record
+
+    def artifact_metadata(self, artifact_id: str) -> dict[str, Any]:
+        return artifact_view(self.artifact(artifact_id))
+
+    async def artifact_file(self, artifact_id: str, format: str) -> tuple[bytes, StoredBlob]:
+        """The artifact's file in `format`, and what is known of it."""
+        record = self.artifact(artifact_id)
+        if format not in ARTIFACT_FORMATS:
+            raise InvalidParameter("format", f"format must be one of {list(ARTIFACT_FORMATS)}, got {format!r}")
+        try:
+            content = await self.jobs.artifact_file(record.id, format)
+        except FileNotFoundError:
+            raise Gone(f"the {format} file of artifact {record.id} is missing from the server", field="artifact_id") from None
+        return content, record.blobs[format]
+
+    async def predict(self, request: PredictRequestBody, X: np.ndarray) -> dict[str, Any]:
+        """Predictions for X from a stored artifact (`artifact_id`) or one handed back (`artifact`)."""
+        assert self._models is not None, "the service is not running"
+        if request.artifact_id is not None:
+            record = self.artifact(request.artifact_id)
+            loaded = await anyio.to_thread.run_sync(self._models.stored, record)
+        else:
+            assert request.artifact is not None  # decode_predict_request checks that one is given
+            loaded = await anyio.to_thread.run_sync(self._models.uploaded, request.artifact, request.artifact_format, request.signature)
+        return await self._predictions(loaded, X, request.output)
+
+    async def _predictions(self, loaded: LoadedModel, X: np.ndarray, output: str) -> dict[str, Any]:
+        values = await anyio.to_thread.run_sync(loaded.predict, X, output)
+        return {
+            "artifact_id": loaded.artifact_id,
+            "model_type": loaded.predictor.name,
+            "objective": loaded.shape.objective,
+            "output": output,
+            "shape": list(values.shape),
+            "classes": loaded.classes,
+            "predictions": values.tolist() if values.dtype == object else values,
+        }
+
+    def _check_timeout(self, timeout_s: Optional[float]) -> Optional[float]:
+        limit = self.settings.max_training_s
+        if timeout_s is not None and not 0 < timeout_s <= limit:
+            raise InvalidParameter("timeout_s", f"timeout_s must be greater than 0 and at most {limit:g} (this server's limit), got {timeout_s:g}")
+        return timeout_s

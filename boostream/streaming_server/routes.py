@@ -1,0 +1,174 @@
+"""The HTTP routes: each reads its request, calls the service, and writes its answer. Refusals are
+domain errors, which `errors.py` turns into statuses."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+import orjson
+from starlette.datastructures import QueryParams
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from boostream import dashboard
+from boostream.errors import InvalidParameter
+from boostream.jobs.job import Job
+from boostream.jobs.records import job_urls
+from boostream.requests.spec import TrainSpec
+from boostream.service import Service
+from boostream.streaming_server.errors import ApiError
+from boostream.streaming_server.sse import event_response
+from boostream.streaming_server.uploads import MULTIPART, TABLE_TYPES, read_body, receive_table
+
+ON_DISCONNECT = ("continue", "cancel")
+DEFAULT_PAGE, MAX_PAGE = 50, 500
+MAX_ID = 2**62  # event ids and cursors: SQLite's integers are 64-bit
+JSON = "application/json"
+
+
+class Routes:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/health", self.health, methods=["GET"]),
+            Route("/models", self.models, methods=["GET"]),
+            Route("/train/stream", self.train_stream, methods=["POST"]),
+            Route("/jobs", self.create_job, methods=["POST"]),
+            Route("/jobs", self.list_jobs, methods=["GET"]),
+            Route("/jobs/{job_id}", self.job_status, methods=["GET"]),
+            Route("/jobs/{job_id}", self.delete_job, methods=["DELETE"]),
+            Route("/jobs/{job_id}/events", self.job_events, methods=["GET"]),
+            Route("/jobs/{job_id}/result", self.job_result, methods=["GET"]),
+            Route("/jobs/{job_id}/cancel", self.cancel_job, methods=["POST"]),
+            Route("/artifacts/{artifact_id}", self.download_artifact, methods=["GET"]),
+            Route("/artifacts/{artifact_id}/metadata", self.artifact_metadata, methods=["GET"]),
+            Route("/predict", self.predict, methods=["POST"]),
+            *dashboard.routes(),
+        ]
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse(self.service.health())
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse(self.service.models())
+
+    async def train_stream(self, request: Request) -> Response:
+        on_disconnect = request.query_params.get("on_disconnect", "continue")
+        if on_disconnect not in ON_DISCONNECT:
+            raise InvalidParameter("on_disconnect", f"on_disconnect must be one of {list(ON_DISCONNECT)}, got {on_disconnect!r}")
+        job = await self._submit(request)
+        return self._event_response(job.id, job.follow(0), cancel_on_leave=on_disconnect == "cancel")
+
+    async def create_job(self, request: Request) -> Response:
+        job = await self._submit(request)
+        urls = job_urls(job.id)
+        return JSONResponse({"job_id": job.id, "status": job.status.value, **urls}, status_code=202, headers={"Location": urls["status_url"]})
+
+    async def list_jobs(self, request: Request) -> Response:
+        query = request.query_params
+        statuses = [s for s in query.get("status", "").split(",") if s]
+        limit = _int_query(query, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+        cursor = _int_query(query, "cursor", None, 1, MAX_ID)
+        assert limit is not None
+        return JSONResponse(self.service.list_jobs(statuses, limit, cursor))
+
+    async def job_status(self, request: Request) -> Response:
+        return JSONResponse(self.service.status(request.path_params["job_id"]))
+
+    async def job_events(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        raw = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
+        events = self.service.follow(job_id, _whole_number(raw, "after", 0, MAX_ID))
+        if events is None:
+            # A finished job with nothing left to send: 204 tells EventSource to stop reconnecting.
+            return Response(status_code=204)
+        return self._event_response(job_id, events, cancel_on_leave=False)
+
+    async def job_result(self, request: Request) -> Response:
+        return Response(await self.service.result(request.path_params["job_id"]), media_type=JSON)
+
+    async def cancel_job(self, request: Request) -> Response:
+        return JSONResponse(self.service.cancel(request.path_params["job_id"]), status_code=202)
+
+    async def delete_job(self, request: Request) -> Response:
+        await self.service.delete(request.path_params["job_id"])
+        return Response(status_code=204)
+
+    async def download_artifact(self, request: Request) -> Response:
+        artifact_id = request.path_params["artifact_id"]
+        content, blob = await self.service.artifact_file(artifact_id, request.query_params.get("format", "joblib"))
+        headers = {
+            "Content-Disposition": f'attachment; filename="{artifact_id}.{blob.extension}"',
+            "ETag": f'"{blob.sha256}"',
+            "X-Boostream-Signature": blob.signature,
+        }
+        return Response(content, media_type=blob.media_type, headers=headers)
+
+    async def artifact_metadata(self, request: Request) -> Response:
+        return JSONResponse(self.service.artifact_metadata(request.path_params["artifact_id"]))
+
+    async def predict(self, request: Request) -> Response:
+        media_type = _media_type(request)
+        if media_type != JSON:
+            raise ApiError(415, "unsupported_media_type", f"send the prediction request as application/json, not {media_type}")
+        async with self.service.ingest_slot():
+            body = await read_body(request, self.service.settings.max_body_bytes)
+            parsed, X = await self.service.decode_predict(body)
+            del body
+        answer = await self.service.predict(parsed, X)
+        return Response(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON)
+
+    async def _submit(self, request: Request) -> Job:
+        spec, ingest_timings = await self._decode(request)
+        return self.service.submit(spec, ingest_timings, str(request.base_url))
+
+    async def _decode(self, request: Request) -> tuple[TrainSpec, dict[str, float]]:
+        """The training request, read and checked off the loop, and how long reading the body (from
+        the moment it may be read) and decoding it took."""
+        media_type = _media_type(request)
+        if media_type not in (JSON, MULTIPART, *TABLE_TYPES):
+            accepted = ", ".join([JSON, *TABLE_TYPES, MULTIPART])
+            raise ApiError(415, "unsupported_media_type", f"send the training request as one of {accepted}; not {media_type}")
+        service, limit = self.service, self.service.settings.max_body_bytes
+        async with service.ingest_slot():
+            arrived = time.perf_counter()
+            if media_type == JSON:
+                body = await read_body(request, limit)
+                started = time.perf_counter()
+                spec = await service.decode_json(body)
+                del body
+                return spec, {"receive_s": started - arrived, "decode_s": time.perf_counter() - started}
+            upload = await receive_table(request, media_type, limit, service.settings.uploads_dir)
+            try:
+                started = time.perf_counter()
+                spec = await service.decode_table(upload.file, upload.kind, upload.fields)
+                return spec, {"receive_s": started - arrived, "decode_s": time.perf_counter() - started}
+            finally:
+                await upload.close()
+
+    def _event_response(self, job_id: str, events: Any, cancel_on_leave: bool) -> Response:
+        def on_leave(server_stopping: bool) -> None:
+            self.service.client_left(job_id, "client", cancel=cancel_on_leave and not server_stopping)
+
+        settings = self.service.settings
+        return event_response(events, on_leave, settings.heartbeat_s, settings.send_timeout_s)
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", JSON).split(";")[0].strip().lower()
+
+
+def _int_query(query: QueryParams, name: str, default: Optional[int], minimum: int, maximum: int) -> Optional[int]:
+    raw = query.get(name)
+    return default if raw is None else _whole_number(raw, name, minimum, maximum)
+
+
+def _whole_number(raw: str, name: str, minimum: int, maximum: int) -> int:
+    # isdigit() alone takes '²', and int() of thousands of digits raises: check ASCII and length first.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= len(str(maximum)) and minimum <= int(raw) <= maximum):
+        raise InvalidParameter(name, f"{name} must be a whole number from {minimum} to {maximum}, got {raw[:40]!r}")
+    return int(raw)
