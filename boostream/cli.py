@@ -397,9 +397,8 @@ def _train_locally(table: Path, fields: dict[str, str], outputs: OutputFiles, di
 
     with tempfile.TemporaryDirectory(prefix="boostream-local-") as data_dir:
         settings = from_environment(data_dir=data_dir)  # threads and limits as a server's job would get them here
-        model_type = fields.get("model_type", "lightgbm")
         # Only the backend asked for is asked whether it can train (WarpGBM imports torch: seconds).
-        service = Service(settings, model_types=[model_type] if model_type in ("lightgbm", "warpgbm") else None)
+        service = Service(settings, model_types=[fields["model_type"]])
         last = asyncio.run(_run_locally(service, table, fields, display))
     return _ended(None, last, outputs, display, interrupted=last.type == "cancelled")
 

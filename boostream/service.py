@@ -48,7 +48,8 @@ class Service:
     def __init__(self, settings: Settings, model_types: Optional[Collection[str]] = None) -> None:
         self.settings = settings
         trainers = create_trainers(settings.lightgbm_threads)
-        self.trainers = {name: trainer for name, trainer in trainers.items() if model_types is None or name in model_types}
+        chosen = {name: trainer for name, trainer in trainers.items() if model_types is not None and name in model_types}
+        self.trainers = chosen or trainers  # none known: all of them, for the refusal that lists them
         self.availability: dict[str, Availability] = {}
         self.webhook_policy = WebhookPolicy(settings.allowed_webhook_hosts)
         self._jobs: Optional[JobManager] = None
