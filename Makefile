@@ -1,9 +1,10 @@
 # The two commands a newcomer needs: `make serve` and `make test`. Both set up .venv first.
+# `make lint`: ruff over the whole tree, mypy over the package (pyproject.toml configures both).
 VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: serve test bench mutation breakages
+.PHONY: serve test lint bench mutation breakages
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +17,10 @@ serve: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/e2e_overhead.py

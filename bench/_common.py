@@ -26,8 +26,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any
 
 import httpx
 import numpy as np
@@ -64,7 +65,7 @@ def machine_description() -> str:
         pass
     load = ""
     if hasattr(os, "getloadavg"):
-        load = ", load average %.2f %.2f %.2f" % os.getloadavg()
+        load = ", load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     return f"{os.cpu_count()} cores ({model}){memory}, Python {platform.python_version()}{load}"
 
 
@@ -86,7 +87,9 @@ def regression_data(rows: int, cols: int, seed: int = 0) -> tuple[np.ndarray, np
     return X, y
 
 
-def train_body(model_type: str, X: np.ndarray, y: np.ndarray, params: dict[str, Any], objective: str = "regression") -> bytes:
+def train_body(
+    model_type: str, X: np.ndarray, y: np.ndarray, params: dict[str, Any], objective: str = "regression"
+) -> bytes:
     """The JSON body of POST /train/stream, serialized once (numbers as orjson writes float64:
     shortest round-trip form, so the server decodes exactly the same array)."""
     return orjson.dumps(
@@ -153,7 +156,9 @@ def summary(values_s: Sequence[float]) -> dict[str, float]:
 
 
 def format_summary(figures: dict[str, float]) -> str:
-    return "count {count:>5}  p50 {p50_ms:7.2f} ms  p90 {p90_ms:7.2f} ms  p99 {p99_ms:7.2f} ms  max {max_ms:7.2f} ms".format(**figures)
+    return (
+        "count {count:>5}  p50 {p50_ms:7.2f} ms  p90 {p90_ms:7.2f} ms  p99 {p99_ms:7.2f} ms  max {max_ms:7.2f} ms"
+    ).format(**figures)
 
 
 def verdict(value: float, target: float, unit: str = "") -> str:
@@ -181,9 +186,9 @@ class Server:
 
     def __init__(
         self,
-        cpu_jobs: Optional[int] = None,
-        threads_per_job: Optional[int] = None,
-        gpu_jobs: Optional[int] = None,
+        cpu_jobs: int | None = None,
+        threads_per_job: int | None = None,
+        gpu_jobs: int | None = None,
         log_level: str = "warning",
         startup_timeout_s: float = 120.0,
         extra_args: Sequence[str] = (),
@@ -192,8 +197,8 @@ class Server:
         self.log_level = log_level
         self.startup_timeout_s = startup_timeout_s
         self.extra_args = list(extra_args)
-        self.process: Optional[subprocess.Popen] = None
-        self.data_dir: Optional[Path] = None
+        self.process: subprocess.Popen | None = None
+        self.data_dir: Path | None = None
         self.port = 0
         self._log_file = None
 
@@ -201,7 +206,7 @@ class Server:
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         self.start()
         return self
 
@@ -211,7 +216,20 @@ class Server:
     def start(self) -> None:
         self.data_dir = Path(tempfile.mkdtemp(prefix="boostream-bench-"))
         self.port = free_port()
-        command = [sys.executable, "-m", "boostream", "serve", "--host", HOST, "--port", str(self.port), "--data-dir", str(self.data_dir / "data"), "--log-level", self.log_level]
+        command = [
+            sys.executable,
+            "-m",
+            "boostream",
+            "serve",
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir / "data"),
+            "--log-level",
+            self.log_level,
+        ]
         for option, value in self.options.items():
             if value is not None:
                 command += [option, str(value)]
@@ -219,7 +237,14 @@ class Server:
         self._log_file = open(self.data_dir / "server.log", "wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO_ROOT)) if p)
-        self.process = subprocess.Popen(command, stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        self.process = subprocess.Popen(
+            command,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
         _LIVE_SERVERS.add(self)
         self.command = command
         self.wait_healthy()
@@ -229,7 +254,10 @@ class Server:
         with httpx.Client(timeout=2.0) as client:
             while True:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"the server exited with status {self.process.returncode} before answering /health:\n{self.log_tail()}")
+                    raise RuntimeError(
+                        f"the server exited with status {self.process.returncode} "
+                        f"before answering /health:\n{self.log_tail()}"
+                    )
                 try:
                     response = client.get(self.url + "/health")
                     if response.status_code == 200:
@@ -237,7 +265,9 @@ class Server:
                 except httpx.TransportError:
                     pass
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the server did not answer /health within {self.startup_timeout_s:.0f} s:\n{self.log_tail()}")
+                    raise RuntimeError(
+                        f"the server did not answer /health within {self.startup_timeout_s:.0f} s:\n{self.log_tail()}"
+                    )
                 time.sleep(0.1)
 
     def log_tail(self, chars: int = 4000) -> str:
@@ -246,11 +276,11 @@ class Server:
         except (OSError, TypeError):
             return "(no log)"
 
-    def peak_rss_mib(self) -> Optional[float]:
+    def peak_rss_mib(self) -> float | None:
         """The server's peak resident memory so far (VmHWM), Linux only."""
         return _proc_status_mib(self.process.pid, "VmHWM") if self.process else None
 
-    def rss_mib(self) -> Optional[float]:
+    def rss_mib(self) -> float | None:
         return _proc_status_mib(self.process.pid, "VmRSS") if self.process else None
 
     def stop(self) -> None:
@@ -280,7 +310,7 @@ class Server:
 _LIVE_SERVERS: set[Server] = set()
 
 
-def _proc_status_mib(pid: int, key: str) -> Optional[float]:
+def _proc_status_mib(pid: int, key: str) -> float | None:
     try:
         with open(f"/proc/{pid}/status") as file:
             for line in file:
@@ -299,7 +329,7 @@ class Watchdog:
         self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
 
-    def __enter__(self) -> "Watchdog":
+    def __enter__(self) -> Watchdog:
         self._timer.start()
         return self
 
@@ -322,8 +352,8 @@ class Watchdog:
 class SSEEvent:
     event: str
     data: str
-    id: Optional[str]
-    retry: Optional[int]
+    id: str | None
+    retry: int | None
     received: float  # time.time() when the event was parsed (its blank line was seen)
     received_perf: float  # time.perf_counter() at the same moment
 
@@ -347,8 +377,8 @@ class SSEDecoder:
         self._started = False
         self._data: list[str] = []
         self._event = ""
-        self._retry: Optional[int] = None
-        self.last_event_id: Optional[str] = None
+        self._retry: int | None = None
+        self.last_event_id: str | None = None
         self.comments = 0
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
@@ -388,7 +418,7 @@ class SSEDecoder:
         self._scan_from = 0
         return events
 
-    def _line(self, raw: bytes) -> Optional[SSEEvent]:
+    def _line(self, raw: bytes) -> SSEEvent | None:
         if not self._started:
             self._started = True
             if raw.startswith(b"\xef\xbb\xbf"):
@@ -414,7 +444,7 @@ class SSEDecoder:
                 self._retry = int(text)
         return None
 
-    def _dispatch(self) -> Optional[SSEEvent]:
+    def _dispatch(self) -> SSEEvent | None:
         if not self._data:
             self._event = ""
             self._retry = None
@@ -446,7 +476,7 @@ class TrainRun:
     events: list[SSEEvent]
     status: int
 
-    def first(self, event_type: str) -> Optional[SSEEvent]:
+    def first(self, event_type: str) -> SSEEvent | None:
         return next((e for e in self.events if e.event == event_type), None)
 
     def of_type(self, event_type: str) -> list[SSEEvent]:
@@ -501,7 +531,7 @@ def stream_train(
     timeout_s: float = 600.0,
     on_event=None,
     content_type: str = "application/json",
-    params: Optional[dict[str, str]] = None,
+    params: dict[str, str] | None = None,
 ) -> TrainRun:
     """POST a pre-serialized body to /train/stream and read the event stream to its end.
 
@@ -511,7 +541,9 @@ def stream_train(
     headers = {"content-type": content_type, "accept": "text/event-stream", "content-length": str(len(body))}
     timeout = httpx.Timeout(timeout_s, connect=10.0)
     sent = time.perf_counter()
-    with client.stream("POST", url + "/train/stream", params=params, content=body_chunks(body), headers=headers, timeout=timeout) as response:
+    with client.stream(
+        "POST", url + "/train/stream", params=params, content=body_chunks(body), headers=headers, timeout=timeout
+    ) as response:
         headers_at = time.perf_counter()
         if response.status_code != 200:
             response.read()
@@ -543,7 +575,14 @@ def lightgbm_seconds_per_round(X: np.ndarray, y: np.ndarray, threads: int, round
     stamps: list[float] = []
     params = {"objective": "regression", "metric": "l2", "num_threads": threads, "verbose": -1}
     train_set = lightgbm.Dataset(X, y, params={"max_bin": 255, "verbose": -1, "num_threads": threads})
-    lightgbm.train(params, train_set, num_boost_round=rounds, valid_sets=[train_set], valid_names=["train"], callbacks=[lambda env: stamps.append(time.perf_counter())])
+    lightgbm.train(
+        params,
+        train_set,
+        num_boost_round=rounds,
+        valid_sets=[train_set],
+        valid_names=["train"],
+        callbacks=[lambda env: stamps.append(time.perf_counter())],
+    )
     return (stamps[-1] - stamps[skip]) / (len(stamps) - 1 - skip)
 
 
@@ -558,7 +597,9 @@ def e2e_figures(run: TrainRun) -> dict[str, Any]:
     return {
         "e2e_s": run.e2e_s,
         "headers_s": run.headers - run.sent,
-        "last_progress_to_complete_s": run.terminal.received_perf - progress[-1].received_perf if progress else math.nan,
+        "last_progress_to_complete_s": run.terminal.received_perf - progress[-1].received_perf
+        if progress
+        else math.nan,
         "decode_s": timings["decode_s"],
         "queued_s": timings["queued_s"],
         "fit_s": timings["fit_s"],
@@ -576,8 +617,10 @@ def e2e_figures(run: TrainRun) -> dict[str, Any]:
 
 def print_e2e(label: str, r: dict[str, Any]) -> None:
     print(
-        f"  {label:<10} e2e {r['e2e_s']:7.3f} s | headers {r['headers_s']:6.3f} | decode {r['decode_s']:6.3f} | queued {r['queued_s']:6.4f}"
-        f" | fit {r['fit_s']:7.3f} | artifact {r['artifact_s']:6.4f} | last progress->complete {r['last_progress_to_complete_s']:6.3f}"
+        f"  {label:<10} e2e {r['e2e_s']:7.3f} s | headers {r['headers_s']:6.3f} "
+        f"| decode {r['decode_s']:6.3f} | queued {r['queued_s']:6.4f}"
+        f" | fit {r['fit_s']:7.3f} | artifact {r['artifact_s']:6.4f} | "
+        f"last progress->complete {r['last_progress_to_complete_s']:6.3f}"
         f" | outside fit apart from decode {r['outside_s']:6.3f} s = {r['outside_pct']:5.1f}% of fit"
         f" (receiving the body {r['receive_s']:6.3f} s; the rest {r['own_s']:6.3f} s = {r['own_pct']:4.1f}%)"
     )

@@ -84,14 +84,19 @@ def main() -> int:
                 spec = ticker.measure(label, lambda: decoding.decode_train_request(body, trainers, {}, 10**10))
                 del spec
             print("## its steps (a fresh parser first, then the same one again)")
-            request = ticker.measure("msgspec.json.decode (shape, Raw)", lambda: msgspec.json.decode(body, type=decoding.TrainRequestBody))
+            request = ticker.measure(
+                "msgspec.json.decode (shape, Raw)", lambda: msgspec.json.decode(body, type=decoding.TrainRequestBody)
+            )
             simd = simdjson.Parser()
             for label in ("cold", "warm"):
                 doc = ticker.measure(f"simdjson Parser.parse, {label}", lambda: simd.parse(memoryview(request.X)))
-                values = ticker.measure(f"Document.as_buffer, {label}", lambda: np.frombuffer(doc.as_buffer(of_type="d"), dtype=np.float64))
+                values = ticker.measure(
+                    f"Document.as_buffer, {label}",
+                    lambda doc=doc: np.frombuffer(doc.as_buffer(of_type="d"), dtype=np.float64),
+                )
                 if label == "warm":
-                    ticker.measure("row lengths (Python loop)", lambda: any(len(row) != cols for row in doc))
-                    ticker.measure("np.isinf(values).any()", lambda: np.isinf(values).any())
+                    ticker.measure("row lengths (Python loop)", lambda doc=doc: any(len(row) != cols for row in doc))
+                    ticker.measure("np.isinf(values).any()", lambda values=values: np.isinf(values).any())
                 del doc, values
             ticker.measure("bytearray.count(b'[') over X", lambda: decoding._count_in(body, request.X, b"["))
         finally:

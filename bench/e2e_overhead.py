@@ -30,6 +30,9 @@ import httpx  # noqa: E402
 import lightgbm  # noqa: E402
 import numpy as np  # noqa: E402
 
+from boostream.trainers.base import validate_params  # noqa: E402
+from boostream.trainers.lightgbm import LightGBMTrainer  # noqa: E402
+
 from _common import (  # noqa: E402
     Server,
     Watchdog,
@@ -45,8 +48,6 @@ from _common import (  # noqa: E402
     train_body,
     verdict,
 )
-from boostream.trainers.base import validate_params  # noqa: E402
-from boostream.trainers.lightgbm import LightGBMTrainer  # noqa: E402
 
 RATIO_TARGET = 1.5
 OUTSIDE_TARGET_PCT = 5.0
@@ -68,7 +69,14 @@ def in_process_fit(X: np.ndarray, y: np.ndarray, rounds: int, threads: int) -> t
 
     started = time.perf_counter()
     train_set = lightgbm.Dataset(X, y, feature_name=feature_names, params=dataset_params)
-    booster = lightgbm.train(booster_params, train_set, num_boost_round=rounds, valid_sets=[train_set], valid_names=["train"], callbacks=[record])
+    booster = lightgbm.train(
+        booster_params,
+        train_set,
+        num_boost_round=rounds,
+        valid_sets=[train_set],
+        valid_names=["train"],
+        callbacks=[record],
+    )
     elapsed = time.perf_counter() - started
     assert booster.current_iteration() == rounds and len(seen) == rounds
     del booster, train_set
@@ -80,7 +88,9 @@ def e2e_fit(client: httpx.Client, server: Server, body: bytes) -> dict:
     return e2e_figures(run) | {"train_l2": run.complete["metrics"].get("train_l2")}
 
 
-def bench_size(client: httpx.Client, server: Server, rows: int, cols: int, rounds: int, repeats: int, threads: int, seed: int) -> dict:
+def bench_size(
+    client: httpx.Client, server: Server, rows: int, cols: int, rounds: int, repeats: int, threads: int, seed: int
+) -> dict:
     label = size_label(rows, cols)
     print(f"\n## {label}, {rounds} rounds, {threads} threads, {repeats} repeats")
     X, y = regression_data(rows, cols, seed)
@@ -107,16 +117,28 @@ def bench_size(client: httpx.Client, server: Server, rows: int, cols: int, round
     del body, X, y
     free_memory()
 
-    med = {key: median([r[key] for r in e2e_runs]) for key in ("e2e_s", "headers_s", "decode_s", "queued_s", "fit_s", "artifact_s", "outside_s", "outside_pct")}
+    med = {
+        key: median([r[key] for r in e2e_runs])
+        for key in ("e2e_s", "headers_s", "decode_s", "queued_s", "fit_s", "artifact_s", "outside_s", "outside_pct")
+    }
     med["inproc_s"] = median(inproc_s)
     med["ratio"] = med["e2e_s"] / med["inproc_s"]
     med["fit_vs_inproc"] = med["fit_s"] / med["inproc_s"]
     same = e2e_runs[-1]["train_l2"]
-    print(f"  medians: in-process {med['inproc_s']:.3f} s | e2e {med['e2e_s']:.3f} s | decode {med['decode_s']:.3f} s | fit {med['fit_s']:.3f} s | artifact {med['artifact_s']:.4f} s")
-    print(f"  server fit_s / in-process = {med['fit_vs_inproc']:.3f} (the per-round reporting and everything else inside the fit)")
+    print(
+        f"  medians: in-process {med['inproc_s']:.3f} s | e2e {med['e2e_s']:.3f} s | decode "
+        f"{med['decode_s']:.3f} s | fit {med['fit_s']:.3f} s | artifact {med['artifact_s']:.4f} s"
+    )
+    print(
+        f"  server fit_s / in-process = {med['fit_vs_inproc']:.3f} "
+        "(the per-round reporting and everything else inside the fit)"
+    )
     print(f"  same model: server train_l2 {same:.6g} vs in-process {inproc_l2:.6g}")
     print(f"  ratio e2e / in-process = {med['ratio']:.3f}  -> {verdict(med['ratio'], RATIO_TARGET)}")
-    print(f"  outside fit apart from decode = {med['outside_s']:.3f} s = {med['outside_pct']:.1f}% of fit  -> {verdict(med['outside_pct'], OUTSIDE_TARGET_PCT, '%')}")
+    print(
+        f"  outside fit apart from decode = {med['outside_s']:.3f} s = {med['outside_pct']:.1f}% "
+        f"of fit  -> {verdict(med['outside_pct'], OUTSIDE_TARGET_PCT, '%')}"
+    )
     rss = server.peak_rss_mib()
     if rss is not None:
         print(f"  server peak RSS so far {rss:.0f} MiB, now {server.rss_mib():.0f} MiB")
@@ -128,8 +150,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100kx20,1Mx50", help="comma-separated ROWSxCOLS (default 100kx20,1Mx50)")
     parser.add_argument("--rounds", type=int, default=200, help="boosting rounds (default 200)")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved in-process / e2e pairs per size (default 3)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="LightGBM threads, server and in process (default: all cores)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="interleaved in-process / e2e pairs per size (default 3)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="LightGBM threads, server and in process (default: all cores)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-seconds", type=float, default=600.0, help="hard limit for the whole run (default 600)")
     args = parser.parse_args()
@@ -141,19 +170,29 @@ def main() -> int:
         print(f"# server: {' '.join(server.command[1:])}")
         with httpx.Client() as client:
             for rows, cols in sizes:
-                results.append(bench_size(client, server, rows, cols, args.rounds, args.repeats, args.threads, args.seed))
+                results.append(
+                    bench_size(client, server, rows, cols, args.rounds, args.repeats, args.threads, args.seed)
+                )
 
     print("\n## summary (medians; cold = first request of that size on the server)")
-    print(f"{'size':<10} {'in-proc s':>9} {'e2e s':>8} {'ratio':>6} {'decode s':>8} {'fit s':>8} {'artifact s':>10} {'outside%fit':>11} {'cold e2e s':>10} {'cold ratio':>10} {'cold outside%':>13}")
+    print(
+        f"{'size':<10} {'in-proc s':>9} {'e2e s':>8} {'ratio':>6} {'decode s':>8} {'fit s':>8} "
+        f"{'artifact s':>10} {'outside%fit':>11} {'cold e2e s':>10} {'cold ratio':>10} {'cold outside%':>13}"
+    )
     for r in results:
         m, c = r["median"], r["cold"]
         print(
-            f"{r['label']:<10} {m['inproc_s']:9.3f} {m['e2e_s']:8.3f} {m['ratio']:6.3f} {m['decode_s']:8.3f} {m['fit_s']:8.3f} {m['artifact_s']:10.4f}"
-            f" {m['outside_pct']:10.1f}% {c['e2e_s']:10.3f} {c['e2e_s'] / m['inproc_s']:10.3f} {c['outside_pct']:12.1f}%"
+            f"{r['label']:<10} {m['inproc_s']:9.3f} {m['e2e_s']:8.3f} {m['ratio']:6.3f} "
+            f"{m['decode_s']:8.3f} {m['fit_s']:8.3f} {m['artifact_s']:10.4f}"
+            f" {m['outside_pct']:10.1f}% {c['e2e_s']:10.3f} "
+            f"{c['e2e_s'] / m['inproc_s']:10.3f} {c['outside_pct']:12.1f}%"
         )
     for r in results:
         m = r["median"]
-        print(f"{r['label']}: ratio {verdict(m['ratio'], RATIO_TARGET)}; outside-fit-apart-from-decode {verdict(m['outside_pct'], OUTSIDE_TARGET_PCT, '%')}")
+        print(
+            f"{r['label']}: ratio {verdict(m['ratio'], RATIO_TARGET)}; "
+            f"outside-fit-apart-from-decode {verdict(m['outside_pct'], OUTSIDE_TARGET_PCT, '%')}"
+        )
     return 0
 
 

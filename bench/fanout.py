@@ -64,7 +64,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -139,7 +139,7 @@ def split_head(buffer: bytes) -> tuple[int, bytes]:
     return int(head.split(b" ", 2)[1]), rest
 
 
-def record(event) -> tuple[int, str, float, Optional[float], Optional[int]]:
+def record(event) -> tuple[int, str, float, float | None, int | None]:
     """(id, type, receipt time, ts, iteration) of an event; the last two for progress events only."""
     if event.event != "progress":
         return int(event.id), event.event, event.received, None, None
@@ -186,7 +186,7 @@ def drain_slow_subscriber(sock: socket.socket, idle_s: float = 2.0) -> dict[str,
     while True:
         try:
             data = sock.recv(1 << 20)
-        except socket.timeout:
+        except TimeoutError:
             break
         except ConnectionResetError:
             eof = True
@@ -251,7 +251,7 @@ async def _subscribe_all(conn, port: int, job_id: str, n: int) -> tuple[list[lis
 # Watching the server process
 
 
-def cpu_seconds(pid: int, tid: Optional[int] = None) -> float:
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
     """utime + stime of a process (all its threads) or of one of its threads."""
     path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     with open(path) as file:
@@ -294,7 +294,7 @@ class ServerSampler(threading.Thread):
         self._halt.set()
 
 
-def server_send_queue(server_port: int, client_port: int) -> Optional[tuple[str, int, int]]:
+def server_send_queue(server_port: int, client_port: int) -> tuple[str, int, int] | None:
     """(TCP state, bytes in the kernel's send queue, the socket's send buffer size) of the server's
     socket towards a client port, from `ss`; None once the socket is gone."""
     out = subprocess.run(
@@ -316,7 +316,15 @@ def post_job(client: httpx.Client, url: str, body: bytes) -> str:
     return response.json()["job_id"]
 
 
-def wait_status(client: httpx.Client, url: str, job_id: str, wanted: tuple[str, ...], timeout_s: float, interval_s: float = 0.1, latencies: Optional[list] = None) -> dict:
+def wait_status(
+    client: httpx.Client,
+    url: str,
+    job_id: str,
+    wanted: tuple[str, ...],
+    timeout_s: float,
+    interval_s: float = 0.1,
+    latencies: list | None = None,
+) -> dict:
     """Poll GET /jobs/{id} until its status is one of `wanted`; each call's latency goes to `latencies`."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -358,7 +366,9 @@ def spawn_subscribers(server: Server, job_id: str, n: int, slow_rcvbuf: int, pin
     """The subscribers' process and this side of its pipe."""
     context = multiprocessing.get_context("fork")
     parent, child = context.Pipe()
-    process = context.Process(target=subscriber_process, args=(child, server.port, job_id, n, slow_rcvbuf, pin), daemon=True)
+    process = context.Process(
+        target=subscriber_process, args=(child, server.port, job_id, n, slow_rcvbuf, pin), daemon=True
+    )
     process.start()
     return process, parent
 
@@ -382,7 +392,15 @@ def run_case(args: argparse.Namespace, body: bytes, blocker: bytes, n: int, slow
         sampler.start()
         client.post(f"{url}/jobs/{blocker_id}/cancel").raise_for_status()
         polls: list[float] = []
-        job = wait_status(client, url, job_id, ("succeeded", "failed", "cancelled"), args.max_seconds, interval_s=0.25, latencies=polls)
+        job = wait_status(
+            client,
+            url,
+            job_id,
+            ("succeeded", "failed", "cancelled"),
+            args.max_seconds,
+            interval_s=0.25,
+            latencies=polls,
+        )
         _, records, client_cpu = expect(conn, "done", 120)
         cpu_after, loop_after = cpu_seconds(pid), cpu_seconds(pid, pid)
         # The loop's CPU until the `complete` event was appended (training: progress fan-out) and
@@ -411,11 +429,17 @@ def result_figures(client: httpx.Client, server: Server, job_id: str) -> dict[st
         "artifact_b64_bytes": len(result["artifact"] or ""),
         "artifact_s": result["timings"]["artifact_s"],
         "load_1min": os.getloadavg()[0],
-        "server_log_lines": [line for line in server.log_tail(20000).splitlines() if "ERROR" in line or "WARNING" in line or "Error" in line],
+        "server_log_lines": [
+            line
+            for line in server.log_tail(20000).splitlines()
+            if "ERROR" in line or "WARNING" in line or "Error" in line
+        ],
     }
 
 
-def watch_slow_subscriber(args: argparse.Namespace, server: Server, slow_port: int, sampler: ServerSampler, conn) -> dict[str, Any]:
+def watch_slow_subscriber(
+    args: argparse.Namespace, server: Server, slow_port: int, sampler: ServerSampler, conn
+) -> dict[str, Any]:
     """After the job: the server's send queue towards the slow subscriber, until the server closes
     that connection or send_timeout + heartbeat + 10 s have passed; then what the slow one got."""
     send_timeout_s = args.send_timeout_s if args.send_timeout_s is not None else 30.0
@@ -474,28 +498,34 @@ def latency_figures(records: list[list]) -> dict[str, Any]:
 
 
 HEADER = (
-    f"{'N':>5} {'fit s':>6} {'x N=0':>6} {'srv cpu':>7} {'loop: train':>11} {'complete':>8} {'per sub: train':>14} {'complete':>8} {'client':>6}"
-    f" {'lat p50':>7} {'p99':>6} {'max':>6} {'spread p99':>10} {'max':>6} {'complete max':>12} {'spread':>7} {'rss before':>10} {'peak':>5} {'poll max':>8}"
+    f"{'N':>5} {'fit s':>6} {'x N=0':>6} {'srv cpu':>7} {'loop: train':>11} "
+    f"{'complete':>8} {'per sub: train':>14} {'complete':>8} {'client':>6}"
+    f" {'lat p50':>7} {'p99':>6} {'max':>6} {'spread p99':>10} {'max':>6} "
+    f"{'complete max':>12} {'spread':>7} {'rss before':>10} {'peak':>5} {'poll max':>8}"
     f" {'events':>7} {'ok':>3} {'load':>5}  worst progress latencies (iteration)"
 )
 
 
-def per_subscriber_ms(r: dict[str, Any], base: Optional[dict[str, Any]], key: str) -> float:
+def per_subscriber_ms(r: dict[str, Any], base: dict[str, Any] | None, key: str) -> float:
     """The event loop's CPU beyond the run without subscribers, per subscriber, in ms."""
     return (r[key] - base[key]) / r["n"] * 1000 if base and r["n"] else float("nan")
 
 
-def format_row(r: dict[str, Any], base: Optional[dict[str, Any]]) -> str:
+def format_row(r: dict[str, Any], base: dict[str, Any] | None) -> str:
     lat = r["latency"]
     ratio = r["fit_s"] / base["fit_s"] if base else float("nan")
     label = f"{r['n']}+1" if r["slow"] else str(r["n"])
     events = "{}-{}".format(*r["events_per_subscriber"]) if r["n"] else "-"
     ok = ("yes" if r["all_complete_same_log"] else "NO") if r["n"] else "-"
     return (
-        f"{label:>5} {r['fit_s']:6.2f} {ratio:6.3f} {r['server_cpu_s']:6.2f}s {r['loop_fit_s']:10.2f}s {r['loop_complete_s']:7.2f}s"
-        f" {per_subscriber_ms(r, base, 'loop_fit_s'):11.2f} ms {per_subscriber_ms(r, base, 'loop_complete_s'):5.2f} ms {r['client_cpu_s']:5.2f}s"
-        f" {lat['p50_ms']:5.2f}ms {lat['p99_ms']:4.1f}ms {lat['max_ms']:4.1f}ms {r['spread_p99_ms']:8.1f}ms {r['spread_max_ms']:4.1f}ms"
-        f" {r['complete_max_ms']:10.0f}ms {r['complete_spread_ms']:5.0f}ms {r['rss_before_mib']:6.0f} MiB {r['rss_peak_mib']:5.0f} {r['poll_max_ms']:6.0f}ms"
+        f"{label:>5} {r['fit_s']:6.2f} {ratio:6.3f} {r['server_cpu_s']:6.2f}s "
+        f"{r['loop_fit_s']:10.2f}s {r['loop_complete_s']:7.2f}s"
+        f" {per_subscriber_ms(r, base, 'loop_fit_s'):11.2f} ms "
+        f"{per_subscriber_ms(r, base, 'loop_complete_s'):5.2f} ms {r['client_cpu_s']:5.2f}s"
+        f" {lat['p50_ms']:5.2f}ms {lat['p99_ms']:4.1f}ms {lat['max_ms']:4.1f}ms "
+        f"{r['spread_p99_ms']:8.1f}ms {r['spread_max_ms']:4.1f}ms"
+        f" {r['complete_max_ms']:10.0f}ms {r['complete_spread_ms']:5.0f}ms "
+        f"{r['rss_before_mib']:6.0f} MiB {r['rss_peak_mib']:5.0f} {r['poll_max_ms']:6.0f}ms"
         f" {events:>7} {ok:>3} {r['load_1min']:5.2f}  "
         + ", ".join(f"{late * 1000:.1f} ms ({it})" for late, it in r["worst"])
     )
@@ -504,10 +534,14 @@ def format_row(r: dict[str, Any], base: Optional[dict[str, Any]]) -> str:
 def print_slow(r: dict[str, Any]) -> None:
     s = r["slow_report"]
     states = ", ".join(f"+{t:.1f}s {state} send-q {q} sndbuf {b}" for t, state, q, b in s["states"]) or "(not seen)"
-    print(f"  slow subscriber (SO_RCVBUF asked {r['slow_rcvbuf']}): server socket after the job: {states}; watched {s['watched_s']:.1f} s")
+    print(
+        f"  slow subscriber (SO_RCVBUF asked {r['slow_rcvbuf']}): server "
+        f"socket after the job: {states}; watched {s['watched_s']:.1f} s"
+    )
     print(
         f"  it had been sent {s['bytes']} bytes (status {s['status']}): events {summarize_kinds(s['events'])};"
-        f" the stream's last chunk: {'yes' if s['stream_ended_cleanly'] else 'no'}; EOF after the data: {'yes' if s['eof'] else 'no'};"
+        f" the stream's last chunk: {'yes' if s['stream_ended_cleanly'] else 'no'}; "
+        f"EOF after the data: {'yes' if s['eof'] else 'no'};"
         f" server RSS: peak {s['peak_rss_mib']:.0f} MiB, at the end of the watch {s['end_rss_mib']:.0f} MiB"
     )
 
@@ -521,17 +555,32 @@ def summarize_kinds(kinds: list[str]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--subscribers", default="0,1,10,50,200", help="comma-separated subscriber counts (default 0,1,10,50,200)")
+    parser.add_argument(
+        "--subscribers", default="0,1,10,50,200", help="comma-separated subscriber counts (default 0,1,10,50,200)"
+    )
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--cols", type=int, default=20)
-    parser.add_argument("--target-s", type=float, default=8.0, help="about how long the job trains, calibrated in process (default 8)")
+    parser.add_argument(
+        "--target-s", type=float, default=8.0, help="about how long the job trains, calibrated in process (default 8)"
+    )
     parser.add_argument("--rounds", type=int, default=0, help="boosting rounds; 0: from --target-s (default)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each N, interleaved (default 2)")
     parser.add_argument("--no-slow", action="store_true", help="skip the slow-subscriber case")
     parser.add_argument("--slow-with", type=int, default=50, help="normal subscribers beside the slow one (default 50)")
-    parser.add_argument("--slow-leaves", type=int, default=0, help="train the slow case's job with this num_leaves, for an artifact larger than the kernel's socket buffers (default 0: the same job as the other cases)")
+    parser.add_argument(
+        "--slow-leaves",
+        type=int,
+        default=0,
+        help="train the slow case's job with this num_leaves, for an artifact larger than "
+        "the kernel's socket buffers (default 0: the same job as the other cases)",
+    )
     parser.add_argument("--slow-rcvbuf", type=int, default=4096, help="SO_RCVBUF of the slow subscriber (default 4096)")
-    parser.add_argument("--send-timeout-s", type=float, default=None, help="set BOOSTREAM_SEND_TIMEOUT_S for the server (default: the server's, 30 s)")
+    parser.add_argument(
+        "--send-timeout-s",
+        type=float,
+        default=None,
+        help="set BOOSTREAM_SEND_TIMEOUT_S for the server (default: the server's, 30 s)",
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin the server to CPU 0 and the clients to CPU 1")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-seconds", type=float, default=420.0, help="hard limit for the whole run (default 420)")
@@ -548,19 +597,26 @@ def main() -> int:
         spr = lightgbm_seconds_per_round(X, y, 1)
         rounds = args.rounds or max(50, int(args.target_s / spr))
         body = train_body("lightgbm", X, y, {"n_estimators": rounds})
-        blocker_X, blocker_y = regression_data(20_000, 10, args.seed + 1)  # 100k rounds: minutes; cancelled within a round
+        # 100k rounds: minutes; cancelled within a round
+        blocker_X, blocker_y = regression_data(20_000, 10, args.seed + 1)
         blocker = train_body("lightgbm", blocker_X, blocker_y, {"n_estimators": 100_000})
         del X, y
         if not args.no_pin:
             os.sched_setaffinity(0, {CLIENT_CPU})
-        print(f"# job: {args.rows} x {args.cols}, {rounds} rounds ({spr * 1000:.2f} ms/round with 1 thread in process -> about {rounds * spr:.1f} s); body {len(body) / 1e6:.1f} MB")
-        print(f"# server: --cpu-jobs 1 --threads-per-job 1{', pinned to CPU 0; subscribers and this script on CPU 1' if not args.no_pin else ', not pinned'}"
-              f"; send timeout {args.send_timeout_s if args.send_timeout_s is not None else 'default (30 s)'}")
+        print(
+            f"# job: {args.rows} x {args.cols}, {rounds} rounds ({spr * 1000:.2f} ms/round with "
+            f"1 thread in process -> about {rounds * spr:.1f} s); body {len(body) / 1e6:.1f} MB"
+        )
+        print(
+            "# server: --cpu-jobs 1 --threads-per-job 1"
+            f"{', pinned to CPU 0; subscribers and this script on CPU 1' if not args.no_pin else ', not pinned'}"
+            f"; send timeout {args.send_timeout_s if args.send_timeout_s is not None else 'default (30 s)'}"
+        )
         print("\n" + HEADER)
         sys.stdout.flush()
         runs: list[dict[str, Any]] = []
-        base: Optional[dict[str, Any]] = None
-        for repeat in range(args.repeats):
+        base: dict[str, Any] | None = None
+        for _ in range(args.repeats):
             for n in counts:
                 r = run_case(args, body, blocker, n, slow=False)
                 base = r if n == 0 and base is None else base
@@ -572,7 +628,10 @@ def main() -> int:
                 X, y = regression_data(args.rows, args.cols, args.seed)
                 slow_body = train_body("lightgbm", X, y, {"n_estimators": rounds, "num_leaves": args.slow_leaves})
                 del X, y
-                print(f"# the slow case's job has num_leaves {args.slow_leaves}: its fit is not comparable with the others'")
+                print(
+                    f"# the slow case's job has num_leaves {args.slow_leaves}: "
+                    "its fit is not comparable with the others'"
+                )
             r = run_case(args, slow_body, blocker, args.slow_with, slow=True)
             r["slow_rcvbuf"] = args.slow_rcvbuf
             runs.append(r)
@@ -596,26 +655,46 @@ def print_summary(runs: list[dict[str, Any]], counts: list[int]) -> None:
     zero = [r for r in plain if r["n"] == 0]
     base = {key: med([r[key] for r in zero]) for key in ("fit_s", "loop_fit_s", "loop_complete_s")} if zero else None
     print("\n## medians per N")
-    print(f"{'N':>5} {'runs':>4} {'fit s':>6} {'x N=0':>6} {'srv cpu':>7} {'loop: train':>11} {'complete':>8} {'per sub: train':>14} {'complete':>8} {'lat p99':>7} {'max':>6} {'complete max':>12} {'rss peak':>8} {'poll max':>8}")
+    print(
+        f"{'N':>5} {'runs':>4} {'fit s':>6} {'x N=0':>6} {'srv cpu':>7} "
+        f"{'loop: train':>11} {'complete':>8} {'per sub: train':>14} {'complete':>8} "
+        f"{'lat p99':>7} {'max':>6} {'complete max':>12} {'rss peak':>8} {'poll max':>8}"
+    )
     groups = [[r for r in plain if r["n"] == n] for n in counts] + [[r for r in runs if r["slow"]]]
     for group in groups:
         if not group:
             continue
-        m = {key: med([r[key] for r in group]) for key in ("fit_s", "server_cpu_s", "loop_fit_s", "loop_complete_s", "complete_max_ms", "rss_peak_mib", "poll_max_ms")}
+        m = {
+            key: med([r[key] for r in group])
+            for key in (
+                "fit_s",
+                "server_cpu_s",
+                "loop_fit_s",
+                "loop_complete_s",
+                "complete_max_ms",
+                "rss_peak_mib",
+                "poll_max_ms",
+            )
+        }
         m["n"] = group[0]["n"]
         label = f"{m['n']}+1" if group[0]["slow"] else str(m["n"])
         ratio = m["fit_s"] / base["fit_s"] if base else float("nan")
         print(
-            f"{label:>5} {len(group):>4} {m['fit_s']:6.2f} {ratio:6.3f} {m['server_cpu_s']:6.2f}s {m['loop_fit_s']:10.2f}s {m['loop_complete_s']:7.2f}s"
-            f" {per_subscriber_ms(m, base, 'loop_fit_s'):11.2f} ms {per_subscriber_ms(m, base, 'loop_complete_s'):5.2f} ms"
-            f" {med([r['latency']['p99_ms'] for r in group]):5.1f}ms {med([r['latency']['max_ms'] for r in group]):4.1f}ms {m['complete_max_ms']:10.0f}ms"
+            f"{label:>5} {len(group):>4} {m['fit_s']:6.2f} {ratio:6.3f} "
+            f"{m['server_cpu_s']:6.2f}s {m['loop_fit_s']:10.2f}s {m['loop_complete_s']:7.2f}s"
+            f" {per_subscriber_ms(m, base, 'loop_fit_s'):11.2f} ms "
+            f"{per_subscriber_ms(m, base, 'loop_complete_s'):5.2f} ms"
+            f" {med([r['latency']['p99_ms'] for r in group]):5.1f}ms "
+            f"{med([r['latency']['max_ms'] for r in group]):4.1f}ms {m['complete_max_ms']:10.0f}ms"
             f" {m['rss_peak_mib']:4.0f} MiB {m['poll_max_ms']:6.0f}ms"
         )
     for label, group in (("the job", plain), ("the slow case's job", [r for r in runs if r["slow"]])):
         if group:
             print(
-                f"complete event of {label}: the artifact is {med([r['artifact_b64_bytes'] for r in group]) / 1024:.0f} KiB of base64, sent to each subscriber;"
-                f" artifact_s (the artifact saved, before the event) median {med([r['artifact_s'] for r in group]):.3f} s"
+                f"complete event of {label}: the artifact is "
+                f"{med([r['artifact_b64_bytes'] for r in group]) / 1024:.0f} KiB of base64, sent to each subscriber;"
+                " artifact_s (the artifact saved, before the event) "
+                f"median {med([r['artifact_s'] for r in group]):.3f} s"
             )
     sys.stdout.flush()
 

@@ -82,7 +82,9 @@ def main() -> int:
     size = args.mb * 1_000_000
     cases = {
         "file, 8 MiB writes": lambda: write_file(args.dir, size, 8 << 20),
-        f"file, {memory.WRITE_SLICE_BYTES >> 10} KiB writes": lambda: write_file(args.dir, size, memory.WRITE_SLICE_BYTES),
+        f"file, {memory.WRITE_SLICE_BYTES >> 10} KiB writes": lambda: write_file(
+            args.dir, size, memory.WRITE_SLICE_BYTES
+        ),
         "array, huge pages (numpy's default)": lambda: fill_array(size, True),
         "array, no huge pages (boostream serve)": lambda: fill_array(size, False),
     }

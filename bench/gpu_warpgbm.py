@@ -36,8 +36,8 @@ import numpy as np  # noqa: E402
 from _common import (  # noqa: E402
     Server,
     Watchdog,
-    format_summary,
     e2e_figures,
+    format_summary,
     free_memory,
     median,
     print_e2e,
@@ -94,7 +94,9 @@ class Bench:
         from boostream.trainers.base import validate_params
 
         self.torch, self.core, self.trainer_class = torch, core, trainer_class
-        self.params = validate_params(trainer_class.params, {"n_estimators": rounds, "max_depth": max_depth, "num_bins": num_bins})
+        self.params = validate_params(
+            trainer_class.params, {"n_estimators": rounds, "max_depth": max_depth, "num_bins": num_bins}
+        )
         self.request_params = {"n_estimators": rounds, "max_depth": max_depth, "num_bins": num_bins}
 
     def _warpgbm(self, rounds: int):
@@ -141,7 +143,9 @@ class Budget:
         return self.seconds - (time.perf_counter() - self.started)
 
 
-def part_in_process(bench: Bench, X: np.ndarray, y: np.ndarray, repeats: int, budget: Budget, until_left: float) -> dict:
+def part_in_process(
+    bench: Bench, X: np.ndarray, y: np.ndarray, repeats: int, budget: Budget, until_left: float
+) -> dict:
     """Up to `repeats` interleaved repeats, fewer if one more would leave less than `until_left`
     seconds of the budget."""
     print(f"\n## 1. in process: plain WarpGBM.fit vs WarpGBMTrainer.fit (up to {repeats} interleaved repeats)")
@@ -164,7 +168,10 @@ def part_in_process(bench: Bench, X: np.ndarray, y: np.ndarray, repeats: int, bu
         seconds, reporter = bench.trainer(X, y)
         ours.append(seconds)
         last_repeat_s = time.perf_counter() - repeat_started
-        print(f"  repeat {i + 1}: plain {plain[-1]:.3f} s | plain on Fortran float32 {plain_f32[-1]:.3f} s | trainer {ours[-1]:.3f} s")
+        print(
+            f"  repeat {i + 1}: plain {plain[-1]:.3f} s | plain on Fortran "
+            f"float32 {plain_f32[-1]:.3f} s | trainer {ours[-1]:.3f} s"
+        )
         sys.stdout.flush()
     del XF
     stamps = [t for _, t in reporter.rounds]
@@ -172,10 +179,20 @@ def part_in_process(bench: Bench, X: np.ndarray, y: np.ndarray, repeats: int, bu
     m_plain, m_f32, m_ours = median(plain), median(plain_f32), median(ours)
     overhead = 100.0 * (m_ours / m_plain - 1.0)
     overhead_f32 = 100.0 * (m_ours / m_f32 - 1.0)
-    print(f"  medians: plain {m_plain:.3f} s, plain on float32 {m_f32:.3f} s, trainer {m_ours:.3f} s ({per_round * 1000:.2f} ms/round in the trainer)")
+    print(
+        f"  medians: plain {m_plain:.3f} s, plain on float32 {m_f32:.3f} s, "
+        f"trainer {m_ours:.3f} s ({per_round * 1000:.2f} ms/round in the trainer)"
+    )
     print(f"  trainer overhead vs plain fit(X): {overhead:+.2f}%  -> {verdict(overhead, OVERHEAD_TARGET_PCT, '%')}")
     print(f"  trainer overhead vs plain fit(float32 Fortran X): {overhead_f32:+.2f}%")
-    return {"plain": m_plain, "plain_f32": m_f32, "trainer": m_ours, "overhead_pct": overhead, "overhead_f32_pct": overhead_f32, "per_round_s": per_round}
+    return {
+        "plain": m_plain,
+        "plain_f32": m_f32,
+        "trainer": m_ours,
+        "overhead_pct": overhead,
+        "overhead_f32_pct": overhead_f32,
+        "per_round_s": per_round,
+    }
 
 
 def e2e_once(client, server: Server, body: bytes) -> dict:
@@ -183,10 +200,15 @@ def e2e_once(client, server: Server, body: bytes) -> dict:
     return e2e_figures(run) | {"latencies": progress_latencies(run)}
 
 
-def part_e2e(bench: Bench, server: Server, X: np.ndarray, y: np.ndarray, repeats: int, budget: Budget, until_left: float) -> dict:
+def part_e2e(
+    bench: Bench, server: Server, X: np.ndarray, y: np.ndarray, repeats: int, budget: Budget, until_left: float
+) -> dict:
     import httpx
 
-    print(f"\n## 2. end to end: POST /train/stream vs plain in-process fit (up to {repeats} interleaved repeats after a cold request)")
+    print(
+        "\n## 2. end to end: POST /train/stream vs plain in-process "
+        f"fit (up to {repeats} interleaved repeats after a cold request)"
+    )
     started = time.perf_counter()
     body = train_body("warpgbm", X, y, bench.request_params)
     print(f"  body: {len(body) / 1e6:.1f} MB of JSON, serialized in {time.perf_counter() - started:.2f} s (not timed)")
@@ -212,13 +234,22 @@ def part_e2e(bench: Bench, server: Server, X: np.ndarray, y: np.ndarray, repeats
             pair_s = time.perf_counter() - pair_started
     del body
     free_memory()
-    med = {key: median([r[key] for r in runs]) for key in ("e2e_s", "decode_s", "fit_s", "artifact_s", "outside_s", "outside_pct")}
+    med = {
+        key: median([r[key] for r in runs])
+        for key in ("e2e_s", "decode_s", "fit_s", "artifact_s", "outside_s", "outside_pct")
+    }
     med["inproc_s"] = median(inproc)
     med["ratio"] = med["e2e_s"] / med["inproc_s"]
     med["cold_e2e_s"] = cold["e2e_s"]
-    print(f"  medians: in-process {med['inproc_s']:.3f} s | e2e {med['e2e_s']:.3f} s | decode {med['decode_s']:.3f} s | fit {med['fit_s']:.3f} s | artifact {med['artifact_s']:.4f} s")
+    print(
+        f"  medians: in-process {med['inproc_s']:.3f} s | e2e {med['e2e_s']:.3f} s | decode "
+        f"{med['decode_s']:.3f} s | fit {med['fit_s']:.3f} s | artifact {med['artifact_s']:.4f} s"
+    )
     print(f"  ratio e2e / in-process = {med['ratio']:.3f}  -> {verdict(med['ratio'], RATIO_TARGET)}")
-    print(f"  outside fit apart from decode = {med['outside_pct']:.1f}% of fit  -> {verdict(med['outside_pct'], OUTSIDE_TARGET_PCT, '%')}")
+    print(
+        f"  outside fit apart from decode = {med['outside_pct']:.1f}% of "
+        f"fit  -> {verdict(med['outside_pct'], OUTSIDE_TARGET_PCT, '%')}"
+    )
     med["latencies"] = latencies
     return med
 
@@ -234,14 +265,19 @@ def part_latency(bench: Bench, server: Server, latency_s: float, streams: int, s
     stamps = [t for _, t in reporter.rounds]
     per_round = (stamps[-1] - stamps[5]) / (len(stamps) - 6)
     rounds = max(50, int(latency_s / per_round))
-    print(f"\n## 3. progress latency: {size_label(rows, cols)}, {per_round * 1000:.2f} ms/round in process -> {rounds} rounds (~{latency_s:.0f} s) for one stream")
+    print(
+        f"\n## 3. progress latency: {size_label(rows, cols)}, {per_round * 1000:.2f} "
+        f"ms/round in process -> {rounds} rounds (~{latency_s:.0f} s) for one stream"
+    )
     body = train_body("warpgbm", X, y, dict(bench.request_params, n_estimators=rounds))
     with httpx.Client() as client:
         single = progress_latencies(stream_train(client, server.url, body))
     print(f"  one stream:    {format_summary(summary(single))}")
 
     short = max(50, rounds // streams)
-    bodies = [train_body("warpgbm", X, y, dict(bench.request_params, n_estimators=short, seed=i)) for i in range(streams)]
+    bodies = [
+        train_body("warpgbm", X, y, dict(bench.request_params, n_estimators=short, seed=i)) for i in range(streams)
+    ]
     results: list = [None] * streams
     errors: list[BaseException] = []
 
@@ -284,10 +320,17 @@ def main() -> int:
     parser.add_argument("--num-bins", type=int, default=63)
     parser.add_argument("--repeats", type=int, default=None, help="in-process repeats (default 3; 2 with --quick)")
     parser.add_argument("--e2e-repeats", type=int, default=2, help="e2e repeats after the cold request (default 2)")
-    parser.add_argument("--latency-s", type=float, default=None, help="length of the latency job (default 10; 4 with --quick)")
+    parser.add_argument(
+        "--latency-s", type=float, default=None, help="length of the latency job (default 10; 4 with --quick)"
+    )
     parser.add_argument("--streams", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-seconds", type=float, default=None, help="hard limit (default 285; 180 with --quick); repeats are cut to end about 30 s before it")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="hard limit (default 285; 180 with --quick); repeats are cut to end about 30 s before it",
+    )
     args = parser.parse_args()
     rows = args.rows or (200_000 if args.quick else 1_000_000)
     rounds = args.rounds or (100 if args.quick else 200)
@@ -296,7 +339,10 @@ def main() -> int:
     max_seconds = args.max_seconds or (180.0 if args.quick else 285.0)
 
     torch, core, trainer_class, device = check_gpu()  # fails fast without a GPU
-    print_header(f"gpu_warpgbm: WarpGBM {size_label(rows, args.cols)}, {rounds} rounds, max_depth {args.max_depth}, num_bins {args.num_bins}")
+    print_header(
+        f"gpu_warpgbm: WarpGBM {size_label(rows, args.cols)}, {rounds} "
+        f"rounds, max_depth {args.max_depth}, num_bins {args.num_bins}"
+    )
     print(f"# GPU: {device}; torch {torch.__version__}; warpgbm {_version('warpgbm')}")
     sys.stdout.flush()
     bench = Bench(torch, core, trainer_class, rounds, args.max_depth, args.num_bins)
@@ -332,13 +378,30 @@ def main() -> int:
 
     e2e_lat = summary(e2e["latencies"])
     print("\n## summary")
-    print(f"progress cost in process: trainer {inproc['trainer']:.3f} s vs plain {inproc['plain']:.3f} s = {inproc['overhead_pct']:+.2f}%  -> {verdict(inproc['overhead_pct'], OVERHEAD_TARGET_PCT, '%')}"
-          f"  (vs plain on float32 input: {inproc['overhead_f32_pct']:+.2f}%)")
-    print(f"e2e: {e2e['e2e_s']:.3f} s vs in-process {e2e['inproc_s']:.3f} s, ratio {e2e['ratio']:.3f}  -> {verdict(e2e['ratio'], RATIO_TARGET)}; cold e2e {e2e['cold_e2e_s']:.3f} s")
-    print(f"e2e timings: decode {e2e['decode_s']:.3f} s, fit {e2e['fit_s']:.3f} s, artifact {e2e['artifact_s']:.4f} s; outside fit apart from decode {e2e['outside_pct']:.1f}%  -> {verdict(e2e['outside_pct'], OUTSIDE_TARGET_PCT, '%')}")
-    for name, values in (("e2e requests", e2e["latencies"]), ("one stream", latency["single"]), (f"{args.streams} streams", latency["several"])):
+    print(
+        f"progress cost in process: trainer {inproc['trainer']:.3f} s vs plain {inproc['plain']:.3f} s = "
+        f"{inproc['overhead_pct']:+.2f}%  -> {verdict(inproc['overhead_pct'], OVERHEAD_TARGET_PCT, '%')}"
+        f"  (vs plain on float32 input: {inproc['overhead_f32_pct']:+.2f}%)"
+    )
+    print(
+        f"e2e: {e2e['e2e_s']:.3f} s vs in-process {e2e['inproc_s']:.3f} s, ratio {e2e['ratio']:.3f}  "
+        f"-> {verdict(e2e['ratio'], RATIO_TARGET)}; cold e2e {e2e['cold_e2e_s']:.3f} s"
+    )
+    print(
+        f"e2e timings: decode {e2e['decode_s']:.3f} s, fit {e2e['fit_s']:.3f} s, "
+        f"artifact {e2e['artifact_s']:.4f} s; outside fit apart from decode "
+        f"{e2e['outside_pct']:.1f}%  -> {verdict(e2e['outside_pct'], OUTSIDE_TARGET_PCT, '%')}"
+    )
+    for name, values in (
+        ("e2e requests", e2e["latencies"]),
+        ("one stream", latency["single"]),
+        (f"{args.streams} streams", latency["several"]),
+    ):
         figures = summary(values) if values is not e2e["latencies"] else e2e_lat
-        print(f"progress latency, {name:<13} {format_summary(figures)}  -> p99 {verdict(figures['p99_ms'], P99_TARGET_MS, ' ms')}")
+        print(
+            f"progress latency, {name:<13} {format_summary(figures)}  "
+            f"-> p99 {verdict(figures['p99_ms'], P99_TARGET_MS, ' ms')}"
+        )
     return 0
 
 

@@ -27,12 +27,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import itertools
 import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -109,7 +110,9 @@ class HealthClient:
                 writer.write(self._request)
                 head = await reader.readuntil(b"\r\n\r\n")
                 status = int(head.split(b" ", 2)[1])
-                length = next(int(line[15:]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+                length = next(
+                    int(line[15:]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+                )
                 body = await reader.readexactly(length)
             except BaseException:
                 writer.close()
@@ -201,13 +204,16 @@ def silences(samples: list[HealthSample], origin: float, count: int = 3) -> str:
     """The longest times in which no answer came while requests were due (a request is due
     every interval, so any gap between two answers is one): the server's stalls as a client sees them."""
     answers = sorted(s.answered for s in samples if not s.error)
-    gaps = sorted(((b - a, a) for a, b in zip(answers, answers[1:])), reverse=True)[:count]
+    gaps = sorted(((b - a, a) for a, b in itertools.pairwise(answers)), reverse=True)[:count]
     return "; ".join(f"{gap * 1000:.0f} ms from +{start - origin:.2f} s" for gap, start in gaps)
 
 
 def verdict_line(name: str, samples: list[HealthSample]) -> str:
     f = summary([s.latency for s in samples])
-    return f"{name}: p50 {f['p50_ms']:.2f} ms, p99 {f['p99_ms']:.2f} ms, max {f['max_ms']:.2f} ms -> p99 {verdict(f['p99_ms'], P99_TARGET_MS, ' ms')}"
+    return (
+        f"{name}: p50 {f['p50_ms']:.2f} ms, p99 {f['p99_ms']:.2f} ms, max {f['max_ms']:.2f} ms "
+        f"-> p99 {verdict(f['p99_ms'], P99_TARGET_MS, ' ms')}"
+    )
 
 
 def ingest_phase(server: Server, size: str, interval: float, connections: int, seed: int, limit_s: float):
@@ -218,14 +224,14 @@ def ingest_phase(server: Server, size: str, interval: float, connections: int, s
     del X, y
     result: dict = {}
 
-    def post() -> None:
+    def post(body: bytes) -> None:
         try:
             with httpx.Client() as ingest_client:
                 result["run"] = stream_train(ingest_client, server.url, body, timeout_s=limit_s)
         except BaseException as error:
             result["error"] = error
 
-    worker = threading.Thread(target=post, daemon=True)
+    worker = threading.Thread(target=post, args=(body,), daemon=True)
     started_at = time.perf_counter()
     worker.start()
     samples = poll_health(server, interval, lambda: not worker.is_alive(), connections)
@@ -242,12 +248,22 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--cols", type=int, default=20)
     parser.add_argument("--target-s", type=float, default=15.0, help="about how long each job trains (default 15)")
-    parser.add_argument("--interval-ms", type=float, default=20.0, help="one GET /health every this many ms (default 20)")
     parser.add_argument(
-        "--connections", type=int, default=8, help="connections the poller may open, so that a slow answer does not hold the next request (default 8)"
+        "--interval-ms", type=float, default=20.0, help="one GET /health every this many ms (default 20)"
+    )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=8,
+        help="connections the poller may open, so that a slow answer does not hold the next request (default 8)",
     )
     parser.add_argument("--idle-s", type=float, default=3.0, help="idle baseline before the jobs (default 3)")
-    parser.add_argument("--ingest-size", default="", help="after the two jobs, also post one body of this size (e.g. 1Mx50, one round) and poll /health while it is uploaded and decoded; off by default")
+    parser.add_argument(
+        "--ingest-size",
+        default="",
+        help="after the two jobs, also post one body of this size (e.g. 1Mx50, one "
+        "round) and poll /health while it is uploaded and decoded; off by default",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-seconds", type=float, default=240.0, help="hard limit for the whole run (default 240)")
     args = parser.parse_args()
@@ -256,12 +272,18 @@ def main() -> int:
     interval = args.interval_ms / 1000.0
 
     print_header("health_under_load: GET /health latency while 2 jobs train (--cpu-jobs 2)")
-    print(f"# poller: GET /health every {args.interval_ms:g} ms on a fixed schedule, up to {args.connections} connections; latency from each due time")
+    print(
+        f"# poller: GET /health every {args.interval_ms:g} ms on a fixed schedule, "
+        f"up to {args.connections} connections; latency from each due time"
+    )
     with Watchdog(args.max_seconds):
         X, y = regression_data(args.rows, args.cols, args.seed)
         spr = lightgbm_seconds_per_round(X, y, threads)
         rounds = max(50, int(args.target_s / spr))
-        print(f"# calibration ({args.rows} x {args.cols}): {spr * 1000:.2f} ms/round with {threads} thread(s) -> {rounds} rounds per job")
+        print(
+            f"# calibration ({args.rows} x {args.cols}): {spr * 1000:.2f} "
+            f"ms/round with {threads} thread(s) -> {rounds} rounds per job"
+        )
         bodies = [train_body("lightgbm", X, y, {"n_estimators": rounds, "seed": i}) for i in range(2)]
         del X, y
 
@@ -308,7 +330,10 @@ def main() -> int:
             "before training (upload, decode)": [s for s in load if s.running == 0 and s.due < first_started],
             "both jobs training": [s for s in load if s.running == 2],
         }
-        print(f"\n## load: 2 jobs x {rounds} rounds; fit_s {fits[0]:.1f}, {fits[1]:.1f}; decode_s {decodes[0]:.3f}, {decodes[1]:.3f}; {load_s:.1f} s from posting to both complete")
+        print(
+            f"\n## load: 2 jobs x {rounds} rounds; fit_s {fits[0]:.1f}, {fits[1]:.1f}; decode_s "
+            f"{decodes[0]:.3f}, {decodes[1]:.3f}; {load_s:.1f} s from posting to both complete"
+        )
         print("latency from the time each request was due:")
         for name, samples in phases.items():
             print(f"{name:<34} {describe(samples)}")
@@ -318,7 +343,10 @@ def main() -> int:
         if ingest is not None:
             samples, run, label, started_at = ingest
             timings = run.complete["timings"]
-            print(f"\n## ingest: one {label} body (1 round), no other job; headers after {run.headers - run.sent:.2f} s, decode_s {timings['decode_s']:.3f}, fit_s {timings['fit_s']:.3f}")
+            print(
+                f"\n## ingest: one {label} body (1 round), no other job; headers after "
+                f"{run.headers - run.sent:.2f} s, decode_s {timings['decode_s']:.3f}, fit_s {timings['fit_s']:.3f}"
+            )
             print(f"{'while it is ingested and trained':<34} {describe(samples)}")
             print(f"{'the same, service time':<34} {service_line(samples)}")
             print("worst: " + worst(samples, started_at))

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -91,7 +91,17 @@ def table_fields(rounds: int) -> dict[str, str]:
 
 
 def decode_in_subprocess(kind: str, path: Path, rounds: int, threads: int) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--decode-child", kind, str(path), "--rounds", str(rounds), "--threads", str(threads)]
+    command = [
+        sys.executable,
+        __file__,
+        "--decode-child",
+        kind,
+        str(path),
+        "--rounds",
+        str(rounds),
+        "--threads",
+        str(threads),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"decoding {kind} failed:\n{done.stderr[-3000:]}")
@@ -156,7 +166,10 @@ def proc_status_mib(key: str) -> float:
 
 def bench_decoding(paths: dict[str, Path], args: argparse.Namespace, x_mib: float) -> dict[str, dict[str, float]]:
     print(f"\n## (a) decode only, in process; each format in {args.repeats} fresh subprocess(es), two decodes each")
-    print(f"{'format':<8} {'source MB':>9} {'run':>3} {'cold s':>7} {'cpu s':>6} {'warm s':>7} {'cpu s':>6} {'cold MB/s':>9} {'warm MB/s':>9} {'peak +MiB':>9}")
+    print(
+        f"{'format':<8} {'source MB':>9} {'run':>3} {'cold s':>7} {'cpu s':>6} "
+        f"{'warm s':>7} {'cpu s':>6} {'cold MB/s':>9} {'warm MB/s':>9} {'peak +MiB':>9}"
+    )
     results: dict[str, dict[str, float]] = {}
     checksums, orders = {}, {}
     for kind in FORMATS:
@@ -167,14 +180,20 @@ def bench_decoding(paths: dict[str, Path], args: argparse.Namespace, x_mib: floa
             runs.append(r)
             checksums[kind], orders[kind] = r["checksum"], r["order"]
             print(
-                f"{kind:<8} {size_mb:9.1f} {repeat + 1:>3} {r['cold_s']:7.3f} {r['cold_cpu_s']:6.2f} {r['warm_s']:7.3f} {r['warm_cpu_s']:6.2f}"
+                f"{kind:<8} {size_mb:9.1f} {repeat + 1:>3} {r['cold_s']:7.3f} "
+                f"{r['cold_cpu_s']:6.2f} {r['warm_s']:7.3f} {r['warm_cpu_s']:6.2f}"
                 f" {size_mb / r['cold_s']:9.1f} {size_mb / r['warm_s']:9.1f} {r['peak_mib']:9.0f}"
             )
             sys.stdout.flush()
-        results[kind] = {key: median([r[key] for r in runs]) for key in ("cold_s", "warm_s", "cold_cpu_s", "warm_cpu_s", "peak_mib")}
+        results[kind] = {
+            key: median([r[key] for r in runs]) for key in ("cold_s", "warm_s", "cold_cpu_s", "warm_cpu_s", "peak_mib")
+        }
         results[kind]["size_mb"] = size_mb
     same = len({json.dumps(c) for c in checksums.values()}) == 1
-    print(f"  X is {x_mib:.0f} MiB; all three decoded the same X and y (sha256 of X's values in C order and of y, shape): {same} {checksums['parquet']}; X's order: {orders}")
+    print(
+        f"  X is {x_mib:.0f} MiB; all three decoded the same X and y (sha256 of X's values "
+        f"in C order and of y, shape): {same} {checksums['parquet']}; X's order: {orders}"
+    )
     return results
 
 
@@ -187,7 +206,13 @@ def upload_seconds(client: httpx.Client, server: Server, body: bytes) -> float:
     answers 400 as soon as it has read the file's footer."""
     headers = {"content-type": CONTENT_TYPES["parquet"], "content-length": str(len(body))}
     sent = time.perf_counter()
-    response = client.post(server.url + "/train/stream", params={"target": "no such column"}, content=body_chunks(body), headers=headers, timeout=300.0)
+    response = client.post(
+        server.url + "/train/stream",
+        params={"target": "no such column"},
+        content=body_chunks(body),
+        headers=headers,
+        timeout=300.0,
+    )
     elapsed = time.perf_counter() - sent
     if response.status_code != 400:
         raise TrainError(f"expected a 400, got {response.status_code}: {response.text[:500]}")
@@ -198,14 +223,18 @@ def e2e(client: httpx.Client, server: Server, body: bytes, kind: str, rounds: in
     if kind == "json":
         run = stream_train(client, server.url, body, timeout_s=900.0)
     else:
-        run = stream_train(client, server.url, body, timeout_s=900.0, content_type=CONTENT_TYPES[kind], params=table_fields(rounds))
+        run = stream_train(
+            client, server.url, body, timeout_s=900.0, content_type=CONTENT_TYPES[kind], params=table_fields(rounds)
+        )
     return e2e_figures(run) | {"train_l2": run.complete["metrics"].get("train_l2")}
 
 
 def bench_end_to_end(paths: dict[str, Path], X: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
     from e2e_overhead import in_process_fit
 
-    print(f"\n## (b) end to end: POST /train/stream vs in-process LightGBM, {args.rounds} rounds, {args.threads} threads")
+    print(
+        f"\n## (b) end to end: POST /train/stream vs in-process LightGBM, {args.rounds} rounds, {args.threads} threads"
+    )
     results: dict[str, Any] = {}
     with Server(cpu_jobs=1, threads_per_job=args.threads) as server, httpx.Client() as client:
         print(f"# server: {' '.join(server.command[1:])}")
@@ -223,9 +252,15 @@ def bench_end_to_end(paths: dict[str, Path], X: np.ndarray, y: np.ndarray, args:
             runs.append(e2e(client, server, parquet, "parquet", args.rounds))
             print_e2e(f"pq {i + 1}", runs[-1])
         results["upload_s"] = median([upload_seconds(client, server, parquet) for _ in range(max(2, args.repeats))])
-        print(f"  sending and spooling the Parquet body alone (answered 400 after its footer): {results['upload_s']:.3f} s (median)")
+        print(
+            "  sending and spooling the Parquet body alone (answered "
+            f"400 after its footer): {results['upload_s']:.3f} s (median)"
+        )
         del parquet
-        results["parquet"] = {key: median([r[key] for r in runs]) for key in ("e2e_s", "headers_s", "decode_s", "fit_s", "artifact_s", "outside_s")}
+        results["parquet"] = {
+            key: median([r[key] for r in runs])
+            for key in ("e2e_s", "headers_s", "decode_s", "fit_s", "artifact_s", "outside_s")
+        }
         results["beyond_fit_s"] = [r["e2e_s"] - r["fit_s"] for r in runs]
         results["parquet_cold"] = cold
         results["inproc_s"] = median(inproc_s)
@@ -250,8 +285,15 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--cols", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=200, help="boosting rounds end to end (default 200)")
-    parser.add_argument("--repeats", type=int, default=2, help="decode subprocesses per format, and in-process / e2e pairs (default 2)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="LightGBM threads, server and in process (default: all cores)")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="decode subprocesses per format, and in-process / e2e pairs (default 2)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="LightGBM threads, server and in process (default: all cores)",
+    )
     parser.add_argument("--no-json-e2e", dest="json_e2e", action="store_false", help="skip the JSON request end to end")
     parser.add_argument("--no-decode", dest="decode", action="store_false", help="skip part (a)")
     parser.add_argument("--no-e2e", dest="e2e", action="store_false", help="skip part (b)")
@@ -276,12 +318,15 @@ def main() -> int:
     return 0
 
 
-def summarize(decoded: Optional[dict[str, dict[str, float]]], ended: Optional[dict[str, Any]]) -> None:
+def summarize(decoded: dict[str, dict[str, float]] | None, ended: dict[str, Any] | None) -> None:
     print("\n## summary (medians)")
     if decoded is not None:
         print(f"{'format':<8} {'MB':>7} {'cold s':>7} {'warm s':>7} {'warm MB/s':>9} {'peak +MiB':>9}")
         for kind, r in decoded.items():
-            print(f"{kind:<8} {r['size_mb']:7.1f} {r['cold_s']:7.3f} {r['warm_s']:7.3f} {r['size_mb'] / r['warm_s']:9.1f} {r['peak_mib']:9.0f}")
+            print(
+                f"{kind:<8} {r['size_mb']:7.1f} {r['cold_s']:7.3f} {r['warm_s']:7.3f} "
+                f"{r['size_mb'] / r['warm_s']:9.1f} {r['peak_mib']:9.0f}"
+            )
         for run in ("warm", "cold"):
             speedup = decoded["json"][f"{run}_s"] / decoded["parquet"][f"{run}_s"]
             met = "MET" if speedup >= PARQUET_SPEEDUP_TARGET else "MISSED"
@@ -291,13 +336,17 @@ def summarize(decoded: Optional[dict[str, dict[str, float]]], ended: Optional[di
     inproc, parquet = ended["inproc_s"], ended["parquet"]
     ratio = parquet["e2e_s"] / inproc
     print(
-        f"end to end, Parquet: {parquet['e2e_s']:.3f} s / in-process {inproc:.3f} s = {ratio:.3f} -> {verdict(ratio, E2E_RATIO_TARGET)}"
-        f"  (headers {parquet['headers_s']:.3f} s, of which decode {parquet['decode_s']:.3f} s; fit {parquet['fit_s']:.3f} s;"
+        f"end to end, Parquet: {parquet['e2e_s']:.3f} s / in-process "
+        f"{inproc:.3f} s = {ratio:.3f} -> {verdict(ratio, E2E_RATIO_TARGET)}"
+        f"  (headers {parquet['headers_s']:.3f} s, of which decode "
+        f"{parquet['decode_s']:.3f} s; fit {parquet['fit_s']:.3f} s;"
         f" outside fit apart from decode {parquet['outside_s']:.3f} s)"
     )
     print(
-        f"  where the Parquet request's time goes beyond the in-process fit: sending + spooling {ended['upload_s']:.3f} s, decode {parquet['decode_s']:.3f} s,"
-        f" fit {parquet['fit_s'] - inproc:+.3f} s against in-process (fit_s / in-process = {parquet['fit_s'] / inproc:.3f}), artifact {parquet['artifact_s']:.3f} s"
+        "  where the Parquet request's time goes beyond the in-process fit: sending "
+        f"+ spooling {ended['upload_s']:.3f} s, decode {parquet['decode_s']:.3f} s,"
+        f" fit {parquet['fit_s'] - inproc:+.3f} s against in-process (fit_s / in-process "
+        f"= {parquet['fit_s'] / inproc:.3f}), artifact {parquet['artifact_s']:.3f} s"
     )
     # The fit in the server is the same LightGBM call as in process, and its run-to-run noise here
     # (about +-10%) is larger than the target's margin: the cost of going through the API is what
@@ -305,14 +354,22 @@ def summarize(decoded: Optional[dict[str, dict[str, float]]], ended: Optional[di
     beyond = ended["beyond_fit_s"]
     estimate = (inproc + median(beyond)) / inproc
     print(
-        f"  the API's cost beyond the fit itself (e2e - fit_s): median {median(beyond):.3f} s (runs {min(beyond):.3f}-{max(beyond):.3f} s)"
-        f" = {100 * median(beyond) / inproc:.1f}% of the in-process fit -> e2e / in-process with the fit's noise taken out: {estimate:.3f} -> {verdict(estimate, E2E_RATIO_TARGET)}"
+        "  the API's cost beyond the fit itself (e2e - fit_s): median "
+        f"{median(beyond):.3f} s (runs {min(beyond):.3f}-{max(beyond):.3f} s)"
+        f" = {100 * median(beyond) / inproc:.1f}% of the in-process fit -> e2e / in-process "
+        f"with the fit's noise taken out: {estimate:.3f} -> {verdict(estimate, E2E_RATIO_TARGET)}"
     )
     cold = ended["parquet_cold"]
-    print(f"end to end, Parquet, cold: {cold['e2e_s']:.3f} s = {cold['e2e_s'] / inproc:.3f} x in-process (decode {cold['decode_s']:.3f} s)")
+    print(
+        f"end to end, Parquet, cold: {cold['e2e_s']:.3f} s = "
+        f"{cold['e2e_s'] / inproc:.3f} x in-process (decode {cold['decode_s']:.3f} s)"
+    )
     if "json" in ended:
         j = ended["json"]
-        print(f"end to end, JSON (one request, for contrast): {j['e2e_s']:.3f} s = {j['e2e_s'] / inproc:.3f} x in-process (headers {j['headers_s']:.3f} s, decode {j['decode_s']:.3f} s)")
+        print(
+            f"end to end, JSON (one request, for contrast): {j['e2e_s']:.3f} s = {j['e2e_s'] / inproc:.3f} "
+            f"x in-process (headers {j['headers_s']:.3f} s, decode {j['decode_s']:.3f} s)"
+        )
 
 
 if __name__ == "__main__":

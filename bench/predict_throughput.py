@@ -23,11 +23,13 @@ splits the rows into blocks walked on a thread pool (numpy releases the GIL insi
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -133,15 +135,26 @@ def compare(booster: Any, forest: Any, X: np.ndarray, threads: int, repeats: int
             seconds, _ = timed(predict)
             times[name].append(seconds)
             free_memory()
-        print(f"  threads {threads} repeat {repeat + 1}: LightGBM {times['lightgbm'][-1]:.3f} s | Forest {times['forest'][-1]:.3f} s")
+        print(
+            f"  threads {threads} repeat {repeat + 1}: LightGBM "
+            f"{times['lightgbm'][-1]:.3f} s | Forest {times['forest'][-1]:.3f} s"
+        )
         sys.stdout.flush()
     differing = int(np.count_nonzero(~np.isclose(got, expected, rtol=1e-9, atol=1e-9)))
-    return {"lightgbm_s": median(times["lightgbm"]), "forest_s": median(times["forest"]), "differing_rows": differing, "max_abs_diff": float(np.abs(got - expected).max())}
+    return {
+        "lightgbm_s": median(times["lightgbm"]),
+        "forest_s": median(times["forest"]),
+        "differing_rows": differing,
+        "max_abs_diff": float(np.abs(got - expected).max()),
+    }
 
 
 def report(results: dict[int, dict[str, float]], rows: int) -> None:
     print(f"\n## medians, {rows} rows")
-    print(f"{'threads':>7}  {'LightGBM s':>10}  {'rows/s':>10}  {'Forest s':>9}  {'rows/s':>10}  {'Forest / LightGBM rows/s':>24}")
+    print(
+        f"{'threads':>7}  {'LightGBM s':>10}  {'rows/s':>10}  "
+        f"{'Forest s':>9}  {'rows/s':>10}  {'Forest / LightGBM rows/s':>24}"
+    )
     for threads, figures in results.items():
         ratio = figures["lightgbm_s"] / figures["forest_s"]
         print(
@@ -153,7 +166,8 @@ def report(results: dict[int, dict[str, float]], rows: int) -> None:
         verdict = "MET" if ratio >= TARGET_RATIO else "MISSED"
         print(
             f"{threads} thread(s): Forest / LightGBM = {ratio:.2f} -> {verdict} (target >= {TARGET_RATIO}); "
-            f"predictions differing by more than 1e-9: {figures['differing_rows']} of {rows} rows (max {figures['max_abs_diff']:.3g})"
+            f"predictions differing by more than 1e-9: {figures['differing_rows']} "
+            f"of {rows} rows (max {figures['max_abs_diff']:.3g})"
         )
 
 
@@ -165,9 +179,17 @@ def main() -> int:
     parser.add_argument("--features", type=int, default=50, help="features (default 50)")
     parser.add_argument("--trees", type=int, default=100, help="boosting rounds (default 100)")
     parser.add_argument("--depth", type=int, default=6, help="max_depth; num_leaves is 2^depth (default 6)")
-    parser.add_argument("--bins", type=int, default=63, help="LightGBM max_bin, and the Forest's bins per feature (default 63)")
-    parser.add_argument("--threads", default=",".join(map(str, sorted({1, cores}))), help=f"comma-separated thread counts, the same for both (default 1,{cores}: 1 and all cores)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls of each predictor per thread count (default 5)")
+    parser.add_argument(
+        "--bins", type=int, default=63, help="LightGBM max_bin, and the Forest's bins per feature (default 63)"
+    )
+    parser.add_argument(
+        "--threads",
+        default=",".join(map(str, sorted({1, cores}))),
+        help=f"comma-separated thread counts, the same for both (default 1,{cores}: 1 and all cores)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed calls of each predictor per thread count (default 5)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-seconds", type=float, default=900.0, help="hard limit for the whole run (default 900)")
     args = parser.parse_args()
@@ -175,13 +197,18 @@ def main() -> int:
 
     import lightgbm
 
-    print_header(f"predict_throughput: Forest vs LightGBM predict, {size_label(args.rows, args.features)}, {args.trees} trees, depth {args.depth}")
+    print_header(
+        "predict_throughput: Forest vs LightGBM predict, "
+        f"{size_label(args.rows, args.features)}, {args.trees} trees, depth {args.depth}"
+    )
     print(f"# lightgbm {lightgbm.__version__}, numpy {np.__version__}")
     with Watchdog(args.max_seconds):
         X_train, y_train = regression_data(args.train_rows, args.features, args.seed)
-        seconds, booster = timed(lambda: train_lightgbm(X_train, y_train, args, max(thread_counts)))
+        seconds, booster = timed(functools.partial(train_lightgbm, X_train, y_train, args, max(thread_counts)))
         forest = forest_of(booster, args.bins)
-        print(f"# trained on {size_label(args.train_rows, args.features)} in {seconds:.1f} s; {describe(booster, forest)}")
+        print(
+            f"# trained on {size_label(args.train_rows, args.features)} in {seconds:.1f} s; {describe(booster, forest)}"
+        )
         del X_train, y_train
         X, _ = regression_data(args.rows, args.features, args.seed + 1)
         results = {}

@@ -23,6 +23,7 @@ The server delivers at most one progress event per 0.1 s per job (it coalesces r
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import threading
@@ -82,28 +83,47 @@ def run_streams(server: Server, bodies: list[bytes], deadline_s: float) -> list[
 def report(name: str, runs: list[TrainRun]) -> dict:
     samples = []  # (latency s, stream, iteration)
     for index, run in enumerate(runs):
-        run.complete  # raises if the job did not complete
+        _ = run.complete  # raises if the job did not complete
         for event in run.of_type("progress"):
             data = event.json()
             samples.append((event.received - data["ts"], index, data["iteration"]))
     figures = summary([s[0] for s in samples])
     # The final round is reported through another path when the throttle timer is pending
     # (see docs/benchmarks.md), so it is shown apart as well.
-    final = [lat for run_index, run in enumerate(runs) for lat, s, it in samples if s == run_index and it == run.complete["iterations"]]
-    others = [lat for run_index, run in enumerate(runs) for lat, s, it in samples if s == run_index and it != run.complete["iterations"]]
+    final = [
+        lat
+        for run_index, run in enumerate(runs)
+        for lat, s, it in samples
+        if s == run_index and it == run.complete["iterations"]
+    ]
+    others = [
+        lat
+        for run_index, run in enumerate(runs)
+        for lat, s, it in samples
+        if s == run_index and it != run.complete["iterations"]
+    ]
     gaps = []  # receipt of the final round's event minus receipt of the one before it
     for run in runs:
         progress = run.of_type("progress")
         if len(progress) >= 2:
             gaps.append(progress[-1].received - progress[-2].received)
-    figures["note"] = f"without the final rounds p99 {summary(others)['p99_ms']:.2f} ms; worst final round {max(final) * 1000 if final else float('nan'):.2f} ms"
+    figures["note"] = (
+        f"without the final rounds p99 {summary(others)['p99_ms']:.2f} ms; "
+        f"worst final round {max(final) * 1000 if final else float('nan'):.2f} ms"
+    )
     fits = [run.complete["timings"]["fit_s"] for run in runs]
     queued = [run.complete["timings"]["queued_s"] for run in runs]
     per_stream = [len(run.of_type("progress")) for run in runs]
-    print(f"  streams {len(runs)}; fit_s per job {', '.join(f'{f:.1f}' for f in fits)}; queued_s {', '.join(f'{q:.1f}' for q in queued)}; progress events per stream {per_stream}")
+    print(
+        f"  streams {len(runs)}; fit_s per job {', '.join(f'{f:.1f}' for f in fits)}; queued_s "
+        f"{', '.join(f'{q:.1f}' for q in queued)}; progress events per stream {per_stream}"
+    )
     print(f"  latency  {format_summary(figures)}  -> p99 {verdict(figures['p99_ms'], P99_TARGET_MS, ' ms')}")
     print(f"  all but the final round: {format_summary(summary(others))}")
-    print(f"  final round only:        {format_summary(summary(final))}; its event came {', '.join(f'{g * 1000:.0f}' for g in gaps)} ms after the one before")
+    print(
+        f"  final round only:        {format_summary(summary(final))}; its event "
+        f"came {', '.join(f'{g * 1000:.0f}' for g in gaps)} ms after the one before"
+    )
     worst = sorted(samples, reverse=True)[:3]
     print("  worst: " + "; ".join(f"{lat * 1000:.1f} ms (stream {s}, iteration {it})" for lat, s, it in worst))
     sys.stdout.flush()
@@ -123,7 +143,11 @@ def ingest_scenario(X, y, spr_one: float, cores: int, args: argparse.Namespace) 
     del big_X, big_y
     free_memory()
     with Server(cpu_jobs=2) as server:
-        print(f"\n## ingest: 1 stream of {args.rows} x {args.cols}, {rounds} rounds, and one {size_label(rows, cols)} body ({len(big) / 1e6:.0f} MB, 1 round) posted after its 10th progress event; server {' '.join(server.command[4:])}")
+        print(
+            f"\n## ingest: 1 stream of {args.rows} x {args.cols}, {rounds} rounds, and "
+            f"one {size_label(rows, cols)} body ({len(big) / 1e6:.0f} MB, 1 round) "
+            f"posted after its 10th progress event; server {' '.join(server.command[4:])}"
+        )
         sys.stdout.flush()
         tenth = threading.Event()
         counted = [0]
@@ -136,25 +160,27 @@ def ingest_scenario(X, y, spr_one: float, cores: int, args: argparse.Namespace) 
 
         result: dict = {}
 
-        def follow() -> None:
+        def follow(body: bytes) -> None:
             try:
                 with httpx.Client() as client:
-                    result["run"] = stream_train(client, server.url, body, timeout_s=args.max_seconds, on_event=on_event)
+                    result["run"] = stream_train(
+                        client, server.url, body, timeout_s=args.max_seconds, on_event=on_event
+                    )
             except BaseException as error:
                 result["error"] = error
                 tenth.set()
 
-        def ingest() -> None:
+        def ingest(big: bytes) -> None:
             try:
                 with httpx.Client() as client:
                     result["big"] = stream_train(client, server.url, big, timeout_s=args.max_seconds)
             except BaseException as error:
                 result["big_error"] = error
 
-        follower = threading.Thread(target=follow, daemon=True)
+        follower = threading.Thread(target=follow, args=(body,), daemon=True)
         follower.start()
         tenth.wait(args.max_seconds)
-        ingester = threading.Thread(target=ingest, daemon=True)
+        ingester = threading.Thread(target=ingest, args=(big,), daemon=True)
         ingest_started = time.time()
         ingester.start()
         ingester.join(args.max_seconds)
@@ -171,12 +197,30 @@ def ingest_scenario(X, y, spr_one: float, cores: int, args: argparse.Namespace) 
     # Delivery latency cannot show a stall of the whole process: `ts` is taken in the training
     # thread's callback, which needs the GIL too. The gaps between events can.
     progress = run.of_type("progress")
-    gaps_during = [b.received - a.received for a, b in zip(progress, progress[1:]) if ingest_started <= b.received and a.received <= ingest_decoded]
-    gaps_outside = [b.received - a.received for a, b in zip(progress, progress[1:]) if not (ingest_started <= b.received and a.received <= ingest_decoded)]
+    gaps_during = [
+        b.received - a.received
+        for a, b in itertools.pairwise(progress)
+        if ingest_started <= b.received and a.received <= ingest_decoded
+    ]
+    gaps_outside = [
+        b.received - a.received
+        for a, b in itertools.pairwise(progress)
+        if not (ingest_started <= b.received and a.received <= ingest_decoded)
+    ]
     timings = big_run.complete["timings"]
-    print(f"  gaps between consecutive progress events (0.1 s expected): during the ingest max {max(gaps_during, default=float('nan')) * 1000:.0f} ms, otherwise max {max(gaps_outside, default=float('nan')) * 1000:.0f} ms")
-    print(f"  the stream trained {rounds} rounds in fit_s {run.complete['timings']['fit_s']:.1f} s; in process, alone: {rounds * spr:.1f} s")
-    print(f"  big body: response headers after {big_run.headers - big_run.sent:.2f} s (upload + decode), decode_s {timings['decode_s']:.3f}; the stream's fit_s {run.complete['timings']['fit_s']:.1f}")
+    print(
+        "  gaps between consecutive progress events (0.1 s expected): during "
+        f"the ingest max {max(gaps_during, default=float('nan')) * 1000:.0f} ms, "
+        f"otherwise max {max(gaps_outside, default=float('nan')) * 1000:.0f} ms"
+    )
+    print(
+        f"  the stream trained {rounds} rounds in fit_s "
+        f"{run.complete['timings']['fit_s']:.1f} s; in process, alone: {rounds * spr:.1f} s"
+    )
+    print(
+        f"  big body: response headers after {big_run.headers - big_run.sent:.2f} s (upload + decode), "
+        f"decode_s {timings['decode_s']:.3f}; the stream's fit_s {run.complete['timings']['fit_s']:.1f}"
+    )
     print(f"  rounds that ended while the big body was uploaded/decoded: {format_summary(summary(during))}")
     print(f"  the other rounds:                                         {format_summary(summary(outside))}")
     figures = summary(during + outside)
@@ -185,7 +229,8 @@ def ingest_scenario(X, y, spr_one: float, cores: int, args: argparse.Namespace) 
     del body, big
     free_memory()
     note = (
-        f"rounds that ended during the ingest p99 {summary(during)['p99_ms']:.2f} ms, max {summary(during)['max_ms']:.2f} ms; the others p99 {summary(outside)['p99_ms']:.2f} ms;"
+        f"rounds that ended during the ingest p99 {summary(during)['p99_ms']:.2f} ms, max "
+        f"{summary(during)['max_ms']:.2f} ms; the others p99 {summary(outside)['p99_ms']:.2f} ms;"
         f" longest gap between events during the ingest {max(gaps_during, default=float('nan')) * 1000:.0f} ms"
     )
     return {"name": "ingest", **figures, "note": note}
@@ -196,8 +241,17 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--cols", type=int, default=20)
     parser.add_argument("--target-s", type=float, default=10.0, help="about how long each job trains (default 10)")
-    parser.add_argument("--streams", type=int, default=4, help="concurrent streams in the queued and oversubscribed scenarios (default 4)")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, from {', '.join(SCENARIOS + OPTIONAL_SCENARIOS)} (default: {','.join(SCENARIOS)})")
+    parser.add_argument(
+        "--streams",
+        type=int,
+        default=4,
+        help="concurrent streams in the queued and oversubscribed scenarios (default 4)",
+    )
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated, from {', '.join(SCENARIOS + OPTIONAL_SCENARIOS)} (default: {','.join(SCENARIOS)})",
+    )
     parser.add_argument("--ingest-size", default="1Mx50", help="the big body of the ingest scenario (default 1Mx50)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-seconds", type=float, default=300.0, help="hard limit for the whole run (default 300)")
@@ -214,7 +268,10 @@ def main() -> int:
         X, y = regression_data(args.rows, args.cols, args.seed)
         spr_all = lightgbm_seconds_per_round(X, y, cores)
         spr_one = lightgbm_seconds_per_round(X, y, 1)
-        print(f"# calibration ({args.rows} x {args.cols}): {spr_all * 1000:.2f} ms/round with {cores} threads, {spr_one * 1000:.2f} ms/round with 1 thread")
+        print(
+            f"# calibration ({args.rows} x {args.cols}): {spr_all * 1000:.2f} ms/round "
+            f"with {cores} threads, {spr_one * 1000:.2f} ms/round with 1 thread"
+        )
 
         for name in scenarios:
             if name == "ingest":
@@ -234,7 +291,10 @@ def main() -> int:
             rounds = max(50, int(rounds))
             bodies = [train_body("lightgbm", X, y, {"n_estimators": rounds, "seed": i}) for i in range(streams)]
             with Server(**server_options) as server:
-                print(f"\n## {name}: {streams} stream(s) of {args.rows} x {args.cols}, {rounds} rounds each; server {' '.join(server.command[4:])}")
+                print(
+                    f"\n## {name}: {streams} stream(s) of {args.rows} x {args.cols}, "
+                    f"{rounds} rounds each; server {' '.join(server.command[4:])}"
+                )
                 sys.stdout.flush()
                 runs = run_streams(server, bodies, deadline_s=args.max_seconds)
                 results.append(report(name, runs))

@@ -38,8 +38,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -147,10 +148,19 @@ def spawn_again(server: Server, log_name: str) -> subprocess.Popen:
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO_ROOT)) if p)
     with open(server.data_dir / log_name, "wb") as log:
-        return subprocess.Popen(server.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        return subprocess.Popen(
+            server.command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
 
 
-def restart(server: Server, finished_id: Optional[str], running_id: str, attempts: int, poll_s: float, log_name: str) -> dict[str, float]:
+def restart(
+    server: Server, finished_id: str | None, running_id: str, attempts: int, poll_s: float, log_name: str
+) -> dict[str, float]:
     """Start the server again and time its milestones from just before the spawn (seconds)."""
     url = server.url
     with httpx.Client(timeout=10) as client:
@@ -208,7 +218,9 @@ with tempfile.TemporaryDirectory() as folder:
 def import_seconds() -> float:
     """A Python process that imports what `boostream serve` imports and builds the app (without
     starting it): the part of a start that does not depend on the data directory."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), str(REPO_ROOT)) if p))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), str(REPO_ROOT)) if p)
+    )
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", IMPORTS], check=True, env=env)
     return time.perf_counter() - started
@@ -230,7 +242,11 @@ def run_k(args: argparse.Namespace, count: int, small_body: bytes, running_body:
     rows = []
     try:
         ids, events, populate_s = populate(server, count, small_body, args.workers)
-        print(f"## K = {count}: populated in {populate_s:.1f} s ({count / populate_s if count else 0:.0f} jobs/s), {events} events read back ({events / count if count else 0:.1f} per job)", flush=True)
+        print(
+            f"## K = {count}: populated in {populate_s:.1f} s ({count / populate_s if count else 0:.0f} "
+            f"jobs/s), {events} events read back ({events / count if count else 0:.1f} per job)",
+            flush=True,
+        )
         stop_gently(server)  # then a server with the default settings takes the directory over
         server.process = spawn_again(server, "server-1.log")
         wait_for(lambda: httpx.get(server.url + "/health").status_code == 200, 120, 0.05)
@@ -240,7 +256,9 @@ def run_k(args: argparse.Namespace, count: int, small_body: bytes, running_body:
             kill_9(server)
             sizes = store_sizes(data_dir)
             sizes["imports"] = import_seconds()  # the floor under `health`, under the same load
-            times = restart(server, ids[0] if ids else None, running_id, attempt, args.poll_ms / 1000, f"server-{attempt}.log")
+            times = restart(
+                server, ids[0] if ids else None, running_id, attempt, args.poll_ms / 1000, f"server-{attempt}.log"
+            )
             rows.append({"k": count, "restart": attempt - 1, **sizes, **times})
             print(format_row(rows[-1]), flush=True)
         stop_gently(server)
@@ -266,20 +284,29 @@ def format_row(r: dict[str, Any]) -> str:
     finished = f"{r['finished']:10.3f}" if "finished" in r else f"{'-':>10}"
     replay = f"{r['replay_ms']:9.1f}" if "replay_ms" in r else f"{'-':>9}"
     return (
-        f"{r['k']:>6} {r['restart']:>7} {r['db_mb']:7.2f} {r['wal_mb']:7.2f} {r['artifacts_mb']:12.1f} {r['imports']:9.3f} {r['health']:9.3f} {finished}"
+        f"{r['k']:>6} {r['restart']:>7} {r['db_mb']:7.2f} {r['wal_mb']:7.2f} "
+        f"{r['artifacts_mb']:12.1f} {r['imports']:9.3f} {r['health']:9.3f} {finished}"
         f" {r['running']:10.3f} {r['progress']:10.3f} {r['list_ms']:8.1f} {replay}"
     )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--finished", default="0,100,1000", help="finished jobs in the data directory, comma-separated (default 0,100,1000)")
+    parser.add_argument(
+        "--finished",
+        default="0,100,1000",
+        help="finished jobs in the data directory, comma-separated (default 0,100,1000)",
+    )
     parser.add_argument("--rows", type=int, default=1000, help="rows of each populating job (default 1000)")
     parser.add_argument("--cols", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=80, help="rounds of each populating job (default 80: about 50 events each)")
+    parser.add_argument(
+        "--rounds", type=int, default=80, help="rounds of each populating job (default 80: about 50 events each)"
+    )
     parser.add_argument("--workers", type=int, default=4, help="populating requests at once (default 4)")
     parser.add_argument("--running-size", default="20000x20", help="the job running at the kill (default 20000x20)")
-    parser.add_argument("--restarts", type=int, default=2, help=f"kills and restarts per K, at most {MAX_RESTARTS} (default 2)")
+    parser.add_argument(
+        "--restarts", type=int, default=2, help=f"kills and restarts per K, at most {MAX_RESTARTS} (default 2)"
+    )
     parser.add_argument("--poll-ms", type=float, default=5.0, help="pause between polls while restarting (default 5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-seconds", type=float, default=290.0, help="hard limit for the whole run (default 290)")
@@ -295,7 +322,10 @@ def main() -> int:
         X, y = regression_data(*parse_size(args.running_size), args.seed + 1)
         running_body = train_body("lightgbm", X, y, {"n_estimators": 100_000})
         del X, y
-        print(f"# populating jobs: {args.rows} x {args.cols}, {args.rounds} rounds, {args.workers} at once; interrupted job: {args.running_size}, 100000 rounds")
+        print(
+            f"# populating jobs: {args.rows} x {args.cols}, {args.rounds} rounds, "
+            f"{args.workers} at once; interrupted job: {args.running_size}, 100000 rounds"
+        )
         print("\n" + HEADER, flush=True)
         rows = []
         for count in counts:

@@ -16,8 +16,9 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from boostream import __version__
 from boostream.client import TERMINAL_EVENTS, ApiError, Client, Event, Unreachable, server_from_environment, table_kind
@@ -65,7 +66,8 @@ watching.
 
 exit codes:
   {EXIT_SUCCEEDED}    done: the job succeeded, or the command did what it was asked
-  {EXIT_FAILED}    the job failed, or the server could not serve the request (5xx): its error code and message are printed
+  {EXIT_FAILED}    the job failed, or the server could not serve the request (5xx): its error code and message \
+are printed
   {EXIT_USAGE}    usage error, or the server refused the request (4xx: its message and field are printed)
   {EXIT_UNREACHABLE}    the server cannot be reached
   {EXIT_CANCELLED}    the job was cancelled
@@ -76,7 +78,18 @@ exit codes:
 ARTIFACT_FORMATS = ("joblib", "native")
 # Request fields sent beside the hyperparameters: a --param of one of these names would replace it.
 REQUEST_FIELDS = frozenset(
-    {"target", "features", "era", "model_type", "objective", "valid_fraction", "timeout_s", "artifact_format", "callback_url", "on_disconnect"}
+    {
+        "target",
+        "features",
+        "era",
+        "model_type",
+        "objective",
+        "valid_fraction",
+        "timeout_s",
+        "artifact_format",
+        "callback_url",
+        "on_disconnect",
+    }
 )
 BAR_WIDTH = 16
 NOT_FINITE = "infinite: a model takes finite numbers (a missing value is an empty cell, or null)"
@@ -96,10 +109,10 @@ class Failure(Exception):
     """The job failed, or what it made could not be written."""
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        code = args.run(args)
+        code: int = args.run(args)
         sys.stdout.flush()  # here, not at exit, where a closed pipe could no longer be caught
         return code
     except BrokenPipeError:
@@ -111,7 +124,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ApiError as error:
         _say(f"boostream: {error.code}" + (f" ({error.field})" if error.field else "") + f": {error.message}")
         return EXIT_USAGE if error.status < 500 else EXIT_FAILED
-    except BoostreamError as error:  # refused by the service in this process (`train --local`), shown as a server's would be
+    except BoostreamError as error:
+        # Refused by the service in this process (`train --local`), shown as a server's would be.
         _say(f"boostream: {error.line()}")
         return EXIT_FAILED if isinstance(error, Unavailable) else EXIT_USAGE
     except Unreachable as error:
@@ -153,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_serve(commands: argparse._SubParsersAction) -> None:
+def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = commands.add_parser("serve", help="run the HTTP server")
     serve.set_defaults(run=_serve)
     defaults = Settings()
@@ -168,8 +182,15 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         )
 
 
-def _client_command(commands: argparse._SubParsersAction, name: str, help: str, run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
-    command = commands.add_parser(name, help=help, description=help, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _client_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help: str,
+    run: Callable[[argparse.Namespace], int],
+) -> argparse.ArgumentParser:
+    command = commands.add_parser(
+        name, help=help, description=help, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     command.add_argument("--server", metavar="URL", help="the boostream server (env BOOSTREAM_SERVER)")
     command.set_defaults(run=run)
     return command
@@ -177,54 +198,97 @@ def _client_command(commands: argparse._SubParsersAction, name: str, help: str, 
 
 def _add_outputs(command: argparse.ArgumentParser) -> None:
     command.add_argument("--out", type=Path, metavar="FILE", help="write the trained model here")
-    command.add_argument("--format", choices=ARTIFACT_FORMATS, default="joblib", help="the model file's format: joblib (a pickled model) or native (LightGBM's text model; WarpGBM's JSON) (default joblib)")
-    command.add_argument("--curve", type=Path, metavar="FILE", help="write the learning curve here as CSV: iteration, then each metric, one row per round trained")
+    command.add_argument(
+        "--format",
+        choices=ARTIFACT_FORMATS,
+        default="joblib",
+        help="the model file's format: joblib (a pickled model) or native "
+        "(LightGBM's text model; WarpGBM's JSON) (default joblib)",
+    )
+    command.add_argument(
+        "--curve",
+        type=Path,
+        metavar="FILE",
+        help="write the learning curve here as CSV: iteration, then each metric, one row per round trained",
+    )
 
 
-def _add_train(commands: argparse._SubParsersAction) -> None:
+def _add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     train = _client_command(commands, "train", "train a model on a CSV or Parquet file, showing its progress", _train)
     train.add_argument("data", type=Path, metavar="DATA", help="the table: a .csv file with a header, or .parquet")
     train.add_argument("--target", required=True, metavar="COLUMN", help="the label column")
     train.add_argument("--features", metavar="A,B,C", help="the feature columns (default: all the others)")
     train.add_argument("--era", metavar="COLUMN", help="WarpGBM: the column of era ids")
     train.add_argument("--model", default="lightgbm", metavar="lightgbm|warpgbm", help="the backend (default lightgbm)")
-    train.add_argument("--objective", default="regression", metavar="regression|binary|multiclass", help="(default regression)")
-    train.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a hyperparameter, e.g. n_estimators=300; repeat for more (see GET /models)")
-    train.add_argument("--valid-fraction", type=float, metavar="F", help="hold out this share of rows (0 < F <= 0.5) for validation metrics")
+    train.add_argument(
+        "--objective", default="regression", metavar="regression|binary|multiclass", help="(default regression)"
+    )
+    train.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a hyperparameter, e.g. n_estimators=300; repeat for more (see GET /models)",
+    )
+    train.add_argument(
+        "--valid-fraction",
+        type=float,
+        metavar="F",
+        help="hold out this share of rows (0 < F <= 0.5) for validation metrics",
+    )
     train.add_argument("--timeout", type=float, metavar="SECONDS", help="fail the job if it trains longer than this")
     _add_outputs(train)
     where = train.add_mutually_exclusive_group()
-    where.add_argument("--detach", action="store_true", help="print the job id and return at once (follow it with `boostream watch`)")
+    where.add_argument(
+        "--detach", action="store_true", help="print the job id and return at once (follow it with `boostream watch`)"
+    )
     where.add_argument("--local", action="store_true", help="train in this process, without a server (needs --out)")
 
 
-def _add_watch(commands: argparse._SubParsersAction) -> None:
-    watch = _client_command(commands, "watch", "follow a job's progress to its end (Ctrl-C stops watching, not the job)", _watch)
+def _add_watch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    watch = _client_command(
+        commands, "watch", "follow a job's progress to its end (Ctrl-C stops watching, not the job)", _watch
+    )
     watch.add_argument("job_id", metavar="JOB_ID")
     _add_outputs(watch)
 
 
-def _add_jobs(commands: argparse._SubParsersAction) -> None:
+def _add_jobs(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     jobs = _client_command(commands, "jobs", "list recent jobs, newest first", _jobs)
-    jobs.add_argument("--status", metavar="STATUS[,STATUS]", help="only these: queued, running, succeeded, failed, cancelled")
+    jobs.add_argument(
+        "--status", metavar="STATUS[,STATUS]", help="only these: queued, running, succeeded, failed, cancelled"
+    )
     jobs.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
 
 
-def _add_cancel(commands: argparse._SubParsersAction) -> None:
+def _add_cancel(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cancel = _client_command(commands, "cancel", "cancel a job: it stops after its current round", _cancel)
     cancel.add_argument("job_id", metavar="JOB_ID")
 
 
-def _add_predict(commands: argparse._SubParsersAction) -> None:
+def _add_predict(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     predict = _client_command(commands, "predict", "predict with a trained model on the server", _predict)
     predict.add_argument("artifact_id", metavar="ARTIFACT_ID")
-    predict.add_argument("data", type=Path, metavar="DATA", help="a .csv file with a header, or .parquet: the model's feature columns are taken by name (others are ignored), else by position")
-    predict.add_argument("--output", choices=("value", "proba"), default="value", help="value: one prediction per line; proba: a CSV of class probabilities (default value)")
+    predict.add_argument(
+        "data",
+        type=Path,
+        metavar="DATA",
+        help="a .csv file with a header, or .parquet: the model's feature "
+        "columns are taken by name (others are ignored), else by position",
+    )
+    predict.add_argument(
+        "--output",
+        choices=("value", "proba"),
+        default="value",
+        help="value: one prediction per line; proba: a CSV of class probabilities (default value)",
+    )
     predict.add_argument("--out", type=Path, metavar="FILE", help="write the predictions here instead of to stdout")
 
 
-def _add_demo_data(commands: argparse._SubParsersAction) -> None:
-    demo = commands.add_parser("demo-data", help="write the demo tables (CSV, Parquet, a JSON request) to try the server with")
+def _add_demo_data(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = commands.add_parser(
+        "demo-data", help="write the demo tables (CSV, Parquet, a JSON request) to try the server with"
+    )
     demo.add_argument("folder", type=Path, metavar="FOLDER", help="where to write them (made if missing)")
     demo.set_defaults(run=_demo_data)
 
@@ -245,7 +309,13 @@ def _serve(args: argparse.Namespace) -> int:
     except DataDirInUse as error:
         raise Failure(str(error)) from None
     logging.getLogger("boostream").info("data directory: %s", settings.data_dir)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=5)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=5,
+    )
     return 0
 
 
@@ -256,9 +326,9 @@ def _serve(args: argparse.Namespace) -> int:
 class OutputFiles:
     """The files `train` and `watch` write once the job succeeds."""
 
-    model: Optional[Path]  # --out
+    model: Path | None  # --out
     format: str  # --format: the model file's, joblib or native
-    curve: Optional[Path]  # --curve: the learning curve as CSV
+    curve: Path | None  # --curve: the learning curve as CSV
 
     @classmethod
     def of(cls, args: argparse.Namespace) -> OutputFiles:
@@ -280,7 +350,9 @@ def _train(args: argparse.Namespace) -> int:
     outputs = OutputFiles.of(args)
     if args.detach and outputs.asked():
         option = next(iter(outputs.asked()))
-        raise UsageError(f"{option} needs the job followed to its end: drop --detach, or use `boostream watch JOB_ID {option} FILE`")
+        raise UsageError(
+            f"{option} needs the job followed to its end: drop --detach, or use `boostream watch JOB_ID {option} FILE`"
+        )
     if args.local:
         if args.server is not None:
             raise UsageError("--local trains in this process: it takes no --server")
@@ -303,8 +375,18 @@ def _watch(args: argparse.Namespace) -> int:
 
 def _train_fields(args: argparse.Namespace) -> dict[str, str]:
     """The training request's fields as text, as the server reads them from a query string."""
-    fields = {"target": args.target, "model_type": args.model, "objective": args.objective, "artifact_format": args.format}
-    optional = {"features": args.features, "era": args.era, "valid_fraction": args.valid_fraction, "timeout_s": args.timeout}
+    fields = {
+        "target": args.target,
+        "model_type": args.model,
+        "objective": args.objective,
+        "artifact_format": args.format,
+    }
+    optional = {
+        "features": args.features,
+        "era": args.era,
+        "valid_fraction": args.valid_fraction,
+        "timeout_s": args.timeout,
+    }
     fields.update({name: str(value) for name, value in optional.items() if value is not None})
     for param in args.param:
         name, equals, value = param.partition("=")
@@ -319,14 +401,17 @@ def _train_fields(args: argparse.Namespace) -> dict[str, str]:
     return fields
 
 
-def _follow(client: Client, job_id: str, display: ProgressDisplay, outputs: OutputFiles, cancel_on_interrupt: bool) -> int:
+def _follow(
+    client: Client, job_id: str, display: ProgressDisplay, outputs: OutputFiles, cancel_on_interrupt: bool
+) -> int:
     """Show a job's events to its end; the exit code its end calls for. Ctrl-C either cancels the
     job and waits for it to stop (a second Ctrl-C quits at once), or only stops watching."""
-    last: Optional[Event] = None
+    last: Event | None = None
     interrupted = False
     while last is None or last.type not in TERMINAL_EVENTS:
+        after = last.id if last else 0  # resume after the last event seen
         try:
-            for last in client.events(job_id, last.id if last else 0):
+            for last in client.events(job_id, after):
                 display.show(last)
         except KeyboardInterrupt:
             if not cancel_on_interrupt:
@@ -340,7 +425,9 @@ def _follow(client: Client, job_id: str, display: ProgressDisplay, outputs: Outp
     return _ended(client, last, outputs, display, interrupted)
 
 
-def _ended(client: Optional[Client], last: Event, outputs: OutputFiles, display: ProgressDisplay, interrupted: bool) -> int:
+def _ended(
+    client: Client | None, last: Event, outputs: OutputFiles, display: ProgressDisplay, interrupted: bool
+) -> int:
     """Write what a job's end makes (when it succeeded); the exit code it calls for."""
     if last.type == "complete":
         _write_outputs(client, last.data, outputs, display)
@@ -361,7 +448,9 @@ def _request_cancel(client: Client, job_id: str) -> None:
         # It ended meanwhile: its stream says how.
 
 
-def _write_outputs(client: Optional[Client], complete: dict[str, Any], outputs: OutputFiles, display: ProgressDisplay) -> None:
+def _write_outputs(
+    client: Client | None, complete: dict[str, Any], outputs: OutputFiles, display: ProgressDisplay
+) -> None:
     if outputs.model is not None:
         _save_model(client, complete, outputs.model, outputs.format)
         display.note(f"wrote the model to {outputs.model} ({outputs.format})")
@@ -369,10 +458,12 @@ def _write_outputs(client: Optional[Client], complete: dict[str, Any], outputs: 
         if "curve" in complete:
             _write_curve(outputs.curve, complete["curve"], display)
         else:  # the job succeeded all the same: say so, and exit 0
-            display.note(f"warning: the server sent no learning curve (it is older than --curve); {outputs.curve} not written")
+            display.note(
+                f"warning: the server sent no learning curve (it is older than --curve); {outputs.curve} not written"
+            )
 
 
-def _save_model(client: Optional[Client], complete: dict[str, Any], out: Path, format: str) -> None:
+def _save_model(client: Client | None, complete: dict[str, Any], out: Path, format: str) -> None:
     """The model file, from the `complete` event when it carries that format, else downloaded;
     written only once its sha256 matches what the server states."""
     if complete["format"] == format or client is None:
@@ -418,7 +509,7 @@ async def _run_locally(service: Service, table: Path, fields: dict[str, str], di
         job = service.submit(spec, {"decode_s": decode_s})
         loop = asyncio.get_running_loop()
         _on_interrupt(loop, signal.SIGINT, lambda: _stop_local(service, job, display))
-        last: Optional[Event] = None
+        last: Event | None = None
         async for event in job.follow(0):
             last = Event(event.id, event.type, orjson.loads(event.json))
             display.show(last)
@@ -448,10 +539,20 @@ def _jobs(args: argparse.Namespace) -> int:
     with _client(args) as client:
         jobs = client.jobs(statuses, args.limit)
     rows = [("ID", "STATUS", "MODEL", "OBJECTIVE", "PROGRESS", "CREATED")]
-    rows += [(job["job_id"], job["status"], job["model_type"], job["objective"], _progress_cell(job["progress"]), _time_cell(job["created_at"])) for job in jobs]
+    rows += [
+        (
+            job["job_id"],
+            job["status"],
+            job["model_type"],
+            job["objective"],
+            _progress_cell(job["progress"]),
+            _time_cell(job["created_at"]),
+        )
+        for job in jobs
+    ]
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     return EXIT_SUCCEEDED
 
 
@@ -461,7 +562,7 @@ def _progress_cell(progress: dict[str, Any]) -> str:
     return f"{progress['iteration']}/{progress['total']} ({progress['percent']:.0f}%)"
 
 
-def _time_cell(iso: Optional[str]) -> str:
+def _time_cell(iso: str | None) -> str:
     return "-" if iso is None else iso[:19] + "Z"  # to the second, still marked UTC
 
 
@@ -502,14 +603,14 @@ def _predict(args: argparse.Namespace) -> int:
     return EXIT_SUCCEEDED
 
 
-def _feature_rows(path: Path, feature_names: list[str]) -> list[list[Optional[float]]]:
+def _feature_rows(path: Path, feature_names: list[str]) -> list[list[float | None]]:
     """The model's feature columns of a CSV or Parquet table, as rows of numbers; a missing value
     or NaN is null."""
     read = _parquet_feature_rows if table_kind(path) == "parquet" else _csv_feature_rows
     return read(path, feature_names)
 
 
-def _csv_feature_rows(path: Path, feature_names: list[str]) -> list[list[Optional[float]]]:
+def _csv_feature_rows(path: Path, feature_names: list[str]) -> list[list[float | None]]:
     """Of a CSV with a header (UTF-8, as the server reads it; a byte order mark is skipped as
     pyarrow does); an empty cell is a missing value."""
     try:
@@ -526,7 +627,7 @@ def _csv_feature_rows(path: Path, feature_names: list[str]) -> list[list[Optiona
         raise UsageError(f"{path} is not a CSV file: {error}") from None
 
 
-def _parquet_feature_rows(path: Path, feature_names: list[str]) -> list[list[Optional[float]]]:
+def _parquet_feature_rows(path: Path, feature_names: list[str]) -> list[list[float | None]]:
     """Of a Parquet file, whose columns of numbers (or of text that reads as numbers) are taken;
     a pandas index stored as a column is not a feature, as in training."""
     import pyarrow as pa
@@ -545,10 +646,10 @@ def _parquet_feature_rows(path: Path, feature_names: list[str]) -> list[list[Opt
         reason = str(error).partition("\n")[0]
         raise UsageError(f"{path} cannot be read as Parquet: {reason}") from None
     columns = [_parquet_numbers(path, name, table.column(name)) for name in names]
-    return [list(row) for row in zip(*columns)]
+    return [list(row) for row in zip(*columns, strict=True)]
 
 
-def _parquet_numbers(path: Path, name: str, column: pa.ChunkedArray) -> list[Optional[float]]:
+def _parquet_numbers(path: Path, name: str, column: pa.ChunkedArray) -> list[float | None]:
     import pyarrow as pa
 
     try:
@@ -570,14 +671,16 @@ def _model_columns(path: Path, header: list[str], feature_names: list[str]) -> l
     if feature_names and set(feature_names) <= set(header):
         return [header.index(name) for name in feature_names]
     if len(header) != len(feature_names):
-        raise UsageError(f"{path} has the columns {header}; the model takes {len(feature_names)} features: {feature_names}")
+        raise UsageError(
+            f"{path} has the columns {header}; the model takes {len(feature_names)} features: {feature_names}"
+        )
     return list(range(len(header)))
 
 
-def _numbers(path: Path, line: int, header: list[str], cells: list[str], columns: list[int]) -> list[Optional[float]]:
+def _numbers(path: Path, line: int, header: list[str], cells: list[str], columns: list[int]) -> list[float | None]:
     if len(cells) != len(header):
         raise UsageError(f"{path}, line {line}: {len(cells)} values, but the header names {len(header)} columns")
-    row: list[Optional[float]] = []
+    row: list[float | None] = []
     for column in columns:
         cell = cells[column]
         try:
@@ -629,7 +732,9 @@ def _write_curve(path: Path, curve: dict[str, Any], display: ProgressDisplay) ->
     """A learning curve (`boostream.progress.metric_history`'s shape: `first` and one list of values
     per metric) as CSV: `iteration,<metric names>`, then a row per round; a round without a value
     has an empty cell."""
-    rounds = zip(*curve["metrics"].values())  # each round's values, in the metrics' order
+    # Each round's values, in the metrics' order. The lists are as long as each other where the
+    # server wrote them; strict=False keeps a shorter one from failing the download.
+    rounds = zip(*curve["metrics"].values(), strict=False)
     rows = [[curve["first"] + index, *values] for index, values in enumerate(rounds)]
     _write_file(path, _csv_text([["iteration", *curve["metrics"]], *rows]).encode())
     display.note(f"wrote the learning curve to {path} ({len(rows)} rounds)")
@@ -655,13 +760,19 @@ class ProgressDisplay:
     `interval_s`, so a log stays short however fast the rounds come. The last round, and the
     latest one before any other line, are always shown."""
 
-    def __init__(self, stream: TextIO, interval_s: float = 1.0, redraw_s: float = 0.1, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        stream: TextIO,
+        interval_s: float = 1.0,
+        redraw_s: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.stream = stream
         self.interactive = stream.isatty()
         self.interval_s = redraw_s if self.interactive else interval_s
         self._clock = clock
         self._lock = threading.Lock()  # local training reports from its own thread
-        self._held: Optional[dict[str, Any]] = None  # the latest progress, not shown yet
+        self._held: dict[str, Any] | None = None  # the latest progress, not shown yet
         self._shown_at = -math.inf
         self._bar_drawn = False  # on a terminal: the cursor is at the end of a progress line
         self._eta = EtaEstimate()
@@ -711,13 +822,13 @@ class EtaEstimate:
     ETA_MIN_ROUNDS); None while that pace is not measured yet."""
 
     def __init__(self) -> None:
-        self._first: Optional[tuple[int, float]] = None  # the first progress seen: iteration, elapsed_s
+        self._first: tuple[int, float] | None = None  # the first progress seen: iteration, elapsed_s
 
     def observe(self, progress: dict[str, Any]) -> None:
         if self._first is None:
             self._first = (progress["iteration"], progress["elapsed_s"])
 
-    def seconds_left(self, progress: dict[str, Any]) -> Optional[float]:
+    def seconds_left(self, progress: dict[str, Any]) -> float | None:
         left = progress["total"] - progress["iteration"]
         if left <= 0:
             return 0.0
@@ -726,10 +837,11 @@ class EtaEstimate:
         rounds, seconds = progress["iteration"] - self._first[0], progress["elapsed_s"] - self._first[1]
         if rounds < ETA_MIN_ROUNDS or seconds < ETA_MIN_SPAN_S:
             return None
-        return seconds / rounds * left
+        eta_s: float = seconds / rounds * left
+        return eta_s
 
 
-def progress_line(progress: dict[str, Any], eta_s: Optional[float], bar: bool = True) -> str:
+def progress_line(progress: dict[str, Any], eta_s: float | None, bar: bool = True) -> str:
     """`round 37/100 [#######-------------]  37%  train_l2 2831.2  elapsed 1.2s  ETA 2.0s`; `ETA -`
     while it is not known."""
     iteration, total = progress["iteration"], progress["total"]
@@ -751,10 +863,14 @@ def describe_event(event: Event) -> str:
         return f"{job}: restarted ({data['reason']}); training starts over"
     if event.type == "started":
         valid = f" (+{data['n_valid_rows']} validation)" if data.get("n_valid_rows") else ""
-        return f"{job}: training {data['model_type']} {data['objective']} on the {data['device']}: {data['n_rows']} rows{valid} x {data['n_features']} features, {data['n_estimators']} rounds"
+        return (
+            f"{job}: training {data['model_type']} {data['objective']} on the {data['device']}: "
+            f"{data['n_rows']} rows{valid} x {data['n_features']} features, {data['n_estimators']} rounds"
+        )
     if event.type == "complete":
         return (
-            f"{job}: done: {data['iterations']} rounds in {_duration(data['training_time_s'])}, best {data['best_iteration']}; "
+            f"{job}: done: {data['iterations']} rounds in "
+            f"{_duration(data['training_time_s'])}, best {data['best_iteration']}; "
             f"{_metrics_text(data['metrics'])}; artifact {data['artifact_id']}"
         )
     if event.type == "error":
@@ -764,11 +880,11 @@ def describe_event(event: Event) -> str:
     return f"{job}: {event.type}"
 
 
-def _metrics_text(metrics: dict[str, Optional[float]]) -> str:
+def _metrics_text(metrics: dict[str, float | None]) -> str:
     return "  ".join(f"{name} {'n/a' if value is None else f'{value:.6g}'}" for name, value in metrics.items())
 
 
-def _duration(seconds: Optional[float]) -> str:
+def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     if seconds < 60:

@@ -12,8 +12,9 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -32,7 +33,7 @@ GATEWAY_ERRORS = (502, 503, 504)
 MAX_BACKOFF_S = 30.0
 
 
-def server_from_environment(given: Optional[str]) -> str:
+def server_from_environment(given: str | None) -> str:
     """The server's URL: the one given, else $BOOSTREAM_SERVER, else the default."""
     return given or os.environ.get("BOOSTREAM_SERVER") or DEFAULT_SERVER
 
@@ -40,7 +41,7 @@ def server_from_environment(given: Optional[str]) -> str:
 class ApiError(Exception):
     """The server refused a request: `status` is its HTTP status, the rest its error body."""
 
-    def __init__(self, status: int, code: str, message: str, field: Optional[str] = None) -> None:
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.status = status
         self.code = code
@@ -57,7 +58,7 @@ class Event:
     id: int
     type: str
     data: dict[str, Any]
-    retry_ms: Optional[int] = None
+    retry_ms: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +77,7 @@ class Client:
         timeout_s: float = 30.0,
         reconnects: int = RECONNECTS,
         backoff_s: float = 1.0,
-        transport: Optional[httpx.BaseTransport] = None,
+        transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -123,14 +124,15 @@ class Client:
                 timeout=httpx.Timeout(self._http.timeout.connect, read=UPLOAD_ANSWER_TIMEOUT_S),
             )
 
-    def jobs(self, statuses: Sequence[str] = (), limit: Optional[int] = None) -> list[dict[str, Any]]:
+    def jobs(self, statuses: Sequence[str] = (), limit: int | None = None) -> list[dict[str, Any]]:
         """The newest jobs (the first page: at most `limit`, 500 at the most), with these statuses."""
         params: dict[str, Any] = {}
         if statuses:
             params["status"] = ",".join(statuses)
         if limit is not None:
             params["limit"] = limit
-        return self._json("GET", "/jobs", params=params)["jobs"]
+        jobs: list[dict[str, Any]] = self._json("GET", "/jobs", params=params)["jobs"]
+        return jobs
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", f"/jobs/{job_id}")
@@ -154,7 +156,7 @@ class Client:
         response = self._send("GET", f"/artifacts/{artifact_id}", params={"format": format})
         return Artifact(response.content, expected)
 
-    def predict(self, artifact_id: str, X: Sequence[Sequence[Optional[float]]], output: str = "value") -> dict[str, Any]:
+    def predict(self, artifact_id: str, X: Sequence[Sequence[float | None]], output: str = "value") -> dict[str, Any]:
         return self._json("POST", "/predict", json={"artifact_id": artifact_id, "X": X, "output": output})
 
     def events(self, job_id: str, after: int = 0) -> Iterator[Event]:
@@ -203,8 +205,9 @@ class Client:
                 raise _api_error(response)
             yield response
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self._send(method, path, **kwargs).json()
+    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        body: dict[str, Any] = self._send(method, path, **kwargs).json()  # every answer of the API is an object
+        return body
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -225,7 +228,12 @@ def parse_events(lines: Iterator[str]) -> Iterator[Event]:
         if line == "":
             if data:
                 retry = fields.get("retry")
-                yield Event(int(fields["id"]), fields.get("event", "message"), json.loads("\n".join(data)), int(retry) if retry else None)
+                yield Event(
+                    int(fields["id"]),
+                    fields.get("event", "message"),
+                    json.loads("\n".join(data)),
+                    int(retry) if retry else None,
+                )
             fields, data = {}, []
         elif not line.startswith(":"):
             name, _, value = line.partition(":")

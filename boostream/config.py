@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 
@@ -107,7 +108,7 @@ def from_environment(**overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
-def _convert(field: dataclasses.Field, raw: str) -> object:
+def _convert(field: dataclasses.Field[Any], raw: str) -> object:
     kind = {"int": int, "float": float}.get(str(field.type))
     try:
         return kind(raw) if kind else raw

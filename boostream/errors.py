@@ -8,7 +8,7 @@ once: the HTTP edge to statuses (`streaming_server/errors.py`), the MCP edge to 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 # What a message quotes of a client's input (a path, a row of a file, a parser's words on it) is cut
 # to this length.
@@ -18,7 +18,7 @@ QUOTE_CHARS = 200
 class BoostreamError(Exception):
     code: ClassVar[str] = "error"
 
-    def __init__(self, message: str, *, field: Optional[str] = None) -> None:
+    def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
@@ -38,7 +38,7 @@ class BoostreamError(Exception):
 class FieldError(BoostreamError):
     """Input refused, naming the request field at fault; the field comes first, as it is the point."""
 
-    def __init__(self, field: Optional[str], message: str) -> None:
+    def __init__(self, field: str | None, message: str) -> None:
         super().__init__(message, field=field)
 
     def __str__(self) -> str:

@@ -28,7 +28,8 @@ import contextlib
 import dataclasses
 import logging
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Optional, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import anyio
 import mcp_types as types
@@ -113,7 +114,9 @@ class McpEndpoint:
 
     # The protocol
 
-    async def _list_tools(self, ctx: ServerRequestContext, params: Optional[types.PaginatedRequestParams]) -> types.ListToolsResult:
+    async def _list_tools(
+        self, ctx: ServerRequestContext, params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
         return types.ListToolsResult(tools=[tool.definition for tool in self.tools.values()])
 
     async def _call_tool(self, ctx: ServerRequestContext, params: types.CallToolRequestParams) -> types.CallToolResult:
@@ -126,7 +129,9 @@ class McpEndpoint:
             answer = await tool.run(ctx, arguments)
         except BoostreamError as error:  # one rule for every domain error: its code, field and message
             return types.CallToolResult(content=[types.TextContent(text=error.line())], is_error=True)
-        return types.CallToolResult(content=[types.TextContent(text=orjson.dumps(answer).decode())], structured_content=answer)
+        return types.CallToolResult(
+            content=[types.TextContent(text=orjson.dumps(answer).decode())], structured_content=answer
+        )
 
     # The tools
 
@@ -195,7 +200,9 @@ class McpEndpoint:
                 iteration = data["iteration"] if event.type == "progress" else 0
                 if event.type in ("queued", "started", "progress") and iteration > reported:
                     reported = iteration
-                    await ctx.session.report_progress(iteration, total, _progress_message(job.id, event.type, data, total))
+                    await ctx.session.report_progress(
+                        iteration, total, _progress_message(job.id, event.type, data, total)
+                    )
         raise ToolError("interrupted", f"job {job.id} ended without a result")
 
     def _caller_left(self, job_id: str, on_cancel: str) -> None:
@@ -209,16 +216,21 @@ class McpEndpoint:
     def _tools(self) -> list[Tool]:
         trainers = self.service.trainers
         train_inputs = _train_input_schema(trainers, self.service.settings.max_training_s)
-        job_id = _object({"job_id": {"type": "string", "minLength": 1, "description": "The id `train` or `start_job` gave."}}, ["job_id"])
+        job_id = _object(
+            {"job_id": {"type": "string", "minLength": 1, "description": "The id `train` or `start_job` gave."}},
+            ["job_id"],
+        )
         return [
             Tool(
                 types.Tool(
                     name="list_models",
                     title="List the model backends",
-                    description="The backends (lightgbm, warpgbm): whether each can train here and why not, its device, "
-                    "the objectives, and each hyperparameter as JSON Schema with its default and bounds.",
+                    description="The backends (lightgbm, warpgbm): whether each can train here and why not, its "
+                    "device, the objectives, and each hyperparameter as JSON Schema with its default and bounds.",
                     input_schema=_object({}, []),
-                    output_schema=_object({"models": {"type": "array", "items": {"type": "object"}}}, ["models"], closed=False),
+                    output_schema=_object(
+                        {"models": {"type": "array", "items": {"type": "object"}}}, ["models"], closed=False
+                    ),
                     annotations=types.ToolAnnotations(read_only_hint=True, open_world_hint=False),
                 ),
                 self.list_models,
@@ -227,28 +239,40 @@ class McpEndpoint:
                 types.Tool(
                     name="train",
                     title="Train a model and wait for it",
-                    description="Train a gradient-boosted tree model on X and y and wait until it is trained. With a progress "
-                    "token, each boosting round (at most about 10 a second) comes as a progress notification: progress is the "
-                    "round, total the rounds asked for, the message names the job and its latest metrics. Returns the job id, "
-                    "the `artifact_id` to `predict` with, metrics, iterations, best_iteration and timings; the learning curve "
-                    "(every round's metrics) only with include_curve, the model file itself (base64) only with include_artifact. "
-                    "A failed or cancelled job is a tool error. If this call is "
-                    "cancelled the job trains on (see job_status, cancel_job) unless on_cancel is 'cancel'.",
+                    description="Train a gradient-boosted tree model on X and y and wait until it is trained. With a "
+                    "progress token, each boosting round (at most about 10 a second) comes as a progress "
+                    "notification: progress is the round, total the rounds asked for, the message names the job and "
+                    "its latest metrics. Returns the job id, the `artifact_id` to `predict` with, metrics, "
+                    "iterations, best_iteration and timings; the learning curve (every round's metrics) only with "
+                    "include_curve, the model file itself (base64) only with include_artifact. A failed or cancelled "
+                    "job is a tool error. If this call is cancelled the job trains on (see job_status, cancel_job) "
+                    "unless on_cancel is 'cancel'.",
                     input_schema=_with_properties(
                         train_inputs,
                         {
-                            "include_artifact": {"type": "boolean", "default": False, "description": "Also return the model file, base64, in `artifact`."},
-                            "include_curve": {"type": "boolean", "default": False, "description": "Also return every round's metrics, in `curve`."},
+                            "include_artifact": {
+                                "type": "boolean",
+                                "default": False,
+                                "description": "Also return the model file, base64, in `artifact`.",
+                            },
+                            "include_curve": {
+                                "type": "boolean",
+                                "default": False,
+                                "description": "Also return every round's metrics, in `curve`.",
+                            },
                             "on_cancel": {
                                 "type": "string",
                                 "enum": list(ON_CANCEL),
                                 "default": "continue",
-                                "description": "What happens to the job when this call is cancelled: it trains on, or it stops at the next round.",
+                                "description": "What happens to the job when this call is cancelled: "
+                                "it trains on, or it stops at the next round.",
                             },
                         },
                     ),
                     output_schema=TRAIN_OUTPUT_SCHEMA,
-                    annotations=types.ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False),
+                    annotations=types.ToolAnnotations(
+                        read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+                    ),
                 ),
                 self.train,
             ),
@@ -259,8 +283,12 @@ class McpEndpoint:
                     description="Start training as `train` does, but return at once with the job id and its status "
                     "(queued or running); follow it with job_status, stop it with cancel_job.",
                     input_schema=train_inputs,
-                    output_schema=_object({"job_id": {"type": "string"}, "status": STATUS_SCHEMA}, ["job_id", "status"], closed=False),
-                    annotations=types.ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False),
+                    output_schema=_object(
+                        {"job_id": {"type": "string"}, "status": STATUS_SCHEMA}, ["job_id", "status"], closed=False
+                    ),
+                    annotations=types.ToolAnnotations(
+                        read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+                    ),
                 ),
                 self.start_job,
             ),
@@ -268,11 +296,16 @@ class McpEndpoint:
                 types.Tool(
                     name="job_status",
                     title="A job's status",
-                    description="A job as `GET /jobs/{id}` shows it: status (queued, running, succeeded, failed, cancelled), "
-                    "progress (iteration, total, percent, elapsed_s, eta_s), latest metrics, times, error, artifact_id.",
+                    description="A job as `GET /jobs/{id}` shows it: status (queued, running, succeeded, failed, "
+                    "cancelled), progress (iteration, total, percent, elapsed_s, eta_s), latest metrics, times, "
+                    "error, artifact_id.",
                     input_schema=job_id,
                     output_schema=_object(
-                        {"job_id": {"type": "string"}, "status": STATUS_SCHEMA, "artifact_id": {"type": ["string", "null"]}},
+                        {
+                            "job_id": {"type": "string"},
+                            "status": STATUS_SCHEMA,
+                            "artifact_id": {"type": ["string", "null"]},
+                        },
                         ["job_id", "status"],
                         closed=False,
                     ),
@@ -284,15 +317,21 @@ class McpEndpoint:
                 types.Tool(
                     name="cancel_job",
                     title="Cancel a job",
-                    description="Stop a job: a waiting one ends cancelled at once, a training one after its current round. "
-                    "A job that has already ended is a tool error (already_finished).",
+                    description="Stop a job: a waiting one ends cancelled at once, a training one after its current "
+                    "round. A job that has already ended is a tool error (already_finished).",
                     input_schema=job_id,
                     output_schema=_object(
-                        {"job_id": {"type": "string"}, "status": STATUS_SCHEMA, "cancel_requested": {"type": "boolean"}},
+                        {
+                            "job_id": {"type": "string"},
+                            "status": STATUS_SCHEMA,
+                            "cancel_requested": {"type": "boolean"},
+                        },
                         ["job_id", "status", "cancel_requested"],
                         closed=False,
                     ),
-                    annotations=types.ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False),
+                    annotations=types.ToolAnnotations(
+                        read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
+                    ),
                 ),
                 self.cancel_job,
             ),
@@ -300,12 +339,20 @@ class McpEndpoint:
                 types.Tool(
                     name="predict",
                     title="Predict with a trained model",
-                    description="Predict rows of X with the model `train` made (its artifact_id). output 'value' gives numbers "
-                    "for a regression and class labels for a classifier; 'proba' gives one probability per class, in the order of `classes`.",
+                    description="Predict rows of X with the model `train` made (its artifact_id). output 'value' "
+                    "gives numbers for a regression and class labels for a classifier; 'proba' gives one probability "
+                    "per class, in the order of `classes`.",
                     input_schema=_object(
                         {
-                            "artifact_id": {"type": "string", "minLength": 1, "description": "The `artifact_id` that `train` or `job_status` gave."},
-                            "X": _table_schema("Rows to predict, each with as many values as the model has features; null marks a missing value."),
+                            "artifact_id": {
+                                "type": "string",
+                                "minLength": 1,
+                                "description": "The `artifact_id` that `train` or `job_status` gave.",
+                            },
+                            "X": _table_schema(
+                                "Rows to predict, each with as many values as the "
+                                "model has features; null marks a missing value."
+                            ),
                             "output": {"type": "string", "enum": list(OUTPUTS), "default": "value"},
                         },
                         ["artifact_id", "X"],
@@ -318,7 +365,9 @@ class McpEndpoint:
         ]
 
 
-def transport_security(bound_host: str, extra_hosts: Sequence[str] = (), extra_origins: Sequence[str] = ()) -> TransportSecuritySettings:
+def transport_security(
+    bound_host: str, extra_hosts: Sequence[str] = (), extra_origins: Sequence[str] = ()
+) -> TransportSecuritySettings:
     """Which `Host` and `Origin` headers `/mcp` accepts: the loopback names, the address the server
     binds if it is a specific one, and `extra_hosts`, on any port; as origins, pages served from
     those hosts (http or https), and `extra_origins` (`scheme://host[:port]`, or `:*` for any port)."""
@@ -330,7 +379,8 @@ def transport_security(bound_host: str, extra_hosts: Sequence[str] = (), extra_o
     return TransportSecuritySettings(
         enable_dns_rebinding_protection=True,
         allowed_hosts=allowed_hosts,
-        allowed_origins=[f"{scheme}://{host}" for host in allowed_hosts for scheme in ("http", "https")] + list(extra_origins),
+        allowed_origins=[f"{scheme}://{host}" for host in allowed_hosts for scheme in ("http", "https")]
+        + list(extra_origins),
     )
 
 
@@ -365,7 +415,7 @@ def _flag(value: Any, name: str) -> bool:
 
 
 def _choice(value: Any, name: str, choices: Sequence[str]) -> str:
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise InvalidParameter(name, f"{name} must be one of {list(choices)}, got {value!r}")
     return value
 
@@ -375,7 +425,9 @@ def _progress_message(job_id: str, kind: str, data: Mapping[str, Any], total: in
         return f"job {job_id}: waiting for a {data['device'].upper()} slot, position {data['position']}"
     if kind == "started":
         return f"job {job_id}: training {total} rounds on {data['n_rows']} rows x {data['n_features']} features"
-    metrics = ", ".join(f"{name} {'n/a' if value is None else format(value, '.6g')}" for name, value in data["metrics"].items())
+    metrics = ", ".join(
+        f"{name} {'n/a' if value is None else format(value, '.6g')}" for name, value in data["metrics"].items()
+    )
     return f"job {job_id}: round {data['iteration']} of {total}" + (f"; {metrics}" if metrics else "")
 
 
@@ -411,21 +463,39 @@ def _train_input_schema(trainers: Mapping[str, Trainer], max_training_s: float) 
         "objective": {"type": "string", "enum": list(OBJECTIVES), "default": DEFAULTS.objective},
         "params": {
             "type": "object",
-            "description": "The backend's hyperparameters (see list_models); each is checked against its bounds, an unknown one is refused.",
+            "description": "The backend's hyperparameters (see list_models); each "
+            "is checked against its bounds, an unknown one is refused.",
         },
-        "X_valid": _table_schema("Validation rows: their metrics are reported each round, and early stopping watches them."),
+        "X_valid": _table_schema(
+            "Validation rows: their metrics are reported each round, and early stopping watches them."
+        ),
         "y_valid": _labels_schema("One target per validation row."),
         "valid_fraction": {
             "type": "number",
             "exclusiveMinimum": 0,
             "maximum": 0.5,
-            "description": "Instead of X_valid/y_valid: this share of the rows is held out for validation, with a fixed seed.",
+            "description": "Instead of X_valid/y_valid: this share of the "
+            "rows is held out for validation, with a fixed seed.",
         },
-        "feature_names": {"type": "array", "items": {"type": "string"}, "uniqueItems": True, "description": "One name per column of X."},
+        "feature_names": {
+            "type": "array",
+            "items": {"type": "string"},
+            "uniqueItems": True,
+            "description": "One name per column of X.",
+        },
         "era": _labels_schema("WarpGBM only: one era id per row, for its directional era splitting."),
-        "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": max_training_s, "description": "Stop the job (failed, timeout) if it trains longer."},
+        "timeout_s": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": max_training_s,
+            "description": "Stop the job (failed, timeout) if it trains longer.",
+        },
         "artifact_format": {"type": "string", "enum": list(ARTIFACT_FORMATS), "default": DEFAULTS.artifact_format},
-        "callback_url": {"type": "string", "format": "uri", "description": "POSTed to when the job ends; only hosts the operator allows."},
+        "callback_url": {
+            "type": "string",
+            "format": "uri",
+            "description": "POSTed to when the job ends; only hosts the operator allows.",
+        },
     }
     schema = _object(properties, ["X", "y"])
     schema["dependentRequired"] = {"X_valid": ["y_valid"], "y_valid": ["X_valid"]}
@@ -447,21 +517,32 @@ TRAIN_OUTPUT_SCHEMA = _object(
     {
         "job_id": {"type": "string"},
         "status": {"const": JobStatus.SUCCEEDED.value},
-        "artifact_id": {"type": "string", "description": "Pass it to predict; GET /artifacts/{id} downloads the model."},
+        "artifact_id": {
+            "type": "string",
+            "description": "Pass it to predict; GET /artifacts/{id} downloads the model.",
+        },
         "metrics": NUMBERS,
         "iterations": {"type": "integer"},
         "best_iteration": {"type": "integer", "description": "The round the model predicts with."},
         "curve": {
             "type": "object",
-            "description": "Every round's metrics, only with include_curve: metrics[name][k] is the value at round first + k.",
-            "properties": {"first": {"type": "integer"}, "metrics": {"type": "object", "additionalProperties": {"type": "array"}}},
+            "description": "Every round's metrics, only with include_curve: "
+            "metrics[name][k] is the value at round first + k.",
+            "properties": {
+                "first": {"type": "integer"},
+                "metrics": {"type": "object", "additionalProperties": {"type": "array"}},
+            },
         },
         "timings": NUMBERS,
         "training_time_s": {"type": "number"},
         "classes": {"type": ["array", "null"]},
         "feature_names": {"type": "array", "items": {"type": "string"}},
         "format": {"type": "string", "enum": list(ARTIFACT_FORMATS)},
-        "artifact": {"type": "string", "contentEncoding": "base64", "description": "The model file, only with include_artifact."},
+        "artifact": {
+            "type": "string",
+            "contentEncoding": "base64",
+            "description": "The model file, only with include_artifact.",
+        },
     },
     ["job_id", "status", "artifact_id", "metrics", "iterations", "best_iteration", "timings"],
     closed=False,

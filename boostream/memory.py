@@ -21,8 +21,9 @@ import ctypes
 import mmap
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
@@ -44,13 +45,15 @@ def write_all(file: BinaryIO, data: bytes | bytearray | memoryview) -> None:
                 file.write(raw[start : start + WRITE_SLICE_BYTES])
 
 
-def empty(shape: tuple[int, ...], dtype: np.dtype | type = np.float64, order: str = "C") -> np.ndarray:
+def empty(
+    shape: tuple[int, ...], dtype: np.dtype[Any] | type = np.float64, order: Literal["C", "F"] = "C"
+) -> np.ndarray:
     """np.empty(shape, dtype, order), for an array about to be written whole: from MAPPED_MIN_BYTES
     on, on Linux, in memory mapped at once. Elsewhere, or for smaller arrays, plain np.empty."""
     dtype = np.dtype(dtype)
     size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if size < MAPPED_MIN_BYTES or not sys.platform.startswith("linux"):
-        return np.empty(shape, dtype, order=order)  # type: ignore[call-overload]
+        return np.empty(shape, dtype, order=order)
     mapping = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if _madvise is not None:
         # Through ctypes, which lets go of the GIL (mmap.madvise holds it: up to 1 s for 400 MB in
@@ -59,17 +62,17 @@ def empty(shape: tuple[int, ...], dtype: np.dtype | type = np.float64, order: st
         address = np.frombuffer(mapping, np.uint8).ctypes.data  # the array goes at once: no export left
         _madvise(ctypes.c_void_p(address), ctypes.c_size_t(size), MADV_POPULATE_WRITE)
     # The array keeps the mapping alive; it is unmapped when the last view of it goes.
-    return np.frombuffer(mapping, np.uint8, count=size).view(dtype).reshape(shape, order=order)  # type: ignore[call-overload]
+    return np.frombuffer(mapping, np.uint8, count=size).view(dtype).reshape(shape, order=order)
 
 
-def _libc_madvise() -> Optional[Callable[..., int]]:
+def _libc_madvise() -> Callable[..., int] | None:
     try:
         madvise = ctypes.CDLL(None, use_errno=True).madvise
     except (OSError, AttributeError):
         return None
     madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     madvise.restype = ctypes.c_int
-    return madvise  # type: ignore[no-any-return]
+    return madvise
 
 
 _madvise = _libc_madvise() if sys.platform.startswith("linux") else None
@@ -85,7 +88,7 @@ def save_array(path: Path, array: np.ndarray) -> None:
     with open(path, "wb") as file:
         np.lib.format.write_array_header_1_0(file, np.lib.format.header_data_from_array_1_0(array))
         # The data in the order the header names: the transpose of a Fortran-ordered array is C-ordered.
-        write_all(file, array if array.flags.c_contiguous else array.T)
+        write_all(file, (array if array.flags.c_contiguous else array.T).data)
 
 
 def avoid_huge_pages() -> None:

@@ -3,9 +3,9 @@
 A trainer calls `report()` once per boosting round from its own thread. The bridge hands rounds to
 the loop with `loop.call_soon_threadsafe`, at most one wake-up in flight, and coalesces: while the
 loop is busy or a round is throttled, a newer round replaces the older one as the one to deliver, so
-a slow consumer gets fewer deliveries, never a backlog of them. The first round and the last round are always delivered; in between at most
-one round per `interval_s`, each delivered as soon as it is reported. No iteration is delivered
-twice.
+a slow consumer gets fewer deliveries, never a backlog of them. The first round and the last round
+are always delivered; in between at most one round per `interval_s`, each delivered as soon as it
+is reported. No iteration is delivered twice.
 
 Throttling never costs the curve: each delivered round carries the metrics of every round reported
 since the previous delivery (`Progress.rounds`), so a client that wants every round gets every
@@ -20,7 +20,8 @@ import dataclasses
 import math
 import threading
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,12 +29,12 @@ class Progress:
     iteration: int
     total: int
     elapsed_s: float
-    eta_s: Optional[float]
-    metrics: dict[str, Optional[float]]
+    eta_s: float | None
+    metrics: dict[str, float | None]
     # Wall-clock time at which the round finished, so clients can measure delivery latency.
     ts: float
     # The metrics of every round since the previous delivery, oldest first; the last is `metrics`.
-    rounds: tuple[Mapping[str, Optional[float]], ...] = ()
+    rounds: tuple[Mapping[str, float | None], ...] = ()
 
     @property
     def percent(self) -> float:
@@ -44,14 +45,14 @@ class Progress:
         return metric_history(self.iteration - len(self.rounds) + 1, self.rounds)
 
 
-def metric_history(first: int, rounds: Sequence[Mapping[str, Optional[float]]]) -> dict[str, Any]:
+def metric_history(first: int, rounds: Sequence[Mapping[str, float | None]]) -> dict[str, Any]:
     """Rounds `first`, `first + 1`, ... as one list of values per metric (`null` where a round has
     no value): the shape of a `progress` event's `history` and of a `complete` event's `curve`."""
     names = list(dict.fromkeys(name for metrics in rounds for name in metrics))
     return {"first": first, "metrics": {name: [metrics.get(name) for metrics in rounds] for name in names}}
 
 
-def finite_or_none(value: float) -> Optional[float]:
+def finite_or_none(value: float) -> float | None:
     """Metrics can be NaN or infinite early in training; JSON has no such numbers. Trainers pass
     every metric through this before reporting it."""
     value = float(value)
@@ -74,8 +75,8 @@ class ProgressBridge:
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         # Guarded by _lock: written by the training thread, taken by the loop.
-        self._first: Optional[Progress] = None
-        self._latest: Optional[Progress] = None
+        self._first: Progress | None = None
+        self._latest: Progress | None = None
         self._undelivered: list[Progress] = []  # every round reported since the last delivery
         self._wakeup_pending = False
         # Loop side only.
@@ -93,7 +94,7 @@ class ProgressBridge:
         """Ask the trainer to stop after the current round; safe from any thread."""
         self._cancel.set()
 
-    def report(self, iteration: int, metrics: Mapping[str, Optional[float]]) -> None:
+    def report(self, iteration: int, metrics: Mapping[str, float | None]) -> None:
         elapsed = time.monotonic() - self._started
         remaining = max(self.total - iteration, 0)
         progress = Progress(
@@ -152,12 +153,15 @@ class ProgressBridge:
                     return
             # A newer round arrived while we delivered; take it too, within the throttle.
 
-    def _deliver_once(self, progress: Optional[Progress]) -> None:
+    def _deliver_once(self, progress: Progress | None) -> None:
         if self._closed or progress is None or progress.iteration <= self._delivered:
             return
         with self._lock:
             # Rounds are reported in order, so what this delivery covers is a prefix.
-            covered = next((i for i, earlier in enumerate(self._undelivered) if earlier.iteration > progress.iteration), len(self._undelivered))
+            covered = next(
+                (i for i, earlier in enumerate(self._undelivered) if earlier.iteration > progress.iteration),
+                len(self._undelivered),
+            )
             rounds = tuple(earlier.metrics for earlier in self._undelivered[:covered])
             del self._undelivered[:covered]
         self._delivered = progress.iteration

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import IO, Any, AsyncIterator, Collection, Optional
+from collections.abc import AsyncIterator, Collection
+from typing import IO, Any
 
 import anyio
 import numpy as np
@@ -45,16 +46,18 @@ class Service:
     `model_types`, when given, limits the backends to those (the others are not even asked whether
     they can train: asking WarpGBM imports torch, which takes seconds)."""
 
-    def __init__(self, settings: Settings, model_types: Optional[Collection[str]] = None) -> None:
+    def __init__(self, settings: Settings, model_types: Collection[str] | None = None) -> None:
         self.settings = settings
         trainers = create_trainers(settings.lightgbm_threads)
-        chosen = {name: trainer for name, trainer in trainers.items() if model_types is not None and name in model_types}
+        chosen = {
+            name: trainer for name, trainer in trainers.items() if model_types is not None and name in model_types
+        }
         self.trainers = chosen or trainers  # none known: all of them, for the refusal that lists them
         self.availability: dict[str, Availability] = {}
         self.webhook_policy = WebhookPolicy(settings.allowed_webhook_hosts)
-        self._jobs: Optional[JobManager] = None
-        self._models: Optional[ModelLoader] = None
-        self._ingest: Optional[anyio.Semaphore] = None
+        self._jobs: JobManager | None = None
+        self._models: ModelLoader | None = None
+        self._ingest: anyio.Semaphore | None = None
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -113,9 +116,13 @@ class Service:
         return {name: a.reason or "unavailable" for name, a in self.availability.items() if not a.available}
 
     async def decode_json(self, body: bytes | bytearray) -> TrainSpec:
-        return await anyio.to_thread.run_sync(decode_train_request, body, self.trainers, self.unavailable, self.settings.max_cells)
+        return await anyio.to_thread.run_sync(
+            decode_train_request, body, self.trainers, self.unavailable, self.settings.max_cells
+        )
 
-    async def decode_table(self, file: IO[bytes], kind: str, fields: dict[str, str], where: str = "on this server") -> TrainSpec:
+    async def decode_table(
+        self, file: IO[bytes], kind: str, fields: dict[str, str], where: str = "on this server"
+    ) -> TrainSpec:
         from boostream.requests.tables import decode_table_request  # pyarrow loads in ~0.3 s: only when used
 
         return await anyio.to_thread.run_sync(
@@ -128,11 +135,15 @@ class Service:
     # What there is
 
     def health(self) -> dict[str, Any]:
-        gpu = next((self.availability[name] for name, trainer in self.trainers.items() if trainer.device == "gpu"), None)
+        gpu = next(
+            (self.availability[name] for name, trainer in self.trainers.items() if trainer.device == "gpu"), None
+        )
         return {
             "status": "ok",
             "version": __version__,
-            "backends": {name: availability_view(a, self.trainers[name].device) for name, a in self.availability.items()},
+            "backends": {
+                name: availability_view(a, self.trainers[name].device) for name, a in self.availability.items()
+            },
             "gpu": gpu.device_name if gpu and gpu.available else None,
             "queue": self.jobs.counts(),
         }
@@ -176,7 +187,7 @@ class Service:
     def status(self, job_id: str) -> dict[str, Any]:
         return job_view(self.job(job_id))
 
-    def list_jobs(self, statuses: list[str], limit: int, cursor: Optional[int]) -> dict[str, Any]:
+    def list_jobs(self, statuses: list[str], limit: int, cursor: int | None) -> dict[str, Any]:
         """A page of jobs, newest first, and the cursor of the next page (None on the last)."""
         unknown = [s for s in statuses if s not in JOB_STATUSES]
         if unknown:
@@ -185,7 +196,7 @@ class Service:
         page, more = records[:limit], len(records) > limit
         return {"jobs": [job_view(record) for record in page], "next_cursor": str(page[-1].seq) if more else None}
 
-    def follow(self, job_id: str, after: int = 0) -> Optional[AsyncIterator[Event]]:
+    def follow(self, job_id: str, after: int = 0) -> AsyncIterator[Event] | None:
         """The job's events after `after`, then live ones to the terminal event; None when the job
         has ended and no event is left after `after`."""
         record = self.job(job_id)
@@ -196,7 +207,9 @@ class Service:
     def cancel(self, job_id: str) -> dict[str, Any]:
         record = self.job(job_id)
         if self.jobs.live(record.id) is None:
-            raise Conflict("already_finished", f"job {record.id} already ended {record.status.value}", record.status.value)
+            raise Conflict(
+                "already_finished", f"job {record.id} already ended {record.status.value}", record.status.value
+            )
         return {"job_id": record.id, "status": self.jobs.cancel(record.id).value, "cancel_requested": True}
 
     def client_left(self, job_id: str, client: str, cancel: bool) -> None:
@@ -206,7 +219,9 @@ class Service:
     async def delete(self, job_id: str) -> None:
         record = self.job(job_id)
         if self.jobs.live(record.id) is not None:
-            raise Conflict("not_finished", f"job {record.id} is {record.status.value}: cancel it first", record.status.value)
+            raise Conflict(
+                "not_finished", f"job {record.id} is {record.status.value}: cancel it first", record.status.value
+            )
         await self.jobs.delete(record.id)
 
     async def result(self, job_id: str) -> str:
@@ -216,7 +231,9 @@ class Service:
         if status is not JobStatus.SUCCEEDED:
             if status.finished:
                 raise Conflict("no_result", f"job {record.id} ended {status.value}; it has no result", status.value)
-            raise Conflict("not_finished", f"job {record.id} is {status.value}; its result is not ready yet", status.value)
+            raise Conflict(
+                "not_finished", f"job {record.id} is {status.value}; its result is not ready yet", status.value
+            )
         return await self.jobs.result(record.id)
 
     # Artifacts and predictions
@@ -238,7 +255,9 @@ class Service:
         try:
             content = await self.jobs.artifact_file(record.id, format)
         except FileNotFoundError:
-            raise Gone(f"the {format} file of artifact {record.id} is missing from the server", field="artifact_id") from None
+            raise Gone(
+                f"the {format} file of artifact {record.id} is missing from the server", field="artifact_id"
+            ) from None
         return content, record.blobs[format]
 
     async def predict(self, request: PredictRequestBody, X: np.ndarray) -> dict[str, Any]:
@@ -249,7 +268,9 @@ class Service:
             loaded = await anyio.to_thread.run_sync(self._models.stored, record)
         else:
             assert request.artifact is not None  # decode_predict_request checks that one is given
-            loaded = await anyio.to_thread.run_sync(self._models.uploaded, request.artifact, request.artifact_format, request.signature)
+            loaded = await anyio.to_thread.run_sync(
+                self._models.uploaded, request.artifact, request.artifact_format, request.signature
+            )
         return await self._predictions(loaded, X, request.output)
 
     async def _predictions(self, loaded: LoadedModel, X: np.ndarray, output: str) -> dict[str, Any]:
@@ -264,8 +285,11 @@ class Service:
             "predictions": values.tolist() if values.dtype == object else values,
         }
 
-    def _check_timeout(self, timeout_s: Optional[float]) -> Optional[float]:
+    def _check_timeout(self, timeout_s: float | None) -> float | None:
         limit = self.settings.max_training_s
         if timeout_s is not None and not 0 < timeout_s <= limit:
-            raise InvalidParameter("timeout_s", f"timeout_s must be greater than 0 and at most {limit:g} (this server's limit), got {timeout_s:g}")
+            raise InvalidParameter(
+                "timeout_s",
+                f"timeout_s must be greater than 0 and at most {limit:g} (this server's limit), got {timeout_s:g}",
+            )
         return timeout_s

@@ -4,7 +4,7 @@ that `GET /jobs/{id}` and MCP's `job_status` never disagree."""
 from __future__ import annotations
 
 import datetime
-from typing import Any, Optional
+from typing import Any
 
 from boostream.jobs.records import JobRecord, JobStatus, job_urls
 from boostream.models.artifacts import ArtifactRecord
@@ -28,7 +28,13 @@ def job_view(record: JobRecord) -> dict[str, Any]:
         "created_at": iso(record.created_at),
         "started_at": iso(record.started_at),
         "finished_at": iso(record.finished_at),
-        "progress": {"iteration": iteration, "total": total, "percent": percent, "elapsed_s": record.elapsed_s, "eta_s": record.eta_s},
+        "progress": {
+            "iteration": iteration,
+            "total": total,
+            "percent": percent,
+            "elapsed_s": record.elapsed_s,
+            "eta_s": record.eta_s,
+        },
         "metrics": record.metrics or {},
         "error": {"code": record.error_code, "message": record.error_message} if record.error_code else None,
         "artifact_id": record.artifact_id,
@@ -66,7 +72,11 @@ def availability_view(availability: Availability, device: str) -> dict[str, Any]
     return fields
 
 
-def iso(timestamp: Optional[float]) -> Optional[str]:
+def iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
-    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return (
+        datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )

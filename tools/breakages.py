@@ -43,15 +43,16 @@ BREAKAGES = [
              JOB_TESTS),
     Breakage("attempts unlimited", "a job running the last three times the server died ends interrupted",
              MANAGER, "if record.attempts >= MAX_ATTEMPTS:", "if False:", JOB_TESTS),
-    Breakage("owed webhooks forgotten", "a delivery the server could not finish before it stopped is made by the next one",
+    Breakage("owed webhooks forgotten",
+             "a delivery the server could not finish before it stopped is made by the next one",
              MANAGER, "for record in owed:\n            self._background(self._deliver_webhook(record.id))", "del owed",
              ("tests/test_webhooks.py",)),
     Breakage("queue positions not announced again", "each waiting job gets a queued event whenever the queue moves",
              MANAGER, "if self._dispatch(job.device):\n            self._announce_positions(job.device)",
              "self._dispatch(job.device)", JOB_TESTS),
     Breakage("requeue out of order", "interrupted jobs are queued again in their original order",
-             MANAGER, "for record in self.store.unfinished_jobs():", "for record in reversed(self.store.unfinished_jobs()):",
-             JOB_TESTS),
+             MANAGER, "for record in self.store.unfinished_jobs():",
+             "for record in reversed(self.store.unfinished_jobs()):", JOB_TESTS),
     Breakage("gone backend requeued", "a job whose backend is gone after a restart ends interrupted",
              MANAGER, "elif not availability.available:", "elif False:", JOB_TESTS),
     Breakage("Retry-After not the soonest ETA", "429's Retry-After is the soonest ETA of a running job",
@@ -70,7 +71,8 @@ BREAKAGES = [
              "boostream/requests/spec.py", "if len(unseen):", "if False:", ("tests/test_errors.py",)),
     Breakage("valid_fraction with X_valid accepted", "valid_fraction together with X_valid is a 422",
              "boostream/requests/spec.py",
-             'if options.valid_fraction is not None:\n            raise InvalidParameter("valid_fraction", "send either valid_fraction or X_valid/y_valid, not both")',
+             'if options.valid_fraction is not None:\n            raise '
+             'InvalidParameter("valid_fraction", "send either valid_fraction or X_valid/y_valid, not both")',
              "pass", ("tests/test_errors.py",)),
     Breakage("final metrics of the last round", "complete.metrics are those of the best round",
              "boostream/trainers/base.py", "return best, (self.rounds[best - 1] if best else {})",
@@ -79,18 +81,20 @@ BREAKAGES = [
              "boostream/trainers/lightgbm.py", "        booster.best_iteration = best_iteration\n", "",
              ("tests/test_train_stream.py",)),
     Breakage("cancel ignored", "a running job ends cancelled after the current round",
-             "boostream/trainers/lightgbm.py", "if reporter.cancelled:", "if False:", ("tests/test_jobs.py",)),
+             "boostream/trainers/lightgbm.py", "if self.reporter.cancelled:", "if False:", ("tests/test_jobs.py",)),
     Breakage("throttled rounds lost", "every round's metrics reach the client (progress history)",
              "boostream/progress.py", "rounds = tuple(earlier.metrics for earlier in self._undelivered[:covered])",
              "rounds = (progress.metrics,)", ("tests/test_progress.py", "tests/test_train_stream.py")),
     Breakage("NaN on the wire", "metrics that are not finite are sent as null",
              MANAGER, "event = Event(len(job.events) + 1, event_type, orjson.dumps(data).decode())",
-             "event = Event(len(job.events) + 1, event_type, __import__('json').dumps(data))", ("tests/test_progress.py",)),
+             "event = Event(len(job.events) + 1, event_type, __import__('json').dumps(data))",
+             ("tests/test_progress.py",)),
     Breakage("class labels lost in the text model", "a model's classes survive every format",
              "boostream/trainers/lightgbm.py", "        if classes is None:\n            return text.encode()",
              "        return text.encode()", ("tests/test_artifacts.py",)),
     Breakage("threads per job ignored", "--threads-per-job sets LightGBM's threads",
-             "boostream/config.py", "            return self.threads_per_job", "            return 1", ("tests/test_server_options.py",)),
+             "boostream/config.py", "            return self.threads_per_job", "            return 1",
+             ("tests/test_server_options.py",)),
     Breakage("multipart without length accepted", "a multipart upload without a Content-Length is a 411",
              "boostream/streaming_server/uploads.py", "if declared_length(request, limit) is None:", "if False:",
              ("tests/test_tables.py",)),
@@ -110,9 +114,11 @@ BREAKAGES = [
 def scratch_copy() -> Path:
     """The tracked files as they are in the working tree, in a new folder."""
     folder = Path(tempfile.mkdtemp(prefix="breakages-"))
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
-    untracked = subprocess.run(["git", "ls-files", "-z", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, check=True)
-    for name in [*tracked, *untracked.stdout.decode().split("\0")]:
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+    untracked = subprocess.run(
+        ["git", "ls-files", "-z", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, check=True
+    )
+    for name in [*tracked.stdout.decode().split("\0"), *untracked.stdout.decode().split("\0")]:
         if name and (ROOT / name).is_file():
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, folder / name)
@@ -124,7 +130,9 @@ def run(breakage: Breakage, copy: Path) -> tuple[bool, float, str]:
     path = copy / breakage.path
     original = path.read_text()
     if original.count(breakage.old) != 1:
-        raise SystemExit(f"{breakage.name}: the text to break is not found exactly once in {breakage.path}; update the list")
+        raise SystemExit(
+            f"{breakage.name}: the text to break is not found exactly once in {breakage.path}; update the list"
+        )
     path.write_text(original.replace(breakage.old, breakage.new))
     try:
         env = {**os.environ, "PYTHONPATH": str(copy)}
@@ -151,7 +159,9 @@ def main(words: list[str]) -> int:
             was_caught, seconds, last = run(breakage, copy)
             caught += was_caught
             tests = ", ".join(f"`{test}`" for test in breakage.tests)
-            print(f"| {breakage.name} | {breakage.promise} | {tests} | {'yes' if was_caught else '**no**'} | {last} ({seconds:.0f} s) |", flush=True)
+            verdict = "yes" if was_caught else "**no**"
+            row = f"| {breakage.name} | {breakage.promise} | {tests} | {verdict} | {last} ({seconds:.0f} s) |"
+            print(row, flush=True)
     finally:
         shutil.rmtree(copy, ignore_errors=True)
     print(f"\ncaught {caught} of {len(chosen)}")

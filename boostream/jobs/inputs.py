@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import orjson
@@ -29,7 +28,11 @@ def save(folder: Path, data: TrainingData) -> None:
         array = getattr(data, name)
         if array is not None:
             save_array(folder / f"{name}.npy", array)
-    meta = {"feature_names": data.feature_names, "classes": data.classes, "arrays": [n for n in ARRAYS if getattr(data, n) is not None]}
+    meta = {
+        "feature_names": data.feature_names,
+        "classes": data.classes,
+        "arrays": [n for n in ARRAYS if getattr(data, n) is not None],
+    }
     partial = folder / (META + ".partial")
     partial.write_bytes(orjson.dumps(meta, option=orjson.OPT_SERIALIZE_NUMPY))
     partial.replace(folder / META)
@@ -40,7 +43,7 @@ def complete(folder: Path) -> bool:
     return (folder / META).exists()
 
 
-def load(folder: Path) -> Optional[TrainingData]:
+def load(folder: Path) -> TrainingData | None:
     """The arrays as saved, or None when the folder is missing or incomplete."""
     try:
         meta = orjson.loads((folder / META).read_bytes())

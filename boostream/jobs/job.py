@@ -10,28 +10,30 @@ encoding of each event. Once the job ends, its log is read from the store instea
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Optional
+from collections.abc import AsyncGenerator
 
 from boostream.jobs.records import Event, JobRequest, JobStatus
 from boostream.progress import ProgressBridge
-from boostream.trainers.base import Trainer, TrainingData
+from boostream.trainers.base import Backend, TrainingData
 
 
 class Job:
-    def __init__(self, job_id: str, request: JobRequest, trainer: Trainer, created_at: float, data: Optional[TrainingData] = None) -> None:
+    def __init__(
+        self, job_id: str, request: JobRequest, trainer: Backend, created_at: float, data: TrainingData | None = None
+    ) -> None:
         self.id = job_id
         self.request = request
         self.trainer = trainer
         self.data = data  # None while it waits on disk
         self.status = JobStatus.QUEUED
         self.created_at = created_at
-        self.started_at: Optional[float] = None
+        self.started_at: float | None = None
         self.attempts = 0
         self.ingest_timings: dict[str, float] = {}  # receive_s, decode_s: how the request was read
         self.events: list[Event] = []
-        self.bridge: Optional[ProgressBridge] = None
-        self.task: Optional[asyncio.Task[None]] = None  # while it trains
-        self.eta_s: Optional[float] = None  # the latest estimate: how long until a slot frees
+        self.bridge: ProgressBridge | None = None
+        self.task: asyncio.Task[None] | None = None  # while it trains
+        self.eta_s: float | None = None  # the latest estimate: how long until a slot frees
         self.timed_out = False
         self._cancel_requested = False
         self._appended = asyncio.Event()
@@ -70,7 +72,7 @@ class Job:
         self._appended.set()
         self._appended = asyncio.Event()
 
-    async def follow(self, after: int = 0) -> AsyncIterator[Event]:
+    async def follow(self, after: int = 0) -> AsyncGenerator[Event, None]:
         """The events with ids above `after`, then live ones, ending after the terminal event."""
         position = max(after, 0)
         while True:

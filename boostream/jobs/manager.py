@@ -21,8 +21,9 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Coroutine, Mapping, Optional, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
@@ -33,7 +34,7 @@ from boostream.jobs.records import Event, JobRecord, JobRequest, JobStatus, JobS
 from boostream.jobs.webhooks import WebhookPolicy, WebhookSender, webhook_payload
 from boostream.models.artifacts import Artifact, ArtifactRecord, ArtifactStore
 from boostream.progress import Progress, ProgressBridge, metric_history
-from boostream.trainers.base import Availability, FitResult, Trainer, TrainingData
+from boostream.trainers.base import Availability, Backend, FitResult, TrainingData
 
 T = TypeVar("T")
 
@@ -51,7 +52,7 @@ class JobManager:
         store: JobStore,
         artifacts: ArtifactStore,
         inputs_dir: Path,
-        trainers: Mapping[str, Trainer],
+        trainers: Mapping[str, Backend],
         availability: Mapping[str, Availability],
         *,
         cpu_jobs: int,
@@ -141,17 +142,17 @@ class JobManager:
         self._background(self._save_inputs(job, data))
         return job
 
-    def live(self, job_id: str) -> Optional[Job]:
+    def live(self, job_id: str) -> Job | None:
         return self._live.get(job_id)
 
-    def job(self, job_id: str) -> Optional[JobRecord]:
+    def job(self, job_id: str) -> JobRecord | None:
         return self.store.job(job_id)
 
-    def jobs(self, statuses: list[str], limit: int, before_seq: Optional[int]) -> list[JobRecord]:
+    def jobs(self, statuses: list[str], limit: int, before_seq: int | None) -> list[JobRecord]:
         """Newest first."""
         return self.store.jobs(statuses, limit, before_seq)
 
-    def artifact(self, artifact_id: str) -> Optional[ArtifactRecord]:
+    def artifact(self, artifact_id: str) -> ArtifactRecord | None:
         return self.store.artifact(artifact_id)
 
     async def artifact_file(self, artifact_id: str, format: str) -> bytes:
@@ -169,7 +170,11 @@ class JobManager:
                 yield event
             return
         for event in self.store.events(job_id, after):
-            yield Event(event.id, event.type, await self._with_artifact(event.json)) if event.type == "complete" else event
+            yield (
+                Event(event.id, event.type, await self._with_artifact(event.json))
+                if event.type == "complete"
+                else event
+            )
 
     def client_left(self, job_id: str, client: str, cancel: bool) -> None:
         """A client that followed a job went away: cancel the job if it asked to, and say so."""
@@ -202,7 +207,12 @@ class JobManager:
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {
-            device: {"running": len(self._running[device]), "queued": len(self._waiting[device]), "limit": limit, "max_queued": self.max_queued}
+            device: {
+                "running": len(self._running[device]),
+                "queued": len(self._waiting[device]),
+                "limit": limit,
+                "max_queued": self.max_queued,
+            }
             for device, limit in self.limits.items()
         }
 
@@ -228,12 +238,12 @@ class JobManager:
             job = self._waiting[device].popleft()
             self._running[device].add(job)
             task = asyncio.get_running_loop().create_task(self._run(job), name=f"job-{job.id}")
-            task.add_done_callback(lambda _, job=job: self._on_run_done(job))
+            task.add_done_callback(functools.partial(self._on_run_done, job))
             job.task = task
             started = True
         return started
 
-    def _on_run_done(self, job: Job) -> None:
+    def _on_run_done(self, job: Job, task: asyncio.Task[None]) -> None:
         self._running[job.device].discard(job)
         if self._dispatch(job.device):
             self._announce_positions(job.device)
@@ -253,11 +263,17 @@ class JobManager:
             if data is None and not job.cancel_requested:
                 data = await self._on_disk(inputs.load, self._inputs_folder(job))
                 if data is None:
-                    self._end(job, JobStatus.FAILED, "error", {"code": "interrupted", "message": "the job's input was lost while the server was down"})
+                    self._end(
+                        job,
+                        JobStatus.FAILED,
+                        "error",
+                        {"code": "interrupted", "message": "the job's input was lost while the server was down"},
+                    )
                     return
             if job.cancel_requested:  # asked while it waited, or while its input was read back
                 self._end(job, JobStatus.CANCELLED, "cancelled", {"iteration": 0})
                 return
+            assert data is not None  # in memory or read back: a job without it ended above
             await self._train(job, data)
         except Exception:  # the store failing, say: end the job, never leave it `running`
             log.exception("job %s: the server failed while running it", job.id)
@@ -294,17 +310,25 @@ class JobManager:
         except Exception as error:  # a failed fit ends the job, never the server
             log.exception("job %s failed", job.id)
             job.bridge.finish()
-            self._end(job, JobStatus.FAILED, "error", {"code": "training_failed", "message": f"{type(error).__name__}: {error}"})
+            self._end(
+                job,
+                JobStatus.FAILED,
+                "error",
+                {"code": "training_failed", "message": f"{type(error).__name__}: {error}"},
+            )
             return
         finally:
             deadline.cancel()
         job.bridge.finish()
         if result.cancelled and job.timed_out:
             message = f"training ran past its limit of {limit_s:g} s and stopped after round {result.iterations}"
-            self._end(job, JobStatus.FAILED, "error", {"code": "timeout", "message": message, "iteration": result.iterations})
+            self._end(
+                job, JobStatus.FAILED, "error", {"code": "timeout", "message": message, "iteration": result.iterations}
+            )
         elif result.cancelled:
             self._end(job, JobStatus.CANCELLED, "cancelled", {"iteration": result.iterations})
         else:
+            assert artifact is not None and job.started_at is not None  # saved, and started, unless cancelled
             format = request.artifact_format
             complete = {
                 **artifact.event_fields(format),
@@ -315,7 +339,11 @@ class JobManager:
                 "classes": data.classes,
                 "feature_names": data.feature_names,
                 "training_time_s": timings["fit_s"],
-                "timings": {**{name: round(value, 4) for name, value in job.ingest_timings.items()}, "queued_s": round(job.started_at - job.created_at, 4), **timings},
+                "timings": {
+                    **{name: round(value, 4) for name, value in job.ingest_timings.items()},
+                    "queued_s": round(job.started_at - job.created_at, 4),
+                    **timings,
+                },
                 "artifact": artifact.encoded(format),
             }
             self.store.insert_artifact(
@@ -333,9 +361,17 @@ class JobManager:
                     blobs=artifact.blobs,
                 )
             )
-            self._end(job, JobStatus.SUCCEEDED, "complete", complete, artifact_id=artifact.artifact_id, metrics=result.metrics, iteration=result.iterations)
+            self._end(
+                job,
+                JobStatus.SUCCEEDED,
+                "complete",
+                complete,
+                artifact_id=artifact.artifact_id,
+                metrics=result.metrics,
+                iteration=result.iterations,
+            )
 
-    def _fit_and_save(self, job: Job, data: TrainingData) -> tuple[FitResult, Optional[Artifact], dict[str, float]]:
+    def _fit_and_save(self, job: Job, data: TrainingData) -> tuple[FitResult, Artifact | None, dict[str, float]]:
         """Runs in a training thread."""
         request = job.request
         started = time.perf_counter()
@@ -353,7 +389,11 @@ class JobManager:
         data = {"job_id": job.id, **data}
         event = Event(len(job.events) + 1, event_type, orjson.dumps(data).decode())
         # The artifact is kept once, in its file; the stored event goes without it.
-        stored = orjson.dumps({k: v for k, v in data.items() if k != "artifact"}) if "artifact" in data else event.json.encode()
+        stored = (
+            orjson.dumps({k: v for k, v in data.items() if k != "artifact"})
+            if "artifact" in data
+            else event.json.encode()
+        )
         self.store.append_event(job.id, event.id, event_type, stored, **row_fields)
         job.append(event)
         return event
@@ -374,7 +414,18 @@ class JobManager:
             "n_estimators": job.rounds,
             "params": request.params,
         }
-        self._emit(job, "started", started, status=job.status, started_at=job.started_at, attempts=job.attempts, iteration=0, elapsed_s=None, eta_s=None, metrics=None)
+        self._emit(
+            job,
+            "started",
+            started,
+            status=job.status,
+            started_at=job.started_at,
+            attempts=job.attempts,
+            iteration=0,
+            elapsed_s=None,
+            eta_s=None,
+            metrics=None,
+        )
 
     def _report(self, job: Job, progress: Progress) -> None:
         fields = {
@@ -388,7 +439,15 @@ class JobManager:
             "ts": progress.ts,
         }
         job.eta_s = progress.eta_s
-        self._emit(job, "progress", fields, iteration=progress.iteration, elapsed_s=progress.elapsed_s, eta_s=progress.eta_s, metrics=progress.metrics)
+        self._emit(
+            job,
+            "progress",
+            fields,
+            iteration=progress.iteration,
+            elapsed_s=progress.elapsed_s,
+            eta_s=progress.eta_s,
+            metrics=progress.metrics,
+        )
 
     def _end(self, job: Job, status: JobStatus, event_type: str, data: dict[str, Any], **row_fields: Any) -> None:
         if status is JobStatus.FAILED:
@@ -396,7 +455,16 @@ class JobManager:
         job.status = status
         job.data = None
         callback_state = "pending" if job.request.callback_url else None
-        self._emit(job, event_type, data, status=status, finished_at=time.time(), eta_s=None, callback_state=callback_state, **row_fields)
+        self._emit(
+            job,
+            event_type,
+            data,
+            status=status,
+            finished_at=time.time(),
+            eta_s=None,
+            callback_state=callback_state,
+            **row_fields,
+        )
         del self._live[job.id]
         self._background(self._on_disk(inputs.remove, self._inputs_folder(job)))
         if job.request.callback_url:
@@ -411,7 +479,9 @@ class JobManager:
         try:
             await self._on_disk(inputs.save, self._inputs_folder(job), data)
         except OSError as error:
-            log.warning("job %s: could not keep its input on disk (%s); it cannot be re-run after a restart", job.id, error)
+            log.warning(
+                "job %s: could not keep its input on disk (%s); it cannot be re-run after a restart", job.id, error
+            )
             return
         if job.finished:
             await self._on_disk(inputs.remove, self._inputs_folder(job))  # it ended while its input was written
@@ -443,7 +513,15 @@ class JobManager:
             log.info("job %s was %s when the server stopped; it runs again", job.id, was)
             job.status = JobStatus.QUEUED
             reason = f"the server restarted while the job was {was}"
-            self._emit(job, "restarted", {"reason": reason, "attempts": job.attempts}, status=job.status, iteration=0, elapsed_s=None, eta_s=None)
+            self._emit(
+                job,
+                "restarted",
+                {"reason": reason, "attempts": job.attempts},
+                status=job.status,
+                iteration=0,
+                elapsed_s=None,
+                eta_s=None,
+            )
             self._enqueue(job)
             return
         log.warning("job %s was %s when the server stopped; it ends interrupted: %s", job.id, was, problem)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
-from typing import Any, Iterable, Optional, Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from boostream.models.artifacts import ArtifactRecord
 
@@ -57,8 +58,8 @@ class JobRequest:
     model_type: str
     objective: str
     params: dict[str, Any]
-    callback_url: Optional[str] = None
-    timeout_s: Optional[float] = None
+    callback_url: str | None = None
+    timeout_s: float | None = None
     artifact_format: str = "joblib"  # which of the artifact's formats the `complete` event carries
     base_url: str = ""  # where the client reached this server: webhooks send absolute URLs
 
@@ -78,17 +79,17 @@ class JobRecord:
     request: JobRequest
     created_at: float
     total: int  # the rounds asked for
-    started_at: Optional[float] = None
-    finished_at: Optional[float] = None
+    started_at: float | None = None
+    finished_at: float | None = None
     iteration: int = 0
-    elapsed_s: Optional[float] = None
-    eta_s: Optional[float] = None
-    metrics: Optional[dict[str, Optional[float]]] = None
-    error_code: Optional[str] = None
-    error_message: Optional[str] = None
-    artifact_id: Optional[str] = None
+    elapsed_s: float | None = None
+    eta_s: float | None = None
+    metrics: dict[str, float | None] | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    artifact_id: str | None = None
     attempts: int = 0
-    callback_state: Optional[str] = None  # pending, delivered, failed, refused; None without a callback
+    callback_state: str | None = None  # pending, delivered, failed, refused; None without a callback
     seq: int = 0  # the order jobs came in; given by the store
 
 
@@ -118,9 +119,9 @@ class JobStore(Protocol):
     def delete_jobs(self, job_ids: Iterable[str]) -> list[str]:
         """Remove jobs with their events and artifact records; the ids of those artifacts."""
 
-    def job(self, job_id: str) -> Optional[JobRecord]: ...
+    def job(self, job_id: str) -> JobRecord | None: ...
 
-    def jobs(self, statuses: Iterable[str] = (), limit: int = 50, before_seq: Optional[int] = None) -> list[JobRecord]:
+    def jobs(self, statuses: Iterable[str] = (), limit: int = 50, before_seq: int | None = None) -> list[JobRecord]:
         """Newest first."""
 
     def unfinished_jobs(self) -> list[JobRecord]:
@@ -131,7 +132,7 @@ class JobStore(Protocol):
     def finished_before(self, cutoff: float, limit: int) -> list[str]:
         """The ids of up to `limit` jobs that finished before `cutoff`, oldest first."""
 
-    def artifact(self, artifact_id: str) -> Optional[ArtifactRecord]: ...
+    def artifact(self, artifact_id: str) -> ArtifactRecord | None: ...
 
     def artifact_ids(self) -> set[str]:
         """Every artifact a job refers to."""
@@ -145,4 +146,9 @@ class JobStore(Protocol):
 def job_urls(job_id: str, base_url: str = "") -> dict[str, str]:
     """Where a job is followed, relative to the server's root unless `base_url` is given."""
     base = f"{base_url.rstrip('/')}/jobs/{job_id}"
-    return {"status_url": base, "events_url": f"{base}/events", "result_url": f"{base}/result", "cancel_url": f"{base}/cancel"}
+    return {
+        "status_url": base,
+        "events_url": f"{base}/events",
+        "result_url": f"{base}/result",
+        "cancel_url": f"{base}/cancel",
+    }

@@ -18,8 +18,9 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 import orjson
 
@@ -128,7 +129,10 @@ class SqliteJobStore:
     def append_event(self, job_id: str, event_id: int, event_type: str, data_json: bytes, **job_fields: Any) -> None:
         """One event, and the job's row fields that change with it, in one transaction."""
         with self._db:
-            self._db.execute("INSERT INTO events (job_id, id, type, data) VALUES (?, ?, ?, ?)", (job_id, event_id, event_type, data_json.decode()))
+            self._db.execute(
+                "INSERT INTO events (job_id, id, type, data) VALUES (?, ?, ?, ?)",
+                (job_id, event_id, event_type, data_json.decode()),
+            )
             if job_fields:
                 self._update(job_id, job_fields)
 
@@ -144,7 +148,9 @@ class SqliteJobStore:
     def delete_jobs(self, job_ids: Iterable[str]) -> list[str]:
         """Remove jobs with their events and artifact records; the ids of those artifacts."""
         ids = [(job_id,) for job_id in job_ids]
-        artifact_ids = [row[0] for job_id in ids for row in self._db.execute("SELECT id FROM artifacts WHERE job_id = ?", job_id)]
+        artifact_ids = [
+            row[0] for job_id in ids for row in self._db.execute("SELECT id FROM artifacts WHERE job_id = ?", job_id)
+        ]
         with self._db:
             self._db.executemany("DELETE FROM events WHERE job_id = ?", ids)
             self._db.executemany("DELETE FROM artifacts WHERE job_id = ?", ids)
@@ -153,11 +159,11 @@ class SqliteJobStore:
 
     # Reads
 
-    def job(self, job_id: str) -> Optional[JobRecord]:
+    def job(self, job_id: str) -> JobRecord | None:
         row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job_record(row) if row else None
 
-    def jobs(self, statuses: Iterable[str] = (), limit: int = 50, before_seq: Optional[int] = None) -> list[JobRecord]:
+    def jobs(self, statuses: Iterable[str] = (), limit: int = 50, before_seq: int | None = None) -> list[JobRecord]:
         """Newest first."""
         where: list[str] = []
         args: list[Any] = []
@@ -183,10 +189,12 @@ class SqliteJobStore:
 
     def finished_before(self, cutoff: float, limit: int) -> list[str]:
         """The ids of up to `limit` jobs that finished before `cutoff`, oldest first."""
-        rows = self._db.execute("SELECT id FROM jobs WHERE finished_at < ? ORDER BY finished_at LIMIT ?", (cutoff, limit)).fetchall()
+        rows = self._db.execute(
+            "SELECT id FROM jobs WHERE finished_at < ? ORDER BY finished_at LIMIT ?", (cutoff, limit)
+        ).fetchall()
         return [row[0] for row in rows]
 
-    def artifact(self, artifact_id: str) -> Optional[ArtifactRecord]:
+    def artifact(self, artifact_id: str) -> ArtifactRecord | None:
         row = self._db.execute("SELECT * FROM artifacts WHERE id = ?", (artifact_id,)).fetchone()
         if row is None:
             return None
@@ -200,11 +208,16 @@ class SqliteJobStore:
         return {row[0] for row in self._db.execute(query)}
 
     def has_events_after(self, job_id: str, after: int) -> bool:
-        return self._db.execute("SELECT 1 FROM events WHERE job_id = ? AND id > ? LIMIT 1", (job_id, after)).fetchone() is not None
+        return (
+            self._db.execute("SELECT 1 FROM events WHERE job_id = ? AND id > ? LIMIT 1", (job_id, after)).fetchone()
+            is not None
+        )
 
     def events(self, job_id: str, after: int = 0) -> list[Event]:
         """The events with ids above `after`, in order."""
-        rows = self._db.execute("SELECT id, type, data FROM events WHERE job_id = ? AND id > ? ORDER BY id", (job_id, after))
+        rows = self._db.execute(
+            "SELECT id, type, data FROM events WHERE job_id = ? AND id > ? ORDER BY id", (job_id, after)
+        )
         return [Event(event_id, kind, data) for event_id, kind, data in rows]
 
     def _update(self, job_id: str, fields: dict[str, Any]) -> None:

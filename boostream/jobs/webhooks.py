@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import random
 import uuid
-from typing import Any, Optional
+from typing import Any
 
 import httpx
 import orjson
@@ -58,12 +58,17 @@ class WebhookPolicy:
         if not parsed.host:
             raise _invalid("callback_url has no host")
         if parsed.userinfo:
-            raise _invalid("callback_url must not contain credentials (user:password@); receivers check the X-Boostream-Signature header instead")
+            raise _invalid(
+                "callback_url must not contain credentials (user:password@); "
+                "receivers check the X-Boostream-Signature header instead"
+            )
         port = parsed.port if parsed.port is not None else DEFAULT_PORTS[parsed.scheme]
         if not 0 < port < 65536:
             raise _invalid(f"callback_url has an invalid port {port}")
         if not self._allows(_comparable(parsed.host), port):
-            raise _invalid(f"callback_url host {parsed.host!r} is not in this server's webhook allow-list (--webhook-hosts)")
+            raise _invalid(
+                f"callback_url host {parsed.host!r} is not in this server's webhook allow-list (--webhook-hosts)"
+            )
         return str(parsed.copy_with(fragment=None))  # a fragment is never sent anyway
 
     def _allows(self, host: str, port: int) -> bool:
@@ -76,7 +81,7 @@ class _Failure:
 
     reason: str
     retry: bool
-    wait_s: Optional[float] = None  # what the receiver asked for (Retry-After); None: back off
+    wait_s: float | None = None  # what the receiver asked for (Retry-After); None: back off
 
 
 class WebhookSender:
@@ -89,7 +94,7 @@ class WebhookSender:
         self.attempts = attempts
         self.first_backoff_s = first_backoff_s
         self.timeout_s = timeout_s
-        self._client: Optional[httpx.AsyncClient] = None
+        self._client: httpx.AsyncClient | None = None
 
     async def deliver(self, url: str, payload: dict[str, Any]) -> bool:
         """True once a 2xx answer came back; False after giving up (logged, not raised)."""
@@ -119,7 +124,14 @@ class WebhookSender:
             if failure is None:
                 log.info("webhook %s to %s: delivered on attempt %d", delivery, _where(url), attempt)
                 return True
-            log.warning("webhook %s to %s: attempt %d of %d failed: %s", delivery, _where(url), attempt, self.attempts, failure.reason)
+            log.warning(
+                "webhook %s to %s: attempt %d of %d failed: %s",
+                delivery,
+                _where(url),
+                attempt,
+                self.attempts,
+                failure.reason,
+            )
             if not failure.retry or attempt == self.attempts:
                 break
             await asyncio.sleep(failure.wait_s if failure.wait_s is not None else _jittered(backoff))
@@ -127,7 +139,7 @@ class WebhookSender:
         log.warning("webhook %s to %s: gave up after %d attempts", delivery, _where(url), attempt)
         return False
 
-    async def _attempt(self, url: str, body: bytes, headers: dict[str, str]) -> Optional[_Failure]:
+    async def _attempt(self, url: str, body: bytes, headers: dict[str, str]) -> _Failure | None:
         """None when the receiver answered 2xx, else why not and whether to try again."""
         try:
             # One deadline for the whole attempt: httpx's own timeouts count per read, so a
@@ -138,12 +150,14 @@ class WebhookSender:
         if 200 <= status < 300:
             return None
         if status in RETRYABLE_STATUSES or status >= 500:
-            return _Failure(f"HTTP {status}", retry=True, wait_s=retry_after if status in RETRY_AFTER_STATUSES else None)
+            return _Failure(
+                f"HTTP {status}", retry=True, wait_s=retry_after if status in RETRY_AFTER_STATUSES else None
+            )
         if 300 <= status < 400:
             return _Failure(f"HTTP {status}, a redirect, not followed", retry=False)
         return _Failure(f"HTTP {status}, not retried", retry=False)
 
-    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, Optional[float]]:
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, float | None]:
         # Streamed so that the answer's body is never read: a receiver cannot make it large.
         async with self._http().stream("POST", url, content=body, headers=headers) as response:
             return response.status_code, _retry_after(response.headers.get("Retry-After"))
@@ -156,7 +170,7 @@ class WebhookSender:
         return self._client
 
 
-def _parse_allowed(entry: str) -> tuple[str, Optional[int]]:
+def _parse_allowed(entry: str) -> tuple[str, int | None]:
     refused = ValueError(f"webhook host {entry!r} is not a host name or host:port")
     try:
         parsed = httpx.URL("//" + entry)
@@ -172,7 +186,7 @@ def _comparable(host: str) -> str:
     return host.rstrip(".")
 
 
-def _retry_after(value: Optional[str]) -> Optional[float]:
+def _retry_after(value: str | None) -> float | None:
     """Seconds from a numeric Retry-After, capped; None when absent or an HTTP date (back off)."""
     try:
         seconds = float(value)  # type: ignore[arg-type]

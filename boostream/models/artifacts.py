@@ -20,7 +20,7 @@ import logging
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import joblib
 import orjson
@@ -58,8 +58,8 @@ class ArtifactRecord:
     model_type: str
     objective: str
     feature_names: list[str]
-    classes: Optional[list[Any]]
-    metrics: dict[str, Optional[float]]
+    classes: list[Any] | None
+    metrics: dict[str, float | None]
     iterations: int
     best_iteration: int
     created_at: float
@@ -76,7 +76,13 @@ class Artifact:
         """What the `complete` event says of the artifact, but the base64 blob: that comes last
         (`encoded`), where a stored event gets it back (`ArtifactStore.attach`)."""
         blob = self.blobs[format]
-        return {"artifact_id": self.artifact_id, "format": format, "sha256": blob.sha256, "size_bytes": blob.size_bytes, "signature": blob.signature}
+        return {
+            "artifact_id": self.artifact_id,
+            "format": format,
+            "sha256": blob.sha256,
+            "size_bytes": blob.size_bytes,
+            "signature": blob.signature,
+        }
 
     def encoded(self, format: str) -> str:
         return base64.b64encode(self.contents[format]).decode("ascii")
@@ -93,13 +99,18 @@ class ArtifactStore:
         buffer = io.BytesIO()
         joblib.dump(model, buffer, compress=JOBLIB_COMPRESS)
         contents = {"joblib": buffer.getvalue(), "native": predictor.to_native(model)}
-        kinds = {"joblib": (JOBLIB_MEDIA_TYPE, "joblib"), "native": (predictor.native_media_type, predictor.native_extension)}
+        kinds = {
+            "joblib": (JOBLIB_MEDIA_TYPE, "joblib"),
+            "native": (predictor.native_media_type, predictor.native_extension),
+        }
         artifact_id = uuid.uuid4().hex
         blobs = {}
         for format, content in contents.items():
             self._write(self.path(artifact_id, format), content)
             media_type, extension = kinds[format]
-            blobs[format] = StoredBlob(media_type, extension, len(content), hashlib.sha256(content).hexdigest(), sign(self.key, content))
+            blobs[format] = StoredBlob(
+                media_type, extension, len(content), hashlib.sha256(content).hexdigest(), sign(self.key, content)
+            )
         return Artifact(artifact_id, blobs, contents)
 
     def path(self, artifact_id: str, format: str) -> Path:

@@ -15,7 +15,8 @@ import dataclasses
 import hashlib
 import io
 import threading
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import joblib
 import numpy as np
@@ -33,19 +34,22 @@ class LoadedModel:
     model: Any
     predictor: Predictor
     shape: ModelShape
-    classes: Optional[list[Any]]  # labels for classifiers; class indices when unknown
-    artifact_id: Optional[str]
+    classes: list[Any] | None  # labels for classifiers; class indices when unknown
+    artifact_id: str | None
     size_bytes: int  # what it counts for against the cache's bound
 
     def predict(self, X: np.ndarray, output: str) -> np.ndarray:
         if X.shape[1] != self.shape.n_features:
-            raise InvalidData("X", f"rows have {X.shape[1]} values, but the model takes {self.shape.n_features} features")
+            raise InvalidData(
+                "X", f"rows have {X.shape[1]} values, but the model takes {self.shape.n_features} features"
+            )
         if output == "proba" and self.shape.objective == "regression":
             raise InvalidParameter("output", "output 'proba' needs a classifier; this model is a regression")
         scores = self.predictor.scores(self.model, X)
         if output == "proba" or self.shape.objective == "regression":
             return scores
-        return np.asarray(self.classes, dtype=object)[np.argmax(scores, axis=1)]
+        labels: np.ndarray = np.asarray(self.classes, dtype=object)[np.argmax(scores, axis=1)]
+        return labels
 
 
 class ModelCache:
@@ -56,7 +60,7 @@ class ModelCache:
         self._models: collections.OrderedDict[str, LoadedModel] = collections.OrderedDict()
         self._lock = threading.Lock()  # used from worker threads
 
-    def get(self, key: str) -> Optional[LoadedModel]:
+    def get(self, key: str) -> LoadedModel | None:
         with self._lock:
             model = self._models.get(key)
             if model is not None:
@@ -90,14 +94,16 @@ class ModelLoader:
         try:
             blob = self.artifacts.read(artifact_id, "native")
         except FileNotFoundError:
-            raise Gone(f"the files of artifact {artifact_id} are missing from the server", field="artifact_id") from None
+            raise Gone(
+                f"the files of artifact {artifact_id} are missing from the server", field="artifact_id"
+            ) from None
         model = predictor.from_native(blob, trusted=True)  # this server wrote it
         shape = predictor.describe(model)
         loaded = LoadedModel(model, predictor, shape, _classes(record.classes, shape), artifact_id, len(blob))
         self.cache.put(artifact_id, loaded)
         return loaded
 
-    def uploaded(self, encoded: str, format: str, signature: Optional[str]) -> LoadedModel:
+    def uploaded(self, encoded: str, format: str, signature: str | None) -> LoadedModel:
         """A model a client sent back (runs in a worker thread)."""
         try:
             blob = base64.b64decode(encoded, validate=True)
@@ -115,18 +121,27 @@ class ModelLoader:
         self.cache.put(key, loaded)
         return loaded
 
-    def _check_signature(self, blob: bytes, signature: Optional[str]) -> None:
+    def _check_signature(self, blob: bytes, signature: str | None) -> None:
         if not signature:
-            raise Untrusted("a joblib artifact is loaded only with the signature this server gave it; send its native format instead", field="signature")
+            raise Untrusted(
+                "a joblib artifact is loaded only with the signature "
+                "this server gave it; send its native format instead",
+                field="signature",
+            )
         if not verify(self.artifacts.key, blob, signature):
-            raise Untrusted("the signature does not match this artifact: it was changed, or another server made it", field="signature")
+            raise Untrusted(
+                "the signature does not match this artifact: it was changed, or another server made it",
+                field="signature",
+            )
 
     def _signed_joblib(self, blob: bytes) -> tuple[Any, Predictor]:
         model = joblib.load(io.BytesIO(blob))  # safe: this server wrote these very bytes
         for predictor in self.predictors.values():
             if predictor.owns(model):
                 return model, predictor
-        raise InvalidData("artifact", f"the artifact holds a {type(model).__name__}, which no backend here predicts with")
+        raise InvalidData(
+            "artifact", f"the artifact holds a {type(model).__name__}, which no backend here predicts with"
+        )
 
     def _native(self, blob: bytes) -> tuple[Any, Predictor]:
         predictor = next((predictor for predictor in self.predictors.values() if predictor.recognizes(blob)), None)
@@ -135,10 +150,12 @@ class ModelLoader:
         try:
             return predictor.from_native(blob), predictor
         except ValueError as error:
-            raise InvalidData("artifact", f"artifact is not a valid {predictor.name} model: {quotable(str(error))}") from None
+            raise InvalidData(
+                "artifact", f"artifact is not a valid {predictor.name} model: {quotable(str(error))}"
+            ) from None
 
 
-def _classes(known: Optional[list[Any]], shape: ModelShape) -> Optional[list[Any]]:
+def _classes(known: list[Any] | None, shape: ModelShape) -> list[Any] | None:
     if shape.objective == "regression":
         return None
     return list(known) if known is not None else list(range(shape.n_classes))

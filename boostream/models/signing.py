@@ -12,14 +12,13 @@ import os
 import secrets
 import uuid
 from pathlib import Path
-from typing import Optional
 
 MIN_KEY_BYTES = 16
 NEW_KEY_BYTES = 32
 PREFIX = "sha256="
 
 
-def load_or_create_key(path: Path, configured: Optional[str] = None) -> bytes:
+def load_or_create_key(path: Path, configured: str | None = None) -> bytes:
     """The operator's key when given, else the key in `path`, created there on first use.
 
     An empty `configured` counts as none, as the `secret_key` setting's default is "".

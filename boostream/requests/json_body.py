@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import queue
 import re
-from typing import Any, ClassVar, Iterator, Mapping, Optional
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
 
 import msgspec
 import numpy as np
@@ -24,7 +25,14 @@ from boostream import memory
 from boostream.errors import BoostreamError, InvalidData, InvalidJson, InvalidParameter, TooLarge, quotable
 from boostream.models.artifacts import FORMATS as ARTIFACT_FORMATS
 from boostream.models.predicting import OUTPUTS
-from boostream.requests.spec import CLASS_LABEL_HINT, DATA_FIELDS, TrainOptions, TrainSpec, assemble_training_data, build_spec
+from boostream.requests.spec import (
+    CLASS_LABEL_HINT,
+    DATA_FIELDS,
+    TrainOptions,
+    TrainSpec,
+    assemble_training_data,
+    build_spec,
+)
 from boostream.trainers.base import Trainer, TrainingData
 
 # A table is parsed this many bytes of rows at a time (see _table_doubles).
@@ -63,7 +71,7 @@ class TrainRequestBody(TrainOptions, forbid_unknown_fields=True, kw_only=True):
 
 
 
-_PARSERS: "queue.SimpleQueue[simdjson.Parser]" = queue.SimpleQueue()
+_PARSERS: queue.SimpleQueue[simdjson.Parser] = queue.SimpleQueue()
 
 
 def decode_train_request(
@@ -78,10 +86,10 @@ class PredictRequestBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     expected: ClassVar[str] = "a JSON object with X (a list of rows of numbers) and artifact_id (or artifact)"
 
     X: msgspec.Raw
-    artifact_id: Optional[str] = None
-    artifact: Optional[str] = None  # base64, as a `complete` event or a download gave it
+    artifact_id: str | None = None
+    artifact: str | None = None  # base64, as a `complete` event or a download gave it
     artifact_format: str = "joblib"
-    signature: Optional[str] = None
+    signature: str | None = None
     output: str = "value"
 
 
@@ -89,9 +97,14 @@ def decode_predict_request(body: bytes | bytearray, max_cells: int) -> tuple[Pre
     """The request and its rows; a domain error naming the field at fault."""
     request = _decode_json(body, PredictRequestBody)
     if (request.artifact_id is None) == (request.artifact is None):
-        raise InvalidParameter("artifact_id", "send either artifact_id or artifact (with its artifact_format), not both or neither")
+        raise InvalidParameter(
+            "artifact_id", "send either artifact_id or artifact (with its artifact_format), not both or neither"
+        )
     if request.artifact_format not in ARTIFACT_FORMATS:
-        raise InvalidParameter("artifact_format", f"artifact_format must be one of {list(ARTIFACT_FORMATS)}, got {request.artifact_format!r}")
+        raise InvalidParameter(
+            "artifact_format",
+            f"artifact_format must be one of {list(ARTIFACT_FORMATS)}, got {request.artifact_format!r}",
+        )
     if request.output not in OUTPUTS:
         raise InvalidParameter("output", f"output must be 'value' or 'proba', got {request.output!r}")
     X = _matrix(request.X, "X", body, max_cells)  # a copy, never a view of the body
@@ -123,11 +136,13 @@ def _syntax_error(body: bytes | bytearray, message: str, shape: Any) -> InvalidJ
     start = word.start() - 1 if body[word.start() - 1 : word.start()] == b"-" else word.start()
     field, where = _position(body, start, shape)
     token = body[start : word.end()].decode()
-    advice = "null marks a missing value" + (", and a label cannot be missing: drop its row" if field in LABEL_FIELDS else "")
+    advice = "null marks a missing value" + (
+        ", and a label cannot be missing: drop its row" if field in LABEL_FIELDS else ""
+    )
     return InvalidJson(field, f"{where} is {token}: {_NOT_JSON}; {advice}")
 
 
-def _position(body: bytes | bytearray, at: int, shape: Any) -> tuple[Optional[str], str]:
+def _position(body: bytes | bytearray, at: int, shape: Any) -> tuple[str | None, str]:
     """The field of the value at body[at] and where it is in it, as the text before it shows at the
     cost of a few scans: the key just before it, and in an array of numbers the row and column."""
     key_end = body.rfind(b'"', 0, at)
@@ -169,7 +184,10 @@ def _training_data(request: TrainRequestBody, body: bytes | bytearray, max_cells
         raise InvalidData(missing, "X_valid and y_valid must be sent together")
     valid = None
     if request.X_valid:
-        valid = _matrix(request.X_valid, "X_valid", body, max_cells), _labels(request.y_valid, "y_valid", body, request.objective)
+        valid = (
+            _matrix(request.X_valid, "X_valid", body, max_cells),
+            _labels(request.y_valid, "y_valid", body, request.objective),
+        )
     return assemble_training_data(request, X, y, era=era, valid=valid)
 
 
@@ -184,7 +202,7 @@ def _matrix(raw: msgspec.Raw, field: str, body: bytes | bytearray, max_cells: in
     return values
 
 
-def _table_doubles(body: bytes | bytearray, start: int, length: int, field: str, max_cells: int) -> Optional[np.ndarray]:
+def _table_doubles(body: bytes | bytearray, start: int, length: int, field: str, max_cells: int) -> np.ndarray | None:
     """The table at body[start:start+length] as a (rows, width) array of doubles, or None where only
     the exact path can say what it holds (null, a string, a nested list, a ragged row...).
 
@@ -235,7 +253,9 @@ def _row_blocks(body: bytes | bytearray, first: int, last: int) -> Iterator[tupl
         position = boundary.end() - 1
 
 
-def _block_doubles(parser: simdjson.Parser, body: bytes | bytearray, start: int, end: int, width: int) -> Optional[np.ndarray]:
+def _block_doubles(
+    parser: simdjson.Parser, body: bytes | bytearray, start: int, end: int, width: int
+) -> np.ndarray | None:
     """The rows in body[start:end] as a (rows, width) array, or None unless every row is a flat
     list of exactly `width` numbers. simdjson flattens nested lists silently, so the brackets and
     commas are checked too."""
@@ -248,6 +268,7 @@ def _block_doubles(parser: simdjson.Parser, body: bytes | bytearray, start: int,
         return None
     try:
         document = parser.parse(b"[" + body[start:end] + b"]")
+        assert isinstance(document, simdjson.Array)  # the brackets make it one
         values = np.frombuffer(document.as_buffer(of_type="d"), dtype=np.float64)
     except (TypeError, ValueError):
         return None  # null, a string, a bool, a number beyond a double, or not JSON at all
@@ -258,7 +279,7 @@ def _block_doubles(parser: simdjson.Parser, body: bytes | bytearray, start: int,
     return values.reshape(len(opens), width)
 
 
-def _flat_doubles(doc: Any, raw: msgspec.Raw, body: bytes | bytearray) -> Optional[np.ndarray]:
+def _flat_doubles(doc: Any, raw: msgspec.Raw, body: bytes | bytearray) -> np.ndarray | None:
     """A flat list of numbers as doubles, or None where only the exact path can say what it holds."""
     if not isinstance(doc, simdjson.Array) or len(doc) == 0:
         return None
@@ -306,10 +327,15 @@ def _exact_matrix(raw: msgspec.Raw, field: str) -> np.ndarray:
         if not isinstance(row, list):
             raise InvalidData(field, f"{field}[{i}] must be a list of numbers, got {_describe(row)}")
         if len(row) != width:
-            raise InvalidData(field, f"{field}[{i}] has {len(row)} values, but {field}[0] has {width}: rows must all be the same length")
+            raise InvalidData(
+                field,
+                f"{field}[{i}] has {len(row)} values, but {field}[0] has {width}: rows must all be the same length",
+            )
         for j, value in enumerate(row):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise InvalidData(field, f"{field}[{i}][{j}] is {_describe(value)}, not a number (null marks a missing value)")
+                raise InvalidData(
+                    field, f"{field}[{i}][{j}] is {_describe(value)}, not a number (null marks a missing value)"
+                )
     return np.array(rows, dtype=np.float64)  # None becomes NaN: LightGBM's missing value
 
 
@@ -323,7 +349,9 @@ def _labels(raw: msgspec.Raw, field: str, body: bytes | bytearray, objective: st
         _PARSERS.put(parser)  # not after an error: the traceback may still hold such proxies
     if values is not None:
         if np.isinf(values).any():
-            raise InvalidData(field, f"{field}[{int(np.flatnonzero(np.isinf(values))[0])}] is out of the range of a double")
+            raise InvalidData(
+                field, f"{field}[{int(np.flatnonzero(np.isinf(values))[0])}] is out of the range of a double"
+            )
         return values
     items = _exact_json(raw, field)
     if not isinstance(items, list) or not items:

@@ -8,7 +8,8 @@ Nothing here knows how the request came (JSON, CSV, Parquet, MCP arguments) or w
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -27,11 +28,11 @@ class TrainOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     model_type: str = "lightgbm"
     objective: str = "regression"
-    valid_fraction: Optional[float] = None
-    feature_names: Optional[list[str]] = None
+    valid_fraction: float | None = None
+    feature_names: list[str] | None = None
     params: dict[str, Any] = {}
-    callback_url: Optional[str] = None
-    timeout_s: Optional[float] = None
+    callback_url: str | None = None
+    timeout_s: float | None = None
     artifact_format: str = "joblib"
 
 
@@ -47,8 +48,8 @@ class TrainSpec:
     objective: str
     params: dict[str, Any]
     data: TrainingData
-    callback_url: Optional[str] = None
-    timeout_s: Optional[float] = None
+    callback_url: str | None = None
+    timeout_s: float | None = None
     artifact_format: str = "joblib"
 
 
@@ -65,14 +66,21 @@ def build_spec(
     would run: "on this machine" without a server."""
     trainer = trainers.get(options.model_type)
     if trainer is None:
-        raise InvalidParameter("model_type", f"unknown model_type {options.model_type!r}; choose one of {sorted(trainers)}")
+        raise InvalidParameter(
+            "model_type", f"unknown model_type {options.model_type!r}; choose one of {sorted(trainers)}"
+        )
     if options.model_type in unavailable:
         reason = unavailable[options.model_type]
         raise Unavailable(f"{options.model_type} cannot train {where}: {reason}", field="model_type")
     if options.objective not in OBJECTIVES:
-        raise InvalidParameter("objective", f"unknown objective {options.objective!r}; choose one of {list(OBJECTIVES)}")
+        raise InvalidParameter(
+            "objective", f"unknown objective {options.objective!r}; choose one of {list(OBJECTIVES)}"
+        )
     if options.artifact_format not in ARTIFACT_FORMATS:
-        raise InvalidParameter("artifact_format", f"artifact_format must be one of {list(ARTIFACT_FORMATS)}, got {options.artifact_format!r}")
+        raise InvalidParameter(
+            "artifact_format",
+            f"artifact_format must be one of {list(ARTIFACT_FORMATS)}, got {options.artifact_format!r}",
+        )
     params = validate_params(trainer.params, options.params)
     data = read_data()
     if data.era is not None and not trainer.takes_era:
@@ -80,11 +88,17 @@ def build_spec(
         titles, names = " or ".join(other.title for other in takers), " or ".join(repr(other.name) for other in takers)
         raise InvalidParameter("era", f"era splitting is a {titles} feature; use model_type {names}")
     trainer.check(data, options.objective, params)
-    return TrainSpec(trainer, options.objective, params, data, options.callback_url, options.timeout_s, options.artifact_format)
+    return TrainSpec(
+        trainer, options.objective, params, data, options.callback_url, options.timeout_s, options.artifact_format
+    )
 
 
 def assemble_training_data(
-    options: TrainOptions, X: np.ndarray, y: np.ndarray, era: Optional[np.ndarray] = None, valid: Optional[tuple[np.ndarray, np.ndarray]] = None
+    options: TrainOptions,
+    X: np.ndarray,
+    y: np.ndarray,
+    era: np.ndarray | None = None,
+    valid: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TrainingData:
     """Arrays as read, whatever their source, checked against each other and the options: era ids
     numbered, the validation rows split off or checked, class labels encoded."""
@@ -117,7 +131,7 @@ def _check_rows(field: str, values: np.ndarray, X: np.ndarray) -> None:
         raise InvalidData(field, f"has {len(values)} values, but {x_field} has {len(X)} rows")
 
 
-def _feature_names(names: Optional[list[str]], width: int) -> list[str]:
+def _feature_names(names: list[str] | None, width: int) -> list[str]:
     if names is None:
         return [f"f{i}" for i in range(width)]
     if len(names) != width:
@@ -127,13 +141,17 @@ def _feature_names(names: Optional[list[str]], width: int) -> list[str]:
     for name in names:
         # LightGBM keeps its model as JSON-like text and refuses these; say so before training.
         if not name or any(character in name for character in _NAME_CHARACTERS_REFUSED):
-            raise InvalidData("feature_names", f"{name!r} is not a usable feature name: it must be non-empty, without any of {_NAME_CHARACTERS_REFUSED}")
+            raise InvalidData(
+                "feature_names",
+                f"{name!r} is not a usable feature name: it must be "
+                f"non-empty, without any of {_NAME_CHARACTERS_REFUSED}",
+            )
     return list(names)
 
 
 def _split(
-    X: np.ndarray, y: np.ndarray, era: Optional[np.ndarray], fraction: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    X: np.ndarray, y: np.ndarray, era: np.ndarray | None, fraction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     if not 0.0 < fraction <= 0.5:
         raise InvalidParameter("valid_fraction", f"must be greater than 0 and at most 0.5, got {fraction}")
     n_valid = int(round(len(X) * fraction))

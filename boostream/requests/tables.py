@@ -25,7 +25,8 @@ import dataclasses
 import functools
 import os
 import re
-from typing import Any, BinaryIO, Callable, Iterator, Mapping, Optional, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import IO, Any
 
 import msgspec
 import numpy as np
@@ -63,7 +64,7 @@ _BINARY = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
 def decode_table_request(
-    file: BinaryIO,
+    file: IO[bytes],
     kind: str,
     fields: Mapping[str, str],
     trainers: Mapping[str, Trainer],
@@ -86,7 +87,8 @@ def _options(fields: Mapping[str, str], trainers: Mapping[str, Trainer]) -> Trai
         at = re.search(r"\$\.(\w+)", str(error))
         field = at.group(1) if at else None
         reason = str(error).split(" - at ")[0]
-        raise InvalidParameter(field, f"cannot read {field}={given.get(field)!r}: {reason}") from None
+        value = None if field is None else given.get(field)
+        raise InvalidParameter(field, f"cannot read {field}={value!r}: {reason}") from None
     trainer = trainers.get(options.model_type)
     kinds = {spec.name: spec.kind for spec in trainer.params} if trainer else {}
     not_params = OPTION_FIELDS | TABLE_FIELDS | ROUTE_FIELDS
@@ -94,7 +96,7 @@ def _options(fields: Mapping[str, str], trainers: Mapping[str, Trainer]) -> Trai
     return options
 
 
-def _typed(text: str, kind: Optional[type]) -> Any:
+def _typed(text: str, kind: type | None) -> Any:
     """A hyperparameter's value as JSON would have given it. Text that does not read as `kind` stays
     text, which the parameter's own check then refuses, naming it (`params.<name>`)."""
     if kind is bool:
@@ -114,11 +116,12 @@ class _Columns:
 
     features: list[str]
     target: str
-    era: Optional[str]
+    era: str | None
 
     @property
     def all(self) -> list[str]:
-        return list(dict.fromkeys([*self.features, self.target, *([self.era] if self.era else [])]))  # era may be a feature too
+        # The era column may be a feature too.
+        return list(dict.fromkeys([*self.features, self.target, *([self.era] if self.era else [])]))
 
 
 @dataclasses.dataclass
@@ -126,10 +129,12 @@ class _Table:
     columns: _Columns
     X: np.ndarray
     target: pa.ChunkedArray
-    era: Optional[pa.ChunkedArray]
+    era: pa.ChunkedArray | None
 
 
-def _training_data(file: BinaryIO, kind: str, fields: Mapping[str, str], options: TrainOptions, max_cells: int) -> TrainingData:
+def _training_data(
+    file: IO[bytes], kind: str, fields: Mapping[str, str], options: TrainOptions, max_cells: int
+) -> TrainingData:
     if not fields.get("target"):
         raise InvalidData("target", "name the label column with the field `target`")
     read = _read_csv if kind == "csv" else _read_parquet
@@ -144,12 +149,15 @@ def _training_data(file: BinaryIO, kind: str, fields: Mapping[str, str], options
         raise InvalidData("file", f"cannot read the table as {kind.upper()}: {quotable(str(error))}") from None
     columns = table.columns
     y = _labels(table.target, columns.target)
-    era = None if table.era is None else _labels(table.era, columns.era)
+    era = None if table.era is None or columns.era is None else _labels(table.era, columns.era)
     try:
-        return assemble_training_data(msgspec.structs.replace(options, feature_names=columns.features), table.X, y, era=era)
+        return assemble_training_data(
+            msgspec.structs.replace(options, feature_names=columns.features), table.X, y, era=era
+        )
     except InvalidData as error:
         # The shared checks name the JSON fields; here the label is a column and the rows a file.
-        field = {"y": columns.target, "X": "file", "feature_names": "features"}.get(error.field, error.field)
+        renamed: dict[str | None, str | None] = {"y": columns.target, "X": "file", "feature_names": "features"}
+        field = renamed.get(error.field, error.field)
         raise InvalidData(field, error.message) from None
 
 
@@ -167,14 +175,18 @@ def _choose_columns(schema: pa.Schema, fields: Mapping[str, str], objective: str
     for name in columns.features:
         type_ = schema.field(name).type
         if not _is_numeric(type_):
-            raise InvalidData(name, f"column {name!r} holds {type_}, not numbers: feature columns must be integers, floats, decimals or booleans")
+            raise InvalidData(
+                name,
+                f"column {name!r} holds {type_}, not numbers: feature "
+                "columns must be integers, floats, decimals or booleans",
+            )
     _check_label_type(schema, target, "the target", allow_text=objective != "regression")
     if era is not None:
         _check_label_type(schema, era, "era ids", allow_text=True)
     return columns
 
 
-def _features(schema: pa.Schema, fields: Mapping[str, str], target: str, era: Optional[str]) -> list[str]:
+def _features(schema: pa.Schema, fields: Mapping[str, str], target: str, era: str | None) -> list[str]:
     names = schema.names
     if "features" not in fields:
         excluded = {target, era, *pandas_index(schema)}
@@ -210,13 +222,22 @@ def pandas_index(schema: pa.Schema) -> list[str]:
 def _is_numeric(type_: pa.DataType) -> bool:
     if pa.types.is_dictionary(type_):
         return _is_numeric(type_.value_type)
-    return any(check(type_) for check in (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_decimal, pa.types.is_null))
+    return any(
+        check(type_)
+        for check in (
+            pa.types.is_integer,
+            pa.types.is_floating,
+            pa.types.is_boolean,
+            pa.types.is_decimal,
+            pa.types.is_null,
+        )
+    )
 
 
 def _is_text(type_: pa.DataType) -> bool:
     if pa.types.is_dictionary(type_):
         return _is_text(type_.value_type)
-    return pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_string_view(type_)
+    return bool(pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_string_view(type_))
 
 
 def _check_kind(source: pa.NativeFile, kind: str) -> None:
@@ -235,7 +256,9 @@ def _check_kind(source: pa.NativeFile, kind: str) -> None:
     if kind == "csv" and control:
         at = control.start()
         binary = f"byte {at} is 0x{head[at]:02x}, a control character, as in binary files"
-        raise InvalidData("file", f"the table does not look like CSV text: {binary}; send {EXPECTED['csv']}, or a Parquet file")
+        raise InvalidData(
+            "file", f"the table does not look like CSV text: {binary}; send {EXPECTED['csv']}, or a Parquet file"
+        )
 
 
 def _listing(names: Sequence[str], most: int = 20) -> str:
@@ -244,12 +267,12 @@ def _listing(names: Sequence[str], most: int = 20) -> str:
 
 
 @contextlib.contextmanager
-def _arrow_source(file: BinaryIO) -> Iterator[pa.NativeFile]:
+def _arrow_source(file: IO[bytes]) -> Iterator[pa.NativeFile]:
     """The file as pyarrow reads it fastest: opened again by pyarrow itself where the system allows
     (a Python file object costs a GIL-holding Python call per read: a 420 MB Parquet file took
     1.1 s to read that way, 0.2 s by path), else through the file object."""
     try:
-        path: Optional[str] = f"/proc/self/fd/{file.fileno()}"  # the temporary file has no name
+        path: str | None = f"/proc/self/fd/{file.fileno()}"  # the temporary file has no name
     except (AttributeError, OSError):
         path = None
     if path is None or not os.path.exists(path):
@@ -281,7 +304,10 @@ def _read_csv(source: pa.NativeFile, choose: Callable[[pa.Schema], _Columns], ma
     rows, targets, eras = 0, [], []
     for batch in _csv_batches(reader, header.names):
         if rows + batch.num_rows > len(X):
-            raise TooLarge(f"the table has at least {rows + batch.num_rows} rows x {width} features = {(rows + batch.num_rows) * width} values, more than the limit of {max_cells}")
+            raise TooLarge(
+                f"the table has at least {rows + batch.num_rows} rows x {width} features = "
+                f"{(rows + batch.num_rows) * width} values, more than the limit of {max_cells}"
+            )
         _copy_into(X, rows, 0, columns.features, [batch.column(name) for name in columns.features])
         targets.append(batch.column(columns.target))
         if columns.era:
@@ -322,7 +348,9 @@ def _read_parquet(source: pa.NativeFile, choose: Callable[[pa.Schema], _Columns]
     if rows == 0:
         raise InvalidData("file", "the table has no rows")
     if rows * width > max_cells:
-        raise TooLarge(f"the table has {rows} rows x {width} features = {rows * width} values, more than the limit of {max_cells}")
+        raise TooLarge(
+            f"the table has {rows} rows x {width} features = {rows * width} values, more than the limit of {max_cells}"
+        )
     # Fortran order: each column is copied whole and in place (LightGBM takes either order, and
     # trains the same model): 0.40-0.47 s for 1M x 50 against 0.56-0.62 s gathering rows into C order.
     size = max(1, PARQUET_GROUP_BYTES // (8 * rows))
@@ -388,9 +416,14 @@ def _labels(column: pa.ChunkedArray, name: str) -> np.ndarray:
         row = pc.index(pc.is_null(column), True).as_py()
         raise InvalidData(name, f"column {name!r} has no value in row {row} (rows count from 0)")
     if _is_text(column.type):
-        return pc.cast(column, pa.string()).to_numpy().astype(str)
-    values = pc.cast(column, pa.float64()).to_numpy()
+        labels: np.ndarray = pc.cast(column, pa.string()).to_numpy().astype(str)
+        return labels
+    values: np.ndarray = pc.cast(column, pa.float64()).to_numpy()
     bad = ~np.isfinite(values)
     if bad.any():
-        raise InvalidData(name, f"column {name!r} is {values[np.argmax(bad)]} in row {int(np.argmax(bad))}: its values must be finite numbers")
+        raise InvalidData(
+            name,
+            f"column {name!r} is {values[np.argmax(bad)]} in row "
+            f"{int(np.argmax(bad))}: its values must be finite numbers",
+        )
     return values

@@ -6,7 +6,6 @@ failures."""
 from __future__ import annotations
 
 import http
-from typing import Optional
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -34,7 +33,7 @@ STATUS: dict[type[BoostreamError], int] = {
 class ApiError(BoostreamError):
     """A refusal that only HTTP has: the status is part of it."""
 
-    def __init__(self, status: int, code: str, message: str, field: Optional[str] = None) -> None:
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
         super().__init__(message, field=field)
         self.status = status
         self.code = code  # type: ignore[misc]  # per instance
@@ -45,7 +44,7 @@ def status_of(error: BoostreamError) -> int:
         return error.status
     for kind in type(error).__mro__:
         if kind in STATUS:
-            return STATUS[kind]  # type: ignore[index]
+            return STATUS[kind]
     return 500
 
 
@@ -69,7 +68,9 @@ async def handle_http_exception(request: Request, error: Exception) -> JSONRespo
         message = f"{quotable(request.url.path)} does not take {quotable(request.method)}; use {headers['Allow']}"
     else:
         message = error.detail
-    return JSONResponse({"error": ApiError(status, _code(status), message).details()}, status_code=status, headers=headers)
+    return JSONResponse(
+        {"error": ApiError(status, _code(status), message).details()}, status_code=status, headers=headers
+    )
 
 
 def _code(status: int) -> str:

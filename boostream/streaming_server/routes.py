@@ -4,7 +4,7 @@ domain errors, which `errors.py` turns into statuses."""
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any
 
 import orjson
 from starlette.datastructures import QueryParams
@@ -59,14 +59,20 @@ class Routes:
     async def train_stream(self, request: Request) -> Response:
         on_disconnect = request.query_params.get("on_disconnect", "continue")
         if on_disconnect not in ON_DISCONNECT:
-            raise InvalidParameter("on_disconnect", f"on_disconnect must be one of {list(ON_DISCONNECT)}, got {on_disconnect!r}")
+            raise InvalidParameter(
+                "on_disconnect", f"on_disconnect must be one of {list(ON_DISCONNECT)}, got {on_disconnect!r}"
+            )
         job = await self._submit(request)
         return self._event_response(job.id, job.follow(0), cancel_on_leave=on_disconnect == "cancel")
 
     async def create_job(self, request: Request) -> Response:
         job = await self._submit(request)
         urls = job_urls(job.id)
-        return JSONResponse({"job_id": job.id, "status": job.status.value, **urls}, status_code=202, headers={"Location": urls["status_url"]})
+        return JSONResponse(
+            {"job_id": job.id, "status": job.status.value, **urls},
+            status_code=202,
+            headers={"Location": urls["status_url"]},
+        )
 
     async def list_jobs(self, request: Request) -> Response:
         query = request.query_params
@@ -114,7 +120,9 @@ class Routes:
     async def predict(self, request: Request) -> Response:
         media_type = _media_type(request)
         if media_type != JSON:
-            raise ApiError(415, "unsupported_media_type", f"send the prediction request as application/json, not {media_type}")
+            raise ApiError(
+                415, "unsupported_media_type", f"send the prediction request as application/json, not {media_type}"
+            )
         async with self.service.ingest_slot():
             body = await read_body(request, self.service.settings.max_body_bytes)
             parsed, X = await self.service.decode_predict(body)
@@ -132,7 +140,9 @@ class Routes:
         media_type = _media_type(request)
         if media_type not in (JSON, MULTIPART, *TABLE_TYPES):
             accepted = ", ".join([JSON, *TABLE_TYPES, MULTIPART])
-            raise ApiError(415, "unsupported_media_type", f"send the training request as one of {accepted}; not {media_type}")
+            raise ApiError(
+                415, "unsupported_media_type", f"send the training request as one of {accepted}; not {media_type}"
+            )
         service, limit = self.service, self.service.settings.max_body_bytes
         async with service.ingest_slot():
             arrived = time.perf_counter()
@@ -162,7 +172,7 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", JSON).split(";")[0].strip().lower()
 
 
-def _int_query(query: QueryParams, name: str, default: Optional[int], minimum: int, maximum: int) -> Optional[int]:
+def _int_query(query: QueryParams, name: str, default: int | None, minimum: int, maximum: int) -> int | None:
     raw = query.get(name)
     return default if raw is None else _whole_number(raw, name, minimum, maximum)
 

@@ -8,7 +8,7 @@ and the headers that keep proxies from buffering are sse-starlette's and ours.
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import AppStatus
@@ -19,12 +19,18 @@ RETRY_MS = 2000  # EventSource reconnection delay, sent with the first event of 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def event_response(events: AsyncIterator[Event], on_leave: Callable[[bool], None], heartbeat_s: float, send_timeout_s: float) -> EventSourceResponse:
+def event_response(
+    events: AsyncIterator[Event], on_leave: Callable[[bool], None], heartbeat_s: float, send_timeout_s: float
+) -> EventSourceResponse:
     """Stream `events`; `on_leave(server_stopping)` when the client goes before the end."""
-    return EventSourceResponse(_encoded(events, on_leave), ping=heartbeat_s, send_timeout=send_timeout_s, headers=HEADERS)
+    return EventSourceResponse(
+        _encoded(events, on_leave), ping=heartbeat_s, send_timeout=send_timeout_s, headers=HEADERS
+    )
 
 
-async def _encoded(events: AsyncIterator[Event], on_leave: Callable[[bool], None]) -> AsyncIterator[ServerSentEvent | bytes]:
+async def _encoded(
+    events: AsyncIterator[Event], on_leave: Callable[[bool], None]
+) -> AsyncIterator[ServerSentEvent | bytes]:
     first = True
     try:
         async for event in events:

@@ -14,7 +14,7 @@ import dataclasses
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Optional
+from typing import BinaryIO
 
 import anyio
 from starlette.datastructures import UploadFile
@@ -69,7 +69,11 @@ async def read_body(request: Request, limit: int) -> bytearray:
     declared = declared_length(request, limit)
     if declared is not None:
         # Zero-filling fresh memory takes about 0.5 s per GB here: not on the event loop.
-        body = bytearray(declared) if declared < LOOP_ALLOCATION_BYTES else await anyio.to_thread.run_sync(bytearray, declared)
+        body = (
+            bytearray(declared)
+            if declared < LOOP_ALLOCATION_BYTES
+            else await anyio.to_thread.run_sync(bytearray, declared)
+        )
         view, filled = memoryview(body), 0
         async for chunk in request.stream():
             if filled + len(chunk) > len(body):
@@ -88,7 +92,7 @@ async def read_body(request: Request, limit: int) -> bytearray:
     return body
 
 
-def declared_length(request: Request, limit: int) -> Optional[int]:
+def declared_length(request: Request, limit: int) -> int | None:
     """The body's Content-Length, if it has one; TooLarge at once when it is over `limit`."""
     declared = request.headers.get("content-length", "")
     if not (declared.isascii() and declared.isdigit()):
@@ -105,7 +109,7 @@ async def _spool_body(request: Request, limit: int, directory: Path) -> BinaryIO
     file = tempfile.TemporaryFile(dir=directory)
     # Two buffers: one is written to the file in a thread while the body fills the other.
     buffers = [bytearray(WRITE_BATCH_BYTES), bytearray(WRITE_BATCH_BYTES)]
-    writing: Optional[asyncio.Future] = None
+    writing: asyncio.Future[None] | None = None
     loop = asyncio.get_running_loop()
     try:
         received, filled = 0, 0
@@ -155,7 +159,8 @@ async def _receive_form(request: Request, limit: int) -> Upload:
         raise ApiError(
             415,
             "unsupported_media_type",
-            f"the file {upload.filename or name!r} is neither CSV nor Parquet: name it .csv or .parquet, or give its part a Content-Type of {sorted(TABLE_TYPES)}",
+            f"the file {upload.filename or name!r} is neither CSV nor Parquet: name it "
+            f".csv or .parquet, or give its part a Content-Type of {sorted(TABLE_TYPES)}",
             name,
         )
     fields = {**request.query_params, **{k: v for k, v in form.multi_items() if isinstance(v, str)}}
@@ -168,7 +173,7 @@ def _form_error(detail: str) -> ApiError:
     return ApiError(400, "invalid_multipart", problem or f"the multipart upload cannot be read: {detail}", "file")
 
 
-def _kind_of(upload: UploadFile) -> Optional[str]:
+def _kind_of(upload: UploadFile) -> str | None:
     media_type = (upload.content_type or "").split(";")[0].strip().lower()
     if media_type in TABLE_TYPES:
         return TABLE_TYPES[media_type]

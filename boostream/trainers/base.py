@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Optional, Protocol, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -26,10 +27,10 @@ class ParamSpec:
     kind: type  # int, float or bool
     default: Any
     description: str
-    minimum: Optional[float] = None
-    maximum: Optional[float] = None
+    minimum: float | None = None
+    maximum: float | None = None
     exclusive_minimum: bool = False
-    multiple_of: Optional[int] = None
+    multiple_of: int | None = None
 
     def validate(self, value: Any) -> Any:
         field = f"params.{self.name}"
@@ -99,10 +100,10 @@ class TrainingData:
     X: np.ndarray
     y: np.ndarray
     feature_names: list[str]
-    X_valid: Optional[np.ndarray] = None
-    y_valid: Optional[np.ndarray] = None
-    classes: Optional[list[Any]] = None
-    era: Optional[np.ndarray] = None
+    X_valid: np.ndarray | None = None
+    y_valid: np.ndarray | None = None
+    classes: list[Any] | None = None
+    era: np.ndarray | None = None
 
     @property
     def has_validation(self) -> bool:
@@ -114,23 +115,23 @@ class FitResult:
     model: Any  # what the artifact holds: picklable, and it predicts on a CPU machine
     iterations: int
     best_iteration: int
-    metrics: dict[str, Optional[float]]
+    metrics: dict[str, float | None]
     cancelled: bool = False
-    curve: list[dict[str, Optional[float]]] = dataclasses.field(default_factory=list)  # every round's metrics, in order
+    curve: list[dict[str, float | None]] = dataclasses.field(default_factory=list)  # every round's metrics, in order
 
 
 @dataclasses.dataclass(frozen=True)
 class Availability:
     available: bool
-    reason: Optional[str] = None
-    device_name: Optional[str] = None
+    reason: str | None = None
+    device_name: str | None = None
 
 
 class Reporter(Protocol):
     @property
     def cancelled(self) -> bool: ...
 
-    def report(self, iteration: int, metrics: Mapping[str, Optional[float]]) -> None:
+    def report(self, iteration: int, metrics: Mapping[str, float | None]) -> None:
         """Called once per round, in order from round 1."""
 
 
@@ -177,12 +178,16 @@ class Predictor(Protocol):
         """Values (rows,) for regression; class probabilities (rows, classes) for classifiers."""
 
 
+class Backend(Trainer, Predictor, Protocol):
+    """A backend as `create_trainers` makes them: it trains, and predicts with what it fitted."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelShape:
     objective: str
     n_features: int
     n_classes: int = 1  # 1 for regression
-    classes: Optional[list[Any]] = None  # where the model itself knows its labels
+    classes: list[Any] | None = None  # where the model itself knows its labels
 
 
 def check_early_stopping(data: TrainingData, params: Mapping[str, Any]) -> None:
@@ -196,14 +201,14 @@ def check_early_stopping(data: TrainingData, params: Mapping[str, Any]) -> None:
 class RoundHistory:
     """Per-round metrics, with the best round on the first validation metric (lower is better)."""
 
-    def __init__(self, valid_metric: Optional[str], patience: int) -> None:
+    def __init__(self, valid_metric: str | None, patience: int) -> None:
         self.valid_metric = valid_metric
         self.patience = patience
-        self.rounds: list[dict[str, Optional[float]]] = []
+        self.rounds: list[dict[str, float | None]] = []
         self.best_iteration = 0
         self._best_value = math.inf
 
-    def add(self, metrics: dict[str, Optional[float]]) -> None:
+    def add(self, metrics: dict[str, float | None]) -> None:
         self.rounds.append(metrics)
         value = metrics.get(self.valid_metric) if self.valid_metric else None
         if value is not None and value < self._best_value:
@@ -212,9 +217,13 @@ class RoundHistory:
 
     @property
     def should_stop(self) -> bool:
-        return bool(self.patience) and bool(self.best_iteration) and len(self.rounds) - self.best_iteration >= self.patience
+        return (
+            bool(self.patience)
+            and bool(self.best_iteration)
+            and len(self.rounds) - self.best_iteration >= self.patience
+        )
 
-    def final(self, early_stopped: bool) -> tuple[int, dict[str, Optional[float]]]:
+    def final(self, early_stopped: bool) -> tuple[int, dict[str, float | None]]:
         """The iteration the model predicts with, and that round's metrics."""
         best = self.best_iteration if early_stopped and self.best_iteration else len(self.rounds)
         return best, (self.rounds[best - 1] if best else {})

@@ -23,8 +23,9 @@ import dataclasses
 import os
 import reprlib
 import sys
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator, NoReturn, Optional, Sequence
+from typing import Any, NoReturn
 
 import numpy as np
 import orjson
@@ -66,26 +67,26 @@ class Forest:
     init_score: np.ndarray  # (classes,) float64, or (1,) for regression
     depth: int
     feature_names: list[str]
-    classes: Optional[list[Any]] = None
+    classes: list[Any] | None = None
 
     @classmethod
     def from_trees(
         cls,
-        trees: Sequence[tuple[int, dict]],
+        trees: Sequence[tuple[int, dict[str, Any]]],
         *,
         objective: str,
         learning_rate: float,
         bin_edges: np.ndarray,
         init_score: np.ndarray,
         feature_names: list[str],
-        classes: Optional[list[Any]] = None,
-    ) -> "Forest":
+        classes: list[Any] | None = None,
+    ) -> Forest:
         """`trees` holds (class index, WarpGBM tree dict) pairs in training order."""
         flat = [_flatten(tree) for _, tree in trees]
         width = max((len(nodes) for nodes, _ in flat), default=1)
         arrays = {name: np.zeros((len(flat), width), dtype) for name, dtype in _NODE_FIELDS}
         for t, (nodes, _) in enumerate(flat):
-            for name, column in zip(arrays, zip(*nodes)):
+            for name, column in zip(arrays, zip(*nodes, strict=True), strict=True):
                 arrays[name][t, : len(column)] = column
         return cls(
             objective=objective,
@@ -100,7 +101,7 @@ class Forest:
         )
 
     @classmethod
-    def from_portable(cls, document: Any) -> "Forest":
+    def from_portable(cls, document: Any) -> Forest:
         """The forest that a portable document (`to_portable`'s form) describes. The document may
         come from anyone: every field is checked, and `InvalidForest` (a ValueError) names the
         first one at fault."""
@@ -128,7 +129,7 @@ class Forest:
         )
 
     @classmethod
-    def from_json(cls, data: bytes | str) -> "Forest":
+    def from_json(cls, data: bytes | str) -> Forest:
         """`from_portable` of a JSON text; a text that is not JSON raises ValueError too."""
         return cls.from_portable(orjson.loads(data))
 
@@ -141,7 +142,7 @@ class Forest:
         node_counts = _node_counts(self.left, self.right)
         trees = [
             {"class": int(k), **{name: getattr(self, name)[t, :n].tolist() for name, _ in _NODE_FIELDS}}
-            for t, (k, n) in enumerate(zip(self.tree_class, node_counts))
+            for t, (k, n) in enumerate(zip(self.tree_class, node_counts, strict=True))
         ]
         return {
             "format": FORMAT,
@@ -164,7 +165,7 @@ class Forest:
     def n_trees(self) -> int:
         return len(self.tree_class)
 
-    def raw_score(self, X: np.ndarray, threads: Optional[int] = None) -> np.ndarray:
+    def raw_score(self, X: np.ndarray, threads: int | None = None) -> np.ndarray:
         """Scores before the link function: (rows, classes), or (rows, 1) for regression.
 
         Blocks of rows are walked on `threads` threads (default: one per available core); numpy
@@ -190,15 +191,16 @@ class Forest:
                 score_block(start)
         return scores
 
-    def predict(self, X: np.ndarray, threads: Optional[int] = None) -> np.ndarray:
+    def predict(self, X: np.ndarray, threads: int | None = None) -> np.ndarray:
         """Values for regression; class labels for classifiers."""
         scores = self.raw_score(X, threads)
         if self.objective == "regression":
             return scores[:, 0]
         labels = np.asarray(self.classes if self.classes is not None else range(scores.shape[1]))
-        return labels[np.argmax(scores, axis=1)]
+        predicted: np.ndarray = labels[np.argmax(scores, axis=1)]
+        return predicted
 
-    def predict_proba(self, X: np.ndarray, threads: Optional[int] = None) -> np.ndarray:
+    def predict_proba(self, X: np.ndarray, threads: int | None = None) -> np.ndarray:
         if self.objective == "regression":
             raise ValueError("predict_proba is for classifiers; this forest is a regression")
         scores = self.raw_score(X, threads)
@@ -215,30 +217,41 @@ _NODE_FIELDS = (
     ("right", np.int32),
     ("value", np.float64),
 )
-_DOCUMENT_FIELDS = ("format", "version", "objective", "learning_rate", "init_score", "classes", "feature_names", "bin_edges", "trees")
+_DOCUMENT_FIELDS = (
+    "format",
+    "version",
+    "objective",
+    "learning_rate",
+    "init_score",
+    "classes",
+    "feature_names",
+    "bin_edges",
+    "trees",
+)
 _TREE_FIELDS = ("class",) + tuple(name for name, _ in _NODE_FIELDS)
 
 
-def _flatten(tree: dict) -> tuple[list[tuple[int, int, int, int, float]], int]:
+def _flatten(tree: dict[str, Any]) -> tuple[list[tuple[int, int, int, int, float]], int]:
     """A WarpGBM tree dict (with plain numbers) as node rows (feature, split_bin, left, right,
     value), in pre-order, and its depth."""
     nodes: list[Any] = []
+    deepest = 0
 
-    def walk(node: dict, depth: int) -> int:
+    def walk(node: dict[str, Any], depth: int) -> int:
+        nonlocal deepest
         index = len(nodes)
         nodes.append(None)
         if "leaf_value" in node:
             nodes[index] = (0, 0, index, index, float(node["leaf_value"]))
-            walk.depth = max(walk.depth, depth)
+            deepest = max(deepest, depth)
         else:
             left = walk(node["left"], depth + 1)
             right = walk(node["right"], depth + 1)
             nodes[index] = (int(node["feature"]), int(node["bin"]), left, right, 0.0)
         return index
 
-    walk.depth = 0
     walk(tree, 0)
-    return nodes, walk.depth
+    return nodes, deepest
 
 
 # ----------------------------------------------------------------------------------------------
@@ -290,7 +303,8 @@ class _Walk:
             np.take(self.right, node, out=right, mode="clip")
             np.subtract(right, goes_left, out=node)
         leaves = np.take(self.value, node, mode="clip").reshape(-1, self.n_classes * len(values))
-        return self.init_score + self.learning_rate * _sum_in_order(leaves).reshape(self.n_classes, -1).T
+        scores: np.ndarray = self.init_score + self.learning_rate * _sum_in_order(leaves).reshape(self.n_classes, -1).T
+        return scores
 
 
 def _sum_in_order(rows: np.ndarray) -> np.ndarray:
@@ -298,9 +312,12 @@ def _sum_in_order(rows: np.ndarray) -> np.ndarray:
     trees adds their leaves, so that a score does not depend on the rows scored with it.
     np.add.reduce over the first axis adds in that order, fast, except over a single column,
     where it adds pairwise; np.add.accumulate is always in order, but slow."""
+    sums: np.ndarray
     if rows.shape[1] == 1:
-        return np.add.accumulate(rows, axis=0)[-1]
-    return np.add.reduce(rows, axis=0)
+        sums = np.add.accumulate(rows, axis=0)[-1]
+    else:
+        sums = np.add.reduce(rows, axis=0)
+    return sums
 
 
 def _levels(left: np.ndarray, right: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -330,7 +347,7 @@ def _breadth_first(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, ...
         right_child = np.where(is_split, stop + 2 * np.cumsum(is_split) - 1, np.arange(start, stop))
         levels.append((tree, node, is_split, right_child.astype(np.intp)))
         start = stop
-    return tuple(np.concatenate(parts) for parts in zip(*levels))
+    return tuple(np.concatenate(parts) for parts in zip(*levels, strict=True))
 
 
 def _class_slots(tree_class: np.ndarray, n_classes: int, empty: int) -> np.ndarray:
@@ -370,7 +387,15 @@ def _refuse(path: str, problem: str) -> NoReturn:
 
 
 def _json_type(value: Any) -> str:
-    names = {type(None): "null", bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    names = {
+        type(None): "null",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -392,7 +417,7 @@ def _check_format(name: Any, version: Any) -> None:
         _refuse("version", f"= {_shown(version)} is not supported: this reader knows version {FORMAT_VERSION}")
 
 
-def _list(value: Any, path: str, min_length: int, max_length: int) -> list:
+def _list(value: Any, path: str, min_length: int, max_length: int) -> list[Any]:
     if not isinstance(value, list):
         _refuse(path, f"must be a list, got {_json_type(value)}")
     if not min_length <= len(value) <= max_length:
@@ -422,27 +447,27 @@ def _integer(value: Any, path: str, low: int, high: int) -> int:
     return value
 
 
-def _first(bad: np.ndarray) -> Optional[int]:
+def _first(bad: np.ndarray) -> int | None:
     """The index of the first True, or None."""
     return int(np.argmax(bad)) if bad.any() else None
 
 
-def _numbers(values: list, path: str, dtype: type = np.float64) -> np.ndarray:
+def _numbers(values: list[Any], path: str, dtype: type = np.float64) -> np.ndarray:
     """Finite numbers in `dtype` (for float32, a value beyond its range is refused too)."""
     if not set(map(type, values)) <= {int, float}:
         i = next(i for i, v in enumerate(values) if type(v) not in (int, float))
         _refuse(f"{path}[{i}]", f"must be a number, got {_json_type(values[i])}")
     try:
         with np.errstate(over="ignore"):  # overflow to inf is what the check below finds
-            array = np.array(values, dtype=np.float64).astype(dtype)
+            array: np.ndarray = np.array(values, dtype=np.float64).astype(dtype)
     except OverflowError:
         _refuse(path, "holds an integer beyond the range of a double")
-    if (i := _first(~np.isfinite(array))) is not None:
-        _refuse(f"{path}[{i}]", f"= {_shown(values[i])} is not a finite {np.dtype(dtype).name}")
+    if (at := _first(~np.isfinite(array))) is not None:
+        _refuse(f"{path}[{at}]", f"= {_shown(values[at])} is not a finite {np.dtype(dtype).name}")
     return array
 
 
-def _integers(values: list, path: str, low: int, high: int) -> np.ndarray:
+def _integers(values: list[Any], path: str, low: int, high: int) -> np.ndarray:
     """Integers in [low, high)."""
     if not set(map(type, values)) <= {int}:
         i = next(i for i, v in enumerate(values) if type(v) is not int)
@@ -465,7 +490,7 @@ def _feature_names(value: Any) -> list[str]:
     return list(names)
 
 
-def _classes(value: Any, objective: str) -> Optional[list[Any]]:
+def _classes(value: Any, objective: str) -> list[Any] | None:
     if objective == "regression":
         if value is not None:
             _refuse("classes", f"must be null for a regression, got {_json_type(value)}")
@@ -481,11 +506,14 @@ def _classes(value: Any, objective: str) -> Optional[list[Any]]:
     return list(labels)
 
 
-def _init_score(value: Any, classes: Optional[list[Any]]) -> np.ndarray:
+def _init_score(value: Any, classes: list[Any] | None) -> np.ndarray:
     count = 1 if classes is None else len(classes)
     scores = _list(value, "init_score", 0, MAX_CLASSES)
     if len(scores) != count:
-        _refuse("init_score", f"has {len(scores)} scores; this forest needs {count} (one per class, or one for a regression)")
+        _refuse(
+            "init_score",
+            f"has {len(scores)} scores; this forest needs {count} (one per class, or one for a regression)",
+        )
     return _numbers(scores, "init_score")
 
 
@@ -501,7 +529,10 @@ def _bin_edges(value: Any, n_features: int) -> np.ndarray:
             _refuse(path, f"has {len(row)} edges; bin_edges[0] has {len(first)}, and every feature has as many")
         edges[f] = _numbers(row, path, np.float32)
         if (i := _first(np.diff(edges[f]) < 0)) is not None:
-            _refuse(f"{path}[{i + 1}]", f"= {_shown(row[i + 1])} is below {path}[{i}] = {_shown(row[i])}; edges are sorted (as float32)")
+            _refuse(
+                f"{path}[{i + 1}]",
+                f"= {_shown(row[i + 1])} is below {path}[{i}] = {_shown(row[i])}; edges are sorted (as float32)",
+            )
     return edges
 
 
@@ -510,10 +541,16 @@ def _trees(value: Any, n_scores: int, edges_shape: tuple[int, int]) -> dict[str,
     trees = _list(value, "trees", 0, MAX_NODE_CELLS)
     for t, tree in enumerate(trees):
         _check_fields(tree, f"trees[{t}]", _TREE_FIELDS)
-    node_counts = [len(_list(tree["value"], f"trees[{t}].value", 1, MAX_NODES_PER_TREE)) for t, tree in enumerate(trees)]
+    node_counts = [
+        len(_list(tree["value"], f"trees[{t}].value", 1, MAX_NODES_PER_TREE)) for t, tree in enumerate(trees)
+    ]
     width = max(node_counts, default=1)
     if len(trees) * width > MAX_NODE_CELLS:
-        _refuse("trees", f"has {len(trees)} trees of up to {width} nodes; padded to the largest, that is over {MAX_NODE_CELLS} nodes")
+        _refuse(
+            "trees",
+            f"has {len(trees)} trees of up to {width} nodes; padded "
+            f"to the largest, that is over {MAX_NODE_CELLS} nodes",
+        )
     arrays = {name: np.zeros((len(trees), width), dtype) for name, dtype in _NODE_FIELDS}
     tree_class = np.empty(len(trees), dtype=np.int32)
     for t, tree in enumerate(trees):
@@ -523,13 +560,15 @@ def _trees(value: Any, n_scores: int, edges_shape: tuple[int, int]) -> dict[str,
     return {"tree_class": tree_class, "depth": _depth(arrays["left"], arrays["right"]), **arrays}
 
 
-def _tree_nodes(tree: dict, path: str, edges_shape: tuple[int, int]) -> dict[str, np.ndarray]:
+def _tree_nodes(tree: dict[str, Any], path: str, edges_shape: tuple[int, int]) -> dict[str, np.ndarray]:
     """One tree's node arrays, with every index in range and the nodes forming a tree."""
     n = len(tree["value"])
     n_features, n_edges = edges_shape
     for name in ("feature", "split_bin", "left", "right"):
         if len(_list(tree[name], f"{path}.{name}", 0, MAX_NODES_PER_TREE)) != n:
-            _refuse(f"{path}.{name}", f"has {len(tree[name])} nodes; {path}.value has {n}, and every node array has as many")
+            _refuse(
+                f"{path}.{name}", f"has {len(tree[name])} nodes; {path}.value has {n}, and every node array has as many"
+            )
     nodes = {
         "feature": _integers(tree["feature"], f"{path}.feature", 0, n_features),
         "split_bin": _integers(tree["split_bin"], f"{path}.split_bin", 0, n_edges),
@@ -547,15 +586,27 @@ def _check_links(left: np.ndarray, right: np.ndarray, path: str) -> None:
     index = np.arange(len(left))
     is_leaf = left == index
     if (i := _first(is_leaf & (right != index))) is not None:
-        _refuse(f"{path}.right[{i}]", f"= {right[i]} is not {i}: node {i} is a leaf (left[{i}] = {i}), and a leaf points at itself with both children")
+        _refuse(
+            f"{path}.right[{i}]",
+            f"= {right[i]} is not {i}: node {i} is a leaf (left[{i}] "
+            f"= {i}), and a leaf points at itself with both children",
+        )
     for name, child in (("left", left), ("right", right)):
         if (i := _first(~is_leaf & (child <= index))) is not None:
-            _refuse(f"{path}.{name}[{i}]", f"= {child[i]} is out of range: a split's children come after it (index above {i}), so that no walk can loop")
+            _refuse(
+                f"{path}.{name}[{i}]",
+                f"= {child[i]} is out of range: a split's children come "
+                f"after it (index above {i}), so that no walk can loop",
+            )
     children = np.concatenate([left[~is_leaf], right[~is_leaf]])
     counts = np.bincount(children, minlength=len(left))
     if (c := _first(counts > 1)) is not None:
         parents = np.flatnonzero(~is_leaf & ((left == c) | (right == c)))
-        _refuse(path, f"names node {c} as a child more than once (at nodes {', '.join(map(str, parents))}); each node has one parent")
+        _refuse(
+            path,
+            f"names node {c} as a child more than once (at nodes "
+            f"{', '.join(map(str, parents))}); each node has one parent",
+        )
 
 
 def _depth(left: np.ndarray, right: np.ndarray) -> int:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import lightgbm
 import numpy as np
@@ -40,21 +41,48 @@ class LightGBMTrainer:
     native_media_type = "text/plain"  # LightGBM's text model: lightgbm.Booster(model_str=...)
     native_extension = "txt"
     takes_era = False
-    params = (
+    params: Sequence[ParamSpec] = (
         ParamSpec("n_estimators", int, 100, "Boosting rounds.", minimum=1, maximum=100_000),
-        ParamSpec("learning_rate", float, 0.1, "Shrinkage per round.", minimum=0.0, maximum=1.0, exclusive_minimum=True),
+        ParamSpec(
+            "learning_rate", float, 0.1, "Shrinkage per round.", minimum=0.0, maximum=1.0, exclusive_minimum=True
+        ),
         ParamSpec("num_leaves", int, 31, "Maximum leaves per tree.", minimum=2, maximum=131_072),
         ParamSpec("max_depth", int, -1, "Maximum tree depth; -1 for no limit.", minimum=-1, maximum=255),
         ParamSpec("min_data_in_leaf", int, 20, "Minimum rows in a leaf.", minimum=1, maximum=10**9),
         ParamSpec("min_sum_hessian_in_leaf", float, 1e-3, "Minimum hessian sum in a leaf.", minimum=0.0),
-        ParamSpec("feature_fraction", float, 1.0, "Share of features tried per tree.", minimum=0.0, maximum=1.0, exclusive_minimum=True),
-        ParamSpec("bagging_fraction", float, 1.0, "Share of rows sampled per bagging round (needs bagging_freq > 0).", minimum=0.0, maximum=1.0, exclusive_minimum=True),
-        ParamSpec("bagging_freq", int, 0, "Resample rows every k rounds; 0 disables bagging.", minimum=0, maximum=100_000),
+        ParamSpec(
+            "feature_fraction",
+            float,
+            1.0,
+            "Share of features tried per tree.",
+            minimum=0.0,
+            maximum=1.0,
+            exclusive_minimum=True,
+        ),
+        ParamSpec(
+            "bagging_fraction",
+            float,
+            1.0,
+            "Share of rows sampled per bagging round (needs bagging_freq > 0).",
+            minimum=0.0,
+            maximum=1.0,
+            exclusive_minimum=True,
+        ),
+        ParamSpec(
+            "bagging_freq", int, 0, "Resample rows every k rounds; 0 disables bagging.", minimum=0, maximum=100_000
+        ),
         ParamSpec("lambda_l1", float, 0.0, "L1 regularisation.", minimum=0.0),
         ParamSpec("lambda_l2", float, 0.0, "L2 regularisation.", minimum=0.0),
         ParamSpec("min_gain_to_split", float, 0.0, "Minimum gain to make a split.", minimum=0.0),
         ParamSpec("max_bin", int, 255, "Maximum histogram bins per feature.", minimum=2, maximum=65_535),
-        ParamSpec("early_stopping_rounds", int, 0, "Stop when the validation metric has not improved for this many rounds; 0 disables.", minimum=0, maximum=100_000),
+        ParamSpec(
+            "early_stopping_rounds",
+            int,
+            0,
+            "Stop when the validation metric has not improved for this many rounds; 0 disables.",
+            minimum=0,
+            maximum=100_000,
+        ),
         ParamSpec("seed", int, 0, "Random seed.", minimum=0, maximum=2**31 - 1),
     )
 
@@ -101,13 +129,14 @@ class LightGBMTrainer:
             num_boost_round=params["n_estimators"],
             valid_sets=valid_sets,
             valid_names=valid_names,
-            callbacks=[_report_rounds(reporter, history, stop)],
+            callbacks=[_ReportRounds(reporter, history, stop)],
         )
         best_iteration, metrics = history.final(early_stopped=stop.early_stopped)
         booster.best_iteration = best_iteration
-        booster.classes_ = data.classes
-        return FitResult(booster, len(history.rounds), best_iteration, metrics, cancelled=stop.cancelled, curve=history.rounds)
-
+        booster.classes_ = data.classes  # type: ignore[attr-defined]  # ours, on LightGBM's object
+        return FitResult(
+            booster, len(history.rounds), best_iteration, metrics, cancelled=stop.cancelled, curve=history.rounds
+        )
 
     # Prediction
 
@@ -136,7 +165,7 @@ class LightGBMTrainer:
             model = lightgbm.Booster(model_str=text)
         except (UnicodeDecodeError, lightgbm.basic.LightGBMError) as error:
             raise ValueError(f"not a LightGBM text model: {error}") from None
-        model.classes_ = _read_classes(text, self.describe(model).n_classes)
+        model.classes_ = _read_classes(text, self.describe(model).n_classes)  # type: ignore[attr-defined]  # ours
         return model
 
     def describe(self, model: lightgbm.Booster) -> ModelShape:
@@ -145,7 +174,9 @@ class LightGBMTrainer:
         return ModelShape(objective, model.num_feature(), n_classes, getattr(model, "classes_", None))
 
     def scores(self, model: lightgbm.Booster, X: np.ndarray) -> np.ndarray:
-        predicted = model.predict(X, num_threads=self.num_threads)
+        # An array for dense X (LightGBM's annotation also allows the sparse and list results of
+        # other inputs); np.asarray returns that same array.
+        predicted = np.asarray(model.predict(X, num_threads=self.num_threads))
         if self.describe(model).objective == "binary":
             return np.column_stack([1.0 - predicted, predicted])
         return predicted
@@ -161,7 +192,13 @@ READ_CHECK_TIMEOUT_S = 60
 def _check_in_a_process_of_its_own(text: str) -> None:
     """ValueError, with LightGBM's own last words, unless a separate process reads `text` as a model."""
     try:
-        read = subprocess.run([sys.executable, "-c", _READ_MODEL], input=text, capture_output=True, text=True, timeout=READ_CHECK_TIMEOUT_S)
+        read = subprocess.run(
+            [sys.executable, "-c", _READ_MODEL],
+            input=text,
+            capture_output=True,
+            text=True,
+            timeout=READ_CHECK_TIMEOUT_S,
+        )
     except subprocess.TimeoutExpired:
         raise ValueError(f"LightGBM did not read it within {READ_CHECK_TIMEOUT_S} s") from None
     if read.returncode != 0:
@@ -169,7 +206,7 @@ def _check_in_a_process_of_its_own(text: str) -> None:
         raise ValueError(said[-1] if said else f"LightGBM could not read it (exit status {read.returncode})")
 
 
-def _read_classes(text: str, n_classes: int) -> Optional[list[Any]]:
+def _read_classes(text: str, n_classes: int) -> list[Any] | None:
     """The labels a text model carries on its `boostream_classes:` line, checked; None without one."""
     start = text.rfind("\n" + CLASSES_LINE)
     if start < 0:
@@ -179,16 +216,24 @@ def _read_classes(text: str, n_classes: int) -> Optional[list[Any]]:
         labels = orjson.loads(line)
     except orjson.JSONDecodeError:
         raise ValueError(f"its {CLASSES_LINE} line is not JSON") from None
-    plain = isinstance(labels, list) and all(
-        isinstance(label, str) or (type(label) in (int, float) and math.isfinite(label)) for label in labels
-    )
-    if not plain or len(labels) != n_classes or len(set(labels)) != n_classes:
+    if (
+        not isinstance(labels, list)
+        or not all(isinstance(label, str) or (type(label) in (int, float) and math.isfinite(label)) for label in labels)
+        or len(labels) != n_classes
+        or len(set(labels)) != n_classes
+    ):
         raise ValueError(f"its {CLASSES_LINE} line must list {n_classes} unique labels (strings or finite numbers)")
     return labels
 
 
 # What LightGBM calls the objectives it may have written into a model, as this service names them.
-_OBJECTIVE_NAMES = {"regression": "regression", "l2": "regression", "binary": "binary", "multiclass": "multiclass", "softmax": "multiclass"}
+_OBJECTIVE_NAMES = {
+    "regression": "regression",
+    "l2": "regression",
+    "binary": "binary",
+    "multiclass": "multiclass",
+    "softmax": "multiclass",
+}
 
 
 class _StopState:
@@ -196,19 +241,27 @@ class _StopState:
     early_stopped = False
 
 
-def _report_rounds(reporter: Reporter, history: RoundHistory, stop: _StopState):
-    def callback(env: lightgbm.callback.CallbackEnv) -> None:
-        metrics = {f"{entry[0]}_{entry[1]}": finite_or_none(entry[2]) for entry in env.evaluation_result_list}
-        history.add(metrics)
-        reporter.report(env.iteration + 1, metrics)
-        if reporter.cancelled:
-            stop.cancelled = True
-        elif history.should_stop:
-            stop.early_stopped = True
+class _ReportRounds:
+    """The after-iteration callback: LightGBM calls it with each round's evaluation."""
+
+    order = 30  # after LightGBM has evaluated the round
+
+    def __init__(self, reporter: Reporter, history: RoundHistory, stop: _StopState) -> None:
+        self.reporter = reporter
+        self.history = history
+        self.stop = stop
+
+    def __call__(self, env: lightgbm.callback.CallbackEnv) -> None:
+        results = env.evaluation_result_list
+        assert results is not None  # lightgbm.train evaluates every round: the valid_sets hold the training set
+        metrics = {f"{entry[0]}_{entry[1]}": finite_or_none(entry[2]) for entry in results}
+        self.history.add(metrics)
+        self.reporter.report(env.iteration + 1, metrics)
+        if self.reporter.cancelled:
+            self.stop.cancelled = True
+        elif self.history.should_stop:
+            self.stop.early_stopped = True
         else:
             return
         # The documented way to end lightgbm.train early and still get a usable booster.
-        raise lightgbm.callback.EarlyStopException(env.iteration, env.evaluation_result_list)
-
-    callback.order = 30  # after LightGBM has evaluated the round
-    return callback
+        raise lightgbm.callback.EarlyStopException(env.iteration, results)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,8 @@ _METRIC = {"regression": "l2", "binary": "binary_logloss", "multiclass": "multi_
 # WarpGBM builds its CUDA extension against the torch already installed, so it cannot come with the
 # other packages in one `pip install` (build isolation would hide torch from it).
 INSTALL_RECIPE = (
-    "to train on an NVIDIA GPU, install a CUDA build of PyTorch and what WarpGBM needs (the gpu extra: pip install -e '.[gpu]'), "
+    "to train on an NVIDIA GPU, install a CUDA build of PyTorch and "
+    "what WarpGBM needs (the gpu extra: pip install -e '.[gpu]'), "
     "then WarpGBM against it, with nvcc on the PATH: TORCH_CUDA_ARCH_LIST=9.0 pip install --no-build-isolation "
     "--no-deps warpgbm==2.2.0 (9.0 is Hopper: use your GPU's); see 'WarpGBM on a GPU' in the README"
 )
@@ -70,16 +72,33 @@ class WarpGBMTrainer:
     native_media_type = "application/json"
     native_extension = "json"
     takes_era = True
-    params = (
+    params: Sequence[ParamSpec] = (
         ParamSpec("n_estimators", int, 100, "Boosting rounds.", minimum=1, maximum=100_000),
-        ParamSpec("learning_rate", float, 0.1, "Shrinkage per round.", minimum=0.0, maximum=1.0, exclusive_minimum=True),
+        ParamSpec(
+            "learning_rate", float, 0.1, "Shrinkage per round.", minimum=0.0, maximum=1.0, exclusive_minimum=True
+        ),
         ParamSpec("max_depth", int, 6, "Tree depth.", minimum=1, maximum=16),
         ParamSpec("num_bins", int, 63, "Quantile bins per feature.", minimum=2, maximum=127),
         ParamSpec("min_child_weight", int, 20, "Minimum rows in a child.", minimum=1, maximum=10**9),
         ParamSpec("min_split_gain", float, 0.0, "Minimum gain to make a split.", minimum=0.0),
         ParamSpec("L2_reg", float, 1e-6, "L2 regularisation of leaf values.", minimum=0.0),
-        ParamSpec("colsample_bytree", float, 1.0, "Share of features tried per tree.", minimum=0.0, maximum=1.0, exclusive_minimum=True),
-        ParamSpec("early_stopping_rounds", int, 0, "Stop when the validation metric has not improved for this many rounds; 0 disables.", minimum=0, maximum=100_000),
+        ParamSpec(
+            "colsample_bytree",
+            float,
+            1.0,
+            "Share of features tried per tree.",
+            minimum=0.0,
+            maximum=1.0,
+            exclusive_minimum=True,
+        ),
+        ParamSpec(
+            "early_stopping_rounds",
+            int,
+            0,
+            "Stop when the validation metric has not improved for this many rounds; 0 disables.",
+            minimum=0,
+            maximum=100_000,
+        ),
         ParamSpec("seed", int, 0, "Random seed.", minimum=0, maximum=2**31 - 1),
         ParamSpec("threads_per_block", int, 64, "CUDA threads per block.", minimum=32, maximum=1024, multiple_of=32),
         ParamSpec("rows_per_thread", int, 4, "Rows each CUDA thread accumulates.", minimum=1, maximum=16),
@@ -100,7 +119,9 @@ class WarpGBMTrainer:
         for field, X in (("X", data.X), ("X_valid", data.X_valid)):
             if X is not None and np.isnan(X).any():
                 row = int(np.flatnonzero(np.isnan(X).any(axis=1))[0])
-                raise InvalidData(field, f"row {row} has a missing value (null); WarpGBM cannot train on missing values")
+                raise InvalidData(
+                    field, f"row {row} has a missing value (null); WarpGBM cannot train on missing values"
+                )
 
     def fit(self, data: TrainingData, objective: str, params: Mapping[str, Any], reporter: Reporter) -> FitResult:
         torch, core, node_kernel = _library()
@@ -119,7 +140,14 @@ class WarpGBMTrainer:
             hook.release()
             del model
             torch.cuda.empty_cache()
-        return FitResult(forest, len(hook.history.rounds), best_iteration, metrics, cancelled=reporter.cancelled, curve=hook.history.rounds)
+        return FitResult(
+            forest,
+            len(hook.history.rounds),
+            best_iteration,
+            metrics,
+            cancelled=reporter.cancelled,
+            curve=hook.history.rounds,
+        )
 
     # Prediction: a Forest, numpy only, on the CPU.
 
@@ -152,7 +180,7 @@ def estimator_arguments(objective: str, params: Mapping[str, Any]) -> dict[str, 
 
 @functools.cache
 def _reporting_class(core: Any) -> type:
-    class ReportingWarpGBM(core.WarpGBM):
+    class ReportingWarpGBM(core.WarpGBM):  # type: ignore[misc]  # WarpGBM has no type information
         def compute_eval(self, i: int) -> None:
             self.round_hook(self, i)
 
@@ -163,7 +191,9 @@ def _reporting_class(core: Any) -> type:
 
 
 class _RoundHook:
-    def __init__(self, torch: Any, node_kernel: Any, data: TrainingData, objective: str, patience: int, reporter: Reporter) -> None:
+    def __init__(
+        self, torch: Any, node_kernel: Any, data: TrainingData, objective: str, patience: int, reporter: Reporter
+    ) -> None:
         self.torch = torch
         self.node_kernel = node_kernel
         self.data = data
@@ -175,13 +205,15 @@ class _RoundHook:
         self.history = RoundHistory(self.valid_metric, patience)
         self.early_stopped = False
         self.init_score = np.zeros(1)
-        self._valid = None  # (binned rows, labels, running scores) on the GPU, set at round one
+        # (binned rows, labels, running scores) on the GPU, set at round one
+        self._valid: tuple[Any, Any, Any] | None = None
 
     def __call__(self, model: Any, i: int) -> None:
         if i == 0:
             self._start(model)
         metrics = {self.train_metric: finite_or_none(self._loss(model.Y_gpu, model.gradients))}
         if self._valid is not None:
+            assert self.valid_metric is not None  # set with the validation data
             metrics[self.valid_metric] = finite_or_none(self._valid_loss(model, i))
         self.history.add(metrics)
         self.reporter.report(i + 1, metrics)
@@ -199,17 +231,21 @@ class _RoundHook:
             self.init_score = np.array([model.base_prediction])
         else:
             # The same start as WarpGBM's training: log class priors (+1e-10), per class.
+            assert self.data.classes is not None  # a classifier's data has its labels
             counts = np.bincount(self.data.y, minlength=len(self.data.classes))
             self.init_score = np.log(counts / counts.sum() + 1e-10)
         if not self.data.has_validation:
             return
+        y_valid = self.data.y_valid
+        assert y_valid is not None  # validation data comes in pairs
         bins = model.bin_inference_data(np.asfortranarray(self.data.X_valid, dtype=np.float32))
-        labels = torch.as_tensor(self.data.y_valid, device=model.device)
+        labels = torch.as_tensor(y_valid, device=model.device)
         scores = torch.as_tensor(self.init_score, dtype=torch.float32, device=model.device)
-        scores = scores.expand(len(self.data.y_valid), len(self.init_score)).contiguous()
+        scores = scores.expand(len(y_valid), len(self.init_score)).contiguous()
         self._valid = (bins.contiguous(), labels, scores)
 
     def _valid_loss(self, model: Any, i: int) -> float:
+        assert self._valid is not None  # called only once `_start` has set it
         bins, labels, scores = self._valid
         trees = [model.forest[i]] if self.objective == "regression" else model.forest[i]
         for k, tree in enumerate(trees):
@@ -222,9 +258,9 @@ class _RoundHook:
     def _loss(self, labels: Any, scores: Any) -> float:
         torch = self.torch
         if self.objective == "regression":
-            return ((labels.float() - scores) ** 2).mean().item()
+            return float(((labels.float() - scores) ** 2).mean().item())
         log_probs = torch.log_softmax(scores, dim=1)
-        return -log_probs[torch.arange(len(labels), device=labels.device), labels.long()].mean().item()
+        return float(-log_probs[torch.arange(len(labels), device=labels.device), labels.long()].mean().item())
 
 
 def _export(model: Any, rounds: int, objective: str, init_score: np.ndarray, data: TrainingData) -> Forest:
@@ -243,24 +279,29 @@ def _export(model: Any, rounds: int, objective: str, init_score: np.ndarray, dat
     )
 
 
-def _on_host(trees: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
+def _on_host(trees: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict[str, Any]]]:
     """The same trees with each split's feature as an int. WarpGBM keeps them as 0-d CUDA tensors;
     reading them one by one costs a device synchronisation per node, so read them all at once."""
     import torch
 
     features: list[Any] = []
 
-    def collect(node: dict) -> None:
+    def collect(node: dict[str, Any]) -> None:
         if "leaf_value" not in node:
             features.append(node["feature"])
             collect(node["left"])
             collect(node["right"])
 
-    def rebuild(node: dict, values: Any) -> dict:
+    def rebuild(node: dict[str, Any], values: Any) -> dict[str, Any]:
         if "leaf_value" in node:
             return node
         feature = next(values)
-        return {"feature": feature, "bin": int(node["bin"]), "left": rebuild(node["left"], values), "right": rebuild(node["right"], values)}
+        return {
+            "feature": feature,
+            "bin": int(node["bin"]),
+            "left": rebuild(node["left"], values),
+            "right": rebuild(node["right"], values),
+        }
 
     for _, tree in trees:
         collect(tree)
