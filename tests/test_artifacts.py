@@ -277,7 +277,7 @@ def test_models_stay_loaded_within_model_cache_bytes(tmp_path, diabetes):
     for cache_bytes, kept in ((1, False), (64 * 1024**2, True)):  # room for one model (at least one stays), or for all
         folder = tmp_path / str(cache_bytes)
         folder.mkdir()
-        with running_server(folder, "--model-cache-bytes", str(cache_bytes)) as server:
+        with running_server(folder, model_cache_bytes=cache_bytes) as server:
             first, second = (server.train(body)[-1].data["artifact_id"] for _ in range(2))
             predict(server, artifact_id=first, X=rows)
             predict(server, artifact_id=second, X=rows)

@@ -23,7 +23,7 @@ import pytest
 from boostream import cli, client as client_module
 from boostream.client import Client, Event, Unreachable
 from boostream.streaming_server.decoding import VALID_SPLIT_SEED
-from conftest import Server, _free_port
+from conftest import Server, _free_port, running_server_process
 
 LONG_JOB = ["--param", "n_estimators=100000", "--param", "learning_rate=0.001", "--param", "num_leaves=8"]
 HEX_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -649,7 +649,8 @@ def test_serve_refuses_a_negative_keep_memory_s_naming_it(tmp_path: Path):
     assert "--keep-memory-s" in done.stderr and "0 or more" in done.stderr, done.stderr
 
 
-def test_serve_on_a_data_directory_in_use_says_which_server_holds_it_in_one_line(server: Server):
-    done = boostream("serve", "--port", str(_free_port()), "--data-dir", str(server.data_dir), timeout=60)
+def test_serve_on_a_data_directory_in_use_says_which_server_holds_it_in_one_line(tmp_path: Path):
+    with running_server_process(tmp_path) as server:  # a process: its pid is the one named
+        done = boostream("serve", "--port", str(_free_port()), "--data-dir", str(server.data_dir), timeout=60)
     assert done.returncode == 1
     assert done.stderr == f"boostream: another boostream server (pid {server.process.pid}) is using the data directory {server.data_dir}\n"

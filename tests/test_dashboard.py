@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import conftest
-from conftest import Server, running_server, start_server
+from conftest import Server, running_server_process, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMOS = {"diabetes.csv": ("progression", "regression"), "breast_cancer.csv": ("diagnosis", "binary"), "iris.csv": ("species", "multiclass")}
@@ -65,7 +65,7 @@ def artifacts_dir() -> Path:
 @pytest.fixture(scope="module")
 def dashboard_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server of its own, so that its jobs list holds only this module's jobs."""
-    yield from start_server(tmp_path_factory.mktemp("dashboard"), "--cpu-jobs", "2", "--heartbeat-s", "0.5")
+    yield from start_server(tmp_path_factory.mktemp("dashboard"), cpu_jobs=2, heartbeat_s=0.5)
 
 
 # Served by the app itself: no browser needed.
@@ -216,10 +216,10 @@ def sent_rounds(server: Server, job_id: str) -> dict[str, Any]:
     """Every round's metrics as the job's progress events carried them (their `history`), from its last
     (re)start: what its chart must show, in the shape of `Dashboard.chart_rounds`."""
     events = server.events(job_id)
-    starts = [i for i, event in enumerate(events) if event.event == "started"]
+    starts = [i for i, event in enumerate(events) if event.type == "started"]
     rounds: dict[str, Any] = {"iterations": [], "metrics": {}}
     for event in events[starts[-1] :]:
-        if event.event == "progress":
+        if event.type == "progress":
             history = event.data["history"]
             count = max(len(values) for values in history["metrics"].values())
             rounds["iterations"] += range(history["first"], history["first"] + count)
@@ -441,13 +441,13 @@ def test_the_jobs_list_shows_within_a_second_that_a_job_ended_elsewhere(browser:
 def test_the_browser_reconnects_by_itself_to_a_restarted_server(browser: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     port = conftest._free_port()
     monkeypatch.setattr(conftest, "_free_port", lambda: port)  # the restarted server listens where the first did
-    with running_server(tmp_path, "--cpu-jobs", "2") as first, open_dashboard(browser, first) as dashboard:
+    with running_server_process(tmp_path, "--cpu-jobs", "2") as first, open_dashboard(browser, first) as dashboard:
         job_id = dashboard.start_job("diabetes.csv", **WATCHED)
         dashboard.wait_until("s.lastRound >= 3")
         first.process.kill()
         first.process.wait()
         dashboard.page.wait_for_selector("#connection:text('reconnecting')")
-        with running_server(tmp_path, "--cpu-jobs", "2") as second:
+        with running_server_process(tmp_path, "--cpu-jobs", "2") as second:
             dashboard.page.wait_for_selector("#job-status[data-status=succeeded]", timeout=60_000)
             assert "attempt 2" in dashboard.page.text_content("#job-meta")
             assert dashboard.state()["connections"] == 1, "EventSource reconnected by itself, sending Last-Event-ID"

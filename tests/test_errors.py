@@ -173,9 +173,9 @@ def test_local_warpgbm_without_a_gpu_says_this_machine_not_server(tmp_path: Path
     assert "this server" not in said
 
 
-def test_the_server_still_trains_after_all_that(server: Server):
+def test_the_server_still_trains_after_the_bad_requests_above(server: Server):
     events = server.train(body(params={"n_estimators": 3, "min_data_in_leaf": 1}))
-    assert events[-1].event == "complete"
+    assert events[-1].type == "complete"
 
 
 # A server with small limits and a single CPU slot.
@@ -183,10 +183,7 @@ def test_the_server_still_trains_after_all_that(server: Server):
 
 @pytest.fixture(scope="module")
 def strict_server(tmp_path_factory):
-    yield from start_server(
-        tmp_path_factory.mktemp("strict"),
-        "--cpu-jobs", "1", "--max-body-bytes", "20000", "--max-cells", "600", "--heartbeat-s", "0.3",
-    )
+    yield from start_server(tmp_path_factory.mktemp("strict"), cpu_jobs=1, max_body_bytes=20000, max_cells=600, heartbeat_s=0.3)
 
 
 def test_a_body_over_the_limit_is_a_413(strict_server: Server):
@@ -231,7 +228,7 @@ def test_a_job_waits_queued_with_heartbeats_while_the_slot_is_taken(strict_serve
         with strict_server.client() as client:
             with client.stream("POST", "/train/stream", json=long_body, params={"on_disconnect": "cancel"}) as response:
                 for event in parse_sse(response.iter_lines()):
-                    if event.event == "progress":
+                    if event.type == "progress":
                         first_running.set()
                         release_first.wait(30)
                         return  # leaving cancels the long job and frees the slot
@@ -245,11 +242,11 @@ def test_a_job_waits_queued_with_heartbeats_while_the_slot_is_taken(strict_serve
             events = []
             for event in parse_sse(response.iter_lines(), comments):
                 events.append(event)
-                if event.event == "queued":
+                if event.type == "queued":
                     assert event.data["position"] == 1
                     threading.Timer(1.0, release_first.set).start()
     holder.join()
-    assert [e.event for e in events][:2] == ["queued", "started"]
-    assert events[-1].event == "complete"
+    assert [e.type for e in events][:2] == ["queued", "started"]
+    assert events[-1].type == "complete"
     assert [e.id for e in events] == list(range(1, len(events) + 1))
     assert any(c.startswith(": ping") for c in comments), "idle streams get heartbeats"

@@ -234,8 +234,7 @@ def test_a_foreign_origin_is_refused_before_any_session(server: Server):
 
 def test_hosts_and_origins_the_operator_lists_are_served_and_no_others(tmp_path):
     headers = {"accept": "application/json, text/event-stream"}
-    options = ("--mcp-hosts", "models.internal", "--mcp-origins", "https://dashboard.example")
-    with running_server(tmp_path, *options) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+    with running_server(tmp_path, mcp_hosts="models.internal", mcp_origins="https://dashboard.example") as server, httpx.Client(base_url=server.url, timeout=30) as client:
         def initialize(**extra: str) -> int:
             return client.post("/mcp", json=INITIALIZE, headers={**headers, **extra}).status_code
 

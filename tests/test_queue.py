@@ -21,7 +21,7 @@ def two_waiting(tmp_path_factory):
     """One CPU job trains at once; two may wait. One thread a job: a round's length then follows
     the machine's load, where OpenMP threads waiting on each other on a busy machine can make the
     slow first round below take minutes instead of a fraction of a second."""
-    yield from start_server(tmp_path_factory.mktemp("queue"), "--cpu-jobs", "1", "--max-queued", "2", "--threads-per-job", "1")
+    yield from start_server(tmp_path_factory.mktemp("queue"), cpu_jobs=1, max_queued=2, threads_per_job=1)
 
 
 @pytest.fixture(autouse=True)
@@ -49,10 +49,10 @@ def test_each_waiting_job_is_told_its_position_whenever_the_queue_moves(two_wait
     third_events = server.events(third)
     check_log(second_events, "complete")
     check_log(third_events, "complete")
-    assert [e.event for e in server.events(first)] == ["queued", "cancelled"]
+    assert [e.type for e in server.events(first)] == ["queued", "cancelled"]
     assert _positions_before_start(second_events) == [2, 1]
     assert _positions_before_start(third_events) == [2, 1]
-    assert all(e.data["device"] == "cpu" for e in second_events + third_events if e.event == "queued")
+    assert all(e.data["device"] == "cpu" for e in second_events + third_events if e.type == "queued")
     assert server.job(second)["started_at"] < server.job(third)["started_at"]
 
 
@@ -108,9 +108,9 @@ def test_a_full_queue_answers_retry_after_10_s_while_no_eta_is_known(two_waiting
 
 
 def _positions_before_start(events) -> list[int]:
-    kinds = [e.event for e in events]
+    kinds = [e.type for e in events]
     assert "started" in kinds, kinds
-    return [e.data["position"] for e in events[: kinds.index("started")] if e.event == "queued"]
+    return [e.data["position"] for e in events[: kinds.index("started")] if e.type == "queued"]
 
 
 def _busy(server: Server) -> int:

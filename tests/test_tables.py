@@ -67,7 +67,7 @@ def train_upload(server: Server, filename: str, body: bytes, **fields) -> list:
 
 
 def completed(events: list) -> dict:
-    assert events[-1].event == "complete", events[-1]
+    assert events[-1].type == "complete", events[-1]
     return events[-1].data
 
 
@@ -343,7 +343,7 @@ def test_a_multipart_upload_without_a_content_length_is_a_411(server: Server, di
 
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory):
-    yield from start_server(tmp_path_factory.mktemp("tables"), "--cpu-jobs", "1", "--max-cells", "600")
+    yield from start_server(tmp_path_factory.mktemp("tables"), cpu_jobs=1, max_cells=600)
 
 
 @pytest.mark.parametrize("content_type, write", [(CSV, csv_bytes), (PARQUET, parquet_bytes)], ids=["csv", "parquet"])

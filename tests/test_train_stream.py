@@ -14,16 +14,17 @@ import lightgbm
 import numpy as np
 import pytest
 
-from conftest import Server, SseEvent, parse_sse, running_server
+from boostream.client import Event
+from conftest import Server, parse_sse, running_server_process
 
 
-def check_stream(events: list[SseEvent], n_estimators: int) -> SseEvent:
+def check_stream(events: list[Event], n_estimators: int) -> Event:
     """What every successful stream looks like; returns its `complete` event."""
-    kinds = [e.event for e in events]
+    kinds = [e.type for e in events]
     assert kinds[0] == "started" and kinds[-1] == "complete", kinds
     assert set(kinds[1:-1]) == {"progress"}, kinds
     assert [e.id for e in events] == list(range(1, len(events) + 1))
-    assert events[0].retry == 2000
+    assert events[0].retry_ms == 2000
     job_id = events[0].data["job_id"]
     assert all(e.data["job_id"] == job_id for e in events)
     started, complete = events[0].data, events[-1]
@@ -45,11 +46,11 @@ def check_stream(events: list[SseEvent], n_estimators: int) -> SseEvent:
     return complete
 
 
-def streamed_curve(events: list[SseEvent]) -> dict[str, list]:
+def streamed_curve(events: list[Event]) -> dict[str, list]:
     """Every round's metrics, put together from the `history` of each `progress` event."""
     curve: dict[str, list] = {}
     for event in events:
-        if event.event == "progress":
+        if event.type == "progress":
             history = event.data["history"]
             for name, values in history["metrics"].items():
                 assert len(curve.setdefault(name, [])) == history["first"] - 1, "no gap, no round twice"
@@ -58,7 +59,7 @@ def streamed_curve(events: list[SseEvent]) -> dict[str, list]:
     return curve
 
 
-def load_artifact(complete: SseEvent):
+def load_artifact(complete: Event):
     data = complete.data
     blob = base64.b64decode(data["artifact"])
     assert len(blob) == data["size_bytes"]
@@ -160,7 +161,7 @@ def test_many_rounds_are_throttled_to_about_ten_events_a_second(server: Server, 
     events = server.train({"X": X.tolist(), "y": y.tolist(), "params": {"n_estimators": 3000, "num_leaves": 4}})
     elapsed = time.monotonic() - started
     complete = check_stream(events, 3000)
-    progress = [e for e in events if e.event == "progress"]
+    progress = [e for e in events if e.type == "progress"]
     assert complete.data["iterations"] == 3000
     assert len(progress) <= elapsed * 10 + 3
 
@@ -170,7 +171,7 @@ def test_a_300_round_job_streams_every_round_of_its_curve_in_few_events(server: 
     events = server.train({"X": X.tolist(), "y": y.tolist(), "X_valid": Xv.tolist(), "y_valid": yv.tolist(),
                            "params": {"n_estimators": 300, "learning_rate": 0.05}})
     complete = check_stream(events, 300)
-    assert len([e for e in events if e.event == "progress"]) < 300
+    assert len([e for e in events if e.type == "progress"]) < 300
     curve = streamed_curve(events)
     assert set(curve) == {"train_l2", "valid_l2"} and len(curve["valid_l2"]) == 300
     # Each round's value is the model's own at that round: recompute some from the artifact.
@@ -195,8 +196,8 @@ def test_two_jobs_train_at_once_and_both_complete(server: Server, diabetes):
         thread.start()
     for thread in threads:
         thread.join()
-    assert [r[-1].event for r in results] == ["complete", "complete"]
-    assert all(event.event != "queued" for events in results for event in events), "neither waited for a slot"
+    assert [r[-1].type for r in results] == ["complete", "complete"]
+    assert all(event.type != "queued" for events in results for event in events), "neither waited for a slot"
     first, second = (server.job(events[0].data["job_id"]) for events in results)
     assert first["job_id"] != second["job_id"]
     # They trained at the same time: each started before the other finished.
@@ -211,7 +212,7 @@ def open_stream_and_leave(server: Server, body: dict, progress_events: int, **pa
             seen = []
             for event in parse_sse(response.iter_lines()):
                 seen.append(event)
-                if sum(e.event == "progress" for e in seen) >= progress_events:
+                if sum(e.type == "progress" for e in seen) >= progress_events:
                     break
     return seen[0].data["job_id"]
 
@@ -253,10 +254,10 @@ def kept_memory(server: Server) -> dict:
 def test_health_shows_the_memory_kept_for_the_next_table_and_none_when_told_to_keep_none(tmp_path_factory, keep_s):
     rows = np.random.default_rng(1).random((60_000, 10))  # X of 4.8 MB and a JSON body of 11 MB
     body = {"model_type": "lightgbm", "X": rows.tolist(), "y": rows.sum(axis=1).tolist(), "params": {"n_estimators": 3}}
-    with running_server(tmp_path_factory.mktemp("memory"), "--keep-memory-s", keep_s) as server:
+    with running_server_process(tmp_path_factory.mktemp("memory"), "--keep-memory-s", keep_s) as server:
         assert kept_memory(server) == {"keep_s": float(keep_s), "kept_blocks": 0, "kept_bytes": 0}
         for _ in range(2):  # the second from what the first left
-            assert server.train(body)[-1].event == "complete"
+            assert server.train(body)[-1].type == "complete"
         deadline = time.monotonic() + 30  # X is let go when its job's last reference goes
         while kept_memory(server)["kept_blocks"] < (2 if keep_s != "0" else 0) and time.monotonic() < deadline:
             time.sleep(0.1)

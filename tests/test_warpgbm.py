@@ -184,6 +184,6 @@ def test_a_loss_that_overflows_on_the_gpu_is_streamed_as_null(server: Server):
     # WarpGBM computes its losses in float32: squares of targets near 1e20 overflow to infinity.
     X, y = regression_data(5000)
     events = server.train({"model_type": "warpgbm", "X": X.tolist(), "y": (y * 1e20).tolist(), "params": {"n_estimators": 5}})
-    progress = [e for e in events if e.event == "progress"]
+    progress = [e for e in events if e.type == "progress"]
     assert progress and progress[0].data["metrics"]["train_l2"] is None  # parsed strictly: no NaN, no Infinity
-    assert events[-1].event == "complete" and events[-1].data["curve"]["metrics"]["train_l2"][0] is None
+    assert events[-1].type == "complete" and events[-1].data["curve"]["metrics"]["train_l2"][0] is None

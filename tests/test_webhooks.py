@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import orjson
 import pytest
 
-from conftest import Server, running_server, start_server
+from conftest import Server, running_server_process, start_server
 from test_jobs import body_for, long_body
 from boostream import __version__
 from boostream.streaming_server.errors import ApiError
@@ -352,7 +352,7 @@ WEBHOOK_ATTEMPTS = 5
 @pytest.fixture(scope="module")
 def webhook_server(tmp_path_factory) -> Iterator[Server]:
     # A host without a port: any port on it, so each test's receiver has its own.
-    yield from start_server(tmp_path_factory.mktemp("webhooks"), "--webhook-hosts", "127.0.0.1")
+    yield from start_server(tmp_path_factory.mktemp("webhooks"), webhook_hosts="127.0.0.1")
 
 
 @pytest.mark.parametrize("answer", [Answer(408), Answer(500), Answer(429, {"Retry-After": "0"})], ids=["408", "500", "429"])
@@ -382,7 +382,7 @@ def test_the_server_gives_up_after_every_attempt_and_shows_the_callback_failed(w
 def test_a_delivery_owed_when_the_server_stopped_is_made_by_the_next_one(tmp_path: Path, diabetes, stop: str):
     port = closed_port()  # the receiver is down while the job ends
     hosts = ("--webhook-hosts", f"127.0.0.1:{port}")
-    with running_server(tmp_path, *hosts) as server:
+    with running_server_process(tmp_path, *hosts) as server:
         job_id = server.create_job({**body_for(diabetes, 10), "callback_url": f"http://127.0.0.1:{port}/hook"})
         assert server.wait_for_job(job_id)["status"] == "succeeded"
         deadline = time.monotonic() + 15
@@ -394,7 +394,7 @@ def test_a_delivery_owed_when_the_server_stopped_is_made_by_the_next_one(tmp_pat
         server.process.wait(30)
 
     with serving(Receiver(port)) as receiver:
-        with running_server(tmp_path, *hosts) as restarted:
+        with running_server_process(tmp_path, *hosts) as restarted:
             callback = wait_for_callback(restarted, job_id)
             assert callback["state"] == "delivered"
             job = restarted.job(job_id)
@@ -409,7 +409,7 @@ def test_a_delivery_owed_when_the_server_stopped_is_made_by_the_next_one(tmp_pat
 
 def test_a_callback_to_a_host_no_longer_allowed_after_a_restart_is_refused(tmp_path: Path, receiver: Receiver, diabetes):
     port = receiver.server.server_address[1]
-    with running_server(tmp_path, "--cpu-jobs", "1", "--threads-per-job", "1", "--webhook-hosts", f"127.0.0.1:{port}") as server:
+    with running_server_process(tmp_path, "--cpu-jobs", "1", "--threads-per-job", "1", "--webhook-hosts", f"127.0.0.1:{port}") as server:
         job_id = server.create_job({**long_body(diabetes), "callback_url": receiver.url + "/hook"})
         deadline = time.monotonic() + 30
         while not (server.job(job_id)["progress"]["iteration"] > 0 and (server.data_dir / "inputs" / job_id / "meta.json").exists()):
@@ -419,7 +419,7 @@ def test_a_callback_to_a_host_no_longer_allowed_after_a_restart_is_refused(tmp_p
         server.process.wait()
 
     # The operator now allows another host only: the job runs again, and its callback is not sent.
-    with running_server(tmp_path, "--cpu-jobs", "1", "--threads-per-job", "1", "--webhook-hosts", "hooks.example.com") as restarted:
+    with running_server_process(tmp_path, "--cpu-jobs", "1", "--threads-per-job", "1", "--webhook-hosts", "hooks.example.com") as restarted:
         with restarted.client() as client:
             assert client.post(f"/jobs/{job_id}/cancel").status_code == 202
         assert restarted.wait_for_job(job_id)["status"] == "cancelled"
