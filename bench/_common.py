@@ -2,8 +2,9 @@
 
 - `Server`: `boostream serve` in a subprocess on a free loopback port with a temporary data
   directory, ready once GET /health answers, stopped (and its directory removed) on exit.
-- `SSEDecoder` / `stream_train`: Server-Sent Events read incrementally from an httpx response,
-  each event stamped with the wall-clock and monotonic time at which it was parsed.
+- `SSEDecoder` / `stream_train`: Server-Sent Events read incrementally from an httpx response (by
+  the client's parser), each event stamped with the wall-clock and monotonic time at which it was
+  parsed.
 - `summary` / `percentile`: latency figures.
 - `Watchdog`: a hard time limit for a whole script, so that none of them can run on.
 
@@ -41,6 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.append(str(REPO_ROOT))
 
+from boostream.client import EventParser  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
 # Machine and data
@@ -352,7 +354,7 @@ class Watchdog:
 class SSEEvent:
     event: str
     data: str
-    id: str | None
+    id: int
     retry: int | None
     received: float  # time.time() when the event was parsed (its blank line was seen)
     received_perf: float  # time.perf_counter() at the same moment
@@ -365,21 +367,15 @@ _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 class SSEDecoder:
-    """Incremental Server-Sent Events parser, as the HTML specification reads an event stream:
-    lines end with CRLF, LF or CR; `field: value` (one space after the colon dropped); `data`
-    lines joined with LF; a blank line dispatches the event (none if it had no data); lines
-    starting with ':' are comments; unknown fields are ignored; a `retry` that is not all digits
-    is ignored; an `id` with a NUL is ignored. The last event id persists across events."""
+    """Server-Sent Events read incrementally from the bytes of a stream: cut into lines here (at
+    CRLF, LF or CR, as httpx's `iter_lines` cuts them for the client), each line read by the
+    client's own parser (boostream.client.EventParser), and each event stamped with the time its
+    blank line was read. The data is kept as text, so that no JSON parsing delays the stamp."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._scan_from = 0  # no line end before this offset of the buffer
-        self._started = False
-        self._data: list[str] = []
-        self._event = ""
-        self._retry: int | None = None
-        self.last_event_id: str | None = None
-        self.comments = 0
+        self._parser = EventParser(loads=str)
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         self._buffer += chunk
@@ -419,48 +415,11 @@ class SSEDecoder:
         return events
 
     def _line(self, raw: bytes) -> SSEEvent | None:
-        if not self._started:
-            self._started = True
-            if raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-        if not raw:
-            return self._dispatch()
-        if raw[:1] == b":":
-            self.comments += 1
+        event = self._parser.feed(raw.decode("utf-8", errors="replace"))
+        if event is None:
             return None
-        name, colon, value = raw.partition(b":")
-        if colon and value[:1] == b" ":
-            value = value[1:]
-        text = value.decode("utf-8", errors="replace")
-        if name == b"data":
-            self._data.append(text)
-        elif name == b"event":
-            self._event = text
-        elif name == b"id":
-            if "\0" not in text:
-                self.last_event_id = text
-        elif name == b"retry":
-            if text.isdigit():
-                self._retry = int(text)
-        return None
-
-    def _dispatch(self) -> SSEEvent | None:
-        if not self._data:
-            self._event = ""
-            self._retry = None
-            return None
-        event = SSEEvent(
-            event=self._event or "message",
-            data="\n".join(self._data),
-            id=self.last_event_id,
-            retry=self._retry,
-            received=time.time(),
-            received_perf=time.perf_counter(),
-        )
-        self._data = []
-        self._event = ""
-        self._retry = None
-        return event
+        now, now_perf = time.time(), time.perf_counter()
+        return SSEEvent(event.type, event.data, event.id, event.retry_ms, received=now, received_perf=now_perf)
 
 
 class TrainError(RuntimeError):

@@ -219,29 +219,70 @@ class Client:
         return response
 
 
-def parse_events(lines: Iterator[str]) -> Iterator[Event]:
-    """Server-Sent Events: fields until a blank line; comments (heartbeats) skipped. Every event of
-    this API has an id and JSON data."""
-    fields: dict[str, str] = {}
-    data: list[str] = []
-    for line in lines:
+class EventParser:
+    """Server-Sent Events as the HTML specification reads them, a line at a time (lines as
+    httpx's `iter_lines` splits them, at CRLF, LF or CR): `field: value` (one space after the colon
+    dropped), `data` lines joined with LF, a blank line ending the event (none if it had no data),
+    a byte order mark at the very start dropped, unknown fields ignored, a `retry` that is not all
+    digits ignored. The event id persists from one event to the next, unless one with a NUL in it.
+
+    Every event of this API has an id, an integer, and JSON data, which `loads` reads (json.loads
+    by default; a stricter loader, or `str` to keep the text). Comments (heartbeats, `: ping`) are
+    skipped, or appended to `comments` when it is given."""
+
+    def __init__(self, loads: Callable[[str], Any] = json.loads, comments: list[str] | None = None) -> None:
+        self.loads = loads
+        self.comments = comments
+        self.last_event_id: str | None = None
+        self._first = True
+        self._type = ""
+        self._data: list[str] = []
+        self._retry: int | None = None
+
+    def feed(self, line: str) -> Event | None:
+        """The event this line ends, if it is the blank line after one."""
+        if self._first:
+            self._first = False
+            line = line.removeprefix("\ufeff")
         if line == "":
-            if data:
-                retry = fields.get("retry")
-                yield Event(
-                    int(fields["id"]),
-                    fields.get("event", "message"),
-                    json.loads("\n".join(data)),
-                    int(retry) if retry else None,
-                )
-            fields, data = {}, []
-        elif not line.startswith(":"):
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "data":
-                data.append(value)
-            else:
-                fields[name] = value
+            return self._dispatch()
+        if line.startswith(":"):
+            if self.comments is not None:
+                self.comments.append(line)
+            return None
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._type = value
+        elif name == "id":
+            if "\0" not in value:
+                self.last_event_id = value
+        elif name == "retry":
+            if value.isascii() and value.isdigit():
+                self._retry = int(value)
+        return None
+
+    def _dispatch(self) -> Event | None:
+        data, kind, retry = self._data, self._type or "message", self._retry
+        self._data, self._type, self._retry = [], "", None
+        if not data:
+            return None
+        if not self.last_event_id:  # none yet, or reset by an empty `id`
+            raise ValueError(f"a {kind!r} event without an id")
+        return Event(int(self.last_event_id), kind, self.loads("\n".join(data)), retry)
+
+
+def parse_events(
+    lines: Iterator[str], loads: Callable[[str], Any] = json.loads, comments: list[str] | None = None
+) -> Iterator[Event]:
+    """The events of a stream's lines (see EventParser), as each one ends."""
+    parser = EventParser(loads, comments)
+    for line in lines:
+        event = parser.feed(line)
+        if event is not None:
+            yield event
 
 
 def table_kind(table: Path) -> str:

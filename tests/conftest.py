@@ -1,57 +1,50 @@
-"""A real server for the tests: `boostream serve` in a subprocess on a free loopback port, and a
-client that reads its event streams the way `curl -N` or EventSource would."""
+"""Servers for the tests, and a client that reads their event streams the way `curl -N` or
+EventSource would.
+
+Most tests talk to a server in this process (`start_server`, `running_server`): the app of
+`create_app`, served by uvicorn in a thread of its own, with its own event loop, on a free loopback
+port, as uvicorn's own tests run theirs; it starts in a fraction of the time a process takes.
+Settings are given as `boostream.config.Settings` fields. A few tests need a `boostream serve` process
+(`start_server_process`, `running_server_process`): those that kill -9 it or stop it with SIGTERM
+and start another on the same data directory, that see the pid holding a data directory, or that
+depend on state a process has once (the memory `--keep-memory-s` keeps)."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import contextvars
 import json
+import logging
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+import uvicorn
 from sklearn import datasets
+from sse_starlette.sse import AppStatus
+
+from boostream.client import Event, parse_events
+from boostream.config import from_environment
+from boostream.streaming_server.app import create_app
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # as `boostream serve` logs
+STARTUP_S = 60.0
+SHUTDOWN_S = 30.0
 
 
-@dataclasses.dataclass
-class SseEvent:
-    id: Optional[int]
-    event: str
-    data: Any
-    retry: Optional[int] = None
-
-
-def parse_sse(lines: Iterator[str], comments: Optional[list[str]] = None) -> Iterator[SseEvent]:
-    """Server-Sent Events as the specification reads them: fields until a blank line."""
-    fields: dict[str, str] = {}
-    data_lines: list[str] = []
-    for line in lines:
-        if line == "":
-            if data_lines:
-                yield SseEvent(
-                    id=int(fields["id"]) if "id" in fields else None,
-                    event=fields.get("event", "message"),
-                    data=strict_json("\n".join(data_lines)),
-                    retry=int(fields["retry"]) if "retry" in fields else None,
-                )
-            fields, data_lines = {}, []
-        elif line.startswith(":"):
-            if comments is not None:
-                comments.append(line)
-        else:
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "data":
-                data_lines.append(value)
-            else:
-                fields[name] = value
+def parse_sse(lines: Iterator[str], comments: list[str] | None = None) -> Iterator[Event]:
+    """The client's parser of event streams, reading each event's data as strictly as a browser's
+    JSON.parse; comments (`: ping`) appended to `comments` when it is given."""
+    return parse_events(lines, loads=strict_json, comments=comments)
 
 
 def strict_json(text: str | bytes) -> Any:
@@ -64,11 +57,12 @@ def _refuse_constant(name: str) -> Any:
 
 
 class Server:
-    def __init__(self, url: str, data_dir: Path, log_path: Path, process: subprocess.Popen) -> None:
+    """A server the tests talk to over HTTP, in this process or in its own."""
+
+    def __init__(self, url: str, data_dir: Path, log_path: Path) -> None:
         self.url = url
         self.data_dir = data_dir
         self.log_path = log_path
-        self.process = process
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=httpx.Timeout(60.0), **kwargs)
@@ -76,7 +70,7 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text()
 
-    def train(self, body: dict, **params: str) -> list[SseEvent]:
+    def train(self, body: dict, **params: str) -> list[Event]:
         """POST /train/stream and read the whole stream."""
         with self.client() as client:
             with client.stream("POST", "/train/stream", json=body, params=params) as response:
@@ -97,7 +91,9 @@ class Server:
         assert response.status_code == 200, response.text
         return response.json()
 
-    def wait_for_job(self, job_id: str, statuses: tuple[str, ...] = ("succeeded", "failed", "cancelled"), timeout: float = 60.0) -> dict:
+    def wait_for_job(
+        self, job_id: str, statuses: tuple[str, ...] = ("succeeded", "failed", "cancelled"), timeout: float = 60.0
+    ) -> dict:
         """Poll GET /jobs/{id}, as an agent would, until its status is one of `statuses`."""
         deadline = time.monotonic() + timeout
         while True:
@@ -107,7 +103,7 @@ class Server:
             assert time.monotonic() < deadline, f"job {job_id} is still {job['status']}"
             time.sleep(0.05)
 
-    def events(self, job_id: str, headers: Optional[dict] = None, **params: str) -> list[SseEvent]:
+    def events(self, job_id: str, headers: dict | None = None, **params: str) -> list[Event]:
         """GET /jobs/{id}/events to its end; none when the server answers 204 (nothing left)."""
         with self.client() as client:
             with client.stream("GET", f"/jobs/{job_id}/events", headers=headers or {}, params=params) as response:
@@ -128,14 +124,120 @@ class Server:
                 time.sleep(0.05)
 
 
+# In this process.
+
+# The server whose thread is running (and its tasks, and the worker threads anyio runs for them;
+# not an executor's threads): each server's log gets only its own records, though every server in
+# this process logs through the same loggers.
+_SERVING: contextvars.ContextVar[Server | None] = contextvars.ContextVar("serving", default=None)
+
+
+class _Own(logging.Filter):
+    def __init__(self, server: Server) -> None:
+        super().__init__()
+        self.server = server
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _SERVING.get() is self.server
+
+
+def start_server(tmp: Path, **settings: Any) -> Iterator[Server]:
+    """A server in this process on `tmp/data`, its log in `tmp/server.log`; `settings` are fields
+    of boostream.config.Settings (cpu_jobs=1 for `--cpu-jobs 1`), over BOOSTREAM_* variables as
+    `boostream serve` reads them."""
+    data_dir = tmp / "data"
+    log_path = tmp / "server.log"
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))  # bound before the app exists: no other test can take the port
+    port = listener.getsockname()[1]
+    app_settings = from_environment(host="127.0.0.1", port=port, data_dir=data_dir, **settings)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = Server(f"http://127.0.0.1:{port}", data_dir, log_path)
+    uvicorn_server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(app_settings),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            log_config=None,  # this process's logging stays pytest's
+            access_log=False,
+            timeout_graceful_shutdown=5,  # as `boostream serve`
+        )
+    )
+    # boostream's own lines at the level `boostream serve` logs them; the rest as pytest has it.
+    logging.getLogger("boostream").setLevel(app_settings.log_level.upper())
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(_Own(server))
+    logging.getLogger().addHandler(handler)
+    # sse-starlette keeps its shutdown flag process-wide: a server that stopped in this process must
+    # not leave it set for this one (its streams would end at once). A server in a thread never
+    # sets it (uvicorn handles signals in the main thread only), so this one's stop does not end
+    # the streams of the others still running.
+    AppStatus.should_exit = False
+    if hasattr(AppStatus, "should_exit_event"):  # sse-starlette before 3
+        AppStatus.should_exit_event = None
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        _SERVING.set(server)
+        try:
+            uvicorn_server.run(sockets=[listener])
+        except BaseException as error:  # noqa: B036 - reported by the thread that waits
+            failure.append(error)
+
+    thread = threading.Thread(target=serve, name=f"server {port}", daemon=True)
+    try:
+        thread.start()
+        deadline = time.monotonic() + STARTUP_S
+        while not uvicorn_server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(
+                    "the server did not start:\n" + (repr(failure[0]) if failure else log_path.read_text())
+                )
+            time.sleep(0.01)
+        yield server
+    finally:
+        uvicorn_server.should_exit = True
+        thread.join(SHUTDOWN_S)
+        if thread.is_alive():
+            uvicorn_server.force_exit = True
+            thread.join(10)
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+        listener.close()
+    if thread.is_alive() or failure:
+        raise RuntimeError(
+            f"the server on port {port} did not stop: " + (repr(failure[0]) if failure else "still running")
+        )
+
+
+running_server = contextlib.contextmanager(start_server)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from start_server(tmp_path_factory.mktemp("server"), cpu_jobs=2, heartbeat_s=0.5)
+
+
+# In a process of its own: `boostream serve`.
+
+
+class ServerProcess(Server):
+    def __init__(self, url: str, data_dir: Path, log_path: Path, process: subprocess.Popen) -> None:
+        super().__init__(url, data_dir, log_path)
+        self.process = process
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def start_server(tmp: Path, *options: str) -> Iterator[Server]:
-    """A server on `tmp/data`; a second one started on the same `tmp` takes up its data directory."""
+def start_server_process(tmp: Path, *options: str) -> Iterator[ServerProcess]:
+    """`boostream serve *options` on `tmp/data`; a second one started on the same `tmp` takes up
+    its data directory (and appends to its log)."""
     port = _free_port()
     data_dir = tmp / "data"
     log_path = tmp / "server.log"
@@ -147,8 +249,8 @@ def start_server(tmp: Path, *options: str) -> Iterator[Server]:
             stderr=subprocess.STDOUT,
             env=env,
         )
-    server = Server(f"http://127.0.0.1:{port}", data_dir, log_path, process)
-    deadline = time.monotonic() + 60
+    server = ServerProcess(f"http://127.0.0.1:{port}", data_dir, log_path, process)
+    deadline = time.monotonic() + STARTUP_S
     while True:
         try:
             if httpx.get(server.url + "/health", timeout=1).status_code == 200:
@@ -169,12 +271,7 @@ def start_server(tmp: Path, *options: str) -> Iterator[Server]:
             process.kill()
 
 
-running_server = contextlib.contextmanager(start_server)
-
-
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    yield from start_server(tmp_path_factory.mktemp("server"), "--cpu-jobs", "2", "--heartbeat-s", "0.5")
+running_server_process = contextlib.contextmanager(start_server_process)
 
 
 # Small real data sets, shipped inside scikit-learn (no download).

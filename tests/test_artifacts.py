@@ -13,9 +13,10 @@ import lightgbm
 import numpy as np
 import pytest
 
-from conftest import Server, running_server
 from boostream.models.signing import load_or_create_key, verify
 from boostream.trainers.forest import Forest
+
+from conftest import Server, running_server
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +24,19 @@ def trained(server: Server, diabetes, breast_cancer, iris) -> dict:
     """One finished model per objective: its `complete` event data."""
     bodies = {
         "regression": {"X": diabetes[0].tolist(), "y": diabetes[1].tolist(), "params": {"n_estimators": 30}},
-        "binary": {"objective": "binary", "X": breast_cancer[0].tolist(), "y": breast_cancer[1].tolist(), "params": {"n_estimators": 20}},
-        "multiclass": {"objective": "multiclass", "X": iris[0].tolist(), "y": iris[1].tolist(), "params": {"n_estimators": 20},
-                       "feature_names": ["sepal_length", "sepal_width", "petal_length", "petal_width"]},
+        "binary": {
+            "objective": "binary",
+            "X": breast_cancer[0].tolist(),
+            "y": breast_cancer[1].tolist(),
+            "params": {"n_estimators": 20},
+        },
+        "multiclass": {
+            "objective": "multiclass",
+            "X": iris[0].tolist(),
+            "y": iris[1].tolist(),
+            "params": {"n_estimators": 20},
+            "feature_names": ["sepal_length", "sepal_width", "petal_length", "petal_width"],
+        },
     }
     return {objective: server.train(body)[-1].data for objective, body in bodies.items()}
 
@@ -75,7 +86,9 @@ def test_metadata_describes_the_artifact(server: Server, trained):
     with server.client() as client:
         meta = client.get(f"/artifacts/{complete['artifact_id']}/metadata").json()
         assert client.get("/artifacts/nope/metadata").status_code == 404
-    assert meta["job_id"] == complete["job_id"] and meta["model_type"] == "lightgbm" and meta["objective"] == "multiclass"
+    assert (
+        meta["job_id"] == complete["job_id"] and meta["model_type"] == "lightgbm" and meta["objective"] == "multiclass"
+    )
     assert meta["feature_names"] == ["sepal_length", "sepal_width", "petal_length", "petal_width"]
     assert meta["classes"] == ["setosa", "versicolor", "virginica"]
     assert meta["metrics"] == complete["metrics"] and meta["iterations"] == 20
@@ -85,17 +98,23 @@ def test_metadata_describes_the_artifact(server: Server, trained):
 
 def test_a_request_may_ask_for_the_native_format_in_its_complete_event(server: Server, diabetes):
     X, y = diabetes
-    complete = server.train({"X": X.tolist(), "y": y.tolist(), "params": {"n_estimators": 10}, "artifact_format": "native"})[-1].data
+    complete = server.train(
+        {"X": X.tolist(), "y": y.tolist(), "params": {"n_estimators": 10}, "artifact_format": "native"}
+    )[-1].data
     assert complete["format"] == "native"
     text = base64.b64decode(complete["artifact"])
     assert hashlib.sha256(text).hexdigest() == complete["sha256"]
     assert lightgbm.Booster(model_str=text.decode()).num_trees() == 10
 
 
-def test_predict_by_artifact_id_equals_the_models_own_predictions(server: Server, trained, diabetes, breast_cancer, iris):
+def test_predict_by_artifact_id_equals_the_models_own_predictions(
+    server: Server, trained, diabetes, breast_cancer, iris
+):
     regression = predict(server, artifact_id=trained["regression"]["artifact_id"], X=diabetes[0].tolist())
     assert regression["shape"] == [len(diabetes[0])] and regression["classes"] is None
-    np.testing.assert_allclose(regression["predictions"], booster_of(trained["regression"]).predict(diabetes[0]), rtol=1e-12)
+    np.testing.assert_allclose(
+        regression["predictions"], booster_of(trained["regression"]).predict(diabetes[0]), rtol=1e-12
+    )
 
     p = booster_of(trained["binary"]).predict(breast_cancer[0])
     proba = predict(server, artifact_id=trained["binary"]["artifact_id"], X=breast_cancer[0].tolist(), output="proba")
@@ -111,7 +130,13 @@ def test_predict_by_artifact_id_equals_the_models_own_predictions(server: Server
 
 def test_a_signed_joblib_artifact_handed_back_predicts(server: Server, trained, diabetes):
     complete = trained["regression"]
-    answer = predict(server, artifact=complete["artifact"], artifact_format="joblib", signature=complete["signature"], X=diabetes[0][:5].tolist())
+    answer = predict(
+        server,
+        artifact=complete["artifact"],
+        artifact_format="joblib",
+        signature=complete["signature"],
+        X=diabetes[0][:5].tolist(),
+    )
     np.testing.assert_allclose(answer["predictions"], booster_of(complete).predict(diabetes[0][:5]), rtol=1e-12)
 
 
@@ -130,22 +155,38 @@ def with_native_artifact(server: Server, complete: dict) -> dict:
 
 
 @pytest.mark.parametrize("format", ["artifact_id", "joblib", "native"])
-@pytest.mark.parametrize("objective, labels", [("binary", ["no", "yes"]), ("multiclass", ["a=1", "b\nline", "c"]), ("binary", [-1.5, 3]), ("binary", [1e20, 2e20])])
-def test_a_lightgbm_models_class_labels_survive_every_way_back(server: Server, breast_cancer, objective, labels, format):
+@pytest.mark.parametrize(
+    "objective, labels",
+    [
+        ("binary", ["no", "yes"]),
+        ("multiclass", ["a=1", "b\nline", "c"]),
+        ("binary", [-1.5, 3]),
+        ("binary", [1e20, 2e20]),
+    ],
+)
+def test_a_lightgbm_models_class_labels_survive_every_way_back(
+    server: Server, breast_cancer, objective, labels, format
+):
     X, y = breast_cancer
     y = np.array(labels, dtype=object)[(y + (X[:, 0] > 15)) % len(labels)]
-    complete = server.train({"objective": objective, "X": X.tolist(), "y": y.tolist(), "params": {"n_estimators": 10}})[-1].data
+    complete = server.train({"objective": objective, "X": X.tolist(), "y": y.tolist(), "params": {"n_estimators": 10}})[
+        -1
+    ].data
     assert complete["classes"] == sorted(labels)
     if format == "native":
         complete = with_native_artifact(server, complete)
     answer = predict(server, **handed_back(complete, format), X=X[:40].tolist())
     assert answer["classes"] == complete["classes"]
     assert set(answer["predictions"]) <= set(labels) and len(set(answer["predictions"])) > 1
-    assert answer["predictions"] == predict(server, artifact_id=complete["artifact_id"], X=X[:40].tolist())["predictions"]
+    assert (
+        answer["predictions"] == predict(server, artifact_id=complete["artifact_id"], X=X[:40].tolist())["predictions"]
+    )
 
 
 def test_a_joblib_lightgbm_model_knows_its_labels_and_its_text_model_loads_anywhere(server: Server, iris):
-    complete = server.train({"objective": "multiclass", "X": iris[0].tolist(), "y": iris[1].tolist(), "params": {"n_estimators": 5}})[-1].data
+    complete = server.train(
+        {"objective": "multiclass", "X": iris[0].tolist(), "y": iris[1].tolist(), "params": {"n_estimators": 5}}
+    )[-1].data
     assert booster_of(complete).classes_ == ["setosa", "versicolor", "virginica"]
     text = base64.b64decode(with_native_artifact(server, complete)["artifact"]).decode()
     assert 'boostream_classes:["setosa","versicolor","virginica"]' in text
@@ -156,19 +197,37 @@ def test_a_joblib_lightgbm_model_knows_its_labels_and_its_text_model_loads_anywh
 def test_a_text_model_that_would_abort_lightgbm_is_refused_and_the_server_lives_on(server: Server, diabetes):
     X, y = diabetes
     booster = lightgbm.train({"objective": "regression", "verbose": -1, "num_threads": 1}, lightgbm.Dataset(X, y), 3)
-    broken = booster.model_to_string().replace("split_feature=", "split_feature=zz\x1b[31m ", 1)  # LightGBM's parser aborts on it
-    error = predict_error(server, 400, "artifact", artifact=base64.b64encode(broken.encode()).decode(), artifact_format="native", X=X[:2].tolist())
+    broken = booster.model_to_string().replace(
+        "split_feature=", "split_feature=zz\x1b[31m ", 1
+    )  # LightGBM's parser aborts on it
+    error = predict_error(
+        server,
+        400,
+        "artifact",
+        artifact=base64.b64encode(broken.encode()).decode(),
+        artifact_format="native",
+        X=X[:2].tolist(),
+    )
     assert "Model format error" in error["message"] and "\x1b" not in error["message"], error
     with server.client() as client:
         assert client.get("/health").status_code == 200
 
 
 def test_a_native_lightgbm_model_with_bad_labels_is_refused(server: Server, iris):
-    complete = server.train({"objective": "multiclass", "X": iris[0].tolist(), "y": iris[1].tolist(), "params": {"n_estimators": 3}})[-1].data
+    complete = server.train(
+        {"objective": "multiclass", "X": iris[0].tolist(), "y": iris[1].tolist(), "params": {"n_estimators": 3}}
+    )[-1].data
     text = base64.b64decode(with_native_artifact(server, complete)["artifact"]).decode()
     for bad in ('["a","b"]', '["a","a","b"]', '[["a"],"b","c"]', "not json"):
         changed = text.replace('["setosa","versicolor","virginica"]', bad)
-        error = predict_error(server, 400, "artifact", artifact=base64.b64encode(changed.encode()).decode(), artifact_format="native", X=[[1.0] * 4])
+        error = predict_error(
+            server,
+            400,
+            "artifact",
+            artifact=base64.b64encode(changed.encode()).decode(),
+            artifact_format="native",
+            X=[[1.0] * 4],
+        )
         assert "boostream_classes" in error["message"]
 
 
@@ -178,7 +237,9 @@ def test_a_tampered_or_unsigned_joblib_artifact_is_refused(server: Server, train
     blob[len(blob) // 2] ^= 0xFF
     tampered = base64.b64encode(bytes(blob)).decode()
     rows = diabetes[0][:2].tolist()
-    error = predict_error(server, 403, "signature", artifact=tampered, artifact_format="joblib", signature=complete["signature"], X=rows)
+    error = predict_error(
+        server, 403, "signature", artifact=tampered, artifact_format="joblib", signature=complete["signature"], X=rows
+    )
     assert error["code"] == "untrusted_artifact"
     predict_error(server, 403, "signature", artifact=complete["artifact"], artifact_format="joblib", X=rows)
 
@@ -201,7 +262,9 @@ def test_a_malicious_pickle_is_never_loaded(server: Server, tmp_path):
     raw = base64.b64encode(pickle.dumps(CreatesAFile(str(target)))).decode()
     for blob in (evil, raw):
         predict_error(server, 403, "signature", artifact=blob, artifact_format="joblib", X=[[1.0]])
-        predict_error(server, 403, "signature", artifact=blob, artifact_format="joblib", signature="sha256=" + "0" * 64, X=[[1.0]])
+        predict_error(
+            server, 403, "signature", artifact=blob, artifact_format="joblib", signature="sha256=" + "0" * 64, X=[[1.0]]
+        )
         predict_error(server, 400, "artifact", artifact=blob, artifact_format="native", X=[[1.0]])
     assert not target.exists()
 
@@ -213,7 +276,14 @@ def test_a_native_lightgbm_model_from_anywhere_is_read_as_data(server: Server, d
     answer = predict(server, artifact=text, artifact_format="native", X=X[:20].tolist())
     assert answer["artifact_id"] is None and answer["model_type"] == "lightgbm"
     np.testing.assert_allclose(answer["predictions"], booster.predict(X[:20]), rtol=1e-12)
-    error = predict_error(server, 400, "artifact", artifact=base64.b64encode(b"tree\nnonsense").decode(), artifact_format="native", X=[[1.0]])
+    error = predict_error(
+        server,
+        400,
+        "artifact",
+        artifact=base64.b64encode(b"tree\nnonsense").decode(),
+        artifact_format="native",
+        X=[[1.0]],
+    )
     assert "not a valid lightgbm model" in error["message"]
 
 
@@ -224,7 +294,12 @@ def test_a_portable_warpgbm_forest_predicts_on_the_cpu(server: Server):
     def tree(depth: int) -> dict:
         if depth == 0:
             return {"leaf_value": float(rng.normal())}
-        return {"feature": int(rng.integers(3)), "bin": int(rng.integers(7)), "left": tree(depth - 1), "right": tree(depth - 1)}
+        return {
+            "feature": int(rng.integers(3)),
+            "bin": int(rng.integers(7)),
+            "left": tree(depth - 1),
+            "right": tree(depth - 1),
+        }
 
     forest = Forest.from_trees(
         [(k, tree(3)) for _ in range(10) for k in range(3)], objective="multiclass", learning_rate=0.3, bin_edges=edges,
@@ -252,7 +327,9 @@ def test_bad_prediction_requests_name_the_field(server: Server, trained):
 
 
 def test_an_artifact_whose_files_were_removed_by_hand_is_gone(server: Server, diabetes):
-    complete = server.train({"X": diabetes[0].tolist(), "y": diabetes[1].tolist(), "params": {"n_estimators": 5}})[-1].data
+    complete = server.train({"X": diabetes[0].tolist(), "y": diabetes[1].tolist(), "params": {"n_estimators": 5}})[
+        -1
+    ].data
     for path in server.data_dir.glob(f"artifacts/{complete['artifact_id']}.*"):
         path.unlink()
     error = predict_error(server, 410, "artifact_id", artifact_id=complete["artifact_id"], X=diabetes[0][:2].tolist())
@@ -262,7 +339,9 @@ def test_an_artifact_whose_files_were_removed_by_hand_is_gone(server: Server, di
 
 
 def test_predicting_by_artifact_id_never_unpickles_the_servers_own_file(server: Server, diabetes, tmp_path):
-    complete = server.train({"X": diabetes[0].tolist(), "y": diabetes[1].tolist(), "params": {"n_estimators": 5}})[-1].data
+    complete = server.train({"X": diabetes[0].tolist(), "y": diabetes[1].tolist(), "params": {"n_estimators": 5}})[
+        -1
+    ].data
     target = tmp_path / "pwned"
     joblib.dump(CreatesAFile(str(target)), server.data_dir / "artifacts" / f"{complete['artifact_id']}.joblib")
     answer = predict(server, artifact_id=complete["artifact_id"], X=diabetes[0][:5].tolist())
@@ -277,7 +356,7 @@ def test_models_stay_loaded_within_model_cache_bytes(tmp_path, diabetes):
     for cache_bytes, kept in ((1, False), (64 * 1024**2, True)):  # room for one model (at least one stays), or for all
         folder = tmp_path / str(cache_bytes)
         folder.mkdir()
-        with running_server(folder, "--model-cache-bytes", str(cache_bytes)) as server:
+        with running_server(folder, model_cache_bytes=cache_bytes) as server:
             first, second = (server.train(body)[-1].data["artifact_id"] for _ in range(2))
             predict(server, artifact_id=first, X=rows)
             predict(server, artifact_id=second, X=rows)
@@ -288,7 +367,9 @@ def test_models_stay_loaded_within_model_cache_bytes(tmp_path, diabetes):
 
 
 def test_deleting_a_job_deletes_its_artifact(server: Server, diabetes):
-    complete = server.train({"X": diabetes[0].tolist(), "y": diabetes[1].tolist(), "params": {"n_estimators": 5}})[-1].data
+    complete = server.train({"X": diabetes[0].tolist(), "y": diabetes[1].tolist(), "params": {"n_estimators": 5}})[
+        -1
+    ].data
     with server.client() as client:
         assert client.delete(f"/jobs/{complete['job_id']}").status_code == 204
         assert client.get(f"/artifacts/{complete['artifact_id']}").status_code == 404

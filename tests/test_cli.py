@@ -9,8 +9,8 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import httpx
 import joblib
@@ -20,28 +20,32 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from boostream import cli, client as client_module
+from boostream import cli
+from boostream import client as client_module
 from boostream.client import Client, Event, Unreachable
 from boostream.requests.spec import VALID_SPLIT_SEED
-from conftest import Server, _free_port
+
+from conftest import Server, _free_port, running_server_process
 
 LONG_JOB = ["--param", "n_estimators=100000", "--param", "learning_rate=0.001", "--param", "num_leaves=8"]
 HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 DIABETES_FEATURES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
 
 
-def boostream(*args: str, env: Optional[dict] = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def boostream(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """The command as a user types it, in a fresh process (whatever server the caller's shell names)."""
     environment = {name: value for name, value in os.environ.items() if name != "BOOSTREAM_SERVER"}
     environment.update(env or {})
-    return subprocess.run([sys.executable, "-m", "boostream", *args], capture_output=True, text=True, env=environment, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "boostream", *args], capture_output=True, text=True, env=environment, timeout=timeout
+    )
 
 
 def write_csv(path: Path, X: np.ndarray, y: np.ndarray, names: list[str]) -> Path:
     with open(path, "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow([*names, "y"])
-        writer.writerows([*row, label] for row, label in zip(X.tolist(), y.tolist()))
+        writer.writerows([*row, label] for row, label in zip(X.tolist(), y.tolist(), strict=False))
     return path
 
 
@@ -55,10 +59,23 @@ def tables(tmp_path_factory: pytest.TempPathFactory, diabetes, iris) -> dict[str
 
 
 @pytest.fixture(scope="module")
-def trained(server: Server, tables, tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+def trained(
+    server: Server, tables, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[subprocess.CompletedProcess, Path]:
     """`boostream train` of 30 rounds on the diabetes CSV, with the model written to a file."""
     out = tmp_path_factory.mktemp("model") / "model.joblib"
-    done = boostream("train", str(tables["diabetes"]), "--target", "y", "--server", server.url, "--param", "n_estimators=30", "--out", str(out))
+    done = boostream(
+        "train",
+        str(tables["diabetes"]),
+        "--target",
+        "y",
+        "--server",
+        server.url,
+        "--param",
+        "n_estimators=30",
+        "--out",
+        str(out),
+    )
     return done, out
 
 
@@ -74,7 +91,9 @@ def with_stdout_closed(*args: str) -> subprocess.CompletedProcess:
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        return subprocess.run([sys.executable, "-m", "boostream", *args], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "boostream", *args], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120
+        )
     finally:
         os.close(write_end)
 
@@ -102,7 +121,9 @@ def long_jobs(server: Server) -> Iterator[list[str]]:
 # train
 
 
-def test_train_shows_rounds_and_metrics_and_writes_a_model_that_predicts_as_the_server_does(server: Server, trained, diabetes):
+def test_train_shows_rounds_and_metrics_and_writes_a_model_that_predicts_as_the_server_does(
+    server: Server, trained, diabetes
+):
     done, out = trained
     assert done.returncode == 0, done.stderr
     artifact_id = done.stdout.strip()
@@ -119,7 +140,20 @@ def test_train_shows_rounds_and_metrics_and_writes_a_model_that_predicts_as_the_
 
 def test_train_writes_the_native_format_when_asked(server: Server, tables, tmp_path: Path, diabetes):
     out = tmp_path / "model.txt"
-    done = boostream("train", str(tables["diabetes"]), "--target", "y", "--server", server.url, "--param", "n_estimators=20", "--format", "native", "--out", str(out))
+    done = boostream(
+        "train",
+        str(tables["diabetes"]),
+        "--target",
+        "y",
+        "--server",
+        server.url,
+        "--param",
+        "n_estimators=20",
+        "--format",
+        "native",
+        "--out",
+        str(out),
+    )
     assert done.returncode == 0, done.stderr
     booster = lightgbm.Booster(model_str=out.read_text())
     X = diabetes[0]
@@ -127,7 +161,9 @@ def test_train_writes_the_native_format_when_asked(server: Server, tables, tmp_p
 
 
 @pytest.mark.parametrize("command", ["train", "watch", "train --local"])
-def test_curve_writes_every_round_as_lightgbm_computes_it_from_the_model(server: Server, tables, tmp_path: Path, diabetes, command: str):
+def test_curve_writes_every_round_as_lightgbm_computes_it_from_the_model(
+    server: Server, tables, tmp_path: Path, diabetes, command: str
+):
     model, curve = tmp_path / "model.joblib", tmp_path / "curve.csv"
     job = [str(tables["diabetes"]), "--target", "y", "--param", "n_estimators=300", "--valid-fraction", "0.2"]
     outputs = ["--out", str(model), "--curve", str(curve)]
@@ -151,12 +187,25 @@ def test_curve_writes_every_round_as_lightgbm_computes_it_from_the_model(server:
     valid, train = np.sort(order[:n_valid]), np.sort(order[n_valid:])
     booster = joblib.load(model)
     for iteration in (1, 2, 150, 300):
-        computed = [np.mean((booster.predict(X[part], num_iteration=iteration) - y[part]) ** 2) for part in (train, valid)]
+        computed = [
+            np.mean((booster.predict(X[part], num_iteration=iteration) - y[part]) ** 2) for part in (train, valid)
+        ]
         np.testing.assert_allclose([float(value) for value in rows[iteration - 1][1:]], computed, rtol=1e-9)
 
 
 def test_a_non_tty_log_gets_a_progress_line_a_second_at_most(server: Server, tables):
-    done = boostream("train", str(tables["diabetes"]), "--target", "y", "--server", server.url, "--param", "n_estimators=2000", "--param", "learning_rate=0.01")
+    done = boostream(
+        "train",
+        str(tables["diabetes"]),
+        "--target",
+        "y",
+        "--server",
+        server.url,
+        "--param",
+        "n_estimators=2000",
+        "--param",
+        "learning_rate=0.01",
+    )
     assert done.returncode == 0, done.stderr
     rounds = [line for line in done.stderr.splitlines() if line.startswith("round ")]
     assert rounds[0].startswith("round 1/2000") and rounds[-1].startswith("round 2000/2000")
@@ -165,7 +214,9 @@ def test_a_non_tty_log_gets_a_progress_line_a_second_at_most(server: Server, tab
 
 
 def test_a_failed_job_exits_1_with_the_servers_error(server: Server, tables, long_jobs):
-    done = boostream("train", str(tables["diabetes"]), "--target", "y", "--server", server.url, *LONG_JOB, "--timeout", "0.5")
+    done = boostream(
+        "train", str(tables["diabetes"]), "--target", "y", "--server", server.url, *LONG_JOB, "--timeout", "0.5"
+    )
     long_jobs.append(re.match(r"job ([0-9a-f]{32}):", done.stderr).group(1))
     assert done.returncode == 1, done.stderr
     assert "failed: timeout: " in done.stderr
@@ -224,7 +275,18 @@ def test_a_table_that_is_not_a_csv_or_parquet_file_exits_2(tmp_path: Path, name:
 
 def test_ctrl_c_cancels_the_job_on_the_server_and_exits_130(server: Server, tables, long_jobs):
     process = subprocess.Popen(
-        [sys.executable, "-m", "boostream", "train", str(tables["diabetes"]), "--target", "y", "--server", server.url, *LONG_JOB],
+        [
+            sys.executable,
+            "-m",
+            "boostream",
+            "train",
+            str(tables["diabetes"]),
+            "--target",
+            "y",
+            "--server",
+            server.url,
+            *LONG_JOB,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -247,7 +309,17 @@ def test_ctrl_c_cancels_the_job_on_the_server_and_exits_130(server: Server, tabl
 
 
 def test_detach_prints_the_job_id_and_watch_follows_it_to_its_model(server: Server, tables, tmp_path: Path):
-    detached = boostream("train", str(tables["diabetes"]), "--target", "y", "--server", server.url, "--param", "n_estimators=25", "--detach")
+    detached = boostream(
+        "train",
+        str(tables["diabetes"]),
+        "--target",
+        "y",
+        "--server",
+        server.url,
+        "--param",
+        "n_estimators=25",
+        "--detach",
+    )
     assert detached.returncode == 0, detached.stderr
     job_id = detached.stdout.strip()
     assert HEX_ID.match(job_id) and detached.stdout == job_id + "\n"
@@ -270,7 +342,17 @@ def test_output_to_a_reader_that_went_away_ends_quietly_with_141(server: Server,
 
 
 def test_jobs_lists_a_job_with_its_status_model_and_progress(server: Server, tables):
-    job_id = boostream("train", str(tables["diabetes"]), "--target", "y", "--server", server.url, "--param", "n_estimators=15", "--detach").stdout.strip()
+    job_id = boostream(
+        "train",
+        str(tables["diabetes"]),
+        "--target",
+        "y",
+        "--server",
+        server.url,
+        "--param",
+        "n_estimators=15",
+        "--detach",
+    ).stdout.strip()
     server.wait_for_job(job_id)
     listed = boostream("jobs", "--status", "succeeded", "--limit", "500", env={"BOOSTREAM_SERVER": server.url})
     assert listed.returncode == 0, listed.stderr
@@ -282,7 +364,9 @@ def test_jobs_lists_a_job_with_its_status_model_and_progress(server: Server, tab
 
 
 def test_a_cancelled_job_makes_watch_exit_4(server: Server, tables, long_jobs):
-    job_id = boostream("train", str(tables["diabetes"]), "--target", "y", "--server", server.url, *LONG_JOB, "--detach").stdout.strip()
+    job_id = boostream(
+        "train", str(tables["diabetes"]), "--target", "y", "--server", server.url, *LONG_JOB, "--detach"
+    ).stdout.strip()
     long_jobs.append(job_id)
     server.wait_for_job(job_id, ("running",))
     cancelled = boostream("cancel", job_id, "--server", server.url)
@@ -296,9 +380,13 @@ def test_a_cancelled_job_makes_watch_exit_4(server: Server, tables, long_jobs):
 
 
 def test_ctrl_c_in_watch_stops_watching_but_not_the_job(server: Server, tables, long_jobs):
-    job_id = boostream("train", str(tables["diabetes"]), "--target", "y", "--server", server.url, *LONG_JOB, "--detach").stdout.strip()
+    job_id = boostream(
+        "train", str(tables["diabetes"]), "--target", "y", "--server", server.url, *LONG_JOB, "--detach"
+    ).stdout.strip()
     long_jobs.append(job_id)
-    process = subprocess.Popen([sys.executable, "-m", "boostream", "watch", job_id, "--server", server.url], stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "boostream", "watch", job_id, "--server", server.url], stderr=subprocess.PIPE, text=True
+    )
     try:
         read_until_a_round(process)
         process.send_signal(signal.SIGINT)
@@ -332,11 +420,24 @@ def test_predict_prints_one_prediction_per_row_as_the_model_does(server: Server,
 
 
 def test_predict_proba_writes_a_csv_of_class_probabilities(server: Server, tables, tmp_path: Path, iris):
-    trained = boostream("train", str(tables["iris"]), "--target", "y", "--objective", "multiclass", "--server", server.url, "--param", "n_estimators=10")
+    trained = boostream(
+        "train",
+        str(tables["iris"]),
+        "--target",
+        "y",
+        "--objective",
+        "multiclass",
+        "--server",
+        server.url,
+        "--param",
+        "n_estimators=10",
+    )
     assert trained.returncode == 0, trained.stderr
     artifact_id = trained.stdout.strip()
     out = tmp_path / "proba.csv"
-    done = boostream("predict", artifact_id, str(tables["iris"]), "--output", "proba", "--out", str(out), "--server", server.url)
+    done = boostream(
+        "predict", artifact_id, str(tables["iris"]), "--output", "proba", "--out", str(out), "--server", server.url
+    )
     assert done.returncode == 0, done.stderr
     header, *rows = list(csv.reader(io.StringIO(out.read_text())))
     assert header == ["setosa", "versicolor", "virginica"]
@@ -360,7 +461,9 @@ def test_predict_takes_a_parquet_file_by_column_name(server: Server, trained, tm
     assert [float(line) for line in predicted.stdout.splitlines()] == server_predictions(server, artifact_id, X)
 
 
-def test_predict_takes_parquet_columns_by_position_where_names_differ(server: Server, trained, tmp_path: Path, diabetes):
+def test_predict_takes_parquet_columns_by_position_where_names_differ(
+    server: Server, trained, tmp_path: Path, diabetes
+):
     artifact_id = trained[0].stdout.strip()
     X = diabetes[0][:5]
     table = tmp_path / "unnamed.parquet"
@@ -378,7 +481,9 @@ def test_predict_takes_parquet_columns_by_position_where_names_differ(server: Se
         ("csv.parquet", "csv", "cannot be read as Parquet"),
     ],
 )
-def test_predict_refuses_a_file_that_is_not_csv_or_parquet_in_one_line(server: Server, trained, tables, tmp_path: Path, name: str, content: str, words: str):
+def test_predict_refuses_a_file_that_is_not_csv_or_parquet_in_one_line(
+    server: Server, trained, tables, tmp_path: Path, name: str, content: str, words: str
+):
     parquet = tmp_path / "diabetes.parquet"
     pq.write_table(pa.table({"a": [1.0, 2.0]}), parquet)
     table = tmp_path / name
@@ -388,19 +493,28 @@ def test_predict_refuses_a_file_that_is_not_csv_or_parquet_in_one_line(server: S
     assert done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
 
 
-def test_predict_refuses_infinite_values_and_twice_named_columns_in_one_line(server: Server, trained, tmp_path: Path, diabetes):
+def test_predict_refuses_infinite_values_and_twice_named_columns_in_one_line(
+    server: Server, trained, tmp_path: Path, diabetes
+):
     artifact_id = trained[0].stdout.strip()
     X = diabetes[0][:3].copy()
     names = [f"c{index}" for index in range(X.shape[1])]
     infinite_csv = tmp_path / "infinite.csv"
-    infinite_csv.write_text(",".join(names) + "\n" + "\n".join(",".join(map(str, row)) for row in X).replace(str(X[1, 2]), "inf", 1) + "\n")
+    infinite_csv.write_text(
+        ",".join(names) + "\n" + "\n".join(",".join(map(str, row)) for row in X).replace(str(X[1, 2]), "inf", 1) + "\n"
+    )
     X[2, 4] = -np.inf
     infinite_parquet = tmp_path / "infinite.parquet"
     pq.write_table(pa.table({name: X[:, index] for index, name in enumerate(names)}), infinite_parquet)
     twice = tmp_path / "twice.parquet"
-    pq.write_table(pa.table([pa.array(X[:, index]) for index in range(X.shape[1])], names=["age", *names[1:-1], "age"]), twice)
-    for table, words in ((infinite_csv, "line 3, column 'c2': 'inf' is infinite"), (infinite_parquet, "row 3, column 'c4': -inf is infinite"),
-                         (twice, "two columns named 'age'")):
+    pq.write_table(
+        pa.table([pa.array(X[:, index]) for index in range(X.shape[1])], names=["age", *names[1:-1], "age"]), twice
+    )
+    for table, words in (
+        (infinite_csv, "line 3, column 'c2': 'inf' is infinite"),
+        (infinite_parquet, "row 3, column 'c4': -inf is infinite"),
+        (twice, "two columns named 'age'"),
+    ):
         done = boostream("predict", artifact_id, str(table), "--server", server.url)
         assert done.returncode == 2 and done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
 
@@ -408,10 +522,14 @@ def test_predict_refuses_infinite_values_and_twice_named_columns_in_one_line(ser
 def test_demo_data_writes_the_readmes_files_or_says_in_one_line_why_not(tmp_path: Path):
     done = boostream("demo-data", str(tmp_path / "demo"))
     assert done.returncode == 0, done.stderr
-    assert sorted(path.name for path in (tmp_path / "demo").iterdir()) == sorted(Path(line).name for line in done.stdout.splitlines())
+    assert sorted(path.name for path in (tmp_path / "demo").iterdir()) == sorted(
+        Path(line).name for line in done.stdout.splitlines()
+    )
     (tmp_path / "a-file").write_text("")
     refused = boostream("demo-data", str(tmp_path / "a-file"))
-    assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "cannot write the demo files" in refused.stderr, refused.stderr
+    assert (
+        refused.returncode == 1 and refused.stderr.count("\n") == 1 and "cannot write the demo files" in refused.stderr
+    ), refused.stderr
 
 
 def test_predict_refuses_a_csv_without_the_models_columns(server: Server, trained, tmp_path: Path):
@@ -428,7 +546,9 @@ def test_predict_refuses_a_csv_without_the_models_columns(server: Server, traine
 
 def test_local_training_shows_progress_and_writes_the_model(tables, tmp_path: Path, diabetes):
     out = tmp_path / "local.joblib"
-    done = boostream("train", str(tables["diabetes"]), "--target", "y", "--local", "--param", "n_estimators=30", "--out", str(out))
+    done = boostream(
+        "train", str(tables["diabetes"]), "--target", "y", "--local", "--param", "n_estimators=30", "--out", str(out)
+    )
     assert done.returncode == 0, done.stderr
     assert "round 30/30" in done.stderr and "train_l2" in done.stderr
     booster = joblib.load(out)
@@ -437,7 +557,17 @@ def test_local_training_shows_progress_and_writes_the_model(tables, tmp_path: Pa
 
 
 def test_local_training_checks_the_request_as_the_server_does(tables, tmp_path: Path):
-    done = boostream("train", str(tables["diabetes"]), "--target", "y", "--local", "--param", "x=1", "--out", str(tmp_path / "m.joblib"))
+    done = boostream(
+        "train",
+        str(tables["diabetes"]),
+        "--target",
+        "y",
+        "--local",
+        "--param",
+        "x=1",
+        "--out",
+        str(tmp_path / "m.joblib"),
+    )
     assert done.returncode == 2
     assert "params.x" in done.stderr
 
@@ -500,7 +630,7 @@ def test_a_dropped_stream_resumes_from_the_server_missing_and_repeating_nothing(
 class _Body(httpx.SyncByteStream):
     """A response body that may break off, as a dropped connection does."""
 
-    def __init__(self, text: str, then: Optional[Exception] = None) -> None:
+    def __init__(self, text: str, then: Exception | None = None) -> None:
         self.text, self.then = text, then
 
     def __iter__(self) -> Iterator[bytes]:
@@ -516,7 +646,12 @@ def _sse(event_id: int, kind: str, data: str, retry: str = "") -> str:
 def test_events_resume_after_a_dropped_connection_with_last_event_id():
     asked_after: list[str] = []
     answers = [
-        _Body(": ping\n\n" + _sse(1, "started", '{"job_id": "j"}', "retry: 2000\n") + _sse(2, "progress", '{"iteration": 1}'), httpx.ReadError("reset")),
+        _Body(
+            ": ping\n\n"
+            + _sse(1, "started", '{"job_id": "j"}', "retry: 2000\n")
+            + _sse(2, "progress", '{"iteration": 1}'),
+            httpx.ReadError("reset"),
+        ),
         _Body(_sse(3, "complete", '{"artifact_id": "a"}')),
     ]
 
@@ -539,7 +674,9 @@ def test_events_give_up_after_a_bounded_number_of_reconnections():
         raise httpx.ConnectError("refused")
 
     sleeps: list[float] = []
-    with Client("http://server", transport=httpx.MockTransport(handle), reconnects=3, backoff_s=1.0, sleep=sleeps.append) as client:
+    with Client(
+        "http://server", transport=httpx.MockTransport(handle), reconnects=3, backoff_s=1.0, sleep=sleeps.append
+    ) as client:
         with pytest.raises(Unreachable, match="after event 1"):
             list(client.events("j"))
     assert sleeps == [1.0, 2.0, 4.0]
@@ -581,7 +718,9 @@ def test_an_upload_streams_the_file_with_its_length_and_fields_in_the_query(tmp_
 
 def test_an_error_answer_carries_the_servers_code_message_and_field():
     def handle(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(422, json={"error": {"code": "invalid_parameter", "message": "unknown parameter", "field": "params.x"}})
+        return httpx.Response(
+            422, json={"error": {"code": "invalid_parameter", "message": "unknown parameter", "field": "params.x"}}
+        )
 
     with Client("http://server", transport=httpx.MockTransport(handle)) as client:
         with pytest.raises(client_module.ApiError) as raised:
@@ -598,7 +737,14 @@ class _Log(io.StringIO):
 
 
 def _progress(iteration: int, total: int = 100) -> Event:
-    data = {"iteration": iteration, "total": total, "percent": 100 * iteration / total, "elapsed_s": iteration / 10, "eta_s": 1.0, "metrics": {"valid_l2": 2.5}}
+    data = {
+        "iteration": iteration,
+        "total": total,
+        "percent": 100 * iteration / total,
+        "elapsed_s": iteration / 10,
+        "eta_s": 1.0,
+        "metrics": {"valid_l2": 2.5},
+    }
     return Event(iteration, "progress", data)
 
 
@@ -621,7 +767,14 @@ def _timed_round(iteration: int, total: int = 1000) -> Event:
     elapsed_s = 0.6 + 0.01 * (iteration - 1)
     # What the server's ETA (elapsed / iteration) would say: 9:59 after the first round.
     eta_s = elapsed_s / iteration * (total - iteration)
-    data = {"iteration": iteration, "total": total, "percent": 100 * iteration / total, "elapsed_s": elapsed_s, "eta_s": eta_s, "metrics": {}}
+    data = {
+        "iteration": iteration,
+        "total": total,
+        "percent": 100 * iteration / total,
+        "elapsed_s": elapsed_s,
+        "eta_s": eta_s,
+        "metrics": {},
+    }
     return Event(iteration, "progress", data)
 
 
@@ -643,7 +796,9 @@ def test_the_help_documents_the_exit_codes(capsys):
         assert re.search(rf"^  {code} +\S", help_text, re.MULTILINE), code
 
 
-def test_serve_on_a_data_directory_in_use_says_which_server_holds_it_in_one_line(server: Server):
-    done = boostream("serve", "--port", str(_free_port()), "--data-dir", str(server.data_dir), timeout=60)
+def test_serve_on_a_data_directory_in_use_says_which_server_holds_it_in_one_line(tmp_path: Path):
+    with running_server_process(tmp_path) as server:  # a process: its pid is the one named
+        done = boostream("serve", "--port", str(_free_port()), "--data-dir", str(server.data_dir), timeout=60)
     assert done.returncode == 1
-    assert done.stderr == f"boostream: another boostream server (pid {server.process.pid}) is using the data directory {server.data_dir}\n"
+    holder = f"another boostream server (pid {server.process.pid})"
+    assert done.stderr == f"boostream: {holder} is using the data directory {server.data_dir}\n"

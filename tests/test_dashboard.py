@@ -20,8 +20,9 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import httpx
 import pyarrow as pa
@@ -29,10 +30,14 @@ import pyarrow.parquet as pq
 import pytest
 
 import conftest
-from conftest import Server, running_server, start_server
+from conftest import Server, running_server_process, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMOS = {"diabetes.csv": ("progression", "regression"), "breast_cancer.csv": ("diagnosis", "binary"), "iris.csv": ("species", "multiclass")}
+DEMOS = {
+    "diabetes.csv": ("progression", "regression"),
+    "breast_cancer.csv": ("diagnosis", "binary"),
+    "iris.csv": ("species", "multiclass"),
+}
 # A demo job that trains for a few seconds (a round takes about a third of a millisecond), so that
 # its progress can be seen, about ten rounds a second.
 WATCHED = {"n_estimators": 10_000, "learning_rate": 0.002, "num_leaves": 7}
@@ -49,7 +54,8 @@ SHOWN = """(() => {
   return {
     status: document.querySelector('#job-status').dataset.status, round: parseInt(text('#job-round')),
     percent: text('#job-percent'), bar: document.querySelector('#job-progress').value, eta: text('#job-eta'),
-    points: Object.fromEntries([...document.querySelectorAll('#chart path.series')].map((path) => [path.dataset.name, Number(path.dataset.rounds)])),
+    points: Object.fromEntries([...document.querySelectorAll('#chart path.series')]
+      .map((path) => [path.dataset.name, Number(path.dataset.rounds)])),
     row: row && {status: row.querySelector('.status').dataset.status, progress: row.cells[4].textContent},
   };
 })()"""
@@ -65,7 +71,7 @@ def artifacts_dir() -> Path:
 @pytest.fixture(scope="module")
 def dashboard_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server of its own, so that its jobs list holds only this module's jobs."""
-    yield from start_server(tmp_path_factory.mktemp("dashboard"), "--cpu-jobs", "2", "--heartbeat-s", "0.5")
+    yield from start_server(tmp_path_factory.mktemp("dashboard"), cpu_jobs=2, heartbeat_s=0.5)
 
 
 # Served by the app itself: no browser needed.
@@ -106,7 +112,7 @@ def test_each_demo_table_trains_as_the_dashboard_sends_it(dashboard_server: Serv
 # In a real browser.
 
 
-def find_chromium() -> Optional[str]:
+def find_chromium() -> str | None:
     for name in (os.environ.get("BOOSTREAM_CHROMIUM"), "chromium", "chromium-browser"):
         if name and shutil.which(name):
             return shutil.which(name)
@@ -115,11 +121,16 @@ def find_chromium() -> Optional[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: pip install -e '.[test]'")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="Playwright is not installed: pip install -e '.[test]'"
+    )
     executable = find_chromium()
     with sync_api.sync_playwright() as playwright:
         if executable is None and not Path(playwright.chromium.executable_path).exists():
-            pytest.skip("no Chromium to drive: install Debian's (apt-get install chromium, as .ci/run does) or run `playwright install chromium`")
+            pytest.skip(
+                "no Chromium to drive: install Debian's (apt-get install "
+                "chromium, as .ci/run does) or run `playwright install chromium`"
+            )
         browser = playwright.chromium.launch(executable_path=executable)
         yield browser
         browser.close()
@@ -149,7 +160,9 @@ class Dashboard:
             self.page.fill(f"#param-{name}", str(value))
         self.page.click("#start")
         self.page.wait_for_function(
-            "(before) => window.__boostream.state().jobId !== before || document.querySelector('#form-error').textContent", arg=before
+            "(before) => window.__boostream.state().jobId !== before "
+            "|| document.querySelector('#form-error').textContent",
+            arg=before,
         )
         assert self.page.text_content("#form-error") == ""
         return self.state()["jobId"]
@@ -170,19 +183,28 @@ class Dashboard:
             f" && Object.values(c.points).every((n) => n === c.round)) && c)({SHOWN})"
         )
 
-    def curves(self, rounds: Optional[int] = None) -> dict[str, int]:
+    def curves(self, rounds: int | None = None) -> dict[str, int]:
         """The chart's curves: their names and how many rounds each draws, once it draws `rounds` (or
         after 10 s, for the assertion that follows to show what it drew)."""
         from playwright.sync_api import TimeoutError as Timeout  # only here: without Playwright, the browser tests skip
 
         if rounds is not None:  # it draws at the next animation frame
             with contextlib.suppress(Timeout):
-                self.wait_until(f"[...document.querySelectorAll('#chart path.series')].every(p => p.dataset.rounds === '{rounds}')", timeout_s=10)
-        return dict(self.page.eval_on_selector_all("#chart path.series", "paths => paths.map(p => [p.dataset.name, Number(p.dataset.rounds)])"))
+                self.wait_until(
+                    f"[...document.querySelectorAll('#chart path.series')].every(p => p.dataset.rounds === '{rounds}')",
+                    timeout_s=10,
+                )
+        return dict(
+            self.page.eval_on_selector_all(
+                "#chart path.series", "paths => paths.map(p => [p.dataset.name, Number(p.dataset.rounds)])"
+            )
+        )
 
     def drawn_points(self) -> dict[str, int]:
         """How many points each curve's path has (every round, or a few per pixel column)."""
-        paths = self.page.eval_on_selector_all("#chart path.series", "paths => paths.map(p => [p.dataset.name, p.getAttribute('d')])")
+        paths = self.page.eval_on_selector_all(
+            "#chart path.series", "paths => paths.map(p => [p.dataset.name, p.getAttribute('d')])"
+        )
         return {name: len(re.findall(r"[ML]", d)) for name, d in paths}
 
 
@@ -195,9 +217,17 @@ def open_dashboard(browser: Any, server: Server, paused_clock: bool = False) -> 
         page.clock.install()
         page.clock.pause_at(time.time() + 1)
     dashboard = Dashboard(page, server, [])
-    page.on("console", lambda message: message.type == "error" and dashboard.problems.append(f"console: {message.text}"))
+    page.on(
+        "console", lambda message: message.type == "error" and dashboard.problems.append(f"console: {message.text}")
+    )
     page.on("pageerror", lambda error: dashboard.problems.append(f"script error: {error}"))
-    page.on("request", lambda request: request.url.startswith((server.url + "/", "data:")) or dashboard.problems.append(f"request elsewhere: {request.url}"))
+    page.on(
+        "request",
+        lambda request: (
+            request.url.startswith((server.url + "/", "data:"))
+            or dashboard.problems.append(f"request elsewhere: {request.url}")
+        ),
+    )
     try:
         page.goto(server.url + "/")
         page.wait_for_selector("body[data-ready=true]")
@@ -216,10 +246,10 @@ def sent_rounds(server: Server, job_id: str) -> dict[str, Any]:
     """Every round's metrics as the job's progress events carried them (their `history`), from its last
     (re)start: what its chart must show, in the shape of `Dashboard.chart_rounds`."""
     events = server.events(job_id)
-    starts = [i for i, event in enumerate(events) if event.event == "started"]
+    starts = [i for i, event in enumerate(events) if event.type == "started"]
     rounds: dict[str, Any] = {"iterations": [], "metrics": {}}
     for event in events[starts[-1] :]:
-        if event.event == "progress":
+        if event.type == "progress":
             history = event.data["history"]
             count = max(len(values) for values in history["metrics"].values())
             rounds["iterations"] += range(history["first"], history["first"] + count)
@@ -238,7 +268,10 @@ def every_round(count: int) -> list[int]:
 
 def first_rounds(rounds: dict[str, Any], count: int) -> dict[str, Any]:
     """The first `count` rounds of `sent_rounds`."""
-    return {"iterations": rounds["iterations"][:count], "metrics": {name: values[:count] for name, values in rounds["metrics"].items()}}
+    return {
+        "iterations": rounds["iterations"][:count],
+        "metrics": {name: values[:count] for name, values in rounds["metrics"].items()},
+    }
 
 
 def test_a_job_on_a_demo_table_is_watched_live_to_its_model(dashboard: Dashboard):
@@ -305,7 +338,9 @@ def test_a_running_job_is_cancelled_with_its_button(dashboard: Dashboard):
         page.wait_for_selector("body[data-ready=true]")
         page.click(f'tr[data-job="{job_id}"] button')
         page.wait_for_selector("#job-status[data-status=cancelled]")
-        dashboard.wait_until(f"!s.open && s.lastEventId === {len(dashboard.server.events(job_id))}")  # the replay reached its end
+        dashboard.wait_until(
+            f"!s.open && s.lastEventId === {len(dashboard.server.events(job_id))}"
+        )  # the replay reached its end
     assert dashboard.shown()["eta"] == "–"
     assert dashboard.problems == []
 
@@ -315,7 +350,9 @@ def test_a_300_round_job_has_300_points_on_each_curve(dashboard: Dashboard):
     job_id = dashboard.start_job("diabetes.csv", n_estimators=300)
     dashboard.page.wait_for_selector("#job-status[data-status=succeeded]", timeout=30_000)
     assert dashboard.curves(300) == {"train_l2": 300, "valid_l2": 300}
-    assert dashboard.drawn_points() == {"train_l2": 300, "valid_l2": 300}, "fewer rounds than pixels: every one is a point"
+    assert dashboard.drawn_points() == {"train_l2": 300, "valid_l2": 300}, (
+        "fewer rounds than pixels: every one is a point"
+    )
     assert dashboard.chart_rounds()["iterations"] == every_round(300)
     assert dashboard.page.text_content("#job-round") == "300 of 300"
     assert len(dashboard.server.events(job_id)) < 10, "far fewer events than rounds"
@@ -324,7 +361,9 @@ def test_a_300_round_job_has_300_points_on_each_curve(dashboard: Dashboard):
 
 def test_a_finished_job_opened_from_the_list_replays_its_curve(dashboard: Dashboard, diabetes):
     X, y = diabetes
-    job_id = dashboard.server.create_job({"X": X.tolist(), "y": y.tolist(), "valid_fraction": 0.2, "params": {"n_estimators": 300}})
+    job_id = dashboard.server.create_job(
+        {"X": X.tolist(), "y": y.tolist(), "valid_fraction": 0.2, "params": {"n_estimators": 300}}
+    )
     dashboard.server.wait_for_job(job_id)
     rounds = sent_rounds(dashboard.server, job_id)
     assert rounds["iterations"] == every_round(300)
@@ -388,8 +427,12 @@ def test_early_stopping_marks_the_best_round_and_the_job_reads_done_everywhere(d
         assert marker.get_attribute("data-round") == str(best)
         assert marker.text_content() == f"best round {best}"
         line = marker.eval_on_selector("line", "line => [line.x1.baseVal.value, line.x2.baseVal.value]")
-        dots = marker.eval_on_selector_all("circle", "dots => dots.map(d => [d.dataset.name, d.cx.baseVal.value, d.cy.baseVal.value])")
-        for name, path in page.eval_on_selector_all("#chart path.series", "paths => paths.map(p => [p.dataset.name, p.getAttribute('d')])"):
+        dots = marker.eval_on_selector_all(
+            "circle", "dots => dots.map(d => [d.dataset.name, d.cx.baseVal.value, d.cy.baseVal.value])"
+        )
+        for name, path in page.eval_on_selector_all(
+            "#chart path.series", "paths => paths.map(p => [p.dataset.name, p.getAttribute('d')])"
+        ):
             points = [(float(x), float(y)) for x, y in re.findall(r"[ML]([-\d.]+),([-\d.]+)", path)]
             x, y = points[best - 1]
             assert line == pytest.approx([x, x], abs=0.1), name
@@ -417,7 +460,9 @@ def test_the_open_jobs_row_in_the_list_follows_its_stream(dashboard: Dashboard):
     running = [sample for sample in samples if sample["status"] == "running"]
     assert len(running) >= 3, samples
     for sample in running:
-        assert sample["row"] == {"status": "running", "progress": sample["percent"]}, "the row shows what the panel shows"
+        assert sample["row"] == {"status": "running", "progress": sample["percent"]}, (
+            "the row shows what the panel shows"
+        )
     page.wait_for_selector("#job-status[data-status=succeeded]", timeout=60_000)
     assert dashboard.shown()["row"] == {"status": "succeeded", "progress": "100.0%"}
     assert dashboard.problems == []
@@ -425,7 +470,9 @@ def test_the_open_jobs_row_in_the_list_follows_its_stream(dashboard: Dashboard):
 
 def test_the_jobs_list_shows_within_a_second_that_a_job_ended_elsewhere(browser: Any, dashboard_server: Server, iris):
     X, y = iris
-    job_id = dashboard_server.create_job({"X": X.tolist(), "y": y.tolist(), "objective": "multiclass", "params": ENDLESS})
+    job_id = dashboard_server.create_job(
+        {"X": X.tolist(), "y": y.tolist(), "objective": "multiclass", "params": ENDLESS}
+    )
     dashboard_server.wait_for_job(job_id, ("running",))
     with open_dashboard(browser, dashboard_server, paused_clock=True) as dashboard:
         page = dashboard.page
@@ -438,24 +485,32 @@ def test_the_jobs_list_shows_within_a_second_that_a_job_ended_elsewhere(browser:
         assert dashboard.problems == []
 
 
-def test_the_browser_reconnects_by_itself_to_a_restarted_server(browser: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_the_browser_reconnects_by_itself_to_a_restarted_server(
+    browser: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     port = conftest._free_port()
     monkeypatch.setattr(conftest, "_free_port", lambda: port)  # the restarted server listens where the first did
-    with running_server(tmp_path, "--cpu-jobs", "2") as first, open_dashboard(browser, first) as dashboard:
+    with running_server_process(tmp_path, "--cpu-jobs", "2") as first, open_dashboard(browser, first) as dashboard:
         job_id = dashboard.start_job("diabetes.csv", **WATCHED)
         dashboard.wait_until("s.lastRound >= 3")
         first.process.kill()
         first.process.wait()
         dashboard.page.wait_for_selector("#connection:text('reconnecting')")
-        with running_server(tmp_path, "--cpu-jobs", "2") as second:
+        with running_server_process(tmp_path, "--cpu-jobs", "2") as second:
             dashboard.page.wait_for_selector("#job-status[data-status=succeeded]", timeout=60_000)
             assert "attempt 2" in dashboard.page.text_content("#job-meta")
             assert dashboard.state()["connections"] == 1, "EventSource reconnected by itself, sending Last-Event-ID"
             rounds = WATCHED["n_estimators"]
-            assert dashboard.curves(rounds) == {"train_l2": rounds, "valid_l2": rounds}, "only the second attempt's curve"
+            assert dashboard.curves(rounds) == {"train_l2": rounds, "valid_l2": rounds}, (
+                "only the second attempt's curve"
+            )
             assert dashboard.chart_rounds() == sent_rounds(second, job_id)
     # The browser reported the stream cut off and the connections refused while the server was down; nothing else.
-    assert [problem for problem in dashboard.problems if not problem.startswith("console: Failed to load resource: net::ERR_")] == []
+    assert [
+        problem
+        for problem in dashboard.problems
+        if not problem.startswith("console: Failed to load resource: net::ERR_")
+    ] == []
 
 
 def test_a_refused_request_is_explained_next_to_the_form(dashboard: Dashboard):
@@ -465,12 +520,16 @@ def test_a_refused_request_is_explained_next_to_the_form(dashboard: Dashboard):
     page.wait_for_selector("#param-learning_rate[aria-invalid=true]")
     assert "learning_rate" in page.text_content("#form-error")
     assert dashboard.state()["jobId"] is None
-    assert dashboard.problems and all("422" in problem for problem in dashboard.problems), "only the refused request was reported"
+    assert dashboard.problems and all("422" in problem for problem in dashboard.problems), (
+        "only the refused request was reported"
+    )
 
 
 def test_unavailable_backends_are_offered_disabled_with_the_reason(dashboard: Dashboard):
     models = httpx.get(dashboard.server.url + "/models").json()["models"]
-    options = dashboard.page.eval_on_selector_all("#model_type option", "options => options.map(o => [o.value, o.disabled])")
+    options = dashboard.page.eval_on_selector_all(
+        "#model_type option", "options => options.map(o => [o.value, o.disabled])"
+    )
     assert options == [[model["model_type"], not model["available"]] for model in models]
     note = dashboard.page.text_content("#backend-note")
     for model in models:
@@ -500,7 +559,7 @@ def test_a_csv_file_of_ones_own_offers_its_header_as_target_columns(dashboard: D
     with open(path, "w", newline="") as file:
         writer = csv.writer(file, quoting=csv.QUOTE_ALL)
         writer.writerow(["petal length", "petal width", "kind"])
-        writer.writerows([*row[2:], label] for row, label in zip(X.tolist(), y))
+        writer.writerows([*row[2:], label] for row, label in zip(X.tolist(), y, strict=False))
     page = dashboard.page
     page.select_option("#table", "")
     page.set_input_files("#file", path)

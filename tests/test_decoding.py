@@ -9,8 +9,8 @@ import numpy as np
 import orjson
 import pytest
 
-from boostream.requests import json_body as decoding
 from boostream.errors import BoostreamError
+from boostream.requests import json_body as decoding
 from boostream.streaming_server.errors import status_of
 from boostream.trainers import create_trainers
 
@@ -41,7 +41,11 @@ def test_a_table_of_many_blocks_is_read_exactly(table):
 
 def test_whitespace_between_rows_and_values_is_allowed(table):
     X, y = table
-    text = b"[\n  " + b",\n  ".join(b"[ " + b" , ".join(orjson.dumps(float(v)) for v in row) + b" ]" for row in X[:20_000]) + b"\n]"
+    text = (
+        b"[\n  "
+        + b",\n  ".join(b"[ " + b" , ".join(orjson.dumps(float(v)) for v in row) + b" ]" for row in X[:20_000])
+        + b"\n]"
+    )
     np.testing.assert_array_equal(decode(body_with(text, y[:20_000])).data.X, X[:20_000])
 
 

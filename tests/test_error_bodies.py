@@ -12,8 +12,9 @@ import pytest
 from starlette.routing import Mount, Route
 
 from boostream.config import Settings
-from boostream.streaming_server.app import create_app
 from boostream.mcp_server import PATH as MCP_PATH
+from boostream.streaming_server.app import create_app
+
 from conftest import Server, running_server
 
 UNKNOWN_ID = "0" * 32
@@ -61,7 +62,9 @@ def test_every_route_answers_errors_as_json(server: Server, tmp_path: Path):
     assert f"/jobs/{UNKNOWN_ID}/events" in paths and "/predict" in paths
     statuses = set()
     with server.client() as client:
-        for path, method, query, (content_type, content) in itertools.product(paths, METHODS, ({}, BAD_QUERY), BAD_BODIES):
+        for path, method, query, (content_type, content) in itertools.product(
+            paths, METHODS, ({}, BAD_QUERY), BAD_BODIES
+        ):
             headers = {"content-type": content_type} if content_type else {}
             response = client.request(method, path, params=query, headers=headers, content=content)
             statuses.add(response.status_code)
@@ -83,7 +86,12 @@ def test_an_unknown_route_is_a_json_404(server: Server):
 
 @pytest.mark.parametrize(
     "method, path, allowed",
-    [("PUT", "/jobs", "GET, HEAD, POST"), ("PATCH", f"/jobs/{UNKNOWN_ID}", "DELETE, GET, HEAD"), ("GET", "/predict", "POST"), ("POST", "/ui/dashboard.js", "GET, HEAD")],
+    [
+        ("PUT", "/jobs", "GET, HEAD, POST"),
+        ("PATCH", f"/jobs/{UNKNOWN_ID}", "DELETE, GET, HEAD"),
+        ("GET", "/predict", "POST"),
+        ("POST", "/ui/dashboard.js", "GET, HEAD"),
+    ],
 )
 def test_a_wrong_method_is_a_json_405_with_every_method_allowed(server: Server, method: str, path: str, allowed: str):
     with server.client() as client:
@@ -92,7 +100,9 @@ def test_a_wrong_method_is_a_json_405_with_every_method_allowed(server: Server, 
     assert_error_body(response)
     assert response.headers["allow"] == allowed
     error = response.json()["error"]
-    assert error["code"] == "method_not_allowed" and f"{path} does not take {method}; use {allowed}" == error["message"], error
+    assert (
+        error["code"] == "method_not_allowed" and f"{path} does not take {method}; use {allowed}" == error["message"]
+    ), error
 
 
 def test_an_unexpected_failure_is_a_json_500_and_is_logged(tmp_path: Path):
@@ -101,7 +111,9 @@ def test_an_unexpected_failure_is_a_json_500_and_is_logged(tmp_path: Path):
     (data_dir / "uploads").write_text("a file where the uploads folder should be")  # as a disk might break
     with running_server(tmp_path) as broken:
         with broken.client() as client:
-            response = client.post("/train/stream", content=b"a,y\n1,1\n", headers={"content-type": "text/csv"}, params={"target": "y"})
+            response = client.post(
+                "/train/stream", content=b"a,y\n1,1\n", headers={"content-type": "text/csv"}, params={"target": "y"}
+            )
             assert client.get("/health").status_code == 200
         log = broken.log()
     assert response.status_code == 500

@@ -12,6 +12,7 @@ import pytest
 
 from boostream import cli
 from boostream.trainers import create_trainers
+
 from conftest import Server, parse_sse, start_server
 
 GOOD_X = [[0.0, 1.0], [1.0, 0.0], [2.0, 1.0], [3.0, 0.0]]
@@ -25,7 +26,13 @@ def body(**fields):
 BAD_REQUESTS = [
     # (what is wrong, JSON body, status, field, words in the message)
     ("ragged rows", body(X=[[1.0, 2.0], [3.0], [4.0, 5.0], [6.0, 7.0]]), 400, "X", "X[1] has 1 values"),
-    ("a string in X", body(X=[[1.0, 2.0], [3.0, "a"], [4.0, 5.0], [6.0, 7.0]]), 400, "X", "X[1][1] is 'a', not a number"),
+    (
+        "a string in X",
+        body(X=[[1.0, 2.0], [3.0, "a"], [4.0, 5.0], [6.0, 7.0]]),
+        400,
+        "X",
+        "X[1][1] is 'a', not a number",
+    ),
     ("a nested list in X", body(X=[[1.0, 2.0], [3.0, [4.0]], [4.0, 5.0], [6.0, 7.0]]), 400, "X", "X[1][1] is list"),
     ("a bool in X", body(X=[[1.0, True], [3.0, 4.0], [4.0, 5.0], [6.0, 7.0]]), 400, "X", "X[0][1] is True"),
     ("X not a table", body(X=[1.0, 2.0, 3.0, 4.0]), 400, "X", "X[0] is not a list"),
@@ -37,22 +44,69 @@ BAD_REQUESTS = [
     ("length mismatch", body(y=[0.0, 1.0]), 400, "y", "has 2 values, but X has 4 rows"),
     ("single class", body(objective="binary", y=[1, 1, 1, 1]), 400, "y", "single class"),
     ("three classes for binary", body(objective="binary", y=[0, 1, 2, 0]), 400, "y", "needs exactly two"),
-    ("feature names of the wrong count", body(feature_names=["a"]), 400, "feature_names", "has 1 names, but X has 2 features"),
-    ("a feature name LightGBM refuses", body(feature_names=["a:b", "c"]), 400, "feature_names", "'a:b' is not a usable feature name"),
+    (
+        "feature names of the wrong count",
+        body(feature_names=["a"]),
+        400,
+        "feature_names",
+        "has 1 names, but X has 2 features",
+    ),
+    (
+        "a feature name LightGBM refuses",
+        body(feature_names=["a:b", "c"]),
+        400,
+        "feature_names",
+        "'a:b' is not a usable feature name",
+    ),
     ("X_valid without y_valid", body(X_valid=GOOD_X), 400, "y_valid", "sent together"),
     ("X_valid of another width", body(X_valid=[[1.0]], y_valid=[1.0]), 400, "X_valid", "rows have 1 values"),
     ("unknown model_type", body(model_type="xgboost"), 422, "model_type", "unknown model_type 'xgboost'"),
     ("unknown objective", body(objective="poisson"), 422, "objective", "unknown objective 'poisson'"),
     ("unknown parameter", body(params={"num_leafs": 8}), 422, "params.num_leafs", "unknown parameter"),
     ("parameter out of range", body(params={"learning_rate": 0.0}), 422, "params.learning_rate", "greater than 0.0"),
-    ("parameter of the wrong type", body(params={"n_estimators": "100"}), 422, "params.n_estimators", "must be a number"),
-    ("integer parameter given a fraction", body(params={"num_leaves": 7.5}), 422, "params.num_leaves", "must be an integer"),
-    ("early stopping without validation", body(params={"early_stopping_rounds": 5}), 422, "params.early_stopping_rounds", "needs validation data"),
-    ("bagging that would silently do nothing", body(params={"bagging_fraction": 0.5}), 422, "params.bagging_fraction", "bagging_freq"),
+    (
+        "parameter of the wrong type",
+        body(params={"n_estimators": "100"}),
+        422,
+        "params.n_estimators",
+        "must be a number",
+    ),
+    (
+        "integer parameter given a fraction",
+        body(params={"num_leaves": 7.5}),
+        422,
+        "params.num_leaves",
+        "must be an integer",
+    ),
+    (
+        "early stopping without validation",
+        body(params={"early_stopping_rounds": 5}),
+        422,
+        "params.early_stopping_rounds",
+        "needs validation data",
+    ),
+    (
+        "bagging that would silently do nothing",
+        body(params={"bagging_fraction": 0.5}),
+        422,
+        "params.bagging_fraction",
+        "bagging_freq",
+    ),
     ("valid_fraction out of range", body(valid_fraction=0.9), 422, "valid_fraction", "at most 0.5"),
-    ("valid_fraction and X_valid both", body(valid_fraction=0.25, X_valid=GOOD_X, y_valid=GOOD_Y), 422, "valid_fraction", "not both"),
-    ("a validation label y does not have", body(objective="binary", y=["a", "b", "a", "b"], X_valid=GOOD_X[:2], y_valid=["a", "c"]),
-     400, "y_valid", "has the class 'c', which y does not have"),
+    (
+        "valid_fraction and X_valid both",
+        body(valid_fraction=0.25, X_valid=GOOD_X, y_valid=GOOD_Y),
+        422,
+        "valid_fraction",
+        "not both",
+    ),
+    (
+        "a validation label y does not have",
+        body(objective="binary", y=["a", "b", "a", "b"], X_valid=GOOD_X[:2], y_valid=["a", "c"]),
+        400,
+        "y_valid",
+        "has the class 'c', which y does not have",
+    ),
     ("an unknown top-level field", body(n_estimators=10), 422, "n_estimators", "unknown field"),
     ("era on LightGBM", body(era=[1, 1, 2, 2]), 422, "era", "WarpGBM"),
 ]
@@ -71,7 +125,9 @@ def test_bad_request_is_answered_with_status_and_field(server: Server, case, req
 
 def test_malformed_json_is_a_400(server: Server):
     with server.client() as client:
-        response = client.post("/train/stream", content=b'{"X": [[1, 2]], "y": [1', headers={"content-type": "application/json"})
+        response = client.post(
+            "/train/stream", content=b'{"X": [[1, 2]], "y": [1', headers={"content-type": "application/json"}
+        )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_json"
 
@@ -81,13 +137,27 @@ NOT_JSON_NUMBERS = [
     # (what is wrong, path, body as Python's json.dumps writes it by default, field, words in the message)
     ("NaN in X", "/train/stream", body(X=[[0.0, 1.0], [1.0, NAN], [2.0, 1.0], [3.0, 0.0]]), "X", "X[1][1] is NaN"),
     ("Infinity in y", "/train/stream", body(y=[0.0, 1.0, INF, 1.0]), "y", "y[2] is Infinity"),
-    ("-Infinity in X_valid", "/jobs", body(X_valid=[[1.0, 2.0], [1.0, -INF]], y_valid=[1.0, 0.0]), "X_valid", "X_valid[1][1] is -Infinity"),
+    (
+        "-Infinity in X_valid",
+        "/jobs",
+        body(X_valid=[[1.0, 2.0], [1.0, -INF]], y_valid=[1.0, 0.0]),
+        "X_valid",
+        "X_valid[1][1] is -Infinity",
+    ),
     ("NaN as valid_fraction", "/train/stream", body(valid_fraction=NAN), "valid_fraction", "valid_fraction is NaN"),
-    ("NaN in X to predict", "/predict", {"artifact_id": "0" * 32, "X": [[1.0, 2.0], [NAN, 1.0]]}, "X", "X[1][0] is NaN"),
+    (
+        "NaN in X to predict",
+        "/predict",
+        {"artifact_id": "0" * 32, "X": [[1.0, 2.0], [NAN, 1.0]]},
+        "X",
+        "X[1][0] is NaN",
+    ),
 ]
 
 
-@pytest.mark.parametrize("case, path, request_body, field, words", NOT_JSON_NUMBERS, ids=[c[0] for c in NOT_JSON_NUMBERS])
+@pytest.mark.parametrize(
+    "case, path, request_body, field, words", NOT_JSON_NUMBERS, ids=[c[0] for c in NOT_JSON_NUMBERS]
+)
 def test_nan_and_infinity_are_named_as_not_json(server: Server, case, path, request_body, field, words):
     with server.client() as client:
         response = client.post(path, content=json.dumps(request_body), headers={"content-type": "application/json"})
@@ -166,16 +236,18 @@ def test_local_warpgbm_without_a_gpu_says_this_machine_not_server(tmp_path: Path
         pytest.skip("this machine can train WarpGBM")
     table = tmp_path / "table.csv"
     table.write_text("a,y\n1,1\n2,2\n3,1\n")
-    code = cli.main(["train", str(table), "--target", "y", "--local", "--model", "warpgbm", "--out", str(tmp_path / "m.joblib")])
+    code = cli.main(
+        ["train", str(table), "--target", "y", "--local", "--model", "warpgbm", "--out", str(tmp_path / "m.joblib")]
+    )
     said = capsys.readouterr().err
     assert code == cli.EXIT_FAILED
     assert f"warpgbm cannot train on this machine: {availability.reason}" in said, said
     assert "this server" not in said
 
 
-def test_the_server_still_trains_after_all_that(server: Server):
+def test_the_server_still_trains_after_the_bad_requests_above(server: Server):
     events = server.train(body(params={"n_estimators": 3, "min_data_in_leaf": 1}))
-    assert events[-1].event == "complete"
+    assert events[-1].type == "complete"
 
 
 # A server with small limits and a single CPU slot.
@@ -184,8 +256,7 @@ def test_the_server_still_trains_after_all_that(server: Server):
 @pytest.fixture(scope="module")
 def strict_server(tmp_path_factory):
     yield from start_server(
-        tmp_path_factory.mktemp("strict"),
-        "--cpu-jobs", "1", "--max-body-bytes", "20000", "--max-cells", "600", "--heartbeat-s", "0.3",
+        tmp_path_factory.mktemp("strict"), cpu_jobs=1, max_body_bytes=20000, max_cells=600, heartbeat_s=0.3
     )
 
 
@@ -231,7 +302,7 @@ def test_a_job_waits_queued_with_heartbeats_while_the_slot_is_taken(strict_serve
         with strict_server.client() as client:
             with client.stream("POST", "/train/stream", json=long_body, params={"on_disconnect": "cancel"}) as response:
                 for event in parse_sse(response.iter_lines()):
-                    if event.event == "progress":
+                    if event.type == "progress":
                         first_running.set()
                         release_first.wait(30)
                         return  # leaving cancels the long job and frees the slot
@@ -245,11 +316,11 @@ def test_a_job_waits_queued_with_heartbeats_while_the_slot_is_taken(strict_serve
             events = []
             for event in parse_sse(response.iter_lines(), comments):
                 events.append(event)
-                if event.event == "queued":
+                if event.type == "queued":
                     assert event.data["position"] == 1
                     threading.Timer(1.0, release_first.set).start()
     holder.join()
-    assert [e.event for e in events][:2] == ["queued", "started"]
-    assert events[-1].event == "complete"
+    assert [e.type for e in events][:2] == ["queued", "started"]
+    assert events[-1].type == "complete"
     assert [e.id for e in events] == list(range(1, len(events) + 1))
     assert any(c.startswith(": ping") for c in comments), "idle streams get heartbeats"

@@ -45,7 +45,9 @@ def setting():
     edges = np.sort(rng.normal(size=(N_FEATURES, N_BINS - 1)), axis=1).astype(np.float32)
     X = rng.normal(size=(500, N_FEATURES))
     X[:5] = edges[:, 3]  # values exactly on an edge go right of it, as in WarpGBM's binner
-    bins = np.stack([np.searchsorted(edges[f], X[:, f].astype(np.float32), side="right") for f in range(N_FEATURES)], axis=1)
+    bins = np.stack(
+        [np.searchsorted(edges[f], X[:, f].astype(np.float32), side="right") for f in range(N_FEATURES)], axis=1
+    )
     return rng, edges, X, bins
 
 
@@ -69,7 +71,9 @@ def test_classifier_probabilities_and_labels(setting):
         [(k, t) for per_class in rounds for k, t in enumerate(per_class)], objective="multiclass",
         learning_rate=0.3, bin_edges=edges, init_score=priors, feature_names=list("abcdef"), classes=classes,
     )
-    scores = priors + 0.3 * np.array([[sum(reference_leaf(r[k], row) for r in rounds) for k in range(3)] for row in bins])
+    scores = priors + 0.3 * np.array(
+        [[sum(reference_leaf(r[k], row) for r in rounds) for k in range(3)] for row in bins]
+    )
     expected = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
     proba = forest.predict_proba(X)
     np.testing.assert_allclose(proba, expected, rtol=1e-10)
@@ -150,7 +154,14 @@ def test_the_document_is_plain_data_without_padding(setting):
         init_score=np.array([0.0]), feature_names=list("abcdef"),
     )
     document = json.loads(json.dumps(forest.to_portable()))  # the standard library takes it as is
-    assert document["trees"][0] == {"class": 0, "feature": [0], "split_bin": [0], "left": [0], "right": [0], "value": [1.5]}
+    assert document["trees"][0] == {
+        "class": 0,
+        "feature": [0],
+        "split_bin": [0],
+        "left": [0],
+        "right": [0],
+        "value": [1.5],
+    }
     assert [len(tree["value"]) for tree in document["trees"]] == [node_count(tree) for tree in trees]
     assert (document["format"], document["version"]) == ("boostream-forest", 1)
 
@@ -218,7 +229,11 @@ MALFORMED = [
     (("classes",), ["a", "b"], "classes must be null for a regression, got a list"),
     (("feature_names", 3), "a", "feature_names[3] = 'a' repeats feature_names[0]; names are unique"),
     (("feature_names",), lambda names: names[:-1], "bin_edges has 6 rows; feature_names names 5 features"),
-    (("bin_edges", 1), lambda row: row[:-1], "bin_edges[1] has 14 edges; bin_edges[0] has 15, and every feature has as many"),
+    (
+        ("bin_edges", 1),
+        lambda row: row[:-1],
+        "bin_edges[1] has 14 edges; bin_edges[0] has 15, and every feature has as many",
+    ),
     (("bin_edges", 2, 4), float("inf"), "bin_edges[2][4] = inf is not a finite float32"),
     (("bin_edges", 2, 4), 1e39, "bin_edges[2][4] = 1e+39 is not a finite float32"),
     (("bin_edges", 2, 4), -5.0, "bin_edges[2][4] = -5.0 is below bin_edges[2][3]"),
@@ -274,7 +289,9 @@ def test_a_tree_deeper_than_the_limit_is_refused():
 
 def test_too_many_padded_nodes_are_refused(monkeypatch):
     monkeypatch.setattr(forest_module, "MAX_NODE_CELLS", 9)
-    with pytest.raises(InvalidForest, match=r"^trees has 2 trees of up to 5 nodes; padded to the largest, that is over 9"):
+    with pytest.raises(
+        InvalidForest, match=r"^trees has 2 trees of up to 5 nodes; padded to the largest, that is over 9"
+    ):
         Forest.from_portable(small_document())
 
 

@@ -16,8 +16,10 @@ import joblib
 import numpy as np
 import pytest
 
-from conftest import Server, SseEvent, parse_sse, running_server, start_server
+from boostream.client import Event
 from boostream.models.signing import load_or_create_key, verify
+
+from conftest import Server, parse_sse, running_server, running_server_process, start_server, start_server_process
 
 
 def body_for(data, rounds: int, **params) -> dict:
@@ -30,17 +32,17 @@ def long_body(data, rounds: int = 100_000) -> dict:
     return body_for(data, rounds, learning_rate=0.001, num_leaves=31)
 
 
-def check_log(events: list[SseEvent], ends_with: str) -> None:
+def check_log(events: list[Event], ends_with: str) -> None:
     assert [e.id for e in events] == list(range(1, len(events) + 1)), "contiguous ids from 1"
-    assert events[-1].event == ends_with, [e.event for e in events]
-    assert sum(e.event in ("complete", "error", "cancelled") for e in events) == 1
+    assert events[-1].type == ends_with, [e.type for e in events]
+    assert sum(e.type in ("complete", "error", "cancelled") for e in events) == 1
 
 
-def wait_for_event(server: Server, job_id: str, kind: str, timeout: float = 30.0) -> SseEvent:
+def wait_for_event(server: Server, job_id: str, kind: str, timeout: float = 30.0) -> Event:
     with server.client() as client:
         with client.stream("GET", f"/jobs/{job_id}/events") as response:
             for event in parse_sse(response.iter_lines()):
-                if event.event == kind:
+                if event.type == kind:
                     return event
     raise AssertionError(f"job {job_id} never sent {kind}")
 
@@ -76,25 +78,25 @@ def test_a_job_is_created_polled_and_its_result_fetched(server: Server, diabetes
 def test_the_events_of_a_job_are_those_its_stream_sent(server: Server, diabetes):
     streamed = server.train(body_for(diabetes, 30))
     replayed = server.events(streamed[0].data["job_id"])
-    assert [(e.id, e.event) for e in replayed] == [(e.id, e.event) for e in streamed]
+    assert [(e.id, e.type) for e in replayed] == [(e.id, e.type) for e in streamed]
     assert [e.data for e in replayed] == [e.data for e in streamed]  # the artifact included
-    assert replayed[0].retry == 2000
+    assert replayed[0].retry_ms == 2000
 
 
 def test_a_dropped_stream_resumes_with_last_event_id_without_gap_or_duplicate(server: Server, diabetes):
     job_id = server.create_job(body_for(diabetes, 6000, num_leaves=8))
-    seen: list[SseEvent] = []
+    seen: list[Event] = []
     for _ in range(3):  # drop the connection twice, the way a flaky network would
         last = {"Last-Event-ID": str(seen[-1].id)} if seen else {}
         with server.client() as client:
             with client.stream("GET", f"/jobs/{job_id}/events", headers=last) as response:
                 for event in parse_sse(response.iter_lines()):
                     seen.append(event)
-                    if event.event == "progress" and len(seen) % 4 == 0:
+                    if event.type == "progress" and len(seen) % 4 == 0:
                         break
     seen += server.events(job_id, headers={"Last-Event-ID": str(seen[-1].id)})
     check_log(seen, "complete")
-    assert any(e.event == "progress" for e in seen[-5:]), "the last part came live or replayed, not only the end"
+    assert any(e.type == "progress" for e in seen[-5:]), "the last part came live or replayed, not only the end"
     everything = server.events(job_id)
     assert [e.data for e in everything] == [e.data for e in seen]
 
@@ -106,7 +108,9 @@ def test_after_query_resumes_like_last_event_id(server: Server, diabetes):
     assert [e.id for e in server.events(job_id, after="2")] == [e.id for e in everything[2:]]
     with server.client() as client:
         # Nothing left of a finished job: 204, which tells EventSource to stop reconnecting.
-        assert client.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": str(everything[-1].id)}).status_code == 204
+        assert (
+            client.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": str(everything[-1].id)}).status_code == 204
+        )
         for bad in ("x", "\u00b2", "9" * 5000, "-1"):
             response = client.get(f"/jobs/{job_id}/events", params={"after": bad})
             assert response.status_code == 422 and response.json()["error"]["field"] == "after"
@@ -141,8 +145,14 @@ def test_cancel_stops_a_running_job_after_its_current_round(server: Server, diab
 
 def test_a_finished_job_shows_its_final_state_not_a_stale_one(server: Server, diabetes):
     X, y = diabetes
-    stopped_early = server.create_job({"X": X.tolist(), "y": y.tolist(), "valid_fraction": 0.3,
-                                       "params": {"n_estimators": 2000, "learning_rate": 0.3, "early_stopping_rounds": 5}})
+    stopped_early = server.create_job(
+        {
+            "X": X.tolist(),
+            "y": y.tolist(),
+            "valid_fraction": 0.3,
+            "params": {"n_estimators": 2000, "learning_rate": 0.3, "early_stopping_rounds": 5},
+        }
+    )
     job = server.wait_for_job(stopped_early)
     assert job["status"] == "succeeded" and job["progress"]["iteration"] < 2000
     assert job["progress"]["percent"] == 100.0 and job["progress"]["eta_s"] is None
@@ -206,7 +216,10 @@ def test_jobs_listed_by_several_statuses_are_those_of_any_of_them(server: Server
 
     def listed(statuses: str) -> dict[str, str]:
         with server.client() as client:
-            return {job["job_id"]: job["status"] for job in client.get("/jobs", params={"status": statuses, "limit": 500}).json()["jobs"]}
+            return {
+                job["job_id"]: job["status"]
+                for job in client.get("/jobs", params={"status": statuses, "limit": 500}).json()["jobs"]
+            }
 
     both = listed("succeeded,cancelled")
     assert both[succeeded] == "succeeded" and both[cancelled] == "cancelled"
@@ -220,7 +233,7 @@ def test_two_hundred_subscribers_all_receive_every_event(server: Server, diabete
     async def subscribe(client: httpx.AsyncClient) -> list[tuple[int, str, str]]:
         async with client.stream("GET", f"/jobs/{job_id}/events") as response:
             lines = [line async for line in response.aiter_lines()]
-        return [(e.id, e.event, json.dumps(e.data)) for e in parse_sse(iter(lines))]
+        return [(e.id, e.type, json.dumps(e.data)) for e in parse_sse(iter(lines))]
 
     async def subscribe_all() -> list[list[tuple[int, str, str]]]:
         limits = httpx.Limits(max_connections=250)
@@ -228,7 +241,7 @@ def test_two_hundred_subscribers_all_receive_every_event(server: Server, diabete
             return await asyncio.gather(*(subscribe(client) for _ in range(200)))
 
     received = asyncio.run(subscribe_all())
-    everything = [(e.id, e.event, json.dumps(e.data)) for e in server.events(job_id)]
+    everything = [(e.id, e.type, json.dumps(e.data)) for e in server.events(job_id)]
     assert everything[-1][1] == "complete" and len(everything) > 3
     assert all(log == everything for log in received)
 
@@ -249,7 +262,7 @@ def test_an_unknown_timeout_or_callback_is_refused_before_training(server: Serve
 
 @pytest.fixture(scope="module")
 def one_slot(tmp_path_factory):
-    yield from start_server(tmp_path_factory.mktemp("one-slot"), "--cpu-jobs", "1", "--max-queued", "1", "--threads-per-job", "1")
+    yield from start_server(tmp_path_factory.mktemp("one-slot"), cpu_jobs=1, max_queued=1, threads_per_job=1)
 
 
 def test_a_full_queue_is_a_429_and_jobs_start_in_order(one_slot: Server, diabetes):
@@ -269,7 +282,7 @@ def test_a_full_queue_is_a_429_and_jobs_start_in_order(one_slot: Server, diabete
         client.post(f"/jobs/{running}/cancel")
     events = one_slot.events(waiting)
     check_log(events, "complete")
-    assert [e.event for e in events[:2]] == ["queued", "started"]
+    assert [e.type for e in events[:2]] == ["queued", "started"]
     assert events[0].data == {"job_id": waiting, "position": 1, "device": "cpu"}
 
 
@@ -280,7 +293,7 @@ def test_cancelling_a_queued_job_ends_it_at_once(one_slot: Server, diabetes):
     with one_slot.client() as client:
         assert client.post(f"/jobs/{waiting}/cancel").json()["status"] == "cancelled"
         client.post(f"/jobs/{running}/cancel")
-    assert [e.event for e in one_slot.events(waiting)] == ["queued", "cancelled"]
+    assert [e.type for e in one_slot.events(waiting)] == ["queued", "cancelled"]
     one_slot.wait_for_job(running)
 
 
@@ -297,7 +310,7 @@ def test_a_job_over_its_time_limit_fails_with_timeout(one_slot: Server, diabetes
 
 def test_the_servers_own_time_limit_stops_a_job_that_asked_for_none(tmp_path, diabetes):
     """`--max-training-s` holds for every job, not only for those that send `timeout_s`."""
-    with running_server(tmp_path, "--cpu-jobs", "1", "--threads-per-job", "1", "--max-training-s", "1") as server:
+    with running_server(tmp_path, cpu_jobs=1, threads_per_job=1, max_training_s=1) as server:
         with server.client() as client:
             longer = client.post("/jobs", json={**body_for(diabetes, 5), "timeout_s": 2})
         assert longer.status_code == 422 and longer.json()["error"]["field"] == "timeout_s"
@@ -310,7 +323,7 @@ def test_the_servers_own_time_limit_stops_a_job_that_asked_for_none(tmp_path, di
     assert 0 < job["progress"]["iteration"] < job["progress"]["total"] // 4
     check_log(events, "error")
     assert events[-1].data["code"] == "timeout" and events[-1].data["iteration"] == job["progress"]["iteration"]
-    trained = [e.data["elapsed_s"] for e in events if e.event == "progress"]
+    trained = [e.data["elapsed_s"] for e in events if e.type == "progress"]
     assert trained[-1] >= 0.9, "it trained for about its limit before it was stopped"
 
 
@@ -318,7 +331,7 @@ def test_the_servers_own_time_limit_stops_a_job_that_asked_for_none(tmp_path, di
 
 
 def test_after_kill_9_finished_jobs_survive_and_interrupted_ones_run_again(tmp_path, diabetes):
-    with running_server(tmp_path, "--cpu-jobs", "1", "--threads-per-job", "1") as server:
+    with running_server_process(tmp_path, "--cpu-jobs", "1", "--threads-per-job", "1") as server:
         finished = server.create_job(body_for(diabetes, 20))
         done = server.wait_for_job(finished)
         result_before = server.events(finished)[-1].data
@@ -334,12 +347,12 @@ def test_after_kill_9_finished_jobs_survive_and_interrupted_ones_run_again(tmp_p
         server.process.wait()
     (server.data_dir / "inputs" / lost / "X.npy").unlink()  # as if its input had been lost with a disk
 
-    with running_server(tmp_path, "--cpu-jobs", "1", "--threads-per-job", "1") as restarted:
+    with running_server_process(tmp_path, "--cpu-jobs", "1", "--threads-per-job", "1") as restarted:
         assert restarted.job(finished) == done
         assert restarted.events(finished)[-1].data == result_before
         rerun = restarted.events(running)
         check_log(rerun, "complete")
-        kinds = [e.event for e in rerun]
+        kinds = [e.type for e in rerun]
         assert "restarted" in kinds and kinds.count("started") == 2
         assert rerun[kinds.index("restarted")].data["reason"] == "the server restarted while the job was running"
         assert restarted.job(running)["attempts"] == 2
@@ -354,7 +367,7 @@ def test_after_kill_9_finished_jobs_survive_and_interrupted_ones_run_again(tmp_p
 
 
 def test_finished_jobs_and_artifacts_expire(tmp_path, diabetes):
-    with running_server(tmp_path, "--job-ttl-s", "1") as server:
+    with running_server(tmp_path, job_ttl_s=1) as server:
         job_id = server.create_job(body_for(diabetes, 5))
         artifact = server.data_dir / "artifacts" / f"{server.wait_for_job(job_id)['artifact_id']}.joblib"
         deadline = time.monotonic() + 10
@@ -400,7 +413,7 @@ def test_a_webhook_is_signed_retried_and_names_the_result(tmp_path, diabetes):
     receiver = Receiver(failures=1)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     try:
-        with running_server(tmp_path, "--webhook-hosts", f"127.0.0.1:{receiver.server_address[1]}") as server:
+        with running_server(tmp_path, webhook_hosts=f"127.0.0.1:{receiver.server_address[1]}") as server:
             job_id = server.create_job({**body_for(diabetes, 10), "callback_url": receiver.url})
             server.wait_for_job(job_id)
             deadline = time.monotonic() + 15
@@ -424,9 +437,9 @@ def test_a_webhook_is_signed_retried_and_names_the_result(tmp_path, diabetes):
 
 
 def test_a_second_server_refuses_a_data_directory_in_use(tmp_path):
-    with running_server(tmp_path) as server:
+    with running_server_process(tmp_path) as server:
         with pytest.raises(RuntimeError) as refused:
-            next(start_server(tmp_path))
+            next(start_server_process(tmp_path))
         assert f"another boostream server (pid {server.process.pid}) is using the data directory" in str(refused.value)
         assert "Traceback" not in str(refused.value)
         with server.client() as client:
@@ -434,13 +447,13 @@ def test_a_second_server_refuses_a_data_directory_in_use(tmp_path):
 
 
 def test_a_restart_removes_artifact_files_no_job_has_and_keeps_the_rest(tmp_path, diabetes):
-    with running_server(tmp_path) as server:
+    with running_server_process(tmp_path) as server:
         job_id = server.create_job(body_for(diabetes, 5))
         artifact_id = server.wait_for_job(job_id)["artifact_id"]
     artifacts = server.data_dir / "artifacts"
     for name in ("0123abcd.joblib", "0123abcd.native", "0123abcd.partial"):
         (artifacts / name).write_bytes(b"left by a server that died")
-    with running_server(tmp_path) as restarted:
+    with running_server_process(tmp_path) as restarted:
         assert sorted(p.name for p in artifacts.iterdir()) == [f"{artifact_id}.joblib", f"{artifact_id}.native"]
         with restarted.client() as client:
             assert client.get(f"/artifacts/{artifact_id}").status_code == 200
@@ -448,14 +461,16 @@ def test_a_restart_removes_artifact_files_no_job_has_and_keeps_the_rest(tmp_path
 
 def test_stopping_the_server_does_not_cancel_a_job_whose_stream_asked_for_it(tmp_path, diabetes):
     """SIGTERM closes the streams before the jobs are put away; that is not a client leaving."""
-    with running_server(tmp_path, "--cpu-jobs", "1", "--threads-per-job", "1") as server:
+    with running_server_process(tmp_path, "--cpu-jobs", "1", "--threads-per-job", "1") as server:
         running = server.create_job(long_body(diabetes))
         wait_for_event(server, running, "progress")
         seen = threading.Event()
 
         def follow_waiting_job():
             with server.client() as client:
-                with client.stream("POST", "/train/stream", json=body_for(diabetes, 10), params={"on_disconnect": "cancel"}) as response:
+                with client.stream(
+                    "POST", "/train/stream", json=body_for(diabetes, 10), params={"on_disconnect": "cancel"}
+                ) as response:
                     try:
                         for event in parse_sse(response.iter_lines()):
                             seen.job_id = event.data["job_id"]
@@ -468,7 +483,7 @@ def test_stopping_the_server_does_not_cancel_a_job_whose_stream_asked_for_it(tmp
         assert seen.wait(30)
         server.process.terminate()
         server.process.wait(30)
-    with running_server(tmp_path, "--cpu-jobs", "1", "--threads-per-job", "1") as restarted:
+    with running_server_process(tmp_path, "--cpu-jobs", "1", "--threads-per-job", "1") as restarted:
         with restarted.client() as client:
             client.post(f"/jobs/{running}/cancel")
         assert restarted.wait_for_job(seen.job_id)["status"] == "succeeded"

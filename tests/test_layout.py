@@ -56,7 +56,12 @@ def reachable(start: str) -> set[str]:
 
 
 def test_no_module_imports_another_that_imports_it_back():
-    cycles = sorted(f"{module} -> {imported}" for module in MODULES for imported in own_imports(module) if module in reachable(imported))
+    cycles = sorted(
+        f"{module} -> {imported}"
+        for module in MODULES
+        for imported in own_imports(module)
+        if module in reachable(imported)
+    )
     assert not cycles, cycles
 
 

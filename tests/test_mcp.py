@@ -8,7 +8,8 @@ import contextlib
 import io
 import json
 import re
-from typing import Any, AsyncIterator, Optional
+from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import httpx
@@ -18,9 +19,10 @@ import numpy as np
 from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import Server, running_server
-from boostream.mcp_server import MAX_BODY_BYTES, transport_security, _train_input_schema
+from boostream.mcp_server import MAX_BODY_BYTES, _train_input_schema, transport_security
 from boostream.trainers import create_trainers
+
+from conftest import Server, running_server
 
 TOOLS = {"list_models", "train", "start_job", "job_status", "cancel_job", "predict"}
 INITIALIZE = {
@@ -41,10 +43,10 @@ async def mcp_session(server: Server) -> AsyncIterator[ClientSession]:
 
 class ProgressLog:
     def __init__(self) -> None:
-        self.notes: list[tuple[float, Optional[float], Optional[str]]] = []
+        self.notes: list[tuple[float, float | None, str | None]] = []
         self.round_seen = anyio.Event()
 
-    async def __call__(self, progress: float, total: Optional[float], message: Optional[str]) -> None:
+    async def __call__(self, progress: float, total: float | None, message: str | None) -> None:
         self.notes.append((progress, total, message))
         if progress >= 1:
             self.round_seen.set()
@@ -75,8 +77,12 @@ def test_an_agent_lists_the_tools_trains_with_progress_and_predicts_with_the_art
         progress = ProgressLog()
         async with mcp_session(server) as session:
             tools = {tool.name: tool for tool in (await session.list_tools()).tools}
-            trained = await session.call_tool("train", {**train_arguments(diabetes, 300), "include_curve": True}, progress_callback=progress)
-            predicted = await session.call_tool("predict", {"artifact_id": trained.structured_content["artifact_id"], "X": X.tolist()})
+            trained = await session.call_tool(
+                "train", {**train_arguments(diabetes, 300), "include_curve": True}, progress_callback=progress
+            )
+            predicted = await session.call_tool(
+                "predict", {"artifact_id": trained.structured_content["artifact_id"], "X": X.tolist()}
+            )
             return tools, progress, trained, predicted
 
     tools, progress, trained, predicted = asyncio.run(agent())
@@ -84,7 +90,9 @@ def test_an_agent_lists_the_tools_trains_with_progress_and_predicts_with_the_art
     assert set(tools) == TOOLS
     train_schema = tools["train"].input_schema
     assert train_schema["required"] == ["X", "y"] and train_schema["additionalProperties"] is False
-    assert {"X", "y", "model_type", "objective", "params", "valid_fraction", "include_artifact"} <= set(train_schema["properties"])
+    assert {"X", "y", "model_type", "objective", "params", "valid_fraction", "include_artifact"} <= set(
+        train_schema["properties"]
+    )
     lightgbm_params = train_schema["allOf"][0]["then"]["properties"]["params"]["properties"]
     assert lightgbm_params["n_estimators"] == {**lightgbm_params["n_estimators"], "minimum": 1, "maximum": 100000}
     assert tools["predict"].input_schema["required"] == ["artifact_id", "X"]
@@ -92,7 +100,12 @@ def test_an_agent_lists_the_tools_trains_with_progress_and_predicts_with_the_art
     assert not trained.is_error, trained.content
     result = trained.structured_content
     assert result["status"] == "succeeded" and result["iterations"] == 300
-    assert set(result["metrics"]) == {"train_l2"} and set(result["timings"]) >= {"decode_s", "queued_s", "fit_s", "artifact_s"}
+    assert set(result["metrics"]) == {"train_l2"} and set(result["timings"]) >= {
+        "decode_s",
+        "queued_s",
+        "fit_s",
+        "artifact_s",
+    }
     assert "artifact" not in result
     # The whole learning curve comes back, one value per round, ending at the reported metrics.
     curve = result["curve"]
@@ -101,7 +114,7 @@ def test_an_agent_lists_the_tools_trains_with_progress_and_predicts_with_the_art
 
     values = [note[0] for note in progress.notes]
     assert len(values) >= 3 and values[0] == 0 and values[-1] == 300, values
-    assert all(a < b for a, b in zip(values, values[1:])), values
+    assert all(a < b for a, b in zip(values, values[1:], strict=False)), values
     assert {note[1] for note in progress.notes} == {300}
     assert all(note[2].startswith(f"job {result['job_id']}: ") for note in progress.notes)
     assert re.search(r"round 300 of 300; train_l2 \d", progress.notes[-1][2])
@@ -167,7 +180,9 @@ def test_refusals_are_tool_errors_that_name_the_field(server: Server, diabetes):
 
     bad_param, bad_fraction, unknown, ragged, unavailable, no_job, no_artifact = asyncio.run(agent())
     assert error_text(bad_param).startswith("invalid_parameter (params.x): unknown parameter")
-    assert error_text(bad_fraction).startswith("invalid_parameter (valid_fraction): must be greater than 0 and at most 0.5")
+    assert error_text(bad_fraction).startswith(
+        "invalid_parameter (valid_fraction): must be greater than 0 and at most 0.5"
+    )
     assert error_text(unknown).startswith("invalid_parameter (bogus): unknown field 'bogus'")
     assert error_text(ragged).startswith("invalid_data (X): X[1] has 1 values")
     assert error_text(unavailable).startswith("backend_unavailable (model_type): warpgbm cannot train on this server")
@@ -207,7 +222,9 @@ def test_a_2026_client_trains_with_progress_too(server: Server, iris):
             arguments = {**train_arguments(iris, 20), "objective": "multiclass"}
             trained = await client.call_tool("train", arguments, progress_callback=progress)
             X = iris[0][:3].tolist()
-            predicted = await client.call_tool("predict", {"artifact_id": trained.structured_content["artifact_id"], "X": X, "output": "proba"})
+            predicted = await client.call_tool(
+                "predict", {"artifact_id": trained.structured_content["artifact_id"], "X": X, "output": "proba"}
+            )
             return client.session.discover_result, progress, trained, predicted
 
     discovered, progress, trained, predicted = asyncio.run(agent())
@@ -222,10 +239,20 @@ def test_a_foreign_origin_is_refused_before_any_session(server: Server):
     headers = {"accept": "application/json, text/event-stream"}
     with httpx.Client(base_url=server.url, timeout=30) as client:
         foreign = client.post("/mcp", json=INITIALIZE, headers={**headers, "origin": "http://evil.example"})
-        rebound = client.post("/mcp", json=INITIALIZE, headers={**headers, "origin": "http://evil.example:8000", "host": "evil.example:8000"})
-        loopback = client.post("/mcp", json=INITIALIZE, headers={**headers, "origin": server.url.replace("127.0.0.1", "localhost")})
+        rebound = client.post(
+            "/mcp",
+            json=INITIALIZE,
+            headers={**headers, "origin": "http://evil.example:8000", "host": "evil.example:8000"},
+        )
+        loopback = client.post(
+            "/mcp", json=INITIALIZE, headers={**headers, "origin": server.url.replace("127.0.0.1", "localhost")}
+        )
         without = client.post("/mcp", json=INITIALIZE, headers=headers)
-        modern = client.post("/mcp", json=INITIALIZE, headers={**headers, "origin": "http://evil.example", "mcp-protocol-version": "2026-07-28"})
+        modern = client.post(
+            "/mcp",
+            json=INITIALIZE,
+            headers={**headers, "origin": "http://evil.example", "mcp-protocol-version": "2026-07-28"},
+        )
     assert foreign.status_code == 403 and modern.status_code == 403
     assert rebound.status_code == 421  # a DNS-rebound name is not one this server answers to
     assert loopback.status_code == 200 and loopback.headers["mcp-session-id"]
@@ -234,13 +261,18 @@ def test_a_foreign_origin_is_refused_before_any_session(server: Server):
 
 def test_hosts_and_origins_the_operator_lists_are_served_and_no_others(tmp_path):
     headers = {"accept": "application/json, text/event-stream"}
-    options = ("--mcp-hosts", "models.internal", "--mcp-origins", "https://dashboard.example")
-    with running_server(tmp_path, *options) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+    with (
+        running_server(tmp_path, mcp_hosts="models.internal", mcp_origins="https://dashboard.example") as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+
         def initialize(**extra: str) -> int:
             return client.post("/mcp", json=INITIALIZE, headers={**headers, **extra}).status_code
 
         assert initialize(host="models.internal:8000") == 200
-        assert initialize(host="models.internal:8000", origin="http://models.internal:8000") == 200  # a page of a listed host
+        assert (
+            initialize(host="models.internal:8000", origin="http://models.internal:8000") == 200
+        )  # a page of a listed host
         assert initialize(origin="https://dashboard.example") == 200
         assert initialize(host="other.internal:8000") == 421
         assert initialize(origin="https://other.example") == 403
@@ -269,8 +301,12 @@ def test_tool_arguments_over_4_mib_are_refused_and_the_server_carries_on(server:
 
 def test_origins_allowed_are_the_hosts_the_server_answers_to():
     settings = transport_security("10.1.2.3", extra_hosts=["models.internal"], extra_origins=["https://dashboard.example"])
-    assert {"127.0.0.1:*", "localhost:*", "[::1]:*", "10.1.2.3:*", "models.internal", "models.internal:*"} <= set(settings.allowed_hosts)
-    assert {"http://localhost:*", "https://models.internal", "http://10.1.2.3:*", "https://dashboard.example"} <= set(settings.allowed_origins)
+    assert {"127.0.0.1:*", "localhost:*", "[::1]:*", "10.1.2.3:*", "models.internal", "models.internal:*"} <= set(
+        settings.allowed_hosts
+    )
+    assert {"http://localhost:*", "https://models.internal", "http://10.1.2.3:*", "https://dashboard.example"} <= set(
+        settings.allowed_origins
+    )
     assert "0.0.0.0:*" not in transport_security("0.0.0.0").allowed_hosts
     assert "[::1]:*" in transport_security("::1").allowed_hosts
 

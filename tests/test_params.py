@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import math
 
-import pytest
-
 import numpy as np
+import pytest
 
 from boostream.progress import finite_or_none
 from boostream.trainers.base import (
@@ -60,10 +59,18 @@ def test_a_value_out_of_bounds_or_of_the_wrong_kind_names_the_parameter(spec, gi
 
 
 def test_every_parameter_comes_with_its_default_and_an_unknown_one_is_refused():
-    assert validate_params(SPECS, {"num_leaves": 8}) == {"learning_rate": 0.1, "num_leaves": 8, "threads_per_block": 64, "deterministic": False}
+    assert validate_params(SPECS, {"num_leaves": 8}) == {
+        "learning_rate": 0.1,
+        "num_leaves": 8,
+        "threads_per_block": 64,
+        "deterministic": False,
+    }
     with pytest.raises(InvalidParameter) as refused:
         validate_params(SPECS, {"num_leafs": 8})
-    assert refused.value.field == "params.num_leafs" and "known: deterministic, learning_rate, num_leaves" in refused.value.message
+    assert (
+        refused.value.field == "params.num_leafs"
+        and "known: deterministic, learning_rate, num_leaves" in refused.value.message
+    )
 
 
 def test_the_schema_says_what_the_checks_check():
@@ -72,9 +79,19 @@ def test_the_schema_says_what_the_checks_check():
     assert schema["properties"]["learning_rate"] == {
         "type": "number", "default": 0.1, "description": "Shrinkage.", "exclusiveMinimum": 0.0, "maximum": 1.0,
     }
-    assert schema["properties"]["num_leaves"] == {"type": "integer", "default": 31, "description": "Leaves.", "minimum": 2, "maximum": 100}
+    assert schema["properties"]["num_leaves"] == {
+        "type": "integer",
+        "default": 31,
+        "description": "Leaves.",
+        "minimum": 2,
+        "maximum": 100,
+    }
     assert schema["properties"]["threads_per_block"]["multipleOf"] == 32
-    assert schema["properties"]["deterministic"] == {"type": "boolean", "default": False, "description": "Same result every run."}
+    assert schema["properties"]["deterministic"] == {
+        "type": "boolean",
+        "default": False,
+        "description": "Same result every run.",
+    }
 
 
 def rounds_of(history: RoundHistory, values: list[float]) -> RoundHistory:
@@ -123,7 +140,9 @@ def test_early_stopping_needs_validation_data():
     check_early_stopping(data, {"early_stopping_rounds": 5})
 
 
-@pytest.mark.parametrize("value, expected", [(1.5, 1.5), (np.float32(2.5), 2.5), (math.nan, None), (math.inf, None), (-math.inf, None)])
+@pytest.mark.parametrize(
+    "value, expected", [(1.5, 1.5), (np.float32(2.5), 2.5), (math.nan, None), (math.inf, None), (-math.inf, None)]
+)
 def test_a_metric_is_a_plain_float_or_none_where_it_is_not_finite(value, expected):
     metric = finite_or_none(value)
     assert metric == expected and (metric is None or type(metric) is float)

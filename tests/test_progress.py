@@ -19,6 +19,7 @@ from boostream.models.artifacts import ArtifactStore
 from boostream.progress import ProgressBridge, metric_history
 from boostream.trainers.base import Availability, TrainingData
 from boostream.trainers.lightgbm import LightGBMTrainer
+
 from conftest import strict_json
 
 
@@ -55,7 +56,9 @@ def test_first_and_last_rounds_are_delivered_and_the_rest_throttled():
     assert iterations == sorted(set(iterations)), "strictly increasing, never the same round twice"
     assert len(iterations) < 2000 / 10
     times = [t for t, _ in delivered]
-    gaps = [b - a for a, b in zip(times[1:-2], times[2:-1])]  # between first and final, the throttle holds
+    gaps = [
+        b - a for a, b in zip(times[1:-2], times[2:-1], strict=False)
+    ]  # between first and final, the throttle holds
     assert all(gap >= 0.045 for gap in gaps), gaps
 
 
@@ -113,7 +116,9 @@ def test_elapsed_and_eta_are_measured_from_the_start_and_projected_over_the_roun
     for _, progress in delivered:
         remaining = progress.total - progress.iteration
         # Both are rounded to 0.1 ms; the ETA's rounding, and elapsed's scaled by remaining / iteration.
-        assert progress.eta_s == pytest.approx(progress.elapsed_s / progress.iteration * remaining, abs=1e-4 * (1 + remaining / progress.iteration))
+        assert progress.eta_s == pytest.approx(
+            progress.elapsed_s / progress.iteration * remaining, abs=1e-4 * (1 + remaining / progress.iteration)
+        )
 
 
 def test_cancel_is_seen_by_the_training_thread():
@@ -182,19 +187,46 @@ def test_a_metric_that_is_not_finite_reaches_every_reader_as_null(tmp_path):
     store = SqliteJobStore(tmp_path)
     trainer, key = LightGBMTrainer(1), b"k" * 32
     request = JobRequest("lightgbm", "regression", {"n_estimators": 3})
-    metrics = [{"train_l2": math.inf, "valid_l2": math.nan}, {"train_l2": -math.inf, "valid_l2": 2.0}, {"train_l2": 1.0, "valid_l2": 1.5}]
+    metrics = [
+        {"train_l2": math.inf, "valid_l2": math.nan},
+        {"train_l2": -math.inf, "valid_l2": 2.0},
+        {"train_l2": 1.0, "valid_l2": 1.5},
+    ]
 
     async def main() -> Job:
         # The job manager writes every event, and the live log gets what the store got.
         manager = JobManager(
-            store, ArtifactStore(tmp_path / "artifacts", key), tmp_path / "inputs", {"lightgbm": trainer}, {"lightgbm": Availability(True, device_name="cpu")},
-            cpu_jobs=1, gpu_jobs=0, max_queued=1, max_training_s=60, job_ttl_s=60, progress_interval_s=10.0,
-            webhooks=WebhookSender(key), webhook_policy=WebhookPolicy(),
-        )  # fmt: skip
+            store,
+            ArtifactStore(tmp_path / "artifacts", key),
+            tmp_path / "inputs",
+            {"lightgbm": trainer},
+            {"lightgbm": Availability(True, device_name="cpu")},
+            cpu_jobs=1,
+            gpu_jobs=0,
+            max_queued=1,
+            max_training_s=60,
+            job_ttl_s=60,
+            progress_interval_s=10.0,
+            webhooks=WebhookSender(key),
+            webhook_policy=WebhookPolicy(),
+        )
         job = Job("job", request, trainer, time.time())
-        store.insert_job(JobRecord(job.id, job.status, "lightgbm", "regression", "cpu", request, job.created_at, total=3))
-        manager._start(job, TrainingData(X=np.zeros((10, 2)), y=np.zeros(10), feature_names=["a", "b"], X_valid=np.zeros((5, 2)), y_valid=np.zeros(5)))
-        bridge = ProgressBridge(asyncio.get_running_loop(), lambda progress: manager._report(job, progress), total=3, interval_s=10.0)
+        store.insert_job(
+            JobRecord(job.id, job.status, "lightgbm", "regression", "cpu", request, job.created_at, total=3)
+        )
+        manager._start(
+            job,
+            TrainingData(
+                X=np.zeros((10, 2)),
+                y=np.zeros(10),
+                feature_names=["a", "b"],
+                X_valid=np.zeros((5, 2)),
+                y_valid=np.zeros(5),
+            ),
+        )
+        bridge = ProgressBridge(
+            asyncio.get_running_loop(), lambda progress: manager._report(job, progress), total=3, interval_s=10.0
+        )
 
         def train():
             for iteration, values in enumerate(metrics, start=1):

@@ -9,9 +9,9 @@ import time
 
 import numpy as np
 import pytest
+from test_jobs import body_for, check_log, long_body, wait_for_event
 
 from conftest import Server, start_server
-from test_jobs import body_for, check_log, long_body, wait_for_event
 
 RETRY_AFTER_UNKNOWN_S = 10  # the README's figure, on purpose not imported from the code
 
@@ -21,7 +21,7 @@ def two_waiting(tmp_path_factory):
     """One CPU job trains at once; two may wait. One thread a job: a round's length then follows
     the machine's load, where OpenMP threads waiting on each other on a busy machine can make the
     slow first round below take minutes instead of a fraction of a second."""
-    yield from start_server(tmp_path_factory.mktemp("queue"), "--cpu-jobs", "1", "--max-queued", "2", "--threads-per-job", "1")
+    yield from start_server(tmp_path_factory.mktemp("queue"), cpu_jobs=1, max_queued=2, threads_per_job=1)
 
 
 @pytest.fixture(autouse=True)
@@ -49,17 +49,19 @@ def test_each_waiting_job_is_told_its_position_whenever_the_queue_moves(two_wait
     third_events = server.events(third)
     check_log(second_events, "complete")
     check_log(third_events, "complete")
-    assert [e.event for e in server.events(first)] == ["queued", "cancelled"]
+    assert [e.type for e in server.events(first)] == ["queued", "cancelled"]
     assert _positions_before_start(second_events) == [2, 1]
     assert _positions_before_start(third_events) == [2, 1]
-    assert all(e.data["device"] == "cpu" for e in second_events + third_events if e.event == "queued")
+    assert all(e.data["device"] == "cpu" for e in second_events + third_events if e.type == "queued")
     assert server.job(second)["started_at"] < server.job(third)["started_at"]
 
 
 def test_a_full_queue_answers_retry_after_the_running_jobs_eta(two_waiting: Server, diabetes, breast_cancer):
     server = two_waiting
     # About 14 ms a round on a loaded two-core machine: an ETA of minutes, far from the 10 s default.
-    running = server.create_job({**body_for(breast_cancer, 100_000, learning_rate=0.001, num_leaves=31), "objective": "binary"})
+    running = server.create_job(
+        {**body_for(breast_cancer, 100_000, learning_rate=0.001, num_leaves=31), "objective": "binary"}
+    )
     wait_for_event(server, running, "progress")
     waiting = [server.create_job(body_for(diabetes, 10)) for _ in range(2)]
     with server.client() as client:
@@ -72,7 +74,11 @@ def test_a_full_queue_answers_retry_after_the_running_jobs_eta(two_waiting: Serv
     assert min(before, after) > RETRY_AFTER_UNKNOWN_S + 2, "the ETA must differ from the default to tell them apart"
     # The ETA moves between the two reads: one second of slack either way.
     retry_after = int(refused.headers["Retry-After"])
-    assert math.ceil(min(before, after)) - 1 <= retry_after <= math.ceil(max(before, after)) + 1, (before, retry_after, after)
+    assert math.ceil(min(before, after)) - 1 <= retry_after <= math.ceil(max(before, after)) + 1, (
+        before,
+        retry_after,
+        after,
+    )
     assert all(server.job(job_id)["status"] == "queued" for job_id in waiting)
 
 
@@ -108,9 +114,9 @@ def test_a_full_queue_answers_retry_after_10_s_while_no_eta_is_known(two_waiting
 
 
 def _positions_before_start(events) -> list[int]:
-    kinds = [e.event for e in events]
+    kinds = [e.type for e in events]
     assert "started" in kinds, kinds
-    return [e.data["position"] for e in events[: kinds.index("started")] if e.event == "queued"]
+    return [e.data["position"] for e in events[: kinds.index("started")] if e.type == "queued"]
 
 
 def _busy(server: Server) -> int:

@@ -35,7 +35,14 @@ def shell(command: str, cwd: Path, server: Server) -> subprocess.CompletedProces
     command = command.replace(DEFAULT_ADDRESS, address).replace("localhost:8000", address)
     env = {**os.environ, "BOOSTREAM_SERVER": server.url, "PYTHONUNBUFFERED": "1"}
     env.pop("VIRTUAL_ENV", None)
-    return subprocess.run(["bash", "-c", f". .venv/bin/activate && {command}"], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        ["bash", "-c", f". .venv/bin/activate && {command}"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -15,20 +15,27 @@ from conftest import Server, running_server
 
 def trained_num_threads(server: Server, diabetes) -> int:
     """The threads LightGBM trained with, as the model's own text says."""
-    complete = server.train({"X": diabetes[0].tolist(), "y": diabetes[1].tolist(), "params": {"n_estimators": 3}})[-1].data
+    complete = server.train({"X": diabetes[0].tolist(), "y": diabetes[1].tolist(), "params": {"n_estimators": 3}})[
+        -1
+    ].data
     with server.client() as client:
         text = client.get(f"/artifacts/{complete['artifact_id']}", params={"format": "native"}).text
     return int(re.search(r"^\[num_threads: (\d+)\]$", text, re.M).group(1))
 
 
 def test_threads_per_job_sets_lightgbms_threads_and_defaults_to_cores_over_cpu_jobs(tmp_path, server: Server, diabetes):
-    with running_server(tmp_path, "--threads-per-job", "3") as three:
+    with running_server(tmp_path, threads_per_job=3) as three:
         assert trained_num_threads(three, diabetes) == 3
-    assert trained_num_threads(server, diabetes) == max(1, (os.cpu_count() or 1) // 2)  # the shared server runs --cpu-jobs 2
+    assert trained_num_threads(server, diabetes) == max(
+        1, (os.cpu_count() or 1) // 2
+    )  # the shared server runs --cpu-jobs 2
 
 
-@pytest.mark.xfail(strict=True, reason="issue 'A service you can expose': a stalled subscriber is never dropped; the whole "
-                   "event already sits in the transport's buffer, and closing the connection flushes it rather than aborting")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 'A service you can expose': a stalled subscriber is never dropped; the whole "
+    "event already sits in the transport's buffer, and closing the connection flushes it rather than aborting",
+)
 def test_a_subscriber_that_stops_reading_is_dropped_after_the_send_timeout(tmp_path, monkeypatch):
     monkeypatch.setenv("BOOSTREAM_SEND_TIMEOUT_S", "2")
     rng = np.random.default_rng(0)
@@ -45,7 +52,7 @@ def test_a_subscriber_that_stops_reading_is_dropped_after_the_send_timeout(tmp_p
         stalled.connect(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
         stalled.sendall(f"GET /jobs/{job_id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         events = server.events(job_id)  # a subscriber that reads gets everything meanwhile
-        assert events[-1].event == "complete"
+        assert events[-1].type == "complete"
         size = len(events[-1].data["artifact"])
         assert size > 4 * 1024**2
         time.sleep(2 + 3)  # the send timeout, and time to notice it

@@ -53,7 +53,9 @@ def post_table(server: Server, body: bytes, content_type: str, path: str = "/tra
 def train_table(server: Server, body: bytes, content_type: str, **fields) -> list:
     """POST /train/stream with the table as the body and the fields in the query string."""
     with server.client() as client:
-        with client.stream("POST", "/train/stream", content=body, headers={"content-type": content_type}, params=query(**fields)) as response:
+        with client.stream(
+            "POST", "/train/stream", content=body, headers={"content-type": content_type}, params=query(**fields)
+        ) as response:
             assert response.status_code == 200, response.read()
             return list(parse_sse(response.iter_lines()))
 
@@ -61,13 +63,15 @@ def train_table(server: Server, body: bytes, content_type: str, **fields) -> lis
 def train_upload(server: Server, filename: str, body: bytes, **fields) -> list:
     """POST /train/stream as a multipart form: the table as its file part, the fields as form fields."""
     with server.client() as client:
-        with client.stream("POST", "/train/stream", files={"table": (filename, body)}, data=query(**fields)) as response:
+        with client.stream(
+            "POST", "/train/stream", files={"table": (filename, body)}, data=query(**fields)
+        ) as response:
             assert response.status_code == 200, response.read()
             return list(parse_sse(response.iter_lines()))
 
 
 def completed(events: list) -> dict:
-    assert events[-1].event == "complete", events[-1]
+    assert events[-1].type == "complete", events[-1]
     return events[-1].data
 
 
@@ -97,7 +101,9 @@ def test_a_csv_body_trains_the_same_model_as_json(server: Server, diabetes):
     X, y = diabetes
     names = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
     from_json = completed(server.train(json_body(X, y, names, valid_fraction=0.2)))
-    from_csv = completed(train_table(server, csv_bytes(table_of(X, y, names)), CSV, target="target", valid_fraction=0.2, **PARAMS))
+    from_csv = completed(
+        train_table(server, csv_bytes(table_of(X, y, names)), CSV, target="target", valid_fraction=0.2, **PARAMS)
+    )
     assert_same_model(from_csv, from_json, X)
     assert "valid_l2" in from_csv["metrics"]
     assert from_csv["feature_names"] == names
@@ -123,14 +129,18 @@ def test_a_multipart_upload_trains_the_same_model_as_json(server: Server, diabet
     from_json = completed(server.train(json_body(X, y, names)))
     table = table_of(X, y, names, target="progression")
     from_csv = completed(train_upload(server, "diabetes.csv", csv_bytes(table), target="progression", **PARAMS))
-    from_parquet = completed(train_upload(server, "diabetes.parquet", parquet_bytes(table), target="progression", **PARAMS))
+    from_parquet = completed(
+        train_upload(server, "diabetes.parquet", parquet_bytes(table), target="progression", **PARAMS)
+    )
     assert_same_model(from_csv, from_json, X)
     assert_same_model(from_parquet, from_json, X)
 
 
 def test_a_csv_whose_first_column_name_starts_like_parquet_is_still_csv(server: Server, diabetes):
     names = ["PAR1_score", *(f"f{i}" for i in range(1, 10))]
-    complete = completed(train_table(server, csv_bytes(table_of(*diabetes, names)), CSV, target="target", n_estimators="3"))
+    complete = completed(
+        train_table(server, csv_bytes(table_of(*diabetes, names)), CSV, target="target", n_estimators="3")
+    )
     assert complete["feature_names"] == names
 
 
@@ -140,7 +150,9 @@ def test_features_selects_the_columns_and_their_order(server: Server, diabetes):
     chosen = ["s5", "bmi", "bp"]
     columns = [names.index(name) for name in chosen]
     from_json = completed(server.train(json_body(X[:, columns], y, chosen)))
-    events = train_table(server, csv_bytes(table_of(X, y, names)), CSV, target="target", features=" s5, bmi,bp", **PARAMS)
+    events = train_table(
+        server, csv_bytes(table_of(X, y, names)), CSV, target="target", features=" s5, bmi,bp", **PARAMS
+    )
     assert events[0].data["n_features"] == 3
     from_csv = completed(events)
     assert from_csv["feature_names"] == chosen
@@ -151,7 +163,16 @@ def test_string_labels_from_a_csv_train_a_multiclass_model(server: Server, iris)
     X, y = iris
     names = ["sepal length", "sepal width", "petal length", "petal width"]
     from_json = completed(server.train(json_body(X, y, names, objective="multiclass")))
-    from_csv = completed(train_table(server, csv_bytes(table_of(X, y, names, target="species")), CSV, target="species", objective="multiclass", **PARAMS))
+    from_csv = completed(
+        train_table(
+            server,
+            csv_bytes(table_of(X, y, names, target="species")),
+            CSV,
+            target="species",
+            objective="multiclass",
+            **PARAMS,
+        )
+    )
     assert from_csv["classes"] == ["setosa", "versicolor", "virginica"]
     assert_same_model(from_csv, from_json, X)
 
@@ -166,8 +187,12 @@ def test_missing_values_are_nan_as_json_null_is(server: Server, diabetes):
     body["X"] = [[None if np.isnan(value) else value for value in row] for row in body["X"]]
     from_json = completed(server.train(body))
     columns = {name: pa.array(X[:, i], from_pandas=True) for i, name in enumerate(names)}  # NaN as null
-    from_parquet = completed(train_table(server, parquet_bytes(pa.table({**columns, "target": y})), PARQUET, target="target", **PARAMS))
-    from_csv = completed(train_table(server, csv_bytes(pa.table({**columns, "target": y})), CSV, target="target", **PARAMS))
+    from_parquet = completed(
+        train_table(server, parquet_bytes(pa.table({**columns, "target": y})), PARQUET, target="target", **PARAMS)
+    )
+    from_csv = completed(
+        train_table(server, csv_bytes(pa.table({**columns, "target": y})), CSV, target="target", **PARAMS)
+    )
     assert_same_model(from_parquet, from_json, X)
     assert_same_model(from_csv, from_json, X)
 
@@ -228,7 +253,14 @@ def test_a_large_parquet_body_arrives_whole(server: Server):
 
 # Mistakes, answered before any stream
 
-SMALL = pa.table({"a": [1.0, 2.0, 3.0, 4.0], "b": [0.5, 0.25, 0.0, 1.0], "city": ["Oslo", "Lima", "Oslo", "Pune"], "y": [1.0, 2.0, 3.0, 4.0]})
+SMALL = pa.table(
+    {
+        "a": [1.0, 2.0, 3.0, 4.0],
+        "b": [0.5, 0.25, 0.0, 1.0],
+        "city": ["Oslo", "Lima", "Oslo", "Pune"],
+        "y": [1.0, 2.0, 3.0, 4.0],
+    }
+)
 NUMBERS = SMALL.drop_columns(["city"])
 PARQUET_OF_NUMBERS = parquet_bytes(NUMBERS)
 BAD_TABLES = [
@@ -236,35 +268,167 @@ BAD_TABLES = [
     ("no target", csv_bytes(NUMBERS), CSV, {}, 400, "target", "`target`"),
     ("a target that is no column", csv_bytes(NUMBERS), CSV, {"target": "label"}, 400, "target", "no column 'label'"),
     ("a string feature column", csv_bytes(SMALL), CSV, {"target": "y"}, 400, "city", "column 'city' holds string"),
-    ("a string feature column in Parquet", parquet_bytes(SMALL), PARQUET, {"target": "y"}, 400, "city", "column 'city' holds string"),
+    (
+        "a string feature column in Parquet",
+        parquet_bytes(SMALL),
+        PARQUET,
+        {"target": "y"},
+        400,
+        "city",
+        "column 'city' holds string",
+    ),
     # pyarrow infers types from the first 1 MiB; the column is read as numbers all the same.
-    ("a string beyond the first MiB", b"a,y\n" + b"1,1\n" * 300_000 + b"one,2\n", CSV, {"target": "y"}, 400, "a", "invalid value 'one'"),
-    ("a fraction beyond the first MiB is fine, but not a null target", b"a,y\n" + b"1,1\n" * 300_000 + b"2.5,\n", CSV, {"target": "y"}, 400, "y", "no value in row 300000"),
+    (
+        "a string beyond the first MiB",
+        b"a,y\n" + b"1,1\n" * 300_000 + b"one,2\n",
+        CSV,
+        {"target": "y"},
+        400,
+        "a",
+        "invalid value 'one'",
+    ),
+    (
+        "a fraction beyond the first MiB is fine, but not a null target",
+        b"a,y\n" + b"1,1\n" * 300_000 + b"2.5,\n",
+        CSV,
+        {"target": "y"},
+        400,
+        "y",
+        "no value in row 300000",
+    ),
     ("a null in the target", b"a,b,y\n1,2,3\n4,5,\n6,7,8\n", CSV, {"target": "y"}, 400, "y", "no value in row 1"),
-    ("a string target for regression", csv_bytes(SMALL), CSV, {"target": "city", "features": "a"}, 400, "city", "must be numbers"),
+    (
+        "a string target for regression",
+        csv_bytes(SMALL),
+        CSV,
+        {"target": "city", "features": "a"},
+        400,
+        "city",
+        "must be numbers",
+    ),
     ("an infinite value", b"a,y\n1,1\ninf,2\n", CSV, {"target": "y"}, 400, "a", "infinite in row 1"),
-    ("an infinite value in Parquet", parquet_bytes(pa.table({"a": [1.0, 2.0, -np.inf], "y": [1.0, 2.0, 3.0]})), PARQUET, {"target": "y"}, 400, "a", "infinite in row 2"),
+    (
+        "an infinite value in Parquet",
+        parquet_bytes(pa.table({"a": [1.0, 2.0, -np.inf], "y": [1.0, 2.0, 3.0]})),
+        PARQUET,
+        {"target": "y"},
+        400,
+        "a",
+        "infinite in row 2",
+    ),
     ("ragged rows", b"a,b,y\n1,2,3\n4,5\n", CSV, {"target": "y"}, 400, "file", "Expected 3 columns, got 2"),
     ("no rows", b"a,b,y\n", CSV, {"target": "y"}, 400, "file", "no rows"),
     ("an empty body", b"", CSV, {"target": "y"}, 400, "file", "the table is empty (0 bytes): send CSV text"),
-    ("an empty Parquet body", b"", PARQUET, {"target": "y"}, 400, "file", "the table is empty (0 bytes): send a Parquet file"),
-    ("CSV sent as Parquet", csv_bytes(NUMBERS), PARQUET, {"target": "y"}, 400, "file", "not a Parquet file (one starts with PAR1); it is text: a CSV table goes as text/csv"),
-    ("corrupt Parquet pages", PARQUET_OF_NUMBERS[:4] + b"\xff" * 24 + PARQUET_OF_NUMBERS[28:], PARQUET, {"target": "y"}, 400, "file", "Deserializing page header failed"),
-    ("an unknown feature column", csv_bytes(NUMBERS), CSV, {"target": "y", "features": "a,z"}, 400, "features", "no column 'z'"),
-    ("the target among the features", csv_bytes(NUMBERS), CSV, {"target": "y", "features": "a,y"}, 400, "features", "'y' is the target"),
+    (
+        "an empty Parquet body",
+        b"",
+        PARQUET,
+        {"target": "y"},
+        400,
+        "file",
+        "the table is empty (0 bytes): send a Parquet file",
+    ),
+    (
+        "CSV sent as Parquet",
+        csv_bytes(NUMBERS),
+        PARQUET,
+        {"target": "y"},
+        400,
+        "file",
+        "not a Parquet file (one starts with PAR1); it is text: a CSV table goes as text/csv",
+    ),
+    (
+        "corrupt Parquet pages",
+        PARQUET_OF_NUMBERS[:4] + b"\xff" * 24 + PARQUET_OF_NUMBERS[28:],
+        PARQUET,
+        {"target": "y"},
+        400,
+        "file",
+        "Deserializing page header failed",
+    ),
+    (
+        "an unknown feature column",
+        csv_bytes(NUMBERS),
+        CSV,
+        {"target": "y", "features": "a,z"},
+        400,
+        "features",
+        "no column 'z'",
+    ),
+    (
+        "the target among the features",
+        csv_bytes(NUMBERS),
+        CSV,
+        {"target": "y", "features": "a,y"},
+        400,
+        "features",
+        "'y' is the target",
+    ),
     ("a column name twice", b"a,a,y\n1,2,3\n", CSV, {"target": "y"}, 400, "a", "2 columns named 'a'"),
-    ("a column name LightGBM refuses", b'"a,b",y\n1,2\n', CSV, {"target": "y"}, 400, "features", "'a,b' is not a usable feature name"),
-    ("an unknown hyperparameter", csv_bytes(NUMBERS), CSV, {"target": "y", "x": "1"}, 422, "params.x", "unknown parameter"),
-    ("a hyperparameter that is not a number", csv_bytes(NUMBERS), CSV, {"target": "y", "n_estimators": "abc"}, 422, "params.n_estimators", "must be a number"),
-    ("a fraction for an integer", csv_bytes(NUMBERS), CSV, {"target": "y", "num_leaves": "7.5"}, 422, "params.num_leaves", "must be an integer"),
-    ("valid_fraction that is not a number", csv_bytes(NUMBERS), CSV, {"target": "y", "valid_fraction": "half"}, 422, "valid_fraction", "'half'"),
-    ("an unknown objective", csv_bytes(NUMBERS), CSV, {"target": "y", "objective": "poisson"}, 422, "objective", "unknown objective"),
+    (
+        "a column name LightGBM refuses",
+        b'"a,b",y\n1,2\n',
+        CSV,
+        {"target": "y"},
+        400,
+        "features",
+        "'a,b' is not a usable feature name",
+    ),
+    (
+        "an unknown hyperparameter",
+        csv_bytes(NUMBERS),
+        CSV,
+        {"target": "y", "x": "1"},
+        422,
+        "params.x",
+        "unknown parameter",
+    ),
+    (
+        "a hyperparameter that is not a number",
+        csv_bytes(NUMBERS),
+        CSV,
+        {"target": "y", "n_estimators": "abc"},
+        422,
+        "params.n_estimators",
+        "must be a number",
+    ),
+    (
+        "a fraction for an integer",
+        csv_bytes(NUMBERS),
+        CSV,
+        {"target": "y", "num_leaves": "7.5"},
+        422,
+        "params.num_leaves",
+        "must be an integer",
+    ),
+    (
+        "valid_fraction that is not a number",
+        csv_bytes(NUMBERS),
+        CSV,
+        {"target": "y", "valid_fraction": "half"},
+        422,
+        "valid_fraction",
+        "'half'",
+    ),
+    (
+        "an unknown objective",
+        csv_bytes(NUMBERS),
+        CSV,
+        {"target": "y", "objective": "poisson"},
+        422,
+        "objective",
+        "unknown objective",
+    ),
     ("era on LightGBM", csv_bytes(NUMBERS), CSV, {"target": "y", "era": "b"}, 422, "era", "WarpGBM"),
 ]
 
 
-@pytest.mark.parametrize("case, body, content_type, fields, status, field, words", BAD_TABLES, ids=[c[0] for c in BAD_TABLES])
-def test_a_bad_table_is_answered_with_status_and_field(server: Server, case, body, content_type, fields, status, field, words):
+@pytest.mark.parametrize(
+    "case, body, content_type, fields, status, field, words", BAD_TABLES, ids=[c[0] for c in BAD_TABLES]
+)
+def test_a_bad_table_is_answered_with_status_and_field(
+    server: Server, case, body, content_type, fields, status, field, words
+):
     response = post_table(server, body, content_type, **fields)
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -274,8 +438,16 @@ def test_a_bad_table_is_answered_with_status_and_field(server: Server, case, bod
 
 BINARY_AS_CSV = [
     # (what is sent as text/csv, words in the message)
-    ("a Parquet file", PARQUET_OF_NUMBERS, "looks like a Parquet file, not CSV text: send it as application/vnd.apache.parquet"),
-    ("gzip-compressed CSV", gzip.compress(csv_bytes(NUMBERS)), "does not look like CSV text: byte 0 is 0x1f, a control character"),
+    (
+        "a Parquet file",
+        PARQUET_OF_NUMBERS,
+        "looks like a Parquet file, not CSV text: send it as application/vnd.apache.parquet",
+    ),
+    (
+        "gzip-compressed CSV",
+        gzip.compress(csv_bytes(NUMBERS)),
+        "does not look like CSV text: byte 0 is 0x1f, a control character",
+    ),
     ("binary after a CSV header", b"a,y\n1,1\n" + bytes(range(256)) * 8, "does not look like CSV text: byte 8 is 0x00"),
     ("binary beyond the first rows", b"a,y\n" + b"1,1\n" * 200 + bytes(range(256)) * 8, "Expected 2 columns"),
 ]
@@ -308,7 +480,9 @@ def test_a_multipart_upload_that_cannot_be_read_is_a_json_400(server: Server, fi
 
 
 def test_hyperparameters_are_read_from_text_as_json_gives_them(server: Server):
-    events = train_table(server, csv_bytes(NUMBERS), CSV, target="y", n_estimators="1e1", learning_rate="0.5", min_data_in_leaf="1")
+    events = train_table(
+        server, csv_bytes(NUMBERS), CSV, target="y", n_estimators="1e1", learning_rate="0.5", min_data_in_leaf="1"
+    )
     started = events[0].data
     assert started["params"]["n_estimators"] == 10 and started["params"]["learning_rate"] == 0.5
     assert completed(events)["iterations"] == 10
@@ -331,19 +505,31 @@ def test_a_multipart_upload_without_a_content_length_is_a_411(server: Server, di
     """A multipart upload is spooled to disk as it arrives: without a declared length, nothing bounds it."""
     boundary = "b0undary"
     table = csv_bytes(table_of(*diabetes, [f"f{i}" for i in range(10)]))
-    parts = [f"--{boundary}\r\nContent-Disposition: form-data; name=\"table\"; filename=\"t.csv\"\r\nContent-Type: text/csv\r\n\r\n".encode(),
-             table, f"\r\n--{boundary}--\r\n".encode()]
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="table"; filename="t.csv"\r\n'.encode(),
+        b"Content-Type: text/csv\r\n\r\n",
+        table,
+        f"\r\n--{boundary}--\r\n".encode(),
+    ]
     with server.client() as client:
-        chunked = client.post("/jobs?target=target", content=iter(parts), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        chunked = client.post(
+            "/jobs?target=target",
+            content=iter(parts),
+            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+        )
         assert chunked.status_code == 411, chunked.text
         assert chunked.json()["error"]["code"] == "length_required"
-        declared = client.post("/jobs?target=target", content=b"".join(parts), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        declared = client.post(
+            "/jobs?target=target",
+            content=b"".join(parts),
+            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+        )
         assert declared.status_code == 202, declared.text
 
 
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory):
-    yield from start_server(tmp_path_factory.mktemp("tables"), "--cpu-jobs", "1", "--max-cells", "600")
+    yield from start_server(tmp_path_factory.mktemp("tables"), cpu_jobs=1, max_cells=600)
 
 
 @pytest.mark.parametrize("content_type, write", [(CSV, csv_bytes), (PARQUET, parquet_bytes)], ids=["csv", "parquet"])

@@ -8,22 +8,23 @@ import io
 import threading
 import time
 
-import httpx
 import joblib
 import lightgbm
 import numpy as np
 import pytest
 
-from conftest import Server, SseEvent, parse_sse, running_server
+from boostream.client import Event
+
+from conftest import Server, parse_sse
 
 
-def check_stream(events: list[SseEvent], n_estimators: int) -> SseEvent:
+def check_stream(events: list[Event], n_estimators: int) -> Event:
     """What every successful stream looks like; returns its `complete` event."""
-    kinds = [e.event for e in events]
+    kinds = [e.type for e in events]
     assert kinds[0] == "started" and kinds[-1] == "complete", kinds
     assert set(kinds[1:-1]) == {"progress"}, kinds
     assert [e.id for e in events] == list(range(1, len(events) + 1))
-    assert events[0].retry == 2000
+    assert events[0].retry_ms == 2000
     job_id = events[0].data["job_id"]
     assert all(e.data["job_id"] == job_id for e in events)
     started, complete = events[0].data, events[-1]
@@ -31,7 +32,7 @@ def check_stream(events: list[SseEvent], n_estimators: int) -> SseEvent:
 
     iterations = [e.data["iteration"] for e in events[1:-1]]
     assert iterations[0] == 1
-    assert all(a < b for a, b in zip(iterations, iterations[1:])), "strictly increasing"
+    assert all(a < b for a, b in zip(iterations, iterations[1:], strict=False)), "strictly increasing"
     assert iterations[-1] == complete.data["iterations"]
     for e in events[1:-1]:
         assert e.data["total"] == n_estimators
@@ -45,11 +46,11 @@ def check_stream(events: list[SseEvent], n_estimators: int) -> SseEvent:
     return complete
 
 
-def streamed_curve(events: list[SseEvent]) -> dict[str, list]:
+def streamed_curve(events: list[Event]) -> dict[str, list]:
     """Every round's metrics, put together from the `history` of each `progress` event."""
     curve: dict[str, list] = {}
     for event in events:
-        if event.event == "progress":
+        if event.type == "progress":
             history = event.data["history"]
             for name, values in history["metrics"].items():
                 assert len(curve.setdefault(name, [])) == history["first"] - 1, "no gap, no round twice"
@@ -58,7 +59,7 @@ def streamed_curve(events: list[SseEvent]) -> dict[str, list]:
     return curve
 
 
-def load_artifact(complete: SseEvent):
+def load_artifact(complete: Event):
     data = complete.data
     blob = base64.b64decode(data["artifact"])
     assert len(blob) == data["size_bytes"]
@@ -100,7 +101,9 @@ def test_regression_with_validation_data(server: Server, diabetes):
     assert complete.data["iterations"] == complete.data["best_iteration"] == 60
     assert complete.data["training_time_s"] > 0
     assert set(complete.data["timings"]) >= {"receive_s", "decode_s", "queued_s", "fit_s", "artifact_s"}
-    assert (server.data_dir / "artifacts" / f"{complete.data['artifact_id']}.joblib").read_bytes() == base64.b64decode(complete.data["artifact"])
+    assert (server.data_dir / "artifacts" / f"{complete.data['artifact_id']}.joblib").read_bytes() == base64.b64decode(
+        complete.data["artifact"]
+    )
 
 
 def test_regression_without_validation_reports_training_metrics(server: Server, diabetes):
@@ -127,8 +130,19 @@ def test_binary_with_valid_fraction(server: Server, breast_cancer):
 
 def test_multiclass_with_string_labels(server: Server, iris):
     X, y, Xv, yv = split(*iris, 30)
-    complete = check_stream(server.train({"objective": "multiclass", "X": X.tolist(), "y": y.tolist(),
-                                          "X_valid": Xv.tolist(), "y_valid": yv.tolist(), "params": {"n_estimators": 40}}), 40)
+    complete = check_stream(
+        server.train(
+            {
+                "objective": "multiclass",
+                "X": X.tolist(),
+                "y": y.tolist(),
+                "X_valid": Xv.tolist(),
+                "y_valid": yv.tolist(),
+                "params": {"n_estimators": 40},
+            }
+        ),
+        40,
+    )
     assert complete.data["classes"] == ["setosa", "versicolor", "virginica"]
     assert set(complete.data["metrics"]) == {"train_multi_logloss", "valid_multi_logloss"}
     probabilities = load_artifact(complete).predict(Xv)
@@ -138,7 +152,9 @@ def test_multiclass_with_string_labels(server: Server, iris):
 
 
 @pytest.mark.parametrize("objective", ["regression", "binary", "multiclass"])
-def test_early_stopping_ends_training_and_keeps_the_best_round(server: Server, objective, diabetes, breast_cancer, iris):
+def test_early_stopping_ends_training_and_keeps_the_best_round(
+    server: Server, objective, diabetes, breast_cancer, iris
+):
     X, y = {"regression": diabetes, "binary": breast_cancer, "multiclass": iris}[objective]
     events = server.train({"objective": objective, "X": X.tolist(), "y": y.tolist(), "valid_fraction": 0.3,
                            "params": {"n_estimators": 2000, "learning_rate": 0.3, "early_stopping_rounds": 5}})
@@ -160,7 +176,7 @@ def test_many_rounds_are_throttled_to_about_ten_events_a_second(server: Server, 
     events = server.train({"X": X.tolist(), "y": y.tolist(), "params": {"n_estimators": 3000, "num_leaves": 4}})
     elapsed = time.monotonic() - started
     complete = check_stream(events, 3000)
-    progress = [e for e in events if e.event == "progress"]
+    progress = [e for e in events if e.type == "progress"]
     assert complete.data["iterations"] == 3000
     assert len(progress) <= elapsed * 10 + 3
 
@@ -170,14 +186,18 @@ def test_a_300_round_job_streams_every_round_of_its_curve_in_few_events(server: 
     events = server.train({"X": X.tolist(), "y": y.tolist(), "X_valid": Xv.tolist(), "y_valid": yv.tolist(),
                            "params": {"n_estimators": 300, "learning_rate": 0.05}})
     complete = check_stream(events, 300)
-    assert len([e for e in events if e.event == "progress"]) < 300
+    assert len([e for e in events if e.type == "progress"]) < 300
     curve = streamed_curve(events)
     assert set(curve) == {"train_l2", "valid_l2"} and len(curve["valid_l2"]) == 300
     # Each round's value is the model's own at that round: recompute some from the artifact.
     booster = load_artifact(complete)
     for rounds in (1, 7, 150, 300):
-        assert curve["valid_l2"][rounds - 1] == pytest.approx(np.mean((booster.predict(Xv, num_iteration=rounds) - yv) ** 2), rel=1e-6)
-        assert curve["train_l2"][rounds - 1] == pytest.approx(np.mean((booster.predict(X, num_iteration=rounds) - y) ** 2), rel=1e-6)
+        assert curve["valid_l2"][rounds - 1] == pytest.approx(
+            np.mean((booster.predict(Xv, num_iteration=rounds) - yv) ** 2), rel=1e-6
+        )
+        assert curve["train_l2"][rounds - 1] == pytest.approx(
+            np.mean((booster.predict(X, num_iteration=rounds) - y) ** 2), rel=1e-6
+        )
     with server.client() as client:
         result = client.get(f"/jobs/{complete.data['job_id']}/result").json()
     assert result["curve"]["metrics"] == curve
@@ -188,15 +208,17 @@ def test_two_jobs_train_at_once_and_both_complete(server: Server, diabetes):
     results = []
 
     def train():
-        results.append(server.train({"X": X.tolist(), "y": y.tolist(), "params": {"n_estimators": 3000, "learning_rate": 0.01}}))
+        results.append(
+            server.train({"X": X.tolist(), "y": y.tolist(), "params": {"n_estimators": 3000, "learning_rate": 0.01}})
+        )
 
     threads = [threading.Thread(target=train) for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert [r[-1].event for r in results] == ["complete", "complete"]
-    assert all(event.event != "queued" for events in results for event in events), "neither waited for a slot"
+    assert [r[-1].type for r in results] == ["complete", "complete"]
+    assert all(event.type != "queued" for events in results for event in events), "neither waited for a slot"
     first, second = (server.job(events[0].data["job_id"]) for events in results)
     assert first["job_id"] != second["job_id"]
     # They trained at the same time: each started before the other finished.
@@ -211,7 +233,7 @@ def open_stream_and_leave(server: Server, body: dict, progress_events: int, **pa
             seen = []
             for event in parse_sse(response.iter_lines()):
                 seen.append(event)
-                if sum(e.event == "progress" for e in seen) >= progress_events:
+                if sum(e.type == "progress" for e in seen) >= progress_events:
                     break
     return seen[0].data["job_id"]
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_train_stream import check_stream, load_artifact
 
 from boostream.trainers.base import TrainingData
 from boostream.trainers.forest import Forest
 from boostream.trainers.warpgbm import WarpGBMTrainer
+
 from conftest import Server
-from test_train_stream import check_stream, load_artifact
 
 _availability = WarpGBMTrainer().availability()
 pytestmark = [
@@ -76,7 +77,9 @@ def test_classifiers_stop_early_and_predict_probabilities(server: Server, object
 def test_era_ids_are_accepted(server: Server):
     X, y = regression_data(5000)
     era = (np.arange(5000) // 1000).tolist()
-    events = server.train({"model_type": "warpgbm", "X": X.tolist(), "y": y.tolist(), "era": era, "params": {"n_estimators": 20}})
+    events = server.train(
+        {"model_type": "warpgbm", "X": X.tolist(), "y": y.tolist(), "era": era, "params": {"n_estimators": 20}}
+    )
     check_stream(events, 20)
 
 
@@ -127,7 +130,9 @@ def test_classifier_forest_equals_warpgbm_own_gpu_probabilities():
     data = TrainingData(X=X, y=y, feature_names=[f"f{i}" for i in range(X.shape[1])], classes=[0, 1, 2])
     # WarpGBM's own predict_proba starts from uniform priors; with a zero start the forests agree.
     forest = _export(model, 30, "multiclass", np.zeros(3), data)
-    np.testing.assert_allclose(forest.predict_proba(X[:5000]), model.predict_proba(X[:5000].astype(np.float32)), atol=1e-5)
+    np.testing.assert_allclose(
+        forest.predict_proba(X[:5000]), model.predict_proba(X[:5000].astype(np.float32)), atol=1e-5
+    )
 
 
 def test_cancellation_stops_after_the_current_round_and_frees_the_gpu():
@@ -150,15 +155,25 @@ def test_warpgbm_prints_nothing_to_the_server_output(capfd):
 
 def test_a_gpu_model_downloads_as_portable_json_and_predicts_through_the_api(server: Server):
     X, y = classification_data(3, rows=5000)
-    events = server.train({"model_type": "warpgbm", "objective": "multiclass", "X": X.tolist(), "y": [f"c{k}" for k in y],
-                           "artifact_format": "native", "params": {"n_estimators": 20}})
+    events = server.train(
+        {
+            "model_type": "warpgbm",
+            "objective": "multiclass",
+            "X": X.tolist(),
+            "y": [f"c{k}" for k in y],
+            "artifact_format": "native",
+            "params": {"n_estimators": 20},
+        }
+    )
     complete = events[-1].data
     assert complete["format"] == "native"
     with server.client() as client:
         portable = client.get(f"/artifacts/{complete['artifact_id']}", params={"format": "native"})
         assert portable.headers["content-type"].startswith("application/json")
         forest = Forest.from_json(portable.content)
-        answer = client.post("/predict", json={"artifact_id": complete["artifact_id"], "X": X[:100].tolist(), "output": "proba"}).json()
+        answer = client.post(
+            "/predict", json={"artifact_id": complete["artifact_id"], "X": X[:100].tolist(), "output": "proba"}
+        ).json()
     assert forest.classes == ["c0", "c1", "c2"] and answer["classes"] == ["c0", "c1", "c2"]
     np.testing.assert_allclose(answer["predictions"], forest.predict_proba(X[:100]), rtol=1e-12)
 
@@ -183,7 +198,9 @@ def test_a_gpu_models_string_labels_survive_every_way_back(server: Server, forma
 def test_a_loss_that_overflows_on_the_gpu_is_streamed_as_null(server: Server):
     # WarpGBM computes its losses in float32: squares of targets near 1e20 overflow to infinity.
     X, y = regression_data(5000)
-    events = server.train({"model_type": "warpgbm", "X": X.tolist(), "y": (y * 1e20).tolist(), "params": {"n_estimators": 5}})
-    progress = [e for e in events if e.event == "progress"]
+    events = server.train(
+        {"model_type": "warpgbm", "X": X.tolist(), "y": (y * 1e20).tolist(), "params": {"n_estimators": 5}}
+    )
+    progress = [e for e in events if e.type == "progress"]
     assert progress and progress[0].data["metrics"]["train_l2"] is None  # parsed strictly: no NaN, no Infinity
-    assert events[-1].event == "complete" and events[-1].data["curve"]["metrics"]["train_l2"][0] is None
+    assert events[-1].type == "complete" and events[-1].data["curve"]["metrics"]["train_l2"][0] is None

@@ -15,20 +15,22 @@ import socket
 import stat
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 import pytest
-
-from conftest import Server, running_server, start_server
 from test_jobs import body_for, long_body
+
 from boostream import __version__
 from boostream.errors import BoostreamError
 from boostream.jobs.webhooks import WebhookPolicy, WebhookSender
 from boostream.models.signing import load_or_create_key, sign, verify
 from boostream.streaming_server.errors import status_of
+
+from conftest import Server, running_server_process, start_server
 
 KEY = b"k" * 32
 PAYLOAD = {"job_id": "0123abcd", "status": "succeeded", "metrics": {"valid_l2": 0.25, "note": "é ✓"}, "iterations": 100}
@@ -152,7 +154,9 @@ def test_one_sender_delivers_many_times_each_with_its_own_delivery_id(receiver: 
     assert len({r.headers["X-Boostream-Delivery"] for r in receiver.received}) == 3
 
 
-def test_server_errors_are_retried_with_the_same_delivery_id_and_logged_without_the_path(receiver: Receiver, caplog: pytest.LogCaptureFixture):
+def test_server_errors_are_retried_with_the_same_delivery_id_and_logged_without_the_path(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+):
     receiver.answers = [Answer(500), Answer(503)]
     with caplog.at_level(logging.INFO, logger="boostream.webhooks"):
         assert deliver(receiver.url + "/hooks/s3cret?token=t0ken", PAYLOAD, first_backoff_s=0.01) is True
@@ -161,7 +165,11 @@ def test_server_errors_are_retried_with_the_same_delivery_id_and_logged_without_
     assert len({r.headers["X-Boostream-Delivery"] for r in receiver.received}) == 1
     assert len({r.body for r in receiver.received}) == 1
     lines = [r.getMessage() for r in caplog.records if r.name == "boostream.webhooks"]
-    assert [("failed" in line, "delivered on attempt 3" in line) for line in lines] == [(True, False), (True, False), (False, True)]
+    assert [("failed" in line, "delivered on attempt 3" in line) for line in lines] == [
+        (True, False),
+        (True, False),
+        (False, True),
+    ]
     assert "s3cret" not in caplog.text and "t0ken" not in caplog.text
 
 
@@ -281,7 +289,9 @@ def test_star_allows_any_host_but_still_checks_the_rest():
     assert_refused(policy, "https://user:pw@anywhere.example/", "credentials")
 
 
-@pytest.mark.parametrize("entry", ["http://hooks.example.com", "hooks.example.com/path", "hooks.example.com:x", "user@hooks.example.com"])
+@pytest.mark.parametrize(
+    "entry", ["http://hooks.example.com", "hooks.example.com/path", "hooks.example.com:x", "user@hooks.example.com"]
+)
 def test_malformed_allow_list_entry_is_refused_at_start(entry: str):
     with pytest.raises(ValueError, match="host name or host:port"):
         WebhookPolicy((entry,))
@@ -353,11 +363,15 @@ WEBHOOK_ATTEMPTS = 5
 @pytest.fixture(scope="module")
 def webhook_server(tmp_path_factory) -> Iterator[Server]:
     # A host without a port: any port on it, so each test's receiver has its own.
-    yield from start_server(tmp_path_factory.mktemp("webhooks"), "--webhook-hosts", "127.0.0.1")
+    yield from start_server(tmp_path_factory.mktemp("webhooks"), webhook_hosts="127.0.0.1")
 
 
-@pytest.mark.parametrize("answer", [Answer(408), Answer(500), Answer(429, {"Retry-After": "0"})], ids=["408", "500", "429"])
-def test_the_server_retries_a_failed_delivery_and_shows_it_delivered(webhook_server: Server, receiver: Receiver, diabetes, answer: Answer):
+@pytest.mark.parametrize(
+    "answer", [Answer(408), Answer(500), Answer(429, {"Retry-After": "0"})], ids=["408", "500", "429"]
+)
+def test_the_server_retries_a_failed_delivery_and_shows_it_delivered(
+    webhook_server: Server, receiver: Receiver, diabetes, answer: Answer
+):
     receiver.answers = [answer]
     job_id = webhook_server.create_job({**body_for(diabetes, 10), "callback_url": receiver.url + "/hook"})
     webhook_server.wait_for_job(job_id)
@@ -370,7 +384,9 @@ def test_the_server_retries_a_failed_delivery_and_shows_it_delivered(webhook_ser
     assert json.loads(second.body)["job_id"] == job_id
 
 
-def test_the_server_gives_up_after_every_attempt_and_shows_the_callback_failed(webhook_server: Server, receiver: Receiver, diabetes):
+def test_the_server_gives_up_after_every_attempt_and_shows_the_callback_failed(
+    webhook_server: Server, receiver: Receiver, diabetes
+):
     receiver.answers = [Answer(503, {"Retry-After": "0"}) for _ in range(WEBHOOK_ATTEMPTS + 5)]
     job_id = webhook_server.create_job({**body_for(diabetes, 10), "callback_url": receiver.url + "/hook"})
     assert webhook_server.wait_for_job(job_id)["status"] == "succeeded"
@@ -383,7 +399,7 @@ def test_the_server_gives_up_after_every_attempt_and_shows_the_callback_failed(w
 def test_a_delivery_owed_when_the_server_stopped_is_made_by_the_next_one(tmp_path: Path, diabetes, stop: str):
     port = closed_port()  # the receiver is down while the job ends
     hosts = ("--webhook-hosts", f"127.0.0.1:{port}")
-    with running_server(tmp_path, *hosts) as server:
+    with running_server_process(tmp_path, *hosts) as server:
         job_id = server.create_job({**body_for(diabetes, 10), "callback_url": f"http://127.0.0.1:{port}/hook"})
         assert server.wait_for_job(job_id)["status"] == "succeeded"
         deadline = time.monotonic() + 15
@@ -395,32 +411,45 @@ def test_a_delivery_owed_when_the_server_stopped_is_made_by_the_next_one(tmp_pat
         server.process.wait(30)
 
     with serving(Receiver(port)) as receiver:
-        with running_server(tmp_path, *hosts) as restarted:
+        with running_server_process(tmp_path, *hosts) as restarted:
             callback = wait_for_callback(restarted, job_id)
             assert callback["state"] == "delivered"
             job = restarted.job(job_id)
     [arrived] = receiver.received
     assert arrived.path == "/hook"
-    assert verify(load_or_create_key(restarted.data_dir / "secret.key"), arrived.body, arrived.headers["X-Boostream-Signature"])
+    assert verify(
+        load_or_create_key(restarted.data_dir / "secret.key"), arrived.body, arrived.headers["X-Boostream-Signature"]
+    )
     payload = json.loads(arrived.body)
     assert payload["job_id"] == job_id and payload["status"] == "succeeded"
     # The URLs are those the client used: the first server's.
-    assert payload["artifact_id"] == job["artifact_id"] and payload["result_url"] == f"{server.url}/jobs/{job_id}/result"
+    assert (
+        payload["artifact_id"] == job["artifact_id"] and payload["result_url"] == f"{server.url}/jobs/{job_id}/result"
+    )
 
 
-def test_a_callback_to_a_host_no_longer_allowed_after_a_restart_is_refused(tmp_path: Path, receiver: Receiver, diabetes):
+def test_a_callback_to_a_host_no_longer_allowed_after_a_restart_is_refused(
+    tmp_path: Path, receiver: Receiver, diabetes
+):
     port = receiver.server.server_address[1]
-    with running_server(tmp_path, "--cpu-jobs", "1", "--threads-per-job", "1", "--webhook-hosts", f"127.0.0.1:{port}") as server:
+    with running_server_process(
+        tmp_path, "--cpu-jobs", "1", "--threads-per-job", "1", "--webhook-hosts", f"127.0.0.1:{port}"
+    ) as server:
         job_id = server.create_job({**long_body(diabetes), "callback_url": receiver.url + "/hook"})
         deadline = time.monotonic() + 30
-        while not (server.job(job_id)["progress"]["iteration"] > 0 and (server.data_dir / "inputs" / job_id / "meta.json").exists()):
+        while not (
+            server.job(job_id)["progress"]["iteration"] > 0
+            and (server.data_dir / "inputs" / job_id / "meta.json").exists()
+        ):
             assert time.monotonic() < deadline, server.job(job_id)
             time.sleep(0.05)
         server.process.kill()
         server.process.wait()
 
     # The operator now allows another host only: the job runs again, and its callback is not sent.
-    with running_server(tmp_path, "--cpu-jobs", "1", "--threads-per-job", "1", "--webhook-hosts", "hooks.example.com") as restarted:
+    with running_server_process(
+        tmp_path, "--cpu-jobs", "1", "--threads-per-job", "1", "--webhook-hosts", "hooks.example.com"
+    ) as restarted:
         with restarted.client() as client:
             assert client.post(f"/jobs/{job_id}/cancel").status_code == 202
         assert restarted.wait_for_job(job_id)["status"] == "cancelled"
