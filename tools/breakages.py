@@ -56,7 +56,7 @@ BREAKAGES = [
     Breakage("gone backend requeued", "a job whose backend is gone after a restart ends interrupted",
              MANAGER, "elif not availability.available:", "elif False:", JOB_TESTS),
     Breakage("Retry-After not the soonest ETA", "429's Retry-After is the soonest ETA of a running job",
-             MANAGER, "retry_after = max(1, math.ceil(min(etas))) if etas else RETRY_AFTER_UNKNOWN_S",
+             "boostream/jobs/queue.py", "retry_after = max(1, math.ceil(min(etas))) if etas else RETRY_AFTER_UNKNOWN_S",
              "retry_after = RETRY_AFTER_UNKNOWN_S", JOB_TESTS),
     Breakage("stored artifact unpickled to predict", "the server never unpickles even its own files to predict",
              "boostream/models/predicting.py", "model = predictor.from_native(blob, trusted=True)",

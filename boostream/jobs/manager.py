@@ -2,9 +2,8 @@
 threads, writes every event and row change to the store, and keeps what must happen when a job
 ends or the server starts again. Everything else reads job state through it.
 
-Per device, at most `limit` jobs train at once; the others wait in the order they came, and each
-waiting job is told its position whenever the queue moves. Beyond `max_queued` waiting jobs a new
-one is refused (QueueFull). A job's arrays are written to disk while it waits, and dropped from memory
+Each device has its queue (`queue.py`); each waiting job is told its position whenever the queue
+moves. A job's arrays are written to disk while it waits, and dropped from memory
 if it is still waiting by then, so a long queue does not hold every table in memory; they are
 removed when the job ends. A server that starts on a data directory puts the jobs it finds queued
 or running back in the queue (or ends them `interrupted` when that cannot work) before it takes
@@ -14,11 +13,9 @@ new ones, and finishes what it owed webhooks.
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import functools
 import logging
-import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
@@ -27,9 +24,10 @@ from typing import Any, TypeVar
 
 import orjson
 
-from boostream.errors import InvalidParameter, QueueFull
+from boostream.errors import InvalidParameter
 from boostream.jobs import inputs
 from boostream.jobs.job import Job
+from boostream.jobs.queue import DeviceQueue
 from boostream.jobs.records import Event, JobRecord, JobRequest, JobStatus, JobStore
 from boostream.jobs.webhooks import WebhookPolicy, WebhookSender, webhook_payload
 from boostream.models.artifacts import Artifact, ArtifactRecord, ArtifactStore
@@ -42,7 +40,6 @@ log = logging.getLogger("boostream.jobs")
 
 # A job that was running each time the server died may be what kills it: stop trying after this.
 MAX_ATTEMPTS = 3
-RETRY_AFTER_UNKNOWN_S = 10
 EXPIRY_BATCH = 100
 
 
@@ -69,15 +66,13 @@ class JobManager:
         self.inputs_dir = inputs_dir
         self.trainers = trainers
         self.availability = availability
-        self.limits = {"cpu": cpu_jobs, "gpu": gpu_jobs}
-        self.max_queued = max_queued
         self.max_training_s = max_training_s
         self.job_ttl_s = job_ttl_s
         self.progress_interval_s = progress_interval_s
         self.webhooks = webhooks
         self.webhook_policy = webhook_policy
-        self._waiting: dict[str, collections.deque[Job]] = {device: collections.deque() for device in self.limits}
-        self._running: dict[str, set[Job]] = {device: set() for device in self.limits}
+        limits = {"cpu": cpu_jobs, "gpu": gpu_jobs}
+        self._queues = {device: DeviceQueue(device, limit, max_queued) for device, limit in limits.items()}
         self._live: dict[str, Job] = {}  # queued or running
         self._executor = concurrent.futures.ThreadPoolExecutor(cpu_jobs + gpu_jobs, thread_name_prefix="train")
         self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inputs")
@@ -122,7 +117,7 @@ class JobManager:
 
     def submit(self, request: JobRequest, data: TrainingData, ingest_timings: dict[str, float]) -> Job:
         trainer = self.trainers[request.model_type]
-        self._check_room(trainer.device)
+        self._queues[trainer.device].check_room()
         job = Job(uuid.uuid4().hex, request, trainer, time.time(), data)
         job.ingest_timings = ingest_timings
         self.store.insert_job(
@@ -189,8 +184,7 @@ class JobManager:
     def cancel(self, job_id: str) -> JobStatus:
         """Ask a job to stop; a waiting one ends at once. The job's status after the request."""
         job = self._live[job_id]
-        if job.status is JobStatus.QUEUED and job in self._waiting[job.device]:
-            self._waiting[job.device].remove(job)
+        if job.status is JobStatus.QUEUED and self._queues[job.device].remove(job):
             self._end(job, JobStatus.CANCELLED, "cancelled", {"iteration": 0})
             self._announce_positions(job.device)
         else:
@@ -206,37 +200,19 @@ class JobManager:
         return await self._with_artifact(last.json)
 
     def counts(self) -> dict[str, dict[str, int]]:
-        return {
-            device: {
-                "running": len(self._running[device]),
-                "queued": len(self._waiting[device]),
-                "limit": limit,
-                "max_queued": self.max_queued,
-            }
-            for device, limit in self.limits.items()
-        }
+        return {device: queue.counts() for device, queue in self._queues.items()}
 
     # The queue
 
-    def _check_room(self, device: str) -> None:
-        if len(self._waiting[device]) < self.max_queued:
-            return
-        etas = [job.eta_s for job in self._running[device] if job.eta_s is not None]
-        retry_after = max(1, math.ceil(min(etas))) if etas else RETRY_AFTER_UNKNOWN_S
-        raise QueueFull(f"{self.max_queued} {device.upper()} jobs are already waiting; try again later", retry_after)
-
     def _enqueue(self, job: Job) -> None:
-        device = job.device
-        self._waiting[device].append(job)
-        if not self._dispatch(device):
-            self._emit(job, "queued", {"position": len(self._waiting[device]), "device": device})
+        position = self._queues[job.device].push(job)
+        if not self._dispatch(job.device):
+            self._emit(job, "queued", {"position": position, "device": job.device})
 
     def _dispatch(self, device: str) -> bool:
         """Start waiting jobs while there is room; whether any started."""
         started = False
-        while not self._stopping and self._waiting[device] and len(self._running[device]) < self.limits[device]:
-            job = self._waiting[device].popleft()
-            self._running[device].add(job)
+        while not self._stopping and (job := self._queues[device].next_to_run()) is not None:
             task = asyncio.get_running_loop().create_task(self._run(job), name=f"job-{job.id}")
             task.add_done_callback(functools.partial(self._on_run_done, job))
             job.task = task
@@ -244,16 +220,16 @@ class JobManager:
         return started
 
     def _on_run_done(self, job: Job, task: asyncio.Task[None]) -> None:
-        self._running[job.device].discard(job)
+        self._queues[job.device].done(job)
         if self._dispatch(job.device):
             self._announce_positions(job.device)
 
     def _announce_positions(self, device: str) -> None:
-        for position, job in enumerate(self._waiting[device], start=1):
+        for position, job in self._queues[device].positions():
             self._emit(job, "queued", {"position": position, "device": device})
 
     def _running_tasks(self) -> set[asyncio.Task[None]]:
-        return {job.task for jobs in self._running.values() for job in jobs if job.task is not None}
+        return {job.task for queue in self._queues.values() for job in queue.running if job.task is not None}
 
     # Running a job
 
