@@ -667,12 +667,7 @@ def print_summary(runs: list[dict[str, Any]], counts: list[int]) -> None:
         m = {
             key: med([r[key] for r in group])
             for key in (
-                "fit_s",
-                "server_cpu_s",
-                "loop_fit_s",
-                "loop_complete_s",
-                "complete_max_ms",
-                "rss_peak_mib",
+                "fit_s", "server_cpu_s", "loop_fit_s", "loop_complete_s", "complete_max_ms", "rss_peak_mib",
                 "poll_max_ms",
             )
         }

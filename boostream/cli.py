@@ -541,11 +541,7 @@ def _jobs(args: argparse.Namespace) -> int:
     rows = [("ID", "STATUS", "MODEL", "OBJECTIVE", "PROGRESS", "CREATED")]
     rows += [
         (
-            job["job_id"],
-            job["status"],
-            job["model_type"],
-            job["objective"],
-            _progress_cell(job["progress"]),
+            job["job_id"], job["status"], job["model_type"], job["objective"], _progress_cell(job["progress"]),
             _time_cell(job["created_at"]),
         )
         for job in jobs

@@ -65,16 +65,8 @@ def trained(
     """`boostream train` of 30 rounds on the diabetes CSV, with the model written to a file."""
     out = tmp_path_factory.mktemp("model") / "model.joblib"
     done = boostream(
-        "train",
-        str(tables["diabetes"]),
-        "--target",
-        "y",
-        "--server",
-        server.url,
-        "--param",
-        "n_estimators=30",
-        "--out",
-        str(out),
+        "train", str(tables["diabetes"]), "--target", "y", "--server", server.url, "--param", "n_estimators=30",
+        "--out", str(out),
     )
     return done, out
 
@@ -141,18 +133,8 @@ def test_train_shows_rounds_and_metrics_and_writes_a_model_that_predicts_as_the_
 def test_train_writes_the_native_format_when_asked(server: Server, tables, tmp_path: Path, diabetes):
     out = tmp_path / "model.txt"
     done = boostream(
-        "train",
-        str(tables["diabetes"]),
-        "--target",
-        "y",
-        "--server",
-        server.url,
-        "--param",
-        "n_estimators=20",
-        "--format",
-        "native",
-        "--out",
-        str(out),
+        "train", str(tables["diabetes"]), "--target", "y", "--server", server.url, "--param", "n_estimators=20",
+        "--format", "native", "--out", str(out),
     )
     assert done.returncode == 0, done.stderr
     booster = lightgbm.Booster(model_str=out.read_text())
@@ -195,16 +177,8 @@ def test_curve_writes_every_round_as_lightgbm_computes_it_from_the_model(
 
 def test_a_non_tty_log_gets_a_progress_line_a_second_at_most(server: Server, tables):
     done = boostream(
-        "train",
-        str(tables["diabetes"]),
-        "--target",
-        "y",
-        "--server",
-        server.url,
-        "--param",
-        "n_estimators=2000",
-        "--param",
-        "learning_rate=0.01",
+        "train", str(tables["diabetes"]), "--target", "y", "--server", server.url, "--param", "n_estimators=2000",
+        "--param", "learning_rate=0.01",
     )
     assert done.returncode == 0, done.stderr
     rounds = [line for line in done.stderr.splitlines() if line.startswith("round ")]
@@ -310,14 +284,7 @@ def test_ctrl_c_cancels_the_job_on_the_server_and_exits_130(server: Server, tabl
 
 def test_detach_prints_the_job_id_and_watch_follows_it_to_its_model(server: Server, tables, tmp_path: Path):
     detached = boostream(
-        "train",
-        str(tables["diabetes"]),
-        "--target",
-        "y",
-        "--server",
-        server.url,
-        "--param",
-        "n_estimators=25",
+        "train", str(tables["diabetes"]), "--target", "y", "--server", server.url, "--param", "n_estimators=25",
         "--detach",
     )
     assert detached.returncode == 0, detached.stderr
@@ -343,14 +310,7 @@ def test_output_to_a_reader_that_went_away_ends_quietly_with_141(server: Server,
 
 def test_jobs_lists_a_job_with_its_status_model_and_progress(server: Server, tables):
     job_id = boostream(
-        "train",
-        str(tables["diabetes"]),
-        "--target",
-        "y",
-        "--server",
-        server.url,
-        "--param",
-        "n_estimators=15",
+        "train", str(tables["diabetes"]), "--target", "y", "--server", server.url, "--param", "n_estimators=15",
         "--detach",
     ).stdout.strip()
     server.wait_for_job(job_id)
@@ -421,15 +381,7 @@ def test_predict_prints_one_prediction_per_row_as_the_model_does(server: Server,
 
 def test_predict_proba_writes_a_csv_of_class_probabilities(server: Server, tables, tmp_path: Path, iris):
     trained = boostream(
-        "train",
-        str(tables["iris"]),
-        "--target",
-        "y",
-        "--objective",
-        "multiclass",
-        "--server",
-        server.url,
-        "--param",
+        "train", str(tables["iris"]), "--target", "y", "--objective", "multiclass", "--server", server.url, "--param",
         "n_estimators=10",
     )
     assert trained.returncode == 0, trained.stderr
@@ -558,14 +510,7 @@ def test_local_training_shows_progress_and_writes_the_model(tables, tmp_path: Pa
 
 def test_local_training_checks_the_request_as_the_server_does(tables, tmp_path: Path):
     done = boostream(
-        "train",
-        str(tables["diabetes"]),
-        "--target",
-        "y",
-        "--local",
-        "--param",
-        "x=1",
-        "--out",
+        "train", str(tables["diabetes"]), "--target", "y", "--local", "--param", "x=1", "--out",
         str(tmp_path / "m.joblib"),
     )
     assert done.returncode == 2

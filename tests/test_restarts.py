@@ -14,10 +14,7 @@ from test_jobs import body_for, check_log, long_body
 from conftest import Server, ServerProcess, running_server_process
 
 ONE_SLOT = (
-    "--cpu-jobs",
-    "1",
-    "--threads-per-job",
-    "1",
+    "--cpu-jobs", "1", "--threads-per-job", "1",
 )  # one thread: no OpenMP threads waiting on each other on a busy machine
 
 

@@ -240,9 +240,7 @@ class JobManager:
                 data = await self._on_disk(inputs.load, self._inputs_folder(job))
                 if data is None:
                     self._end(
-                        job,
-                        JobStatus.FAILED,
-                        "error",
+                        job, JobStatus.FAILED, "error",
                         {"code": "interrupted", "message": "the job's input was lost while the server was down"},
                     )
                     return
@@ -287,9 +285,7 @@ class JobManager:
             log.exception("job %s failed", job.id)
             job.bridge.finish()
             self._end(
-                job,
-                JobStatus.FAILED,
-                "error",
+                job, JobStatus.FAILED, "error",
                 {"code": "training_failed", "message": f"{type(error).__name__}: {error}"},
             )
             return

@@ -125,11 +125,7 @@ class WebhookSender:
                 log.info("webhook %s to %s: delivered on attempt %d", delivery, _where(url), attempt)
                 return True
             log.warning(
-                "webhook %s to %s: attempt %d of %d failed: %s",
-                delivery,
-                _where(url),
-                attempt,
-                self.attempts,
+                "webhook %s to %s: attempt %d of %d failed: %s", delivery, _where(url), attempt, self.attempts,
                 failure.reason,
             )
             if not failure.retry or attempt == self.attempts:

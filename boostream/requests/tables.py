@@ -225,11 +225,7 @@ def _is_numeric(type_: pa.DataType) -> bool:
     return any(
         check(type_)
         for check in (
-            pa.types.is_integer,
-            pa.types.is_floating,
-            pa.types.is_boolean,
-            pa.types.is_decimal,
-            pa.types.is_null,
+            pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_decimal, pa.types.is_null,
         )
     )
 

@@ -211,22 +211,10 @@ class Forest:
 
 
 _NODE_FIELDS = (
-    ("feature", np.int32),
-    ("split_bin", np.int32),
-    ("left", np.int32),
-    ("right", np.int32),
-    ("value", np.float64),
+    ("feature", np.int32), ("split_bin", np.int32), ("left", np.int32), ("right", np.int32), ("value", np.float64),
 )
 _DOCUMENT_FIELDS = (
-    "format",
-    "version",
-    "objective",
-    "learning_rate",
-    "init_score",
-    "classes",
-    "feature_names",
-    "bin_edges",
-    "trees",
+    "format", "version", "objective", "learning_rate", "init_score", "classes", "feature_names", "bin_edges", "trees",
 )
 _TREE_FIELDS = ("class",) + tuple(name for name, _ in _NODE_FIELDS)
 
