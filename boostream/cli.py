@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from boostream import __version__
 from boostream.client import TERMINAL_EVENTS, ApiError, Client, Event, Unreachable, server_from_environment, table_kind
 from boostream.config import Settings, env_name, from_environment
-from boostream.errors import BoostreamError, Unavailable
+from boostream.errors import BoostreamError, Conflict, Unavailable
 
 if TYPE_CHECKING:  # the service's modules load numpy, msgspec and pyarrow: only `train --local` needs them
     import pyarrow as pa
@@ -528,7 +528,10 @@ def _stop_local(service: Service, job: Job, display: ProgressDisplay) -> None:
     if job.cancel_requested:
         raise KeyboardInterrupt  # the second Ctrl-C: out of the event loop, which ends the job's thread
     display.note("stopping after this round (Ctrl-C again to quit at once)")
-    service.cancel(job.id)
+    try:
+        service.cancel(job.id)
+    except Conflict:
+        pass  # it ended meanwhile: its last event says how
 
 
 # jobs, cancel, predict

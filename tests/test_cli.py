@@ -279,6 +279,23 @@ def test_ctrl_c_cancels_the_job_on_the_server_and_exits_130(server: Server, tabl
     assert server.job(job_id)["status"] == "cancelled"
 
 
+def test_ctrl_c_stops_a_local_training_after_its_round_and_writes_no_model(tables, tmp_path: Path):
+    out = tmp_path / "model.joblib"
+    command = [sys.executable, "-m", "boostream", "train", str(tables["diabetes"]), "--target", "y", "--local"]
+    process = subprocess.Popen(
+        [*command, *LONG_JOB, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        read_until_a_round(process)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert "stopping after this round" in stderr and "cancelled after round" in stderr, stderr
+    assert stdout == "" and not out.exists()
+
+
 # --detach, watch, jobs, cancel
 
 

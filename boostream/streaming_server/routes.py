@@ -4,7 +4,7 @@ domain errors, which `errors.py` turns into statuses."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import AsyncIterator
 
 import orjson
 from starlette.datastructures import QueryParams
@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Route
 from boostream import dashboard
 from boostream.errors import InvalidParameter
 from boostream.jobs.job import Job
-from boostream.jobs.records import job_urls
+from boostream.jobs.records import Event, job_urls
 from boostream.requests.spec import TrainSpec
 from boostream.service import Service
 from boostream.streaming_server.errors import ApiError
@@ -160,7 +160,7 @@ class Routes:
             finally:
                 await upload.close()
 
-    def _event_response(self, job_id: str, events: Any, cancel_on_leave: bool) -> Response:
+    def _event_response(self, job_id: str, events: AsyncIterator[Event], cancel_on_leave: bool) -> Response:
         def on_leave(server_stopping: bool) -> None:
             self.service.client_left(job_id, "client", cancel=cancel_on_leave and not server_stopping)
 
