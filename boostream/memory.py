@@ -12,7 +12,7 @@ its own structures), so huge pages buy them nothing back. `empty` maps such an a
 (`MADV_POPULATE_WRITE`, Linux 5.14) instead of one page fault at a time, without the GIL.
 
 An earlier version also kept the memory of a decoded table for the next one of its size; it gained
-less than the 10% end to end it had to show (docs/benchmarks.md, "Memory reuse"), and was removed.
+less than the 10% end to end it had to show (docs/benchmarks.md, section 12), and was removed.
 """
 
 from __future__ import annotations
