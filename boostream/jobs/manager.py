@@ -44,6 +44,19 @@ EXPIRY_BATCH = 100
 
 
 class JobManager:
+    """
+    :param store: job records, event logs and artifact records (`records.JobStore`)
+    :param artifacts: the artifacts' files
+    :param inputs_dir: where each unfinished job's arrays are kept, a folder per job
+    :param trainers: the backends by name; `availability`: whether each can train here
+    :param cpu_jobs: jobs that train at once on the CPU; `gpu_jobs`: on the GPU
+    :param max_queued: jobs that may wait per device; one more is refused (QueueFull)
+    :param max_training_s: the longest a job may train (a request may ask for less)
+    :param job_ttl_s: how long a finished job, its events and its artifact are kept
+    :param progress_interval_s: the shortest time between two progress events of a job
+    :param webhooks: sends the callbacks; `webhook_policy`: the hosts they may go to
+    """
+
     def __init__(
         self,
         store: JobStore,
