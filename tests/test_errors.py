@@ -135,6 +135,52 @@ def test_nan_and_infinity_are_named_as_not_json(server: Server, case, path, requ
     assert words in error["message"] and "not JSON" in error["message"] and "null" in error["message"], error
 
 
+BEYOND_DOUBLES = [
+    # (what is wrong, path, body as text, field)
+    ("1e400 in X", "/jobs", '{"X": [[1, 1e400], [2, 3]], "y": [1, 2]}', "X"),
+    ("1e400 in y", "/jobs", '{"X": [[1, 2], [2, 3]], "y": [1, 1e400]}', "y"),
+    ("1e400 to predict", "/predict", '{"artifact_id": "x", "X": [[1e400, 1]]}', "X"),
+]
+
+
+@pytest.mark.parametrize("case, path, text, field", BEYOND_DOUBLES, ids=[c[0] for c in BEYOND_DOUBLES])
+def test_a_number_beyond_a_double_is_a_400_naming_its_field(server: Server, case, path, text, field):
+    with server.client() as client:
+        response = client.post(path, content=text, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_data", field)
+    assert "infinity" in error["message"], error
+
+
+def test_an_integer_beyond_64_bits_is_read_as_the_nearest_double(server: Server):
+    big = "-9223372036854775809"  # one below the smallest 64-bit integer: JSON takes it, as a number
+    rows = ", ".join(f"[{i}, {big if i == 1 else i}]" for i in range(40))
+    text = f'{{"X": [{rows}], "y": [{", ".join(str(i % 2) for i in range(40))}], "params": {{"n_estimators": 3}}}}'
+    with server.client() as client:
+        response = client.post("/jobs", content=text, headers={"content-type": "application/json"})
+        assert response.status_code == 202, response.text
+        job = server.wait_for_job(response.json()["job_id"])
+        assert job["status"] == "succeeded", job
+        rows_big = client.post(  # and prediction takes such rows too
+            "/predict", content=f'{{"artifact_id": "{job["artifact_id"]}", "X": [[1, {big}]]}}',
+            headers={"content-type": "application/json"},
+        )
+    assert rows_big.status_code == 200, rows_big.text
+    assert len(rows_big.json()["predictions"]) == 1
+
+
+def test_a_body_nested_too_deeply_is_a_400(server: Server):
+    params = '{"a": ' + "[" * 1000 + "]" * 1000 + "}"
+    with server.client() as client:
+        response = client.post(
+            "/jobs", content='{"X": [[1, 2], [2, 3]], "y": [1, 2], "params": ' + params + "}",
+            headers={"content-type": "application/json"},
+        )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_json" and "too deeply" in response.json()["error"]["message"]
+
+
 def test_a_nan_nested_under_a_field_name_is_not_blamed_on_that_field(server: Server):
     request_body = body(params={"X": NAN})  # not the table X: a (wrong) parameter of that name
     with server.client() as client:

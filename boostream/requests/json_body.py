@@ -120,6 +120,8 @@ def _decode_json(body: bytes | bytearray, shape: type[msgspec.Struct]) -> Any:
         raise _shape_error(str(error)) from None
     except msgspec.DecodeError as error:
         raise _syntax_error(body, str(error), shape) from None
+    except RecursionError:  # msgspec's own limit on nesting, as a Python error
+        raise InvalidJson(None, "the body nests arrays or objects too deeply to be read") from None
 
 
 def _syntax_error(body: bytes | bytearray, message: str, shape: Any) -> InvalidJson:
@@ -270,8 +272,10 @@ def _block_doubles(
         document = parser.parse(b"[" + body[start:end] + b"]")
         assert isinstance(document, simdjson.Array)  # the brackets make it one
         values = np.frombuffer(document.as_buffer(of_type="d"), dtype=np.float64)
-    except (TypeError, ValueError):
-        return None  # null, a string, a bool, a number beyond a double, or not JSON at all
+    except (TypeError, ValueError, RuntimeError):
+        # null, a string, a bool, a number beyond a double or an integer beyond 64 bits (simdjson's
+        # BIGINT_ERROR is a RuntimeError), or not JSON at all
+        return None
     finally:
         document = None  # the parser is reused only once no proxy into its document is alive
     if len(values) != len(opens) * width:
@@ -285,8 +289,8 @@ def _flat_doubles(doc: Any, raw: msgspec.Raw, body: bytes | bytearray) -> np.nda
         return None
     try:
         values = np.frombuffer(doc.as_buffer(of_type="d"), dtype=np.float64)
-    except (TypeError, ValueError):
-        return None  # null, a string, a bool, or a number beyond a double
+    except (TypeError, ValueError, RuntimeError):
+        return None  # null, a string, a bool, a number beyond a double, or an integer beyond 64 bits
     # simdjson flattens nested lists silently: only the outer '[' may be there.
     if len(values) != len(doc) or _count_in(body, raw, b"[") != 1:
         return None
@@ -395,5 +399,5 @@ def _parse(raw: msgspec.Raw) -> tuple[simdjson.Parser, Any]:
     parser = _parser()
     try:
         return parser, parser.parse(memoryview(raw))
-    except ValueError:
+    except (ValueError, RuntimeError):
         return parser, None
