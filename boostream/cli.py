@@ -14,7 +14,6 @@ import math
 import os
 import shutil
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -770,7 +769,6 @@ class ProgressDisplay:
         self.interactive = stream.isatty()
         self.interval_s = redraw_s if self.interactive else interval_s
         self._clock = clock
-        self._lock = threading.Lock()  # local training reports from its own thread
         self._held: dict[str, Any] | None = None  # the latest progress, not shown yet
         self._shown_at = -math.inf
         self._bar_drawn = False  # on a terminal: the cursor is at the end of a progress line
@@ -782,21 +780,19 @@ class ProgressDisplay:
                 self._eta = EtaEstimate()
             self.note(describe_event(event))
             return
-        with self._lock:
-            self._eta.observe(event.data)
-            self._held = event.data
-            if event.data["iteration"] >= event.data["total"] or self._clock() - self._shown_at >= self.interval_s:
-                self._show_held()
+        self._eta.observe(event.data)
+        self._held = event.data
+        if event.data["iteration"] >= event.data["total"] or self._clock() - self._shown_at >= self.interval_s:
+            self._show_held()
 
     def note(self, text: str) -> None:
         """A line of its own, below the progress line."""
-        with self._lock:
-            self._show_held()
-            if self._bar_drawn:
-                self.stream.write("\n")
-                self._bar_drawn = False
-            self.stream.write(text + "\n")
-            self.stream.flush()
+        self._show_held()
+        if self._bar_drawn:
+            self.stream.write("\n")
+            self._bar_drawn = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
 
     def _show_held(self) -> None:
         if self._held is None:
