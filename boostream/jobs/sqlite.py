@@ -15,6 +15,7 @@ process is outgrown.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import sqlite3
@@ -75,16 +76,9 @@ CREATE TABLE IF NOT EXISTS artifacts (
 );
 CREATE INDEX IF NOT EXISTS artifacts_by_job ON artifacts (job_id);
 """
-# The columns a job's row is written with; `seq` is given by SQLite.
-JOB_COLUMNS = (
-    "id", "status", "model_type", "objective", "device", "request", "created_at", "started_at", "finished_at",
-    "iteration", "total", "elapsed_s", "eta_s", "metrics", "error_code", "error_message", "artifact_id",
-    "attempts", "callback_state",
-)  # fmt: skip
-ARTIFACT_COLUMNS = (
-    "id", "job_id", "model_type", "objective", "feature_names", "classes", "metrics", "iterations", "best_iteration",
-    "created_at", "blobs",
-)  # fmt: skip
+# The columns a row is written with: the record's fields, but `seq`, which SQLite gives.
+JOB_COLUMNS = tuple(field.name for field in dataclasses.fields(JobRecord) if field.name != "seq")
+ARTIFACT_COLUMNS = tuple(field.name for field in dataclasses.fields(ArtifactRecord))
 JSON_COLUMNS = frozenset({"request", "metrics", "feature_names", "classes", "blobs"})
 
 
@@ -115,12 +109,7 @@ class SqliteJobStore:
     # Writes
 
     def insert_job(self, record: JobRecord) -> None:
-        row = {name: getattr(record, name) for name in JOB_COLUMNS}
-        with self._db:
-            self._db.execute(
-                f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                [_column_value(name, value) for name, value in row.items()],
-            )
+        self._insert("jobs", {name: getattr(record, name) for name in JOB_COLUMNS})
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         with self._db:
@@ -139,9 +128,12 @@ class SqliteJobStore:
     def insert_artifact(self, record: ArtifactRecord) -> None:
         row = {name: getattr(record, name) for name in ARTIFACT_COLUMNS}
         row["blobs"] = {format: blob.as_json() for format, blob in record.blobs.items()}
+        self._insert("artifacts", row)
+
+    def _insert(self, table: str, row: dict[str, Any]) -> None:
         with self._db:
             self._db.execute(
-                f"INSERT INTO artifacts ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                 [_column_value(name, value) for name, value in row.items()],
             )
 
