@@ -54,15 +54,14 @@ def empty(
     size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if size < MAPPED_MIN_BYTES or not sys.platform.startswith("linux"):
         return np.empty(shape, dtype, order=order)
-    mapping = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    # The array keeps the mapping alive; it is unmapped when the last view of it goes.
+    mapped = np.frombuffer(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), np.uint8, count=size)
     if _madvise is not None:
         # Through ctypes, which lets go of the GIL (mmap.madvise holds it: up to 1 s for 400 MB in
         # the server, with the event loop stopped). An older kernel refuses (EINVAL): then the pages
         # are faulted in as they are written.
-        address = np.frombuffer(mapping, np.uint8).ctypes.data  # the array goes at once: no export left
-        _madvise(ctypes.c_void_p(address), ctypes.c_size_t(size), MADV_POPULATE_WRITE)
-    # The array keeps the mapping alive; it is unmapped when the last view of it goes.
-    return np.frombuffer(mapping, np.uint8, count=size).view(dtype).reshape(shape, order=order)
+        _madvise(ctypes.c_void_p(mapped.ctypes.data), ctypes.c_size_t(size), MADV_POPULATE_WRITE)
+    return mapped.view(dtype).reshape(shape, order=order)
 
 
 def _libc_madvise() -> Callable[..., int] | None:
