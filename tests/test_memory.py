@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 
-from boostream import memory as pages
+from boostream import memory
 
 
 class Recording(io.BytesIO):
@@ -22,11 +22,11 @@ class Recording(io.BytesIO):
 
 
 def test_write_all_writes_every_byte_in_small_slices():
-    data = np.random.default_rng(0).bytes(3 * pages.WRITE_SLICE_BYTES + 123)
+    data = np.random.default_rng(0).bytes(3 * memory.WRITE_SLICE_BYTES + 123)
     file = Recording()
-    pages.write_all(file, bytearray(data))
+    memory.write_all(file, bytearray(data))
     assert file.getvalue() == data
-    assert max(file.sizes) == pages.WRITE_SLICE_BYTES and len(file.sizes) == 4
+    assert max(file.sizes) == memory.WRITE_SLICE_BYTES and len(file.sizes) == 4
 
 
 ARRAYS = {
@@ -43,7 +43,7 @@ ARRAYS = {
 @pytest.mark.parametrize("array", ARRAYS.values(), ids=ARRAYS.keys())
 def test_a_saved_array_loads_back_the_same(tmp_path, array):
     path = tmp_path / "a.npy"
-    pages.save_array(path, array)
+    memory.save_array(path, array)
     loaded = np.load(path, allow_pickle=False, mmap_mode="r" if array.size else None)
     assert loaded.dtype == array.dtype and loaded.shape == array.shape
     np.testing.assert_array_equal(loaded, array)
@@ -53,17 +53,17 @@ def test_a_saved_array_loads_back_the_same(tmp_path, array):
 
 def test_an_array_of_objects_is_not_saved(tmp_path):
     with pytest.raises(ValueError, match="objects"):
-        pages.save_array(tmp_path / "a.npy", np.array([{"a": 1}], dtype=object))
+        memory.save_array(tmp_path / "a.npy", np.array([{"a": 1}], dtype=object))
 
 
 
-ROWS = 4 * pages.MAPPED_MIN_BYTES // (8 * 10)  # a 10-column array of doubles, 4x the threshold
+ROWS = 4 * memory.MAPPED_MIN_BYTES // (8 * 10)  # a 10-column array of doubles, 4x the threshold
 
 
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_empty_gives_a_writable_array_of_the_shape_type_and_order_asked(order):
     for shape, dtype in [((ROWS, 10), np.float64), ((ROWS * 2, 10), np.float32), ((7, 3), np.float64)]:
-        array = pages.empty(shape, dtype, order=order)
+        array = memory.empty(shape, dtype, order=order)
         assert array.shape == shape and array.dtype == dtype and array.flags.writeable
         assert array.flags.f_contiguous if order == "F" else array.flags.c_contiguous
         array[:] = np.arange(array.size, dtype=dtype).reshape(shape)

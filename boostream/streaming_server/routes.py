@@ -126,7 +126,7 @@ class Routes:
         async with self.service.ingest_slot():
             body = await read_body(request, self.service.settings.max_body_bytes)
             parsed, X = await self.service.decode_predict(body)
-            del body
+            del body  # not held while predicting: it may be a gigabyte
         answer = await self.service.predict(parsed, X)
         return Response(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON)
 
@@ -150,7 +150,6 @@ class Routes:
                 body = await read_body(request, limit)
                 started = time.perf_counter()
                 spec = await service.decode_json(body)
-                del body
                 return spec, {"receive_s": started - arrived, "decode_s": time.perf_counter() - started}
             upload = await receive_table(request, media_type, limit, service.settings.uploads_dir)
             try:
