@@ -37,6 +37,8 @@ _SERVE_OPTIONS = {
     "cpu_jobs": "LightGBM jobs that train at once",
     "gpu_jobs": "WarpGBM jobs that train at once",
     "threads_per_job": "LightGBM threads per job (0: cores / cpu-jobs)",
+    "worker_memory_mb": "memory a training worker may hold, in MiB, before its job fails (0: 3/4 of the machine's)",
+    "stop_grace_s": "seconds a cancelled or timed-out job may take to end its round before its worker is killed",
     "max_queued": "jobs that may wait per device before new ones get 429",
     "max_training_s": "longest a job may train, in seconds",
     "job_ttl_s": "seconds a finished job and its artifact are kept",

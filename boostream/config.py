@@ -27,6 +27,12 @@ class Settings:
     # LightGBM threads per CPU job; 0 means the cores divided by cpu_jobs, so that
     # concurrent jobs never oversubscribe the machine.
     threads_per_job: int = 0
+    # A worker whose own memory passes this many MiB is killed and its job fails `out_of_memory`;
+    # 0: three quarters of the machine's memory (its container's, where that is less).
+    worker_memory_mb: int = 0
+    # How long a job asked to stop (cancel, timeout) may take to finish its round before its
+    # worker is killed.
+    stop_grace_s: float = 1.0
     # Jobs that may wait per device; one more is refused with 429.
     max_queued: int = 100
     # No job trains longer than this; a request may ask for less with `timeout_s`.
@@ -56,6 +62,13 @@ class Settings:
         if self.threads_per_job > 0:
             return self.threads_per_job
         return max(1, (os.cpu_count() or 1) // max(1, self.cpu_jobs))
+
+    @property
+    def worker_memory_bytes(self) -> int:
+        """0: no limit (the machine's memory is unknown)."""
+        if self.worker_memory_mb > 0:
+            return self.worker_memory_mb * 1024**2
+        return (machine_memory_bytes() or 0) * 3 // 4
 
     @property
     def artifacts_dir(self) -> Path:
@@ -114,3 +127,19 @@ def _convert(field: dataclasses.Field[Any], raw: str) -> object:
         return kind(raw) if kind else raw
     except ValueError:
         raise SystemExit(f"{env_name(field.name)}={raw!r} is not a valid {field.type}") from None
+
+
+def machine_memory_bytes() -> int | None:
+    """The memory this process may use at most: the machine's, or its container's (cgroup v2)
+    where that is less; None where the system does not say."""
+    try:
+        total: int | None = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):
+        total = None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return total
+    if limit.isdigit() and (total is None or int(limit) < total):
+        return int(limit)
+    return total

@@ -99,3 +99,4 @@ def avoid_huge_pages() -> None:
     setter = getattr(getattr(core, "multiarray", None), "_set_madvise_hugepage", None)
     if setter is not None:
         setter(False)
+

@@ -1,11 +1,11 @@
-"""The one bridge from a training thread into the event loop.
+"""The one bridge from a thread into the event loop for a job's rounds.
 
-A trainer calls `report()` once per boosting round from its own thread. The bridge hands rounds to
-the loop with `loop.call_soon_threadsafe`, at most one wake-up in flight, and coalesces: while the
-loop is busy or a round is throttled, a newer round replaces the older one as the one to deliver, so
-a slow consumer gets fewer deliveries, never a backlog of them. The first round and the last round
-are always delivered; in between at most one round per `interval_s`, each delivered as soon as it
-is reported. No iteration is delivered twice.
+Each round a job's worker trains comes to `report()` on the thread that listens to that worker.
+The bridge hands rounds to the loop with `loop.call_soon_threadsafe`, at most one wake-up in
+flight, and coalesces: while the loop is busy or a round is throttled, a newer round replaces the
+older one as the one to deliver, so a slow consumer gets fewer deliveries, never a backlog of them.
+The first round and the last round are always delivered; in between at most one round per
+`interval_s`, each delivered as soon as it is reported. No iteration is delivered twice.
 
 Throttling never costs the curve: each delivered round carries the metrics of every round reported
 since the previous delivery (`Progress.rounds`), so a client that wants every round gets every
@@ -72,9 +72,8 @@ class ProgressBridge:
         self._deliver = deliver
         self._interval_s = interval_s
         self._started = time.monotonic()
-        self._cancel = threading.Event()
         self._lock = threading.Lock()
-        # Guarded by _lock: written by the training thread, taken by the loop.
+        # Guarded by _lock: written by the reporting thread, taken by the loop.
         self._first: Progress | None = None
         self._latest: Progress | None = None
         self._undelivered: list[Progress] = []  # every round reported since the last delivery
@@ -84,15 +83,7 @@ class ProgressBridge:
         self._delivered = 0
         self._next_allowed = 0.0
 
-    # Training thread side.
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    def cancel(self) -> None:
-        """Ask the trainer to stop after the current round; safe from any thread."""
-        self._cancel.set()
+    # The reporting thread's side.
 
     def report(self, iteration: int, metrics: Mapping[str, float | None]) -> None:
         elapsed = time.monotonic() - self._started
@@ -116,8 +107,8 @@ class ProgressBridge:
         try:
             self._loop.call_soon_threadsafe(self._flush)
         except RuntimeError:
-            # The loop is closed: the server went away while this thread trained. Nobody is
-            # listening any more, and the trainer must still be able to finish.
+            # The loop is closed: the server went away while the job trained. Nobody is
+            # listening any more, and the worker's thread must still be able to go on.
             pass
 
     # Event loop side.
@@ -132,7 +123,7 @@ class ProgressBridge:
             self._deliver_once(progress)
 
     def close(self) -> None:
-        """Deliver nothing more, whatever the training thread still reports: whoever received the
+        """Deliver nothing more, whatever the reporting thread still gets: whoever received the
         rounds is gone (the server is stopping)."""
         self._closed = True
 

@@ -33,6 +33,7 @@ from boostream.requests.spec import TrainSpec
 from boostream.trainers import create_trainers
 from boostream.trainers.base import OBJECTIVES, Availability, params_schema
 from boostream.views import artifact_view, availability_view, job_view
+from boostream.workers.local import LocalWorkers, WorkerConfig
 
 log = logging.getLogger("boostream.service")
 
@@ -72,14 +73,22 @@ class Service:
             key = load_or_create_key(settings.key_path, settings.secret_key or None)
             artifacts = ArtifactStore(settings.artifacts_dir, key)
             self._models = ModelLoader(artifacts, self.trainers, ModelCache(settings.model_cache_bytes))
+            workers = {
+                device: LocalWorkers(
+                    WorkerConfig(device, settings.lightgbm_threads, settings.artifacts_dir, key, settings.log_level),
+                    slots,
+                    settings.worker_memory_bytes,
+                    settings.stop_grace_s,
+                )
+                for device, slots in (("cpu", settings.cpu_jobs), ("gpu", settings.gpu_jobs))
+            }
             self._jobs = JobManager(
                 store,
                 artifacts,
                 settings.inputs_dir,
                 self.trainers,
                 self.availability,
-                cpu_jobs=settings.cpu_jobs,
-                gpu_jobs=settings.gpu_jobs,
+                workers,
                 max_queued=settings.max_queued,
                 max_training_s=settings.max_training_s,
                 job_ttl_s=settings.job_ttl_s,
@@ -146,6 +155,7 @@ class Service:
             },
             "gpu": gpu.device_name if gpu and gpu.available else None,
             "queue": self.jobs.counts(),
+            "workers": self.jobs.worker_views(),
         }
 
     def models(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from boostream.models.artifacts import ArtifactStore
 from boostream.progress import ProgressBridge, metric_history
 from boostream.trainers.base import Availability, TrainingData
 from boostream.trainers.lightgbm import LightGBMTrainer
+from boostream.workers.local import LocalWorkers, WorkerConfig
 
 from conftest import strict_json
 
@@ -121,30 +122,6 @@ def test_elapsed_and_eta_are_measured_from_the_start_and_projected_over_the_roun
         )
 
 
-def test_cancel_is_seen_by_the_training_thread():
-    seen = []
-
-    async def main():
-        loop = asyncio.get_running_loop()
-        bridge = ProgressBridge(loop, lambda p: None, total=1000)
-
-        def train():
-            for i in range(1, 1001):
-                bridge.report(i, {})
-                if bridge.cancelled:
-                    seen.append(i)
-                    return
-                time.sleep(0.001)
-
-        future = loop.run_in_executor(None, train)
-        await asyncio.sleep(0.05)
-        bridge.cancel()
-        await future
-
-    asyncio.run(main())
-    assert seen and seen[0] < 1000
-
-
 def test_reporting_after_the_loop_closed_does_not_raise():
     loop = asyncio.new_event_loop()
     bridge = ProgressBridge(loop, lambda p: None, total=3)
@@ -201,8 +178,7 @@ def test_a_metric_that_is_not_finite_reaches_every_reader_as_null(tmp_path):
             tmp_path / "inputs",
             {"lightgbm": trainer},
             {"lightgbm": Availability(True, device_name="cpu")},
-            cpu_jobs=1,
-            gpu_jobs=0,
+            {"cpu": LocalWorkers(WorkerConfig("cpu", 1, tmp_path / "artifacts", key), 1, 0, 1.0)},  # not started
             max_queued=1,
             max_training_s=60,
             job_ttl_s=60,

@@ -10,21 +10,21 @@ encoding of each event. Once the job ends, its log is read from the store instea
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 from boostream.jobs.records import Event, JobRequest, JobStatus
 from boostream.progress import ProgressBridge
-from boostream.trainers.base import Backend, TrainingData
+from boostream.trainers.base import Backend
 
 
 class Job:
-    def __init__(
-        self, job_id: str, request: JobRequest, trainer: Backend, created_at: float, data: TrainingData | None = None
-    ) -> None:
+    def __init__(self, job_id: str, request: JobRequest, trainer: Backend, created_at: float) -> None:
         self.id = job_id
         self.request = request
         self.trainer = trainer
-        self.data = data  # None while it waits on disk
+        # Set once its arrays are on disk, where its worker reads them (`input_error`: they could not be).
+        self.input_saved = asyncio.Event()
+        self.input_error: str | None = None
         self.status = JobStatus.QUEUED
         self.created_at = created_at
         self.started_at: float | None = None
@@ -32,6 +32,7 @@ class Job:
         self.ingest_timings: dict[str, float] = {}  # receive_s, decode_s: how the request was read
         self.events: list[Event] = []
         self.bridge: ProgressBridge | None = None
+        self.stop_training: Callable[[], None] | None = None  # while it trains: tells its worker
         self.task: asyncio.Task[None] | None = None  # while it trains
         self.eta_s: float | None = None  # the latest estimate: how long until a slot frees
         self.timed_out = False
@@ -57,8 +58,8 @@ class Job:
     def cancel(self) -> None:
         """Stop at the next round (or before starting, if still queued)."""
         self._cancel_requested = True
-        if self.bridge is not None:
-            self.bridge.cancel()
+        if self.stop_training is not None:
+            self.stop_training()
 
     def time_out(self) -> None:
         self.timed_out = True

@@ -1,13 +1,14 @@
-"""The one owner of job state: it creates jobs, queues them per device, runs them in training
-threads, writes every event and row change to the store, and keeps what must happen when a job
+"""The one owner of job state: it creates jobs, queues them per device, runs them on worker
+processes, writes every event and row change to the store, and keeps what must happen when a job
 ends or the server starts again. Everything else reads job state through it.
 
-Each device has its queue (`queue.py`); each waiting job is told its position whenever the queue
-moves. A job's arrays are written to disk while it waits, and dropped from memory
-if it is still waiting by then, so a long queue does not hold every table in memory; they are
-removed when the job ends. A server that starts on a data directory puts the jobs it finds queued
-or running back in the queue (or ends them `interrupted` when that cannot work) before it takes
-new ones, and finishes what it owed webhooks.
+Each device has its queue (`queue.py`), as long as its workers have slots; each waiting job is
+told its position whenever the queue moves. A job's arrays are written to disk as soon as it is
+submitted and then dropped from this process's memory: its worker reads them from there
+(memory-mapped), a job whose worker died runs again from them, and so does a job that was running
+when the server died. They are removed when the job ends. A server that starts on a data directory
+puts the jobs it finds queued or running back in the queue (or ends them `interrupted` when that
+cannot work) before it takes new ones, and finishes what it owed webhooks.
 """
 
 from __future__ import annotations
@@ -32,13 +33,16 @@ from boostream.jobs.records import Event, JobRecord, JobRequest, JobStatus, JobS
 from boostream.jobs.webhooks import WebhookPolicy, WebhookSender, webhook_payload
 from boostream.models.artifacts import Artifact, ArtifactRecord, ArtifactStore
 from boostream.progress import Progress, ProgressBridge, metric_history
-from boostream.trainers.base import Availability, Backend, FitResult, TrainingData
+from boostream.trainers.base import Availability, Backend, TrainingData
+from boostream.workers.local import LocalWorkers, WorkerLost
+from boostream.workers.task import Failed, Finished, TrainTask
 
 T = TypeVar("T")
 
 log = logging.getLogger("boostream.jobs")
 
-# A job that was running each time the server died may be what kills it: stop trying after this.
+# A job that was running each time its worker or the server died may be what kills them: stop
+# trying after this.
 MAX_ATTEMPTS = 3
 EXPIRY_BATCH = 100
 
@@ -49,7 +53,8 @@ class JobManager:
     :param artifacts: the artifacts' files
     :param inputs_dir: where each unfinished job's arrays are kept, a folder per job
     :param trainers: the backends by name; `availability`: whether each can train here
-    :param cpu_jobs: jobs that train at once on the CPU; `gpu_jobs`: on the GPU
+    :param workers: the worker processes of each device (started where a backend can train on it);
+        as many jobs train at once on a device as its workers have slots
     :param max_queued: jobs that may wait per device; one more is refused (QueueFull)
     :param max_training_s: the longest a job may train (a request may ask for less)
     :param job_ttl_s: how long a finished job, its events and its artifact are kept
@@ -64,9 +69,8 @@ class JobManager:
         inputs_dir: Path,
         trainers: Mapping[str, Backend],
         availability: Mapping[str, Availability],
+        workers: Mapping[str, LocalWorkers],
         *,
-        cpu_jobs: int,
-        gpu_jobs: int,
         max_queued: int,
         max_training_s: float,
         job_ttl_s: float,
@@ -84,10 +88,9 @@ class JobManager:
         self.progress_interval_s = progress_interval_s
         self.webhooks = webhooks
         self.webhook_policy = webhook_policy
-        limits = {"cpu": cpu_jobs, "gpu": gpu_jobs}
-        self._queues = {device: DeviceQueue(device, limit, max_queued) for device, limit in limits.items()}
+        self.workers = workers
+        self._queues = {device: DeviceQueue(device, pool.slots, max_queued) for device, pool in workers.items()}
         self._live: dict[str, Job] = {}  # queued or running
-        self._executor = concurrent.futures.ThreadPoolExecutor(cpu_jobs + gpu_jobs, thread_name_prefix="train")
         self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inputs")
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
@@ -95,7 +98,11 @@ class JobManager:
     # Lifecycle
 
     async def start(self) -> None:
-        """Take up what the last server left: unfinished jobs, undelivered webhooks, stale files."""
+        """Start the workers, and take up what the last server left: unfinished jobs, undelivered
+        webhooks, stale files."""
+        for device, pool in self.workers.items():
+            if any(self.availability[name].available for name, t in self.trainers.items() if t.device == device):
+                await pool.start()
         # Read before recovering: a job that recovery ends schedules its own webhook.
         owed = self.store.pending_callbacks()
         for record in self.store.unfinished_jobs():
@@ -115,14 +122,14 @@ class JobManager:
         self._stopping = True
         for job in list(self._live.values()):
             if job.bridge is not None:
-                job.bridge.cancel()  # not job.cancel(): that would end the job `cancelled`
                 job.bridge.close()  # its last rounds would land after the store has closed
         for tasks in (self._running_tasks(), self._tasks):
             for task in tasks:
                 task.cancel()
             if tasks:
                 await asyncio.wait(tasks, timeout=30)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for pool in self.workers.values():
+            await pool.close()
         self._disk.shutdown(wait=True)
         await self.webhooks.aclose()
 
@@ -131,7 +138,7 @@ class JobManager:
     def submit(self, request: JobRequest, data: TrainingData, ingest_timings: dict[str, float]) -> Job:
         trainer = self.trainers[request.model_type]
         self._queues[trainer.device].check_room()
-        job = Job(uuid.uuid4().hex, request, trainer, time.time(), data)
+        job = Job(uuid.uuid4().hex, request, trainer, time.time())
         job.ingest_timings = ingest_timings
         self.store.insert_job(
             JobRecord(
@@ -215,6 +222,9 @@ class JobManager:
     def counts(self) -> dict[str, dict[str, int]]:
         return {device: queue.counts() for device, queue in self._queues.items()}
 
+    def worker_views(self) -> list[dict[str, Any]]:
+        return [view for pool in self.workers.values() for view in pool.views()]
+
     # The queue
 
     def _enqueue(self, job: Job) -> None:
@@ -233,7 +243,10 @@ class JobManager:
         return started
 
     def _on_run_done(self, job: Job, task: asyncio.Task[None]) -> None:
-        self._queues[job.device].done(job)
+        queue = self._queues[job.device]
+        queue.done(job)
+        if job.status is JobStatus.QUEUED and job.id in self._live:  # its worker died: it runs again, first
+            queue.push_front(job)
         if self._dispatch(job.device):
             self._announce_positions(job.device)
 
@@ -248,19 +261,20 @@ class JobManager:
 
     async def _run(self, job: Job) -> None:
         try:
-            data = job.data
-            if data is None and not job.cancel_requested:
-                data = await self._on_disk(inputs.load, self._inputs_folder(job))
-                if data is None:
-                    self._end(
-                        job, JobStatus.FAILED, "error",
-                        {"code": "interrupted", "message": "the job's input was lost while the server was down"},
-                    )
-                    return
-            if job.cancel_requested:  # asked while it waited, or while its input was read back
+            await job.input_saved.wait()
+            if job.input_error is not None:
+                message = f"the job's input could not be kept on disk for its worker: {job.input_error}"
+                self._end(job, JobStatus.FAILED, "error", {"code": "storage_failed", "message": message})
+                return
+            # Mapped, not read: what the events say of the table (its shape, names and classes).
+            data = None if job.cancel_requested else await self._on_disk(inputs.load, self._inputs_folder(job))
+            if job.cancel_requested:  # asked while it waited, or while its input was looked at
                 self._end(job, JobStatus.CANCELLED, "cancelled", {"iteration": 0})
                 return
-            assert data is not None  # in memory or read back: a job without it ended above
+            if data is None:
+                message = "the job's input was lost while the server was down"
+                self._end(job, JobStatus.FAILED, "error", {"code": "interrupted", "message": message})
+                return
             await self._train(job, data)
         except Exception:  # the store failing, say: end the job, never leave it `running`
             log.exception("job %s: the server failed while running it", job.id)
@@ -282,90 +296,104 @@ class JobManager:
     async def _train(self, job: Job, data: TrainingData) -> None:
         loop = asyncio.get_running_loop()
         request = job.request
+        workers = self.workers[job.device]
         self._start(job, data)
         job.bridge = ProgressBridge(loop, functools.partial(self._report, job), job.rounds, self.progress_interval_s)
         limit_s = request.timeout_s or self.max_training_s
         deadline = loop.call_later(limit_s, job.time_out)
+        job.stop_training = functools.partial(workers.stop, job.id)
         if job.cancel_requested:
-            job.bridge.cancel()
-        job.data = None  # the thread holds the arrays while it trains; nothing else needs them
+            workers.stop(job.id)
+        task = TrainTask(job.id, request.model_type, request.objective, request.params, str(self._inputs_folder(job)))
         try:
-            result, artifact, timings = await loop.run_in_executor(self._executor, self._fit_and_save, job, data)
-        except asyncio.CancelledError:
-            job.bridge.cancel()  # the server is stopping: the job stays `running` in the store
-            raise
-        except Exception as error:  # a failed fit ends the job, never the server
-            log.exception("job %s failed", job.id)
+            outcome = await workers.run(task, job.bridge.report)
+        except WorkerLost as lost:
             job.bridge.finish()
-            self._end(
-                job, JobStatus.FAILED, "error",
-                {"code": "training_failed", "message": f"{type(error).__name__}: {error}"},
-            )
+            self._run_again(job, lost.reason)
             return
         finally:
             deadline.cancel()
+            job.stop_training = None
+            workers.forget(job.id)
         job.bridge.finish()
-        if result.cancelled and job.timed_out:
-            message = f"training ran past its limit of {limit_s:g} s and stopped after round {result.iterations}"
+        if isinstance(outcome, Failed):
+            self._end(job, JobStatus.FAILED, "error", {"code": outcome.code, "message": outcome.message})
+        elif outcome.cancelled and job.timed_out:
+            message = f"training ran past its limit of {limit_s:g} s and stopped after round {outcome.iterations}"
             self._end(
-                job, JobStatus.FAILED, "error", {"code": "timeout", "message": message, "iteration": result.iterations}
+                job, JobStatus.FAILED, "error", {"code": "timeout", "message": message, "iteration": outcome.iterations}
             )
-        elif result.cancelled:
-            self._end(job, JobStatus.CANCELLED, "cancelled", {"iteration": result.iterations})
+        elif outcome.cancelled:
+            self._end(job, JobStatus.CANCELLED, "cancelled", {"iteration": outcome.iterations})
         else:
-            assert artifact is not None and job.started_at is not None  # saved, and started, unless cancelled
-            format = request.artifact_format
-            complete = {
-                **artifact.event_fields(format),
-                "iterations": result.iterations,
-                "best_iteration": result.best_iteration,
-                "metrics": result.metrics,
-                "curve": metric_history(1, result.curve),
-                "classes": data.classes,
-                "feature_names": data.feature_names,
-                "training_time_s": timings["fit_s"],
-                "timings": {
-                    **{name: round(value, 4) for name, value in job.ingest_timings.items()},
-                    "queued_s": round(job.started_at - job.created_at, 4),
-                    **timings,
-                },
-                "artifact": artifact.encoded(format),
-            }
-            self.store.insert_artifact(
-                ArtifactRecord(
-                    id=artifact.artifact_id,
-                    job_id=job.id,
-                    model_type=request.model_type,
-                    objective=request.objective,
-                    feature_names=data.feature_names,
-                    classes=data.classes,
-                    metrics=result.metrics,
-                    iterations=result.iterations,
-                    best_iteration=result.best_iteration,
-                    created_at=time.time(),
-                    blobs=artifact.blobs,
-                )
-            )
-            self._end(
-                job,
-                JobStatus.SUCCEEDED,
-                "complete",
-                complete,
-                artifact_id=artifact.artifact_id,
-                metrics=result.metrics,
-                iteration=result.iterations,
-            )
+            await self._succeed(job, data, outcome)
 
-    def _fit_and_save(self, job: Job, data: TrainingData) -> tuple[FitResult, Artifact | None, dict[str, float]]:
-        """Runs in a training thread."""
+    async def _succeed(self, job: Job, data: TrainingData, outcome: Finished) -> None:
+        assert outcome.artifact_id is not None and job.started_at is not None  # saved, and started
         request = job.request
-        started = time.perf_counter()
-        assert job.bridge is not None
-        result = job.trainer.fit(data, request.objective, request.params, job.bridge)
-        fitted = time.perf_counter()
-        artifact = None if result.cancelled else self.artifacts.save(result.model, job.trainer)
-        saved = time.perf_counter()
-        return result, artifact, {"fit_s": round(fitted - started, 4), "artifact_s": round(saved - fitted, 4)}
+        artifact = Artifact(outcome.artifact_id, outcome.blobs)
+        format = request.artifact_format
+        encoded = await self._on_disk(self.artifacts.encoded, artifact.artifact_id, format)
+        complete = {
+            **artifact.event_fields(format),
+            "iterations": outcome.iterations,
+            "best_iteration": outcome.best_iteration,
+            "metrics": outcome.metrics,
+            "curve": metric_history(1, outcome.curve),
+            "classes": data.classes,
+            "feature_names": data.feature_names,
+            "training_time_s": outcome.timings["fit_s"],
+            "timings": {
+                **{name: round(value, 4) for name, value in job.ingest_timings.items()},
+                "queued_s": round(job.started_at - job.created_at, 4),
+                **outcome.timings,
+            },
+            "artifact": encoded,
+        }
+        self.store.insert_artifact(
+            ArtifactRecord(
+                id=artifact.artifact_id,
+                job_id=job.id,
+                model_type=request.model_type,
+                objective=request.objective,
+                feature_names=data.feature_names,
+                classes=data.classes,
+                metrics=outcome.metrics,
+                iterations=outcome.iterations,
+                best_iteration=outcome.best_iteration,
+                created_at=time.time(),
+                blobs=artifact.blobs,
+            )
+        )
+        self._end(
+            job,
+            JobStatus.SUCCEEDED,
+            "complete",
+            complete,
+            artifact_id=artifact.artifact_id,
+            metrics=outcome.metrics,
+            iteration=outcome.iterations,
+        )
+
+    def _run_again(self, job: Job, reason: str) -> None:
+        """Its worker died while it trained: back in the queue, first, or ended when it has died
+        too often (`_on_run_done` puts it back)."""
+        if job.attempts >= MAX_ATTEMPTS:
+            message = f"{reason}, {job.attempts} times; it is not tried again"
+            log.warning("job %s: %s", job.id, message)
+            self._end(job, JobStatus.FAILED, "error", {"code": "interrupted", "message": message})
+            return
+        log.warning("job %s: %s; it runs again", job.id, reason)
+        job.status = JobStatus.QUEUED
+        self._emit(
+            job,
+            "restarted",
+            {"reason": reason, "attempts": job.attempts},
+            status=job.status,
+            iteration=0,
+            elapsed_s=None,
+            eta_s=None,
+        )
 
     # The job's events: each written to the store with the row fields that change with it, then
     # appended to the live log
@@ -438,7 +466,6 @@ class JobManager:
         if status is JobStatus.FAILED:
             row_fields.update(error_code=data["code"], error_message=data["message"])
         job.status = status
-        job.data = None
         callback_state = "pending" if job.request.callback_url else None
         self._emit(
             job,
@@ -461,18 +488,17 @@ class JobManager:
         return self.inputs_dir / job.id
 
     async def _save_inputs(self, job: Job, data: TrainingData) -> None:
+        """Write the job's arrays for its worker: the job runs once they are written, or fails when
+        they cannot be."""
         try:
             await self._on_disk(inputs.save, self._inputs_folder(job), data)
         except OSError as error:
-            log.warning(
-                "job %s: could not keep its input on disk (%s); it cannot be re-run after a restart", job.id, error
-            )
-            return
+            log.warning("job %s: could not keep its input on disk: %s", job.id, error)
+            job.input_error = str(error)
+        finally:
+            job.input_saved.set()
         if job.finished:
             await self._on_disk(inputs.remove, self._inputs_folder(job))  # it ended while its input was written
-            return
-        if job.status is JobStatus.QUEUED:
-            job.data = None  # it waits on disk; `_run` reads it back
 
     # After a restart
 
@@ -481,6 +507,7 @@ class JobManager:
         back in the queue, or ended when it cannot run again."""
         trainer = self.trainers[record.model_type]
         job = Job(record.id, record.request, trainer, record.created_at)
+        job.input_saved.set()  # from the server before: complete, or the job ends below
         job.status = record.status
         job.attempts = record.attempts
         for event in self.store.events(job.id):

@@ -41,6 +41,10 @@ class DeviceQueue:
         self._waiting.append(job)
         return len(self._waiting)
 
+    def push_front(self, job: Job) -> None:
+        """Put a job first: it ran, and must run again (its worker died)."""
+        self._waiting.appendleft(job)
+
     def next_to_run(self) -> Job | None:
         """The first waiting job, now counted as running, when a slot is free."""
         if not self._waiting or len(self.running) >= self.limit:

@@ -70,11 +70,10 @@ class ArtifactRecord:
 class Artifact:
     artifact_id: str
     blobs: dict[str, StoredBlob]
-    contents: dict[str, bytes]  # the bytes just written, for the `complete` event
 
     def event_fields(self, format: str) -> dict[str, Any]:
-        """What the `complete` event says of the artifact, but the base64 blob: that comes last
-        (`encoded`), where a stored event gets it back (`ArtifactStore.attach`)."""
+        """What the `complete` event says of the artifact, but the base64 blob: that comes last,
+        where a stored event gets it back (`ArtifactStore.attach`)."""
         blob = self.blobs[format]
         return {
             "artifact_id": self.artifact_id,
@@ -84,9 +83,6 @@ class Artifact:
             "signature": blob.signature,
         }
 
-    def encoded(self, format: str) -> str:
-        return base64.b64encode(self.contents[format]).decode("ascii")
-
 
 class ArtifactStore:
     def __init__(self, directory: Path, key: bytes) -> None:
@@ -95,7 +91,7 @@ class ArtifactStore:
         directory.mkdir(parents=True, exist_ok=True)
 
     def save(self, model: Any, predictor: Predictor) -> Artifact:
-        """Write both formats (runs in a training thread)."""
+        """Write both formats (in the worker that trained the model)."""
         buffer = io.BytesIO()
         joblib.dump(model, buffer, compress=JOBLIB_COMPRESS)
         contents = {"joblib": buffer.getvalue(), "native": predictor.to_native(model)}
@@ -111,7 +107,7 @@ class ArtifactStore:
             blobs[format] = StoredBlob(
                 media_type, extension, len(content), hashlib.sha256(content).hexdigest(), sign(self.key, content)
             )
-        return Artifact(artifact_id, blobs, contents)
+        return Artifact(artifact_id, blobs)
 
     def path(self, artifact_id: str, format: str) -> Path:
         return self.directory / f"{artifact_id}.{format}"
@@ -119,20 +115,22 @@ class ArtifactStore:
     def read(self, artifact_id: str, format: str) -> bytes:
         return self.path(artifact_id, format).read_bytes()
 
+    def encoded(self, artifact_id: str, format: str) -> str:
+        """The file in base64, as events carry it."""
+        return base64.b64encode(self.read(artifact_id, format)).decode("ascii")
+
     def attach(self, complete_json: str) -> str:
         """A stored `complete` event (kept without its artifact) with the artifact put back."""
         complete = orjson.loads(complete_json)
         try:
-            blob = self.read(complete["artifact_id"], complete["format"])
+            complete["artifact"] = self.encoded(complete["artifact_id"], complete["format"])
         except FileNotFoundError:
             log.warning("artifact %s is missing from %s", complete["artifact_id"], self.directory)
             complete["artifact"] = None
-        else:
-            complete["artifact"] = base64.b64encode(blob).decode("ascii")
         return orjson.dumps(complete).decode()
 
     def remove_unknown(self, known: set[str]) -> list[str]:
-        """Remove files of artifacts no job has (a training thread that outlived its server, a write
+        """Remove files of artifacts no job has (a worker that outlived its server, a write
         cut short): each is a file `<id>.<format>` or `<id>.partial`. The ids removed."""
         removed = set()
         for path in self.directory.iterdir():

@@ -1,0 +1,379 @@
+"""Worker processes on this machine, one pool per device: training never runs in the server's
+process, so a job that explodes in memory, crashes in a library's C++ code or holds the GIL in a
+Python loop costs its worker, never the server or the other jobs.
+
+Each worker is a process forked from multiprocessing's fork server, which has the trainers'
+libraries loaded already, so starting one (or replacing one) takes milliseconds after the first.
+It runs one job at a time (`task.run_task`, the code every worker runs) and speaks with its pool
+over a pipe:
+
+- pool → worker: `("run", TrainTask)`, `("stop", job_id)`: stop after the current round;
+- worker → pool: `("ready",)` once, then for each job its rounds `("round", iteration, metrics)`
+  and its outcome `("done", Finished | Failed)`.
+
+A worker reads the job's input from the files the server saved (memory-mapped, not copied) and
+writes the model to the artifact store itself; only rounds and the outcome cross the pipe.
+
+The pool adds what a thread could not have: a stop that does not come within `grace_s` (a round
+can take minutes) kills the worker; a worker whose own memory (`RssAnon`: not the mapped input)
+passes `memory_limit_bytes` is killed and its job fails `out_of_memory`; a worker that dies
+without being told to (`kill -9`, a crash, the kernel's OOM killer) makes its job `WorkerLost`,
+for the job manager to run again. Every worker that dies is replaced. A worker whose server goes
+away (its pipe closes) exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from boostream.models.artifacts import ArtifactStore
+from boostream.trainers import create_trainers
+from boostream.workers.task import Failed, Finished, Outcome, TrainTask, run_task
+
+log = logging.getLogger("boostream.workers")
+
+# How often the pool reads its workers' memory.
+MEMORY_CHECK_S = 0.1
+# A worker that dies before it is ready (a broken install, say) is started again after this long,
+# doubled each time up to the maximum, so that a crash loop does not spin.
+RESTART_DELAY_S, MAX_RESTART_DELAY_S = 0.5, 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerConfig:
+    """What a worker process needs to know; sent to it once, when it starts."""
+
+    device: str
+    lightgbm_threads: int
+    artifacts_dir: Path
+    key: bytes  # signs the artifacts the worker writes
+    log_level: str = "info"
+
+
+class WorkerLost(Exception):
+    """The worker running a job died without being told to."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# In the worker process
+
+
+def serve(conn: Connection, config: WorkerConfig) -> None:
+    """A worker process's life: run the tasks the pool sends, one at a time."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the server, which then stops its workers
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(levelname)s:     worker %(process)d: %(name)s: %(message)s"
+    )
+    trainers = create_trainers(config.lightgbm_threads)
+    for trainer in trainers.values():
+        if trainer.device == config.device:
+            trainer.availability()  # loads the device's libraries (torch for a GPU) before the first job
+    artifacts = ArtifactStore(config.artifacts_dir, config.key)
+    tasks: queue.SimpleQueue[TrainTask] = queue.SimpleQueue()
+    stops: dict[str, threading.Event] = {}
+
+    def listen() -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                os._exit(0)  # the server is gone: nobody would take this job's result
+            if message[0] == "run":
+                stops[message[1].job_id] = threading.Event()
+                tasks.put(message[1])
+            elif message[0] == "stop" and (stop := stops.get(message[1])) is not None:
+                stop.set()
+
+    threading.Thread(target=listen, name="listen", daemon=True).start()
+    conn.send(("ready",))
+    while True:
+        task = tasks.get()
+        outcome = run_task(task, trainers, artifacts, _PipeReporter(conn, stops[task.job_id]))
+        del stops[task.job_id]
+        conn.send(("done", outcome))
+
+
+class _PipeReporter:
+    """The trainer's `Reporter` in a worker: rounds go down the pipe, the stop comes up it."""
+
+    def __init__(self, conn: Connection, stop: threading.Event) -> None:
+        self._conn = conn
+        self._stop = stop
+
+    @property
+    def cancelled(self) -> bool:
+        return self._stop.is_set()
+
+    def report(self, iteration: int, metrics: Mapping[str, float | None]) -> None:
+        self._conn.send(("round", iteration, dict(metrics)))
+
+
+# In the server
+
+
+class _Worker:
+    def __init__(self, number: int, process: Any, conn: Connection) -> None:
+        self.number = number
+        self.process = process
+        self.conn = conn
+        self.pid: int = process.pid
+        self.state = "starting"  # then idle or busy
+        self.started_at = time.time()
+        self.jobs = 0  # jobs it has finished
+        self.memory_bytes: int | None = None
+        # While it runs a job (on the loop, but `last_round` and `on_round`: the listening thread).
+        self.job_id: str | None = None
+        self.outcome: asyncio.Future[Outcome] | None = None
+        self.on_round: Callable[[int, Mapping[str, float | None]], None] | None = None
+        self.last_round = 0
+        self.stopping = False
+        self.killed_for: str | None = None  # "stop" or "memory": why the pool killed it
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "state": self.state,
+            "job_id": self.job_id,
+            "memory_bytes": self.memory_bytes,
+            "jobs": self.jobs,
+            "started_at": self.started_at,
+        }
+
+
+class LocalWorkers:
+    """The worker processes of one device on this machine, `slots` of them, kept warm.
+
+    :param memory_limit_bytes: a worker that holds more memory of its own is killed (0: no limit)
+    :param grace_s: how long a job asked to stop may take to finish its round before its worker
+        is killed
+    """
+
+    def __init__(self, config: WorkerConfig, slots: int, memory_limit_bytes: int, grace_s: float) -> None:
+        self.config = config
+        self.device = config.device
+        self.slots = slots
+        self.memory_limit_bytes = memory_limit_bytes
+        self.grace_s = grace_s
+        self._context = multiprocessing.get_context("forkserver")
+        # Loaded once in the fork server, so that each worker starts with them.
+        self._context.set_forkserver_preload([__name__])
+        self._workers: list[_Worker] = []
+        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._stops_waiting: set[str] = set()  # jobs asked to stop before they reached a worker
+        self._started = 0
+        self._restart_delay_s = RESTART_DELAY_S
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Start the workers (without waiting for them to be ready) and the memory watch."""
+        self._loop = asyncio.get_running_loop()
+        for _ in range(self.slots):
+            self._background(self._spawn())
+        if self.memory_limit_bytes:
+            self._background(self._watch_memory())
+
+    async def run(self, task: TrainTask, on_round: Callable[[int, Mapping[str, float | None]], None]) -> Outcome:
+        """Run `task` on the next idle worker; `on_round` is called from another thread with each
+        round. WorkerLost when the worker dies without having been told to."""
+        worker = await self._idle.get()
+        while worker not in self._workers:  # it died while idle
+            worker = await self._idle.get()
+        assert self._loop is not None
+        worker.state, worker.job_id, worker.on_round = "busy", task.job_id, on_round
+        worker.last_round, worker.stopping = 0, False
+        outcome: asyncio.Future[Outcome] = self._loop.create_future()
+        worker.outcome = outcome
+        worker.conn.send(("run", task))
+        if task.job_id in self._stops_waiting:
+            self._stops_waiting.discard(task.job_id)
+            self.stop(task.job_id)
+        return await outcome
+
+    def stop(self, job_id: str) -> None:
+        """Ask the job to stop after its current round; kill its worker if it has not within the grace."""
+        worker = next((w for w in self._workers if w.job_id == job_id), None)
+        if worker is None:
+            self._stops_waiting.add(job_id)
+            return
+        if worker.stopping:
+            return
+        worker.stopping = True
+        try:
+            worker.conn.send(("stop", job_id))
+        except OSError:
+            pass  # it is dying already
+        assert self._loop is not None
+        self._loop.call_later(self.grace_s, self._kill_if_busy, worker, job_id, "stop")
+
+    def forget(self, job_id: str) -> None:
+        """A job that never reached a worker has ended."""
+        self._stops_waiting.discard(job_id)
+
+    def views(self) -> list[dict[str, Any]]:
+        return [{"device": self.device, **worker.view()} for worker in self._workers]
+
+    async def close(self) -> None:
+        """Kill every worker: the jobs they ran stay `running` in the store, for the next server."""
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for worker in self._workers:
+            worker.process.kill()
+        # Each worker's listening thread reaps it, and `_on_exit` lets it go.
+        deadline = time.monotonic() + 5
+        while self._workers and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    # Starting and losing workers
+
+    async def _spawn(self) -> None:
+        parent, child = self._context.Pipe()
+        process = self._context.Process(
+            target=serve, args=(child, self.config), name=f"boostream-{self.device}-worker", daemon=True
+        )
+        try:
+            await asyncio.to_thread(process.start)  # the first one starts the fork server: a second or so
+        except Exception:
+            log.exception("could not start a %s worker; trying again in %g s", self.device, self._restart_delay_s)
+            self._background(self._spawn_later())
+            return
+        finally:
+            child.close()
+        self._started += 1
+        worker = _Worker(self._started, process, parent)
+        if self._closing:
+            process.kill()
+            return
+        self._workers.append(worker)
+        name = f"{self.device}-worker-{worker.pid}"
+        threading.Thread(target=self._listen, args=(worker,), name=name, daemon=True).start()
+
+    async def _spawn_later(self) -> None:
+        await asyncio.sleep(self._restart_delay_s)
+        self._restart_delay_s = min(self._restart_delay_s * 2, MAX_RESTART_DELAY_S)
+        await self._spawn()
+
+    def _listen(self, worker: _Worker) -> None:
+        """In a thread of its own: the worker's messages, until its pipe closes."""
+        while True:
+            try:
+                message = worker.conn.recv()
+            except (EOFError, OSError):
+                break
+            if message[0] == "round":
+                worker.last_round = message[1]
+                if worker.on_round is not None:
+                    worker.on_round(message[1], message[2])
+            else:
+                self._call(self._on_message, worker, message)
+        worker.process.join(5)
+        self._call(self._on_exit, worker)
+
+    def _call(self, function: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(function, *args)
+        except RuntimeError:
+            pass  # the loop is closed: the server has gone
+
+    def _on_message(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        if message[0] == "ready":
+            log.debug("%s worker %d is ready", self.device, worker.pid)
+            self._restart_delay_s = RESTART_DELAY_S
+        elif message[0] == "done":
+            worker.jobs += 1
+            if worker.outcome is not None and not worker.outcome.done():
+                worker.outcome.set_result(message[1])
+        self._idle_again(worker)
+
+    def _idle_again(self, worker: _Worker) -> None:
+        worker.state, worker.job_id, worker.on_round, worker.outcome = "idle", None, None, None
+        self._idle.put_nowait(worker)
+
+    def _on_exit(self, worker: _Worker) -> None:
+        self._workers.remove(worker)
+        ready = worker.state != "starting"
+        outcome = worker.outcome
+        if outcome is not None and not outcome.done():
+            if worker.killed_for == "stop":
+                outcome.set_result(Finished.stopped(worker.last_round))
+            elif worker.killed_for == "memory":
+                limit_mb = self.memory_limit_bytes / 1024**2
+                outcome.set_result(
+                    Failed(
+                        "out_of_memory",
+                        f"the job took more than its worker's memory limit of {limit_mb:.0f} MB"
+                        f" and was stopped in round {worker.last_round + 1}",
+                    )
+                )
+            else:
+                outcome.set_exception(WorkerLost(f"its worker process died ({_exit_reason(worker.process.exitcode)})"))
+        if self._closing:
+            return
+        if worker.killed_for is None:
+            log.warning("%s worker %d died (%s)", self.device, worker.pid, _exit_reason(worker.process.exitcode))
+        self._background(self._spawn() if ready else self._spawn_later())
+
+    def _kill_if_busy(self, worker: _Worker, job_id: str, reason: str) -> None:
+        if worker.job_id == job_id and worker in self._workers:
+            log.info("job %s: killing its %s worker %d (%s)", job_id, self.device, worker.pid, reason)
+            worker.killed_for = reason
+            worker.process.kill()
+
+    async def _watch_memory(self) -> None:
+        while True:
+            for worker in list(self._workers):
+                worker.memory_bytes = own_memory_bytes(worker.pid)
+                if (
+                    worker.job_id is not None
+                    and worker.memory_bytes is not None
+                    and worker.memory_bytes > self.memory_limit_bytes
+                ):
+                    self._kill_if_busy(worker, worker.job_id, "memory")
+            await asyncio.sleep(MEMORY_CHECK_S)
+
+    def _background(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def own_memory_bytes(pid: int) -> int | None:
+    """The process's own resident memory (anonymous pages: not the files it maps, such as its job's
+    input), or None where the system does not say."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _exit_reason(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit status {exitcode}"

@@ -1,0 +1,159 @@
+"""Training runs in worker processes, never in the server's: what that promises (README, "Worker
+processes"). A worker killed mid-job is replaced and its job runs again; a stop that a long round
+would hold up kills the worker; a job over its worker's memory limit fails, and the server answers
+throughout."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from test_jobs import body_for, check_log, long_body
+from test_restarts import kill_9, wait_until_training
+
+from conftest import Server, running_server, running_server_process
+
+
+def workers(server: Server, state: str | None = None) -> list[dict]:
+    with server.client() as client:
+        found = client.get("/health").json()["workers"]
+    return [worker for worker in found if state is None or worker["state"] == state]
+
+
+def wait_for_workers(server: Server, count: int, timeout: float = 30.0) -> list[dict]:
+    """Until `count` workers are up and idle."""
+    deadline = time.monotonic() + timeout
+    while len(idle := workers(server, "idle")) != count or len(workers(server)) != count:
+        assert time.monotonic() < deadline, f"never {count} idle workers: {workers(server)}"
+        time.sleep(0.05)
+    return idle
+
+
+def wait_until_finished(server: Server, job_id: str, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while (job := server.job(job_id))["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, f"job {job_id} never finished: {job}"
+        time.sleep(0.02)
+    return job
+
+
+def one_long_round(rows: int = 100_000) -> dict:
+    """A job whose first round takes many seconds (about 17 s for 100,000 rows on two cores): as
+    many leaves as rows allow, each searched over 64 bins, in little memory (0.6 GB)."""
+    rng = np.random.default_rng(0)
+    X, y = rng.random((rows, 3)), rng.random(rows)
+    return body_for((X, y), 5, num_leaves=131_072, min_data_in_leaf=1, max_bin=64)
+
+
+def test_a_worker_killed_mid_job_is_replaced_and_the_job_runs_again_as_attempt_2(tmp_path: Path, diabetes):
+    with running_server(tmp_path, cpu_jobs=1, threads_per_job=1) as server:
+        (first,) = wait_for_workers(server, 1)
+        assert first["pid"] != os.getpid(), "training is not in the server's process"
+        job_id = server.create_job(long_body(diabetes, rounds=3000))
+        wait_until_training(server, job_id, attempt=1)
+        (busy,) = workers(server, "busy")
+        assert busy["pid"] == first["pid"] and busy["job_id"] == job_id
+
+        os.kill(busy["pid"], signal.SIGKILL)
+
+        job = wait_until_finished(server, job_id, timeout=120)
+        assert job["status"] == "succeeded" and job["attempts"] == 2, job
+        events = server.events(job_id)
+        check_log(events, "complete")
+        assert [e.data["attempt"] for e in events if e.type == "started"] == [1, 2]
+        (restarted,) = [e for e in events if e.type == "restarted"]
+        assert restarted.data["attempts"] == 1
+        assert "worker process died (killed by SIGKILL)" in restarted.data["reason"]
+        (replacement,) = wait_for_workers(server, 1)
+        assert replacement["pid"] != first["pid"]
+
+
+def test_a_stop_held_up_by_a_long_round_kills_the_worker_within_2_s(tmp_path: Path):
+    with running_server(tmp_path, cpu_jobs=1, stop_grace_s=1.0) as server:
+        wait_for_workers(server, 1)
+        for ask in ("cancel", "timeout"):
+            body = one_long_round() | ({"timeout_s": 1} if ask == "timeout" else {})
+            job_id = server.create_job(body)
+            deadline = time.monotonic() + 30
+            while server.job(job_id)["status"] != "running":
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            time.sleep(0.5)  # inside round 1, which takes many seconds
+            asked = time.monotonic()
+            if ask == "cancel":
+                with server.client() as client:
+                    assert client.post(f"/jobs/{job_id}/cancel").status_code == 202
+            job = wait_until_finished(server, job_id)
+            took = time.monotonic() - asked
+            if ask == "cancel":
+                assert job["status"] == "cancelled", job
+                assert took < 2.0, f"cancelled {took:.2f} s after it was asked"
+            else:
+                assert job["status"] == "failed" and job["error"]["code"] == "timeout", job
+                assert took < 2.0, f"ended {took:.2f} s after its 1 s limit was near"
+            check_log(server.events(job_id), "cancelled" if ask == "cancel" else "error")
+            wait_for_workers(server, 1)
+
+        # The replaced worker trains the next job.
+        job_id = server.create_job(body_for(((np.arange(200.0).reshape(100, 2)), np.arange(100.0)), 5))
+        assert wait_until_finished(server, job_id)["status"] == "succeeded"
+
+
+def test_a_job_over_its_workers_memory_limit_fails_out_of_memory_while_the_server_answers(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    X, y = rng.random((20_000, 20)), rng.random(20_000)
+    # Histograms of 65,535 bins for 20 features in each of up to 512 leaves: over 1 GB in its
+    # first round, where the limit is 300 MiB.
+    hungry = body_for((X, y), 3, num_leaves=512, max_bin=65_535, min_data_in_leaf=1)
+    with running_server(tmp_path, cpu_jobs=1, worker_memory_mb=300) as server:
+        (before,) = wait_for_workers(server, 1)
+        job_id = server.create_job(hungry)
+        slowest = 0.0
+        with server.client() as client:
+            while (job := server.job(job_id))["status"] in ("queued", "running"):
+                asked = time.monotonic()
+                assert client.get("/health", timeout=5).status_code == 200
+                slowest = max(slowest, time.monotonic() - asked)
+                time.sleep(0.02)
+        assert job["status"] == "failed" and job["error"]["code"] == "out_of_memory", job
+        assert "300 MB" in job["error"]["message"]
+        assert slowest < 1.0, f"/health took {slowest:.2f} s while the job grew"
+        check_log(server.events(job_id), "error")
+        (after,) = wait_for_workers(server, 1)
+        assert after["pid"] != before["pid"]
+
+        small = server.create_job(body_for((X[:500], y[:500]), 5))
+        assert wait_until_finished(server, small)["status"] == "succeeded"
+
+
+def test_workers_exit_with_their_server_even_when_it_is_killed(tmp_path: Path):
+    with running_server_process(tmp_path, "--cpu-jobs", "2") as server:
+        pids = [worker["pid"] for worker in wait_for_workers(server, 2)]
+        kill_9(server)
+    deadline = time.monotonic() + 10
+    while alive := [pid for pid in pids if _alive(pid)]:
+        assert time.monotonic() < deadline, f"workers {alive} outlived their server"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+def test_health_shows_each_worker(tmp_path: Path):
+    with running_server(tmp_path, cpu_jobs=2) as server:
+        found = wait_for_workers(server, 2)
+        assert {worker["device"] for worker in found} == {"cpu"}
+        assert len({worker["pid"] for worker in found}) == 2
+        for worker in found:
+            assert worker["job_id"] is None and worker["jobs"] == 0
+        with httpx.Client(base_url=server.url) as client:
+            assert client.get("/health").json()["queue"]["cpu"]["limit"] == 2
