@@ -195,15 +195,16 @@ class LocalWorkers:
         worker = await self._idle.get()
         while worker not in self._workers:  # it died while idle
             worker = await self._idle.get()
+        if task.job_id in self._stops_waiting:  # asked to stop while it waited for this worker
+            self._stops_waiting.discard(task.job_id)
+            self._idle.put_nowait(worker)
+            return Finished.stopped(0)
         assert self._loop is not None
         worker.state, worker.job_id, worker.on_round = "busy", task.job_id, on_round
         worker.last_round, worker.stopping = 0, False
         outcome: asyncio.Future[Outcome] = self._loop.create_future()
         worker.outcome = outcome
         worker.conn.send(("run", task))
-        if task.job_id in self._stops_waiting:
-            self._stops_waiting.discard(task.job_id)
-            self.stop(task.job_id)
         return await outcome
 
     def stop(self, job_id: str) -> None:
