@@ -23,6 +23,11 @@ class BoostreamError(Exception):
         self.message = message
         self.field = field
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its attributes, whatever its constructor takes: it crosses from a decoder
+        process as itself."""
+        return (_restore, (type(self), self.args, self.__dict__))
+
     def details(self) -> dict[str, Any]:
         """The error as JSON shows it: code, message, and the field when one is at fault."""
         error: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -93,6 +98,18 @@ class Unavailable(BoostreamError):
     code = "backend_unavailable"
 
 
+class StorageFailed(BoostreamError):
+    """What the server must keep on disk could not be written (a full or read-only disk)."""
+
+    code = "storage_failed"
+
+
+class Interrupted(BoostreamError):
+    """The process serving the request died before it finished; sending it again may work."""
+
+    code = "interrupted"
+
+
 class Conflict(BoostreamError):
     """The job is not where the request needs it: `code` says which way (`not_finished`,
     `no_result`, `already_finished`) and `job_status` where it stands."""
@@ -121,3 +138,10 @@ def quotable(text: str) -> str:
     terminal printing the message shows them rather than obeys them."""
     short = text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS] + " ..."
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in short)
+
+
+def _restore(kind: type[BoostreamError], args: tuple[Any, ...], state: dict[str, Any]) -> BoostreamError:
+    error = kind.__new__(kind)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error

@@ -19,6 +19,7 @@ import numpy as np
 from boostream import __version__
 from boostream.config import Settings
 from boostream.errors import Conflict, Gone, InvalidParameter, NotFound
+from boostream.jobs import inputs
 from boostream.jobs.job import Job
 from boostream.jobs.manager import JobManager
 from boostream.jobs.records import Event, JobRecord, JobRequest, JobStatus
@@ -33,6 +34,7 @@ from boostream.requests.spec import TrainSpec
 from boostream.trainers import create_trainers
 from boostream.trainers.base import OBJECTIVES, Availability, params_schema
 from boostream.views import artifact_view, availability_view, job_view
+from boostream.workers.decoding import Decoders, SharedBody, shared_bodies_work
 from boostream.workers.local import LocalWorkers, WorkerConfig
 
 log = logging.getLogger("boostream.service")
@@ -57,6 +59,7 @@ class Service:
         self.availability: dict[str, Availability] = {}
         self.webhook_policy = WebhookPolicy(settings.allowed_webhook_hosts)
         self._jobs: JobManager | None = None
+        self._decoders: Decoders | None = None
         self._models: ModelLoader | None = None
         self._ingest: anyio.Semaphore | None = None
 
@@ -97,10 +100,14 @@ class Service:
                 webhook_policy=self.webhook_policy,
             )
             self._ingest = anyio.Semaphore(INGEST_SLOTS)
+            if shared_bodies_work():
+                self._decoders = Decoders(INGEST_SLOTS, settings.inputs_dir, settings.lightgbm_threads)
             await self._jobs.start()
             try:
                 yield
             finally:
+                if self._decoders is not None:
+                    self._decoders.close()
                 await self._jobs.shutdown()
         finally:
             store.close()
@@ -124,9 +131,35 @@ class Service:
         """The backends that cannot train here, with the reason."""
         return {name: a.reason or "unavailable" for name, a in self.availability.items() if not a.available}
 
-    async def decode_json(self, body: bytes | bytearray) -> TrainSpec:
-        return await anyio.to_thread.run_sync(
-            decode_train_request, body, self.trainers, self.unavailable, self.settings.max_cells
+    def body_buffer(self, size: int) -> bytearray | SharedBody:
+        """Memory for a JSON training body of `size` bytes, where `decode_json` reads it best."""
+        return SharedBody(size) if self._decoders is not None and size > 0 else bytearray(size)
+
+    async def decode_json(self, body: bytes | bytearray | SharedBody) -> TrainSpec:
+        """Decode and check a JSON training body, in a decoder process where the system allows (the
+        arrays then wait on disk for the job's worker, and `saved_at` says where); a body from
+        `body_buffer` is freed once read."""
+        if self._decoders is None:
+            assert not isinstance(body, SharedBody), "bodies are shared only with decoder processes"
+            return await anyio.to_thread.run_sync(
+                decode_train_request, body, self.trainers, self.unavailable, self.settings.max_cells
+            )
+        try:
+            decoded = await self._decoders.decode_train(body, self.unavailable, self.settings.max_cells)
+        finally:
+            if isinstance(body, SharedBody):
+                body.close()
+        data = await anyio.to_thread.run_sync(inputs.load, decoded.folder)
+        assert data is not None, decoded.folder  # the decoder wrote it whole
+        return TrainSpec(
+            trainer=self.trainers[decoded.model_type],
+            objective=decoded.objective,
+            params=decoded.params,
+            data=data,
+            callback_url=decoded.callback_url,
+            timeout_s=decoded.timeout_s,
+            artifact_format=decoded.artifact_format,
+            saved_at=decoded.folder,
         )
 
     async def decode_table(
@@ -177,16 +210,21 @@ class Service:
         """A job for a decoded request, once its options are checked against this server's limits.
         `ingest_timings`: `receive_s` (reading the body, where there was one) and `decode_s`;
         `base_url`: where the client reached the server, for the absolute URLs of webhooks."""
-        job_request = JobRequest(
-            model_type=spec.trainer.name,
-            objective=spec.objective,
-            params=spec.params,
-            callback_url=None if spec.callback_url is None else self.webhook_policy.check(spec.callback_url),
-            timeout_s=self._check_timeout(spec.timeout_s),
-            artifact_format=spec.artifact_format,
-            base_url=base_url,
-        )
-        return self.jobs.submit(job_request, spec.data, ingest_timings)
+        try:
+            job_request = JobRequest(
+                model_type=spec.trainer.name,
+                objective=spec.objective,
+                params=spec.params,
+                callback_url=None if spec.callback_url is None else self.webhook_policy.check(spec.callback_url),
+                timeout_s=self._check_timeout(spec.timeout_s),
+                artifact_format=spec.artifact_format,
+                base_url=base_url,
+            )
+            return self.jobs.submit(job_request, spec.data, ingest_timings, saved_at=spec.saved_at)
+        except BaseException:
+            if spec.saved_at is not None and spec.saved_at.exists():  # refused: its arrays go too
+                inputs.remove(spec.saved_at)
+            raise
 
     def job(self, job_id: str) -> JobRecord:
         record = self.jobs.job(job_id)

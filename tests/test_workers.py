@@ -157,3 +157,57 @@ def test_health_shows_each_worker(tmp_path: Path):
             assert worker["job_id"] is None and worker["jobs"] == 0
         with httpx.Client(base_url=server.url) as client:
             assert client.get("/health").json()["queue"]["cpu"]["limit"] == 2
+
+
+def test_a_request_whose_table_cannot_be_kept_on_disk_fails_saying_why(tmp_path: Path, diabetes):
+    """A job's worker reads its input from disk: where it cannot be written, a JSON request (whose
+    decoder writes it) is refused with 503, and a job from a table (written once it is queued)
+    fails; both say why."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "inputs").write_text("a file where the inputs' folder should be")
+    X, y = diabetes
+    table = "".join(f"{','.join(map(str, row))},{label}\n" for row, label in zip(X, y, strict=True))
+    header = ",".join(f"f{i}" for i in range(X.shape[1])) + ",target\n"
+    with running_server(tmp_path, cpu_jobs=1) as server, server.client() as client:
+        response = client.post("/jobs", json=body_for(diabetes, 5))
+        assert response.status_code == 503, response.text
+        error = response.json()["error"]
+        assert error["code"] == "storage_failed" and "Not a directory" in error["message"], error
+
+        response = client.post(
+            "/jobs", params={"target": "target"}, content=header + table, headers={"content-type": "text/csv"}
+        )
+        assert response.status_code == 202, response.text
+        job = wait_until_finished(server, response.json()["job_id"])
+        assert job["status"] == "failed" and job["error"]["code"] == "storage_failed", job
+        assert "could not be kept on disk" in job["error"]["message"]
+        check_log(server.events(job["job_id"]), "error")
+
+
+def test_a_task_whose_input_is_gone_is_an_outcome_not_an_exception(tmp_path: Path):
+    from boostream.models.artifacts import ArtifactStore
+    from boostream.trainers import create_trainers
+    from boostream.workers.task import Failed, TrainTask, run_task
+
+    class Reporter:
+        cancelled = False
+
+        def report(self, iteration: int, metrics: dict) -> None:
+            raise AssertionError("nothing to train")
+
+    task = TrainTask("job", "lightgbm", "regression", {}, str(tmp_path / "missing"))
+    outcome = run_task(task, create_trainers(1), ArtifactStore(tmp_path / "artifacts", b"k" * 32), Reporter())
+    assert isinstance(outcome, Failed) and outcome.code == "interrupted", outcome
+
+
+def test_a_json_request_refused_after_decoding_leaves_no_table_behind(tmp_path: Path, diabetes):
+    """Its decoder process wrote the arrays for a job; the job is refused (its webhook host is not
+    allowed), and the arrays go with it."""
+    with running_server(tmp_path, cpu_jobs=1) as server, server.client() as client:
+        body = body_for(diabetes, 5) | {"callback_url": "http://not-allowed.example/hook"}
+        response = client.post("/jobs", json=body)
+        assert response.status_code == 422 and response.json()["error"]["field"] == "callback_url", response.text
+        assert list((server.data_dir / "inputs").iterdir()) == []
+        job_id = server.create_job(body_for(diabetes, 5))
+        assert wait_until_finished(server, job_id)["status"] == "succeeded"
+        assert list((server.data_dir / "inputs").iterdir()) == [], "a finished job's input is removed"

@@ -135,7 +135,11 @@ class JobManager:
 
     # What the service asks for
 
-    def submit(self, request: JobRequest, data: TrainingData, ingest_timings: dict[str, float]) -> Job:
+    def submit(
+        self, request: JobRequest, data: TrainingData, ingest_timings: dict[str, float], saved_at: Path | None = None
+    ) -> Job:
+        """A new job, queued. `saved_at`: where its arrays are kept already (a decoder process wrote
+        them); they move to the job's folder, else they are written there."""
         trainer = self.trainers[request.model_type]
         self._queues[trainer.device].check_room()
         job = Job(uuid.uuid4().hex, request, trainer, time.time())
@@ -153,8 +157,15 @@ class JobManager:
             )
         )
         self._live[job.id] = job
+        if saved_at is not None:
+            try:
+                saved_at.rename(self._inputs_folder(job))  # within one folder: no data moves
+            except OSError as error:
+                job.input_error = str(error)
+            job.input_saved.set()
+        else:
+            self._background(self._save_inputs(job, data))
         self._enqueue(job)
-        self._background(self._save_inputs(job, data))
         return job
 
     def live(self, job_id: str) -> Job | None:

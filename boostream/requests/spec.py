@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -51,6 +52,9 @@ class TrainSpec:
     callback_url: str | None = None
     timeout_s: float | None = None
     artifact_format: str = "joblib"
+    # Where the arrays are kept already, as `jobs.inputs` writes them, when a decoder process
+    # wrote them there (`data` is then mapped from those files).
+    saved_at: Path | None = None
 
 
 def build_spec(

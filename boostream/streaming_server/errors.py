@@ -27,6 +27,8 @@ STATUS: dict[type[BoostreamError], int] = {
     errors.Conflict: 409,
     errors.QueueFull: 429,
     errors.Unavailable: 503,
+    errors.StorageFailed: 503,
+    errors.Interrupted: 503,
 }
 
 

@@ -147,7 +147,7 @@ class Routes:
         async with service.ingest_slot():
             arrived = time.perf_counter()
             if media_type == JSON:
-                body = await read_body(request, limit)
+                body = await read_body(request, limit, service.body_buffer)
                 started = time.perf_counter()
                 spec = await service.decode_json(body)
                 return spec, {"receive_s": started - arrived, "decode_s": time.perf_counter() - started}

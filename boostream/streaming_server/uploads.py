@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import mmap
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar, overload
 
 import anyio
 from starlette.datastructures import UploadFile
@@ -36,6 +38,7 @@ MULTIPART = "multipart/form-data"
 # Chunks are gathered to this size before each write, which runs in a thread.
 WRITE_BATCH_BYTES = 8 * 1024 * 1024
 MAX_FORM_FIELDS = 200
+Buffer = TypeVar("Buffer", bound=bytearray | mmap.mmap)
 # A body buffer up to this size is allocated on the event loop; a larger one in a thread.
 LOOP_ALLOCATION_BYTES = 4 << 20
 # Starlette's words for a multipart body it cannot parse (as HTTPException's detail), by their start,
@@ -63,16 +66,25 @@ async def receive_table(request: Request, media_type: str, limit: int, directory
     return Upload(await _spool_body(request, limit, directory), TABLE_TYPES[media_type], dict(request.query_params))
 
 
-async def read_body(request: Request, limit: int) -> bytearray:
+@overload
+async def read_body(request: Request, limit: int) -> bytearray: ...
+
+
+@overload
+async def read_body(request: Request, limit: int, allocate: Callable[[int], Buffer]) -> Buffer | bytearray: ...
+
+
+async def read_body(request: Request, limit: int, allocate: Callable[[int], Any] = bytearray) -> Any:
     """The body, refused (TooLarge) as soon as it is known to exceed `limit`, before reading the rest.
-    With a Content-Length the buffer is allocated once: growing it chunk by chunk cost seconds per GB."""
+    With a Content-Length the buffer is allocated once, by `allocate`: growing it chunk by chunk
+    cost seconds per GB. Without one, it grows in a bytearray."""
     declared = declared_length(request, limit)
     if declared is not None:
         # Zero-filling fresh memory takes about 0.5 s per GB here: not on the event loop.
         body = (
-            bytearray(declared)
+            allocate(declared)
             if declared < LOOP_ALLOCATION_BYTES
-            else await anyio.to_thread.run_sync(bytearray, declared)
+            else await anyio.to_thread.run_sync(allocate, declared)
         )
         view, filled = memoryview(body), 0
         async for chunk in request.stream():

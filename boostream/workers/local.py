@@ -169,9 +169,7 @@ class LocalWorkers:
         self.slots = slots
         self.memory_limit_bytes = memory_limit_bytes
         self.grace_s = grace_s
-        self._context = multiprocessing.get_context("forkserver")
-        # Loaded once in the fork server, so that each worker starts with them.
-        self._context.set_forkserver_preload([__name__])
+        self._context = forkserver_context()
         self._workers: list[_Worker] = []
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._stops_waiting: set[str] = set()  # jobs asked to stop before they reached a worker
@@ -261,6 +259,7 @@ class LocalWorkers:
         worker = _Worker(self._started, process, parent)
         if self._closing:
             process.kill()
+            await asyncio.to_thread(process.join, 5)
             return
         self._workers.append(worker)
         name = f"{self.device}-worker-{worker.pid}"
@@ -354,6 +353,14 @@ class LocalWorkers:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def forkserver_context() -> Any:
+    """Where worker and decoder processes come from: forked from one fork server, a fresh process
+    (never this threaded one) that has their modules loaded already."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["boostream.workers.local", "boostream.workers.decoding"])
+    return context
 
 
 def own_memory_bytes(pid: int) -> int | None:

@@ -1,0 +1,165 @@
+"""JSON training bodies decoded in processes of their own, so that the server's event loop never
+waits on a decoder holding Python's GIL: msgspec's scan of a body's shape holds it for about
+1.2 s per GB, which stopped every stream's events and `/health` for as long.
+
+A body arrives in a `SharedBody`: memory of its own (a memfd) that a decoder process opens through
+`/proc`, so the body is not copied across. The decoder checks the request as the server would
+(`decode_train_request`) and writes the arrays where the job's worker will read them (an
+`incoming-*` folder under the inputs directory, which the job manager renames to the job's); what
+comes back is the request without its arrays (`Decoded`). Domain errors come back as themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import mmap
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+from boostream.errors import Interrupted, StorageFailed
+from boostream.jobs import inputs
+from boostream.memory import MADV_POPULATE_WRITE, MAPPED_MIN_BYTES
+from boostream.requests.json_body import decode_train_request
+from boostream.trainers import create_trainers
+from boostream.trainers.base import Backend
+from boostream.workers.local import forkserver_context
+
+INCOMING_PREFIX = "incoming-"
+
+
+class SharedBody(mmap.mmap):
+    """A request body's memory that another process can map: an anonymous file (memfd), so no
+    size limit of /dev/shm applies. Written like a bytearray; `close()` frees it."""
+
+    fd: int
+
+    def __new__(cls, size: int) -> SharedBody:
+        fd = os.memfd_create("boostream-body", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            body = super().__new__(cls, fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
+        body.fd = fd
+        if size >= MAPPED_MIN_BYTES:
+            body.madvise(MADV_POPULATE_WRITE)  # in one call, not a page fault per 4 KiB as it fills
+        return body
+
+    @property
+    def source(self) -> str:
+        """Where another process of this user opens it."""
+        return f"/proc/{os.getpid()}/fd/{self.fd}"
+
+    def close(self) -> None:
+        super().close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:  # a request cut short leaves its body to the garbage collector
+        if getattr(self, "fd", -1) >= 0:
+            self.close()
+
+
+def shared_bodies_work() -> bool:
+    """Whether this system has memfds and /proc (Linux): else bodies are decoded in threads."""
+    return hasattr(os, "memfd_create") and Path(f"/proc/{os.getpid()}/fd").is_dir()
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoded:
+    """A training request checked in a decoder process; its arrays are in `folder`."""
+
+    model_type: str
+    objective: str
+    params: dict[str, Any]
+    callback_url: str | None
+    timeout_s: float | None
+    artifact_format: str
+    folder: Path
+
+
+class Decoders:
+    """`processes` decoder processes, started on the first body."""
+
+    def __init__(self, processes: int, inputs_dir: Path, lightgbm_threads: int) -> None:
+        self.processes = processes
+        self.inputs_dir = inputs_dir
+        self.lightgbm_threads = lightgbm_threads
+        self._executor: concurrent.futures.ProcessPoolExecutor | None = None
+
+    async def decode_train(
+        self, body: SharedBody | bytes | bytearray, unavailable: Mapping[str, str], max_cells: int
+    ) -> Decoded:
+        """Decode and check `body`, leaving its arrays in a new incoming folder; a domain error
+        naming the field at fault, as `decode_train_request` raises them."""
+        if not isinstance(body, SharedBody):  # sent without a Content-Length, or by MCP
+            body = await asyncio.to_thread(_shared_copy, body)
+        folder = self.inputs_dir / f"{INCOMING_PREFIX}{uuid.uuid4().hex}"
+        args = (body.source, len(body), folder, dict(unavailable), max_cells, self.lightgbm_threads)
+        try:
+            return await asyncio.wrap_future(self._pool().submit(_decode, *args))
+        except BrokenProcessPool:
+            self.close()  # a new pool for the next body
+            raise Interrupted(
+                "the process decoding this request died (out of memory for a body this large?); try again"
+            ) from None
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+            raise
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def _pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = concurrent.futures.ProcessPoolExecutor(self.processes, mp_context=forkserver_context())
+        return self._executor
+
+
+def _shared_copy(data: bytes | bytearray) -> SharedBody:
+    body = SharedBody(max(len(data), 1))  # a map cannot be empty: one space, which JSON ignores
+    body[: len(data)] = data
+    if not data:
+        body[:1] = b" "
+    return body
+
+
+# In a decoder process
+
+_TRAINERS: dict[str, Backend] = {}
+
+
+def _decode(
+    source: str, size: int, folder: Path, unavailable: dict[str, str], max_cells: int, lightgbm_threads: int
+) -> Decoded:
+    if not _TRAINERS:
+        _TRAINERS.update(create_trainers(lightgbm_threads))
+    with open(source, "rb") as file:
+        body = file.read(size)  # the decoder searches it with bytes' methods, which a map lacks
+    spec = decode_train_request(body, _TRAINERS, unavailable, max_cells)
+    del body
+    try:
+        inputs.save(folder, spec.data)
+    except OSError as error:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise StorageFailed(f"the request's table could not be kept on disk: {error}") from None
+    return Decoded(
+        model_type=spec.trainer.name,
+        objective=spec.objective,
+        params=spec.params,
+        callback_url=spec.callback_url,
+        timeout_s=spec.timeout_s,
+        artifact_format=spec.artifact_format,
+        folder=folder,
+    )
