@@ -56,12 +56,25 @@ def empty(
         return np.empty(shape, dtype, order=order)
     # The array keeps the mapping alive; it is unmapped when the last view of it goes.
     mapped = np.frombuffer(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), np.uint8, count=size)
-    if _madvise is not None:
-        # Through ctypes, which lets go of the GIL (mmap.madvise holds it: up to 1 s for 400 MB in
-        # the server, with the event loop stopped). An older kernel refuses (EINVAL): then the pages
-        # are faulted in as they are written.
-        _madvise(ctypes.c_void_p(mapped.ctypes.data), ctypes.c_size_t(size), MADV_POPULATE_WRITE)
+    populate(mapped)
     return mapped.view(dtype).reshape(shape, order=order)
+
+
+def populate(buffer: np.ndarray | mmap.mmap) -> None:
+    """Fault in the pages of a fresh writable mapping in one call (MADV_POPULATE_WRITE), where the
+    system can. Through ctypes, which lets go of the GIL: mmap.madvise holds it, up to 1 s for
+    400 MB in the server, with the event loop stopped. An older kernel refuses (EINVAL): then the
+    pages are faulted in as they are written."""
+    if _madvise is None:
+        return
+    if isinstance(buffer, np.ndarray):
+        _madvise(ctypes.c_void_p(buffer.ctypes.data), ctypes.c_size_t(buffer.nbytes), MADV_POPULATE_WRITE)
+        return
+    anchor = ctypes.c_char.from_buffer(buffer)  # holds the map open while it is advised
+    try:
+        _madvise(ctypes.c_void_p(ctypes.addressof(anchor)), ctypes.c_size_t(len(buffer)), MADV_POPULATE_WRITE)
+    finally:
+        del anchor
 
 
 def _libc_madvise() -> Callable[..., int] | None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from boostream.errors import Interrupted, StorageFailed
 from boostream.jobs import inputs
-from boostream.memory import MADV_POPULATE_WRITE, MAPPED_MIN_BYTES
+from boostream.memory import MAPPED_MIN_BYTES, populate
 from boostream.requests.json_body import decode_train_request
 from boostream.trainers import create_trainers
 from boostream.trainers.base import Backend
@@ -50,7 +50,7 @@ class SharedBody(mmap.mmap):
             raise
         body.fd = fd
         if size >= MAPPED_MIN_BYTES:
-            body.madvise(MADV_POPULATE_WRITE)  # in one call, not a page fault per 4 KiB as it fills
+            populate(body)  # in one call, not a page fault per 4 KiB as it fills
         return body
 
     @property
