@@ -102,6 +102,7 @@ class Service:
             self._ingest = anyio.Semaphore(INGEST_SLOTS)
             if shared_bodies_work():
                 self._decoders = Decoders(INGEST_SLOTS, settings.inputs_dir, settings.lightgbm_threads)
+                self._decoders.start()
             await self._jobs.start()
             try:
                 yield

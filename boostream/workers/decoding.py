@@ -88,13 +88,19 @@ class Decoded:
 
 
 class Decoders:
-    """`processes` decoder processes, started on the first body."""
+    """`processes` decoder processes, started by `start` (else by the first body)."""
 
     def __init__(self, processes: int, inputs_dir: Path, lightgbm_threads: int) -> None:
         self.processes = processes
         self.inputs_dir = inputs_dir
         self.lightgbm_threads = lightgbm_threads
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def start(self) -> None:
+        """Start the processes now, in the background: the first body need not wait for them."""
+        pool = self._pool()
+        for _ in range(self.processes):
+            pool.submit(os.getpid)
 
     async def decode_train(
         self, body: SharedBody | bytes | bytearray, unavailable: Mapping[str, str], max_cells: int
