@@ -211,3 +211,19 @@ def test_a_json_request_refused_after_decoding_leaves_no_table_behind(tmp_path: 
         job_id = server.create_job(body_for(diabetes, 5))
         assert wait_until_finished(server, job_id)["status"] == "succeeded"
         assert list((server.data_dir / "inputs").iterdir()) == [], "a finished job's input is removed"
+
+
+def test_a_json_body_without_a_length_is_decoded_like_one_with_it(tmp_path: Path, diabetes):
+    """Sent chunked, the body cannot be read straight into memory a decoder process maps; it is
+    copied there, and the job is the same."""
+    import orjson
+
+    body = orjson.dumps(body_for(diabetes, 5))
+    with running_server(tmp_path, cpu_jobs=1) as server, server.client() as client:
+        finished = []
+        for content in (body, iter([body[:1000], body[1000:]])):
+            response = client.post("/jobs", content=content, headers={"content-type": "application/json"})
+            assert response.status_code == 202, response.text
+            finished.append(wait_until_finished(server, response.json()["job_id"]))
+        assert [job["status"] for job in finished] == ["succeeded", "succeeded"]
+        assert finished[0]["metrics"] == finished[1]["metrics"]

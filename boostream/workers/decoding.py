@@ -108,7 +108,11 @@ class Decoders:
         """Decode and check `body`, leaving its arrays in a new incoming folder; a domain error
         naming the field at fault, as `decode_train_request` raises them."""
         if not isinstance(body, SharedBody):  # sent without a Content-Length, or by MCP
-            body = await asyncio.to_thread(_shared_copy, body)
+            copy = await asyncio.to_thread(_shared_copy, body)
+            try:
+                return await self.decode_train(copy, unavailable, max_cells)
+            finally:
+                await asyncio.to_thread(copy.close)
         folder = self.inputs_dir / f"{INCOMING_PREFIX}{uuid.uuid4().hex}"
         args = (body.source, len(body), folder, dict(unavailable), max_cells, self.lightgbm_threads)
         try:
