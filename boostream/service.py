@@ -33,7 +33,7 @@ from boostream.requests.json_body import PredictRequestBody, decode_predict_requ
 from boostream.requests.spec import TrainSpec
 from boostream.trainers import create_trainers
 from boostream.trainers.base import OBJECTIVES, Availability, params_schema
-from boostream.views import artifact_view, availability_view, job_view
+from boostream.views import artifact_view, availability_view, iso, job_view
 from boostream.workers.decoding import Decoders, SharedBody, shared_bodies_work
 from boostream.workers.local import LocalWorkers, WorkerConfig
 
@@ -189,7 +189,7 @@ class Service:
             },
             "gpu": gpu.device_name if gpu and gpu.available else None,
             "queue": self.jobs.counts(),
-            "workers": self.jobs.worker_views(),
+            "workers": [{**view, "started_at": iso(view["started_at"])} for view in self.jobs.worker_views()],
         }
 
     def models(self) -> dict[str, Any]:

@@ -72,6 +72,21 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_runs_again_as_attempt_2
         assert replacement["pid"] != first["pid"]
 
 
+def test_a_sigterm_meant_for_the_whole_process_group_leaves_the_workers_to_their_server(tmp_path: Path, diabetes):
+    """systemd, or a terminal, signals every process of the group: the server then stops its
+    workers itself, and none of them dies first as if it had crashed."""
+    with running_server(tmp_path, cpu_jobs=1, threads_per_job=1) as server:
+        wait_for_workers(server, 1)
+        job_id = server.create_job(long_body(diabetes, rounds=3000))
+        wait_until_training(server, job_id, attempt=1)
+        (busy,) = workers(server, "busy")
+        os.kill(busy["pid"], signal.SIGTERM)
+        os.kill(busy["pid"], signal.SIGINT)
+        job = wait_until_finished(server, job_id, timeout=120)
+        assert job["status"] == "succeeded" and job["attempts"] == 1, job
+        assert [worker["pid"] for worker in workers(server)] == [busy["pid"]]
+
+
 def test_a_stop_held_up_by_a_long_round_kills_the_worker_within_2_s(tmp_path: Path):
     with running_server(tmp_path, cpu_jobs=1, stop_grace_s=1.0) as server:
         wait_for_workers(server, 1)
@@ -130,14 +145,38 @@ def test_a_job_over_its_workers_memory_limit_fails_out_of_memory_while_the_serve
         assert wait_until_finished(server, small)["status"] == "succeeded"
 
 
-def test_workers_exit_with_their_server_even_when_it_is_killed(tmp_path: Path):
+def test_no_process_outlives_a_server_killed_with_kill_9(tmp_path: Path):
+    """Its workers, its JSON decoders and the fork server they come from all go with it."""
     with running_server_process(tmp_path, "--cpu-jobs", "2") as server:
         pids = [worker["pid"] for worker in wait_for_workers(server, 2)]
+        deadline = time.monotonic() + 10
+        while len(descendants := _descendants(server.process.pid)) < 5:  # fork server, 2 workers, 2 decoders
+            assert time.monotonic() < deadline, f"never all of the server's processes: {descendants}"
+            time.sleep(0.05)
+        assert set(pids) <= descendants
         kill_9(server)
     deadline = time.monotonic() + 10
-    while alive := [pid for pid in pids if _alive(pid)]:
-        assert time.monotonic() < deadline, f"workers {alive} outlived their server"
+    while alive := [pid for pid in descendants if _alive(pid)]:
+        assert time.monotonic() < deadline, f"processes {alive} outlived their server"
         time.sleep(0.05)
+
+
+def _descendants(pid: int) -> set[int]:
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        for child, its_parent in parents.items():
+            if its_parent == parent and child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def _alive(pid: int) -> bool:

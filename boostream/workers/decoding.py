@@ -17,9 +17,11 @@ import dataclasses
 import mmap
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Mapping
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from boostream.memory import MAPPED_MIN_BYTES, populate
 from boostream.requests.json_body import decode_train_request
 from boostream.trainers import create_trainers
 from boostream.trainers.base import Backend
-from boostream.workers.local import forkserver_context
+from boostream.workers.local import forkserver_context, ignore_stop_signals
 
 INCOMING_PREFIX = "incoming-"
 
@@ -95,6 +97,7 @@ class Decoders:
         self.inputs_dir = inputs_dir
         self.lightgbm_threads = lightgbm_threads
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
+        self._alive: Connection | None = None
 
     def start(self) -> None:
         """Start the processes now, in the background: the first body need not wait for them."""
@@ -133,7 +136,14 @@ class Decoders:
 
     def _pool(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._executor is None:
-            self._executor = concurrent.futures.ProcessPoolExecutor(self.processes, mp_context=forkserver_context())
+            context = forkserver_context()
+            # Each decoder waits on `alive`'s other end, which only this process writes to: when it
+            # goes, even by kill -9, the decoders see the end of the pipe and exit. (A pool's own
+            # queues never end for them: they hold both ends.)
+            alive, self._alive = context.Pipe(duplex=False)
+            self._executor = concurrent.futures.ProcessPoolExecutor(
+                self.processes, mp_context=context, initializer=_exit_with_server, initargs=(alive,)
+            )
         return self._executor
 
 
@@ -148,6 +158,19 @@ def _shared_copy(data: bytes | bytearray) -> SharedBody:
 # In a decoder process
 
 _TRAINERS: dict[str, Backend] = {}
+
+
+def _exit_with_server(alive: Connection) -> None:
+    ignore_stop_signals()
+
+    def wait() -> None:
+        try:
+            alive.recv()
+        except (EOFError, OSError):
+            pass
+        os._exit(0)
+
+    threading.Thread(target=wait, name="alive", daemon=True).start()
 
 
 def _decode(

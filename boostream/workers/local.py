@@ -75,7 +75,7 @@ class WorkerLost(Exception):
 
 def serve(conn: Connection, config: WorkerConfig) -> None:
     """A worker process's life: run the tasks the pool sends, one at a time."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the server, which then stops its workers
+    ignore_stop_signals()
     logging.basicConfig(
         level=config.log_level.upper(), format="%(levelname)s:     worker %(process)d: %(name)s: %(message)s"
     )
@@ -353,6 +353,14 @@ class LocalWorkers:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def ignore_stop_signals() -> None:
+    """In a worker or decoder process: Ctrl-C, or a SIGTERM sent to the whole process group (as
+    systemd does), is for the server, which then stops its processes itself; else they would die
+    first, and the server take that for a crash."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def forkserver_context() -> Any:
