@@ -139,18 +139,18 @@ class Service:
     async def decode_json(self, body: bytes | bytearray | SharedBody) -> TrainSpec:
         """Decode and check a JSON training body, in a decoder process where the system allows (the
         arrays then wait on disk for the job's worker, and `saved_at` says where); a body from
-        `body_buffer` is freed once read."""
+        `body_buffer` is freed once its decoder is done with it."""
         if self._decoders is None:
             assert not isinstance(body, SharedBody), "bodies are shared only with decoder processes"
             return await anyio.to_thread.run_sync(
                 decode_train_request, body, self.trainers, self.unavailable, self.settings.max_cells
             )
+        decoded = await self._decoders.decode_train(body, self.unavailable, self.settings.max_cells)
         try:
-            decoded = await self._decoders.decode_train(body, self.unavailable, self.settings.max_cells)
-        finally:
-            if isinstance(body, SharedBody):
-                await anyio.to_thread.run_sync(body.close)  # unmapping a GB takes a tenth of a second
-        data = await anyio.to_thread.run_sync(inputs.load, decoded.folder)
+            data = await anyio.to_thread.run_sync(inputs.load, decoded.folder)
+        except BaseException:  # the request went away
+            await anyio.to_thread.run_sync(inputs.remove, decoded.folder)
+            raise
         assert data is not None, decoded.folder  # the decoder wrote it whole
         return TrainSpec(
             trainer=self.trainers[decoded.model_type],

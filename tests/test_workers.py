@@ -266,3 +266,101 @@ def test_a_json_body_without_a_length_is_decoded_like_one_with_it(tmp_path: Path
             finished.append(wait_until_finished(server, response.json()["job_id"]))
         assert [job["status"] for job in finished] == ["succeeded", "succeeded"]
         assert finished[0]["metrics"] == finished[1]["metrics"]
+
+
+# The pool on its own, with interleavings forced: the event loop is held up (time.sleep) while a
+# worker dies or finishes, so that what the worker does and what the loop learns of it cross.
+
+
+def pool_setup(tmp_path: Path):
+    import asyncio
+
+    from boostream.jobs import inputs
+    from boostream.trainers.base import TrainingData, validate_params
+    from boostream.trainers.lightgbm import LightGBMTrainer
+    from boostream.workers.local import LocalWorkers, WorkerConfig
+    from boostream.workers.task import TrainTask
+
+    rng = np.random.default_rng(0)
+    inputs.save(tmp_path / "in", TrainingData(X=rng.random((200, 3)), y=rng.random(200), feature_names=["a", "b", "c"]))
+
+    def task(job_id: str) -> TrainTask:
+        params = validate_params(LightGBMTrainer.params, {"n_estimators": 5})
+        return TrainTask(job_id, "lightgbm", "regression", params, str(tmp_path / "in"))
+
+    def pool() -> LocalWorkers:
+        return LocalWorkers(WorkerConfig("cpu", 1, tmp_path / "artifacts", b"k" * 32), 1, 0, 1.0)
+
+    async def idle(workers: LocalWorkers) -> None:
+        while not [w for w in workers._workers if w.state == "idle"]:
+            await asyncio.sleep(0.02)
+
+    return task, pool, idle
+
+
+def test_a_worker_that_died_while_idle_is_not_given_the_next_job(tmp_path: Path):
+    import asyncio
+
+    from boostream.workers.task import Finished
+
+    task, pool, idle = pool_setup(tmp_path)
+
+    async def main() -> object:
+        workers = pool()
+        await workers.start()
+        await idle(workers)
+        (worker,) = workers._workers
+        os.kill(worker.pid, signal.SIGKILL)
+        time.sleep(0.3)  # dead, and the loop has not heard yet
+        try:
+            return await asyncio.wait_for(workers.run(task("j1"), lambda *_: None), 30)
+        finally:
+            await workers.close()
+
+    outcome = asyncio.run(main())
+    assert isinstance(outcome, Finished) and not outcome.cancelled and outcome.artifact_id, outcome
+
+
+def test_a_worker_killed_just_as_its_job_finished_does_not_end_the_next_job(tmp_path: Path):
+    import asyncio
+
+    from boostream.workers.task import Finished
+
+    task, pool, idle = pool_setup(tmp_path)
+
+    async def main() -> tuple[object, object]:
+        workers = pool()
+        await workers.start()
+        await idle(workers)
+        (worker,) = workers._workers
+        first = asyncio.ensure_future(workers.run(task("j1"), lambda *_: None))
+        await asyncio.sleep(0)
+        time.sleep(3)  # job 1 finishes; its "done" waits for the loop
+        workers._kill_if_busy(worker, "j1", "stop")  # as a stop's grace ran out at that moment
+        try:
+            return await first, await asyncio.wait_for(workers.run(task("j2"), lambda *_: None), 30)
+        finally:
+            await workers.close()
+
+    first, second = asyncio.run(main())
+    assert isinstance(first, Finished) and not first.cancelled, first
+    assert isinstance(second, Finished) and not second.cancelled and second.artifact_id, second
+
+
+def test_a_job_waiting_for_a_worker_stops_when_asked(tmp_path: Path):
+    """No worker comes (none was started here, as when they cannot start): cancel and time limits
+    still end the job."""
+    import asyncio
+
+    from boostream.workers.task import Finished
+
+    task, pool, _ = pool_setup(tmp_path)
+
+    async def main() -> object:
+        workers = pool()  # not started: no worker ever comes
+        running = asyncio.ensure_future(workers.run(task("j1"), lambda *_: None))
+        await asyncio.sleep(0.2)
+        workers.stop("j1")
+        return await asyncio.wait_for(running, 5)
+
+    assert asyncio.run(main()) == Finished.stopped(0)

@@ -325,7 +325,6 @@ class JobManager:
         finally:
             deadline.cancel()
             job.stop_training = None
-            workers.forget(job.id)
         job.bridge.finish()
         if isinstance(outcome, Failed):
             self._end(job, JobStatus.FAILED, "error", {"code": outcome.code, "message": outcome.message})

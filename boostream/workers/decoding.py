@@ -109,29 +109,49 @@ class Decoders:
         self, body: SharedBody | bytes | bytearray, unavailable: Mapping[str, str], max_cells: int
     ) -> Decoded:
         """Decode and check `body`, leaving its arrays in a new incoming folder; a domain error
-        naming the field at fault, as `decode_train_request` raises them."""
+        naming the field at fault, as `decode_train_request` raises them. A `SharedBody` is this
+        call's from then on: it is freed once its decoder is done with it, whatever happens here
+        meanwhile (the request cancelled, say)."""
         if not isinstance(body, SharedBody):  # sent without a Content-Length, or by MCP
-            copy = await asyncio.to_thread(_shared_copy, body)
-            try:
-                return await self.decode_train(copy, unavailable, max_cells)
-            finally:
-                await asyncio.to_thread(copy.close)
+            body = await asyncio.to_thread(_shared_copy, body)
+        shared = body
         folder = self.inputs_dir / f"{INCOMING_PREFIX}{uuid.uuid4().hex}"
-        args = (body.source, len(body), folder, dict(unavailable), max_cells, self.lightgbm_threads)
+        args = (shared.source, len(shared), folder, dict(unavailable), max_cells, self.lightgbm_threads)
+        abandoned = threading.Event()  # nobody will take the folder: the request failed or went away
+
+        def done(decoding: concurrent.futures.Future[Decoded]) -> None:
+            # In the pool's own thread, once the decoder has let go of the body (or never got it).
+            shared.close()
+            if abandoned.is_set() or decoding.cancelled() or decoding.exception() is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+
+        pool = self._pool()
         try:
-            return await asyncio.wrap_future(self._pool().submit(_decode, *args))
+            decoding = pool.submit(_decode, *args)
+        except BaseException:
+            shared.close()
+            raise
+        decoding.add_done_callback(done)  # run by the pool's thread: unmapping a GB takes 0.1 s
+        try:
+            return await asyncio.wrap_future(decoding)
         except BrokenProcessPool:
-            self.close()  # a new pool for the next body
+            self._close(pool)  # a new pool for the next body
             raise Interrupted(
                 "the process decoding this request died (out of memory for a body this large?); try again"
             ) from None
         except BaseException:
-            await asyncio.to_thread(shutil.rmtree, folder, True)
+            abandoned.set()
+            if decoding.done():  # else `done` removes it when the decoder finishes
+                await asyncio.to_thread(shutil.rmtree, folder, True)
             raise
 
     def close(self) -> None:
         if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._close(self._executor)
+
+    def _close(self, pool: concurrent.futures.ProcessPoolExecutor) -> None:
+        pool.shutdown(wait=False, cancel_futures=True)
+        if self._executor is pool:  # not a newer one, made since this one broke
             self._executor = None
 
     def _pool(self) -> concurrent.futures.ProcessPoolExecutor:

@@ -25,6 +25,7 @@ away (its pipe closes) exits at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
@@ -103,7 +104,12 @@ def serve(conn: Connection, config: WorkerConfig) -> None:
     conn.send(("ready",))
     while True:
         task = tasks.get()
-        outcome = run_task(task, trainers, artifacts, _PipeReporter(conn, stops[task.job_id]))
+        outcome: Outcome
+        try:
+            outcome = run_task(task, trainers, artifacts, _PipeReporter(conn, stops[task.job_id]))
+        except BaseException as error:  # run_task returns failures: this is a defect, not the job's
+            logging.getLogger(__name__).exception("job %s: the worker failed", task.job_id)
+            outcome = Failed("training_failed", f"the worker failed: {type(error).__name__}: {error}")
         del stops[task.job_id]
         conn.send(("done", outcome))
 
@@ -132,7 +138,7 @@ class _Worker:
         self.process = process
         self.conn = conn
         self.pid: int = process.pid
-        self.state = "starting"  # then idle or busy
+        self.state = "starting"  # then idle or busy; dying once killed or found dead
         self.started_at = time.time()
         self.jobs = 0  # jobs it has finished
         self.memory_bytes: int | None = None
@@ -172,44 +178,79 @@ class LocalWorkers:
         self._context = forkserver_context()
         self._workers: list[_Worker] = []
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
-        self._stops_waiting: set[str] = set()  # jobs asked to stop before they reached a worker
+        self._stops_waiting: dict[str, asyncio.Event] = {}  # jobs waiting for a worker: set to stop them
         self._started = 0
         self._restart_delay_s = RESTART_DELAY_S
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._spawning: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Start the workers (without waiting for them to be ready) and the memory watch."""
         self._loop = asyncio.get_running_loop()
         for _ in range(self.slots):
-            self._background(self._spawn())
+            self._start_spawning()
         if self.memory_limit_bytes:
             self._background(self._watch_memory())
 
     async def run(self, task: TrainTask, on_round: Callable[[int, Mapping[str, float | None]], None]) -> Outcome:
         """Run `task` on the next idle worker; `on_round` is called from another thread with each
         round. WorkerLost when the worker dies without having been told to."""
-        worker = await self._idle.get()
-        while worker not in self._workers:  # it died while idle
-            worker = await self._idle.get()
-        if task.job_id in self._stops_waiting:  # asked to stop while it waited for this worker
-            self._stops_waiting.discard(task.job_id)
-            self._idle.put_nowait(worker)
-            return Finished.stopped(0)
-        assert self._loop is not None
-        worker.state, worker.job_id, worker.on_round = "busy", task.job_id, on_round
-        worker.last_round, worker.stopping = 0, False
-        outcome: asyncio.Future[Outcome] = self._loop.create_future()
-        worker.outcome = outcome
-        worker.conn.send(("run", task))
+        self._loop = asyncio.get_running_loop()
+        stop = self._stops_waiting.setdefault(task.job_id, asyncio.Event())
+        try:
+            while True:
+                worker = await self._next_idle(stop)
+                if worker is None:  # asked to stop while it waited for a worker
+                    return Finished.stopped(0)
+                worker.state, worker.job_id, worker.on_round = "busy", task.job_id, on_round
+                worker.last_round, worker.stopping = 0, False
+                outcome: asyncio.Future[Outcome] = self._loop.create_future()
+                worker.outcome = outcome
+                try:
+                    worker.conn.send(("run", task))
+                except OSError:  # it died while idle, and its end is not yet heard: take another
+                    worker.outcome, worker.job_id, worker.state = None, None, "dying"
+                    continue
+                break
+        finally:
+            del self._stops_waiting[task.job_id]
         return await outcome
+
+    async def _next_idle(self, stop: asyncio.Event) -> _Worker | None:
+        """The next idle worker that is alive, or None once `stop` is set."""
+        while True:
+            taking = asyncio.ensure_future(self._idle.get())
+            stopped = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait((taking, stopped), return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:  # cancelled: a worker it took goes back
+                stopped.cancel()
+                taking.cancel()
+                if taking.done() and not taking.cancelled():
+                    self._idle.put_nowait(taking.result())
+                raise
+            stopped.cancel()
+            if not taking.done():
+                taking.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await taking  # it may have taken one meanwhile
+            worker = taking.result() if taking.done() and not taking.cancelled() else None
+            if stop.is_set():
+                if worker is not None:
+                    self._idle.put_nowait(worker)
+                return None
+            if worker is not None and worker in self._workers and worker.killed_for is None:
+                return worker
+            # a worker that died, or is being killed, while idle: its replacement comes instead
 
     def stop(self, job_id: str) -> None:
         """Ask the job to stop after its current round; kill its worker if it has not within the grace."""
         worker = next((w for w in self._workers if w.job_id == job_id), None)
         if worker is None:
-            self._stops_waiting.add(job_id)
+            if (waiting := self._stops_waiting.get(job_id)) is not None:
+                waiting.set()
             return
         if worker.stopping:
             return
@@ -221,10 +262,6 @@ class LocalWorkers:
         assert self._loop is not None
         self._loop.call_later(self.grace_s, self._kill_if_busy, worker, job_id, "stop")
 
-    def forget(self, job_id: str) -> None:
-        """A job that never reached a worker has ended."""
-        self._stops_waiting.discard(job_id)
-
     def views(self) -> list[dict[str, Any]]:
         return [{"device": self.device, **worker.view()} for worker in self._workers]
 
@@ -233,6 +270,8 @@ class LocalWorkers:
         self._closing = True
         for task in self._tasks:
             task.cancel()
+        if self._spawning:  # a process being started is killed once it is (`_spawn` sees `_closing`)
+            await asyncio.wait(self._spawning)
         for worker in self._workers:
             worker.process.kill()
         # Each worker's listening thread reaps it, and `_on_exit` lets it go.
@@ -242,33 +281,41 @@ class LocalWorkers:
 
     # Starting and losing workers
 
+    def _start_spawning(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._spawn())
+        self._spawning.add(task)
+        task.add_done_callback(self._spawning.discard)
+
     async def _spawn(self) -> None:
-        parent, child = self._context.Pipe()
-        process = self._context.Process(
-            target=serve, args=(child, self.config), name=f"boostream-{self.device}-worker", daemon=True
-        )
+        """Start one worker; on failure, try again later. Never cancelled (`close` waits for it)."""
         try:
-            await asyncio.to_thread(process.start)  # the first one starts the fork server: a second or so
+            parent, child = self._context.Pipe()
+            try:
+                process = self._context.Process(
+                    target=serve, args=(child, self.config), name=f"boostream-{self.device}-worker", daemon=True
+                )
+                await asyncio.to_thread(_start, process)  # the first one starts the fork server: a second or so
+            finally:
+                child.close()
+            self._started += 1
+            worker = _Worker(self._started, process, parent)
+            if self._closing:
+                process.kill()
+                parent.close()
+                await asyncio.to_thread(_join, process)
+                return
+            name = f"{self.device}-worker-{worker.pid}"
+            threading.Thread(target=self._listen, args=(worker,), name=name, daemon=True).start()
+            self._workers.append(worker)
         except Exception:
             log.exception("could not start a %s worker; trying again in %g s", self.device, self._restart_delay_s)
             self._background(self._spawn_later())
-            return
-        finally:
-            child.close()
-        self._started += 1
-        worker = _Worker(self._started, process, parent)
-        if self._closing:
-            process.kill()
-            await asyncio.to_thread(process.join, 5)
-            return
-        self._workers.append(worker)
-        name = f"{self.device}-worker-{worker.pid}"
-        threading.Thread(target=self._listen, args=(worker,), name=name, daemon=True).start()
 
     async def _spawn_later(self) -> None:
         await asyncio.sleep(self._restart_delay_s)
         self._restart_delay_s = min(self._restart_delay_s * 2, MAX_RESTART_DELAY_S)
-        await self._spawn()
+        if not self._closing:
+            self._start_spawning()
 
     def _listen(self, worker: _Worker) -> None:
         """In a thread of its own: the worker's messages, until its pipe closes."""
@@ -283,7 +330,8 @@ class LocalWorkers:
                     worker.on_round(message[1], message[2])
             else:
                 self._call(self._on_message, worker, message)
-        worker.process.join(5)
+        _join(worker.process)
+        worker.conn.close()
         self._call(self._on_exit, worker)
 
     def _call(self, function: Callable[..., None], *args: Any) -> None:
@@ -301,10 +349,11 @@ class LocalWorkers:
             worker.jobs += 1
             if worker.outcome is not None and not worker.outcome.done():
                 worker.outcome.set_result(message[1])
-        self._idle_again(worker)
-
-    def _idle_again(self, worker: _Worker) -> None:
-        worker.state, worker.job_id, worker.on_round, worker.outcome = "idle", None, None, None
+        worker.job_id, worker.on_round, worker.outcome = None, None, None
+        if worker.killed_for is not None:  # killed as it finished: its end is on the way
+            worker.state = "dying"
+            return
+        worker.state = "idle"
         self._idle.put_nowait(worker)
 
     def _on_exit(self, worker: _Worker) -> None:
@@ -329,7 +378,10 @@ class LocalWorkers:
             return
         if worker.killed_for is None:
             log.warning("%s worker %d died (%s)", self.device, worker.pid, _exit_reason(worker.process.exitcode))
-        self._background(self._spawn() if ready else self._spawn_later())
+        if ready:
+            self._start_spawning()
+        else:
+            self._background(self._spawn_later())
 
     def _kill_if_busy(self, worker: _Worker, job_id: str, reason: str) -> None:
         if worker.job_id == job_id and worker in self._workers:
@@ -361,6 +413,23 @@ def ignore_stop_signals() -> None:
     first, and the server take that for a crash."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+# Starting a process polls every child this process has started (multiprocessing's `_cleanup`),
+# and reading a forkserver child's exit status twice gives 255: one at a time.
+_PROCESSES = threading.Lock()
+
+
+def _start(process: Any) -> None:
+    with _PROCESSES:
+        process.start()
+
+
+def _join(process: Any) -> None:
+    # A worker's pipe ends as it exits; the fork server writes its status just after.
+    multiprocessing.connection.wait([process.sentinel], timeout=5)
+    with _PROCESSES:
+        process.join(0)
 
 
 def forkserver_context() -> Any:

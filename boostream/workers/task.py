@@ -87,6 +87,9 @@ def run_task(task: TrainTask, trainers: Mapping[str, Backend], artifacts: Artifa
         except OSError as error:
             log.exception("job %s: could not save its model", task.job_id)
             return Failed("storage_failed", f"the model was trained but could not be saved: {error}")
+        except Exception as error:  # exporting the model failed: training again would too
+            log.exception("job %s: could not export its model", task.job_id)
+            return Failed("training_failed", f"the model was trained but not exported: {type(error).__name__}: {error}")
         artifact_id, blobs = artifact.artifact_id, artifact.blobs
     saved = time.perf_counter()
     return Finished(
