@@ -394,6 +394,10 @@ class JobManager:
             self._end(job, JobStatus.FAILED, "error", {"code": "interrupted", "message": message})
             return
         log.warning("job %s: %s; it runs again", job.id, reason)
+        self._restarted(job, reason)
+
+    def _restarted(self, job: Job, reason: str) -> None:
+        """The job waits to run again from the start: its log says why."""
         job.status = JobStatus.QUEUED
         self._emit(
             job,
@@ -533,17 +537,7 @@ class JobManager:
             problem = f"{record.model_type} cannot train on this server any more: {availability.reason}"
         else:
             log.info("job %s was %s when the server stopped; it runs again", job.id, was)
-            job.status = JobStatus.QUEUED
-            reason = f"the server restarted while the job was {was}"
-            self._emit(
-                job,
-                "restarted",
-                {"reason": reason, "attempts": job.attempts},
-                status=job.status,
-                iteration=0,
-                elapsed_s=None,
-                eta_s=None,
-            )
+            self._restarted(job, f"the server restarted while the job was {was}")
             self._enqueue(job)
             return
         log.warning("job %s was %s when the server stopped; it ends interrupted: %s", job.id, was, problem)
