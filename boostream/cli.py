@@ -27,7 +27,6 @@ from boostream.errors import BoostreamError, Conflict, Unavailable
 if TYPE_CHECKING:  # the service's modules load numpy, msgspec and pyarrow: only `train --local` needs them
     import pyarrow as pa
 
-    from boostream.jobs.job import Job
     from boostream.service import Service
 
 _SERVE_OPTIONS = {
@@ -507,11 +506,12 @@ async def _run_locally(service: Service, table: Path, fields: dict[str, str], di
             started = time.perf_counter()
             spec = await service.decode_table(file, table_kind(table), fields, where="on this machine")
             decode_s = time.perf_counter() - started
-        job = service.submit(spec, {"decode_s": decode_s})
+        job = await service.submit(spec, {"decode_s": decode_s})
         loop = asyncio.get_running_loop()
-        _on_interrupt(loop, signal.SIGINT, lambda: _stop_local(service, job, display))
+        stopping: list[asyncio.Task[None]] = []
+        _on_interrupt(loop, signal.SIGINT, lambda: _stop_local(service, job.id, display, stopping))
         last: Event | None = None
-        async for event in job.follow(0):
+        async for event in service.events(job.id):
             last = Event(event.id, event.type, orjson.loads(event.json))
             display.show(last)
         assert last is not None  # a job's log always ends with its terminal event
@@ -525,14 +525,21 @@ def _on_interrupt(loop: Any, signum: int, handler: Callable[[], None]) -> None:
         pass
 
 
-def _stop_local(service: Service, job: Job, display: ProgressDisplay) -> None:
-    if job.cancel_requested:
-        raise KeyboardInterrupt  # the second Ctrl-C: out of the event loop, which ends the job's thread
+def _stop_local(service: Service, job_id: str, display: ProgressDisplay, stopping: list[Any]) -> None:
+    """Ctrl-C: the first asks the job to stop (`stopping` keeps the request), the second quits."""
+    import asyncio
+
+    if stopping:
+        raise KeyboardInterrupt  # the second Ctrl-C: out of the event loop, which stops the workers
     display.note("stopping after this round (Ctrl-C again to quit at once)")
-    try:
-        service.cancel(job.id)
-    except Conflict:
-        pass  # it ended meanwhile: its last event says how
+
+    async def cancel() -> None:
+        try:
+            await service.cancel(job_id)
+        except Conflict:
+            pass  # it ended meanwhile: its last event says how
+
+    stopping.append(asyncio.get_running_loop().create_task(cancel()))
 
 
 # jobs, cancel, predict

@@ -42,8 +42,7 @@ from mcp.shared.exceptions import MCPError
 
 from boostream import __version__
 from boostream.errors import BoostreamError, InvalidData, InvalidParameter
-from boostream.jobs.job import Job
-from boostream.jobs.records import JobStatus, job_urls
+from boostream.jobs.records import JobRecord, JobStatus, job_urls
 from boostream.models.artifacts import FORMATS as ARTIFACT_FORMATS
 from boostream.models.predicting import OUTPUTS
 from boostream.requests.spec import TrainOptions
@@ -163,10 +162,10 @@ class McpEndpoint:
         return {"job_id": job.id, "status": job.status.value, **job_urls(job.id)}
 
     async def job_status(self, ctx: ServerRequestContext, arguments: dict[str, Any]) -> dict[str, Any]:
-        return self.service.status(_text(arguments, "job_id"))
+        return await self.service.status(_text(arguments, "job_id"))
 
     async def cancel_job(self, ctx: ServerRequestContext, arguments: dict[str, Any]) -> dict[str, Any]:
-        return self.service.cancel(_text(arguments, "job_id"))
+        return await self.service.cancel(_text(arguments, "job_id"))
 
     async def predict(self, ctx: ServerRequestContext, arguments: dict[str, Any]) -> dict[str, Any]:
         _text(arguments, "artifact_id")
@@ -177,7 +176,7 @@ class McpEndpoint:
 
     # Jobs
 
-    async def _submit(self, ctx: ServerRequestContext, arguments: dict[str, Any]) -> Job:
+    async def _submit(self, ctx: ServerRequestContext, arguments: dict[str, Any]) -> JobRecord:
         """A job from tool arguments, decoded and checked as `POST /jobs` checks its body."""
         async with self.service.ingest_slot():
             started = time.perf_counter()
@@ -185,14 +184,14 @@ class McpEndpoint:
             spec = await self.service.decode_json(body)
             decode_s = time.perf_counter() - started
         base_url = getattr(ctx.request, "base_url", "")  # the HTTP request the call came in, where there is one
-        return self.service.submit(spec, {"decode_s": decode_s}, str(base_url))
+        return await self.service.submit(spec, {"decode_s": decode_s}, str(base_url))
 
-    async def _follow(self, ctx: ServerRequestContext, job: Job) -> tuple[str, dict[str, Any]]:
+    async def _follow(self, ctx: ServerRequestContext, job: JobRecord) -> tuple[str, dict[str, Any]]:
         """Wait for the job's end, telling the caller its progress; its terminal event's type and data.
         Progress only rises: 0 once the job waits or starts, then each round the job reports."""
-        total = job.rounds
+        total = job.total
         reported = -1
-        async with contextlib.aclosing(job.follow(0)) as events:
+        async with contextlib.aclosing(self.service.events(job.id)) as events:
             async for event in events:
                 data = orjson.loads(event.json)
                 if event.terminal:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Collection
 from typing import IO, Any
 
 import anyio
@@ -20,7 +20,7 @@ from boostream import __version__
 from boostream.config import Settings
 from boostream.errors import Conflict, Gone, InvalidParameter, NotFound
 from boostream.jobs import inputs
-from boostream.jobs.job import Job
+from boostream.jobs.engine import JobEngine
 from boostream.jobs.manager import JobManager
 from boostream.jobs.records import Event, JobRecord, JobRequest, JobStatus
 from boostream.jobs.sqlite import SqliteJobStore
@@ -58,7 +58,7 @@ class Service:
         self.trainers = chosen or trainers  # none known: all of them, for the refusal that lists them
         self.availability: dict[str, Availability] = {}
         self.webhook_policy = WebhookPolicy(settings.allowed_webhook_hosts)
-        self._jobs: JobManager | None = None
+        self._jobs: JobEngine | None = None
         self._decoders: Decoders | None = None
         self._models: ModelLoader | None = None
         self._ingest: anyio.Semaphore | None = None
@@ -114,7 +114,7 @@ class Service:
             store.close()
 
     @property
-    def jobs(self) -> JobManager:
+    def jobs(self) -> JobEngine:
         assert self._jobs is not None, "the service is not running"
         return self._jobs
 
@@ -177,7 +177,7 @@ class Service:
 
     # What there is
 
-    def health(self) -> dict[str, Any]:
+    async def health(self) -> dict[str, Any]:
         gpu = next(
             (self.availability[name] for name, trainer in self.trainers.items() if trainer.device == "gpu"), None
         )
@@ -188,8 +188,8 @@ class Service:
                 name: availability_view(a, self.trainers[name].device) for name, a in self.availability.items()
             },
             "gpu": gpu.device_name if gpu and gpu.available else None,
-            "queue": self.jobs.counts(),
-            "workers": [{**view, "started_at": iso(view["started_at"])} for view in self.jobs.worker_views()],
+            "queue": await self.jobs.counts(),
+            "workers": [{**view, "started_at": iso(view["started_at"])} for view in await self.jobs.worker_views()],
         }
 
     def models(self) -> dict[str, Any]:
@@ -207,7 +207,7 @@ class Service:
 
     # Jobs
 
-    def submit(self, spec: TrainSpec, ingest_timings: dict[str, float], base_url: str = "") -> Job:
+    async def submit(self, spec: TrainSpec, ingest_timings: dict[str, float], base_url: str = "") -> JobRecord:
         """A job for a decoded request, once its options are checked against this server's limits.
         `ingest_timings`: `receive_s` (reading the body, where there was one) and `decode_s`;
         `base_url`: where the client reached the server, for the absolute URLs of webhooks."""
@@ -221,53 +221,57 @@ class Service:
                 artifact_format=spec.artifact_format,
                 base_url=base_url,
             )
-            return self.jobs.submit(job_request, spec.data, ingest_timings, saved_at=spec.saved_at)
+            return await self.jobs.submit(job_request, spec.data, ingest_timings, saved_at=spec.saved_at)
         except BaseException:
             if spec.saved_at is not None and spec.saved_at.exists():  # refused: its arrays go too
                 inputs.remove(spec.saved_at)
             raise
 
-    def job(self, job_id: str) -> JobRecord:
-        record = self.jobs.job(job_id)
+    async def job(self, job_id: str) -> JobRecord:
+        record = await self.jobs.job(job_id)
         if record is None:
             raise NotFound(f"no job {job_id!r} (unknown, deleted, or expired)", field="job_id")
         return record
 
-    def status(self, job_id: str) -> dict[str, Any]:
-        return job_view(self.job(job_id))
+    async def status(self, job_id: str) -> dict[str, Any]:
+        return job_view(await self.job(job_id))
 
-    def list_jobs(self, statuses: list[str], limit: int, cursor: int | None) -> dict[str, Any]:
+    async def list_jobs(self, statuses: list[str], limit: int, cursor: int | None) -> dict[str, Any]:
         """A page of jobs, newest first, and the cursor of the next page (None on the last)."""
         unknown = [s for s in statuses if s not in JOB_STATUSES]
         if unknown:
             raise InvalidParameter("status", f"unknown status {unknown[0]!r}; choose from {list(JOB_STATUSES)}")
-        records = self.jobs.jobs(statuses, limit + 1, cursor)
+        records = await self.jobs.jobs(statuses, limit + 1, cursor)
         page, more = records[:limit], len(records) > limit
         return {"jobs": [job_view(record) for record in page], "next_cursor": str(page[-1].seq) if more else None}
 
-    def follow(self, job_id: str, after: int = 0) -> AsyncIterator[Event] | None:
+    def events(self, job_id: str) -> AsyncGenerator[Event, None]:
+        """All the events of a job just submitted, live, to its terminal event."""
+        return self.jobs.events(job_id, 0)
+
+    async def follow(self, job_id: str, after: int = 0) -> AsyncIterator[Event] | None:
         """The job's events after `after`, then live ones to the terminal event; None when the job
         has ended and no event is left after `after`."""
-        record = self.job(job_id)
-        if self.jobs.live(record.id) is None and not self.jobs.has_events_after(record.id, after):
+        record = await self.job(job_id)
+        if record.status.finished and not await self.jobs.has_events_after(record.id, after):
             return None
         return self.jobs.events(record.id, after)
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
-        record = self.job(job_id)
-        if self.jobs.live(record.id) is None:
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        record = await self.job(job_id)
+        if record.status.finished:
             raise Conflict(
                 "already_finished", f"job {record.id} already ended {record.status.value}", record.status.value
             )
-        return {"job_id": record.id, "status": self.jobs.cancel(record.id).value, "cancel_requested": True}
+        return {"job_id": record.id, "status": (await self.jobs.cancel(record.id)).value, "cancel_requested": True}
 
     def client_left(self, job_id: str, client: str, cancel: bool) -> None:
         """A client that followed a job went away: cancel the job if it asked to."""
         self.jobs.client_left(job_id, client, cancel)
 
     async def delete(self, job_id: str) -> None:
-        record = self.job(job_id)
-        if self.jobs.live(record.id) is not None:
+        record = await self.job(job_id)
+        if not record.status.finished:
             raise Conflict(
                 "not_finished", f"job {record.id} is {record.status.value}: cancel it first", record.status.value
             )
@@ -275,7 +279,7 @@ class Service:
 
     async def result(self, job_id: str) -> str:
         """The `complete` event of a job that succeeded, as JSON, with its artifact."""
-        record = self.job(job_id)
+        record = await self.job(job_id)
         status = record.status
         if status is not JobStatus.SUCCEEDED:
             if status.finished:
@@ -287,18 +291,18 @@ class Service:
 
     # Artifacts and predictions
 
-    def artifact(self, artifact_id: str) -> ArtifactRecord:
-        record = self.jobs.artifact(artifact_id)
+    async def artifact(self, artifact_id: str) -> ArtifactRecord:
+        record = await self.jobs.artifact(artifact_id)
         if record is None:
             raise NotFound(f"no artifact {artifact_id!r} (unknown, deleted, or expired)", field="artifact_id")
         return record
 
-    def artifact_metadata(self, artifact_id: str) -> dict[str, Any]:
-        return artifact_view(self.artifact(artifact_id))
+    async def artifact_metadata(self, artifact_id: str) -> dict[str, Any]:
+        return artifact_view(await self.artifact(artifact_id))
 
     async def artifact_file(self, artifact_id: str, format: str) -> tuple[bytes, StoredBlob]:
         """The artifact's file in `format`, and what is known of it."""
-        record = self.artifact(artifact_id)
+        record = await self.artifact(artifact_id)
         if format not in ARTIFACT_FORMATS:
             raise InvalidParameter("format", f"format must be one of {list(ARTIFACT_FORMATS)}, got {format!r}")
         try:
@@ -313,7 +317,7 @@ class Service:
         """Predictions for X from a stored artifact (`artifact_id`) or one handed back (`artifact`)."""
         assert self._models is not None, "the service is not running"
         if request.artifact_id is not None:
-            record = self.artifact(request.artifact_id)
+            record = await self.artifact(request.artifact_id)
             loaded = await anyio.to_thread.run_sync(self._models.stored, record)
         else:
             assert request.artifact is not None  # decode_predict_request checks that one is given

@@ -19,7 +19,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -135,27 +135,26 @@ class JobManager:
 
     # What the service asks for
 
-    def submit(
+    async def submit(
         self, request: JobRequest, data: TrainingData, ingest_timings: dict[str, float], saved_at: Path | None = None
-    ) -> Job:
+    ) -> JobRecord:
         """A new job, queued. `saved_at`: where its arrays are kept already (a decoder process wrote
         them); they move to the job's folder, else they are written there."""
         trainer = self.trainers[request.model_type]
         self._queues[trainer.device].check_room()
         job = Job(uuid.uuid4().hex, request, trainer, time.time())
         job.ingest_timings = ingest_timings
-        self.store.insert_job(
-            JobRecord(
-                id=job.id,
-                status=job.status,
-                model_type=request.model_type,
-                objective=request.objective,
-                device=trainer.device,
-                request=request,
-                created_at=job.created_at,
-                total=job.rounds,
-            )
+        record = JobRecord(
+            id=job.id,
+            status=job.status,
+            model_type=request.model_type,
+            objective=request.objective,
+            device=trainer.device,
+            request=request,
+            created_at=job.created_at,
+            total=job.rounds,
         )
+        self.store.insert_job(record)
         self._live[job.id] = job
         if saved_at is not None:
             try:
@@ -166,29 +165,26 @@ class JobManager:
         else:
             self._background(self._save_inputs(job, data))
         self._enqueue(job)
-        return job
+        return record
 
-    def live(self, job_id: str) -> Job | None:
-        return self._live.get(job_id)
-
-    def job(self, job_id: str) -> JobRecord | None:
+    async def job(self, job_id: str) -> JobRecord | None:
         return self.store.job(job_id)
 
-    def jobs(self, statuses: list[str], limit: int, before_seq: int | None) -> list[JobRecord]:
+    async def jobs(self, statuses: list[str], limit: int, before_seq: int | None) -> list[JobRecord]:
         """Newest first."""
         return self.store.jobs(statuses, limit, before_seq)
 
-    def artifact(self, artifact_id: str) -> ArtifactRecord | None:
+    async def artifact(self, artifact_id: str) -> ArtifactRecord | None:
         return self.store.artifact(artifact_id)
 
     async def artifact_file(self, artifact_id: str, format: str) -> bytes:
         """The artifact's file in `format`; FileNotFoundError when it is missing."""
         return await self._on_disk(self.artifacts.read, artifact_id, format)
 
-    def has_events_after(self, job_id: str, after: int) -> bool:
+    async def has_events_after(self, job_id: str, after: int) -> bool:
         return self.store.has_events_after(job_id, after)
 
-    async def events(self, job_id: str, after: int) -> AsyncIterator[Event]:
+    async def events(self, job_id: str, after: int) -> AsyncGenerator[Event, None]:
         """The job's events after `after`, then live ones until the terminal event."""
         job = self._live.get(job_id)
         if job is not None:
@@ -207,14 +203,20 @@ class JobManager:
         if job_id not in self._live:
             log.info("job %s: %s left after the job ended", job_id, client)
         elif cancel:
-            self.cancel(job_id)
+            self._cancel(job_id)
             log.info("job %s: %s left; cancelling at the next round", job_id, client)
         else:
             log.info("job %s: %s left; the job keeps training", job_id, client)
 
-    def cancel(self, job_id: str) -> JobStatus:
+    async def cancel(self, job_id: str) -> JobStatus:
         """Ask a job to stop; a waiting one ends at once. The job's status after the request."""
-        job = self._live[job_id]
+        return self._cancel(job_id)
+
+    def _cancel(self, job_id: str) -> JobStatus:
+        job = self._live.get(job_id)
+        if job is None:  # it ended meanwhile
+            record = self.store.job(job_id)
+            return record.status if record is not None else JobStatus.CANCELLED
         if job.status is JobStatus.QUEUED and self._queues[job.device].remove(job):
             self._end(job, JobStatus.CANCELLED, "cancelled", {"iteration": 0})
             self._announce_positions(job.device)
@@ -230,10 +232,10 @@ class JobManager:
         last = self.store.events(job_id, after=0)[-1]
         return await self._with_artifact(last.json)
 
-    def counts(self) -> dict[str, dict[str, int]]:
+    async def counts(self) -> dict[str, dict[str, int]]:
         return {device: queue.counts() for device, queue in self._queues.items()}
 
-    def worker_views(self) -> list[dict[str, Any]]:
+    async def worker_views(self) -> list[dict[str, Any]]:
         return [view for pool in self.workers.values() for view in pool.views()]
 
     # The queue

@@ -14,8 +14,7 @@ from starlette.routing import BaseRoute, Route
 
 from boostream import dashboard
 from boostream.errors import InvalidParameter
-from boostream.jobs.job import Job
-from boostream.jobs.records import Event, job_urls
+from boostream.jobs.records import Event, JobRecord, job_urls
 from boostream.requests.spec import TrainSpec
 from boostream.service import Service
 from boostream.streaming_server.errors import ApiError
@@ -51,7 +50,7 @@ class Routes:
         ]
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse(self.service.health())
+        return JSONResponse(await self.service.health())
 
     async def models(self, request: Request) -> Response:
         return JSONResponse(self.service.models())
@@ -63,7 +62,7 @@ class Routes:
                 "on_disconnect", f"on_disconnect must be one of {list(ON_DISCONNECT)}, got {on_disconnect!r}"
             )
         job = await self._submit(request)
-        return self._event_response(job.id, job.follow(0), cancel_on_leave=on_disconnect == "cancel")
+        return self._event_response(job.id, self.service.events(job.id), cancel_on_leave=on_disconnect == "cancel")
 
     async def create_job(self, request: Request) -> Response:
         job = await self._submit(request)
@@ -80,15 +79,15 @@ class Routes:
         limit = _int_query(query, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
         cursor = _int_query(query, "cursor", None, 1, MAX_ID)
         assert limit is not None
-        return JSONResponse(self.service.list_jobs(statuses, limit, cursor))
+        return JSONResponse(await self.service.list_jobs(statuses, limit, cursor))
 
     async def job_status(self, request: Request) -> Response:
-        return JSONResponse(self.service.status(request.path_params["job_id"]))
+        return JSONResponse(await self.service.status(request.path_params["job_id"]))
 
     async def job_events(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
         raw = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
-        events = self.service.follow(job_id, _whole_number(raw, "after", 0, MAX_ID))
+        events = await self.service.follow(job_id, _whole_number(raw, "after", 0, MAX_ID))
         if events is None:
             # A finished job with nothing left to send: 204 tells EventSource to stop reconnecting.
             return Response(status_code=204)
@@ -98,7 +97,7 @@ class Routes:
         return Response(await self.service.result(request.path_params["job_id"]), media_type=JSON)
 
     async def cancel_job(self, request: Request) -> Response:
-        return JSONResponse(self.service.cancel(request.path_params["job_id"]), status_code=202)
+        return JSONResponse(await self.service.cancel(request.path_params["job_id"]), status_code=202)
 
     async def delete_job(self, request: Request) -> Response:
         await self.service.delete(request.path_params["job_id"])
@@ -115,7 +114,7 @@ class Routes:
         return Response(content, media_type=blob.media_type, headers=headers)
 
     async def artifact_metadata(self, request: Request) -> Response:
-        return JSONResponse(self.service.artifact_metadata(request.path_params["artifact_id"]))
+        return JSONResponse(await self.service.artifact_metadata(request.path_params["artifact_id"]))
 
     async def predict(self, request: Request) -> Response:
         media_type = _media_type(request)
@@ -130,9 +129,9 @@ class Routes:
         answer = await self.service.predict(parsed, X)
         return Response(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON)
 
-    async def _submit(self, request: Request) -> Job:
+    async def _submit(self, request: Request) -> JobRecord:
         spec, ingest_timings = await self._decode(request)
-        return self.service.submit(spec, ingest_timings, str(request.base_url))
+        return await self.service.submit(spec, ingest_timings, str(request.base_url))
 
     async def _decode(self, request: Request) -> tuple[TrainSpec, dict[str, float]]:
         """The training request, read and checked off the loop, and how long reading the body (from
