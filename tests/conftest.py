@@ -16,6 +16,7 @@ import contextvars
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -293,3 +294,66 @@ def breast_cancer() -> tuple[np.ndarray, np.ndarray]:
 def iris() -> tuple[np.ndarray, np.ndarray]:
     data = datasets.load_iris()
     return data.data, np.array(data.target_names)[data.target]  # string labels, as a client might send
+
+
+# A real Redis server of the test's own (Debian's `redis-server`), on a free loopback port, with
+# its append-only file in the test's folder, so that a test can kill it and start it again.
+
+
+class RedisServer:
+    def __init__(self, directory: Path, *options: str) -> None:
+        self.directory = directory
+        self.port = _free_port()
+        self.options = options
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        command = [
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+            "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
+            "--maxmemory-policy", "noeviction", *self.options,
+        ]  # fmt: skip
+        with open(self.directory / "redis.log", "ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + STARTUP_S
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as connection:
+                    connection.sendall(b"PING\r\n")
+                    if connection.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start: " + (self.directory / "redis.log").read_text())
+            time.sleep(0.02)
+
+    def kill_9(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("no redis-server here: install Debian's redis-server package (.ci/run does)")
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,340 @@
+"""Job state in Redis, shared by API replicas and workers on any machines: job records, each job's
+event log, the device queues, the tables waiting to be trained on, the artifacts, and the workers'
+heartbeats. Built on Redis's own machinery, not a scheduler of ours:
+
+- a job's log is a Stream whose entry ids are `0-1`, `0-2`, ...: the event ids clients see, so
+  `Last-Event-ID: 5` is `XREAD ... 0-5`, from any replica, with no gap and no duplicate. One script
+  (`APPEND_EVENT`) appends an event and the row fields that change with it, atomically, and
+  refuses anything after a terminal event: whoever writes (an API replica cancelling a waiting
+  job, the worker that runs it), a job ends once;
+- a device's queue is a Stream read by the consumer group `workers`: delivery in arrival order,
+  entries pending until the worker that took them acknowledges them, and a dead worker's entries
+  claimed by another (`claim_from_dead`: its heartbeat key expired);
+- tables and models cross machines as bytes (`.npy` arrays, the artifact's files), under a size
+  limit.
+
+Keys are under a prefix (`boostream:` by default). Values in a job's hash are JSON; the hash
+holds a JobRecord's fields plus `last_event`. Nothing here may be evicted: `check_policy` refuses
+a server whose `maxmemory-policy` could.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from collections.abc import AsyncGenerator, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from boostream.errors import TooLarge
+from boostream.jobs import inputs
+from boostream.jobs.records import Event, JobRecord, JobRequest, JobStatus
+from boostream.models.artifacts import ArtifactRecord, StoredBlob
+from boostream.trainers.base import TrainingData
+
+GROUP = "workers"
+# The policies that never evict a key; any other can drop a job's log or its model under memory
+# pressure.
+SAFE_POLICIES = ("noeviction",)
+
+# KEYS: the job's hash, its event stream, the stream of ended jobs. ARGV: the event's type, its
+# data (JSON), "1" when it is terminal, the job's id, then the row's fields and values (JSON).
+# Returns the new event's id; 0 when the job has ended already; -1 when there is no such job.
+APPEND_EVENT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= '"queued"' and status ~= '"running"' then return 0 end
+local id = redis.call('HINCRBY', KEYS[1], 'last_event', 1)
+redis.call('XADD', KEYS[2], '0-' .. id, 'type', ARGV[1], 'data', ARGV[2])
+if #ARGV > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
+if ARGV[3] == '1' then redis.call('XADD', KEYS[3], '*', 'job_id', ARGV[4]) end
+return id
+"""
+
+
+class PolicyRefused(Exception):
+    """The Redis server could evict job data."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Taken:
+    """A queue entry a worker took: which job, and how many times it was delivered."""
+
+    entry_id: str
+    job_id: str
+    deliveries: int = 1
+
+
+class RedisState:
+    def __init__(self, url: str, prefix: str = "boostream:") -> None:
+        self.url = url
+        self.prefix = prefix
+        # Typed Any: redis-py types every reply as the union of what each decoding could give;
+        # this client never decodes, so its replies are bytes (and lists and dicts of them).
+        self.redis: Any = aioredis.Redis.from_url(url)
+        self._append = self.redis.register_script(APPEND_EVENT)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def check_policy(self) -> None:
+        """PolicyRefused, saying what to set, when the server may evict keys."""
+        try:
+            policy = (await self.redis.config_get("maxmemory-policy")).get("maxmemory-policy")
+        except ResponseError:  # CONFIG is disabled (a managed Redis): the operator must see to it
+            return
+        if policy not in SAFE_POLICIES:
+            raise PolicyRefused(
+                f"Redis at {self.url} has maxmemory-policy {policy}, which can evict jobs, their events and "
+                "models under memory pressure; set `maxmemory-policy noeviction` (redis.conf, or "
+                "CONFIG SET maxmemory-policy noeviction)"
+            )
+
+    # Keys
+
+    def _job(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}"
+
+    def _events(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}:events"
+
+    def _queue(self, device: str) -> str:
+        return f"{self.prefix}queue:{device}"
+
+    def _input(self, job_id: str) -> str:
+        return f"{self.prefix}input:{job_id}"
+
+    def _artifact(self, artifact_id: str) -> str:
+        return f"{self.prefix}artifact:{artifact_id}"
+
+    def _worker(self, worker_id: str) -> str:
+        return f"{self.prefix}worker:{worker_id}"
+
+    @property
+    def _ended(self) -> str:
+        return f"{self.prefix}ended"
+
+    @property
+    def _jobs(self) -> str:
+        return f"{self.prefix}jobs"
+
+    # Records
+
+    async def insert_job(self, record: JobRecord) -> JobRecord:
+        """Keep a new job's record; the record with its `seq` (the order jobs came in)."""
+        seq = await self.redis.incr(f"{self.prefix}seq")
+        record = dataclasses.replace(record, seq=seq)
+        fields = {name: json.dumps(value) for name, value in _row(record).items()}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._job(record.id), mapping={**fields, "last_event": 0})
+            pipe.zadd(self._jobs, {record.id: seq})
+            await pipe.execute()
+        return record
+
+    async def job(self, job_id: str) -> JobRecord | None:
+        fields = await self.redis.hgetall(self._job(job_id))
+        return _record(fields) if fields else None
+
+    async def jobs(
+        self, statuses: Iterable[str] = (), limit: int = 50, before_seq: int | None = None
+    ) -> list[JobRecord]:
+        """Newest first."""
+        wanted, found = set(statuses), list[JobRecord]()
+        top: float | str = "+inf" if before_seq is None else f"({before_seq}"
+        while len(found) < limit:
+            page = await self.redis.zrevrangebyscore(self._jobs, top, "-inf", start=0, num=limit, withscores=True)
+            if not page:
+                break
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id, _ in page:
+                    pipe.hgetall(self._job(job_id.decode()))
+                rows = await pipe.execute()
+            for fields in rows:
+                if fields and (not wanted or json.loads(fields[b"status"]) in wanted):
+                    found.append(_record(fields))
+            top = f"({int(page[-1][1])}"
+        return found[:limit]
+
+    # Events
+
+    async def append_event(
+        self, job_id: str, event_type: str, data: dict[str, Any], terminal: bool = False, **fields: Any
+    ) -> int:
+        """Append one event with the row fields that change with it; its id, 0 when the job has
+        ended already (nothing was written), -1 when there is no such job."""
+        data_json = json.dumps({"job_id": job_id, **data})
+        pairs = [item for name, value in fields.items() for item in (name, json.dumps(_plain(value)))]
+        keys = [self._job(job_id), self._events(job_id), self._ended]
+        return int(await self._append(keys=keys, args=[event_type, data_json, int(terminal), job_id, *pairs]))
+
+    async def events(self, job_id: str, after: int = 0) -> list[Event]:
+        """The events with ids above `after`, in order."""
+        entries = await self.redis.xrange(self._events(job_id), f"(0-{after}", "+")
+        return [_event(entry_id, entry) for entry_id, entry in entries]
+
+    async def follow(self, job_id: str, after: int = 0, block_ms: int = 1000) -> AsyncGenerator[Event, None]:
+        """The events after `after`, then live ones, until the terminal event (or the job is gone)."""
+        position = after
+        while True:
+            for event in await self.events(job_id, position):
+                yield event
+                position = event.id
+                if event.terminal:
+                    return
+            if not await self.redis.exists(self._job(job_id)):
+                return
+            # Wait for the next one: XREAD wakes as soon as it is appended.
+            await self.redis.xread({self._events(job_id): f"0-{position}"}, count=1, block=block_ms)
+
+    # The device queues
+
+    async def enqueue(self, device: str, job_id: str) -> None:
+        await self.redis.xadd(self._queue(device), {"job_id": job_id})
+
+    async def ensure_group(self, device: str) -> None:
+        try:
+            await self.redis.xgroup_create(self._queue(device), GROUP, id="0", mkstream=True)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    async def take(self, device: str, consumer: str, block_ms: int = 1000) -> Taken | None:
+        """The next job waiting on `device`, now pending for `consumer`; None after `block_ms`."""
+        answer = await self.redis.xreadgroup(GROUP, consumer, {self._queue(device): ">"}, count=1, block=block_ms)
+        if not answer:
+            return None
+        (_, entries), = answer
+        entry_id, entry = entries[0]
+        return Taken(entry_id.decode(), entry[b"job_id"].decode())
+
+    async def done(self, device: str, entry_id: str) -> None:
+        """The job taken as `entry_id` will not run again: off the queue for good."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self._queue(device), GROUP, entry_id)
+            pipe.xdel(self._queue(device), entry_id)
+            await pipe.execute()
+
+    async def claim_from_dead(self, device: str, consumer: str, alive: set[str]) -> list[Taken]:
+        """The entries pending for consumers not in `alive` (their heartbeat ended), now
+        `consumer`'s, with how many times each has been delivered."""
+        claimed = []
+        for pending in await self.redis.xpending_range(self._queue(device), GROUP, "-", "+", 100):
+            if pending["consumer"].decode() in alive:
+                continue
+            entries = await self.redis.xclaim(self._queue(device), GROUP, consumer, 0, [pending["message_id"]])
+            for entry_id, entry in entries:
+                if entry:  # deleted meanwhile: nothing to run
+                    job_id = entry[b"job_id"].decode()
+                    claimed.append(Taken(entry_id.decode(), job_id, pending["times_delivered"] + 1))
+        return claimed
+
+    async def counts(self, device: str) -> dict[str, int]:
+        """Jobs `waiting` on the device (not yet taken) and `taken` (running, or about to)."""
+        queue = self._queue(device)
+        length = await self.redis.xlen(queue)
+        try:
+            taken = (await self.redis.xpending(queue, GROUP))["pending"]
+        except ResponseError:  # no group yet: no worker has ever asked
+            taken = 0
+        return {"waiting": length - taken, "taken": taken}
+
+    # Tables
+
+    async def put_input(self, job_id: str, data: TrainingData, limit_bytes: int) -> int:
+        """Keep a job's arrays (as `.npy` bytes) until it ends; their size. TooLarge over `limit_bytes`."""
+        blobs: dict[str, bytes] = {}
+        for name in inputs.ARRAYS:
+            array = getattr(data, name)
+            if array is not None:
+                buffer = io.BytesIO()
+                np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+                blobs[name] = buffer.getvalue()
+        size = sum(len(blob) for blob in blobs.values())
+        if size > limit_bytes:
+            raise TooLarge(f"the table takes {size} bytes, more than this service's limit of {limit_bytes} per job")
+        meta = {"feature_names": data.feature_names, "classes": data.classes, "arrays": list(blobs)}
+        await self.redis.hset(self._input(job_id), mapping={**blobs, inputs.META: json.dumps(_plain(meta))})
+        return size
+
+    async def get_input(self, job_id: str, folder: Path) -> bool:
+        """Write the job's arrays to `folder`, as `jobs.inputs` keeps them; False when they are gone."""
+        stored = await self.redis.hgetall(self._input(job_id))
+        if inputs.META.encode() not in stored:
+            return False
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = json.loads(stored[inputs.META.encode()])
+        for name in meta["arrays"]:
+            (folder / f"{name}.npy").write_bytes(stored[name.encode()])
+        (folder / inputs.META).write_text(json.dumps(meta))  # last: the folder is complete
+        return True
+
+    async def drop_input(self, job_id: str) -> None:
+        await self.redis.delete(self._input(job_id))
+
+    # Artifacts
+
+    async def put_artifact(self, record: ArtifactRecord, files: dict[str, bytes]) -> None:
+        meta = json.dumps(_plain(dataclasses.asdict(record)))
+        await self.redis.hset(self._artifact(record.id), mapping={"record": meta, **files})
+
+    async def artifact(self, artifact_id: str) -> ArtifactRecord | None:
+        meta = await self.redis.hget(self._artifact(artifact_id), "record")
+        if meta is None:
+            return None
+        fields = json.loads(meta)
+        fields["blobs"] = {format: StoredBlob(**blob) for format, blob in fields["blobs"].items()}
+        return ArtifactRecord(**fields)
+
+    async def artifact_file(self, artifact_id: str, format: str) -> bytes | None:
+        content: bytes | None = await self.redis.hget(self._artifact(artifact_id), format)
+        return content
+
+    # Workers
+
+    async def heartbeat(self, worker_id: str, view: dict[str, Any], ttl_ms: int) -> None:
+        """The worker is alive for `ttl_ms` more, and this is what /health shows of it."""
+        await self.redis.set(self._worker(worker_id), json.dumps(view), px=ttl_ms)
+
+    async def workers(self) -> dict[str, dict[str, Any]]:
+        """The workers alive, by id, with what they last said of themselves."""
+        found = {}
+        async for key in self.redis.scan_iter(match=self._worker("*")):
+            view = await self.redis.get(key)
+            if view is not None:
+                found[key.decode().rsplit(":", 1)[1]] = json.loads(view)
+        return found
+
+
+def _row(record: JobRecord) -> dict[str, Any]:
+    fields = dataclasses.asdict(record)
+    fields["status"] = record.status.value
+    return fields
+
+
+def _record(fields: dict[bytes, bytes]) -> JobRecord:
+    values = {name.decode(): json.loads(value) for name, value in fields.items() if name != b"last_event"}
+    values["status"] = JobStatus(values["status"])
+    values["request"] = JobRequest(**values["request"])
+    return JobRecord(**values)
+
+
+def _event(entry_id: bytes, entry: dict[bytes, bytes]) -> Event:
+    return Event(int(entry_id.split(b"-")[1]), entry[b"type"].decode(), entry[b"data"].decode())
+
+
+def _plain(value: Any) -> Any:
+    """What json.dumps takes: a JobStatus as its value, numpy scalars as Python numbers."""
+    if isinstance(value, JobStatus):
+        return value.value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value

@@ -1,0 +1,197 @@
+"""Job state in Redis (`boostream.jobs.redis_state`), against a real redis-server of the test's own:
+what API replicas and workers will rely on. Event ids contiguous and resumable from any client, one
+end per job whoever writes it, a queue delivered in order with a dead worker's jobs claimed by
+another, tables and models kept as bytes under a limit, nothing lost when Redis is killed and
+started again with its append-only file, and a server that could evict job data refused."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from boostream.errors import TooLarge
+from boostream.jobs import inputs
+from boostream.jobs.records import JobRecord, JobRequest, JobStatus
+from boostream.jobs.redis_state import PolicyRefused, RedisState
+from boostream.models.artifacts import ArtifactRecord, StoredBlob
+from boostream.trainers.base import TrainingData
+
+from conftest import RedisServer
+
+
+def record(job_id: str, device: str = "cpu") -> JobRecord:
+    request = JobRequest("lightgbm", "regression", {"n_estimators": 10})
+    return JobRecord(job_id, JobStatus.QUEUED, "lightgbm", "regression", device, request, time.time(), total=10)
+
+
+def run(redis_server: RedisServer, scenario) -> object:
+    async def main() -> object:
+        state = RedisState(redis_server.url, prefix="test:")
+        try:
+            return await scenario(state)
+        finally:
+            await state.close()
+
+    return asyncio.run(main())
+
+
+def test_event_ids_rise_by_one_and_a_job_ends_once_whoever_writes(redis_server):
+    async def scenario(state: RedisState) -> tuple[list[int], list[int], JobRecord]:
+        await state.insert_job(record("j"))
+        await state.append_event("j", "queued", {"position": 1})
+        await state.append_event("j", "started", {"attempt": 1}, status=JobStatus.RUNNING, attempts=1)
+
+        # Two writers at once, on connections of their own: the worker's rounds, and a replica's.
+        other = RedisState(redis_server.url, prefix="test:")
+        rounds = [state.append_event("j", "progress", {"iteration": i}, iteration=i) for i in range(1, 41)]
+        rounds += [other.append_event("j", "progress", {"iteration": i}) for i in range(41, 61)]
+        ids = await asyncio.gather(*rounds)
+        # Both end it at once (the worker completing, a replica cancelling): one end is kept.
+        ends = await asyncio.gather(
+            state.append_event("j", "complete", {"artifact_id": "a"}, terminal=True, status=JobStatus.SUCCEEDED),
+            other.append_event("j", "cancelled", {"iteration": 60}, terminal=True, status=JobStatus.CANCELLED),
+        )
+        late = await other.append_event("j", "progress", {"iteration": 61})
+        await other.close()
+        events = await state.events("j")
+        job = await state.job("j")
+        assert job is not None
+        return sorted(ids), [*ends, late, len(events), *[e.id for e in events]], job
+
+    ids, (first_end, second_end, late, count, *event_ids), job = run(redis_server, scenario)
+    assert ids == list(range(3, 63)), "no gap, no duplicate"
+    assert sorted([first_end, second_end]) == [0, 63], "exactly one end was written"
+    assert late == 0, "nothing after the end"
+    assert count == 63 and event_ids == list(range(1, 64))
+    assert job.status in (JobStatus.SUCCEEDED, JobStatus.CANCELLED) and job.attempts == 1
+
+
+def test_a_client_resuming_gets_exactly_what_it_missed_then_live_events(redis_server):
+    async def scenario(state: RedisState) -> list[tuple[int, str]]:
+        await state.insert_job(record("j"))
+        for i in range(1, 6):
+            await state.append_event("j", "progress", {"iteration": i})
+
+        async def later() -> None:
+            await asyncio.sleep(0.3)
+            await state.append_event("j", "progress", {"iteration": 6})
+            await asyncio.sleep(0.3)
+            await state.append_event("j", "complete", {}, terminal=True, status=JobStatus.SUCCEEDED)
+
+        writer = asyncio.ensure_future(later())
+        seen = [(event.id, event.type) async for event in state.follow("j", after=3, block_ms=200)]
+        await writer
+        return seen
+
+    assert run(redis_server, scenario) == [(4, "progress"), (5, "progress"), (6, "progress"), (7, "complete")]
+
+
+def test_the_queue_delivers_in_order_and_a_dead_workers_job_goes_to_another(redis_server):
+    async def scenario(state: RedisState) -> dict[str, object]:
+        await state.ensure_group("cpu")
+        for job_id in ("a", "b", "c"):
+            await state.enqueue("cpu", job_id)
+        first = await state.take("cpu", "worker-1", block_ms=100)
+        second = await state.take("cpu", "worker-2", block_ms=100)
+        counts = await state.counts("cpu")
+        assert first is not None and second is not None
+        await state.done("cpu", second.entry_id)
+        # worker-1 dies with job "a": its heartbeat is gone, worker-2's is not.
+        claimed = await state.claim_from_dead("cpu", "worker-2", alive={"worker-2"})
+        nothing = await state.claim_from_dead("cpu", "worker-3", alive={"worker-2"})
+        third = await state.take("cpu", "worker-2", block_ms=100)
+        empty = await state.take("cpu", "worker-2", block_ms=100)
+        return {
+            "order": [first.job_id, second.job_id, third.job_id if third else None],
+            "counts": counts,
+            "claimed": [(t.job_id, t.deliveries) for t in claimed],
+            "nothing": nothing,
+            "empty": empty,
+            "after": await state.counts("cpu"),
+        }
+
+    found = run(redis_server, scenario)
+    assert found["order"] == ["a", "b", "c"]
+    assert found["counts"] == {"waiting": 1, "taken": 2}
+    assert found["claimed"] == [("a", 2)], "delivered a second time, to a live worker"
+    assert found["nothing"] == [], "claimed once"
+    assert found["empty"] is None
+    assert found["after"] == {"waiting": 0, "taken": 2}
+
+
+def test_a_table_is_kept_as_arrays_a_worker_maps_and_refused_over_the_limit(redis_server, tmp_path: Path):
+    rng = np.random.default_rng(0)
+    data = TrainingData(
+        X=rng.random((100, 4)), y=rng.integers(0, 3, 100), feature_names=list("abcd"), classes=["x", "y", "z"]
+    )
+
+    async def scenario(state: RedisState) -> tuple[int, bool, bool]:
+        size = await state.put_input("j", data, limit_bytes=10_000)
+        kept = await state.get_input("j", tmp_path / "j")
+        with pytest.raises(TooLarge, match="more than this service's limit of 1000"):
+            await state.put_input("k", data, limit_bytes=1000)
+        await state.drop_input("j")
+        return size, kept, await state.get_input("j", tmp_path / "again")
+
+    size, kept, again = run(redis_server, scenario)
+    assert kept and not again
+    assert 3200 < size < 10_000
+    loaded = inputs.load(tmp_path / "j")
+    assert loaded is not None and isinstance(loaded.X, np.memmap)
+    assert np.array_equal(loaded.X, data.X) and np.array_equal(loaded.y, data.y)
+    assert loaded.feature_names == data.feature_names and loaded.classes == data.classes
+
+
+def test_nothing_finished_is_lost_when_redis_is_killed_and_started_again(redis_server):
+    blob = StoredBlob("text/plain", "txt", 5, "0" * 64, "sha256=00")
+    artifact = ArtifactRecord(
+        "art", "j", "lightgbm", "regression", ["a"], None, {"l2": 1.0}, 3, 3, time.time(), {"native": blob}
+    )
+
+    async def write(state: RedisState) -> None:
+        await state.insert_job(record("j"))
+        await state.append_event("j", "started", {}, status=JobStatus.RUNNING)
+        await state.put_artifact(artifact, {"native": b"model"})
+        await state.append_event("j", "complete", {"artifact_id": "art"}, terminal=True, status=JobStatus.SUCCEEDED)
+
+    async def read(state: RedisState) -> tuple[object, ...]:
+        events = [e.type for e in await state.events("j")]
+        return await state.job("j"), events, await state.artifact("art"), await state.artifact_file("art", "native")
+
+    run(redis_server, write)
+    redis_server.kill_9()
+    redis_server.start()
+    job, types, kept_artifact, content = run(redis_server, read)
+    assert isinstance(job, JobRecord) and job.status is JobStatus.SUCCEEDED
+    assert types == ["started", "complete"]
+    assert kept_artifact == artifact and content == b"model"
+
+
+def test_a_redis_that_could_evict_job_data_is_refused_saying_what_to_set(redis_server):
+    async def scenario(state: RedisState) -> None:
+        await state.check_policy()  # noeviction: fine
+        await state.redis.config_set("maxmemory-policy", "allkeys-lru")
+        with pytest.raises(PolicyRefused, match="maxmemory-policy allkeys-lru.*set `maxmemory-policy noeviction`"):
+            await state.check_policy()
+
+    run(redis_server, scenario)
+
+
+def test_jobs_are_listed_newest_first_by_status_a_page_at_a_time(redis_server):
+    async def scenario(state: RedisState) -> tuple[list[str], list[str], list[str]]:
+        for n in range(7):
+            await state.insert_job(record(f"j{n}"))
+            if n % 2:
+                await state.append_event(f"j{n}", "cancelled", {}, terminal=True, status=JobStatus.CANCELLED)
+        first = await state.jobs(["queued"], limit=2)
+        rest = await state.jobs(["queued"], limit=10, before_seq=first[-1].seq)
+        every = await state.jobs(limit=100)
+        return [r.id for r in first], [r.id for r in rest], [r.id for r in every]
+
+    first, rest, every = run(redis_server, scenario)
+    assert first == ["j6", "j4"] and rest == ["j2", "j0"]
+    assert every == [f"j{n}" for n in range(6, -1, -1)]
