@@ -33,6 +33,8 @@ _SERVE_OPTIONS = {
     "host": "address to listen on",
     "port": "port to listen on",
     "data_dir": "where jobs, their events and artifacts are kept",
+    "redis": "keep job state in this Redis (redis://HOST:PORT/DB) and leave training to `boostream worker`",
+    "max_table_bytes": "with --redis: largest table a job may keep in Redis, in bytes",
     "cpu_jobs": "LightGBM jobs that train at once",
     "gpu_jobs": "WarpGBM jobs that train at once",
     "threads_per_job": "LightGBM threads per job (0: cores / cpu-jobs)",
@@ -158,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"boostream {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_serve(commands)
+    _add_worker(commands)
     _add_train(commands)
     _add_watch(commands)
     _add_jobs(commands)
@@ -180,6 +183,96 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             default=None,
             help=f"{help_text} (env {env_name(name)}; default {getattr(defaults, name)})",
         )
+
+
+def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    worker = commands.add_parser(
+        "worker",
+        help="train jobs from Redis for `serve --redis`",
+        description="Take the jobs of one device from Redis and train them on worker processes of this machine.",
+    )
+    worker.set_defaults(run=_worker)
+    worker.add_argument(
+        "--redis", metavar="URL", help="redis://HOST:PORT/DB, as the servers have it (env BOOSTREAM_REDIS)"
+    )
+    worker.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="which jobs to take (default cpu)")
+    worker.add_argument("--jobs", type=int, default=1, help="jobs trained at once (default 1)")
+    worker.add_argument("--threads-per-job", type=int, default=0, help="LightGBM threads per job (0: cores / jobs)")
+    worker.add_argument("--exit-when-idle", type=float, metavar="SECONDS", help="exit after this long with no job")
+    worker.add_argument(
+        "--dead-after", type=float, default=5.0, metavar="SECONDS",
+        help="a worker silent this long is dead, and its jobs run again elsewhere (default 5; the same for all)",
+    )  # fmt: skip
+    for name in ("worker_memory_mb", "stop_grace_s", "max_training_s", "log_level"):
+        kind = {"int": int, "float": float}.get(str(Settings.__dataclass_fields__[name].type), str)
+        worker.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=_SERVE_OPTIONS[name])
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+    import socket
+    import tempfile
+
+    from boostream.jobs.redis_state import PolicyRefused, RedisState
+    from boostream.memory import avoid_huge_pages
+    from boostream.models.artifacts import ArtifactStore
+    from boostream.trainers import create_trainers
+    from boostream.workers.local import LocalWorkers, WorkerConfig
+    from boostream.workers.remote import RedisWorker
+
+    settings = from_environment(
+        redis=args.redis,
+        worker_memory_mb=args.worker_memory_mb,
+        stop_grace_s=args.stop_grace_s,
+        max_training_s=args.max_training_s,
+        log_level=args.log_level,
+    )
+    if not settings.redis:
+        raise UsageError("worker needs --redis URL (or BOOSTREAM_REDIS): the Redis its servers use")
+    if args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    avoid_huge_pages()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    threads = args.threads_per_job or max(1, (os.cpu_count() or 1) // args.jobs)
+    trainers = create_trainers(threads)
+    availability = {name: trainer.availability() for name, trainer in trainers.items() if trainer.device == args.device}
+    if not any(a.available for a in availability.values()):
+        reasons = "; ".join(f"{name}: {a.reason}" for name, a in availability.items())
+        raise Failure(f"nothing can train on the {args.device.upper()} here ({reasons})")
+    worker_id = f"{socket.gethostname()}-{os.getpid()}"
+
+    async def work(directory: Path) -> None:
+        state = RedisState(settings.redis)
+        try:
+            await state.check_policy()
+            key = await state.secret_key(settings.secret_key or None)
+            config = WorkerConfig(args.device, threads, directory / "artifacts", key, settings.log_level)
+            pool = LocalWorkers(config, args.jobs, settings.worker_memory_bytes, settings.stop_grace_s)
+            worker = RedisWorker(
+                state, pool, trainers, availability, ArtifactStore(directory / "artifacts", key),
+                worker_id=worker_id, work_dir=directory / "inputs", max_training_s=settings.max_training_s,
+                progress_interval_s=settings.progress_interval_s, dead_after_s=args.dead_after,
+                exit_when_idle_s=args.exit_when_idle,
+            )  # fmt: skip
+            logging.getLogger("boostream").info(
+                "worker %s: %d %s job(s) at once from %s", worker_id, args.jobs, args.device, settings.redis
+            )
+            task = asyncio.current_task()
+            assert task is not None
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+            await worker.run()
+        except PolicyRefused as refused:
+            raise Failure(str(refused)) from None
+        finally:
+            await state.close()
+
+    with tempfile.TemporaryDirectory(prefix="boostream-worker-") as directory:
+        try:
+            asyncio.run(work(Path(directory)))
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            pass
+    return 0
 
 
 def _client_command(
@@ -305,7 +398,8 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        check_data_dir_free(settings.data_dir)  # in the app's startup, uvicorn would print a traceback
+        if not settings.redis:  # with Redis, the data directory holds only requests being read
+            check_data_dir_free(settings.data_dir)  # in the app's startup, uvicorn would print a traceback
     except DataDirInUse as error:
         raise Failure(str(error)) from None
     logging.getLogger("boostream").info("data directory: %s", settings.data_dir)

@@ -33,6 +33,12 @@ class Settings:
     # How long a job asked to stop (cancel, timeout) may take to finish its round before its
     # worker is killed.
     stop_grace_s: float = 1.0
+    # Job state in this Redis (redis://HOST:PORT/DB), shared with other API processes and with
+    # workers (`boostream worker`), which do the training; empty: this process keeps it (SQLite)
+    # and trains on worker processes of its own.
+    redis: str = ""
+    # Largest table (its arrays) a job may keep in Redis until it ends; a larger one is refused.
+    max_table_bytes: int = 2 * 1024**3
     # Jobs that may wait per device; one more is refused with 429.
     max_queued: int = 100
     # No job trains longer than this; a request may ask for less with `timeout_s`.

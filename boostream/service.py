@@ -23,6 +23,8 @@ from boostream.jobs import inputs
 from boostream.jobs.engine import JobEngine
 from boostream.jobs.manager import JobManager
 from boostream.jobs.records import Event, JobRecord, JobRequest, JobStatus
+from boostream.jobs.redis_engine import RedisEngine
+from boostream.jobs.redis_state import RedisState
 from boostream.jobs.sqlite import SqliteJobStore
 from boostream.jobs.webhooks import WebhookPolicy, WebhookSender
 from boostream.models.artifacts import FORMATS as ARTIFACT_FORMATS
@@ -66,16 +68,46 @@ class Service:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         settings = self.settings
+        for name, trainer in self.trainers.items():
+            if settings.redis:  # workers train, wherever they are: a job for a device none serves is refused
+                self.availability[name] = Availability(True, device_name=f"{trainer.device} workers")
+                continue
+            # Importing torch to ask for a GPU takes seconds: do it once, off the loop.
+            self.availability[name] = await anyio.to_thread.run_sync(trainer.availability)
+            if not self.availability[name].available:
+                log.info("%s is unavailable: %s", name, self.availability[name].reason)
+        async with self._engine() as (engine, key):
+            self._jobs = engine
+            self._models = ModelLoader(key, self.trainers, ModelCache(settings.model_cache_bytes))
+            self._ingest = anyio.Semaphore(INGEST_SLOTS)
+            if shared_bodies_work():
+                self._decoders = Decoders(INGEST_SLOTS, settings.inputs_dir, settings.lightgbm_threads)
+                self._decoders.start()
+            await engine.start()
+            try:
+                yield
+            finally:
+                if self._decoders is not None:
+                    self._decoders.close()
+                await engine.shutdown()
+
+    @contextlib.asynccontextmanager
+    async def _engine(self) -> AsyncIterator[tuple[JobEngine, bytes]]:
+        """The job engine these settings ask for, and the key that signs artifacts: over Redis
+        (`redis`), shared with other API processes and remote workers; else this process's, with
+        SQLite and worker processes of its own."""
+        settings = self.settings
+        if settings.redis:
+            state = RedisState(settings.redis)
+            key = await state.secret_key(settings.secret_key or None)
+            yield RedisEngine(
+                state, self.trainers, max_queued=settings.max_queued, max_input_bytes=settings.max_table_bytes
+            ), key
+            return
         store = SqliteJobStore(settings.data_dir)
         try:
-            # Importing torch to ask for a GPU takes seconds: do it once, off the loop.
-            for name, trainer in self.trainers.items():
-                self.availability[name] = await anyio.to_thread.run_sync(trainer.availability)
-                if not self.availability[name].available:
-                    log.info("%s is unavailable: %s", name, self.availability[name].reason)
             key = load_or_create_key(settings.key_path, settings.secret_key or None)
             artifacts = ArtifactStore(settings.artifacts_dir, key)
-            self._models = ModelLoader(artifacts, self.trainers, ModelCache(settings.model_cache_bytes))
             workers = {
                 device: LocalWorkers(
                     WorkerConfig(device, settings.lightgbm_threads, settings.artifacts_dir, key, settings.log_level),
@@ -85,7 +117,7 @@ class Service:
                 )
                 for device, slots in (("cpu", settings.cpu_jobs), ("gpu", settings.gpu_jobs))
             }
-            self._jobs = JobManager(
+            yield JobManager(
                 store,
                 artifacts,
                 settings.inputs_dir,
@@ -98,18 +130,7 @@ class Service:
                 progress_interval_s=settings.progress_interval_s,
                 webhooks=WebhookSender(key),
                 webhook_policy=self.webhook_policy,
-            )
-            self._ingest = anyio.Semaphore(INGEST_SLOTS)
-            if shared_bodies_work():
-                self._decoders = Decoders(INGEST_SLOTS, settings.inputs_dir, settings.lightgbm_threads)
-                self._decoders.start()
-            await self._jobs.start()
-            try:
-                yield
-            finally:
-                if self._decoders is not None:
-                    self._decoders.close()
-                await self._jobs.shutdown()
+            ), key
         finally:
             store.close()
 
@@ -189,7 +210,10 @@ class Service:
             },
             "gpu": gpu.device_name if gpu and gpu.available else None,
             "queue": await self.jobs.counts(),
-            "workers": [{**view, "started_at": iso(view["started_at"])} for view in await self.jobs.worker_views()],
+            "workers": [
+                {name: iso(value) if name.endswith("_at") else value for name, value in view.items()}
+                for view in await self.jobs.worker_views()
+            ],
         }
 
     def models(self) -> dict[str, Any]:
@@ -318,7 +342,10 @@ class Service:
         assert self._models is not None, "the service is not running"
         if request.artifact_id is not None:
             record = await self.artifact(request.artifact_id)
-            loaded = await anyio.to_thread.run_sync(self._models.stored, record)
+            loaded = self._models.cached(record.id)
+            if loaded is None:
+                native, _ = await self.artifact_file(record.id, "native")
+                loaded = await anyio.to_thread.run_sync(self._models.stored, record, native)
         else:
             assert request.artifact is not None  # decode_predict_request checks that one is given
             loaded = await anyio.to_thread.run_sync(

@@ -26,13 +26,13 @@ from typing import Any, TypeVar
 import orjson
 
 from boostream.errors import InvalidParameter
-from boostream.jobs import inputs
+from boostream.jobs import event_data, inputs
 from boostream.jobs.job import Job
 from boostream.jobs.queue import DeviceQueue
 from boostream.jobs.records import Event, JobRecord, JobRequest, JobStatus, JobStore
 from boostream.jobs.webhooks import WebhookPolicy, WebhookSender, webhook_payload
 from boostream.models.artifacts import Artifact, ArtifactRecord, ArtifactStore
-from boostream.progress import Progress, ProgressBridge, metric_history
+from boostream.progress import Progress, ProgressBridge
 from boostream.trainers.base import Availability, Backend, TrainingData
 from boostream.workers.local import LocalWorkers, WorkerLost
 from boostream.workers.task import Failed, Finished, TrainTask
@@ -345,38 +345,11 @@ class JobManager:
         request = job.request
         artifact = Artifact(outcome.artifact_id, outcome.blobs)
         format = request.artifact_format
-        encoded = await self._on_disk(self.artifacts.encoded, artifact.artifact_id, format)
-        complete = {
-            **artifact.event_fields(format),
-            "iterations": outcome.iterations,
-            "best_iteration": outcome.best_iteration,
-            "metrics": outcome.metrics,
-            "curve": metric_history(1, outcome.curve),
-            "classes": data.classes,
-            "feature_names": data.feature_names,
-            "training_time_s": outcome.timings["fit_s"],
-            "timings": {
-                **{name: round(value, 4) for name, value in job.ingest_timings.items()},
-                "queued_s": round(job.started_at - job.created_at, 4),
-                **outcome.timings,
-            },
-            "artifact": encoded,
-        }
-        self.store.insert_artifact(
-            ArtifactRecord(
-                id=artifact.artifact_id,
-                job_id=job.id,
-                model_type=request.model_type,
-                objective=request.objective,
-                feature_names=data.feature_names,
-                classes=data.classes,
-                metrics=outcome.metrics,
-                iterations=outcome.iterations,
-                best_iteration=outcome.best_iteration,
-                created_at=time.time(),
-                blobs=artifact.blobs,
-            )
+        complete = event_data.complete(
+            artifact, format, outcome, data, job.ingest_timings, job.started_at - job.created_at
         )
+        complete["artifact"] = await self._on_disk(self.artifacts.encoded, artifact.artifact_id, format)
+        self.store.insert_artifact(event_data.artifact_record(job.id, request, data, outcome, artifact, time.time()))
         self._end(
             job,
             JobStatus.SUCCEEDED,
@@ -432,17 +405,8 @@ class JobManager:
         job.started_at = time.time()
         job.attempts += 1
         request = job.request
-        started = {
-            "model_type": request.model_type,
-            "objective": request.objective,
-            "device": self.availability[request.model_type].device_name,
-            "attempt": job.attempts,
-            "n_rows": len(data.X),
-            "n_valid_rows": 0 if data.X_valid is None else len(data.X_valid),
-            "n_features": data.X.shape[1],
-            "n_estimators": job.rounds,
-            "params": request.params,
-        }
+        device_name = self.availability[request.model_type].device_name
+        started = event_data.started(request, device_name, job.attempts, data, job.rounds)
         self._emit(
             job,
             "started",
@@ -457,26 +421,8 @@ class JobManager:
         )
 
     def _report(self, job: Job, progress: Progress) -> None:
-        fields = {
-            "iteration": progress.iteration,
-            "total": progress.total,
-            "percent": progress.percent,
-            "elapsed_s": progress.elapsed_s,
-            "eta_s": progress.eta_s,
-            "metrics": progress.metrics,
-            "history": progress.history,
-            "ts": progress.ts,
-        }
         job.eta_s = progress.eta_s
-        self._emit(
-            job,
-            "progress",
-            fields,
-            iteration=progress.iteration,
-            elapsed_s=progress.elapsed_s,
-            eta_s=progress.eta_s,
-            metrics=progress.metrics,
-        )
+        self._emit(job, "progress", event_data.progress(progress), **event_data.progress_fields(progress))
 
     def _end(self, job: Job, status: JobStatus, event_type: str, data: dict[str, Any], **row_fields: Any) -> None:
         if status is JobStatus.FAILED:

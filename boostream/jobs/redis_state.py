@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import secrets
 from collections.abc import AsyncGenerator, Iterable
 from pathlib import Path
 from typing import Any
@@ -43,15 +44,17 @@ GROUP = "workers"
 SAFE_POLICIES = ("noeviction",)
 
 # KEYS: the job's hash, its event stream, the stream of ended jobs. ARGV: the event's type, its
-# data (JSON), "1" when it is terminal, the job's id, then the row's fields and values (JSON).
-# Returns the new event's id; 0 when the job has ended already; -1 when there is no such job.
+# data (JSON), "1" when it is terminal, the job's id, the status (JSON) the job must have or "",
+# then the row's fields and values (JSON). Returns the new event's id; 0 when the job has ended
+# already, or has not the status asked for (nothing was written); -1 when there is no such job.
 APPEND_EVENT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= '"queued"' and status ~= '"running"' then return 0 end
+if ARGV[5] ~= '' and status ~= ARGV[5] then return 0 end
 local id = redis.call('HINCRBY', KEYS[1], 'last_event', 1)
 redis.call('XADD', KEYS[2], '0-' .. id, 'type', ARGV[1], 'data', ARGV[2])
-if #ARGV > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
+if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
 if ARGV[3] == '1' then redis.call('XADD', KEYS[3], '*', 'job_id', ARGV[4]) end
 return id
 """
@@ -94,6 +97,15 @@ class RedisState:
                 "models under memory pressure; set `maxmemory-policy noeviction` (redis.conf, or "
                 "CONFIG SET maxmemory-policy noeviction)"
             )
+
+    async def secret_key(self, given: str | None) -> bytes:
+        """The key that signs artifacts, the same for every API process and worker: `given`, else
+        the one the first of them made and kept in Redis."""
+        if given:
+            return given.encode()
+        await self.redis.set(f"{self.prefix}secret-key", secrets.token_hex(32), nx=True)
+        key: bytes = await self.redis.get(f"{self.prefix}secret-key")
+        return key
 
     # Keys
 
@@ -160,17 +172,37 @@ class RedisState:
             top = f"({int(page[-1][1])}"
         return found[:limit]
 
+    async def delete_job(self, job_id: str) -> None:
+        """The job, its events, its table and its artifact."""
+        artifact_id = await self.redis.hget(self._job(job_id), "artifact_id")
+        keys = [self._job(job_id), self._events(job_id), self._input(job_id)]
+        if artifact_id is not None and json.loads(artifact_id) is not None:
+            keys.append(self._artifact(json.loads(artifact_id)))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*keys)
+            pipe.zrem(self._jobs, job_id)
+            await pipe.execute()
+
     # Events
 
     async def append_event(
-        self, job_id: str, event_type: str, data: dict[str, Any], terminal: bool = False, **fields: Any
+        self,
+        job_id: str,
+        event_type: str,
+        data: dict[str, Any],
+        terminal: bool = False,
+        only_if: JobStatus | None = None,
+        **fields: Any,
     ) -> int:
-        """Append one event with the row fields that change with it; its id, 0 when the job has
-        ended already (nothing was written), -1 when there is no such job."""
+        """Append one event with the row fields that change with it; its id. 0 when the job has
+        ended already, or its status is not `only_if` (nothing was written); -1 when there is no
+        such job."""
         data_json = json.dumps({"job_id": job_id, **data})
         pairs = [item for name, value in fields.items() for item in (name, json.dumps(_plain(value)))]
         keys = [self._job(job_id), self._events(job_id), self._ended]
-        return int(await self._append(keys=keys, args=[event_type, data_json, int(terminal), job_id, *pairs]))
+        expected = json.dumps(only_if.value) if only_if is not None else ""
+        args: list[Any] = [event_type, data_json, int(terminal), job_id, expected, *pairs]
+        return int(await self._append(keys=keys, args=args))
 
     async def events(self, job_id: str, after: int = 0) -> list[Event]:
         """The events with ids above `after`, in order."""
@@ -190,6 +222,13 @@ class RedisState:
                 return
             # Wait for the next one: XREAD wakes as soon as it is appended.
             await self.redis.xread({self._events(job_id): f"0-{position}"}, count=1, block=block_ms)
+
+    async def request_cancel(self, job_id: str) -> None:
+        """Ask the worker running the job to stop it (it looks between its rounds)."""
+        await self.redis.hset(self._job(job_id), "cancel_requested", "true")
+
+    async def cancel_requested(self, job_id: str) -> bool:
+        return bool(await self.redis.hget(self._job(job_id), "cancel_requested") == b"true")
 
     # The device queues
 
@@ -310,6 +349,9 @@ class RedisState:
         return found
 
 
+_NOT_RECORD = (b"last_event", b"cancel_requested")  # in a job's hash beside its record's fields
+
+
 def _row(record: JobRecord) -> dict[str, Any]:
     fields = dataclasses.asdict(record)
     fields["status"] = record.status.value
@@ -317,7 +359,7 @@ def _row(record: JobRecord) -> dict[str, Any]:
 
 
 def _record(fields: dict[bytes, bytes]) -> JobRecord:
-    values = {name.decode(): json.loads(value) for name, value in fields.items() if name != b"last_event"}
+    values = {name.decode(): json.loads(value) for name, value in fields.items() if name not in _NOT_RECORD}
     values["status"] = JobStatus(values["status"])
     values["request"] = JobRequest(**values["request"])
     return JobRecord(**values)

@@ -21,8 +21,8 @@ from typing import Any
 import joblib
 import numpy as np
 
-from boostream.errors import Gone, InvalidData, InvalidParameter, Untrusted, quotable
-from boostream.models.artifacts import ArtifactRecord, ArtifactStore
+from boostream.errors import InvalidData, InvalidParameter, Untrusted, quotable
+from boostream.models.artifacts import ArtifactRecord
 from boostream.models.signing import verify
 from boostream.trainers.base import ModelShape, Predictor
 
@@ -79,25 +79,19 @@ class ModelCache:
 
 
 class ModelLoader:
-    def __init__(self, artifacts: ArtifactStore, predictors: Mapping[str, Predictor], cache: ModelCache) -> None:
-        self.artifacts = artifacts
+    def __init__(self, key: bytes, predictors: Mapping[str, Predictor], cache: ModelCache) -> None:
+        self.key = key  # what this service signs its artifacts with
         self.predictors = predictors
         self.cache = cache
 
-    def stored(self, record: ArtifactRecord) -> LoadedModel:
-        """A model this server trained (runs in a worker thread)."""
+    def cached(self, artifact_id: str) -> LoadedModel | None:
+        return self.cache.get(artifact_id)
+
+    def stored(self, record: ArtifactRecord, blob: bytes) -> LoadedModel:
+        """A model this service trained, from its native file `blob` (runs in a worker thread)."""
         artifact_id = record.id
-        cached = self.cache.get(artifact_id)
-        if cached is not None:
-            return cached
         predictor = self.predictors[record.model_type]
-        try:
-            blob = self.artifacts.read(artifact_id, "native")
-        except FileNotFoundError:
-            raise Gone(
-                f"the files of artifact {artifact_id} are missing from the server", field="artifact_id"
-            ) from None
-        model = predictor.from_native(blob, trusted=True)  # this server wrote it
+        model = predictor.from_native(blob, trusted=True)  # this service wrote it
         shape = predictor.describe(model)
         loaded = LoadedModel(model, predictor, shape, _classes(record.classes, shape), artifact_id, len(blob))
         self.cache.put(artifact_id, loaded)
@@ -128,7 +122,7 @@ class ModelLoader:
                 "this server gave it; send its native format instead",
                 field="signature",
             )
-        if not verify(self.artifacts.key, blob, signature):
+        if not verify(self.key, blob, signature):
             raise Untrusted(
                 "the signature does not match this artifact: it was changed, or another server made it",
                 field="signature",

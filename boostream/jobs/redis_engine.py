@@ -1,0 +1,162 @@
+"""The job engine of an API replica (`boostream serve --redis`): job state in Redis, shared with
+the other replicas and with the workers (`boostream worker`), which do all the training. It
+offers what `engine.JobEngine` promises, from whichever replica a client reaches:
+
+- a submitted job is kept (record, table, first event) and queued on its device's stream; a full
+  queue is refused (QueueFull), and so is a job for a device no worker serves (Unavailable);
+- events are read from the job's stream: a client resumes with `Last-Event-ID` on any replica;
+- cancel ends a waiting job at once (only if it is still waiting: one script decides), and asks
+  the worker of a running one to stop after its round;
+- artifacts are served from Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import AsyncGenerator, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from boostream.errors import InvalidParameter, QueueFull, Unavailable
+from boostream.jobs.queue import RETRY_AFTER_UNKNOWN_S
+from boostream.jobs.records import Event, JobRecord, JobRequest, JobStatus
+from boostream.jobs.redis_state import RedisState
+from boostream.models.artifacts import ArtifactRecord
+from boostream.trainers.base import Backend, TrainingData
+
+log = logging.getLogger("boostream.jobs")
+
+DEVICES = ("cpu", "gpu")
+
+
+class RedisEngine:
+    def __init__(
+        self, state: RedisState, trainers: Mapping[str, Backend], *, max_queued: int, max_input_bytes: int
+    ) -> None:
+        self.state = state
+        self.trainers = trainers
+        self.max_queued = max_queued
+        self.max_input_bytes = max_input_bytes
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        await self.state.check_policy()
+        for device in DEVICES:
+            await self.state.ensure_group(device)
+
+    async def shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.state.close()
+
+    async def submit(
+        self, request: JobRequest, data: TrainingData, ingest_timings: dict[str, float], saved_at: Path | None = None
+    ) -> JobRecord:
+        if request.callback_url is not None:
+            raise InvalidParameter("callback_url", "webhooks are not sent yet by servers that keep their jobs in Redis")
+        device = self.trainers[request.model_type].device
+        slots = sum(view["slots"] for view in (await self.state.workers()).values() if view["device"] == device)
+        if not slots:
+            start = f"boostream worker --redis URL --device {device}"
+            raise Unavailable(f"no {device.upper()} worker is running: start one with `{start}`")
+        waiting = (await self.state.counts(device))["waiting"]
+        if waiting >= self.max_queued:
+            raise QueueFull(
+                f"{self.max_queued} {device.upper()} jobs are already waiting; try again later", RETRY_AFTER_UNKNOWN_S
+            )
+        record = JobRecord(
+            id=uuid.uuid4().hex,
+            status=JobStatus.QUEUED,
+            model_type=request.model_type,
+            objective=request.objective,
+            device=device,
+            request=request,
+            created_at=time.time(),
+            total=self.trainers[request.model_type].rounds(request.params),
+        )
+        await self.state.put_input(record.id, data, self.max_input_bytes)  # first: it may be too large
+        record = await self.state.insert_job(record)
+        await self.state.append_event(record.id, "queued", {"position": waiting + 1, "device": device})
+        await self.state.enqueue(device, record.id)
+        if saved_at is not None:  # the decoder's copy: the job's table is in Redis now
+            await asyncio.to_thread(shutil.rmtree, saved_at, True)
+        return record
+
+    async def job(self, job_id: str) -> JobRecord | None:
+        return await self.state.job(job_id)
+
+    async def jobs(self, statuses: list[str], limit: int, before_seq: int | None) -> list[JobRecord]:
+        return await self.state.jobs(statuses, limit, before_seq)
+
+    async def events(self, job_id: str, after: int) -> AsyncGenerator[Event, None]:
+        async for event in self.state.follow(job_id, after):
+            yield await self._with_artifact(event) if event.type == "complete" else event
+
+    async def has_events_after(self, job_id: str, after: int) -> bool:
+        return bool(await self.state.events(job_id, after))
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        ended = await self.state.append_event(
+            job_id, "cancelled", {"iteration": 0}, terminal=True, only_if=JobStatus.QUEUED,
+            status=JobStatus.CANCELLED, finished_at=time.time(), eta_s=None,
+        )  # fmt: skip
+        if ended > 0:  # it was waiting: its queue entry is skipped by the worker that takes it
+            await self.state.drop_input(job_id)
+            return JobStatus.CANCELLED
+        await self.state.request_cancel(job_id)
+        record = await self.state.job(job_id)
+        return record.status if record is not None else JobStatus.CANCELLED
+
+    def client_left(self, job_id: str, client: str, cancel: bool) -> None:
+        if cancel:
+            log.info("job %s: %s left; cancelling at the next round", job_id, client)
+            task = asyncio.get_running_loop().create_task(self.cancel(job_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            log.info("job %s: %s left", job_id, client)
+
+    async def delete(self, job_id: str) -> None:
+        await self.state.delete_job(job_id)
+
+    async def result(self, job_id: str) -> str:
+        last = (await self.state.events(job_id))[-1]
+        return (await self._with_artifact(last)).json
+
+    async def artifact(self, artifact_id: str) -> ArtifactRecord | None:
+        return await self.state.artifact(artifact_id)
+
+    async def artifact_file(self, artifact_id: str, format: str) -> bytes:
+        content = await self.state.artifact_file(artifact_id, format)
+        if content is None:
+            raise FileNotFoundError(artifact_id)
+        return content
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        workers = (await self.state.workers()).values()
+        counts = {}
+        for device in DEVICES:
+            queue = await self.state.counts(device)
+            counts[device] = {
+                "running": queue["taken"],
+                "queued": queue["waiting"],
+                "limit": sum(view["slots"] for view in workers if view["device"] == device),
+                "max_queued": self.max_queued,
+            }
+        return counts
+
+    async def worker_views(self) -> list[dict[str, Any]]:
+        return [{"id": worker_id, **view} for worker_id, view in sorted((await self.state.workers()).items())]
+
+    async def _with_artifact(self, event: Event) -> Event:
+        complete = orjson.loads(event.json)
+        content = await self.state.artifact_file(complete["artifact_id"], complete["format"])
+        complete["artifact"] = None if content is None else base64.b64encode(content).decode("ascii")
+        return Event(event.id, event.type, orjson.dumps(complete).decode())

@@ -1,0 +1,263 @@
+"""A worker fed from Redis (`boostream worker --redis`): it takes its device's jobs from the shared
+queue, runs each on a worker process of this machine (`local.LocalWorkers`, with its memory
+limit and its stops that do not wait for a round), and writes the job's events, row and model
+into Redis, where every API replica serves them.
+
+Each slot takes one job at a time from the queue's consumer group, under this worker's id, and
+acknowledges it once the job has ended; the worker's heartbeat key says it is alive. A worker
+whose heartbeat has ended leaves its jobs pending: any other worker of the device claims them
+and runs them again from the start (the log gets `restarted`, then `started` with the next
+attempt), up to MAX_ATTEMPTS. Cancel is a field of the job that the worker looks at between
+rounds; a time limit is the worker's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from boostream.jobs import event_data, inputs
+from boostream.jobs.records import JobRecord, JobStatus
+from boostream.jobs.redis_state import RedisState, Taken
+from boostream.models.artifacts import FORMATS, Artifact, ArtifactStore
+from boostream.progress import Progress, ProgressBridge
+from boostream.trainers.base import Availability, Backend
+from boostream.workers.local import LocalWorkers, WorkerLost
+from boostream.workers.task import Failed, TrainTask
+
+log = logging.getLogger("boostream.workers")
+
+MAX_ATTEMPTS = 3
+CANCEL_CHECK_S = 0.2
+
+
+class RedisWorker:
+    """
+    :param pool: the worker processes that train (their slots are this worker's)
+    :param work_dir: where a job's input and model wait on this machine while it runs
+    :param dead_after_s: a worker silent this long is dead; its jobs go to others
+    :param exit_when_idle_s: exit after this long with no job (None: never)
+    """
+
+    def __init__(
+        self,
+        state: RedisState,
+        pool: LocalWorkers,
+        trainers: Mapping[str, Backend],
+        availability: Mapping[str, Availability],
+        artifacts: ArtifactStore,
+        *,
+        worker_id: str,
+        work_dir: Path,
+        max_training_s: float,
+        progress_interval_s: float = 0.1,
+        dead_after_s: float = 5.0,
+        exit_when_idle_s: float | None = None,
+    ) -> None:
+        self.state = state
+        self.pool = pool
+        self.device = pool.device
+        self.trainers = trainers
+        self.availability = availability
+        self.artifacts = artifacts
+        self.worker_id = worker_id
+        self.work_dir = work_dir
+        self.max_training_s = max_training_s
+        self.progress_interval_s = progress_interval_s
+        self.dead_after_s = dead_after_s
+        self.exit_when_idle_s = exit_when_idle_s
+        self._busy = 0
+        self._idle_since = time.monotonic()
+        self._started_at = time.time()
+
+    async def run(self) -> None:
+        """Work until cancelled, or idle for `exit_when_idle_s`."""
+        await self.state.ensure_group(self.device)
+        await self.pool.start()
+        tasks = [asyncio.ensure_future(self._heartbeat()), asyncio.ensure_future(self._claim_forever())]
+        tasks += [asyncio.ensure_future(self._slot()) for _ in range(self.pool.slots)]
+        try:
+            while not self._idle_long_enough():
+                await asyncio.sleep(0.1)
+            log.info("worker %s: no job for %g s; exiting", self.worker_id, self.exit_when_idle_s)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.pool.close()
+
+    def _idle_long_enough(self) -> bool:
+        if self.exit_when_idle_s is None or self._busy:
+            return False
+        return time.monotonic() - self._idle_since >= self.exit_when_idle_s
+
+    # Taking jobs
+
+    async def _slot(self) -> None:
+        while True:
+            taken = await self.state.take(self.device, self.worker_id, block_ms=500)
+            if taken is not None:
+                await self._run(taken)
+
+    async def _claim_forever(self) -> None:
+        """Take over the jobs of workers that died."""
+        while True:
+            await asyncio.sleep(self.dead_after_s / 2)
+            alive = set(await self.state.workers())
+            for taken in await self.state.claim_from_dead(self.device, self.worker_id, alive):
+                log.warning("worker %s: job %s was left by a worker that died", self.worker_id, taken.job_id)
+                asyncio.ensure_future(self._run(taken))
+
+    async def _heartbeat(self) -> None:
+        while True:
+            view = {
+                "device": self.device,
+                "slots": self.pool.slots,
+                "busy": self._busy,
+                "started_at": self._started_at,
+                "heartbeat_at": time.time(),
+            }
+            await self.state.heartbeat(self.worker_id, view, ttl_ms=int(self.dead_after_s * 1000))
+            await asyncio.sleep(self.dead_after_s / 5)
+
+    # Running one
+
+    async def _run(self, taken: Taken) -> None:
+        self._busy += 1
+        folder = self.work_dir / taken.job_id
+        try:
+            record = await self.state.job(taken.job_id)
+            if record is not None and not record.status.finished:
+                await self._train(record, folder, restarted=taken.deliveries > 1)
+        except Exception:
+            log.exception("job %s: the worker failed while running it", taken.job_id)
+            await self.state.append_event(
+                taken.job_id, "error",
+                {"code": "internal_error", "message": "the worker failed while running this job; see its log"},
+                terminal=True, status=JobStatus.FAILED, finished_at=time.time(), error_code="internal_error",
+            )  # fmt: skip
+        finally:
+            self._busy -= 1
+            self._idle_since = time.monotonic()
+            await self.state.done(self.device, taken.entry_id)
+            shutil.rmtree(folder, ignore_errors=True)
+
+    async def _train(self, record: JobRecord, folder: Path, restarted: bool) -> None:
+        job_id, request = record.id, record.request
+        if restarted or record.status is JobStatus.RUNNING:  # its last worker died while it trained
+            if record.attempts >= MAX_ATTEMPTS:
+                message = f"its worker died while it trained, {record.attempts} times; it is not tried again"
+                await self._end(record, "error", code="interrupted", message=message)
+                return
+            reason = "the worker training it stopped"
+            await self.state.append_event(
+                job_id, "restarted", {"reason": reason, "attempts": record.attempts}, status=JobStatus.QUEUED
+            )
+        if not await self.state.get_input(job_id, folder):
+            await self._end(record, "error", code="interrupted", message="the job's input is gone")
+            return
+        data = inputs.load(folder)
+        assert data is not None  # just written whole
+        attempt, started_at = record.attempts + 1, time.time()
+        started = event_data.started(
+            request, self.availability[request.model_type].device_name, attempt, data, record.total
+        )
+        written = await self.state.append_event(
+            job_id, "started", started,
+            status=JobStatus.RUNNING, started_at=started_at, attempts=attempt, iteration=0, elapsed_s=None,
+            eta_s=None, metrics=None,
+        )  # fmt: skip
+        if written <= 0:  # cancelled while it waited
+            return
+        outcome, timed_out, limit_s = await self._fit(record, folder)
+        if outcome is None:
+            return  # run again: the log says so
+        if isinstance(outcome, Failed):
+            await self._end(record, "error", code=outcome.code, message=outcome.message)
+        elif outcome.cancelled and timed_out:
+            message = f"training ran past its limit of {limit_s:g} s and stopped after round {outcome.iterations}"
+            await self._end(record, "error", code="timeout", message=message, iteration=outcome.iterations)
+        elif outcome.cancelled:
+            await self._end(record, "cancelled", iteration=outcome.iterations)
+        else:
+            assert outcome.artifact_id is not None
+            artifact = Artifact(outcome.artifact_id, outcome.blobs)
+            files = {format: self.artifacts.read(artifact.artifact_id, format) for format in FORMATS}
+            created = time.time()
+            await self.state.put_artifact(
+                event_data.artifact_record(job_id, request, data, outcome, artifact, created), files
+            )
+            self.artifacts.delete(artifact.artifact_id)
+            complete = event_data.complete(
+                artifact, request.artifact_format, outcome, data, {}, started_at - record.created_at
+            )
+            await self.state.append_event(
+                job_id, "complete", complete, terminal=True, status=JobStatus.SUCCEEDED, finished_at=created,
+                artifact_id=artifact.artifact_id, metrics=outcome.metrics, iteration=outcome.iterations, eta_s=None,
+            )  # fmt: skip
+        await self.state.drop_input(job_id)
+
+    async def _fit(self, record: JobRecord, folder: Path) -> tuple[Any, bool, float]:
+        """The job's outcome from a worker process (None when it must run again), whether its
+        time limit stopped it, and that limit."""
+        loop = asyncio.get_running_loop()
+        job_id = record.id
+        writes: asyncio.Queue[Progress | None] = asyncio.Queue()  # in order, one writer
+        writer = asyncio.ensure_future(self._write_progress(job_id, writes))
+        bridge = ProgressBridge(loop, writes.put_nowait, record.total, self.progress_interval_s)
+        limit_s = record.request.timeout_s or self.max_training_s
+        timed_out = False
+
+        def time_out() -> None:
+            nonlocal timed_out
+            timed_out = True
+            self.pool.stop(job_id)
+
+        deadline = loop.call_later(limit_s, time_out)
+        watch = asyncio.ensure_future(self._watch_cancel(job_id))
+        request = record.request
+        task = TrainTask(job_id, request.model_type, request.objective, request.params, str(folder))
+        try:
+            outcome = await self.pool.run(task, bridge.report)
+        except WorkerLost as lost:
+            if record.attempts + 1 >= MAX_ATTEMPTS:
+                message = f"{lost.reason}, {record.attempts + 1} times; it is not tried again"
+                return Failed("interrupted", message), False, limit_s
+            log.warning("job %s: %s; it runs again", job_id, lost.reason)
+            await self.state.append_event(
+                job_id, "restarted", {"reason": lost.reason, "attempts": record.attempts + 1}, status=JobStatus.QUEUED
+            )
+            await self.state.enqueue(self.device, job_id)
+            return None, False, limit_s
+        finally:
+            deadline.cancel()
+            watch.cancel()
+            bridge.finish()
+            writes.put_nowait(None)
+            await writer
+        return outcome, timed_out, limit_s
+
+    async def _watch_cancel(self, job_id: str) -> None:
+        while not await self.state.cancel_requested(job_id):
+            await asyncio.sleep(CANCEL_CHECK_S)
+        self.pool.stop(job_id)
+
+    async def _write_progress(self, job_id: str, writes: asyncio.Queue[Progress | None]) -> None:
+        while (delivered := await writes.get()) is not None:
+            await self.state.append_event(
+                job_id, "progress", event_data.progress(delivered), **event_data.progress_fields(delivered)
+            )
+
+    async def _end(self, record: JobRecord, event_type: str, **data: Any) -> None:
+        status = {"error": JobStatus.FAILED, "cancelled": JobStatus.CANCELLED}[event_type]
+        fields: dict[str, Any] = {"status": status, "finished_at": time.time(), "eta_s": None}
+        if event_type == "error":
+            fields.update(error_code=data["code"], error_message=data["message"])
+        await self.state.append_event(record.id, event_type, data, terminal=True, **fields)
+        await self.state.drop_input(record.id)
+

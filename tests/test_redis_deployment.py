@@ -1,0 +1,110 @@
+"""Several processes sharing one Redis, as "Running on several machines" deploys them: two API
+replicas (`boostream serve --redis`) and a worker (`boostream worker --redis`), all started by the
+CLI, with a real redis-server of the test's own. A client may start a job on one replica and
+follow, cancel or use it on the other."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+from test_jobs import body_for, check_log, long_body
+
+from conftest import RedisServer, ServerProcess, parse_sse, running_server_process
+
+
+@contextlib.contextmanager
+def running_worker(tmp: Path, redis: RedisServer, *options: str) -> Iterator[subprocess.Popen]:
+    log = open(tmp / "worker.log", "ab")  # noqa: SIM115 - closed below, after the process
+    command = [sys.executable, "-m", "boostream", "worker", "--redis", redis.url, "--threads-per-job", "1", *options]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@contextlib.contextmanager
+def deployment(tmp: Path, redis: RedisServer) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    for replica in ("a", "b"):
+        (tmp / replica).mkdir()
+    with (
+        running_server_process(tmp / "a", "--redis", redis.url) as a,
+        running_server_process(tmp / "b", "--redis", redis.url) as b,
+        running_worker(tmp, redis),
+    ):
+        deadline = time.monotonic() + 30
+        while not httpx.get(a.url + "/health").json()["workers"]:
+            worker_log = (tmp / "worker.log").read_text()
+            assert time.monotonic() < deadline, "the worker never said it was alive:\n" + worker_log
+            time.sleep(0.1)
+        yield a, b
+
+
+def events_from(server: ServerProcess, job_id: str, **headers: str) -> list:
+    with server.client() as client, client.stream("GET", f"/jobs/{job_id}/events", headers=headers) as response:
+        assert response.status_code == 200
+        return list(parse_sse(response.iter_lines()))
+
+
+def test_a_job_started_on_one_replica_is_followed_and_used_on_the_other(tmp_path: Path, redis_server, diabetes):
+    with deployment(tmp_path, redis_server) as (a, b):
+        health = httpx.get(b.url + "/health").json()
+        assert health["queue"]["cpu"]["limit"] == 1 and health["workers"][0]["device"] == "cpu"
+        job_id = a.create_job(body_for(diabetes, 40))
+        events = events_from(b, job_id)
+        check_log(events, "complete")
+        assert [e.type for e in events[:2]] == ["queued", "started"]
+        complete = events[-1].data
+        assert complete["artifact"] and complete["iterations"] == 40
+
+        again = events_from(a, job_id, **{"Last-Event-ID": "2"})  # resumed on the other replica
+        assert [e.id for e in again] == [e.id for e in events[2:]]
+        assert [e.data for e in again] == [e.data for e in events[2:]]
+
+        job = b.job(job_id)
+        assert job["status"] == "succeeded" and job["artifact_id"] == complete["artifact_id"]
+        X, _ = diabetes
+        with a.client() as client:
+            predicted = client.post("/predict", json={"artifact_id": complete["artifact_id"], "X": X[:4].tolist()})
+            assert predicted.status_code == 200, predicted.text
+            assert len(predicted.json()["predictions"]) == 4
+            downloaded = client.get(f"/artifacts/{complete['artifact_id']}", params={"format": "native"})
+            assert downloaded.status_code == 200 and downloaded.content.startswith(b"tree")
+
+
+def test_cancel_through_the_other_replica_stops_the_job_within_2_s(tmp_path: Path, redis_server, diabetes):
+    with deployment(tmp_path, redis_server) as (a, b):
+        job_id = a.create_job(long_body(diabetes))
+        deadline = time.monotonic() + 30
+        while b.job(job_id)["progress"]["iteration"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        asked = time.monotonic()
+        with b.client() as client:
+            assert client.post(f"/jobs/{job_id}/cancel").status_code == 202
+        events = events_from(a, job_id)
+        took = time.monotonic() - asked
+        check_log(events, "cancelled")
+        assert took < 2.0, f"ended {took:.2f} s after the cancel"
+        assert a.job(job_id)["status"] == "cancelled"
+
+
+def test_a_job_for_a_device_no_worker_serves_is_refused_saying_so(tmp_path: Path, redis_server, diabetes):
+    with deployment(tmp_path, redis_server) as (a, _):
+        with a.client() as client:
+            response = client.post("/jobs", json=body_for(diabetes, 5) | {"model_type": "warpgbm"})
+        assert response.status_code == 503, response.text
+        assert "no GPU worker is running" in response.json()["error"]["message"]
