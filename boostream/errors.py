@@ -104,6 +104,12 @@ class StorageFailed(BoostreamError):
     code = "storage_failed"
 
 
+class StoreUnreachable(BoostreamError):
+    """Where job state is kept (Redis) cannot be reached just now; trying again may work."""
+
+    code = "store_unreachable"
+
+
 class Interrupted(BoostreamError):
     """The process serving the request died before it finished; sending it again may work."""
 

@@ -100,9 +100,10 @@ class Service:
         if settings.redis:
             state = RedisState(settings.redis)
             key = await state.secret_key(settings.secret_key or None)
-            yield RedisEngine(
+            engine: JobEngine = RedisEngine(
                 state, self.trainers, max_queued=settings.max_queued, max_input_bytes=settings.max_table_bytes
-            ), key
+            )
+            yield engine, key
             return
         store = SqliteJobStore(settings.data_dir)
         try:

@@ -55,7 +55,7 @@ def deployment(tmp: Path, redis: RedisServer) -> Iterator[tuple[ServerProcess, S
 
 def events_from(server: ServerProcess, job_id: str, **headers: str) -> list:
     with server.client() as client, client.stream("GET", f"/jobs/{job_id}/events", headers=headers) as response:
-        assert response.status_code == 200
+        assert response.status_code == 200, response.read()
         return list(parse_sse(response.iter_lines()))
 
 
@@ -108,3 +108,94 @@ def test_a_job_for_a_device_no_worker_serves_is_refused_saying_so(tmp_path: Path
             response = client.post("/jobs", json=body_for(diabetes, 5) | {"model_type": "warpgbm"})
         assert response.status_code == 503, response.text
         assert "no GPU worker is running" in response.json()["error"]["message"]
+
+
+def test_a_job_whose_worker_is_killed_runs_again_on_another_as_attempt_2(tmp_path: Path, redis_server, diabetes):
+    (tmp_path / "a").mkdir()
+    with (
+        running_server_process(tmp_path / "a", "--redis", redis_server.url) as a,
+        running_worker(tmp_path, redis_server, "--dead-after", "2") as first,
+    ):
+        wait_for_workers(a, 1)
+        job_id = a.create_job(long_body(diabetes))  # trains until stopped
+        deadline = time.monotonic() + 30
+        while a.job(job_id)["progress"]["iteration"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (tmp_path / "second").mkdir()
+        with running_worker(tmp_path / "second", redis_server, "--dead-after", "2"):
+            wait_for_workers(a, 2)
+            first.kill()
+            first.wait()
+            killed = time.monotonic()
+            while (job := a.job(job_id))["attempts"] < 2 or job["progress"]["iteration"] == 0:
+                assert time.monotonic() - killed < 30, f"never trained again: {job}"
+                time.sleep(0.1)
+            with a.client() as client:
+                assert client.post(f"/jobs/{job_id}/cancel").status_code == 202
+            events = events_from(a, job_id)
+        check_log(events, "cancelled")
+        assert [e.data["attempt"] for e in events if e.type == "started"] == [1, 2]
+        (restarted,) = [e for e in events if e.type == "restarted"]
+        assert restarted.data["attempts"] == 1
+
+
+def test_nothing_finished_is_lost_when_redis_is_killed_and_restarted(tmp_path: Path, redis_server, diabetes):
+    with deployment(tmp_path, redis_server) as (a, b):
+        done = a.create_job(body_for(diabetes, 20))
+        events = events_from(b, done)
+        redis_server.kill_9()
+        redis_server.start()
+        assert events_from(a, done) == events, "the same log, from the append-only file"
+        # The servers and the worker reconnect: a new job trains.
+        deadline = time.monotonic() + 30
+        while True:
+            with a.client() as client:
+                response = client.post("/jobs", json=body_for(diabetes, 20))
+            if response.status_code == 202:
+                break
+            assert time.monotonic() < deadline, response.text
+            time.sleep(0.2)
+        check_log(events_from(b, response.json()["job_id"]), "complete")
+
+
+def test_twenty_jobs_across_both_replicas_all_succeed_once(tmp_path: Path, redis_server, diabetes):
+    with deployment(tmp_path, redis_server) as (a, b):
+        job_ids = [(a if n % 2 else b).create_job(body_for(diabetes, 10 + n)) for n in range(20)]
+        for n, job_id in enumerate(job_ids):
+            events = events_from(b if n % 2 else a, job_id)
+            check_log(events, "complete")
+            assert [e.type for e in events].count("started") == 1
+            assert events[-1].data["iterations"] == 10 + n
+        listed = httpx.get(a.url + "/jobs", params={"status": "succeeded", "limit": 50}).json()["jobs"]
+        assert sorted(job["job_id"] for job in listed) == sorted(job_ids)
+
+
+def test_a_full_queue_is_refused_with_429_and_an_idle_worker_can_exit(tmp_path: Path, redis_server, diabetes):
+    (tmp_path / "a").mkdir()
+    with (
+        running_server_process(tmp_path / "a", "--redis", redis_server.url, "--max-queued", "1") as a,
+        running_worker(tmp_path, redis_server),
+    ):
+        wait_for_workers(a, 1)
+        running = a.create_job(long_body(diabetes))
+        deadline = time.monotonic() + 30
+        while a.job(running)["status"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        waiting = a.create_job(long_body(diabetes))
+        with a.client() as client:
+            refused = client.post("/jobs", json=body_for(diabetes, 5))
+            assert refused.status_code == 429 and "Retry-After" in refused.headers, refused.text
+            for job_id in (waiting, running):
+                assert client.post(f"/jobs/{job_id}/cancel").status_code == 202
+    (tmp_path / "idle").mkdir()
+    with running_worker(tmp_path / "idle", redis_server, "--exit-when-idle", "2") as idle:
+        assert idle.wait(timeout=30) == 0
+
+
+def wait_for_workers(server: ServerProcess, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while len(httpx.get(server.url + "/health").json()["workers"]) != count:
+        assert time.monotonic() < deadline, f"never {count} workers"
+        time.sleep(0.1)

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 import shutil
 import time
 import uuid
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from boostream.errors import InvalidParameter, QueueFull, Unavailable
+from boostream.errors import InvalidParameter, QueueFull, StoreUnreachable, Unavailable
 from boostream.jobs.queue import RETRY_AFTER_UNKNOWN_S
 from boostream.jobs.records import Event, JobRecord, JobRequest, JobStatus
 from boostream.jobs.redis_state import RedisState
@@ -34,6 +37,21 @@ from boostream.trainers.base import Backend, TrainingData
 log = logging.getLogger("boostream.jobs")
 
 DEVICES = ("cpu", "gpu")
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _reachable(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Redis out of reach (restarting, say) is a refusal a client can retry, not a crash."""
+
+    @functools.wraps(method)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            raise StoreUnreachable(f"the job store (Redis) cannot be reached ({error}); try again") from None
+
+    return call
 
 
 class RedisEngine:
@@ -56,6 +74,7 @@ class RedisEngine:
             task.cancel()
         await self.state.close()
 
+    @_reachable
     async def submit(
         self, request: JobRequest, data: TrainingData, ingest_timings: dict[str, float], saved_at: Path | None = None
     ) -> JobRecord:
@@ -89,9 +108,11 @@ class RedisEngine:
             await asyncio.to_thread(shutil.rmtree, saved_at, True)
         return record
 
+    @_reachable
     async def job(self, job_id: str) -> JobRecord | None:
         return await self.state.job(job_id)
 
+    @_reachable
     async def jobs(self, statuses: list[str], limit: int, before_seq: int | None) -> list[JobRecord]:
         return await self.state.jobs(statuses, limit, before_seq)
 
@@ -99,9 +120,11 @@ class RedisEngine:
         async for event in self.state.follow(job_id, after):
             yield await self._with_artifact(event) if event.type == "complete" else event
 
+    @_reachable
     async def has_events_after(self, job_id: str, after: int) -> bool:
         return bool(await self.state.events(job_id, after))
 
+    @_reachable
     async def cancel(self, job_id: str) -> JobStatus:
         ended = await self.state.append_event(
             job_id, "cancelled", {"iteration": 0}, terminal=True, only_if=JobStatus.QUEUED,
@@ -123,22 +146,27 @@ class RedisEngine:
         else:
             log.info("job %s: %s left", job_id, client)
 
+    @_reachable
     async def delete(self, job_id: str) -> None:
         await self.state.delete_job(job_id)
 
+    @_reachable
     async def result(self, job_id: str) -> str:
         last = (await self.state.events(job_id))[-1]
         return (await self._with_artifact(last)).json
 
+    @_reachable
     async def artifact(self, artifact_id: str) -> ArtifactRecord | None:
         return await self.state.artifact(artifact_id)
 
+    @_reachable
     async def artifact_file(self, artifact_id: str, format: str) -> bytes:
         content = await self.state.artifact_file(artifact_id, format)
         if content is None:
             raise FileNotFoundError(artifact_id)
         return content
 
+    @_reachable
     async def counts(self) -> dict[str, dict[str, int]]:
         workers = (await self.state.workers()).values()
         counts = {}
@@ -152,6 +180,7 @@ class RedisEngine:
             }
         return counts
 
+    @_reachable
     async def worker_views(self) -> list[dict[str, Any]]:
         return [{"id": worker_id, **view} for worker_id, view in sorted((await self.state.workers()).items())]
 

@@ -30,7 +30,11 @@ from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from boostream.errors import TooLarge
 from boostream.jobs import inputs
@@ -79,7 +83,12 @@ class RedisState:
         self.prefix = prefix
         # Typed Any: redis-py types every reply as the union of what each decoding could give;
         # this client never decodes, so its replies are bytes (and lists and dicts of them).
-        self.redis: Any = aioredis.Redis.from_url(url)
+        # A connection that Redis dropped (it restarted, say) is made again, a few times, before a
+        # command fails.
+        retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=6)
+        self.redis: Any = aioredis.Redis.from_url(
+            url, retry=retry, retry_on_error=[RedisConnectionError, RedisTimeoutError]
+        )
         self._append = self.redis.register_script(APPEND_EVENT)
 
     async def close(self) -> None:

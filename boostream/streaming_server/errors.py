@@ -29,6 +29,7 @@ STATUS: dict[type[BoostreamError], int] = {
     errors.Unavailable: 503,
     errors.StorageFailed: 503,
     errors.Interrupted: 503,
+    errors.StoreUnreachable: 503,
 }
 
 

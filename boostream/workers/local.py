@@ -25,6 +25,7 @@ away (its pipe closes) exits at once.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import dataclasses
 import logging
@@ -47,6 +48,9 @@ log = logging.getLogger("boostream.workers")
 
 # How often the pool reads its workers' memory.
 MEMORY_CHECK_S = 0.1
+# How long starting a worker process may take before it is given up (and tried again later), and
+# how long closing waits for starts under way.
+START_TIMEOUT_S, CLOSE_WAIT_S = 60.0, 5.0
 # A worker that dies before it is ready (a broken install, say) is started again after this long,
 # doubled each time up to the maximum, so that a crash loop does not spin.
 RESTART_DELAY_S, MAX_RESTART_DELAY_S = 0.5, 30.0
@@ -271,7 +275,7 @@ class LocalWorkers:
         for task in self._tasks:
             task.cancel()
         if self._spawning:  # a process being started is killed once it is (`_spawn` sees `_closing`)
-            await asyncio.wait(self._spawning)
+            await asyncio.wait(self._spawning, timeout=CLOSE_WAIT_S)
         for worker in self._workers:
             worker.process.kill()
         # Each worker's listening thread reaps it, and `_on_exit` lets it go.
@@ -294,7 +298,9 @@ class LocalWorkers:
                 process = self._context.Process(
                     target=serve, args=(child, self.config), name=f"boostream-{self.device}-worker", daemon=True
                 )
-                await asyncio.to_thread(_start, process)  # the first one starts the fork server: a second or so
+                # The first one starts the fork server: a second or so. In a thread of its own, which
+                # never holds up the loop's or the interpreter's end if a start never returns.
+                await asyncio.wait_for(asyncio.shield(_in_daemon_thread(_start, process)), START_TIMEOUT_S)
             finally:
                 child.close()
             self._started += 1
@@ -302,7 +308,7 @@ class LocalWorkers:
             if self._closing:
                 process.kill()
                 parent.close()
-                await asyncio.to_thread(_join, process)
+                await _in_daemon_thread(_join, process)
                 return
             name = f"{self.device}-worker-{worker.pid}"
             threading.Thread(target=self._listen, args=(worker,), name=name, daemon=True).start()
@@ -415,14 +421,53 @@ def ignore_stop_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def _in_daemon_thread(function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+    """`function(*args)` in a daemon thread of its own, as a future of this loop."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(error: BaseException | None, result: Any) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            result, error = function(*args), None
+        except BaseException as failure:  # noqa: B036 - handed to the loop, which raises it
+            result, error = None, failure
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, error, result)
+
+    threading.Thread(target=run, name="worker-process", daemon=True).start()
+    return future
+
+
 # Starting a process polls every child this process has started (multiprocessing's `_cleanup`),
 # and reading a forkserver child's exit status twice gives 255: one at a time.
 _PROCESSES = threading.Lock()
 
 
+# Every worker process started and not yet reaped. Workers ignore SIGTERM, which is what
+# multiprocessing sends its daemonic children at exit before it waits for them: whatever a pool
+# has not closed is killed first, so that the interpreter's end never waits forever.
+_STARTED: set[Any] = set()
+
+
+@atexit.register
+def _kill_the_rest() -> None:
+    for process in list(_STARTED):
+        with contextlib.suppress(Exception):
+            process.kill()
+
+
 def _start(process: Any) -> None:
     with _PROCESSES:
         process.start()
+        _STARTED.add(process)
 
 
 def _join(process: Any) -> None:
@@ -430,6 +475,8 @@ def _join(process: Any) -> None:
     multiprocessing.connection.wait([process.sentinel], timeout=5)
     with _PROCESSES:
         process.join(0)
+        if process.exitcode is not None:
+            _STARTED.discard(process)
 
 
 def forkserver_context() -> Any:

@@ -14,12 +14,16 @@ rounds; a time limit is the worker's own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from boostream.jobs import event_data, inputs
 from boostream.jobs.records import JobRecord, JobStatus
@@ -72,6 +76,7 @@ class RedisWorker:
         self.dead_after_s = dead_after_s
         self.exit_when_idle_s = exit_when_idle_s
         self._busy = 0
+        self._stopping = False
         self._idle_since = time.monotonic()
         self._started_at = time.time()
 
@@ -86,9 +91,10 @@ class RedisWorker:
                 await asyncio.sleep(0.1)
             log.info("worker %s: no job for %g s; exiting", self.worker_id, self.exit_when_idle_s)
         finally:
+            self._stopping = True
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.wait(tasks, timeout=5)
             await self.pool.close()
 
     def _idle_long_enough(self) -> bool:
@@ -99,19 +105,21 @@ class RedisWorker:
     # Taking jobs
 
     async def _slot(self) -> None:
-        while True:
-            taken = await self.state.take(self.device, self.worker_id, block_ms=500)
-            if taken is not None:
-                await self._run(taken)
+        while not self._stopping:
+            async with self._redis_may_fail("taking a job"):
+                taken = await self.state.take(self.device, self.worker_id, block_ms=500)
+                if taken is not None:
+                    await self._run(taken)
 
     async def _claim_forever(self) -> None:
         """Take over the jobs of workers that died."""
         while True:
             await asyncio.sleep(self.dead_after_s / 2)
-            alive = set(await self.state.workers())
-            for taken in await self.state.claim_from_dead(self.device, self.worker_id, alive):
-                log.warning("worker %s: job %s was left by a worker that died", self.worker_id, taken.job_id)
-                asyncio.ensure_future(self._run(taken))
+            async with self._redis_may_fail("looking for the jobs of dead workers"):
+                alive = set(await self.state.workers())
+                for taken in await self.state.claim_from_dead(self.device, self.worker_id, alive):
+                    log.warning("worker %s: job %s was left by a worker that died", self.worker_id, taken.job_id)
+                    asyncio.ensure_future(self._run(taken))
 
     async def _heartbeat(self) -> None:
         while True:
@@ -122,8 +130,23 @@ class RedisWorker:
                 "started_at": self._started_at,
                 "heartbeat_at": time.time(),
             }
-            await self.state.heartbeat(self.worker_id, view, ttl_ms=int(self.dead_after_s * 1000))
+            async with self._redis_may_fail("saying it is alive"):
+                await self.state.heartbeat(self.worker_id, view, ttl_ms=int(self.dead_after_s * 1000))
             await asyncio.sleep(self.dead_after_s / 5)
+
+    @contextlib.asynccontextmanager
+    async def _redis_may_fail(self, doing: str) -> AsyncIterator[None]:
+        """Redis gone for a while (restarting, say): wait, and go on where the loop is."""
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            task = asyncio.current_task()
+            cancelling = getattr(task, "cancelling", None)  # Python 3.11
+            if self._stopping or (cancelling is not None and cancelling()):
+                # redis-py can report a command cut short by a cancel as a lost connection
+                raise asyncio.CancelledError from error
+            log.warning("worker %s: Redis failed while %s (%s); trying again in 1 s", self.worker_id, doing, error)
+            await asyncio.sleep(1.0)
 
     # Running one
 
@@ -136,16 +159,23 @@ class RedisWorker:
                 await self._train(record, folder, restarted=taken.deliveries > 1)
         except Exception:
             log.exception("job %s: the worker failed while running it", taken.job_id)
-            await self.state.append_event(
-                taken.job_id, "error",
-                {"code": "internal_error", "message": "the worker failed while running this job; see its log"},
-                terminal=True, status=JobStatus.FAILED, finished_at=time.time(), error_code="internal_error",
-            )  # fmt: skip
+            with contextlib.suppress(Exception):  # Redis may be what failed
+                await self._end_failed(taken.job_id)
         finally:
             self._busy -= 1
             self._idle_since = time.monotonic()
-            await self.state.done(self.device, taken.entry_id)
             shutil.rmtree(folder, ignore_errors=True)
+            await self._done(taken)
+
+    async def _done(self, taken: Taken) -> None:
+        """Off the queue: until then, the entry is this (live) worker's, and nobody would run it."""
+        while True:
+            try:
+                await self.state.done(self.device, taken.entry_id)
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+                log.warning("job %s: could not take it off the queue (%s); trying again in 1 s", taken.job_id, error)
+                await asyncio.sleep(1.0)
 
     async def _train(self, record: JobRecord, folder: Path, restarted: bool) -> None:
         job_id, request = record.id, record.request
@@ -252,6 +282,13 @@ class RedisWorker:
             await self.state.append_event(
                 job_id, "progress", event_data.progress(delivered), **event_data.progress_fields(delivered)
             )
+
+    async def _end_failed(self, job_id: str) -> None:
+        message = "the worker failed while running this job; see its log"
+        await self.state.append_event(
+            job_id, "error", {"code": "internal_error", "message": message}, terminal=True,
+            status=JobStatus.FAILED, finished_at=time.time(), error_code="internal_error", error_message=message,
+        )  # fmt: skip
 
     async def _end(self, record: JobRecord, event_type: str, **data: Any) -> None:
         status = {"error": JobStatus.FAILED, "cancelled": JobStatus.CANCELLED}[event_type]
