@@ -199,3 +199,20 @@ def wait_for_workers(server: ServerProcess, count: int) -> None:
     while len(httpx.get(server.url + "/health").json()["workers"]) != count:
         assert time.monotonic() < deadline, f"never {count} workers"
         time.sleep(0.1)
+
+
+def test_a_client_whose_replica_is_killed_resumes_on_the_other(tmp_path: Path, redis_server, diabetes):
+    with deployment(tmp_path, redis_server) as (a, b):
+        job_id = a.create_job(long_body(diabetes))
+        seen = []
+        with a.client() as client, client.stream("GET", f"/jobs/{job_id}/events") as response:
+            for event in parse_sse(response.iter_lines()):
+                seen.append(event)
+                if len(seen) == 4:
+                    a.process.kill()  # mid-stream
+                    break
+        last = seen[-1].id
+        with b.client() as client:
+            assert client.post(f"/jobs/{job_id}/cancel").status_code == 202
+        rest = events_from(b, job_id, **{"Last-Event-ID": str(last)})
+        check_log(seen + rest, "cancelled")
