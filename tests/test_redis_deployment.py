@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 from test_jobs import body_for, check_log, long_body
 
 from conftest import RedisServer, ServerProcess, parse_sse, running_server_process
@@ -110,7 +111,10 @@ def test_a_job_for_a_device_no_worker_serves_is_refused_saying_so(tmp_path: Path
         assert "no GPU worker is running" in response.json()["error"]["message"]
 
 
-def test_a_job_whose_worker_is_killed_runs_again_on_another_as_attempt_2(tmp_path: Path, redis_server, diabetes):
+@pytest.mark.parametrize("stop", ["kill -9", "SIGTERM"])
+def test_a_job_whose_worker_is_killed_or_stopped_runs_again_on_another_as_attempt_2(
+    tmp_path: Path, redis_server, diabetes, stop: str
+):
     (tmp_path / "a").mkdir()
     with (
         running_server_process(tmp_path / "a", "--redis", redis_server.url) as a,
@@ -125,7 +129,10 @@ def test_a_job_whose_worker_is_killed_runs_again_on_another_as_attempt_2(tmp_pat
         (tmp_path / "second").mkdir()
         with running_worker(tmp_path / "second", redis_server, "--dead-after", "2"):
             wait_for_workers(a, 2)
-            first.kill()
+            if stop == "kill -9":
+                first.kill()
+            else:  # a worker stopped as a service manager stops it: its job is not lost either
+                first.terminate()
             first.wait()
             killed = time.monotonic()
             while (job := a.job(job_id))["attempts"] < 2 or job["progress"]["iteration"] == 0:

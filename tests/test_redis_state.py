@@ -195,3 +195,36 @@ def test_jobs_are_listed_newest_first_by_status_a_page_at_a_time(redis_server):
     first, rest, every = run(redis_server, scenario)
     assert first == ["j6", "j4"] and rest == ["j2", "j0"]
     assert every == [f"j{n}" for n in range(6, -1, -1)]
+
+
+def test_a_dead_workers_job_is_claimed_by_one_worker_when_two_try_at_once(redis_server):
+    async def scenario(state: RedisState) -> list[str]:
+        await state.ensure_group("cpu")
+        await state.enqueue("cpu", "a")
+        assert await state.take("cpu", "dead", block_ms=100) is not None
+        other = RedisState(redis_server.url, prefix="test:")
+        try:
+            both = await asyncio.gather(
+                state.claim_from_dead("cpu", "worker-1", alive={"worker-1", "worker-2"}),
+                other.claim_from_dead("cpu", "worker-2", alive={"worker-1", "worker-2"}),
+            )
+        finally:
+            await other.close()
+        return [taken.job_id for claimed in both for taken in claimed]
+
+    assert run(redis_server, scenario) == ["a"]
+
+
+def test_cancelling_a_job_deleted_meanwhile_leaves_nothing_behind(redis_server):
+    """A replica's cancel racing another's delete: no half a job is made, which every later read
+    of that id would trip over."""
+    from boostream.jobs.redis_engine import RedisEngine
+    from boostream.trainers import create_trainers
+
+    async def scenario(state: RedisState) -> tuple[JobStatus, int, JobRecord | None]:
+        engine = RedisEngine(state, create_trainers(1), max_queued=10, max_input_bytes=10**9)
+        status = await engine.cancel("gone")
+        return status, await state.redis.exists("test:job:gone"), await state.job("gone")
+
+    status, exists, record = run(redis_server, scenario)
+    assert status is JobStatus.CANCELLED and exists == 0 and record is None

@@ -133,6 +133,8 @@ class RedisEngine:
         if ended > 0:  # it was waiting: its queue entry is skipped by the worker that takes it
             await self.state.drop_input(job_id)
             return JobStatus.CANCELLED
+        if ended < 0:  # deleted meanwhile
+            return JobStatus.CANCELLED
         await self.state.request_cancel(job_id)
         record = await self.state.job(job_id)
         return record.status if record is not None else JobStatus.CANCELLED

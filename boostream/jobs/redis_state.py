@@ -20,6 +20,7 @@ a server whose `maxmemory-policy` could.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import json
@@ -59,7 +60,7 @@ if ARGV[5] ~= '' and status ~= ARGV[5] then return 0 end
 local id = redis.call('HINCRBY', KEYS[1], 'last_event', 1)
 redis.call('XADD', KEYS[2], '0-' .. id, 'type', ARGV[1], 'data', ARGV[2])
 if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
-if ARGV[3] == '1' then redis.call('XADD', KEYS[3], '*', 'job_id', ARGV[4]) end
+if ARGV[3] == '1' then redis.call('XADD', KEYS[3], 'MAXLEN', '~', '10000', '*', 'job_id', ARGV[4]) end
 return id
 """
 
@@ -159,7 +160,7 @@ class RedisState:
 
     async def job(self, job_id: str) -> JobRecord | None:
         fields = await self.redis.hgetall(self._job(job_id))
-        return _record(fields) if fields else None
+        return _record(fields) if b"status" in fields else None
 
     async def jobs(
         self, statuses: Iterable[str] = (), limit: int = 50, before_seq: int | None = None
@@ -274,7 +275,10 @@ class RedisState:
         for pending in await self.redis.xpending_range(self._queue(device), GROUP, "-", "+", 100):
             if pending["consumer"].decode() in alive:
                 continue
-            entries = await self.redis.xclaim(self._queue(device), GROUP, consumer, 0, [pending["message_id"]])
+            # Only while it has been idle as long as seen here: of two workers claiming it at once,
+            # the second finds it just delivered, and gets nothing.
+            idle_ms = pending["time_since_delivered"]
+            entries = await self.redis.xclaim(self._queue(device), GROUP, consumer, idle_ms, [pending["message_id"]])
             for entry_id, entry in entries:
                 if entry:  # deleted meanwhile: nothing to run
                     job_id = entry[b"job_id"].decode()
@@ -295,13 +299,7 @@ class RedisState:
 
     async def put_input(self, job_id: str, data: TrainingData, limit_bytes: int) -> int:
         """Keep a job's arrays (as `.npy` bytes) until it ends; their size. TooLarge over `limit_bytes`."""
-        blobs: dict[str, bytes] = {}
-        for name in inputs.ARRAYS:
-            array = getattr(data, name)
-            if array is not None:
-                buffer = io.BytesIO()
-                np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-                blobs[name] = buffer.getvalue()
+        blobs = await asyncio.to_thread(_npy_blobs, data)  # a copy of the table: off the loop
         size = sum(len(blob) for blob in blobs.values())
         if size > limit_bytes:
             raise TooLarge(f"the table takes {size} bytes, more than this service's limit of {limit_bytes} per job")
@@ -314,11 +312,7 @@ class RedisState:
         stored = await self.redis.hgetall(self._input(job_id))
         if inputs.META.encode() not in stored:
             return False
-        folder.mkdir(parents=True, exist_ok=True)
-        meta = json.loads(stored[inputs.META.encode()])
-        for name in meta["arrays"]:
-            (folder / f"{name}.npy").write_bytes(stored[name.encode()])
-        (folder / inputs.META).write_text(json.dumps(meta))  # last: the folder is complete
+        await asyncio.to_thread(_write_input, stored, folder)
         return True
 
     async def drop_input(self, job_id: str) -> None:
@@ -329,6 +323,9 @@ class RedisState:
     async def put_artifact(self, record: ArtifactRecord, files: dict[str, bytes]) -> None:
         meta = json.dumps(_plain(dataclasses.asdict(record)))
         await self.redis.hset(self._artifact(record.id), mapping={"record": meta, **files})
+
+    async def delete_artifact(self, artifact_id: str) -> None:
+        await self.redis.delete(self._artifact(artifact_id))
 
     async def artifact(self, artifact_id: str) -> ArtifactRecord | None:
         meta = await self.redis.hget(self._artifact(artifact_id), "record")
@@ -348,6 +345,10 @@ class RedisState:
         """The worker is alive for `ttl_ms` more, and this is what /health shows of it."""
         await self.redis.set(self._worker(worker_id), json.dumps(view), px=ttl_ms)
 
+    async def forget_worker(self, worker_id: str) -> None:
+        """The worker has stopped: its jobs may be claimed at once."""
+        await self.redis.delete(self._worker(worker_id))
+
     async def workers(self) -> dict[str, dict[str, Any]]:
         """The workers alive, by id, with what they last said of themselves."""
         found = {}
@@ -359,6 +360,25 @@ class RedisState:
 
 
 _NOT_RECORD = (b"last_event", b"cancel_requested")  # in a job's hash beside its record's fields
+
+
+def _npy_blobs(data: TrainingData) -> dict[str, bytes]:
+    blobs = {}
+    for name in inputs.ARRAYS:
+        array = getattr(data, name)
+        if array is not None:
+            buffer = io.BytesIO()
+            np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+            blobs[name] = buffer.getvalue()
+    return blobs
+
+
+def _write_input(stored: dict[bytes, bytes], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = json.loads(stored[inputs.META.encode()])
+    for name in meta["arrays"]:
+        (folder / f"{name}.npy").write_bytes(stored[name.encode()])
+    (folder / inputs.META).write_text(json.dumps(meta))  # last: the folder is complete
 
 
 def _row(record: JobRecord) -> dict[str, Any]:

@@ -77,6 +77,7 @@ class RedisWorker:
         self.exit_when_idle_s = exit_when_idle_s
         self._busy = 0
         self._stopping = False
+        self._claimed: set[asyncio.Task[None]] = set()  # jobs of dead workers, run beside the slots
         self._idle_since = time.monotonic()
         self._started_at = time.time()
 
@@ -92,10 +93,14 @@ class RedisWorker:
             log.info("worker %s: no job for %g s; exiting", self.worker_id, self.exit_when_idle_s)
         finally:
             self._stopping = True
+            tasks += self._claimed
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks, timeout=5)
             await self.pool.close()
+            # Its jobs stay pending, to be claimed by another worker: at once, now that it is gone.
+            with contextlib.suppress(Exception):
+                await self.state.forget_worker(self.worker_id)
 
     def _idle_long_enough(self) -> bool:
         if self.exit_when_idle_s is None or self._busy:
@@ -119,7 +124,9 @@ class RedisWorker:
                 alive = set(await self.state.workers())
                 for taken in await self.state.claim_from_dead(self.device, self.worker_id, alive):
                     log.warning("worker %s: job %s was left by a worker that died", self.worker_id, taken.job_id)
-                    asyncio.ensure_future(self._run(taken))
+                    task = asyncio.ensure_future(self._run(taken))
+                    self._claimed.add(task)
+                    task.add_done_callback(self._claimed.discard)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -153,10 +160,14 @@ class RedisWorker:
     async def _run(self, taken: Taken) -> None:
         self._busy += 1
         folder = self.work_dir / taken.job_id
+        stopped = False
         try:
             record = await self.state.job(taken.job_id)
             if record is not None and not record.status.finished:
-                await self._train(record, folder, restarted=taken.deliveries > 1)
+                await self._train(record, folder)
+        except asyncio.CancelledError:  # this worker is stopping: the entry stays pending, for another
+            stopped = True
+            raise
         except Exception:
             log.exception("job %s: the worker failed while running it", taken.job_id)
             with contextlib.suppress(Exception):  # Redis may be what failed
@@ -164,8 +175,9 @@ class RedisWorker:
         finally:
             self._busy -= 1
             self._idle_since = time.monotonic()
-            shutil.rmtree(folder, ignore_errors=True)
-            await self._done(taken)
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+            if not stopped:
+                await self._done(taken)
 
     async def _done(self, taken: Taken) -> None:
         """Off the queue: until then, the entry is this (live) worker's, and nobody would run it."""
@@ -177,9 +189,9 @@ class RedisWorker:
                 log.warning("job %s: could not take it off the queue (%s); trying again in 1 s", taken.job_id, error)
                 await asyncio.sleep(1.0)
 
-    async def _train(self, record: JobRecord, folder: Path, restarted: bool) -> None:
+    async def _train(self, record: JobRecord, folder: Path) -> None:
         job_id, request = record.id, record.request
-        if restarted or record.status is JobStatus.RUNNING:  # its last worker died while it trained
+        if record.status is JobStatus.RUNNING:  # its last worker died, or stopped, while it trained
             if record.attempts >= MAX_ATTEMPTS:
                 message = f"its worker died while it trained, {record.attempts} times; it is not tried again"
                 await self._end(record, "error", code="interrupted", message=message)
@@ -191,18 +203,18 @@ class RedisWorker:
         if not await self.state.get_input(job_id, folder):
             await self._end(record, "error", code="interrupted", message="the job's input is gone")
             return
-        data = inputs.load(folder)
+        data = await asyncio.to_thread(inputs.load, folder)
         assert data is not None  # just written whole
         attempt, started_at = record.attempts + 1, time.time()
         started = event_data.started(
             request, self.availability[request.model_type].device_name, attempt, data, record.total
         )
         written = await self.state.append_event(
-            job_id, "started", started,
+            job_id, "started", started, only_if=JobStatus.QUEUED,
             status=JobStatus.RUNNING, started_at=started_at, attempts=attempt, iteration=0, elapsed_s=None,
             eta_s=None, metrics=None,
         )  # fmt: skip
-        if written <= 0:  # cancelled while it waited
+        if written <= 0:  # cancelled while it waited (or another worker has it: only one starts it)
             return
         outcome, timed_out, limit_s = await self._fit(record, folder)
         if outcome is None:
@@ -217,7 +229,9 @@ class RedisWorker:
         else:
             assert outcome.artifact_id is not None
             artifact = Artifact(outcome.artifact_id, outcome.blobs)
-            files = {format: self.artifacts.read(artifact.artifact_id, format) for format in FORMATS}
+            files = {
+                format: await asyncio.to_thread(self.artifacts.read, artifact.artifact_id, format) for format in FORMATS
+            }
             created = time.time()
             await self.state.put_artifact(
                 event_data.artifact_record(job_id, request, data, outcome, artifact, created), files
@@ -226,10 +240,12 @@ class RedisWorker:
             complete = event_data.complete(
                 artifact, request.artifact_format, outcome, data, {}, started_at - record.created_at
             )
-            await self.state.append_event(
+            ended = await self.state.append_event(
                 job_id, "complete", complete, terminal=True, status=JobStatus.SUCCEEDED, finished_at=created,
                 artifact_id=artifact.artifact_id, metrics=outcome.metrics, iteration=outcome.iterations, eta_s=None,
             )  # fmt: skip
+            if ended <= 0:  # the job was deleted, or ended otherwise, meanwhile: nobody owns this model
+                await self.state.delete_artifact(artifact.artifact_id)
         await self.state.drop_input(job_id)
 
     async def _fit(self, record: JobRecord, folder: Path) -> tuple[Any, bool, float]:
