@@ -17,7 +17,7 @@ import httpx
 import pytest
 from test_jobs import body_for, check_log, long_body
 
-from conftest import RedisServer, ServerProcess, parse_sse, running_server_process
+from conftest import RedisServer, ServerProcess, parse_sse, running_server_process, stop_process
 
 
 @contextlib.contextmanager
@@ -29,11 +29,7 @@ def running_worker(tmp: Path, redis: RedisServer, *options: str) -> Iterator[sub
     try:
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process)
         log.close()
 
 
