@@ -228,3 +228,26 @@ def test_cancelling_a_job_deleted_meanwhile_leaves_nothing_behind(redis_server):
 
     status, exists, record = run(redis_server, scenario)
     assert status is JobStatus.CANCELLED and exists == 0 and record is None
+
+
+def test_a_job_cancelled_while_it_waits_no_longer_counts_as_waiting(redis_server, diabetes):
+    """Else cancelled jobs would fill `--max-queued`, and new ones get 429 for nothing."""
+    from boostream.jobs.redis_engine import RedisEngine
+    from boostream.trainers import create_trainers
+
+    X, y = diabetes
+    data = TrainingData(X=X, y=y, feature_names=[f"f{i}" for i in range(X.shape[1])])
+
+    async def scenario(state: RedisState) -> tuple[dict[str, int], dict[str, int], JobStatus]:
+        engine = RedisEngine(state, create_trainers(1), max_queued=10, max_input_bytes=10**9)
+        await engine.start()
+        await state.heartbeat("w", {"device": "cpu", "slots": 1}, ttl_ms=60_000)  # a worker, busy elsewhere
+        request = JobRequest("lightgbm", "regression", {"n_estimators": 5})
+        job = await engine.submit(request, data, {})
+        before = await state.counts("cpu")
+        status = await engine.cancel(job.id)
+        return before, await state.counts("cpu"), status
+
+    before, after, status = run(redis_server, scenario)
+    assert before == {"waiting": 1, "taken": 0}
+    assert status is JobStatus.CANCELLED and after == {"waiting": 0, "taken": 0}

@@ -130,7 +130,10 @@ class RedisEngine:
             job_id, "cancelled", {"iteration": 0}, terminal=True, only_if=JobStatus.QUEUED,
             status=JobStatus.CANCELLED, finished_at=time.time(), eta_s=None,
         )  # fmt: skip
-        if ended > 0:  # it was waiting: its queue entry is skipped by the worker that takes it
+        if ended > 0:  # it was waiting: off its queue (a worker that took it already skips it)
+            record = await self.state.job(job_id)
+            if record is not None:
+                await self.state.unqueue(record.device, job_id)
             await self.state.drop_input(job_id)
             return JobStatus.CANCELLED
         if ended < 0:  # deleted meanwhile

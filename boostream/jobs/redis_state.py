@@ -243,7 +243,15 @@ class RedisState:
     # The device queues
 
     async def enqueue(self, device: str, job_id: str) -> None:
-        await self.redis.xadd(self._queue(device), {"job_id": job_id})
+        entry_id = await self.redis.xadd(self._queue(device), {"job_id": job_id})
+        await self.redis.hset(self._job(job_id), "queue_entry", entry_id)
+
+    async def unqueue(self, device: str, job_id: str) -> None:
+        """Take a job that will not run (cancelled while it waited) off its queue, so that it no
+        longer counts as waiting."""
+        entry_id = await self.redis.hget(self._job(job_id), "queue_entry")
+        if entry_id is not None:
+            await self.redis.xdel(self._queue(device), entry_id)
 
     async def ensure_group(self, device: str) -> None:
         try:
@@ -359,7 +367,7 @@ class RedisState:
         return found
 
 
-_NOT_RECORD = (b"last_event", b"cancel_requested")  # in a job's hash beside its record's fields
+_NOT_RECORD = (b"last_event", b"cancel_requested", b"queue_entry")  # in a job's hash beside its record's fields
 
 
 def _npy_blobs(data: TrainingData) -> dict[str, bytes]:
