@@ -43,14 +43,12 @@ def progress(delivered: Progress) -> dict[str, Any]:
     }
 
 
+# The row fields that change with a `progress` event, named as in its data.
+PROGRESS_FIELDS = ("iteration", "elapsed_s", "eta_s", "metrics")
+
+
 def progress_fields(delivered: Progress) -> dict[str, Any]:
-    """The row fields that change with a `progress` event."""
-    return {
-        "iteration": delivered.iteration,
-        "elapsed_s": delivered.elapsed_s,
-        "eta_s": delivered.eta_s,
-        "metrics": delivered.metrics,
-    }
+    return {name: getattr(delivered, name) for name in PROGRESS_FIELDS}
 
 
 def complete(

@@ -29,7 +29,7 @@ from boostream.errors import InvalidParameter
 from boostream.jobs import event_data, inputs
 from boostream.jobs.job import Job
 from boostream.jobs.queue import DeviceQueue
-from boostream.jobs.records import Event, JobRecord, JobRequest, JobStatus, JobStore
+from boostream.jobs.records import MAX_ATTEMPTS, Event, JobRecord, JobRequest, JobStatus, JobStore
 from boostream.jobs.webhooks import WebhookPolicy, WebhookSender, webhook_payload
 from boostream.models.artifacts import Artifact, ArtifactRecord, ArtifactStore
 from boostream.progress import Progress, ProgressBridge
@@ -41,9 +41,6 @@ T = TypeVar("T")
 
 log = logging.getLogger("boostream.jobs")
 
-# A job that was running each time its worker or the server died may be what kills them: stop
-# trying after this.
-MAX_ATTEMPTS = 3
 EXPIRY_BATCH = 100
 
 

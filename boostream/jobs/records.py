@@ -14,6 +14,9 @@ from typing import Any, Protocol
 from boostream.models.artifacts import ArtifactRecord
 
 TERMINAL_EVENTS = frozenset({"complete", "error", "cancelled"})
+# A job that was running each time its worker or the server died may be what kills them: it runs
+# at most this many times, whichever engine runs it.
+MAX_ATTEMPTS = 3
 
 
 class JobStatus(str, enum.Enum):

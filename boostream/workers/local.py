@@ -137,8 +137,7 @@ class _PipeReporter:
 
 
 class _Worker:
-    def __init__(self, number: int, process: Any, conn: Connection) -> None:
-        self.number = number
+    def __init__(self, process: Any, conn: Connection) -> None:
         self.process = process
         self.conn = conn
         self.pid: int = process.pid
@@ -183,7 +182,6 @@ class LocalWorkers:
         self._workers: list[_Worker] = []
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._stops_waiting: dict[str, asyncio.Event] = {}  # jobs waiting for a worker: set to stop them
-        self._started = 0
         self._restart_delay_s = RESTART_DELAY_S
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -303,8 +301,7 @@ class LocalWorkers:
                 await asyncio.wait_for(asyncio.shield(_in_daemon_thread(_start, process)), START_TIMEOUT_S)
             finally:
                 child.close()
-            self._started += 1
-            worker = _Worker(self._started, process, parent)
+            worker = _Worker(process, parent)
             if self._closing:
                 process.kill()
                 parent.close()

@@ -26,7 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from boostream.jobs import event_data, inputs
-from boostream.jobs.records import JobRecord, JobStatus
+from boostream.jobs.records import MAX_ATTEMPTS, JobRecord, JobStatus
 from boostream.jobs.redis_state import RedisState, Taken
 from boostream.models.artifacts import FORMATS, Artifact, ArtifactStore
 from boostream.progress import Progress, ProgressBridge
@@ -36,7 +36,6 @@ from boostream.workers.task import Failed, TrainTask
 
 log = logging.getLogger("boostream.workers")
 
-MAX_ATTEMPTS = 3
 CANCEL_CHECK_S = 0.2
 
 
@@ -171,7 +170,8 @@ class RedisWorker:
         except Exception:
             log.exception("job %s: the worker failed while running it", taken.job_id)
             with contextlib.suppress(Exception):  # Redis may be what failed
-                await self._end_failed(taken.job_id)
+                message = "the worker failed while running this job; see its log"
+                await self._end(taken.job_id, "error", code="internal_error", message=message)
         finally:
             self._busy -= 1
             self._idle_since = time.monotonic()
@@ -194,14 +194,14 @@ class RedisWorker:
         if record.status is JobStatus.RUNNING:  # its last worker died, or stopped, while it trained
             if record.attempts >= MAX_ATTEMPTS:
                 message = f"its worker died while it trained, {record.attempts} times; it is not tried again"
-                await self._end(record, "error", code="interrupted", message=message)
+                await self._end(record.id, "error", code="interrupted", message=message)
                 return
             reason = "the worker training it stopped"
             await self.state.append_event(
                 job_id, "restarted", {"reason": reason, "attempts": record.attempts}, status=JobStatus.QUEUED
             )
         if not await self.state.get_input(job_id, folder):
-            await self._end(record, "error", code="interrupted", message="the job's input is gone")
+            await self._end(record.id, "error", code="interrupted", message="the job's input is gone")
             return
         data = await asyncio.to_thread(inputs.load, folder)
         assert data is not None  # just written whole
@@ -220,12 +220,12 @@ class RedisWorker:
         if outcome is None:
             return  # run again: the log says so
         if isinstance(outcome, Failed):
-            await self._end(record, "error", code=outcome.code, message=outcome.message)
+            await self._end(record.id, "error", code=outcome.code, message=outcome.message)
         elif outcome.cancelled and timed_out:
             message = f"training ran past its limit of {limit_s:g} s and stopped after round {outcome.iterations}"
-            await self._end(record, "error", code="timeout", message=message, iteration=outcome.iterations)
+            await self._end(record.id, "error", code="timeout", message=message, iteration=outcome.iterations)
         elif outcome.cancelled:
-            await self._end(record, "cancelled", iteration=outcome.iterations)
+            await self._end(record.id, "cancelled", iteration=outcome.iterations)
         else:
             assert outcome.artifact_id is not None
             artifact = Artifact(outcome.artifact_id, outcome.blobs)
@@ -299,18 +299,11 @@ class RedisWorker:
                 job_id, "progress", event_data.progress(delivered), **event_data.progress_fields(delivered)
             )
 
-    async def _end_failed(self, job_id: str) -> None:
-        message = "the worker failed while running this job; see its log"
-        await self.state.append_event(
-            job_id, "error", {"code": "internal_error", "message": message}, terminal=True,
-            status=JobStatus.FAILED, finished_at=time.time(), error_code="internal_error", error_message=message,
-        )  # fmt: skip
-
-    async def _end(self, record: JobRecord, event_type: str, **data: Any) -> None:
+    async def _end(self, job_id: str, event_type: str, **data: Any) -> None:
         status = {"error": JobStatus.FAILED, "cancelled": JobStatus.CANCELLED}[event_type]
         fields: dict[str, Any] = {"status": status, "finished_at": time.time(), "eta_s": None}
         if event_type == "error":
             fields.update(error_code=data["code"], error_message=data["message"])
-        await self.state.append_event(record.id, event_type, data, terminal=True, **fields)
-        await self.state.drop_input(record.id)
+        await self.state.append_event(job_id, event_type, data, terminal=True, **fields)
+        await self.state.drop_input(job_id)
 
