@@ -101,7 +101,13 @@ class Service:
             state = RedisState(settings.redis)
             key = await state.secret_key(settings.secret_key or None)
             engine: JobEngine = RedisEngine(
-                state, self.trainers, max_queued=settings.max_queued, max_input_bytes=settings.max_table_bytes
+                state,
+                self.trainers,
+                max_queued=settings.max_queued,
+                max_input_bytes=settings.max_table_bytes,
+                job_ttl_s=settings.job_ttl_s,
+                webhooks=WebhookSender(key),
+                webhook_policy=self.webhook_policy,
             )
             yield engine, key
             return

@@ -14,8 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 from test_jobs import body_for, check_log, long_body
+from test_webhooks import Receiver, serving
 
 from conftest import RedisServer, ServerProcess, parse_sse, running_server_process, stop_process
 
@@ -34,12 +36,12 @@ def running_worker(tmp: Path, redis: RedisServer, *options: str) -> Iterator[sub
 
 
 @contextlib.contextmanager
-def deployment(tmp: Path, redis: RedisServer) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+def deployment(tmp: Path, redis: RedisServer, *options: str) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     for replica in ("a", "b"):
         (tmp / replica).mkdir()
     with (
-        running_server_process(tmp / "a", "--redis", redis.url) as a,
-        running_server_process(tmp / "b", "--redis", redis.url) as b,
+        running_server_process(tmp / "a", "--redis", redis.url, *options) as a,
+        running_server_process(tmp / "b", "--redis", redis.url, *options) as b,
         running_worker(tmp, redis),
     ):
         deadline = time.monotonic() + 30
@@ -162,9 +164,12 @@ def test_nothing_finished_is_lost_when_redis_is_killed_and_restarted(tmp_path: P
         check_log(events_from(b, response.json()["job_id"]), "complete")
 
 
-def test_twenty_jobs_across_both_replicas_all_succeed_once(tmp_path: Path, redis_server, diabetes):
-    with deployment(tmp_path, redis_server) as (a, b):
-        job_ids = [(a if n % 2 else b).create_job(body_for(diabetes, 10 + n)) for n in range(20)]
+def test_twenty_jobs_across_both_replicas_all_succeed_once_and_each_sends_one_webhook(
+    tmp_path: Path, redis_server, diabetes
+):
+    with serving(Receiver()) as receiver, deployment(tmp_path, redis_server, "--webhook-hosts", "127.0.0.1") as (a, b):
+        hooked = {"callback_url": receiver.url + "/done"}
+        job_ids = [(a if n % 2 else b).create_job({**body_for(diabetes, 10 + n), **hooked}) for n in range(20)]
         for n, job_id in enumerate(job_ids):
             events = events_from(b if n % 2 else a, job_id)
             check_log(events, "complete")
@@ -172,6 +177,38 @@ def test_twenty_jobs_across_both_replicas_all_succeed_once(tmp_path: Path, redis
             assert events[-1].data["iterations"] == 10 + n
         listed = httpx.get(a.url + "/jobs", params={"status": "succeeded", "limit": 50}).json()["jobs"]
         assert sorted(job["job_id"] for job in listed) == sorted(job_ids)
+
+        deadline = time.monotonic() + 30
+        while any(b.job(job_id)["callback"]["state"] != "delivered" for job_id in job_ids):
+            assert time.monotonic() < deadline, [b.job(job_id)["callback"] for job_id in job_ids]
+            time.sleep(0.2)
+        time.sleep(1)  # time for a second delivery, were there one
+        payloads = [orjson.loads(received.body) for received in receiver.received]
+        assert sorted(payload["job_id"] for payload in payloads) == sorted(job_ids), "one webhook per job"
+        assert {payload["status"] for payload in payloads} == {"succeeded"}
+        assert {received.path for received in receiver.received} == {"/done"}
+        for received in receiver.received:  # signed with the one key every process shares
+            assert received.headers["X-Boostream-Delivery"] == orjson.loads(received.body)["job_id"]
+            assert received.headers["X-Boostream-Signature"].startswith("sha256=")
+
+
+def test_finished_jobs_expire_with_their_models_on_every_replica(tmp_path: Path, redis_server, diabetes):
+    with deployment(tmp_path, redis_server, "--job-ttl-s", "2") as (a, b):
+        job_id = a.create_job(body_for(diabetes, 5))
+        complete = events_from(a, job_id)[-1]
+        assert complete.type == "complete"
+        model_url = f"/artifacts/{complete.data['artifact_id']}/metadata"
+        assert httpx.get(b.url + model_url).status_code == 200
+        running = a.create_job(long_body(diabetes))
+        deadline = time.monotonic() + 10
+        while httpx.get(b.url + f"/jobs/{job_id}").status_code != 404:
+            assert time.monotonic() < deadline, "the finished job was kept past its time"
+            time.sleep(0.2)
+        assert httpx.get(a.url + f"/jobs/{job_id}").status_code == 404
+        assert httpx.get(a.url + model_url).status_code == 404
+        assert a.job(running)["status"] in ("queued", "running"), "a job that has not finished is kept"
+        with a.client() as client:
+            assert client.post(f"/jobs/{running}/cancel").status_code == 202
 
 
 def test_a_full_queue_is_refused_with_429_and_an_idle_worker_can_exit(tmp_path: Path, redis_server, diabetes):

@@ -7,6 +7,7 @@ started again with its append-only file, and a server that could evict job data 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
@@ -16,8 +17,11 @@ import pytest
 from boostream.errors import TooLarge
 from boostream.jobs import inputs
 from boostream.jobs.records import JobRecord, JobRequest, JobStatus
+from boostream.jobs.redis_engine import RedisEngine
 from boostream.jobs.redis_state import PolicyRefused, RedisState
+from boostream.jobs.webhooks import WebhookPolicy, WebhookSender
 from boostream.models.artifacts import ArtifactRecord, StoredBlob
+from boostream.trainers import create_trainers
 from boostream.trainers.base import TrainingData
 
 from conftest import RedisServer
@@ -26,6 +30,14 @@ from conftest import RedisServer
 def record(job_id: str, device: str = "cpu") -> JobRecord:
     request = JobRequest("lightgbm", "regression", {"n_estimators": 10})
     return JobRecord(job_id, JobStatus.QUEUED, "lightgbm", "regression", device, request, time.time(), total=10)
+
+
+def engine_over(state: RedisState) -> RedisEngine:
+    webhooks = WebhookSender(b"k" * 32)
+    return RedisEngine(
+        state, create_trainers(1), max_queued=10, max_input_bytes=10**9, job_ttl_s=3600, webhooks=webhooks,
+        webhook_policy=WebhookPolicy(),
+    )  # fmt: skip
 
 
 def run(redis_server: RedisServer, scenario) -> object:
@@ -218,11 +230,9 @@ def test_a_dead_workers_job_is_claimed_by_one_worker_when_two_try_at_once(redis_
 def test_cancelling_a_job_deleted_meanwhile_leaves_nothing_behind(redis_server):
     """A replica's cancel racing another's delete: no half a job is made, which every later read
     of that id would trip over."""
-    from boostream.jobs.redis_engine import RedisEngine
-    from boostream.trainers import create_trainers
 
     async def scenario(state: RedisState) -> tuple[JobStatus, int, JobRecord | None]:
-        engine = RedisEngine(state, create_trainers(1), max_queued=10, max_input_bytes=10**9)
+        engine = engine_over(state)
         status = await engine.cancel("gone")
         return status, await state.redis.exists("test:job:gone"), await state.job("gone")
 
@@ -232,14 +242,12 @@ def test_cancelling_a_job_deleted_meanwhile_leaves_nothing_behind(redis_server):
 
 def test_a_job_cancelled_while_it_waits_no_longer_counts_as_waiting(redis_server, diabetes):
     """Else cancelled jobs would fill `--max-queued`, and new ones get 429 for nothing."""
-    from boostream.jobs.redis_engine import RedisEngine
-    from boostream.trainers import create_trainers
 
     X, y = diabetes
     data = TrainingData(X=X, y=y, feature_names=[f"f{i}" for i in range(X.shape[1])])
 
     async def scenario(state: RedisState) -> tuple[dict[str, int], dict[str, int], JobStatus]:
-        engine = RedisEngine(state, create_trainers(1), max_queued=10, max_input_bytes=10**9)
+        engine = engine_over(state)
         await engine.start()
         await state.heartbeat("w", {"device": "cpu", "slots": 1}, ttl_ms=60_000)  # a worker, busy elsewhere
         request = JobRequest("lightgbm", "regression", {"n_estimators": 5})
@@ -251,3 +259,64 @@ def test_a_job_cancelled_while_it_waits_no_longer_counts_as_waiting(redis_server
     before, after, status = run(redis_server, scenario)
     assert before == {"waiting": 1, "taken": 0}
     assert status is JobStatus.CANCELLED and after == {"waiting": 0, "taken": 0}
+
+
+def with_callback(job_id: str) -> JobRecord:
+    job = record(job_id)
+    return dataclasses.replace(job, request=dataclasses.replace(job.request, callback_url="http://receiver/hook"))
+
+
+def test_each_webhook_owed_goes_to_one_replica_and_a_stopped_replicas_go_to_another(redis_server):
+    async def scenario(state: RedisState) -> None:
+        await state.ensure_webhook_group()
+        await state.insert_job(with_callback("hooked"))
+        await state.insert_job(record("plain"))
+        for job_id in ("hooked", "plain"):
+            await state.append_event(job_id, "cancelled", {}, terminal=True, status=JobStatus.CANCELLED)
+        hooked = await state.job("hooked")
+        plain = await state.job("plain")
+        assert hooked is not None and plain is not None
+        assert hooked.callback_state == "pending" and plain.callback_state is None
+
+        # Two replicas read at once: the one job that owes a webhook goes to one of them only.
+        await state.replica_alive("a", 10_000)
+        await state.replica_alive("b", 10_000)
+        taken = await asyncio.gather(state.take_ended("a", 10, 200), state.take_ended("b", 10, 200))
+        assert sorted(len(entries) for entries in taken) == [0, 1]
+        (entry,) = taken[0] or taken[1]
+        assert entry.job_id == "hooked"
+        owner, other = ("a", "b") if taken[0] else ("b", "a")
+        assert await state.claim_ended(other) == [], "not while its replica is alive"
+
+        await state.forget_replica(owner)  # it stopped before sending
+        (claimed,) = await state.claim_ended(other)
+        assert claimed.job_id == "hooked"
+        assert await state.claim_ended(owner) == [], "claimed once"
+        await state.ended_done(claimed.entry_id)
+        await state.forget_replica(other)
+        assert await state.claim_ended("c") == [] and await state.take_ended("c", 10, 100) == []
+
+    run(redis_server, scenario)
+
+
+def test_finished_jobs_are_found_by_when_they_ended_and_a_deleted_job_is_not_written_again(redis_server):
+    async def scenario(state: RedisState) -> None:
+        for job_id in ("old", "new", "waiting"):
+            await state.insert_job(record(job_id))
+        await state.append_event("old", "cancelled", {}, terminal=True, status=JobStatus.CANCELLED)
+        between = time.time()
+        await asyncio.sleep(0.01)
+        await state.append_event("new", "cancelled", {}, terminal=True, status=JobStatus.CANCELLED)
+        assert await state.finished_before(between, 10) == ["old"]
+        assert await state.finished_before(time.time(), 10) == ["old", "new"]
+        assert await state.finished_before(time.time(), 1) == ["old"]
+
+        await state.delete_job("old")
+        assert await state.finished_before(time.time(), 10) == ["new"]
+        assert await state.update_job("old", callback_state="delivered") is False
+        assert await state.job("old") is None, "no half a job comes back"
+        assert await state.update_job("new", callback_state="delivered") is True
+        new = await state.job("new")
+        assert new is not None and new.callback_state == "delivered"
+
+    run(redis_server, scenario)

@@ -25,12 +25,11 @@ from typing import Any, TypeVar
 
 import orjson
 
-from boostream.errors import InvalidParameter
 from boostream.jobs import event_data, inputs
 from boostream.jobs.job import Job
 from boostream.jobs.queue import DeviceQueue
 from boostream.jobs.records import MAX_ATTEMPTS, Event, JobRecord, JobRequest, JobStatus, JobStore
-from boostream.jobs.webhooks import WebhookPolicy, WebhookSender, webhook_payload
+from boostream.jobs.webhooks import WebhookPolicy, WebhookSender, send_job_webhook
 from boostream.models.artifacts import Artifact, ArtifactRecord, ArtifactStore
 from boostream.progress import Progress, ProgressBridge
 from boostream.trainers.base import Availability, Backend, TrainingData
@@ -514,14 +513,7 @@ class JobManager:
         record = self.store.job(job_id)
         if record is None or record.request.callback_url is None:
             return
-        try:
-            # Asked again: after a restart the operator's allow-list may have changed.
-            url = self.webhook_policy.check(record.request.callback_url)
-        except InvalidParameter as refused:
-            log.warning("job %s: webhook not sent: %s", job_id, refused.message)
-            state = "refused"
-        else:
-            state = "delivered" if await self.webhooks.deliver(url, webhook_payload(record)) else "failed"
+        state = await send_job_webhook(self.webhooks, self.webhook_policy, record)
         if self.store.job(job_id) is not None:  # it may have been deleted meanwhile
             self.store.update_job(job_id, callback_state=state)
 

@@ -7,13 +7,18 @@ offers what `engine.JobEngine` promises, from whichever replica a client reaches
 - events are read from the job's stream: a client resumes with `Last-Event-ID` on any replica;
 - cancel ends a waiting job at once (only if it is still waiting: one script decides), and asks
   the worker of a running one to stop after its round;
-- artifacts are served from Redis.
+- artifacts are served from Redis;
+- each webhook is sent by one replica: a job that ends with a callback is added to a stream that
+  the replicas read as one consumer group; a replica that dies with webhooks unsent (its heartbeat
+  ends) leaves them to another;
+- finished jobs expire after `job_ttl_s`, with their events and models (any replica removes them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import logging
 import shutil
@@ -27,16 +32,20 @@ import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from boostream.errors import InvalidParameter, QueueFull, StoreUnreachable, Unavailable
+from boostream.errors import QueueFull, StoreUnreachable, Unavailable
 from boostream.jobs.queue import RETRY_AFTER_UNKNOWN_S
 from boostream.jobs.records import Event, JobRecord, JobRequest, JobStatus
-from boostream.jobs.redis_state import RedisState
+from boostream.jobs.redis_state import UNREACHABLE, RedisState, Taken, outage_waited
+from boostream.jobs.webhooks import WebhookPolicy, WebhookSender, send_job_webhook
 from boostream.models.artifacts import ArtifactRecord
 from boostream.trainers.base import Backend, TrainingData
 
 log = logging.getLogger("boostream.jobs")
 
 DEVICES = ("cpu", "gpu")
+REPLICA_DEAD_AFTER_S = 10.0  # a replica silent this long is gone: its unsent webhooks go to others
+WEBHOOKS_IN_FLIGHT = 100  # webhooks one replica sends at once
+EXPIRY_BATCH = 100
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -55,31 +64,62 @@ def _reachable(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Corou
 
 
 class RedisEngine:
+    """
+    :param max_queued: jobs that may wait per device, over all replicas
+    :param max_input_bytes: the largest table a job may keep in Redis
+    :param job_ttl_s: how long a finished job, its events and its model are kept
+    :param webhooks: sends the callbacks; `webhook_policy`: the hosts they may go to
+    """
+
     def __init__(
-        self, state: RedisState, trainers: Mapping[str, Backend], *, max_queued: int, max_input_bytes: int
+        self,
+        state: RedisState,
+        trainers: Mapping[str, Backend],
+        *,
+        max_queued: int,
+        max_input_bytes: int,
+        job_ttl_s: float,
+        webhooks: WebhookSender,
+        webhook_policy: WebhookPolicy,
     ) -> None:
         self.state = state
         self.trainers = trainers
         self.max_queued = max_queued
         self.max_input_bytes = max_input_bytes
+        self.job_ttl_s = job_ttl_s
+        self.webhooks = webhooks
+        self.webhook_policy = webhook_policy
+        self.replica_id = uuid.uuid4().hex[:12]
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._sending: set[asyncio.Task[Any]] = set()
+        self._stopping = False
 
     async def start(self) -> None:
         await self.state.check_policy()
         for device in DEVICES:
             await self.state.ensure_group(device)
+        await self.state.ensure_webhook_group()
+        await self.state.replica_alive(self.replica_id, int(REPLICA_DEAD_AFTER_S * 1000))
+        for loop in (self._heartbeat, self._take_webhooks, self._claim_webhooks, self._expire):
+            self._background(loop())
 
     async def shutdown(self) -> None:
-        for task in self._tasks:
+        self._stopping = True
+        tasks = {*self._tasks, *self._sending}
+        for task in tasks:
             task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        # Webhooks it had taken and not sent are left to the other replicas: at once.
+        with contextlib.suppress(*UNREACHABLE):
+            await self.state.forget_replica(self.replica_id)
+        await self.webhooks.aclose()
         await self.state.close()
 
     @_reachable
     async def submit(
         self, request: JobRequest, data: TrainingData, ingest_timings: dict[str, float], saved_at: Path | None = None
     ) -> JobRecord:
-        if request.callback_url is not None:
-            raise InvalidParameter("callback_url", "webhooks are not sent yet by servers that keep their jobs in Redis")
         device = self.trainers[request.model_type].device
         slots = sum(view["slots"] for view in (await self.state.workers()).values() if view["device"] == device)
         if not slots:
@@ -145,9 +185,7 @@ class RedisEngine:
     def client_left(self, job_id: str, client: str, cancel: bool) -> None:
         if cancel:
             log.info("job %s: %s left; cancelling at the next round", job_id, client)
-            task = asyncio.get_running_loop().create_task(self.cancel(job_id))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._background(self.cancel(job_id))
         else:
             log.info("job %s: %s left", job_id, client)
 
@@ -194,3 +232,73 @@ class RedisEngine:
         content = await self.state.artifact_file(complete["artifact_id"], complete["format"])
         complete["artifact"] = None if content is None else base64.b64encode(content).decode("ascii")
         return Event(event.id, event.type, orjson.dumps(complete).decode())
+
+    # Housekeeping, shared by the replicas
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(REPLICA_DEAD_AFTER_S / 5)
+            async with self._redis_may_fail("saying it is alive"):
+                await self.state.replica_alive(self.replica_id, int(REPLICA_DEAD_AFTER_S * 1000))
+
+    async def _take_webhooks(self) -> None:
+        while True:
+            async with self._redis_may_fail("reading the jobs that owe a webhook"):
+                room = WEBHOOKS_IN_FLIGHT - len(self._sending)
+                if room > 0:
+                    for taken in await self.state.take_ended(self.replica_id, room):
+                        self._send_webhook(taken)
+                else:
+                    await asyncio.sleep(0.1)
+
+    async def _claim_webhooks(self) -> None:
+        while True:
+            await asyncio.sleep(REPLICA_DEAD_AFTER_S / 2)
+            async with self._redis_may_fail("looking for the webhooks of replicas that stopped"):
+                for taken in await self.state.claim_ended(self.replica_id):
+                    log.info("job %s: sending the webhook a replica that stopped had not sent", taken.job_id)
+                    self._send_webhook(taken)
+
+    def _send_webhook(self, taken: Taken) -> None:
+        task = asyncio.get_running_loop().create_task(self._deliver_webhook(taken))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _deliver_webhook(self, taken: Taken) -> None:
+        while True:  # the Redis parts again until they are done: the webhook is owed until then
+            async with self._redis_may_fail(f"sending job {taken.job_id}'s webhook"):
+                record = await self.state.job(taken.job_id)
+                break
+        if record is not None and record.request.callback_url is not None:
+            state = await send_job_webhook(self.webhooks, self.webhook_policy, record)
+            while True:
+                async with self._redis_may_fail(f"keeping job {taken.job_id}'s webhook state"):
+                    await self.state.update_job(taken.job_id, callback_state=state)
+                    break
+        while True:
+            async with self._redis_may_fail(f"marking job {taken.job_id}'s webhook sent"):
+                await self.state.ended_done(taken.entry_id)
+                return
+
+    async def _expire(self) -> None:
+        period = min(self.job_ttl_s / 4, 600.0)
+        while True:
+            async with self._redis_may_fail("removing expired jobs"):
+                removed, cutoff = 0, time.time() - self.job_ttl_s
+                while expired := await self.state.finished_before(cutoff, EXPIRY_BATCH):
+                    for job_id in expired:
+                        await self.state.delete_job(job_id)
+                    removed += len(expired)
+                if removed:
+                    ttl = self.job_ttl_s
+                    log.info("removed %d jobs that finished more than %g s ago, with their models", removed, ttl)
+            await asyncio.sleep(period)
+
+    def _redis_may_fail(self, doing: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return outage_waited(log, f"replica {self.replica_id}", doing, lambda: self._stopping)
+
+    def _background(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+

@@ -21,11 +21,14 @@ a server whose `maxmemory-policy` could.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import json
+import logging
 import secrets
-from collections.abc import AsyncGenerator, Iterable
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +47,16 @@ from boostream.models.artifacts import ArtifactRecord, StoredBlob
 from boostream.trainers.base import TrainingData
 
 GROUP = "workers"
+WEBHOOK_GROUP = "webhooks"  # API replicas, reading the jobs that ended and owe a webhook
 # The policies that never evict a key; any other can drop a job's log or its model under memory
 # pressure.
 SAFE_POLICIES = ("noeviction",)
 
-# KEYS: the job's hash, its event stream, the stream of ended jobs. ARGV: the event's type, its
-# data (JSON), "1" when it is terminal, the job's id, the status (JSON) the job must have or "",
-# then the row's fields and values (JSON). Returns the new event's id; 0 when the job has ended
-# already, or has not the status asked for (nothing was written); -1 when there is no such job.
+# KEYS: the job's hash, its event stream, the stream of ended jobs that owe a webhook, the sorted
+# set of finished jobs. ARGV: the event's type, its data (JSON), "1" when it is terminal, the job's
+# id, the status (JSON) the job must have or "", the time now, then the row's fields and values
+# (JSON). Returns the new event's id; 0 when the job has ended already, or has not the status asked
+# for (nothing was written); -1 when there is no such job.
 APPEND_EVENT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -59,10 +64,45 @@ if status ~= '"queued"' and status ~= '"running"' then return 0 end
 if ARGV[5] ~= '' and status ~= ARGV[5] then return 0 end
 local id = redis.call('HINCRBY', KEYS[1], 'last_event', 1)
 redis.call('XADD', KEYS[2], '0-' .. id, 'type', ARGV[1], 'data', ARGV[2])
-if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
-if ARGV[3] == '1' then redis.call('XADD', KEYS[3], 'MAXLEN', '~', '10000', '*', 'job_id', ARGV[4]) end
+if #ARGV > 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 7)) end
+if ARGV[3] == '1' then
+  redis.call('ZADD', KEYS[4], ARGV[6], ARGV[4])
+  if redis.call('HGET', KEYS[1], 'callback') == '1' then
+    redis.call('HSET', KEYS[1], 'callback_state', '"pending"')
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', '100000', '*', 'job_id', ARGV[4])
+  end
+end
 return id
 """
+
+# KEYS: the job's hash. ARGV: fields and values. Sets them only while the job exists (a job deleted
+# meanwhile must not come back as a hash of a few fields). Returns 1 when set.
+UPDATE_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+@contextlib.asynccontextmanager
+async def outage_waited(
+    log: logging.Logger, who: str, doing: str, stopping: Callable[[], bool]
+) -> AsyncIterator[None]:
+    """For the loops of workers and replicas: Redis out of reach for a while (restarting, say) is
+    logged and waited out, and the loop goes on where it was; unless `who` is stopping."""
+    try:
+        yield
+    except UNREACHABLE as error:
+        task = asyncio.current_task()
+        cancelling = getattr(task, "cancelling", None)  # Python 3.11
+        if stopping() or (cancelling is not None and cancelling()):
+            # redis-py can report a command cut short by a cancel as a lost connection
+            raise asyncio.CancelledError from error
+        log.warning("%s: Redis failed while %s (%s); trying again in 1 s", who, doing, error)
+        await asyncio.sleep(1.0)
 
 
 class PolicyRefused(Exception):
@@ -91,6 +131,7 @@ class RedisState:
             url, retry=retry, retry_on_error=[RedisConnectionError, RedisTimeoutError]
         )
         self._append = self.redis.register_script(APPEND_EVENT)
+        self._update = self.redis.register_script(UPDATE_IF_EXISTS)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -137,9 +178,16 @@ class RedisState:
     def _worker(self, worker_id: str) -> str:
         return f"{self.prefix}worker:{worker_id}"
 
+    def _replica(self, replica_id: str) -> str:
+        return f"{self.prefix}replica:{replica_id}"
+
     @property
     def _ended(self) -> str:
         return f"{self.prefix}ended"
+
+    @property
+    def _finished(self) -> str:
+        return f"{self.prefix}finished"
 
     @property
     def _jobs(self) -> str:
@@ -153,7 +201,8 @@ class RedisState:
         record = dataclasses.replace(record, seq=seq)
         fields = {name: json.dumps(value) for name, value in _row(record).items()}
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._job(record.id), mapping={**fields, "last_event": 0})
+            marks = {"last_event": 0, **({"callback": 1} if record.request.callback_url else {})}
+            pipe.hset(self._job(record.id), mapping={**fields, **marks})
             pipe.zadd(self._jobs, {record.id: seq})
             await pipe.execute()
         return record
@@ -191,7 +240,18 @@ class RedisState:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(*keys)
             pipe.zrem(self._jobs, job_id)
+            pipe.zrem(self._finished, job_id)
             await pipe.execute()
+
+    async def finished_before(self, cutoff: float, limit: int) -> list[str]:
+        """The ids of up to `limit` jobs that finished before `cutoff` (a Unix time), oldest first."""
+        found = await self.redis.zrangebyscore(self._finished, "-inf", f"({cutoff}", start=0, num=limit)
+        return [job_id.decode() for job_id in found]
+
+    async def update_job(self, job_id: str, **fields: Any) -> bool:
+        """Set some of the job's row fields, unless the job is gone; whether it was there."""
+        pairs = [item for name, value in fields.items() for item in (name, json.dumps(_plain(value)))]
+        return bool(await self._update(keys=[self._job(job_id)], args=pairs))
 
     # Events
 
@@ -209,9 +269,9 @@ class RedisState:
         such job."""
         data_json = json.dumps({"job_id": job_id, **data})
         pairs = [item for name, value in fields.items() for item in (name, json.dumps(_plain(value)))]
-        keys = [self._job(job_id), self._events(job_id), self._ended]
+        keys = [self._job(job_id), self._events(job_id), self._ended, self._finished]
         expected = json.dumps(only_if.value) if only_if is not None else ""
-        args: list[Any] = [event_type, data_json, int(terminal), job_id, expected, *pairs]
+        args: list[Any] = [event_type, data_json, int(terminal), job_id, expected, repr(time.time()), *pairs]
         return int(await self._append(keys=keys, args=args))
 
     async def events(self, job_id: str, after: int = 0) -> list[Event]:
@@ -254,8 +314,11 @@ class RedisState:
             await self.redis.xdel(self._queue(device), entry_id)
 
     async def ensure_group(self, device: str) -> None:
+        await self._ensure_group(self._queue(device), GROUP)
+
+    async def _ensure_group(self, stream: str, group: str) -> None:
         try:
-            await self.redis.xgroup_create(self._queue(device), GROUP, id="0", mkstream=True)
+            await self.redis.xgroup_create(stream, group, id="0", mkstream=True)
         except ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
@@ -279,14 +342,17 @@ class RedisState:
     async def claim_from_dead(self, device: str, consumer: str, alive: set[str]) -> list[Taken]:
         """The entries pending for consumers not in `alive` (their heartbeat ended), now
         `consumer`'s, with how many times each has been delivered."""
+        return await self._claim(self._queue(device), GROUP, consumer, alive)
+
+    async def _claim(self, stream: str, group: str, consumer: str, alive: set[str]) -> list[Taken]:
         claimed = []
-        for pending in await self.redis.xpending_range(self._queue(device), GROUP, "-", "+", 100):
+        for pending in await self.redis.xpending_range(stream, group, "-", "+", 100):
             if pending["consumer"].decode() in alive:
                 continue
-            # Only while it has been idle as long as seen here: of two workers claiming it at once,
-            # the second finds it just delivered, and gets nothing.
+            # Only while it has been idle as long as seen here: of two processes claiming it at
+            # once, the second finds it just delivered, and gets nothing.
             idle_ms = pending["time_since_delivered"]
-            entries = await self.redis.xclaim(self._queue(device), GROUP, consumer, idle_ms, [pending["message_id"]])
+            entries = await self.redis.xclaim(stream, group, consumer, idle_ms, [pending["message_id"]])
             for entry_id, entry in entries:
                 if entry:  # deleted meanwhile: nothing to run
                     job_id = entry[b"job_id"].decode()
@@ -359,15 +425,51 @@ class RedisState:
 
     async def workers(self) -> dict[str, dict[str, Any]]:
         """The workers alive, by id, with what they last said of themselves."""
+        return await self._alive(self._worker("*"))
+
+    async def _alive(self, pattern: str) -> dict[str, dict[str, Any]]:
         found = {}
-        async for key in self.redis.scan_iter(match=self._worker("*")):
+        async for key in self.redis.scan_iter(match=pattern):
             view = await self.redis.get(key)
             if view is not None:
                 found[key.decode().rsplit(":", 1)[1]] = json.loads(view)
         return found
 
+    # API replicas, and the webhooks they owe
 
-_NOT_RECORD = (b"last_event", b"cancel_requested", b"queue_entry")  # in a job's hash beside its record's fields
+    async def replica_alive(self, replica_id: str, ttl_ms: int) -> None:
+        """The API replica is alive for `ttl_ms` more: the webhooks it took are its own."""
+        await self.redis.set(self._replica(replica_id), json.dumps({"heartbeat_at": time.time()}), px=ttl_ms)
+
+    async def forget_replica(self, replica_id: str) -> None:
+        await self.redis.delete(self._replica(replica_id))
+
+    async def ensure_webhook_group(self) -> None:
+        await self._ensure_group(self._ended, WEBHOOK_GROUP)
+
+    async def take_ended(self, consumer: str, count: int, block_ms: int = 1000) -> list[Taken]:
+        """Jobs that ended and owe a webhook, each given to one replica (`consumer`) only."""
+        answer = await self.redis.xreadgroup(WEBHOOK_GROUP, consumer, {self._ended: ">"}, count=count, block=block_ms)
+        if not answer:
+            return []
+        (_, entries), = answer
+        return [Taken(entry_id.decode(), entry[b"job_id"].decode()) for entry_id, entry in entries]
+
+    async def claim_ended(self, consumer: str) -> list[Taken]:
+        """The webhooks that replicas no longer alive had taken and not sent, now `consumer`'s."""
+        alive = set(await self._alive(self._replica("*")))
+        return await self._claim(self._ended, WEBHOOK_GROUP, consumer, alive)
+
+    async def ended_done(self, entry_id: str) -> None:
+        """The webhook was sent, or given up: never again."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self._ended, WEBHOOK_GROUP, entry_id)
+            pipe.xdel(self._ended, entry_id)
+            await pipe.execute()
+
+
+# In a job's hash beside its record's fields.
+_NOT_RECORD = (b"last_event", b"cancel_requested", b"queue_entry", b"callback")
 
 
 def _npy_blobs(data: TrainingData) -> dict[str, bytes]:

@@ -96,9 +96,11 @@ class WebhookSender:
         self.timeout_s = timeout_s
         self._client: httpx.AsyncClient | None = None
 
-    async def deliver(self, url: str, payload: dict[str, Any]) -> bool:
-        """True once a 2xx answer came back; False after giving up (logged, not raised)."""
-        delivery = uuid.uuid4().hex
+    async def deliver(self, url: str, payload: dict[str, Any], delivery: str | None = None) -> bool:
+        """True once a 2xx answer came back; False after giving up (logged, not raised).
+        `delivery`: the X-Boostream-Delivery id (the job's id for a job's webhook, so that a
+        receiver also recognises one sent again after a server restart); new when not given."""
+        delivery = delivery or uuid.uuid4().hex
         try:
             return await self._deliver(url, orjson.dumps(payload), delivery)
         except Exception:
@@ -229,3 +231,17 @@ def webhook_payload(record: JobRecord) -> dict[str, Any]:
         "status_url": urls["status_url"],
         "result_url": urls["result_url"],
     }
+
+
+async def send_job_webhook(sender: WebhookSender, policy: WebhookPolicy, record: JobRecord) -> str:
+    """Send the webhook of a job that ended, under the allow-list as it is now (the operator may
+    have changed it since the job was submitted); its `callback_state`: delivered, failed or
+    refused."""
+    assert record.request.callback_url is not None
+    try:
+        url = policy.check(record.request.callback_url)
+    except InvalidParameter as refused:
+        log.warning("job %s: webhook not sent: %s", record.id, refused.message)
+        return "refused"
+    return "delivered" if await sender.deliver(url, webhook_payload(record), delivery=record.id) else "failed"
+

@@ -18,16 +18,13 @@ import contextlib
 import logging
 import shutil
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from boostream.jobs import event_data, inputs
 from boostream.jobs.records import MAX_ATTEMPTS, JobRecord, JobStatus
-from boostream.jobs.redis_state import RedisState, Taken
+from boostream.jobs.redis_state import UNREACHABLE, RedisState, Taken, outage_waited
 from boostream.models.artifacts import FORMATS, Artifact, ArtifactStore
 from boostream.progress import Progress, ProgressBridge
 from boostream.trainers.base import Availability, Backend
@@ -140,19 +137,8 @@ class RedisWorker:
                 await self.state.heartbeat(self.worker_id, view, ttl_ms=int(self.dead_after_s * 1000))
             await asyncio.sleep(self.dead_after_s / 5)
 
-    @contextlib.asynccontextmanager
-    async def _redis_may_fail(self, doing: str) -> AsyncIterator[None]:
-        """Redis gone for a while (restarting, say): wait, and go on where the loop is."""
-        try:
-            yield
-        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
-            task = asyncio.current_task()
-            cancelling = getattr(task, "cancelling", None)  # Python 3.11
-            if self._stopping or (cancelling is not None and cancelling()):
-                # redis-py can report a command cut short by a cancel as a lost connection
-                raise asyncio.CancelledError from error
-            log.warning("worker %s: Redis failed while %s (%s); trying again in 1 s", self.worker_id, doing, error)
-            await asyncio.sleep(1.0)
+    def _redis_may_fail(self, doing: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return outage_waited(log, f"worker {self.worker_id}", doing, lambda: self._stopping)
 
     # Running one
 
@@ -185,7 +171,7 @@ class RedisWorker:
             try:
                 await self.state.done(self.device, taken.entry_id)
                 return
-            except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            except UNREACHABLE as error:
                 log.warning("job %s: could not take it off the queue (%s); trying again in 1 s", taken.job_id, error)
                 await asyncio.sleep(1.0)
 
