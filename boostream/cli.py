@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from boostream import __version__
 from boostream.client import TERMINAL_EVENTS, ApiError, Client, Event, Unreachable, server_from_environment, table_kind
-from boostream.config import Settings, env_name, from_environment
+from boostream.config import WHEN_NO_WORKER, Settings, env_name, from_environment
 from boostream.errors import BoostreamError, Conflict, Unavailable
 
 if TYPE_CHECKING:  # the service's modules load numpy, msgspec and pyarrow: only `train --local` needs them
@@ -35,6 +35,8 @@ _SERVE_OPTIONS = {
     "data_dir": "where jobs, their events and artifacts are kept",
     "redis": "keep job state in this Redis (redis://HOST:PORT/DB) and leave training to `boostream worker`",
     "max_table_bytes": "with --redis: largest table a job may keep in Redis, in bytes",
+    "when_no_worker": "with --redis: what a job gets while no worker for its device is up: refuse (503), "
+    "wait (queued, saying so), or auto (wait where such a worker has been up before, else refuse)",
     "cpu_jobs": "LightGBM jobs that train at once",
     "gpu_jobs": "WarpGBM jobs that train at once",
     "threads_per_job": "LightGBM threads per job (0: cores / cpu-jobs)",
@@ -394,6 +396,9 @@ def _serve(args: argparse.Namespace) -> int:
     from boostream.streaming_server.app import create_app
 
     settings = from_environment(**{name: getattr(args, name) for name in _SERVE_OPTIONS})
+    if settings.when_no_worker not in WHEN_NO_WORKER:
+        choices = ", ".join(WHEN_NO_WORKER)
+        raise UsageError(f"--when-no-worker must be one of {choices}, not {settings.when_no_worker!r}")
     avoid_huge_pages()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.data_dir.mkdir(parents=True, exist_ok=True)

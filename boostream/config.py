@@ -15,6 +15,7 @@ ENV_PREFIX = "BOOSTREAM_"
 def _default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("boostream"))
 
+WHEN_NO_WORKER = ("auto", "wait", "refuse")  # Settings.when_no_worker
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
@@ -39,6 +40,10 @@ class Settings:
     redis: str = ""
     # Largest table (its arrays) a job may keep in Redis until it ends; a larger one is refused.
     max_table_bytes: int = 2 * 1024**3
+    # With Redis, what a job gets while no worker for its device is up: `refuse` (503), `wait` (it
+    # is queued, and says that it waits for a worker), or `auto`: wait where a worker for that
+    # device has been up before (it exits when idle, and an autoscaler brings it back), else refuse.
+    when_no_worker: str = "auto"
     # Jobs that may wait per device; one more is refused with 429.
     max_queued: int = 100
     # No job trains longer than this; a request may ask for less with `timeout_s`.

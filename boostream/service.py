@@ -108,6 +108,7 @@ class Service:
                 job_ttl_s=settings.job_ttl_s,
                 webhooks=WebhookSender(key),
                 webhook_policy=self.webhook_policy,
+                when_no_worker=settings.when_no_worker,
             )
             yield engine, key
             return
@@ -206,22 +207,36 @@ class Service:
     # What there is
 
     async def health(self) -> dict[str, Any]:
-        gpu = next(
-            (self.availability[name] for name, trainer in self.trainers.items() if trainer.device == "gpu"), None
-        )
+        workers = await self.jobs.worker_views()
+        if self.settings.redis:  # the backends are where the workers are
+            backends = self._backends_of(workers)
+        else:
+            backends = {name: availability_view(a, self.trainers[name].device) for name, a in self.availability.items()}
+        gpu = next((view for view in backends.values() if view["device"] == "gpu" and view["available"]), None)
         return {
             "status": "ok",
             "version": __version__,
-            "backends": {
-                name: availability_view(a, self.trainers[name].device) for name, a in self.availability.items()
-            },
-            "gpu": gpu.device_name if gpu and gpu.available else None,
+            "backends": backends,
+            "gpu": gpu["device_name"] if gpu else None,
             "queue": await self.jobs.counts(),
             "workers": [
                 {name: iso(value) if name.endswith("_at") else value for name, value in view.items()}
-                for view in await self.jobs.worker_views()
+                for view in workers
             ],
         }
+
+    def _backends_of(self, workers: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Each backend as the live workers report it: available where one of them can train it."""
+        backends = {}
+        for name, trainer in self.trainers.items():
+            reported = [worker["backends"][name] for worker in workers if name in worker.get("backends", {})]
+            absent = {
+                "available": False,
+                "device": trainer.device,
+                "reason": f"no {trainer.device.upper()} worker is up (boostream worker --device {trainer.device})",
+            }
+            backends[name] = next((view for view in reported if view["available"]), reported[0] if reported else absent)
+        return backends
 
     def models(self) -> dict[str, Any]:
         return {

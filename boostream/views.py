@@ -39,6 +39,7 @@ def job_view(record: JobRecord) -> dict[str, Any]:
         "error": {"code": record.error_code, "message": record.error_message} if record.error_code else None,
         "artifact_id": record.artifact_id,
         "attempts": record.attempts,
+        "waiting_for_worker": record.waiting_for_worker,
         "timeout_s": request.timeout_s,
         "callback": {"url": request.callback_url, "state": record.callback_state} if request.callback_url else None,
         **job_urls(record.id),

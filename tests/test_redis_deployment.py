@@ -62,12 +62,20 @@ def test_a_job_started_on_one_replica_is_followed_and_used_on_the_other(tmp_path
     with deployment(tmp_path, redis_server) as (a, b):
         health = httpx.get(b.url + "/health").json()
         assert health["queue"]["cpu"]["limit"] == 1 and health["workers"][0]["device"] == "cpu"
+        # What can train is what the workers up can train.
+        assert health["backends"]["lightgbm"]["available"] is True
+        assert health["backends"]["warpgbm"] == {
+            "available": False, "device": "gpu", "reason": "no GPU worker is up (boostream worker --device gpu)"
+        }  # fmt: skip
+        assert health["gpu"] is None
         job_id = a.create_job(body_for(diabetes, 40))
         events = events_from(b, job_id)
         check_log(events, "complete")
         assert [e.type for e in events[:2]] == ["queued", "started"]
         complete = events[-1].data
         assert complete["artifact"] and complete["iterations"] == 40
+        # Timed where they happened: reading the body on replica A, training on the worker.
+        assert {"receive_s", "decode_s", "queued_s", "load_s", "fit_s", "artifact_s"} <= set(complete["timings"])
 
         again = events_from(a, job_id, **{"Last-Event-ID": "2"})  # resumed on the other replica
         assert [e.id for e in again] == [e.id for e in events[2:]]
@@ -256,3 +264,28 @@ def test_a_client_whose_replica_is_killed_resumes_on_the_other(tmp_path: Path, r
             assert client.post(f"/jobs/{job_id}/cancel").status_code == 202
         rest = events_from(b, job_id, **{"Last-Event-ID": str(last)})
         check_log(seen + rest, "cancelled")
+
+
+def test_once_a_device_has_had_a_worker_its_jobs_wait_for_the_next_one_saying_so(
+    tmp_path: Path, redis_server, diabetes
+):
+    (tmp_path / "a").mkdir()
+    with running_server_process(tmp_path / "a", "--redis", redis_server.url) as a:
+        with a.client() as client:  # never had a worker: refused, as `--when-no-worker auto` has it
+            assert client.post("/jobs", json=body_for(diabetes, 5)).status_code == 503
+        (tmp_path / "first").mkdir()
+        with running_worker(tmp_path / "first", redis_server, "--exit-when-idle", "0.5") as first:
+            assert first.wait(timeout=30) == 0  # scaled to zero
+
+        job_id = a.create_job(body_for(diabetes, 5))
+        job = a.job(job_id)
+        assert job["status"] == "queued" and job["waiting_for_worker"] is True
+        health = httpx.get(a.url + "/health").json()
+        assert health["queue"]["cpu"]["queued"] == 1 and health["queue"]["cpu"]["limit"] == 0, health
+        (tmp_path / "next").mkdir()
+        with running_worker(tmp_path / "next", redis_server):
+            events = events_from(a, job_id)
+        check_log(events, "complete")
+        assert events[0].type == "queued" and events[0].data["waiting_for_worker"] is True
+        assert "no CPU worker is up" in events[0].data["reason"]
+        assert a.job(job_id)["waiting_for_worker"] is False

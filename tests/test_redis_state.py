@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from boostream.errors import TooLarge
@@ -318,5 +319,30 @@ def test_finished_jobs_are_found_by_when_they_ended_and_a_deleted_job_is_not_wri
         assert await state.update_job("new", callback_state="delivered") is True
         new = await state.job("new")
         assert new is not None and new.callback_state == "delivered"
+
+    run(redis_server, scenario)
+
+
+def test_jobs_still_waiting_are_told_their_place_each_time_the_queue_moves(redis_server):
+    async def scenario(state: RedisState) -> None:
+        await state.ensure_group("cpu")
+        for job_id in ("a", "b", "c", "d"):
+            await state.insert_job(record(job_id))
+            await state.enqueue("cpu", job_id)
+        await state.append_event("c", "cancelled", {}, terminal=True, status=JobStatus.CANCELLED)
+        assert await state.take("cpu", "worker", block_ms=100) is not None  # "a" leaves the queue
+        assert await state.announce_positions("cpu") == 2
+        assert await state.take("cpu", "worker", block_ms=100) is not None  # then "b"
+        assert await state.announce_positions("cpu") == 1
+
+        def queued(events: list) -> list:
+            return [orjson.loads(event.json)["position"] for event in events if event.type == "queued"]
+
+        assert queued(await state.events("a")) == []
+        assert queued(await state.events("b")) == [1]
+        assert queued(await state.events("c")) == [], "a job that will not run is not told"
+        assert queued(await state.events("d")) == [2, 1]
+        (event,) = [event for event in await state.events("d") if event.type == "queued"][-1:]
+        assert orjson.loads(event.json) == {"job_id": "d", "position": 1, "device": "cpu"}
 
     run(redis_server, scenario)

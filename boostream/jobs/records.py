@@ -94,6 +94,8 @@ class JobRecord:
     attempts: int = 0
     callback_state: str | None = None  # pending, delivered, failed, refused; None without a callback
     seq: int = 0  # the order jobs came in; given by the store
+    # Queued while no worker for its device is up (a deployment on Redis); found when read, not kept.
+    waiting_for_worker: bool = False
 
 
 # The fields of a JobRecord that change as the job goes on (what `update_job` and `append_event` take).

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import functools
 import logging
 import shutil
@@ -32,6 +33,7 @@ import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from boostream.config import WHEN_NO_WORKER
 from boostream.errors import QueueFull, StoreUnreachable, Unavailable
 from boostream.jobs.queue import RETRY_AFTER_UNKNOWN_S
 from boostream.jobs.records import Event, JobRecord, JobRequest, JobStatus
@@ -69,6 +71,7 @@ class RedisEngine:
     :param max_input_bytes: the largest table a job may keep in Redis
     :param job_ttl_s: how long a finished job, its events and its model are kept
     :param webhooks: sends the callbacks; `webhook_policy`: the hosts they may go to
+    :param when_no_worker: what a job gets while no worker for its device is up (Settings')
     """
 
     def __init__(
@@ -81,7 +84,10 @@ class RedisEngine:
         job_ttl_s: float,
         webhooks: WebhookSender,
         webhook_policy: WebhookPolicy,
+        when_no_worker: str = "auto",
     ) -> None:
+        if when_no_worker not in WHEN_NO_WORKER:
+            raise ValueError(f"when_no_worker is one of {WHEN_NO_WORKER}, not {when_no_worker!r}")
         self.state = state
         self.trainers = trainers
         self.max_queued = max_queued
@@ -89,6 +95,7 @@ class RedisEngine:
         self.job_ttl_s = job_ttl_s
         self.webhooks = webhooks
         self.webhook_policy = webhook_policy
+        self.when_no_worker = when_no_worker
         self.replica_id = uuid.uuid4().hex[:12]
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sending: set[asyncio.Task[Any]] = set()
@@ -121,8 +128,8 @@ class RedisEngine:
         self, request: JobRequest, data: TrainingData, ingest_timings: dict[str, float], saved_at: Path | None = None
     ) -> JobRecord:
         device = self.trainers[request.model_type].device
-        slots = sum(view["slots"] for view in (await self.state.workers()).values() if view["device"] == device)
-        if not slots:
+        served = device in await self._served_devices()
+        if not served and not await self._may_wait(device):
             start = f"boostream worker --redis URL --device {device}"
             raise Unavailable(f"no {device.upper()} worker is running: start one with `{start}`")
         waiting = (await self.state.counts(device))["waiting"]
@@ -141,20 +148,46 @@ class RedisEngine:
             total=self.trainers[request.model_type].rounds(request.params),
         )
         await self.state.put_input(record.id, data, self.max_input_bytes)  # first: it may be too large
-        record = await self.state.insert_job(record)
-        await self.state.append_event(record.id, "queued", {"position": waiting + 1, "device": device})
+        record = await self.state.insert_job(record, ingest_timings)
+        queued: dict[str, Any] = {"position": waiting + 1, "device": device}
+        if not served:
+            queued.update(waiting_for_worker=True, reason=f"no {device.upper()} worker is up; the job waits for one")
+        await self.state.append_event(record.id, "queued", queued)
         await self.state.enqueue(device, record.id)
         if saved_at is not None:  # the decoder's copy: the job's table is in Redis now
             await asyncio.to_thread(shutil.rmtree, saved_at, True)
-        return record
+        return dataclasses.replace(record, waiting_for_worker=not served)
 
     @_reachable
     async def job(self, job_id: str) -> JobRecord | None:
-        return await self.state.job(job_id)
+        record = await self.state.job(job_id)
+        return None if record is None else (await self._as_now([record]))[0]
 
     @_reachable
     async def jobs(self, statuses: list[str], limit: int, before_seq: int | None) -> list[JobRecord]:
-        return await self.state.jobs(statuses, limit, before_seq)
+        return await self._as_now(await self.state.jobs(statuses, limit, before_seq))
+
+    async def _as_now(self, records: list[JobRecord]) -> list[JobRecord]:
+        """The records, those waiting for a worker that is not up saying so."""
+        if not any(record.status is JobStatus.QUEUED for record in records):
+            return records
+        served = await self._served_devices()
+        return [
+            dataclasses.replace(record, waiting_for_worker=True)
+            if record.status is JobStatus.QUEUED and record.device not in served
+            else record
+            for record in records
+        ]
+
+    async def _served_devices(self) -> set[str]:
+        """The devices that a live worker serves."""
+        return {view["device"] for view in (await self.state.workers()).values() if view["slots"] > 0}
+
+    async def _may_wait(self, device: str) -> bool:
+        """Whether a job may wait while no worker for `device` is up."""
+        if self.when_no_worker == "auto":
+            return await self.state.ever_served(device)
+        return self.when_no_worker == "wait"
 
     async def events(self, job_id: str, after: int) -> AsyncGenerator[Event, None]:
         async for event in self.state.follow(job_id, after):

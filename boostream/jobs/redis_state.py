@@ -105,6 +105,34 @@ async def outage_waited(
         await asyncio.sleep(1.0)
 
 
+# KEYS: a device's queue. ARGV: the group, the key prefix, the device. Appends a `queued` event with
+# its position (1 = next) to each job still waiting on the queue (after the group's last delivered
+# entry), all at once, so that two workers taking jobs together never leave a stale position last.
+# It reads the jobs' keys from their ids (one Redis server, not a cluster). Returns how many.
+ANNOUNCE_POSITIONS = """
+local last = nil
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  for i = 1, #group, 2 do
+    if group[i] == 'name' and group[i + 1] ~= ARGV[1] then break end
+    if group[i] == 'last-delivered-id' then last = group[i + 1] end
+  end
+end
+if last == nil then return 0 end
+local position = 0
+for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1000)) do
+  local job_id = entry[2][2]
+  local job = ARGV[2] .. 'job:' .. job_id
+  if redis.call('HGET', job, 'status') == '"queued"' then
+    position = position + 1
+    local id = redis.call('HINCRBY', job, 'last_event', 1)
+    local data = '{"job_id": "' .. job_id .. '", "position": ' .. position .. ', "device": "' .. ARGV[3] .. '"}'
+    redis.call('XADD', job .. ':events', '0-' .. id, 'type', 'queued', 'data', data)
+  end
+end
+return position
+"""
+
+
 class PolicyRefused(Exception):
     """The Redis server could evict job data."""
 
@@ -132,6 +160,7 @@ class RedisState:
         )
         self._append = self.redis.register_script(APPEND_EVENT)
         self._update = self.redis.register_script(UPDATE_IF_EXISTS)
+        self._announce = self.redis.register_script(ANNOUNCE_POSITIONS)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -195,13 +224,18 @@ class RedisState:
 
     # Records
 
-    async def insert_job(self, record: JobRecord) -> JobRecord:
-        """Keep a new job's record; the record with its `seq` (the order jobs came in)."""
+    async def insert_job(self, record: JobRecord, ingest_timings: dict[str, float] | None = None) -> JobRecord:
+        """Keep a new job's record, and how long its request took to read (for its `complete`
+        event); the record with its `seq` (the order jobs came in)."""
         seq = await self.redis.incr(f"{self.prefix}seq")
         record = dataclasses.replace(record, seq=seq)
         fields = {name: json.dumps(value) for name, value in _row(record).items()}
         async with self.redis.pipeline(transaction=True) as pipe:
-            marks = {"last_event": 0, **({"callback": 1} if record.request.callback_url else {})}
+            marks = {
+                "last_event": 0,
+                "ingest_timings": json.dumps(ingest_timings or {}),
+                **({"callback": 1} if record.request.callback_url else {}),
+            }
             pipe.hset(self._job(record.id), mapping={**fields, **marks})
             pipe.zadd(self._jobs, {record.id: seq})
             await pipe.execute()
@@ -210,6 +244,10 @@ class RedisState:
     async def job(self, job_id: str) -> JobRecord | None:
         fields = await self.redis.hgetall(self._job(job_id))
         return _record(fields) if b"status" in fields else None
+
+    async def ingest_timings(self, job_id: str) -> dict[str, float]:
+        timings = await self.redis.hget(self._job(job_id), "ingest_timings")
+        return json.loads(timings) if timings else {}
 
     async def jobs(
         self, statuses: Iterable[str] = (), limit: int = 50, before_seq: int | None = None
@@ -359,6 +397,10 @@ class RedisState:
                     claimed.append(Taken(entry_id.decode(), job_id, pending["times_delivered"] + 1))
         return claimed
 
+    async def announce_positions(self, device: str) -> int:
+        """Tell each job waiting on `device` its place in the queue (a `queued` event); how many."""
+        return int(await self._announce(keys=[self._queue(device)], args=[GROUP, self.prefix, device]))
+
     async def counts(self, device: str) -> dict[str, int]:
         """Jobs `waiting` on the device (not yet taken) and `taken` (running, or about to)."""
         queue = self._queue(device)
@@ -423,6 +465,13 @@ class RedisState:
         """The worker has stopped: its jobs may be claimed at once."""
         await self.redis.delete(self._worker(worker_id))
 
+    async def mark_served(self, device: str) -> None:
+        """A worker for `device` has been up: from now on its jobs may wait for one."""
+        await self.redis.set(f"{self.prefix}served:{device}", 1)
+
+    async def ever_served(self, device: str) -> bool:
+        return bool(await self.redis.exists(f"{self.prefix}served:{device}"))
+
     async def workers(self) -> dict[str, dict[str, Any]]:
         """The workers alive, by id, with what they last said of themselves."""
         return await self._alive(self._worker("*"))
@@ -469,7 +518,7 @@ class RedisState:
 
 
 # In a job's hash beside its record's fields.
-_NOT_RECORD = (b"last_event", b"cancel_requested", b"queue_entry", b"callback")
+_NOT_RECORD = (b"last_event", b"cancel_requested", b"queue_entry", b"callback", b"ingest_timings")
 
 
 def _npy_blobs(data: TrainingData) -> dict[str, bytes]:

@@ -28,6 +28,7 @@ from boostream.jobs.redis_state import UNREACHABLE, RedisState, Taken, outage_wa
 from boostream.models.artifacts import FORMATS, Artifact, ArtifactStore
 from boostream.progress import Progress, ProgressBridge
 from boostream.trainers.base import Availability, Backend
+from boostream.views import availability_view
 from boostream.workers.local import LocalWorkers, WorkerLost
 from boostream.workers.task import Failed, TrainTask
 
@@ -80,6 +81,7 @@ class RedisWorker:
     async def run(self) -> None:
         """Work until cancelled, or idle for `exit_when_idle_s`."""
         await self.state.ensure_group(self.device)
+        await self.state.mark_served(self.device)
         await self.pool.start()
         tasks = [asyncio.ensure_future(self._heartbeat()), asyncio.ensure_future(self._claim_forever())]
         tasks += [asyncio.ensure_future(self._slot()) for _ in range(self.pool.slots)]
@@ -132,6 +134,7 @@ class RedisWorker:
                 "busy": self._busy,
                 "started_at": self._started_at,
                 "heartbeat_at": time.time(),
+                "backends": {name: availability_view(a, self.device) for name, a in self.availability.items()},
             }
             async with self._redis_may_fail("saying it is alive"):
                 await self.state.heartbeat(self.worker_id, view, ttl_ms=int(self.dead_after_s * 1000))
@@ -147,6 +150,8 @@ class RedisWorker:
         folder = self.work_dir / taken.job_id
         stopped = False
         try:
+            with contextlib.suppress(*UNREACHABLE):  # a courtesy to the jobs behind it: never in its way
+                await self.state.announce_positions(self.device)
             record = await self.state.job(taken.job_id)
             if record is not None and not record.status.finished:
                 await self._train(record, folder)
@@ -223,8 +228,9 @@ class RedisWorker:
                 event_data.artifact_record(job_id, request, data, outcome, artifact, created), files
             )
             self.artifacts.delete(artifact.artifact_id)
+            ingest_timings = await self.state.ingest_timings(job_id)
             complete = event_data.complete(
-                artifact, request.artifact_format, outcome, data, {}, started_at - record.created_at
+                artifact, request.artifact_format, outcome, data, ingest_timings, started_at - record.created_at
             )
             ended = await self.state.append_event(
                 job_id, "complete", complete, terminal=True, status=JobStatus.SUCCEEDED, finished_at=created,
