@@ -6,6 +6,8 @@ to. The job is put in Redis as an API replica does it."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -128,3 +130,40 @@ def test_a_worker_told_to_exit_when_idle_does(redis_server, tmp_path: Path):
             await state.close()
 
     assert 1.0 <= asyncio.run(main()) < 10
+
+
+def test_a_job_whose_worker_process_dies_runs_again_before_the_jobs_waiting_behind_it(
+    redis_server, tmp_path: Path, diabetes
+):
+    async def main() -> tuple[list[Event], JobRecord | None, JobRecord | None]:
+        state = RedisState(redis_server.url, prefix="test:")
+        worker = make_worker(state, tmp_path)  # one slot
+        running = asyncio.ensure_future(worker.run())
+
+        async def scenario() -> tuple[list[Event], JobRecord | None, JobRecord | None]:
+            first = await submit(state, diabetes_data(diabetes), 3000, learning_rate=0.01)
+            behind = await submit(state, diabetes_data(diabetes), 5)
+            async for event in state.follow(first, block_ms=200):
+                if event.type == "progress":
+                    break
+            (training,) = [view for view in worker.pool.views() if view["job_id"] == first]
+            os.kill(training["pid"], signal.SIGKILL)
+            events = [event async for event in state.follow(first, block_ms=200)]
+            _ = [event async for event in state.follow(behind, block_ms=200)]
+            return events, await state.job(first), await state.job(behind)
+
+        try:
+            return await asyncio.wait_for(scenario(), 60)
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            await state.close()
+
+    events, first, behind = asyncio.run(main())
+    types = [event.type for event in events]
+    assert types[-1] == "complete" and types.count("restarted") == 1, types
+    attempts = [orjson.loads(event.json)["attempt"] for event in events if event.type == "started"]
+    assert attempts == [1, 2]
+    assert first is not None and first.attempts == 2
+    assert behind is not None and behind.started_at is not None and first.started_at is not None
+    assert behind.started_at > first.started_at, "the job that waited started after the second attempt"

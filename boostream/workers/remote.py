@@ -7,7 +7,8 @@ Each slot takes one job at a time from the queue's consumer group, under this wo
 acknowledges it once the job has ended; the worker's heartbeat key says it is alive. A worker
 whose heartbeat has ended leaves its jobs pending: any other worker of the device claims them
 and runs them again from the start (the log gets `restarted`, then `started` with the next
-attempt), up to MAX_ATTEMPTS. Cancel is a field of the job that the worker looks at between
+attempt), up to MAX_ATTEMPTS. A job whose worker process dies (and not the whole worker) runs
+again at once on the same slot. Cancel is a field of the job that the worker looks at between
 rounds; a time limit is the worker's own.
 """
 
@@ -153,8 +154,10 @@ class RedisWorker:
             with contextlib.suppress(*UNREACHABLE):  # a courtesy to the jobs behind it: never in its way
                 await self.state.announce_positions(self.device)
             record = await self.state.job(taken.job_id)
-            if record is not None and not record.status.finished:
-                await self._train(record, folder)
+            # A job whose worker process died runs again here at once, ahead of the jobs that wait,
+            # as the one-process server puts it first in its queue; its entry stays this worker's.
+            while record is not None and not record.status.finished and await self._train(record, folder):
+                record = await self.state.job(taken.job_id)
         except asyncio.CancelledError:  # this worker is stopping: the entry stays pending, for another
             stopped = True
             raise
@@ -180,20 +183,21 @@ class RedisWorker:
                 log.warning("job %s: could not take it off the queue (%s); trying again in 1 s", taken.job_id, error)
                 await asyncio.sleep(1.0)
 
-    async def _train(self, record: JobRecord, folder: Path) -> None:
+    async def _train(self, record: JobRecord, folder: Path) -> bool:
+        """Run the job once; whether it must run again (its worker process died)."""
         job_id, request = record.id, record.request
         if record.status is JobStatus.RUNNING:  # its last worker died, or stopped, while it trained
             if record.attempts >= MAX_ATTEMPTS:
                 message = f"its worker died while it trained, {record.attempts} times; it is not tried again"
                 await self._end(record.id, "error", code="interrupted", message=message)
-                return
+                return False
             reason = "the worker training it stopped"
             await self.state.append_event(
                 job_id, "restarted", {"reason": reason, "attempts": record.attempts}, status=JobStatus.QUEUED
             )
         if not await self.state.get_input(job_id, folder):
             await self._end(record.id, "error", code="interrupted", message="the job's input is gone")
-            return
+            return False
         data = await asyncio.to_thread(inputs.load, folder)
         assert data is not None  # just written whole
         attempt, started_at = record.attempts + 1, time.time()
@@ -206,10 +210,10 @@ class RedisWorker:
             eta_s=None, metrics=None,
         )  # fmt: skip
         if written <= 0:  # cancelled while it waited (or another worker has it: only one starts it)
-            return
+            return False
         outcome, timed_out, limit_s = await self._fit(record, folder)
         if outcome is None:
-            return  # run again: the log says so
+            return True  # the log says so
         if isinstance(outcome, Failed):
             await self._end(record.id, "error", code=outcome.code, message=outcome.message)
         elif outcome.cancelled and timed_out:
@@ -239,6 +243,7 @@ class RedisWorker:
             if ended <= 0:  # the job was deleted, or ended otherwise, meanwhile: nobody owns this model
                 await self.state.delete_artifact(artifact.artifact_id)
         await self.state.drop_input(job_id)
+        return False
 
     async def _fit(self, record: JobRecord, folder: Path) -> tuple[Any, bool, float]:
         """The job's outcome from a worker process (None when it must run again), whether its
@@ -270,7 +275,6 @@ class RedisWorker:
             await self.state.append_event(
                 job_id, "restarted", {"reason": lost.reason, "attempts": record.attempts + 1}, status=JobStatus.QUEUED
             )
-            await self.state.enqueue(self.device, job_id)
             return None, False, limit_s
         finally:
             deadline.cancel()
