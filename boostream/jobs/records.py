@@ -98,6 +98,9 @@ class JobRecord:
     waiting_for_worker: bool = False
 
 
+# The fields of a JobRecord that its engine finds when the record is read; no store keeps them.
+FOUND_WHEN_READ = frozenset({"waiting_for_worker"})
+
 # The fields of a JobRecord that change as the job goes on (what `update_job` and `append_event` take).
 CHANGING_FIELDS = frozenset(
     {"status", "started_at", "finished_at", "iteration", "elapsed_s", "eta_s", "metrics", "error_code", "error_message",

@@ -42,7 +42,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from boostream.errors import TooLarge
 from boostream.jobs import inputs
-from boostream.jobs.records import Event, JobRecord, JobRequest, JobStatus
+from boostream.jobs.records import FOUND_WHEN_READ, Event, JobRecord, JobRequest, JobStatus
 from boostream.models.artifacts import ArtifactRecord, StoredBlob
 from boostream.trainers.base import TrainingData
 
@@ -541,7 +541,7 @@ def _write_input(stored: dict[bytes, bytes], folder: Path) -> None:
 
 
 def _row(record: JobRecord) -> dict[str, Any]:
-    fields = dataclasses.asdict(record)
+    fields = {name: value for name, value in dataclasses.asdict(record).items() if name not in FOUND_WHEN_READ}
     fields["status"] = record.status.value
     return fields
 

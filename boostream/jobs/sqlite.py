@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from boostream.jobs.records import CHANGING_FIELDS, Event, JobRecord, JobRequest, JobStatus
+from boostream.jobs.records import CHANGING_FIELDS, FOUND_WHEN_READ, Event, JobRecord, JobRequest, JobStatus
 from boostream.models.artifacts import ArtifactRecord, StoredBlob
 
 SCHEMA_VERSION = 2  # 2 added the artifacts table
@@ -76,8 +76,11 @@ CREATE TABLE IF NOT EXISTS artifacts (
 );
 CREATE INDEX IF NOT EXISTS artifacts_by_job ON artifacts (job_id);
 """
-# The columns a row is written with: the record's fields, but `seq`, which SQLite gives.
-JOB_COLUMNS = tuple(field.name for field in dataclasses.fields(JobRecord) if field.name != "seq")
+# The columns a row is written with: the record's fields, but `seq`, which SQLite gives, and those
+# found when it is read.
+JOB_COLUMNS = tuple(
+    field.name for field in dataclasses.fields(JobRecord) if field.name not in {"seq", *FOUND_WHEN_READ}
+)
 ARTIFACT_COLUMNS = tuple(field.name for field in dataclasses.fields(ArtifactRecord))
 JSON_COLUMNS = frozenset({"request", "metrics", "feature_names", "classes", "blobs"})
 
