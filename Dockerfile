@@ -1,4 +1,4 @@
-# CPU image: LightGBM training. See the README for the GPU (WarpGBM) variant.
+# CPU image: LightGBM training. The GPU (WarpGBM) variant is Dockerfile.gpu; both run in docker-compose.yml.
 FROM python:3.12-slim
 
 RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 \
