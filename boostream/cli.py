@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from boostream import __version__
 from boostream.client import TERMINAL_EVENTS, ApiError, Client, Event, Unreachable, server_from_environment, table_kind
-from boostream.config import WHEN_NO_WORKER, Settings, env_name, from_environment
+from boostream.config import WHEN_NO_WORKER, Settings, env_name, from_environment, threads_per_job
 from boostream.errors import BoostreamError, Conflict, Unavailable
 
 if TYPE_CHECKING:  # the service's modules load numpy, msgspec and pyarrow: only `train --local` needs them
@@ -103,6 +103,8 @@ NOT_FINITE = "infinite: a model takes finite numbers (a missing value is an empt
 # not swing it (the first ETAs were 11:06, then 48.6s, from the server's elapsed / iteration).
 ETA_MIN_ROUNDS = 5
 ETA_MIN_SPAN_S = 1.0
+# How long `serve --redis` and `worker` wait for Redis to answer before they give up.
+REDIS_PATIENCE_S = 30.0
 
 
 class UsageError(Exception):
@@ -236,7 +238,8 @@ def _worker(args: argparse.Namespace) -> int:
         raise UsageError("--jobs must be at least 1")
     avoid_huge_pages()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    threads = args.threads_per_job or max(1, (os.cpu_count() or 1) // args.jobs)
+    _wait_for_redis(settings.redis)
+    threads = threads_per_job(args.threads_per_job, args.jobs)
     trainers = create_trainers(threads)
     availability = {name: trainer.availability() for name, trainer in trainers.items() if trainer.device == args.device}
     if not any(a.available for a in availability.values()):
@@ -275,6 +278,33 @@ def _worker(args: argparse.Namespace) -> int:
         except (asyncio.CancelledError, KeyboardInterrupt):
             pass
     return 0
+
+
+def _wait_for_redis(url: str) -> None:
+    """Return once Redis at `url` answers; Failure, in one line, if it has not within
+    REDIS_PATIENCE_S (processes started together, by Compose say, may start before it)."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    deadline, said = time.monotonic() + REDIS_PATIENCE_S, False
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.exceptions.AuthenticationError as error:
+                raise Failure(f"Redis at {url} refused this process: {error}") from None
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as error:
+                if time.monotonic() >= deadline:
+                    raise Failure(f"Redis at {url} cannot be reached ({error}); check --redis") from None
+                if not said:
+                    logging.getLogger("boostream").warning(
+                        "Redis at %s cannot be reached yet (%s); waiting up to %g s", url, error, REDIS_PATIENCE_S
+                    )
+                    said = True
+                time.sleep(0.5)
+    finally:
+        client.close()
 
 
 def _client_command(
@@ -402,6 +432,8 @@ def _serve(args: argparse.Namespace) -> int:
     avoid_huge_pages()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.redis:
+        _wait_for_redis(settings.redis)
     try:
         if not settings.redis:  # with Redis, the data directory holds only requests being read
             check_data_dir_free(settings.data_dir)  # in the app's startup, uvicorn would print a traceback

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -70,9 +71,7 @@ class Settings:
 
     @property
     def lightgbm_threads(self) -> int:
-        if self.threads_per_job > 0:
-            return self.threads_per_job
-        return max(1, (os.cpu_count() or 1) // max(1, self.cpu_jobs))
+        return threads_per_job(self.threads_per_job, self.cpu_jobs)
 
     @property
     def worker_memory_bytes(self) -> int:
@@ -138,6 +137,28 @@ def _convert(field: dataclasses.Field[Any], raw: str) -> object:
         return kind(raw) if kind else raw
     except ValueError:
         raise SystemExit(f"{env_name(field.name)}={raw!r} is not a valid {field.type}") from None
+
+
+def threads_per_job(asked: int, jobs: int) -> int:
+    """LightGBM threads for each of `jobs` jobs at once: `asked`, or 0 for the cores divided among
+    them, so that they never oversubscribe the machine."""
+    return asked if asked > 0 else max(1, machine_cores() // max(1, jobs))
+
+
+def machine_cores() -> int:
+    """The cores this process may use: those it may run on, fewer where its container's CPU quota
+    (cgroup v2 `cpu.max`, Docker's `cpus:`) allows less."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    except (OSError, ValueError):
+        return cores
+    if quota.isdigit() and period.isdigit() and int(period) > 0:
+        return max(1, min(cores, math.ceil(int(quota) / int(period))))
+    return cores  # "max": no quota
 
 
 def machine_memory_bytes() -> int | None:

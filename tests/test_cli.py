@@ -764,3 +764,17 @@ def test_serve_on_a_data_directory_in_use_says_which_server_holds_it_in_one_line
     assert done.returncode == 1
     holder = f"another boostream server (pid {server.process.pid})"
     assert done.stderr == f"boostream: {holder} is using the data directory {server.data_dir}\n"
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_a_redis_that_never_answers_is_one_line_after_a_wait_not_a_traceback(
+    command: str, tmp_path: Path, monkeypatch, capsys
+):
+    monkeypatch.setattr(cli, "REDIS_PATIENCE_S", 0.5)
+    redis_url = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
+    options = ["--data-dir", str(tmp_path)] if command == "serve" else []
+    assert cli.main([command, "--redis", redis_url, *options]) == cli.EXIT_FAILED
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    last = error.splitlines()[-1]
+    assert last.startswith(f"boostream: Redis at {redis_url} cannot be reached (") and last.endswith("; check --redis")

@@ -346,3 +346,14 @@ def test_jobs_still_waiting_are_told_their_place_each_time_the_queue_moves(redis
         assert orjson.loads(event.json) == {"job_id": "d", "position": 1, "device": "cpu"}
 
     run(redis_server, scenario)
+
+
+def test_a_configured_signing_key_too_short_is_refused_as_without_redis(redis_server):
+    async def scenario(state: RedisState) -> None:
+        with pytest.raises(ValueError, match="at least 16"):
+            await state.secret_key("short")
+        assert await state.secret_key("k" * 16) == b"k" * 16
+        made = await state.secret_key(None)
+        assert len(made) == 64 and await state.secret_key("") == made, "one key kept in Redis for all"
+
+    run(redis_server, scenario)

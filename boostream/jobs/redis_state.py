@@ -44,6 +44,7 @@ from boostream.errors import TooLarge
 from boostream.jobs import inputs
 from boostream.jobs.records import FOUND_WHEN_READ, Event, JobRecord, JobRequest, JobStatus
 from boostream.models.artifacts import ArtifactRecord, StoredBlob
+from boostream.models.signing import configured_key
 from boostream.trainers.base import TrainingData
 
 GROUP = "workers"
@@ -182,7 +183,7 @@ class RedisState:
         """The key that signs artifacts, the same for every API process and worker: `given`, else
         the one the first of them made and kept in Redis."""
         if given:
-            return given.encode()
+            return configured_key(given)
         await self.redis.set(f"{self.prefix}secret-key", secrets.token_hex(32), nx=True)
         key: bytes = await self.redis.get(f"{self.prefix}secret-key")
         return key

@@ -24,12 +24,17 @@ def load_or_create_key(path: Path, configured: str | None = None) -> bytes:
     An empty `configured` counts as none, as the `secret_key` setting's default is "".
     """
     if configured:
-        return _long_enough(configured.encode("utf-8"), "the configured key")
+        return configured_key(configured)
     try:
         return _read_key(path)
     except FileNotFoundError:
         _create_key_file(path)
         return _read_key(path)
+
+
+def configured_key(configured: str) -> bytes:
+    """The operator's key, ValueError when it is too short to sign with."""
+    return _long_enough(configured.encode("utf-8"), "the configured key")
 
 
 def sign(key: bytes, body: bytes) -> str:

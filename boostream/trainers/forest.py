@@ -20,7 +20,6 @@ format that docs/formats.md describes; `from_portable` checks a document that an
 from __future__ import annotations
 
 import dataclasses
-import os
 import reprlib
 import sys
 from collections.abc import Iterator, Sequence
@@ -29,6 +28,8 @@ from typing import Any, NoReturn
 
 import numpy as np
 import orjson
+
+from boostream.config import machine_cores
 
 FORMAT = "boostream-forest"
 FORMAT_VERSION = 1
@@ -182,7 +183,7 @@ class Forest:
             block = slice(start, start + rows_per_block)
             scores[block] = walk.raw_score(X[block])
 
-        workers = min(threads or _available_cores(), len(starts))
+        workers = min(threads or machine_cores(), len(starts))
         if workers > 1:
             with ThreadPoolExecutor(workers) as pool:
                 list(pool.map(score_block, starts))  # list() re-raises a block's exception
@@ -357,13 +358,6 @@ def _node_counts(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     for tree, node, _ in _levels(left, right):
         np.maximum.at(counts, tree, node + 1)
     return counts
-
-
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 # ----------------------------------------------------------------------------------------------
