@@ -114,8 +114,10 @@ def test_the_queue_delivers_in_order_and_a_dead_workers_job_goes_to_another(redi
         assert first is not None and second is not None
         await state.done("cpu", second.entry_id)
         # worker-1 dies with job "a": its heartbeat is gone, worker-2's is not.
-        claimed = await state.claim_from_dead("cpu", "worker-2", alive={"worker-2"})
+        none_free = await state.claim_from_dead("cpu", "worker-2", alive={"worker-2"}, limit=0)
+        claimed = await state.claim_from_dead("cpu", "worker-2", alive={"worker-2"}, limit=1)
         nothing = await state.claim_from_dead("cpu", "worker-3", alive={"worker-2"})
+        assert none_free == [], "a worker with no slot free claims nothing"
         third = await state.take("cpu", "worker-2", block_ms=100)
         empty = await state.take("cpu", "worker-2", block_ms=100)
         return {

@@ -167,3 +167,22 @@ def test_a_job_whose_worker_process_dies_runs_again_before_the_jobs_waiting_behi
     assert first is not None and first.attempts == 2
     assert behind is not None and behind.started_at is not None and first.started_at is not None
     assert behind.started_at > first.started_at, "the job that waited started after the second attempt"
+
+
+def test_a_dead_workers_job_is_claimed_only_once_a_slot_is_free_to_train_it(redis_server, tmp_path: Path, diabetes):
+    async def scenario(state: RedisState) -> tuple[JobRecord | None, JobRecord | None]:
+        busy = await submit(state, diabetes_data(diabetes), 1500, learning_rate=0.01)
+        async for event in state.follow(busy, block_ms=200):
+            if event.type == "progress":
+                break
+        left = await submit(state, diabetes_data(diabetes), 5)
+        # Taken by a worker that then died: pending for a consumer with no heartbeat.
+        assert await state.take("cpu", "dead-worker", block_ms=100) is not None
+        _ = [event async for event in state.follow(busy, block_ms=200)]
+        _ = [event async for event in state.follow(left, block_ms=200)]
+        return await state.job(busy), await state.job(left)
+
+    busy, left = with_worker(redis_server, tmp_path, scenario, dead_after_s=0.5)  # one slot
+    assert busy is not None and left is not None and left.status is JobStatus.SUCCEEDED
+    assert busy.finished_at is not None and left.started_at is not None
+    assert left.started_at >= busy.finished_at, "started only when it could train"

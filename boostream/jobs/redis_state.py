@@ -320,17 +320,23 @@ class RedisState:
 
     async def follow(self, job_id: str, after: int = 0, block_ms: int = 1000) -> AsyncGenerator[Event, None]:
         """The events after `after`, then live ones, until the terminal event (or the job is gone)."""
-        position = after
+        position, events = after, await self.events(job_id, after)
         while True:
-            for event in await self.events(job_id, position):
+            for event in events:
                 yield event
                 position = event.id
                 if event.terminal:
                     return
-            if not await self.redis.exists(self._job(job_id)):
-                return
-            # Wait for the next one: XREAD wakes as soon as it is appended.
-            await self.redis.xread({self._events(job_id): f"0-{position}"}, count=1, block=block_ms)
+            # The next ones, as soon as they are appended: one command per wake-up, whatever the
+            # number of subscribers on this replica.
+            answer = await self.redis.xread({self._events(job_id): f"0-{position}"}, count=1000, block=block_ms)
+            if answer:
+                ((_, entries),) = answer
+                events = [_event(entry_id, entry) for entry_id, entry in entries]
+            elif await self.redis.exists(self._job(job_id)):
+                events = []
+            else:
+                return  # deleted (or expired) meanwhile
 
     async def request_cancel(self, job_id: str) -> None:
         """Ask the worker running the job to stop it (it looks between its rounds)."""
@@ -378,16 +384,18 @@ class RedisState:
             pipe.xdel(self._queue(device), entry_id)
             await pipe.execute()
 
-    async def claim_from_dead(self, device: str, consumer: str, alive: set[str]) -> list[Taken]:
-        """The entries pending for consumers not in `alive` (their heartbeat ended), now
+    async def claim_from_dead(self, device: str, consumer: str, alive: set[str], limit: int = 100) -> list[Taken]:
+        """Up to `limit` entries pending for consumers not in `alive` (their heartbeat ended), now
         `consumer`'s, with how many times each has been delivered."""
-        return await self._claim(self._queue(device), GROUP, consumer, alive)
+        return await self._claim(self._queue(device), GROUP, consumer, alive, limit)
 
-    async def _claim(self, stream: str, group: str, consumer: str, alive: set[str]) -> list[Taken]:
-        claimed = []
+    async def _claim(self, stream: str, group: str, consumer: str, alive: set[str], limit: int = 100) -> list[Taken]:
+        claimed: list[Taken] = []
         for pending in await self.redis.xpending_range(stream, group, "-", "+", 100):
             if pending["consumer"].decode() in alive:
                 continue
+            if len(claimed) >= limit:
+                break
             # Only while it has been idle as long as seen here: of two processes claiming it at
             # once, the second finds it just delivered, and gets nothing.
             idle_ms = pending["time_since_delivered"]

@@ -75,7 +75,8 @@ class RedisWorker:
         self.exit_when_idle_s = exit_when_idle_s
         self._busy = 0
         self._stopping = False
-        self._claimed: set[asyncio.Task[None]] = set()  # jobs of dead workers, run beside the slots
+        # Jobs of dead workers, claimed for slots that were free: they take them before the queue.
+        self._handed: asyncio.Queue[Taken] = asyncio.Queue()
         self._idle_since = time.monotonic()
         self._started_at = time.time()
 
@@ -92,7 +93,6 @@ class RedisWorker:
             log.info("worker %s: no job for %g s; exiting", self.worker_id, self.exit_when_idle_s)
         finally:
             self._stopping = True
-            tasks += self._claimed
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks, timeout=5)
@@ -110,22 +110,27 @@ class RedisWorker:
 
     async def _slot(self) -> None:
         while not self._stopping:
+            if not self._handed.empty():
+                await self._run(self._handed.get_nowait())
+                continue
             async with self._redis_may_fail("taking a job"):
                 taken = await self.state.take(self.device, self.worker_id, block_ms=500)
                 if taken is not None:
                     await self._run(taken)
 
     async def _claim_forever(self) -> None:
-        """Take over the jobs of workers that died."""
+        """Take over the jobs of workers that died, as many as this worker has slots free: a job
+        claimed says `started` only when it can train."""
         while True:
             await asyncio.sleep(self.dead_after_s / 2)
+            free = self.pool.slots - self._busy - self._handed.qsize()
+            if free <= 0:
+                continue
             async with self._redis_may_fail("looking for the jobs of dead workers"):
                 alive = set(await self.state.workers())
-                for taken in await self.state.claim_from_dead(self.device, self.worker_id, alive):
+                for taken in await self.state.claim_from_dead(self.device, self.worker_id, alive, limit=free):
                     log.warning("worker %s: job %s was left by a worker that died", self.worker_id, taken.job_id)
-                    task = asyncio.ensure_future(self._run(taken))
-                    self._claimed.add(task)
-                    task.add_done_callback(self._claimed.discard)
+                    self._handed.put_nowait(taken)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -191,7 +196,7 @@ class RedisWorker:
                 message = f"its worker died while it trained, {record.attempts} times; it is not tried again"
                 await self._end(record.id, "error", code="interrupted", message=message)
                 return False
-            reason = "the worker training it stopped"
+            reason = "the worker training it stopped, or died"
             await self.state.append_event(
                 job_id, "restarted", {"reason": reason, "attempts": record.attempts}, status=JobStatus.QUEUED
             )
