@@ -35,6 +35,8 @@ _SERVE_OPTIONS = {
     "data_dir": "where jobs, their events and artifacts are kept",
     "redis": "keep job state in this Redis (redis://HOST:PORT/DB) and leave training to `boostream worker`",
     "max_table_bytes": "with --redis: largest table a job may keep in Redis, in bytes",
+    "shared_dir": "with --redis: a directory all servers and workers mount, where tables wait for their jobs "
+    "(instead of in Redis)",
     "when_no_worker": "with --redis: what a job gets while no worker for its device is up: refuse (503), "
     "wait (queued, saying so), or auto (wait where such a worker has been up before, else refuse)",
     "cpu_jobs": "LightGBM jobs that train at once",
@@ -207,7 +209,7 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--dead-after", type=float, default=5.0, metavar="SECONDS",
         help="a worker silent this long is dead, and its jobs run again elsewhere (default 5; the same for all)",
     )  # fmt: skip
-    for name in ("worker_memory_mb", "stop_grace_s", "max_training_s", "log_level"):
+    for name in ("shared_dir", "worker_memory_mb", "stop_grace_s", "max_training_s", "log_level"):
         kind = {"int": int, "float": float}.get(str(Settings.__dataclass_fields__[name].type), str)
         worker.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=_SERVE_OPTIONS[name])
 
@@ -227,6 +229,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     settings = from_environment(
         redis=args.redis,
+        shared_dir=args.shared_dir,
         worker_memory_mb=args.worker_memory_mb,
         stop_grace_s=args.stop_grace_s,
         max_training_s=args.max_training_s,
@@ -248,7 +251,7 @@ def _worker(args: argparse.Namespace) -> int:
     worker_id = f"{socket.gethostname()}-{os.getpid()}"
 
     async def work(directory: Path) -> None:
-        state = RedisState(settings.redis)
+        state = RedisState(settings.redis, shared_dir=settings.shared_path)
         try:
             await state.check_policy()
             key = await state.secret_key(settings.secret_key or None)

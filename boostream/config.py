@@ -41,6 +41,9 @@ class Settings:
     redis: str = ""
     # Largest table (its arrays) a job may keep in Redis until it ends; a larger one is refused.
     max_table_bytes: int = 2 * 1024**3
+    # With Redis: a directory that every API process and worker mounts (NFS, say; at any path),
+    # where tables wait for their jobs instead of in Redis; empty: in Redis.
+    shared_dir: str = ""
     # With Redis, what a job gets while no worker for its device is up: `refuse` (503), `wait` (it
     # is queued, and says that it waits for a worker), or `auto`: wait where a worker for that
     # device has been up before (it exits when idle, and an autoscaler brings it back), else refuse.
@@ -85,8 +88,13 @@ class Settings:
         return self.data_dir / "artifacts"
 
     @property
+    def shared_path(self) -> Path | None:
+        return Path(self.shared_dir).expanduser() if self.redis and self.shared_dir else None
+
+    @property
     def inputs_dir(self) -> Path:
-        return self.data_dir / "inputs"
+        """Where decoded tables are written: the shared directory's, with Redis and one."""
+        return self.shared_path / "inputs" if self.shared_path is not None else self.data_dir / "inputs"
 
     @property
     def uploads_dir(self) -> Path:

@@ -98,7 +98,7 @@ class Service:
         SQLite and worker processes of its own."""
         settings = self.settings
         if settings.redis:
-            state = RedisState(settings.redis)
+            state = RedisState(settings.redis, shared_dir=settings.shared_path)
             key = await state.secret_key(settings.secret_key or None)
             engine: JobEngine = RedisEngine(
                 state,

@@ -17,6 +17,7 @@ import httpx
 import orjson
 import pytest
 from test_jobs import body_for, check_log, long_body
+from test_tables import PARQUET, parquet_bytes, post_table, table_of
 from test_webhooks import Receiver, serving
 
 from conftest import RedisServer, ServerProcess, parse_sse, running_server_process, stop_process
@@ -289,3 +290,22 @@ def test_once_a_device_has_had_a_worker_its_jobs_wait_for_the_next_one_saying_so
         assert events[0].type == "queued" and events[0].data["waiting_for_worker"] is True
         assert "no CPU worker is up" in events[0].data["reason"]
         assert a.job(job_id)["waiting_for_worker"] is False
+
+
+def test_with_a_shared_directory_tables_go_through_it_and_none_is_left(tmp_path: Path, redis_server, diabetes):
+    shared = tmp_path / "shared"
+    (tmp_path / "a").mkdir()
+    with (
+        running_server_process(tmp_path / "a", "--redis", redis_server.url, "--shared-dir", str(shared)) as a,
+        running_worker(tmp_path, redis_server, "--shared-dir", str(shared)),
+    ):
+        wait_for_workers(a, 1)
+        job_id = a.create_job(body_for(diabetes, 20))
+        events = events_from(a, job_id)
+        check_log(events, "complete")
+        X, y = diabetes  # the same table as a Parquet upload, decoded by the server itself
+        body = parquet_bytes(table_of(X, y, [f"f{i}" for i in range(X.shape[1])], target="y"))
+        upload = post_table(a, body, PARQUET, path="/jobs", target="y", n_estimators=20)
+        assert upload.status_code == 202, upload.text
+        check_log(events_from(a, upload.json()["job_id"]), "complete")
+    assert [path.name for path in (shared / "inputs").iterdir()] == [], "each table is removed once its job ends"

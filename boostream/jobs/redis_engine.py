@@ -147,14 +147,14 @@ class RedisEngine:
             created_at=time.time(),
             total=self.trainers[request.model_type].rounds(request.params),
         )
-        await self.state.put_input(record.id, data, self.max_input_bytes)  # first: it may be too large
+        await self.state.put_input(record.id, data, self.max_input_bytes, saved_at)  # first: it may be too large
         record = await self.state.insert_job(record, ingest_timings)
         queued: dict[str, Any] = {"position": waiting + 1, "device": device}
         if not served:
             queued.update(waiting_for_worker=True, reason=f"no {device.upper()} worker is up; the job waits for one")
         await self.state.append_event(record.id, "queued", queued)
         await self.state.enqueue(device, record.id)
-        if saved_at is not None:  # the decoder's copy: the job's table is in Redis now
+        if saved_at is not None:  # the decoder's copy, unless it was moved: the table is kept now
             await asyncio.to_thread(shutil.rmtree, saved_at, True)
         return dataclasses.replace(record, waiting_for_worker=not served)
 

@@ -27,18 +27,21 @@ import io
 import json
 import logging
 import secrets
+import shutil
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry as SyncRetry
 
 from boostream.errors import TooLarge
 from boostream.jobs import inputs
@@ -48,6 +51,7 @@ from boostream.models.signing import configured_key
 from boostream.trainers.base import TrainingData
 
 GROUP = "workers"
+SLICE_BYTES = 64 * 1024**2  # the most of a table sent in one Redis command
 WEBHOOK_GROUP = "webhooks"  # API replicas, reading the jobs that ended and owe a webhook
 # The policies that never evict a key; any other can drop a job's log or its model under memory
 # pressure.
@@ -138,6 +142,10 @@ class PolicyRefused(Exception):
     """The Redis server could evict job data."""
 
 
+class InputElsewhere(Exception):
+    """The job's table is where this process cannot read it."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Taken:
     """A queue entry a worker took: which job, and how many times it was delivered."""
@@ -148,23 +156,31 @@ class Taken:
 
 
 class RedisState:
-    def __init__(self, url: str, prefix: str = "boostream:") -> None:
+    """
+    :param shared_dir: a directory every API replica and worker mounts (at any path), where tables
+        wait for their jobs instead of in Redis; None: in Redis
+    """
+
+    def __init__(self, url: str, prefix: str = "boostream:", shared_dir: Path | None = None) -> None:
         self.url = url
         self.prefix = prefix
+        self.shared_dir = shared_dir
         # Typed Any: redis-py types every reply as the union of what each decoding could give;
         # this client never decodes, so its replies are bytes (and lists and dicts of them).
         # A connection that Redis dropped (it restarted, say) is made again, a few times, before a
         # command fails.
-        retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=6)
-        self.redis: Any = aioredis.Redis.from_url(
-            url, retry=retry, retry_on_error=[RedisConnectionError, RedisTimeoutError]
-        )
+        retry_on = [RedisConnectionError, RedisTimeoutError]
+        backoff = ExponentialBackoff(cap=1.0, base=0.05)
+        self.redis: Any = aioredis.Redis.from_url(url, retry=Retry(backoff, retries=6), retry_on_error=retry_on)
+        # For tables, in threads (see _put_input).
+        self.bulk: Any = redis.Redis.from_url(url, retry=SyncRetry(backoff, retries=6), retry_on_error=retry_on)
         self._append = self.redis.register_script(APPEND_EVENT)
         self._update = self.redis.register_script(UPDATE_IF_EXISTS)
         self._announce = self.redis.register_script(ANNOUNCE_POSITIONS)
 
     async def close(self) -> None:
         await self.redis.aclose()
+        self.bulk.close()
 
     async def check_policy(self) -> None:
         """PolicyRefused, saying what to set, when the server may evict keys."""
@@ -422,26 +438,77 @@ class RedisState:
 
     # Tables
 
-    async def put_input(self, job_id: str, data: TrainingData, limit_bytes: int) -> int:
-        """Keep a job's arrays (as `.npy` bytes) until it ends; their size. TooLarge over `limit_bytes`."""
-        blobs = await asyncio.to_thread(_npy_blobs, data)  # a copy of the table: off the loop
-        size = sum(len(blob) for blob in blobs.values())
+    async def put_input(
+        self, job_id: str, data: TrainingData, limit_bytes: int, saved_at: Path | None = None
+    ) -> int:
+        """Keep a job's arrays until it ends, where its worker will find them; their size. In the
+        shared directory when there is one (moving `saved_at`, where they are kept already, when
+        given), else in Redis, as `.npy` bytes, TooLarge over `limit_bytes`."""
+        size = sum(array.nbytes for array in _arrays(data).values())
+        if self.shared_dir is not None:
+            folder = self._shared_input(job_id)
+            await asyncio.to_thread(_save_shared, folder, data, saved_at)
+            await self.redis.hset(self._input(job_id), inputs.META, json.dumps({"shared": True}))
+            return size
         if size > limit_bytes:
             raise TooLarge(f"the table takes {size} bytes, more than this service's limit of {limit_bytes} per job")
-        meta = {"feature_names": data.feature_names, "classes": data.classes, "arrays": list(blobs)}
-        await self.redis.hset(self._input(job_id), mapping={**blobs, inputs.META: json.dumps(_plain(meta))})
+        await asyncio.to_thread(self._put_input, job_id, data)
         return size
 
-    async def get_input(self, job_id: str, folder: Path) -> bool:
-        """Write the job's arrays to `folder`, as `jobs.inputs` keeps them; False when they are gone."""
-        stored = await self.redis.hgetall(self._input(job_id))
-        if inputs.META.encode() not in stored:
-            return False
-        await asyncio.to_thread(_write_input, stored, folder)
-        return True
+    async def get_input(self, job_id: str, scratch: Path) -> Path | None:
+        """The folder that holds the job's arrays as `jobs.inputs` keeps them: in the shared
+        directory, or `scratch`, written from Redis. None when they are gone."""
+        meta = await self.redis.hget(self._input(job_id), inputs.META)
+        if meta is None:
+            return None
+        if not json.loads(meta).get("shared"):
+            return scratch if await asyncio.to_thread(self._get_input, job_id, scratch) else None
+        if self.shared_dir is None:
+            raise InputElsewhere("the job's table is in a shared directory this worker was not given (--shared-dir)")
+        folder = self._shared_input(job_id)
+        return folder if inputs.complete(folder) else None
 
     async def drop_input(self, job_id: str) -> None:
         await self.redis.delete(self._input(job_id))
+        if self.shared_dir is not None:
+            await asyncio.to_thread(inputs.remove, self._shared_input(job_id))
+
+    def _shared_input(self, job_id: str) -> Path:
+        assert self.shared_dir is not None
+        return self.shared_dir / "inputs" / job_id
+
+    # Large values go through a blocking client in a thread: redis-py's asyncio client takes about
+    # three times as long to send a large value, on the event loop. They go in slices, each well
+    # under Redis's limit on one value (proto-max-bulk-len, 512 MB by default).
+
+    def _put_input(self, job_id: str, data: TrainingData) -> None:
+        key, slices = self._input(job_id), {}
+        self.bulk.delete(key)
+        for name, array in _arrays(data).items():
+            header = io.BytesIO()
+            np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+            body = array.data.cast("B")
+            pieces = [header.getvalue(), *(body[i : i + SLICE_BYTES] for i in range(0, len(body), SLICE_BYTES))]
+            for number, piece in enumerate(pieces):
+                self.bulk.hset(key, f"{name}:{number}", piece)
+            slices[name] = len(pieces)
+        meta = {"feature_names": data.feature_names, "classes": data.classes, "slices": slices}
+        self.bulk.hset(key, inputs.META, json.dumps(_plain(meta)))  # last: the table is whole
+
+    def _get_input(self, job_id: str, folder: Path) -> bool:
+        key = self._input(job_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = json.loads(self.bulk.hget(key, inputs.META) or b"{}")
+        for name, count in meta.get("slices", {}).items():
+            with open(folder / f"{name}.npy", "wb") as file:
+                for number in range(count):
+                    piece = self.bulk.hget(key, f"{name}:{number}")
+                    if piece is None:  # dropped meanwhile: the job ended
+                        return False
+                    file.write(piece)
+        written = {"feature_names": meta["feature_names"], "classes": meta["classes"], "arrays": list(meta["slices"])}
+        (folder / inputs.META).write_text(json.dumps(written))  # last: the folder is complete
+        return True
 
     # Artifacts
 
@@ -530,23 +597,18 @@ class RedisState:
 _NOT_RECORD = (b"last_event", b"cancel_requested", b"queue_entry", b"callback", b"ingest_timings")
 
 
-def _npy_blobs(data: TrainingData) -> dict[str, bytes]:
-    blobs = {}
-    for name in inputs.ARRAYS:
-        array = getattr(data, name)
-        if array is not None:
-            buffer = io.BytesIO()
-            np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-            blobs[name] = buffer.getvalue()
-    return blobs
+def _arrays(data: TrainingData) -> dict[str, np.ndarray]:
+    """The job's arrays, each in one C-ordered block (as `.npy` keeps it)."""
+    found = {name: getattr(data, name) for name in inputs.ARRAYS}
+    return {name: np.ascontiguousarray(array) for name, array in found.items() if array is not None}
 
 
-def _write_input(stored: dict[bytes, bytes], folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    meta = json.loads(stored[inputs.META.encode()])
-    for name in meta["arrays"]:
-        (folder / f"{name}.npy").write_bytes(stored[name.encode()])
-    (folder / inputs.META).write_text(json.dumps(meta))  # last: the folder is complete
+def _save_shared(folder: Path, data: TrainingData, saved_at: Path | None) -> None:
+    if saved_at is not None and inputs.complete(saved_at):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(saved_at, folder)  # a rename where both are on one file system
+    else:
+        inputs.save(folder, data)
 
 
 def _row(record: JobRecord) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any
 
 from boostream.jobs import event_data, inputs
 from boostream.jobs.records import MAX_ATTEMPTS, JobRecord, JobStatus
-from boostream.jobs.redis_state import UNREACHABLE, RedisState, Taken, outage_waited
+from boostream.jobs.redis_state import UNREACHABLE, InputElsewhere, RedisState, Taken, outage_waited
 from boostream.models.artifacts import FORMATS, Artifact, ArtifactStore
 from boostream.progress import Progress, ProgressBridge
 from boostream.trainers.base import Availability, Backend
@@ -188,8 +188,9 @@ class RedisWorker:
                 log.warning("job %s: could not take it off the queue (%s); trying again in 1 s", taken.job_id, error)
                 await asyncio.sleep(1.0)
 
-    async def _train(self, record: JobRecord, folder: Path) -> bool:
-        """Run the job once; whether it must run again (its worker process died)."""
+    async def _train(self, record: JobRecord, scratch: Path) -> bool:
+        """Run the job once; whether it must run again (its worker process died). `scratch`: where
+        its table may be written while it runs."""
         job_id, request = record.id, record.request
         if record.status is JobStatus.RUNNING:  # its last worker died, or stopped, while it trained
             if record.attempts >= MAX_ATTEMPTS:
@@ -200,11 +201,15 @@ class RedisWorker:
             await self.state.append_event(
                 job_id, "restarted", {"reason": reason, "attempts": record.attempts}, status=JobStatus.QUEUED
             )
-        if not await self.state.get_input(job_id, folder):
+        try:
+            found = await self.state.get_input(job_id, scratch)
+        except InputElsewhere as elsewhere:
+            await self._end(record.id, "error", code="interrupted", message=str(elsewhere))
+            return False
+        data = None if found is None else await asyncio.to_thread(inputs.load, found)
+        if found is None or data is None:
             await self._end(record.id, "error", code="interrupted", message="the job's input is gone")
             return False
-        data = await asyncio.to_thread(inputs.load, folder)
-        assert data is not None  # just written whole
         attempt, started_at = record.attempts + 1, time.time()
         started = event_data.started(
             request, self.availability[request.model_type].device_name, attempt, data, record.total
@@ -216,7 +221,7 @@ class RedisWorker:
         )  # fmt: skip
         if written <= 0:  # cancelled while it waited (or another worker has it: only one starts it)
             return False
-        outcome, timed_out, limit_s = await self._fit(record, folder)
+        outcome, timed_out, limit_s = await self._fit(record, found)
         if outcome is None:
             return True  # the log says so
         if isinstance(outcome, Failed):
