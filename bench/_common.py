@@ -7,6 +7,9 @@
   parsed.
 - `summary` / `percentile`: latency figures.
 - `Watchdog`: a hard time limit for a whole script, so that none of them can run on.
+- `RedisServer`: Debian's `redis-server` of the script's own on a free loopback port, AOF on, in a
+  temporary folder; `watch_group` / `kill_group`: process groups of other children (API replicas,
+  workers) that the watchdog kills too, and a check that nothing of them is left.
 
 Only loopback traffic: every server is bound to 127.0.0.1.
 """
@@ -246,6 +249,9 @@ class Server:
             stdin=subprocess.DEVNULL,
             env=env,
             start_new_session=True,
+            # Not the current folder: `-m` would put it first on the path, ahead of PYTHONPATH, and
+            # a script run from a checkout would measure that checkout, whatever PYTHONPATH names.
+            cwd=self.data_dir,
         )
         _LIVE_SERVERS.add(self)
         self.command = command
@@ -343,7 +349,157 @@ class Watchdog:
         sys.stderr.flush()
         for server in list(_LIVE_SERVERS):
             server.kill_now()
+        for group in list(_LIVE_GROUPS):
+            kill_group(group)
         os._exit(3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Process groups and Redis
+
+# Process groups (each a child started with start_new_session=True: its pid is the group's id)
+# that the watchdog kills with SIGKILL, whatever they are; a script adds and removes its own.
+_LIVE_GROUPS: set[int] = set()
+
+
+def watch_group(pgid: int) -> None:
+    _LIVE_GROUPS.add(pgid)
+
+
+def unwatch_group(pgid: int) -> None:
+    _LIVE_GROUPS.discard(pgid)
+
+
+def group_pids(pgid: int) -> list[int]:
+    """The processes still in a process group (zombies left out), from /proc (Linux)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as file:
+                fields = file.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # fields 3 (state) and 5 (pgrp) of stat(5)
+            found.append(int(entry))
+    return found
+
+
+def kill_group(pgid: int) -> bool:
+    """SIGKILL to every process of the group; whether there was any."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+class RedisServer:
+    """Debian's `redis-server` on 127.0.0.1:<free port>, with its append-only file (`appendonly
+    yes`, `appendfsync` as given: everysec is Redis's default and what the README asks for) and
+    `maxmemory-policy noeviction` in a temporary folder; no RDB snapshots. Use as a context manager;
+    the process is stopped (SIGTERM, then SIGKILL) and the folder removed on exit."""
+
+    def __init__(self, appendfsync: str = "everysec", extra_args: Sequence[str] = ()) -> None:
+        self.appendfsync = appendfsync
+        self.extra_args = list(extra_args)
+        self.process: subprocess.Popen | None = None
+        self.directory: Path | None = None
+        self.port = 0
+        self.command: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("no redis-server here: install Debian's redis-server package")
+        self.directory = Path(tempfile.mkdtemp(prefix="boostream-bench-redis-"))
+        self.port = free_port()
+        self.command = [
+            "redis-server", "--port", str(self.port), "--bind", HOST, "--dir", str(self.directory),
+            "--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", "", "--daemonize", "no",
+            "--maxmemory-policy", "noeviction", *self.extra_args,
+        ]  # fmt: skip
+        with open(self.directory / "redis.log", "ab") as log:
+            self.process = subprocess.Popen(
+                self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        watch_group(self.process.pid)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if self.command_reply(b"PING").startswith(b"+PONG"):
+                    return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start:\n{self.log_tail()}")
+            time.sleep(0.02)
+
+    def command_reply(self, *words: bytes, timeout_s: float = 5.0) -> bytes:
+        """One command in RESP; its reply: a simple line (`+PONG`), or a bulk string's bytes (INFO)."""
+        request = b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+        with socket.create_connection((HOST, self.port), timeout=timeout_s) as connection:
+            connection.sendall(request)
+            reply = b""
+            while b"\r\n" not in reply:
+                chunk = connection.recv(1 << 16)
+                if not chunk:
+                    return reply
+                reply += chunk
+            head, _, rest = reply.partition(b"\r\n")
+            if not head.startswith(b"$") or int(head[1:]) < 0:
+                return reply
+            size = int(head[1:])
+            while len(rest) < size:
+                chunk = connection.recv(1 << 16)
+                if not chunk:
+                    break
+                rest += chunk
+            return rest[:size]
+
+    def info(self, section: str) -> dict[str, str]:
+        """`INFO section` as a dict of its `name:value` lines."""
+        reply = self.command_reply(b"INFO", section.encode()).decode(errors="replace")
+        return dict(line.split(":", 1) for line in reply.splitlines() if ":" in line and not line.startswith("#"))
+
+    def aof_bytes(self) -> int:
+        """The append-only files' size on disk (Redis 7 keeps them, base and increments, in a folder
+        of their own)."""
+        if self.directory is None:
+            return 0
+        return sum(p.stat().st_size for p in self.directory.rglob("appendonly*") if p.is_file())
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return (self.directory / "redis.log").read_text(errors="replace")[-chars:]  # type: ignore[operator]
+        except (OSError, TypeError):
+            return "(no log)"
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=10)
+            kill_group(process.pid)
+            unwatch_group(process.pid)
+        if self.directory is not None and os.environ.get("BENCH_KEEP_DATA") != "1":
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------
