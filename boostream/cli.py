@@ -220,7 +220,7 @@ def _worker(args: argparse.Namespace) -> int:
     import socket
     import tempfile
 
-    from boostream.jobs.redis_state import PolicyRefused, RedisState
+    from boostream.jobs.redis_state import PolicyRefused, RedisState, redacted
     from boostream.memory import avoid_huge_pages
     from boostream.models.artifacts import ArtifactStore
     from boostream.trainers import create_trainers
@@ -264,7 +264,7 @@ def _worker(args: argparse.Namespace) -> int:
                 exit_when_idle_s=args.exit_when_idle,
             )  # fmt: skip
             logging.getLogger("boostream").info(
-                "worker %s: %d %s job(s) at once from %s", worker_id, args.jobs, args.device, settings.redis
+                "worker %s: %d %s job(s) at once from %s", worker_id, args.jobs, args.device, redacted(settings.redis)
             )
             task = asyncio.current_task()
             assert task is not None
@@ -288,7 +288,10 @@ def _wait_for_redis(url: str) -> None:
     REDIS_PATIENCE_S (processes started together, by Compose say, may start before it)."""
     import redis
 
+    from boostream.jobs.redis_state import redacted
+
     client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    shown = redacted(url)
     deadline, said = time.monotonic() + REDIS_PATIENCE_S, False
     try:
         while True:
@@ -296,13 +299,13 @@ def _wait_for_redis(url: str) -> None:
                 client.ping()
                 return
             except redis.exceptions.AuthenticationError as error:
-                raise Failure(f"Redis at {url} refused this process: {error}") from None
+                raise Failure(f"Redis at {shown} refused this process: {error}") from None
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as error:
                 if time.monotonic() >= deadline:
-                    raise Failure(f"Redis at {url} cannot be reached ({error}); check --redis") from None
+                    raise Failure(f"Redis at {shown} cannot be reached ({error}); check --redis") from None
                 if not said:
                     logging.getLogger("boostream").warning(
-                        "Redis at %s cannot be reached yet (%s); waiting up to %g s", url, error, REDIS_PATIENCE_S
+                        "Redis at %s cannot be reached yet (%s); waiting up to %g s", shown, error, REDIS_PATIENCE_S
                     )
                     said = True
                 time.sleep(0.5)

@@ -20,7 +20,7 @@ from boostream.errors import TooLarge
 from boostream.jobs import inputs, redis_state
 from boostream.jobs.records import JobRecord, JobRequest, JobStatus
 from boostream.jobs.redis_engine import RedisEngine
-from boostream.jobs.redis_state import InputElsewhere, PolicyRefused, RedisState
+from boostream.jobs.redis_state import InputElsewhere, PolicyRefused, RedisState, Standing
 from boostream.jobs.webhooks import WebhookPolicy, WebhookSender
 from boostream.models.artifacts import ArtifactRecord, StoredBlob
 from boostream.trainers import create_trainers
@@ -415,3 +415,40 @@ def test_a_configured_signing_key_too_short_is_refused_as_without_redis(redis_se
         assert len(made) == 64 and await state.secret_key("") == made, "one key kept in Redis for all"
 
     run(redis_server, scenario)
+
+
+def test_an_event_sent_again_after_its_answer_was_lost_is_written_once(redis_server):
+    async def scenario(state: RedisState) -> None:
+        await state.insert_job(record("j"))
+        await state.append_event("j", "started", {}, status=JobStatus.RUNNING)
+        # What redis-py sends again when a dropped connection lost the answer: the same arguments.
+        keys = [state._job("j"), state._events("j"), state._ended, state._finished]
+        args = ["complete", '{"job_id": "j"}', 1, "j", "", repr(time.time()), "token-1", "status", '"succeeded"']
+        assert await state._append(keys=keys, args=args) == 2
+        assert await state._append(keys=keys, args=args) == 2, "the id it got, not 0 (ended already)"
+        assert [event.type for event in await state.events("j")] == ["started", "complete"]
+        assert await state.append_event("j", "cancelled", {}, terminal=True) == 0, "and it still ends once"
+
+    run(redis_server, scenario)
+
+
+def test_a_process_never_claims_its_own_work_and_claims_only_after_a_heartbeats_life_of_its_own(redis_server):
+    async def scenario(state: RedisState) -> None:
+        await state.ensure_webhook_group()
+        await state.insert_job(with_callback("j"))
+        await state.append_event("j", "cancelled", {}, terminal=True, status=JobStatus.CANCELLED)
+        assert len(await state.take_ended("a", 10, 100)) == 1
+        # Its heartbeat expired in an outage: to the others it looks dead, to itself it is not.
+        assert await state.claim_ended("a") == []
+
+    run(redis_server, scenario)
+    standing = Standing(life_s=0.2)
+    assert not standing.may_claim
+    standing.renewed()
+    assert not standing.may_claim, "not before its own heartbeat has lived a whole life"
+    time.sleep(0.25)
+    standing.renewed()
+    assert standing.may_claim
+    standing.broken()  # Redis failed it
+    standing.renewed()
+    assert not standing.may_claim

@@ -6,6 +6,7 @@ to. The job is put in Redis as an API replica does it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -15,6 +16,7 @@ from typing import Any
 
 import lightgbm
 import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from boostream.jobs.records import Event, JobRecord, JobRequest, JobStatus
 from boostream.jobs.redis_state import RedisState
@@ -186,3 +188,43 @@ def test_a_dead_workers_job_is_claimed_only_once_a_slot_is_free_to_train_it(redi
     assert busy is not None and left is not None and left.status is JobStatus.SUCCEEDED
     assert busy.finished_at is not None and left.started_at is not None
     assert left.started_at >= busy.finished_at, "started only when it could train"
+
+
+def test_a_job_training_through_a_redis_outage_ends_with_its_model_and_every_event(
+    redis_server, tmp_path: Path, diabetes
+):
+    async def scenario(state: RedisState) -> tuple[list[Event], JobRecord | None, bytes | None]:
+        job_id = await submit(state, diabetes_data(diabetes), 4000, learning_rate=0.01)
+        async for event in state.follow(job_id, block_ms=200):
+            if event.type == "progress":
+                break
+        redis_server.kill_9()  # mid-training; longer than redis-py's own retries
+        await asyncio.sleep(4)
+        redis_server.start()
+        while True:  # the worker's writes land once Redis answers again
+            with contextlib.suppress(RedisConnectionError):
+                events = [event async for event in state.follow(job_id, block_ms=200)]
+                break
+            await asyncio.sleep(0.5)
+        record = await state.job(job_id)
+        artifact_id = orjson.loads(events[-1].json).get("artifact_id")
+        return events, record, await state.artifact_file(artifact_id, "native") if artifact_id else None
+
+    events, record, native = with_worker(redis_server, tmp_path, scenario)
+    assert [e.id for e in events] == list(range(1, len(events) + 1)), "no gap, no duplicate"
+    assert events[-1].type == "complete", events[-1]
+    assert [e.type for e in events].count("started") == 1, "trained once, through the outage"
+    assert record is not None and record.status is JobStatus.SUCCEEDED and native is not None
+
+
+def test_a_worker_whose_redis_came_back_empty_goes_on_taking_jobs(redis_server, tmp_path: Path, diabetes):
+    async def scenario(state: RedisState) -> str:
+        first = await submit(state, diabetes_data(diabetes), 5)
+        _ = [event async for event in state.follow(first, block_ms=200)]
+        await state.redis.flushall()  # as a Redis restarted without persistence comes back
+        await asyncio.sleep(1)
+        second = await submit(state, diabetes_data(diabetes), 5)
+        events = [event async for event in state.follow(second, block_ms=200)]
+        return events[-1].type
+
+    assert with_worker(redis_server, tmp_path, scenario) == "complete"

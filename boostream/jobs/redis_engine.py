@@ -31,13 +31,14 @@ from typing import Any, ParamSpec, TypeVar
 
 import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from boostream.config import WHEN_NO_WORKER
 from boostream.errors import QueueFull, StoreUnreachable, Unavailable
 from boostream.jobs.queue import RETRY_AFTER_UNKNOWN_S
 from boostream.jobs.records import Event, JobRecord, JobRequest, JobStatus
-from boostream.jobs.redis_state import UNREACHABLE, RedisState, Taken, outage_waited
+from boostream.jobs.redis_state import UNREACHABLE, RedisState, Standing, Taken, outage_waited
 from boostream.jobs.webhooks import WebhookPolicy, WebhookSender, send_job_webhook
 from boostream.models.artifacts import ArtifactRecord
 from boostream.trainers.base import Backend, TrainingData
@@ -100,6 +101,7 @@ class RedisEngine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sending: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        self._standing = Standing(REPLICA_DEAD_AFTER_S)
 
     async def start(self) -> None:
         await self.state.check_policy()
@@ -269,24 +271,37 @@ class RedisEngine:
     # Housekeeping, shared by the replicas
 
     async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(REPLICA_DEAD_AFTER_S / 5)
-            async with self._redis_may_fail("saying it is alive"):
+        while not self._stopping:
+            try:
                 await self.state.replica_alive(self.replica_id, int(REPLICA_DEAD_AFTER_S * 1000))
+                self._standing.renewed()
+            except Exception as error:
+                self._standing.broken()
+                log.warning("replica %s: could not say it is alive (%s)", self.replica_id, error)
+            await asyncio.sleep(REPLICA_DEAD_AFTER_S / 5)
 
     async def _take_webhooks(self) -> None:
-        while True:
+        while not self._stopping:
             async with self._redis_may_fail("reading the jobs that owe a webhook"):
                 room = WEBHOOKS_IN_FLIGHT - len(self._sending)
-                if room > 0:
-                    for taken in await self.state.take_ended(self.replica_id, room):
-                        self._send_webhook(taken)
-                else:
+                if room <= 0:
                     await asyncio.sleep(0.1)
+                    continue
+                try:
+                    owed = await self.state.take_ended(self.replica_id, room)
+                except ResponseError as error:
+                    if "NOGROUP" not in str(error):
+                        raise
+                    await self.state.ensure_webhook_group()  # Redis came back without its data
+                    continue
+                for taken in owed:
+                    self._send_webhook(taken)
 
     async def _claim_webhooks(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(REPLICA_DEAD_AFTER_S / 2)
+            if not self._standing.may_claim:
+                continue
             async with self._redis_may_fail("looking for the webhooks of replicas that stopped"):
                 for taken in await self.state.claim_ended(self.replica_id):
                     log.info("job %s: sending the webhook a replica that stopped had not sent", taken.job_id)
@@ -315,7 +330,7 @@ class RedisEngine:
 
     async def _expire(self) -> None:
         period = min(self.job_ttl_s / 4, 600.0)
-        while True:
+        while not self._stopping:
             async with self._redis_may_fail("removing expired jobs"):
                 removed, cutoff = 0, time.time() - self.job_ttl_s
                 while expired := await self.state.finished_before(cutoff, EXPIRY_BATCH):
@@ -328,7 +343,7 @@ class RedisEngine:
             await asyncio.sleep(period)
 
     def _redis_may_fail(self, doing: str) -> contextlib.AbstractAsyncContextManager[None]:
-        return outage_waited(log, f"replica {self.replica_id}", doing, lambda: self._stopping)
+        return outage_waited(log, f"replica {self.replica_id}", doing, lambda: self._stopping, any_error=True)
 
     def _background(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)

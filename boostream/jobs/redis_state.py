@@ -29,6 +29,7 @@ import logging
 import secrets
 import shutil
 import time
+import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -59,22 +60,28 @@ SAFE_POLICIES = ("noeviction",)
 
 # KEYS: the job's hash, its event stream, the stream of ended jobs that owe a webhook, the sorted
 # set of finished jobs. ARGV: the event's type, its data (JSON), "1" when it is terminal, the job's
-# id, the status (JSON) the job must have or "", the time now, then the row's fields and values
-# (JSON). Returns the new event's id; 0 when the job has ended already, or has not the status asked
-# for (nothing was written); -1 when there is no such job.
+# id, the status (JSON) the job must have or "", the time now, a token naming this write, then the
+# row's fields and values (JSON). Returns the new event's id; 0 when the job has ended already, or
+# has not the status asked for (nothing was written); -1 when there is no such job. A write sent
+# again with its token (redis-py resends a command whose answer a dropped connection lost) returns
+# the id it got the first time, and writes nothing.
 APPEND_EVENT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('HGET', KEYS[1], 'last_write') == ARGV[7] then
+  return tonumber(redis.call('HGET', KEYS[1], 'last_event'))
+end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= '"queued"' and status ~= '"running"' then return 0 end
 if ARGV[5] ~= '' and status ~= ARGV[5] then return 0 end
 local id = redis.call('HINCRBY', KEYS[1], 'last_event', 1)
 redis.call('XADD', KEYS[2], '0-' .. id, 'type', ARGV[1], 'data', ARGV[2])
-if #ARGV > 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 7)) end
+redis.call('HSET', KEYS[1], 'last_write', ARGV[7])
+if #ARGV > 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
 if ARGV[3] == '1' then
   redis.call('ZADD', KEYS[4], ARGV[6], ARGV[4])
   if redis.call('HGET', KEYS[1], 'callback') == '1' then
     redis.call('HSET', KEYS[1], 'callback_state', '"pending"')
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', '100000', '*', 'job_id', ARGV[4])
+    redis.call('XADD', KEYS[3], '*', 'job_id', ARGV[4])
   end
 end
 return id
@@ -94,10 +101,11 @@ UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 @contextlib.asynccontextmanager
 async def outage_waited(
-    log: logging.Logger, who: str, doing: str, stopping: Callable[[], bool]
+    log: logging.Logger, who: str, doing: str, stopping: Callable[[], bool], any_error: bool = False
 ) -> AsyncIterator[None]:
     """For the loops of workers and replicas: Redis out of reach for a while (restarting, say) is
-    logged and waited out, and the loop goes on where it was; unless `who` is stopping."""
+    logged and waited out, and the loop goes on where it was; unless `who` is stopping. With
+    `any_error`, any other error too (logged with its traceback): a loop that must never end."""
     try:
         yield
     except UNREACHABLE as error:
@@ -108,6 +116,33 @@ async def outage_waited(
             raise asyncio.CancelledError from error
         log.warning("%s: Redis failed while %s (%s); trying again in 1 s", who, doing, error)
         await asyncio.sleep(1.0)
+    except Exception:
+        if not any_error or stopping():
+            raise
+        log.exception("%s: failed while %s; trying again in 1 s", who, doing)
+        await asyncio.sleep(1.0)
+
+
+class Standing:
+    """Whether a process may claim what processes that look dead held (their heartbeat has
+    ended): only once its own heartbeat has been renewed without a break for a heartbeat's whole
+    life. After an outage of Redis, or a restart that outlived the heartbeats, every live process
+    has renewed its own by then, so none is taken for dead."""
+
+    def __init__(self, life_s: float) -> None:
+        self.life_s = life_s
+        self._since: float | None = None
+
+    def renewed(self) -> None:
+        if self._since is None:
+            self._since = time.monotonic()
+
+    def broken(self) -> None:
+        self._since = None
+
+    @property
+    def may_claim(self) -> bool:
+        return self._since is not None and time.monotonic() - self._since >= self.life_s
 
 
 # KEYS: a device's queue. ARGV: the group, the key prefix, the device. Appends a `queued` event with
@@ -136,6 +171,15 @@ for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 
 end
 return position
 """
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, to be logged or shown."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return parts._replace(netloc=user + parts.netloc.rsplit("@", 1)[1]).geturl()
 
 
 class PolicyRefused(Exception):
@@ -190,7 +234,7 @@ class RedisState:
             return
         if policy not in SAFE_POLICIES:
             raise PolicyRefused(
-                f"Redis at {self.url} has maxmemory-policy {policy}, which can evict jobs, their events and "
+                f"Redis at {redacted(self.url)} has maxmemory-policy {policy}, which can evict jobs, their events and "
                 "models under memory pressure; set `maxmemory-policy noeviction` (redis.conf, or "
                 "CONFIG SET maxmemory-policy noeviction)"
             )
@@ -226,6 +270,14 @@ class RedisState:
 
     def _replica(self, replica_id: str) -> str:
         return f"{self.prefix}replica:{replica_id}"
+
+    @property
+    def _workers(self) -> str:
+        return f"{self.prefix}workers"
+
+    @property
+    def _replicas(self) -> str:
+        return f"{self.prefix}replicas"
 
     @property
     def _ended(self) -> str:
@@ -326,7 +378,8 @@ class RedisState:
         pairs = [item for name, value in fields.items() for item in (name, json.dumps(_plain(value)))]
         keys = [self._job(job_id), self._events(job_id), self._ended, self._finished]
         expected = json.dumps(only_if.value) if only_if is not None else ""
-        args: list[Any] = [event_type, data_json, int(terminal), job_id, expected, repr(time.time()), *pairs]
+        token = secrets.token_hex(8)
+        args: list[Any] = [event_type, data_json, int(terminal), job_id, expected, repr(time.time()), token, *pairs]
         return int(await self._append(keys=keys, args=args))
 
     async def events(self, job_id: str, after: int = 0) -> list[Event]:
@@ -408,7 +461,7 @@ class RedisState:
     async def _claim(self, stream: str, group: str, consumer: str, alive: set[str], limit: int = 100) -> list[Taken]:
         claimed: list[Taken] = []
         for pending in await self.redis.xpending_range(stream, group, "-", "+", 100):
-            if pending["consumer"].decode() in alive:
+            if pending["consumer"].decode() in alive | {consumer}:  # its own: alive, whatever Redis says
                 continue
             if len(claimed) >= limit:
                 break
@@ -535,11 +588,11 @@ class RedisState:
 
     async def heartbeat(self, worker_id: str, view: dict[str, Any], ttl_ms: int) -> None:
         """The worker is alive for `ttl_ms` more, and this is what /health shows of it."""
-        await self.redis.set(self._worker(worker_id), json.dumps(view), px=ttl_ms)
+        await self._beat(self._workers, self._worker(worker_id), worker_id, view, ttl_ms)
 
     async def forget_worker(self, worker_id: str) -> None:
         """The worker has stopped: its jobs may be claimed at once."""
-        await self.redis.delete(self._worker(worker_id))
+        await self._forget(self._workers, self._worker(worker_id), worker_id)
 
     async def mark_served(self, device: str) -> None:
         """A worker for `device` has been up: from now on its jobs may wait for one."""
@@ -550,24 +603,37 @@ class RedisState:
 
     async def workers(self) -> dict[str, dict[str, Any]]:
         """The workers alive, by id, with what they last said of themselves."""
-        return await self._alive(self._worker("*"))
+        return await self._alive(self._workers, self._worker)
 
-    async def _alive(self, pattern: str) -> dict[str, dict[str, Any]]:
-        found = {}
-        async for key in self.redis.scan_iter(match=pattern):
-            view = await self.redis.get(key)
-            if view is not None:
-                found[key.decode().rsplit(":", 1)[1]] = json.loads(view)
-        return found
+    # Heartbeats: a sorted set of the ids by when their heartbeat ends (read without scanning the
+    # keys), and a key per id with its view, which expires with it.
+
+    async def _beat(self, members: str, key: str, member: str, view: dict[str, Any], ttl_ms: int) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, json.dumps(view), px=ttl_ms)
+            pipe.zadd(members, {member: time.time() + ttl_ms / 1000})
+            await pipe.execute()
+
+    async def _forget(self, members: str, key: str, member: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.zrem(members, member)
+            await pipe.execute()
+
+    async def _alive(self, members: str, key_of: Callable[[str], str]) -> dict[str, dict[str, Any]]:
+        await self.redis.zremrangebyscore(members, "-inf", time.time())
+        ids = [member.decode() for member in await self.redis.zrange(members, 0, -1)]
+        views = await self.redis.mget([key_of(member) for member in ids]) if ids else []
+        return {member: json.loads(view) for member, view in zip(ids, views, strict=True) if view is not None}
 
     # API replicas, and the webhooks they owe
 
     async def replica_alive(self, replica_id: str, ttl_ms: int) -> None:
         """The API replica is alive for `ttl_ms` more: the webhooks it took are its own."""
-        await self.redis.set(self._replica(replica_id), json.dumps({"heartbeat_at": time.time()}), px=ttl_ms)
+        await self._beat(self._replicas, self._replica(replica_id), replica_id, {"heartbeat_at": time.time()}, ttl_ms)
 
     async def forget_replica(self, replica_id: str) -> None:
-        await self.redis.delete(self._replica(replica_id))
+        await self._forget(self._replicas, self._replica(replica_id), replica_id)
 
     async def ensure_webhook_group(self) -> None:
         await self._ensure_group(self._ended, WEBHOOK_GROUP)
@@ -582,7 +648,7 @@ class RedisState:
 
     async def claim_ended(self, consumer: str) -> list[Taken]:
         """The webhooks that replicas no longer alive had taken and not sent, now `consumer`'s."""
-        alive = set(await self._alive(self._replica("*")))
+        alive = set(await self._alive(self._replicas, self._replica))
         return await self._claim(self._ended, WEBHOOK_GROUP, consumer, alive)
 
     async def ended_done(self, entry_id: str) -> None:
@@ -594,7 +660,7 @@ class RedisState:
 
 
 # In a job's hash beside its record's fields.
-_NOT_RECORD = (b"last_event", b"cancel_requested", b"queue_entry", b"callback", b"ingest_timings")
+_NOT_RECORD = (b"last_event", b"last_write", b"cancel_requested", b"queue_entry", b"callback", b"ingest_timings")
 
 
 def _arrays(data: TrainingData) -> dict[str, np.ndarray]:

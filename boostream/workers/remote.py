@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from redis.exceptions import ResponseError
 
 from boostream.jobs import event_data, inputs
 from boostream.jobs.records import MAX_ATTEMPTS, JobRecord, JobStatus
-from boostream.jobs.redis_state import UNREACHABLE, InputElsewhere, RedisState, Taken, outage_waited
+from boostream.jobs.redis_state import UNREACHABLE, InputElsewhere, RedisState, Standing, Taken, outage_waited
 from boostream.models.artifacts import FORMATS, Artifact, ArtifactStore
 from boostream.progress import Progress, ProgressBridge
 from boostream.trainers.base import Availability, Backend
@@ -36,6 +39,7 @@ from boostream.workers.task import Failed, TrainTask
 log = logging.getLogger("boostream.workers")
 
 CANCEL_CHECK_S = 0.2
+T = TypeVar("T")
 
 
 class RedisWorker:
@@ -77,6 +81,7 @@ class RedisWorker:
         self._stopping = False
         # Jobs of dead workers, claimed for slots that were free: they take them before the queue.
         self._handed: asyncio.Queue[Taken] = asyncio.Queue()
+        self._standing = Standing(dead_after_s)
         self._idle_since = time.monotonic()
         self._started_at = time.time()
 
@@ -113,27 +118,33 @@ class RedisWorker:
             if not self._handed.empty():
                 await self._run(self._handed.get_nowait())
                 continue
-            async with self._redis_may_fail("taking a job"):
-                taken = await self.state.take(self.device, self.worker_id, block_ms=500)
+            async with self._redis_may_fail("taking a job", any_error=True):
+                try:
+                    taken = await self.state.take(self.device, self.worker_id, block_ms=500)
+                except ResponseError as error:
+                    if "NOGROUP" not in str(error):
+                        raise
+                    await self.state.ensure_group(self.device)  # Redis came back without its data
+                    continue
                 if taken is not None:
                     await self._run(taken)
 
     async def _claim_forever(self) -> None:
         """Take over the jobs of workers that died, as many as this worker has slots free: a job
         claimed says `started` only when it can train."""
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.dead_after_s / 2)
             free = self.pool.slots - self._busy - self._handed.qsize()
-            if free <= 0:
+            if free <= 0 or not self._standing.may_claim:
                 continue
-            async with self._redis_may_fail("looking for the jobs of dead workers"):
+            async with self._redis_may_fail("looking for the jobs of dead workers", any_error=True):
                 alive = set(await self.state.workers())
                 for taken in await self.state.claim_from_dead(self.device, self.worker_id, alive, limit=free):
                     log.warning("worker %s: job %s was left by a worker that died", self.worker_id, taken.job_id)
                     self._handed.put_nowait(taken)
 
     async def _heartbeat(self) -> None:
-        while True:
+        while not self._stopping:
             view = {
                 "device": self.device,
                 "slots": self.pool.slots,
@@ -142,41 +153,71 @@ class RedisWorker:
                 "heartbeat_at": time.time(),
                 "backends": {name: availability_view(a, self.device) for name, a in self.availability.items()},
             }
-            async with self._redis_may_fail("saying it is alive"):
+            try:
                 await self.state.heartbeat(self.worker_id, view, ttl_ms=int(self.dead_after_s * 1000))
+                self._standing.renewed()
+            except Exception as error:
+                self._standing.broken()
+                log.warning("worker %s: could not say it is alive (%s)", self.worker_id, error)
             await asyncio.sleep(self.dead_after_s / 5)
 
-    def _redis_may_fail(self, doing: str) -> contextlib.AbstractAsyncContextManager[None]:
-        return outage_waited(log, f"worker {self.worker_id}", doing, lambda: self._stopping)
+    def _redis_may_fail(self, doing: str, any_error: bool = False) -> contextlib.AbstractAsyncContextManager[None]:
+        return outage_waited(log, f"worker {self.worker_id}", doing, lambda: self._stopping, any_error)
+
+    async def _persist(self, doing: str, write: Callable[[], Awaitable[T]]) -> T:
+        """A Redis call that must not be lost (an event, a model): made again until Redis answers."""
+        while True:
+            async with self._redis_may_fail(doing):
+                return await write()
 
     # Running one
 
     async def _run(self, taken: Taken) -> None:
         self._busy += 1
-        folder = self.work_dir / taken.job_id
-        stopped = False
+        scratch = self.work_dir / taken.job_id
+        ended = True
         try:
-            with contextlib.suppress(*UNREACHABLE):  # a courtesy to the jobs behind it: never in its way
+            with contextlib.suppress(Exception):  # a courtesy to the jobs behind it: never in its way
                 await self.state.announce_positions(self.device)
-            record = await self.state.job(taken.job_id)
-            # A job whose worker process died runs again here at once, ahead of the jobs that wait,
-            # as the one-process server puts it first in its queue; its entry stays this worker's.
-            while record is not None and not record.status.finished and await self._train(record, folder):
-                record = await self.state.job(taken.job_id)
+            await self._run_until_ended(taken, scratch)
         except asyncio.CancelledError:  # this worker is stopping: the entry stays pending, for another
-            stopped = True
+            ended = False
             raise
         except Exception:
             log.exception("job %s: the worker failed while running it", taken.job_id)
-            with contextlib.suppress(Exception):  # Redis may be what failed
-                message = "the worker failed while running this job; see its log"
+            message = "the worker failed while running this job; see its log"
+            try:
                 await self._end(taken.job_id, "error", code="internal_error", message=message)
+            except Exception:  # not ended: the entry stays pending, for this worker's successor
+                log.exception("job %s: could not end it", taken.job_id)
+                ended = False
         finally:
             self._busy -= 1
             self._idle_since = time.monotonic()
-            await asyncio.to_thread(shutil.rmtree, folder, True)
-            if not stopped:
+            await asyncio.to_thread(shutil.rmtree, scratch, True)
+            if ended:
                 await self._done(taken)
+
+    async def _run_until_ended(self, taken: Taken, scratch: Path) -> None:
+        """Run the job until it ends. One whose worker process died runs again here at once,
+        ahead of the jobs that wait (as the one-process server puts it first in its queue), and
+        so does one that Redis failed before it trained; its entry stays this worker's."""
+        again = taken.deliveries > 1  # claimed from a worker that died: it may have started
+        while True:
+            try:
+                record = await self.state.job(taken.job_id)
+                if record is None or record.status.finished:
+                    return
+                if record.status is JobStatus.RUNNING and not again:
+                    return  # an entry queued twice (a resent XADD): the job runs where it was taken first
+                if not await self._train(record, scratch):
+                    return
+            except UNREACHABLE as error:
+                if self._stopping:
+                    raise asyncio.CancelledError from error
+                log.warning("job %s: Redis failed (%s); it runs again once Redis answers", taken.job_id, error)
+                await asyncio.sleep(1.0)
+            again = True
 
     async def _done(self, taken: Taken) -> None:
         """Off the queue: until then, the entry is this (live) worker's, and nobody would run it."""
@@ -238,21 +279,20 @@ class RedisWorker:
                 format: await asyncio.to_thread(self.artifacts.read, artifact.artifact_id, format) for format in FORMATS
             }
             created = time.time()
-            await self.state.put_artifact(
-                event_data.artifact_record(job_id, request, data, outcome, artifact, created), files
-            )
+            stored = event_data.artifact_record(job_id, request, data, outcome, artifact, created)
+            await self._persist("keeping the model", lambda: self.state.put_artifact(stored, files))
             self.artifacts.delete(artifact.artifact_id)
-            ingest_timings = await self.state.ingest_timings(job_id)
+            ingest_timings = await self._persist("reading the job", lambda: self.state.ingest_timings(job_id))
             complete = event_data.complete(
                 artifact, request.artifact_format, outcome, data, ingest_timings, started_at - record.created_at
             )
-            ended = await self.state.append_event(
+            ended = await self._persist("ending the job", lambda: self.state.append_event(
                 job_id, "complete", complete, terminal=True, status=JobStatus.SUCCEEDED, finished_at=created,
                 artifact_id=artifact.artifact_id, metrics=outcome.metrics, iteration=outcome.iterations, eta_s=None,
-            )  # fmt: skip
+            ))  # fmt: skip
             if ended <= 0:  # the job was deleted, or ended otherwise, meanwhile: nobody owns this model
-                await self.state.delete_artifact(artifact.artifact_id)
-        await self.state.drop_input(job_id)
+                await self._persist("deleting a model", lambda: self.state.delete_artifact(artifact.artifact_id))
+        await self._persist("dropping the job's table", lambda: self.state.drop_input(job_id))
         return False
 
     async def _fit(self, record: JobRecord, folder: Path) -> tuple[Any, bool, float]:
@@ -301,15 +341,17 @@ class RedisWorker:
 
     async def _write_progress(self, job_id: str, writes: asyncio.Queue[Progress | None]) -> None:
         while (delivered := await writes.get()) is not None:
-            await self.state.append_event(
-                job_id, "progress", event_data.progress(delivered), **event_data.progress_fields(delivered)
-            )
+            data, fields = event_data.progress(delivered), event_data.progress_fields(delivered)
+            write = functools.partial(self.state.append_event, job_id, "progress", data, **fields)
+            await self._persist("writing progress", write)
 
     async def _end(self, job_id: str, event_type: str, **data: Any) -> None:
         status = {"error": JobStatus.FAILED, "cancelled": JobStatus.CANCELLED}[event_type]
         fields: dict[str, Any] = {"status": status, "finished_at": time.time(), "eta_s": None}
         if event_type == "error":
             fields.update(error_code=data["code"], error_message=data["message"])
-        await self.state.append_event(job_id, event_type, data, terminal=True, **fields)
-        await self.state.drop_input(job_id)
+        await self._persist("ending the job", lambda: self.state.append_event(
+            job_id, event_type, data, terminal=True, **fields
+        ))  # fmt: skip
+        await self._persist("dropping the job's table", lambda: self.state.drop_input(job_id))
 
