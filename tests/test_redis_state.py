@@ -452,3 +452,20 @@ def test_a_process_never_claims_its_own_work_and_claims_only_after_a_heartbeats_
     standing.broken()  # Redis failed it
     standing.renewed()
     assert not standing.may_claim
+
+
+def test_more_followers_than_a_redis_client_keeps_connections_by_default_all_get_every_event(redis_server):
+    async def scenario(state: RedisState) -> list[list[int]]:
+        await state.insert_job(record("j"))
+
+        async def follower() -> list[int]:
+            return [event.id async for event in state.follow("j", block_ms=2000)]
+
+        followers = [asyncio.ensure_future(follower()) for _ in range(150)]  # redis-py's default: 100
+        await asyncio.sleep(0.5)  # all waiting on XREAD, each on a connection of its own
+        for i in range(1, 4):
+            await state.append_event("j", "progress", {"iteration": i})
+        await state.append_event("j", "complete", {}, terminal=True, status=JobStatus.SUCCEEDED)
+        return await asyncio.wait_for(asyncio.gather(*followers), 20)
+
+    assert run(redis_server, scenario) == [[1, 2, 3, 4]] * 150

@@ -53,6 +53,9 @@ from boostream.trainers.base import TrainingData
 
 GROUP = "workers"
 SLICE_BYTES = 64 * 1024**2  # the most of a table sent in one Redis command
+# Each client following a job's events holds a connection while it waits for the next (XREAD
+# BLOCK): redis-py's default of 100 per process refused the 101st follower of a replica.
+MAX_CONNECTIONS = 10_000
 WEBHOOK_GROUP = "webhooks"  # API replicas, reading the jobs that ended and owe a webhook
 # The policies that never evict a key; any other can drop a job's log or its model under memory
 # pressure.
@@ -215,7 +218,9 @@ class RedisState:
         # command fails.
         retry_on = [RedisConnectionError, RedisTimeoutError]
         backoff = ExponentialBackoff(cap=1.0, base=0.05)
-        self.redis: Any = aioredis.Redis.from_url(url, retry=Retry(backoff, retries=6), retry_on_error=retry_on)
+        self.redis: Any = aioredis.Redis.from_url(
+            url, retry=Retry(backoff, retries=6), retry_on_error=retry_on, max_connections=MAX_CONNECTIONS
+        )
         # For tables, in threads (see _put_input).
         self.bulk: Any = redis.Redis.from_url(url, retry=SyncRetry(backoff, retries=6), retry_on_error=retry_on)
         self._append = self.redis.register_script(APPEND_EVENT)

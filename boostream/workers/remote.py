@@ -335,8 +335,11 @@ class RedisWorker:
         return outcome, timed_out, limit_s
 
     async def _watch_cancel(self, job_id: str) -> None:
-        while not await self.state.cancel_requested(job_id):
+        asked = False
+        while not asked:
             await asyncio.sleep(CANCEL_CHECK_S)
+            async with self._redis_may_fail("looking for a cancel"):  # a cancel asked during an outage is seen after
+                asked = await self.state.cancel_requested(job_id)
         self.pool.stop(job_id)
 
     async def _write_progress(self, job_id: str, writes: asyncio.Queue[Progress | None]) -> None:
