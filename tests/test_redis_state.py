@@ -469,3 +469,32 @@ def test_more_followers_than_a_redis_client_keeps_connections_by_default_all_get
         return await asyncio.wait_for(asyncio.gather(*followers), 20)
 
     assert run(redis_server, scenario) == [[1, 2, 3, 4]] * 150
+
+
+def test_a_replicas_followers_of_one_job_share_one_reader_and_each_gets_what_it_asked_for(redis_server):
+    async def scenario(state: RedisState) -> None:
+        engine = engine_over(state)
+        await state.insert_job(record("j"))
+        for i in range(1, 3):
+            await state.append_event("j", "progress", {"iteration": i})
+
+        async def follower(after: int) -> list[int]:
+            return [event.id async for event in engine.events("j", after)]
+
+        early = [asyncio.ensure_future(follower(after)) for after in (0, 1, 2) for _ in range(20)]
+        await asyncio.sleep(0.3)
+        assert len(engine._tails) == 1, "one reader for the job, whatever the number of followers"
+        for i in range(3, 6):
+            await state.append_event("j", "progress", {"iteration": i})
+        await asyncio.sleep(0.3)
+        late = [asyncio.ensure_future(follower(after)) for after in (0, 4) for _ in range(20)]  # join mid-way
+        await asyncio.sleep(0.3)
+        await state.append_event("j", "progress", {"iteration": 6})
+        await state.append_event("j", "cancelled", {}, terminal=True, status=JobStatus.CANCELLED)
+        seen = await asyncio.wait_for(asyncio.gather(*early, *late), 20)
+        expected = [list(range(after + 1, 8)) for after in (0, 1, 2) for _ in range(20)]
+        expected += [list(range(after + 1, 8)) for after in (0, 4) for _ in range(20)]
+        assert seen == expected, "every event after the one asked for, once, in order"
+        assert engine._tails == {}, "the reader ends with its last follower"
+
+    run(redis_server, scenario)

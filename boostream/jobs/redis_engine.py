@@ -102,6 +102,7 @@ class RedisEngine:
         self._sending: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._standing = Standing(REPLICA_DEAD_AFTER_S)
+        self._tails: dict[str, _Tail] = {}  # the jobs this replica's clients follow live
 
     async def start(self) -> None:
         await self.state.check_policy()
@@ -192,8 +193,31 @@ class RedisEngine:
         return self.when_no_worker == "wait"
 
     async def events(self, job_id: str, after: int) -> AsyncGenerator[Event, None]:
-        async for event in self.state.follow(job_id, after):
+        position = after
+        for event in await self.state.events(job_id, after):  # what the client missed
             yield await self._with_artifact(event) if event.type == "complete" else event
+            position = event.id
+            if event.terminal:
+                return
+        tail = self._tails.get(job_id)
+        if tail is None:
+            tail = self._tails[job_id] = _Tail(job_id, position, self)
+        tail.followers += 1
+        try:
+            if position < tail.start:  # the tail began after this client's replay: what lies between
+                for event in await self.state.events(job_id, position):
+                    if event.id > tail.start:
+                        break
+                    yield await self._with_artifact(event) if event.type == "complete" else event
+                    position = event.id
+            async for event in tail.after(position):
+                yield event
+        finally:
+            tail.followers -= 1
+            if not tail.followers:
+                tail.stop()
+                if self._tails.get(job_id) is tail:
+                    del self._tails[job_id]
 
     @_reachable
     async def has_events_after(self, job_id: str, after: int) -> bool:
@@ -349,4 +373,64 @@ class RedisEngine:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+class _Tail:
+    """A job's live events on one replica, read from Redis once for all the clients that follow
+    it there (with its artifact, once): one command per wake-up, not one per client. Its events
+    are kept until the last client leaves; each client reads them at its own pace."""
+
+    def __init__(self, job_id: str, start: int, engine: RedisEngine) -> None:
+        self.job_id = job_id
+        self.start = start  # the id before the first event this tail holds
+        self.followers = 0
+        self._events: list[Event] = []
+        self._changed = asyncio.Event()
+        self._ended = False
+        self._error: BaseException | None = None
+        self._task = asyncio.get_running_loop().create_task(self._read(engine))
+
+    async def after(self, position: int) -> AsyncGenerator[Event, None]:
+        """The events after `position` (at least `start`), until the job's end."""
+        while True:
+            changed = self._changed
+            for event in self._events[max(0, position - self.start) :]:
+                if event.id <= position:
+                    continue
+                yield event
+                position = event.id
+                if event.terminal:
+                    return
+            if self._error is not None:
+                raise self._error
+            if self._ended:
+                return
+            await changed.wait()
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+    async def _read(self, engine: RedisEngine) -> None:
+        position = self.start
+        try:
+            while True:
+                events = await engine.state.next_events(self.job_id, position)
+                if events is None:
+                    break  # deleted meanwhile
+                for event in events:
+                    self._events.append(await engine._with_artifact(event) if event.type == "complete" else event)
+                    position = event.id
+                self._notify()
+                if events and events[-1].terminal:
+                    break
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # Redis out of reach: its clients' streams end, and they resume elsewhere
+            self._error = StoreUnreachable(f"the job store (Redis) cannot be reached ({error}); try again")
+        self._ended = True
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 

@@ -394,23 +394,24 @@ class RedisState:
 
     async def follow(self, job_id: str, after: int = 0, block_ms: int = 1000) -> AsyncGenerator[Event, None]:
         """The events after `after`, then live ones, until the terminal event (or the job is gone)."""
-        position, events = after, await self.events(job_id, after)
-        while True:
+        position = after
+        events: list[Event] | None = await self.events(job_id, after)
+        while events is not None:
             for event in events:
                 yield event
                 position = event.id
                 if event.terminal:
                     return
-            # The next ones, as soon as they are appended: one command per wake-up, whatever the
-            # number of subscribers on this replica.
-            answer = await self.redis.xread({self._events(job_id): f"0-{position}"}, count=1000, block=block_ms)
-            if answer:
-                ((_, entries),) = answer
-                events = [_event(entry_id, entry) for entry_id, entry in entries]
-            elif await self.redis.exists(self._job(job_id)):
-                events = []
-            else:
-                return  # deleted (or expired) meanwhile
+            events = await self.next_events(job_id, position, block_ms)
+
+    async def next_events(self, job_id: str, after: int, block_ms: int = 1000) -> list[Event] | None:
+        """The events after `after` as soon as there are any (one command), or none after
+        `block_ms`; None when the job is gone (deleted, or expired)."""
+        answer = await self.redis.xread({self._events(job_id): f"0-{after}"}, count=1000, block=block_ms)
+        if answer:
+            ((_, entries),) = answer
+            return [_event(entry_id, entry) for entry_id, entry in entries]
+        return [] if await self.redis.exists(self._job(job_id)) else None
 
     async def request_cancel(self, job_id: str) -> None:
         """Ask the worker running the job to stop it (it looks between its rounds)."""
