@@ -294,13 +294,7 @@ class Server:
     def stop(self) -> None:
         process, self.process = self.process, None
         if process is not None:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=10)
+            terminate(process, grace_s=10)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -489,13 +483,7 @@ class RedisServer:
     def stop(self) -> None:
         process, self.process = self.process, None
         if process is not None:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=10)
+            terminate(process, grace_s=20)
             kill_group(process.pid)
             unwatch_group(process.pid)
         if self.directory is not None and os.environ.get("BENCH_KEEP_DATA") != "1":
@@ -740,3 +728,15 @@ def print_e2e(label: str, r: dict[str, Any]) -> None:
         f" (receiving the body {r['receive_s']:6.3f} s; the rest {r['own_s']:6.3f} s = {r['own_pct']:4.1f}%)"
     )
     sys.stdout.flush()
+
+
+def terminate(process: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM, and SIGKILL if it has not exited after `grace_s`."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+

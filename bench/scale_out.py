@@ -116,6 +116,7 @@ from _common import (  # noqa: E402
     stream_events,
     stream_train,
     summary,
+    terminate,
     train_body,
     unwatch_group,
     verdict,
@@ -307,14 +308,8 @@ class Worker:
 
     def stop(self) -> None:
         process = self.process
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
         if process is not None:
+            terminate(process, grace_s=20)
             end_group(process.pid, f"boostream worker ({self.name})")
         if os.environ.get("BENCH_KEEP_DATA") != "1":
             shutil.rmtree(self.folder, ignore_errors=True)
