@@ -216,6 +216,7 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def _worker(args: argparse.Namespace) -> int:
     import asyncio
+    import secrets
     import signal
     import socket
     import tempfile
@@ -248,7 +249,9 @@ def _worker(args: argparse.Namespace) -> int:
     if not any(a.available for a in availability.values()):
         reasons = "; ".join(f"{name}: {a.reason}" for name, a in availability.items())
         raise Failure(f"nothing can train on the {args.device.upper()} here ({reasons})")
-    worker_id = f"{socket.gethostname()}-{os.getpid()}"
+    # A restarted container has the same host name, and often the same pid: the suffix keeps a new
+    # process from taking the place (and the pending jobs, which nobody would then claim) of the last.
+    worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
     async def work(directory: Path) -> None:
         state = RedisState(settings.redis, shared_dir=settings.shared_path)

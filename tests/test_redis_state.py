@@ -20,7 +20,7 @@ from boostream.errors import TooLarge
 from boostream.jobs import inputs, redis_state
 from boostream.jobs.records import JobRecord, JobRequest, JobStatus
 from boostream.jobs.redis_engine import RedisEngine
-from boostream.jobs.redis_state import InputElsewhere, PolicyRefused, RedisState, Standing
+from boostream.jobs.redis_state import InputElsewhere, PolicyRefused, RedisState, Standing, redacted
 from boostream.jobs.webhooks import WebhookPolicy, WebhookSender
 from boostream.models.artifacts import ArtifactRecord, StoredBlob
 from boostream.trainers import create_trainers
@@ -429,6 +429,12 @@ def test_an_event_sent_again_after_its_answer_was_lost_is_written_once(redis_ser
         assert [event.type for event in await state.events("j")] == ["started", "complete"]
         assert await state.append_event("j", "cancelled", {}, terminal=True) == 0, "and it still ends once"
 
+        # Made again by its writer, with the same token, after an outage outlived redis-py's resends.
+        await state.insert_job(record("k"))
+        assert await state.append_event("k", "complete", {}, terminal=True, token="t") == 1
+        assert await state.append_event("k", "complete", {}, terminal=True, token="t") == 1
+        assert len(await state.events("k")) == 1
+
     run(redis_server, scenario)
 
 
@@ -498,3 +504,33 @@ def test_a_replicas_followers_of_one_job_share_one_reader_and_each_gets_what_it_
         assert engine._tails == {}, "the reader ends with its last follower"
 
     run(redis_server, scenario)
+
+
+def test_a_follower_asking_for_events_past_the_last_holds_up_no_other_follower(redis_server):
+    async def scenario(state: RedisState) -> tuple[list[int], list[int]]:
+        engine = engine_over(state)
+        await state.insert_job(record("j"))
+        await state.append_event("j", "progress", {"iteration": 1})
+
+        async def follower(after: int) -> list[int]:
+            return [event.id async for event in engine.events("j", after)]
+
+        ahead = asyncio.ensure_future(follower(1000))  # a Last-Event-ID from elsewhere, first to come
+        await asyncio.sleep(0.3)
+        honest = asyncio.ensure_future(follower(0))
+        await asyncio.sleep(0.3)
+        for i in range(2, 4):
+            await state.append_event("j", "progress", {"iteration": i})
+        await state.append_event("j", "cancelled", {}, terminal=True, status=JobStatus.CANCELLED)
+        return await asyncio.wait_for(honest, 10), await asyncio.wait_for(ahead, 10)
+
+    honest, ahead = run(redis_server, scenario)
+    assert honest == [1, 2, 3, 4]
+    assert ahead == [], "nothing past what it asked for"
+
+
+def test_a_redis_password_is_never_shown():
+    assert redacted("redis://:secret@host:6379/0") == "redis://:***@host:6379/0"
+    assert redacted("redis://user:secret@host/1") == "redis://user:***@host/1"
+    assert redacted("redis://host/0?password=secret&db=2") == "redis://host/0?password=***&db=2"
+    assert redacted("redis://host:6379/0") == "redis://host:6379/0"

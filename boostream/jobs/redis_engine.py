@@ -151,15 +151,28 @@ class RedisEngine:
             total=self.trainers[request.model_type].rounds(request.params),
         )
         await self.state.put_input(record.id, data, self.max_input_bytes, saved_at)  # first: it may be too large
+        try:
+            record = await self._queue(record, ingest_timings, waiting, served)
+        except BaseException:
+            with contextlib.suppress(Exception):  # no job will ever drop it
+                await self.state.drop_input(record.id)
+            raise
+        if saved_at is not None:  # the decoder's copy, unless it was moved: the table is kept now
+            await asyncio.to_thread(shutil.rmtree, saved_at, True)
+        return dataclasses.replace(record, waiting_for_worker=not served)
+
+    async def _queue(
+        self, record: JobRecord, ingest_timings: dict[str, float], waiting: int, served: bool
+    ) -> JobRecord:
+        """Keep the job's record, its first event, and its place in its device's queue."""
+        device = record.device
         record = await self.state.insert_job(record, ingest_timings)
         queued: dict[str, Any] = {"position": waiting + 1, "device": device}
         if not served:
             queued.update(waiting_for_worker=True, reason=f"no {device.upper()} worker is up; the job waits for one")
         await self.state.append_event(record.id, "queued", queued)
         await self.state.enqueue(device, record.id)
-        if saved_at is not None:  # the decoder's copy, unless it was moved: the table is kept now
-            await asyncio.to_thread(shutil.rmtree, saved_at, True)
-        return dataclasses.replace(record, waiting_for_worker=not served)
+        return record
 
     @_reachable
     async def job(self, job_id: str) -> JobRecord | None:
@@ -200,8 +213,10 @@ class RedisEngine:
             if event.terminal:
                 return
         tail = self._tails.get(job_id)
-        if tail is None:
-            tail = self._tails[job_id] = _Tail(job_id, position, self)
+        if tail is None or tail.failed:  # none yet, or one that Redis failed: a new one
+            # From an id the job has: a client's Last-Event-ID may be ahead of it.
+            start = min(position, await self.state.last_event_id(job_id))
+            tail = self._tails[job_id] = _Tail(job_id, start, self)
         tail.followers += 1
         try:
             if position < tail.start:  # the tail began after this client's replay: what lies between
@@ -387,7 +402,7 @@ class _Tail:
         self._events: list[Event] = []
         self._changed = asyncio.Event()
         self._ended = False
-        self._error: BaseException | None = None
+        self._error: str | None = None
         self._task = asyncio.get_running_loop().create_task(self._read(engine))
 
     async def after(self, position: int) -> AsyncGenerator[Event, None]:
@@ -402,7 +417,7 @@ class _Tail:
                 if event.terminal:
                     return
             if self._error is not None:
-                raise self._error
+                raise StoreUnreachable(self._error)
             if self._ended:
                 return
             await changed.wait()
@@ -420,15 +435,20 @@ class _Tail:
                 for event in events:
                     self._events.append(await engine._with_artifact(event) if event.type == "complete" else event)
                     position = event.id
-                self._notify()
+                if events:
+                    self._notify()
                 if events and events[-1].terminal:
                     break
         except asyncio.CancelledError:
             raise
         except Exception as error:  # Redis out of reach: its clients' streams end, and they resume elsewhere
-            self._error = StoreUnreachable(f"the job store (Redis) cannot be reached ({error}); try again")
+            self._error = f"the job store (Redis) cannot be reached ({error}); try again"
         self._ended = True
         self._notify()
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
 
     def _notify(self) -> None:
         self._changed.set()

@@ -40,7 +40,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as SyncRetry
 
@@ -100,6 +100,9 @@ return 1
 
 
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# Redis answering but refusing writes for a while: a replica being promoted (READONLY), memory full
+# under noeviction (OOM, until jobs end or expire). Waited out like an outage by what must be kept.
+REFUSING = (ReadOnlyError, OutOfMemoryError)
 
 
 @contextlib.asynccontextmanager
@@ -111,7 +114,7 @@ async def outage_waited(
     `any_error`, any other error too (logged with its traceback): a loop that must never end."""
     try:
         yield
-    except UNREACHABLE as error:
+    except (*UNREACHABLE, *REFUSING) as error:
         task = asyncio.current_task()
         cancelling = getattr(task, "cancelling", None)  # Python 3.11
         if stopping() or (cancelling is not None and cancelling()):
@@ -124,6 +127,11 @@ async def outage_waited(
             raise
         log.exception("%s: failed while %s; trying again in 1 s", who, doing)
         await asyncio.sleep(1.0)
+
+
+def new_token() -> str:
+    """A name for one write (`append_event`), to be given again if it must be made again."""
+    return secrets.token_hex(8)
 
 
 class Standing:
@@ -177,12 +185,32 @@ return position
 
 
 def redacted(url: str) -> str:
-    """The URL without its password, to be logged or shown."""
+    """The URL without its password (user:password@, or ?password=), to be logged or shown."""
     parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return parts._replace(netloc=user + parts.netloc.rsplit("@", 1)[1]).geturl()
+    if parts.password is not None:
+        user = f"{parts.username}:***@" if parts.username else ":***@"
+        parts = parts._replace(netloc=user + parts.netloc.rsplit("@", 1)[1])
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    if any(name == "password" for name, _ in query):
+        shown = [(name, "***" if name == "password" else value) for name, value in query]
+        parts = parts._replace(query=urllib.parse.urlencode(shown, safe="*"))
+    return parts.geturl()
+
+
+# Heartbeats are timed by Redis's clock, not each machine's (a machine whose clock is behind would
+# look dead to the others). HEARTBEAT: KEYS the sorted set of members by when their heartbeat ends,
+# the member's key; ARGV the member, its view (JSON), its life in ms. LIVING: KEYS the sorted set;
+# drops the members whose heartbeat has ended, and returns the others.
+HEARTBEAT = """
+local now = redis.call('TIME')
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('ZADD', KEYS[1], now[1] * 1000 + math.floor(now[2] / 1000) + tonumber(ARGV[3]), ARGV[1])
+"""
+LIVING = """
+local now = redis.call('TIME')
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now[1] * 1000 + math.floor(now[2] / 1000))
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
 
 
 class PolicyRefused(Exception):
@@ -226,6 +254,8 @@ class RedisState:
         self._append = self.redis.register_script(APPEND_EVENT)
         self._update = self.redis.register_script(UPDATE_IF_EXISTS)
         self._announce = self.redis.register_script(ANNOUNCE_POSITIONS)
+        self._heartbeat = self.redis.register_script(HEARTBEAT)
+        self._living = self.redis.register_script(LIVING)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -374,18 +404,23 @@ class RedisState:
         data: dict[str, Any],
         terminal: bool = False,
         only_if: JobStatus | None = None,
+        token: str | None = None,
         **fields: Any,
     ) -> int:
         """Append one event with the row fields that change with it; its id. 0 when the job has
         ended already, or its status is not `only_if` (nothing was written); -1 when there is no
-        such job."""
+        such job. `token` names the write: one made again with it (after an outage lost its
+        answer) returns the id it got, and writes nothing; new when not given."""
         data_json = json.dumps({"job_id": job_id, **data})
         pairs = [item for name, value in fields.items() for item in (name, json.dumps(_plain(value)))]
         keys = [self._job(job_id), self._events(job_id), self._ended, self._finished]
         expected = json.dumps(only_if.value) if only_if is not None else ""
-        token = secrets.token_hex(8)
+        token = token or new_token()
         args: list[Any] = [event_type, data_json, int(terminal), job_id, expected, repr(time.time()), token, *pairs]
         return int(await self._append(keys=keys, args=args))
+
+    async def last_event_id(self, job_id: str) -> int:
+        return int(await self.redis.hget(self._job(job_id), "last_event") or 0)
 
     async def events(self, job_id: str, after: int = 0) -> list[Event]:
         """The events with ids above `after`, in order."""
@@ -503,7 +538,8 @@ class RedisState:
         """Keep a job's arrays until it ends, where its worker will find them; their size. In the
         shared directory when there is one (moving `saved_at`, where they are kept already, when
         given), else in Redis, as `.npy` bytes, TooLarge over `limit_bytes`."""
-        size = sum(array.nbytes for array in _arrays(data).values())
+        arrays: list[np.ndarray] = [getattr(data, name) for name in inputs.ARRAYS if getattr(data, name) is not None]
+        size = sum(array.nbytes for array in arrays)
         if self.shared_dir is not None:
             folder = self._shared_input(job_id)
             await asyncio.to_thread(_save_shared, folder, data, saved_at)
@@ -546,7 +582,9 @@ class RedisState:
         for name, array in _arrays(data).items():
             header = io.BytesIO()
             np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
-            body = array.data.cast("B")
+            # The bytes as `.npy` keeps them: a Fortran-ordered array (a decoded CSV or Parquet
+            # table) as its transpose, which is C-ordered, with fortran_order in the header.
+            body = (array.T if array.flags.f_contiguous and not array.flags.c_contiguous else array).data.cast("B")
             pieces = [header.getvalue(), *(body[i : i + SLICE_BYTES] for i in range(0, len(body), SLICE_BYTES))]
             for number, piece in enumerate(pieces):
                 self.bulk.hset(key, f"{name}:{number}", piece)
@@ -558,6 +596,8 @@ class RedisState:
         key = self._input(job_id)
         folder.mkdir(parents=True, exist_ok=True)
         meta = json.loads(self.bulk.hget(key, inputs.META) or b"{}")
+        if "slices" not in meta:  # dropped meanwhile: the job ended
+            return False
         for name, count in meta.get("slices", {}).items():
             with open(folder / f"{name}.npy", "wb") as file:
                 for number in range(count):
@@ -615,10 +655,7 @@ class RedisState:
     # keys), and a key per id with its view, which expires with it.
 
     async def _beat(self, members: str, key: str, member: str, view: dict[str, Any], ttl_ms: int) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(key, json.dumps(view), px=ttl_ms)
-            pipe.zadd(members, {member: time.time() + ttl_ms / 1000})
-            await pipe.execute()
+        await self._heartbeat(keys=[members, key], args=[member, json.dumps(view), ttl_ms])
 
     async def _forget(self, members: str, key: str, member: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -627,8 +664,7 @@ class RedisState:
             await pipe.execute()
 
     async def _alive(self, members: str, key_of: Callable[[str], str]) -> dict[str, dict[str, Any]]:
-        await self.redis.zremrangebyscore(members, "-inf", time.time())
-        ids = [member.decode() for member in await self.redis.zrange(members, 0, -1)]
+        ids = [member.decode() for member in await self._living(keys=[members])]
         views = await self.redis.mget([key_of(member) for member in ids]) if ids else []
         return {member: json.loads(view) for member, view in zip(ids, views, strict=True) if view is not None}
 
@@ -670,9 +706,13 @@ _NOT_RECORD = (b"last_event", b"last_write", b"cancel_requested", b"queue_entry"
 
 
 def _arrays(data: TrainingData) -> dict[str, np.ndarray]:
-    """The job's arrays, each in one C-ordered block (as `.npy` keeps it)."""
+    """The job's arrays, each in one block, C- or Fortran-ordered (copied only when neither)."""
     found = {name: getattr(data, name) for name in inputs.ARRAYS}
-    return {name: np.ascontiguousarray(array) for name, array in found.items() if array is not None}
+    return {
+        name: array if array.flags.c_contiguous or array.flags.f_contiguous else np.ascontiguousarray(array)
+        for name, array in found.items()
+        if array is not None
+    }
 
 
 def _save_shared(folder: Path, data: TrainingData, saved_at: Path | None) -> None:

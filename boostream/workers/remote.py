@@ -24,11 +24,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from boostream.jobs import event_data, inputs
 from boostream.jobs.records import MAX_ATTEMPTS, JobRecord, JobStatus
-from boostream.jobs.redis_state import UNREACHABLE, InputElsewhere, RedisState, Standing, Taken, outage_waited
+from boostream.jobs.redis_state import InputElsewhere, RedisState, Standing, Taken, new_token, outage_waited
 from boostream.models.artifacts import FORMATS, Artifact, ArtifactStore
 from boostream.progress import Progress, ProgressBridge
 from boostream.trainers.base import Availability, Backend
@@ -212,7 +214,7 @@ class RedisWorker:
                     return  # an entry queued twice (a resent XADD): the job runs where it was taken first
                 if not await self._train(record, scratch):
                     return
-            except UNREACHABLE as error:
+            except (RedisConnectionError, RedisTimeoutError) as error:  # not a local OSError: that fails the job
                 if self._stopping:
                     raise asyncio.CancelledError from error
                 log.warning("job %s: Redis failed (%s); it runs again once Redis answers", taken.job_id, error)
@@ -221,13 +223,7 @@ class RedisWorker:
 
     async def _done(self, taken: Taken) -> None:
         """Off the queue: until then, the entry is this (live) worker's, and nobody would run it."""
-        while True:
-            try:
-                await self.state.done(self.device, taken.entry_id)
-                return
-            except UNREACHABLE as error:
-                log.warning("job %s: could not take it off the queue (%s); trying again in 1 s", taken.job_id, error)
-                await asyncio.sleep(1.0)
+        await self._persist("taking a job off the queue", lambda: self.state.done(self.device, taken.entry_id))
 
     async def _train(self, record: JobRecord, scratch: Path) -> bool:
         """Run the job once; whether it must run again (its worker process died). `scratch`: where
@@ -286,11 +282,15 @@ class RedisWorker:
             complete = event_data.complete(
                 artifact, request.artifact_format, outcome, data, ingest_timings, started_at - record.created_at
             )
+            token = new_token()  # the same on every try: a try whose answer was lost is not made twice
             ended = await self._persist("ending the job", lambda: self.state.append_event(
                 job_id, "complete", complete, terminal=True, status=JobStatus.SUCCEEDED, finished_at=created,
                 artifact_id=artifact.artifact_id, metrics=outcome.metrics, iteration=outcome.iterations, eta_s=None,
+                token=token,
             ))  # fmt: skip
-            if ended <= 0:  # the job was deleted, or ended otherwise, meanwhile: nobody owns this model
+            now = await self._persist("reading the job", lambda: self.state.job(job_id))
+            if ended <= 0 and (now is None or now.artifact_id != artifact.artifact_id):
+                # the job was deleted, or ended otherwise, meanwhile: nobody owns this model
                 await self._persist("deleting a model", lambda: self.state.delete_artifact(artifact.artifact_id))
         await self._persist("dropping the job's table", lambda: self.state.drop_input(job_id))
         return False
@@ -338,14 +338,16 @@ class RedisWorker:
         asked = False
         while not asked:
             await asyncio.sleep(CANCEL_CHECK_S)
-            async with self._redis_may_fail("looking for a cancel"):  # a cancel asked during an outage is seen after
+            # A cancel asked during an outage of Redis is seen after it.
+            async with self._redis_may_fail("looking for a cancel", any_error=True):
                 asked = await self.state.cancel_requested(job_id)
         self.pool.stop(job_id)
 
     async def _write_progress(self, job_id: str, writes: asyncio.Queue[Progress | None]) -> None:
         while (delivered := await writes.get()) is not None:
             data, fields = event_data.progress(delivered), event_data.progress_fields(delivered)
-            write = functools.partial(self.state.append_event, job_id, "progress", data, **fields)
+            token = new_token()
+            write = functools.partial(self.state.append_event, job_id, "progress", data, token=token, **fields)
             await self._persist("writing progress", write)
 
     async def _end(self, job_id: str, event_type: str, **data: Any) -> None:
@@ -353,8 +355,9 @@ class RedisWorker:
         fields: dict[str, Any] = {"status": status, "finished_at": time.time(), "eta_s": None}
         if event_type == "error":
             fields.update(error_code=data["code"], error_message=data["message"])
+        token = new_token()
         await self._persist("ending the job", lambda: self.state.append_event(
-            job_id, event_type, data, terminal=True, **fields
+            job_id, event_type, data, terminal=True, token=token, **fields
         ))  # fmt: skip
         await self._persist("dropping the job's table", lambda: self.state.drop_input(job_id))
 
