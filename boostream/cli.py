@@ -52,6 +52,7 @@ _SERVE_OPTIONS = {
     "mcp_origins": "browser origins /mcp accepts besides those hosts' pages (scheme://host[:port], :* for any port)",
     "model_cache_bytes": "memory for models kept loaded for /predict (by their native size)",
     "max_body_bytes": "largest request body accepted",
+    "body_idle_timeout_s": "seconds a request body may go without a byte before it is refused (408)",
     "max_cells": "largest table accepted, in rows x features",
     "heartbeat_s": "seconds between heartbeat comments on an idle stream",
     "log_level": "debug, info, warning or error",

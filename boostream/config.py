@@ -70,6 +70,8 @@ class Settings:
     progress_interval_s: float = 0.1
     heartbeat_s: float = 15.0
     send_timeout_s: float = 30.0
+    # A request body that goes this long without a byte is refused (408).
+    body_idle_timeout_s: float = 30.0
     log_level: str = "info"
 
     @property

@@ -68,6 +68,12 @@ class InvalidParameter(FieldError):
     code = "invalid_parameter"
 
 
+class TooSlow(BoostreamError):
+    """A client stopped sending its request's body."""
+
+    code = "request_timeout"
+
+
 class TooLarge(BoostreamError):
     """More than a limit of this server allows (body bytes, table cells)."""
 

@@ -65,3 +65,38 @@ def test_a_subscriber_that_stops_reading_is_dropped_after_the_send_timeout(tmp_p
         assert re.search(rf"job {job_id}: client left", server.log()), server.log()[-2000:]
         with server.client() as client:
             assert client.get("/health").status_code == 200
+
+
+def stalled_upload(url: str) -> socket.socket:
+    """A client that sends a training request's headers and a few bytes of its body, then nothing."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = socket.create_connection((host, int(port)))
+    connection.sendall(
+        b"POST /jobs HTTP/1.1\r\nHost: " + host.encode() + b"\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100000\r\n\r\n" + b'{"X": [[1, 2], '
+    )
+    return connection
+
+
+def test_a_body_that_stops_coming_is_refused_with_408_and_holds_up_no_other_request(tmp_path, diabetes):
+    from test_jobs import body_for
+
+    with running_server(tmp_path, body_idle_timeout_s=1.0, cpu_jobs=1) as server:
+        stalled = [stalled_upload(server.url) for _ in range(3)]  # more than the slots that read bodies
+        try:
+            time.sleep(0.2)
+            started = time.monotonic()
+            job_id = server.create_job(body_for(diabetes, 5))  # waits for a slot, not for the stalled
+            assert time.monotonic() - started < 5
+            assert server.wait_for_job(job_id)["status"] == "succeeded"
+            for connection in stalled:
+                connection.settimeout(5)
+                answer = connection.recv(65536).decode()
+                assert answer.startswith("HTTP/1.1 408"), answer
+                assert '"code":"request_timeout"' in answer.replace(" ", "") and "1 s" in answer, answer
+        finally:
+            for connection in stalled:
+                connection.close()
+        # A stream that waits for its events, its request long complete, is not cut off.
+        events = server.events(server.create_job(body_for(diabetes, 300, learning_rate=0.001)))
+        assert events[-1].type == "complete"

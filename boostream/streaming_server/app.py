@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from boostream.config import Settings
@@ -18,6 +19,7 @@ from boostream.mcp_server import McpEndpoint
 from boostream.service import Service
 from boostream.streaming_server.errors import handle_domain_error, handle_http_exception, handle_unexpected_error
 from boostream.streaming_server.routes import Routes
+from boostream.streaming_server.slow_clients import BodyIdleTimeout
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -31,6 +33,7 @@ def create_app(settings: Settings) -> Starlette:
 
     return Starlette(
         routes=[*Routes(service).routes(), Route(MCP_PATH, endpoint=StreamableHTTPASGIApp(mcp.sessions))],
+        middleware=[Middleware(BodyIdleTimeout, idle_s=settings.body_idle_timeout_s)],
         lifespan=lifespan,
         exception_handlers={
             BoostreamError: handle_domain_error,

@@ -21,6 +21,7 @@ STATUS: dict[type[BoostreamError], int] = {
     errors.InvalidData: 400,
     errors.InvalidParameter: 422,
     errors.TooLarge: 413,
+    errors.TooSlow: 408,
     errors.NotFound: 404,
     errors.Gone: 410,
     errors.Untrusted: 403,
