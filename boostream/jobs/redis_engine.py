@@ -31,14 +31,13 @@ from typing import Any, ParamSpec, TypeVar
 
 import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from boostream.config import WHEN_NO_WORKER
 from boostream.errors import QueueFull, StoreUnreachable, Unavailable
 from boostream.jobs.queue import RETRY_AFTER_UNKNOWN_S
 from boostream.jobs.records import Event, JobRecord, JobRequest, JobStatus
-from boostream.jobs.redis_state import UNREACHABLE, RedisState, Standing, Taken, outage_waited
+from boostream.jobs.redis_state import UNREACHABLE, RedisState, Standing, Taken, outage_waited, persisted
 from boostream.jobs.webhooks import WebhookPolicy, WebhookSender, send_job_webhook
 from boostream.models.artifacts import ArtifactRecord
 from boostream.trainers.base import Backend, TrainingData
@@ -311,12 +310,8 @@ class RedisEngine:
 
     async def _heartbeat(self) -> None:
         while not self._stopping:
-            try:
-                await self.state.replica_alive(self.replica_id, int(REPLICA_DEAD_AFTER_S * 1000))
-                self._standing.renewed()
-            except Exception as error:
-                self._standing.broken()
-                log.warning("replica %s: could not say it is alive (%s)", self.replica_id, error)
+            beat = self.state.replica_alive(self.replica_id, int(REPLICA_DEAD_AFTER_S * 1000))
+            await self._standing.renew(beat, log, f"replica {self.replica_id}")
             await asyncio.sleep(REPLICA_DEAD_AFTER_S / 5)
 
     async def _take_webhooks(self) -> None:
@@ -326,14 +321,7 @@ class RedisEngine:
                 if room <= 0:
                     await asyncio.sleep(0.1)
                     continue
-                try:
-                    owed = await self.state.take_ended(self.replica_id, room)
-                except ResponseError as error:
-                    if "NOGROUP" not in str(error):
-                        raise
-                    await self.state.ensure_webhook_group()  # Redis came back without its data
-                    continue
-                for taken in owed:
+                for taken in await self.state.take_ended(self.replica_id, room):
                     self._send_webhook(taken)
 
     async def _claim_webhooks(self) -> None:
@@ -352,20 +340,19 @@ class RedisEngine:
         task.add_done_callback(self._sending.discard)
 
     async def _deliver_webhook(self, taken: Taken) -> None:
-        while True:  # the Redis parts again until they are done: the webhook is owed until then
-            async with self._redis_may_fail(f"sending job {taken.job_id}'s webhook"):
-                record = await self.state.job(taken.job_id)
-                break
+        # The Redis parts are made again until they are done: the webhook is owed until then.
+        job_id = taken.job_id
+        record = await persisted(lambda: self.state.job(job_id), lambda: self._redis_may_fail(f"reading job {job_id}"))
         if record is not None and record.request.callback_url is not None:
             state = await send_job_webhook(self.webhooks, self.webhook_policy, record)
-            while True:
-                async with self._redis_may_fail(f"keeping job {taken.job_id}'s webhook state"):
-                    await self.state.update_job(taken.job_id, callback_state=state)
-                    break
-        while True:
-            async with self._redis_may_fail(f"marking job {taken.job_id}'s webhook sent"):
-                await self.state.ended_done(taken.entry_id)
-                return
+            await persisted(
+                lambda: self.state.update_job(job_id, callback_state=state),
+                lambda: self._redis_may_fail(f"keeping job {job_id}'s webhook state"),
+            )
+        await persisted(
+            lambda: self.state.ended_done(taken.entry_id),
+            lambda: self._redis_may_fail(f"marking job {job_id}'s webhook sent"),
+        )
 
     async def _expire(self) -> None:
         period = min(self.job_ttl_s / 4, 600.0)

@@ -30,9 +30,10 @@ import secrets
 import shutil
 import time
 import urllib.parse
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import redis
@@ -51,6 +52,7 @@ from boostream.models.artifacts import ArtifactRecord, StoredBlob
 from boostream.models.signing import configured_key
 from boostream.trainers.base import TrainingData
 
+T = TypeVar("T")
 GROUP = "workers"
 SLICE_BYTES = 64 * 1024**2  # the most of a table sent in one Redis command
 # Each client following a job's events holds a connection while it waits for the next (XREAD
@@ -134,6 +136,14 @@ def new_token() -> str:
     return secrets.token_hex(8)
 
 
+async def persisted(write: Callable[[], Awaitable[T]], waited: Callable[[], AbstractAsyncContextManager[None]]) -> T:
+    """What `write` returns, made again until it succeeds: what must not be lost (an event, a
+    model, a webhook owed). `waited()` (an `outage_waited`) says which failures are waited out."""
+    while True:
+        async with waited():
+            return await write()
+
+
 class Standing:
     """Whether a process may claim what processes that look dead held (their heartbeat has
     ended): only once its own heartbeat has been renewed without a break for a heartbeat's whole
@@ -150,6 +160,15 @@ class Standing:
 
     def broken(self) -> None:
         self._since = None
+
+    async def renew(self, beat: Awaitable[None], log: logging.Logger, who: str) -> None:
+        """Make one heartbeat, and keep the standing it gives, or lose it with the heartbeat."""
+        try:
+            await beat
+            self.renewed()
+        except Exception as error:
+            self.broken()
+            log.warning("%s: could not say it is alive (%s)", who, error)
 
     @property
     def may_claim(self) -> bool:
@@ -480,12 +499,23 @@ class RedisState:
 
     async def take(self, device: str, consumer: str, block_ms: int = 1000) -> Taken | None:
         """The next job waiting on `device`, now pending for `consumer`; None after `block_ms`."""
-        answer = await self.redis.xreadgroup(GROUP, consumer, {self._queue(device): ">"}, count=1, block=block_ms)
+        taken = await self._read_group(self._queue(device), GROUP, consumer, 1, block_ms)
+        return taken[0] if taken else None
+
+    async def _read_group(self, stream: str, group: str, consumer: str, count: int, block_ms: int) -> list[Taken]:
+        """Up to `count` entries new to `group`, now pending for `consumer`. A group that Redis lost
+        (it came back without its data) is made again, and this read gives none."""
+        try:
+            answer = await self.redis.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
+        except ResponseError as error:
+            if "NOGROUP" not in str(error):
+                raise
+            await self._ensure_group(stream, group)
+            return []
         if not answer:
-            return None
-        (_, entries), = answer
-        entry_id, entry = entries[0]
-        return Taken(entry_id.decode(), entry[b"job_id"].decode())
+            return []
+        ((_, entries),) = answer
+        return [Taken(entry_id.decode(), entry[b"job_id"].decode()) for entry_id, entry in entries]
 
     async def done(self, device: str, entry_id: str) -> None:
         """The job taken as `entry_id` will not run again: off the queue for good."""
@@ -682,11 +712,7 @@ class RedisState:
 
     async def take_ended(self, consumer: str, count: int, block_ms: int = 1000) -> list[Taken]:
         """Jobs that ended and owe a webhook, each given to one replica (`consumer`) only."""
-        answer = await self.redis.xreadgroup(WEBHOOK_GROUP, consumer, {self._ended: ">"}, count=count, block=block_ms)
-        if not answer:
-            return []
-        (_, entries), = answer
-        return [Taken(entry_id.decode(), entry[b"job_id"].decode()) for entry_id, entry in entries]
+        return await self._read_group(self._ended, WEBHOOK_GROUP, consumer, count, block_ms)
 
     async def claim_ended(self, consumer: str) -> list[Taken]:
         """The webhooks that replicas no longer alive had taken and not sent, now `consumer`'s."""

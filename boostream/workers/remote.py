@@ -25,12 +25,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from boostream.jobs import event_data, inputs
 from boostream.jobs.records import MAX_ATTEMPTS, JobRecord, JobStatus
-from boostream.jobs.redis_state import InputElsewhere, RedisState, Standing, Taken, new_token, outage_waited
+from boostream.jobs.redis_state import (
+    InputElsewhere,
+    RedisState,
+    Standing,
+    Taken,
+    new_token,
+    outage_waited,
+    persisted,
+)
 from boostream.models.artifacts import FORMATS, Artifact, ArtifactStore
 from boostream.progress import Progress, ProgressBridge
 from boostream.trainers.base import Availability, Backend
@@ -121,13 +128,7 @@ class RedisWorker:
                 await self._run(self._handed.get_nowait())
                 continue
             async with self._redis_may_fail("taking a job", any_error=True):
-                try:
-                    taken = await self.state.take(self.device, self.worker_id, block_ms=500)
-                except ResponseError as error:
-                    if "NOGROUP" not in str(error):
-                        raise
-                    await self.state.ensure_group(self.device)  # Redis came back without its data
-                    continue
+                taken = await self.state.take(self.device, self.worker_id, block_ms=500)
                 if taken is not None:
                     await self._run(taken)
 
@@ -155,12 +156,8 @@ class RedisWorker:
                 "heartbeat_at": time.time(),
                 "backends": {name: availability_view(a, self.device) for name, a in self.availability.items()},
             }
-            try:
-                await self.state.heartbeat(self.worker_id, view, ttl_ms=int(self.dead_after_s * 1000))
-                self._standing.renewed()
-            except Exception as error:
-                self._standing.broken()
-                log.warning("worker %s: could not say it is alive (%s)", self.worker_id, error)
+            beat = self.state.heartbeat(self.worker_id, view, ttl_ms=int(self.dead_after_s * 1000))
+            await self._standing.renew(beat, log, f"worker {self.worker_id}")
             await asyncio.sleep(self.dead_after_s / 5)
 
     def _redis_may_fail(self, doing: str, any_error: bool = False) -> contextlib.AbstractAsyncContextManager[None]:
@@ -168,9 +165,7 @@ class RedisWorker:
 
     async def _persist(self, doing: str, write: Callable[[], Awaitable[T]]) -> T:
         """A Redis call that must not be lost (an event, a model): made again until Redis answers."""
-        while True:
-            async with self._redis_may_fail(doing):
-                return await write()
+        return await persisted(write, lambda: self._redis_may_fail(doing))
 
     # Running one
 
