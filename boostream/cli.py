@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -15,18 +16,28 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from boostream import __version__
-from boostream.client import TERMINAL_EVENTS, ApiError, Client, Event, Unreachable, server_from_environment, table_kind
+from boostream.client import (
+    TERMINAL_EVENTS,
+    ApiError,
+    Client,
+    Event,
+    Unreachable,
+    api_key_from_environment,
+    server_from_environment,
+    table_kind,
+)
 from boostream.config import WHEN_NO_WORKER, Settings, env_name, from_environment, threads_per_job
 from boostream.errors import BoostreamError, Conflict, Unavailable
 
 if TYPE_CHECKING:  # the service's modules load numpy, msgspec and pyarrow: only `train --local` needs them
     import pyarrow as pa
 
+    from boostream.keys import KeyStore
     from boostream.service import Service
 
 _SERVE_OPTIONS = {
@@ -48,8 +59,12 @@ _SERVE_OPTIONS = {
     "max_training_s": "longest a job may train, in seconds",
     "job_ttl_s": "seconds a finished job and its artifact are kept",
     "webhook_hosts": "hosts callback_url may name, comma-separated (host or host:port; * for any)",
-    "mcp_hosts": "hosts /mcp accepts besides loopback and the bound address, comma-separated",
-    "mcp_origins": "browser origins /mcp accepts besides those hosts' pages (scheme://host[:port], :* for any port)",
+    "no_auth": "serve everyone without API keys, even on an address beyond loopback",
+    "allowed_hosts": "host names clients reach this server by, besides loopback and the bound address "
+    "(host or host:port, comma-separated); others get 421",
+    "allowed_origins": "browser origins whose pages may call this server (CORS, /mcp), comma-separated "
+    "(scheme://host[:port], :* for any port)",
+    "session_ttl_s": "seconds a browser stays signed in (POST /session)",
     "model_cache_bytes": "memory for models kept loaded for /predict (by their native size)",
     "max_body_bytes": "largest request body accepted",
     "body_idle_timeout_s": "seconds a request body may go without a byte before it is refused (408)",
@@ -174,6 +189,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_cancel(commands)
     _add_predict(commands)
     _add_demo_data(commands)
+    _add_keys(commands)
     return parser
 
 
@@ -183,6 +199,14 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     defaults = Settings()
     types = {field.name: field.type for field in dataclasses.fields(Settings)}
     for name, help_text in _SERVE_OPTIONS.items():
+        if str(types[name]) == "bool":
+            serve.add_argument(
+                "--" + name.replace("_", "-"),
+                action="store_true",
+                default=None,
+                help=f"{help_text} (env {env_name(name)}=1)",
+            )
+            continue
         kind = {"int": int, "float": float}.get(str(types[name]), str)
         serve.add_argument(
             "--" + name.replace("_", "-"),
@@ -225,6 +249,7 @@ def _worker(args: argparse.Namespace) -> int:
     from boostream.jobs.redis_state import PolicyRefused, RedisState, redacted
     from boostream.memory import avoid_huge_pages
     from boostream.models.artifacts import ArtifactStore
+    from boostream.models.signing import SigningKeys
     from boostream.trainers import create_trainers
     from boostream.workers.local import LocalWorkers, WorkerConfig
     from boostream.workers.remote import RedisWorker
@@ -258,7 +283,7 @@ def _worker(args: argparse.Namespace) -> int:
         state = RedisState(settings.redis, shared_dir=settings.shared_path)
         try:
             await state.check_policy()
-            key = await state.secret_key(settings.secret_key or None)
+            key = SigningKeys.of(await state.secret_key(settings.secret_key or None)).artifacts
             config = WorkerConfig(args.device, threads, directory / "artifacts", key, settings.log_level)
             pool = LocalWorkers(config, args.jobs, settings.worker_memory_bytes, settings.stop_grace_s)
             worker = RedisWorker(
@@ -327,6 +352,9 @@ def _client_command(
         name, help=help, description=help, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     command.add_argument("--server", metavar="URL", help="the boostream server (env BOOSTREAM_SERVER)")
+    command.add_argument(
+        "--api-key", metavar="KEY", help="the API key, where the server needs one (env BOOSTREAM_API_KEY)"
+    )
     command.set_defaults(run=run)
     return command
 
@@ -420,6 +448,84 @@ def _add_predict(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     predict.add_argument("--out", type=Path, metavar="FILE", help="write the predictions here instead of to stdout")
 
 
+def _add_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = commands.add_parser(
+        "keys",
+        help="create, list and revoke API keys",
+        description="API keys of a server: once one exists, every request needs one. They are kept where the "
+        "server keeps its jobs (--data-dir, or --redis), hashed: a key is printed once, when it is made.",
+    )
+    actions = keys.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="make a key and print it (once) to stdout")
+    create.add_argument("name", metavar="NAME", help="who it is for: the jobs it creates belong to this name")
+    create.add_argument("--admin", action="store_true", help="it sees and acts on every job, not only its own")
+    listing = actions.add_parser("list", help="every key: id, name, admin, created, revoked")
+    listing.add_argument("--json", action="store_true", help="as JSON lines")
+    revoke = actions.add_parser("revoke", help="revoke a key by its id, or every key of a name")
+    revoke.add_argument("key", metavar="ID|NAME")
+    for action in (create, listing, revoke):
+        action.add_argument("--data-dir", help=f"the server's data directory (env {env_name('data_dir')})")
+        action.add_argument("--redis", metavar="URL", help=f"the servers' Redis (env {env_name('redis')})")
+        action.set_defaults(run=_keys)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from boostream.views import iso
+
+    settings = from_environment(data_dir=args.data_dir, redis=args.redis)
+
+    async def run() -> None:
+        async with _key_store(settings) as store:
+            if args.action == "create":
+                key, record = await store.create(args.name, args.admin)
+                print(key)
+                role = "an admin key" if record.admin else "a key"
+                _say(f"made {role} for {record.name} (id {record.id}); it is shown only now: keep it")
+            elif args.action == "revoke":
+                for record in await store.revoke(args.key):
+                    _say(f"revoked key {record.id} ({record.name})")
+            elif args.json:
+                for record in await store.records():
+                    print(json.dumps(record.view()))
+            else:
+                print(f"{'ID':<14}{'NAME':<24}{'ADMIN':<7}{'CREATED':<21}REVOKED")
+                for record in await store.records():
+                    created, revoked = _time_cell(iso(record.created_at)), _time_cell(iso(record.revoked_at))
+                    print(f"{record.id:<14}{record.name:<24}{'yes' if record.admin else '':<7}{created:<21}{revoked}")
+
+    if settings.redis:
+        _wait_for_redis(settings.redis)
+    try:
+        asyncio.run(run())
+    except (ValueError, LookupError) as error:  # a name it cannot take, no such key
+        raise UsageError(str(error).strip("'\"")) from None
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def _key_store(settings: Settings) -> AsyncIterator[KeyStore]:
+    """The API keys where these settings keep jobs: in Redis, else in the data directory."""
+    from boostream.keys import RedisKeys, SqliteKeys
+
+    if settings.redis:
+        from boostream.jobs.redis_state import RedisState
+
+        state = RedisState(settings.redis)
+        try:
+            yield RedisKeys(state.redis, state.prefix)
+        finally:
+            await state.close()
+    else:
+        store = SqliteKeys(settings.data_dir)
+        try:
+            yield store
+        finally:
+            store.close()
+
+
 def _add_demo_data(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = commands.add_parser(
         "demo-data", help="write the demo tables (CSV, Parquet, a JSON request) to try the server with"
@@ -449,6 +555,7 @@ def _serve(args: argparse.Namespace) -> int:
             check_data_dir_free(settings.data_dir)  # in the app's startup, uvicorn would print a traceback
     except DataDirInUse as error:
         raise Failure(str(error)) from None
+    _refuse_exposure(settings)
     logging.getLogger("boostream").info("data directory: %s", settings.data_dir)
     uvicorn.run(
         create_app(settings),
@@ -458,6 +565,22 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=5,
     )
     return 0
+
+
+def _refuse_exposure(settings: Settings) -> None:
+    """Failure, in one line, where the server would serve everyone beyond this machine unasked (its
+    startup would refuse too, with a traceback)."""
+    import asyncio
+
+    from boostream.keys import exposure_problem
+
+    async def keys_exist() -> bool:
+        async with _key_store(settings) as store:
+            return await store.any()
+
+    where = "--redis URL" if settings.redis else f"--data-dir {settings.data_dir}"
+    if not settings.no_auth and (problem := exposure_problem(settings.host, False, asyncio.run(keys_exist()), where)):
+        raise Failure(problem)
 
 
 # train, watch
@@ -628,7 +751,8 @@ def _train_locally(table: Path, fields: dict[str, str], outputs: OutputFiles, di
     from boostream.service import Service
 
     with tempfile.TemporaryDirectory(prefix="boostream-local-") as data_dir:
-        settings = from_environment(data_dir=data_dir)  # threads and limits as a server's job would get them here
+        # Threads and limits as a server's job would get them here; nobody else calls it.
+        settings = from_environment(data_dir=data_dir, host="127.0.0.1", no_auth=True)
         # Only the backend asked for is asked whether it can train (WarpGBM imports torch: seconds).
         service = Service(settings, model_types=[fields["model_type"]])
         last = asyncio.run(_run_locally(service, table, fields, display))
@@ -642,12 +766,14 @@ async def _run_locally(service: Service, table: Path, fields: dict[str, str], di
 
     import orjson
 
+    from boostream.keys import EVERYONE
+
     async with service.running():
         with open(table, "rb") as file:
             started = time.perf_counter()
             spec = await service.decode_table(file, table_kind(table), fields, where="on this machine")
             decode_s = time.perf_counter() - started
-        job = await service.submit(spec, {"decode_s": decode_s})
+        job = await service.submit(EVERYONE, spec, {"decode_s": decode_s})
         loop = asyncio.get_running_loop()
         stopping: list[asyncio.Task[None]] = []
         _on_interrupt(loop, signal.SIGINT, lambda: _stop_local(service, job.id, display, stopping))
@@ -670,13 +796,15 @@ def _stop_local(service: Service, job_id: str, display: ProgressDisplay, stoppin
     """Ctrl-C: the first asks the job to stop (`stopping` keeps the request), the second quits."""
     import asyncio
 
+    from boostream.keys import EVERYONE
+
     if stopping:
         raise KeyboardInterrupt  # the second Ctrl-C: out of the event loop, which stops the workers
     display.note("stopping after this round (Ctrl-C again to quit at once)")
 
     async def cancel() -> None:
         try:
-            await service.cancel(job_id)
+            await service.cancel(EVERYONE, job_id)
         except Conflict:
             pass  # it ended meanwhile: its last event says how
 
@@ -845,7 +973,7 @@ def _numbers(path: Path, line: int, header: list[str], cells: list[str], columns
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(server_from_environment(args.server))
+    return Client(server_from_environment(args.server), api_key=api_key_from_environment(args.api_key))
 
 
 def _check_table(path: Path) -> None:

@@ -38,6 +38,11 @@ def server_from_environment(given: str | None) -> str:
     return given or os.environ.get("BOOSTREAM_SERVER") or DEFAULT_SERVER
 
 
+def api_key_from_environment(given: str | None) -> str | None:
+    """The API key: the one given, else $BOOSTREAM_API_KEY, else none (a server without keys)."""
+    return given or os.environ.get("BOOSTREAM_API_KEY") or None
+
+
 class ApiError(Exception):
     """The server refused a request: `status` is its HTTP status, the rest its error body."""
 
@@ -68,12 +73,14 @@ class Artifact:
 
 
 class Client:
-    """One server's API. `sleep` and `transport` are there for tests."""
+    """One server's API, called with `api_key` where the server needs one. `sleep` and `transport`
+    are there for tests."""
 
     def __init__(
         self,
         base_url: str = DEFAULT_SERVER,
         *,
+        api_key: str | None = None,
         timeout_s: float = 30.0,
         reconnects: int = RECONNECTS,
         backoff_s: float = 1.0,
@@ -84,7 +91,10 @@ class Client:
         self.reconnects = reconnects
         self.backoff_s = backoff_s
         self._sleep = sleep
-        self._http = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout_s), transport=transport)
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout_s), transport=transport
+        )
 
     def close(self) -> None:
         self._http.close()

@@ -11,6 +11,7 @@ from typing import Any
 import platformdirs
 
 ENV_PREFIX = "BOOSTREAM_"
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
 def _default_data_dir() -> Path:
@@ -57,11 +58,19 @@ class Settings:
     # Hosts that `callback_url` may name, comma-separated (`host` or `host:port`; `*` for any).
     # Empty: no webhooks.
     webhook_hosts: str = ""
-    # Besides loopback and the bound address: hosts (`host` or `host:port`) and browser origins
-    # (`scheme://host[:port]`, `:*` for any port) that /mcp accepts, comma-separated.
-    mcp_hosts: str = ""
-    mcp_origins: str = ""
-    # The key that signs webhooks (and artifacts); empty: one generated and kept in the data dir.
+    # Serve everyone without API keys, even on an address beyond loopback (where the server refuses
+    # to start without keys otherwise). Without keys created, a server on loopback serves everyone.
+    no_auth: bool = False
+    # Besides loopback and the bound address: the host names clients reach this server by (`host`
+    # or `host:port`; a request for another `Host` gets 421), comma-separated.
+    allowed_hosts: str = ""
+    # Browser origins (`scheme://host[:port]`, `:*` for any port), comma-separated, whose pages may
+    # call this server (CORS, and /mcp), besides pages it serves itself.
+    allowed_origins: str = ""
+    # How long a browser stays signed in with the session cookie that `POST /session` sets.
+    session_ttl_s: float = 12 * 3600.0
+    # The key that webhooks, artifacts and sessions are signed with (a key for each derived from
+    # it); empty: one generated and kept in the data dir (or in Redis).
     secret_key: str = ""
     # Models kept loaded for /predict, counted by the size of their native form.
     model_cache_bytes: int = 512 * 1024**2
@@ -111,12 +120,12 @@ class Settings:
         return _items(self.webhook_hosts)
 
     @property
-    def allowed_mcp_hosts(self) -> tuple[str, ...]:
-        return _items(self.mcp_hosts)
+    def extra_hosts(self) -> tuple[str, ...]:
+        return _items(self.allowed_hosts)
 
     @property
-    def allowed_mcp_origins(self) -> tuple[str, ...]:
-        return _items(self.mcp_origins)
+    def extra_origins(self) -> tuple[str, ...]:
+        return _items(self.allowed_origins)
 
 
 def _items(listed: str) -> tuple[str, ...]:
@@ -142,6 +151,10 @@ def from_environment(**overrides: object) -> Settings:
 
 
 def _convert(field: dataclasses.Field[Any], raw: str) -> object:
+    if str(field.type) == "bool":
+        if raw.strip().lower() not in TRUE + FALSE:
+            raise SystemExit(f"{env_name(field.name)}={raw!r} is not one of {', '.join(TRUE + FALSE)}")
+        return raw.strip().lower() in TRUE
     kind = {"int": int, "float": float}.get(str(field.type))
     try:
         return kind(raw) if kind else raw

@@ -80,6 +80,12 @@ class TooLarge(BoostreamError):
     code = "too_large"
 
 
+class Unauthorized(BoostreamError):
+    """No API key where the server needs one, or one that is unknown or revoked."""
+
+    code = "unauthorized"
+
+
 class NotFound(BoostreamError):
     """No such job or artifact: unknown, deleted, or expired."""
 

@@ -41,8 +41,9 @@ from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE, Transpo
 from mcp.shared.exceptions import MCPError
 
 from boostream import __version__
-from boostream.errors import BoostreamError, InvalidData, InvalidParameter
+from boostream.errors import BoostreamError, InvalidData, InvalidParameter, Unauthorized
 from boostream.jobs.records import JobRecord, JobStatus, job_urls
+from boostream.keys import Caller
 from boostream.models.artifacts import FORMATS as ARTIFACT_FORMATS
 from boostream.models.predicting import OUTPUTS
 from boostream.requests.spec import TrainOptions
@@ -162,16 +163,16 @@ class McpEndpoint:
         return {"job_id": job.id, "status": job.status.value, **job_urls(job.id)}
 
     async def job_status(self, ctx: ServerRequestContext, arguments: dict[str, Any]) -> dict[str, Any]:
-        return await self.service.status(_text(arguments, "job_id"))
+        return await self.service.status(_caller(ctx), _text(arguments, "job_id"))
 
     async def cancel_job(self, ctx: ServerRequestContext, arguments: dict[str, Any]) -> dict[str, Any]:
-        return await self.service.cancel(_text(arguments, "job_id"))
+        return await self.service.cancel(_caller(ctx), _text(arguments, "job_id"))
 
     async def predict(self, ctx: ServerRequestContext, arguments: dict[str, Any]) -> dict[str, Any]:
         _text(arguments, "artifact_id")
         async with self.service.ingest_slot():
             parsed, X = await self.service.decode_predict(await anyio.to_thread.run_sync(_as_json, arguments))
-        answer = await self.service.predict(parsed, X)
+        answer = await self.service.predict(_caller(ctx), parsed, X)
         return {**answer, "predictions": np.asarray(answer["predictions"]).tolist()}
 
     # Jobs
@@ -184,7 +185,7 @@ class McpEndpoint:
             spec = await self.service.decode_json(body)
             decode_s = time.perf_counter() - started
         base_url = getattr(ctx.request, "base_url", "")  # the HTTP request the call came in, where there is one
-        return await self.service.submit(spec, {"decode_s": decode_s}, str(base_url))
+        return await self.service.submit(_caller(ctx), spec, {"decode_s": decode_s}, str(base_url))
 
     async def _follow(self, ctx: ServerRequestContext, job: JobRecord) -> tuple[str, dict[str, Any]]:
         """Wait for the job's end, telling the caller its progress; its terminal event's type and data.
@@ -381,6 +382,15 @@ def transport_security(
         allowed_origins=[f"{scheme}://{host}" for host in allowed_hosts for scheme in ("http", "https")]
         + list(extra_origins),
     )
+
+
+def _caller(ctx: ServerRequestContext) -> Caller:
+    """Who called the tool: the caller of the HTTP request it came in, as the access checks found."""
+    state = getattr(getattr(ctx, "request", None), "state", None)
+    caller = getattr(state, "caller", None)
+    if not isinstance(caller, Caller):
+        raise Unauthorized("this call came without a caller that the server checked")
+    return caller
 
 
 # Arguments

@@ -18,7 +18,7 @@ import numpy as np
 
 from boostream import __version__
 from boostream.config import Settings
-from boostream.errors import Conflict, Gone, InvalidParameter, NotFound
+from boostream.errors import Conflict, Gone, InvalidParameter, NotFound, Unauthorized, quotable
 from boostream.jobs import inputs
 from boostream.jobs.engine import JobEngine
 from boostream.jobs.manager import JobManager
@@ -27,10 +27,11 @@ from boostream.jobs.redis_engine import RedisEngine
 from boostream.jobs.redis_state import RedisState
 from boostream.jobs.sqlite import SqliteJobStore
 from boostream.jobs.webhooks import WebhookPolicy, WebhookSender
+from boostream.keys import EVERYONE, Caller, KeyRecord, KeyStore, RedisKeys, SqliteKeys, exposure_problem
 from boostream.models.artifacts import FORMATS as ARTIFACT_FORMATS
 from boostream.models.artifacts import ArtifactRecord, ArtifactStore, StoredBlob
 from boostream.models.predicting import LoadedModel, ModelCache, ModelLoader
-from boostream.models.signing import load_or_create_key
+from boostream.models.signing import SigningKeys, load_or_create_key
 from boostream.requests.json_body import PredictRequestBody, decode_predict_request, decode_train_request
 from boostream.requests.spec import TrainSpec
 from boostream.trainers import create_trainers
@@ -44,6 +45,14 @@ log = logging.getLogger("boostream.service")
 # Requests read and decoded at once: each may take a few times its size in memory while decoding.
 INGEST_SLOTS = 2
 JOB_STATUSES = tuple(status.value for status in JobStatus)
+
+
+class Exposed(RuntimeError):
+    """The server would listen beyond this machine without keys, and was not told to."""
+
+
+def caller_of(record: KeyRecord) -> Caller:
+    return Caller(record.name, record.admin)
 
 
 class Service:
@@ -64,6 +73,8 @@ class Service:
         self._decoders: Decoders | None = None
         self._models: ModelLoader | None = None
         self._ingest: anyio.Semaphore | None = None
+        self._keys: KeyStore | None = None
+        self._keys_made = False  # once a key exists, every request needs one; none is ever deleted
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -76,9 +87,11 @@ class Service:
             self.availability[name] = await anyio.to_thread.run_sync(trainer.availability)
             if not self.availability[name].available:
                 log.info("%s is unavailable: %s", name, self.availability[name].reason)
-        async with self._engine() as (engine, key):
+        async with self._engine() as (engine, keys):
             self._jobs = engine
-            self._models = ModelLoader(key, self.trainers, ModelCache(settings.model_cache_bytes))
+            self.signing_keys = keys
+            await self._check_exposure()
+            self._models = ModelLoader(keys.artifacts, self.trainers, ModelCache(settings.model_cache_bytes))
             self._ingest = anyio.Semaphore(INGEST_SLOTS)
             if shared_bodies_work():
                 self._decoders = Decoders(INGEST_SLOTS, settings.inputs_dir, settings.lightgbm_threads)
@@ -92,60 +105,107 @@ class Service:
                 await engine.shutdown()
 
     @contextlib.asynccontextmanager
-    async def _engine(self) -> AsyncIterator[tuple[JobEngine, bytes]]:
-        """The job engine these settings ask for, and the key that signs artifacts: over Redis
+    async def _engine(self) -> AsyncIterator[tuple[JobEngine, SigningKeys]]:
+        """The job engine these settings ask for, and the keys this service signs with: over Redis
         (`redis`), shared with other API processes and remote workers; else this process's, with
         SQLite and worker processes of its own."""
         settings = self.settings
         if settings.redis:
             state = RedisState(settings.redis, shared_dir=settings.shared_path)
-            key = await state.secret_key(settings.secret_key or None)
+            self._keys = RedisKeys(state.redis, state.prefix)
+            keys = SigningKeys.of(await state.secret_key(settings.secret_key or None))
             engine: JobEngine = RedisEngine(
                 state,
                 self.trainers,
                 max_queued=settings.max_queued,
                 max_input_bytes=settings.max_table_bytes,
                 job_ttl_s=settings.job_ttl_s,
-                webhooks=WebhookSender(key),
+                webhooks=WebhookSender(keys.webhooks),
                 webhook_policy=self.webhook_policy,
                 when_no_worker=settings.when_no_worker,
             )
-            yield engine, key
+            yield engine, keys
             return
         store = SqliteJobStore(settings.data_dir)
+        api_keys = self._keys = SqliteKeys(settings.data_dir)
         try:
-            key = load_or_create_key(settings.key_path, settings.secret_key or None)
-            artifacts = ArtifactStore(settings.artifacts_dir, key)
+            keys = SigningKeys.of(load_or_create_key(settings.key_path, settings.secret_key or None))
+            artifacts = ArtifactStore(settings.artifacts_dir, keys.artifacts)
             workers = {
                 device: LocalWorkers(
-                    WorkerConfig(device, settings.lightgbm_threads, settings.artifacts_dir, key, settings.log_level),
+                    WorkerConfig(
+                        device, settings.lightgbm_threads, settings.artifacts_dir, keys.artifacts, settings.log_level
+                    ),
                     slots,
                     settings.worker_memory_bytes,
                     settings.stop_grace_s,
                 )
                 for device, slots in (("cpu", settings.cpu_jobs), ("gpu", settings.gpu_jobs))
             }
-            yield JobManager(
-                store,
-                artifacts,
-                settings.inputs_dir,
-                self.trainers,
-                self.availability,
-                workers,
-                max_queued=settings.max_queued,
-                max_training_s=settings.max_training_s,
-                job_ttl_s=settings.job_ttl_s,
-                progress_interval_s=settings.progress_interval_s,
-                webhooks=WebhookSender(key),
-                webhook_policy=self.webhook_policy,
-            ), key
+            yield (
+                JobManager(
+                    store,
+                    artifacts,
+                    settings.inputs_dir,
+                    self.trainers,
+                    self.availability,
+                    workers,
+                    max_queued=settings.max_queued,
+                    max_training_s=settings.max_training_s,
+                    job_ttl_s=settings.job_ttl_s,
+                    progress_interval_s=settings.progress_interval_s,
+                    webhooks=WebhookSender(keys.webhooks),
+                    webhook_policy=self.webhook_policy,
+                ),
+                keys,
+            )
         finally:
+            api_keys.close()
             store.close()
 
     @property
     def jobs(self) -> JobEngine:
         assert self._jobs is not None, "the service is not running"
         return self._jobs
+
+    # Who calls
+
+    @property
+    def keys(self) -> KeyStore:
+        assert self._keys is not None, "the service is not running"
+        return self._keys
+
+    async def keys_required(self) -> bool:
+        """Whether a request needs an API key: once any key has been created, unless the operator
+        said `--no-auth`."""
+        if self.settings.no_auth:
+            return False
+        if not self._keys_made:
+            self._keys_made = await self.keys.any()
+        return self._keys_made
+
+    async def caller(self, key: str | None) -> Caller:
+        """Who sends `key` (None: no key was sent); Unauthorized when the server needs one and this
+        is none of its live keys."""
+        if not await self.keys_required():
+            return EVERYONE
+        if key is None:
+            raise Unauthorized(
+                "this server needs an API key: send it as `Authorization: Bearer KEY` "
+                "(the operator makes one with `boostream keys create NAME`)"
+            )
+        record = await self.keys.find(key)
+        if record is None:
+            raise Unauthorized("this API key is not valid: it is unknown or was revoked")
+        return caller_of(record)
+
+    async def _check_exposure(self) -> None:
+        """A server that listens beyond this machine must not serve everyone unless told to."""
+        settings = self.settings
+        where = "--redis URL" if settings.redis else f"--data-dir {settings.data_dir}"
+        problem = exposure_problem(settings.host, settings.no_auth, await self.keys_required(), where)
+        if problem is not None:
+            raise Exposed(problem)
 
     # Reading requests (in a thread each, at most INGEST_SLOTS at once with their reading)
 
@@ -253,8 +313,10 @@ class Service:
 
     # Jobs
 
-    async def submit(self, spec: TrainSpec, ingest_timings: dict[str, float], base_url: str = "") -> JobRecord:
-        """A job for a decoded request, once its options are checked against this server's limits.
+    async def submit(
+        self, caller: Caller, spec: TrainSpec, ingest_timings: dict[str, float], base_url: str = ""
+    ) -> JobRecord:
+        """A job of `caller`'s for a decoded request, once its options are checked against this server's limits.
         `ingest_timings`: `receive_s` (reading the body, where there was one) and `decode_s`;
         `base_url`: where the client reached the server, for the absolute URLs of webhooks."""
         try:
@@ -267,27 +329,31 @@ class Service:
                 artifact_format=spec.artifact_format,
                 base_url=base_url,
             )
-            return await self.jobs.submit(job_request, spec.data, ingest_timings, saved_at=spec.saved_at)
+            return await self.jobs.submit(
+                job_request, spec.data, ingest_timings, saved_at=spec.saved_at, owner=caller.owner
+            )
         except BaseException:
             if spec.saved_at is not None and spec.saved_at.exists():  # refused: its arrays go too
                 inputs.remove(spec.saved_at)
             raise
 
-    async def job(self, job_id: str) -> JobRecord:
+    async def job(self, caller: Caller, job_id: str) -> JobRecord:
+        """The job, if `caller` may see it: another key's job is as unknown as one that never was."""
         record = await self.jobs.job(job_id)
-        if record is None:
-            raise NotFound(f"no job {job_id!r} (unknown, deleted, or expired)", field="job_id")
+        if record is None or not caller.owns(record.owner):
+            raise NotFound(f"no job {quotable(job_id)!r} (unknown, deleted, or expired)", field="job_id")
         return record
 
-    async def status(self, job_id: str) -> dict[str, Any]:
-        return job_view(await self.job(job_id))
+    async def status(self, caller: Caller, job_id: str) -> dict[str, Any]:
+        return job_view(await self.job(caller, job_id))
 
-    async def list_jobs(self, statuses: list[str], limit: int, cursor: int | None) -> dict[str, Any]:
-        """A page of jobs, newest first, and the cursor of the next page (None on the last)."""
+    async def list_jobs(self, caller: Caller, statuses: list[str], limit: int, cursor: int | None) -> dict[str, Any]:
+        """A page of the jobs `caller` may see, newest first, and the cursor of the next page (None
+        on the last)."""
         unknown = [s for s in statuses if s not in JOB_STATUSES]
         if unknown:
             raise InvalidParameter("status", f"unknown status {unknown[0]!r}; choose from {list(JOB_STATUSES)}")
-        records = await self.jobs.jobs(statuses, limit + 1, cursor)
+        records = await self.jobs.jobs(statuses, limit + 1, cursor, None if caller.admin else caller.owner)
         page, more = records[:limit], len(records) > limit
         return {"jobs": [job_view(record) for record in page], "next_cursor": str(page[-1].seq) if more else None}
 
@@ -295,16 +361,16 @@ class Service:
         """All the events of a job just submitted, live, to its terminal event."""
         return self.jobs.events(job_id, 0)
 
-    async def follow(self, job_id: str, after: int = 0) -> AsyncIterator[Event] | None:
+    async def follow(self, caller: Caller, job_id: str, after: int = 0) -> AsyncIterator[Event] | None:
         """The job's events after `after`, then live ones to the terminal event; None when the job
         has ended and no event is left after `after`."""
-        record = await self.job(job_id)
+        record = await self.job(caller, job_id)
         if record.status.finished and not await self.jobs.has_events_after(record.id, after):
             return None
         return self.jobs.events(record.id, after)
 
-    async def cancel(self, job_id: str) -> dict[str, Any]:
-        record = await self.job(job_id)
+    async def cancel(self, caller: Caller, job_id: str) -> dict[str, Any]:
+        record = await self.job(caller, job_id)
         if record.status.finished:
             raise Conflict(
                 "already_finished", f"job {record.id} already ended {record.status.value}", record.status.value
@@ -315,17 +381,17 @@ class Service:
         """A client that followed a job went away: cancel the job if it asked to."""
         self.jobs.client_left(job_id, client, cancel)
 
-    async def delete(self, job_id: str) -> None:
-        record = await self.job(job_id)
+    async def delete(self, caller: Caller, job_id: str) -> None:
+        record = await self.job(caller, job_id)
         if not record.status.finished:
             raise Conflict(
                 "not_finished", f"job {record.id} is {record.status.value}: cancel it first", record.status.value
             )
         await self.jobs.delete(record.id)
 
-    async def result(self, job_id: str) -> str:
+    async def result(self, caller: Caller, job_id: str) -> str:
         """The `complete` event of a job that succeeded, as JSON, with its artifact."""
-        record = await self.job(job_id)
+        record = await self.job(caller, job_id)
         status = record.status
         if status is not JobStatus.SUCCEEDED:
             if status.finished:
@@ -337,18 +403,22 @@ class Service:
 
     # Artifacts and predictions
 
-    async def artifact(self, artifact_id: str) -> ArtifactRecord:
+    async def artifact(self, caller: Caller, artifact_id: str) -> ArtifactRecord:
+        """The artifact, if `caller` may see the job that made it."""
         record = await self.jobs.artifact(artifact_id)
+        if record is not None and not caller.admin:
+            job = await self.jobs.job(record.job_id)
+            record = record if job is not None and caller.owns(job.owner) else None
         if record is None:
-            raise NotFound(f"no artifact {artifact_id!r} (unknown, deleted, or expired)", field="artifact_id")
+            raise NotFound(f"no artifact {quotable(artifact_id)!r} (unknown, deleted, or expired)", field="artifact_id")
         return record
 
-    async def artifact_metadata(self, artifact_id: str) -> dict[str, Any]:
-        return artifact_view(await self.artifact(artifact_id))
+    async def artifact_metadata(self, caller: Caller, artifact_id: str) -> dict[str, Any]:
+        return artifact_view(await self.artifact(caller, artifact_id))
 
-    async def artifact_file(self, artifact_id: str, format: str) -> tuple[bytes, StoredBlob]:
+    async def artifact_file(self, caller: Caller, artifact_id: str, format: str) -> tuple[bytes, StoredBlob]:
         """The artifact's file in `format`, and what is known of it."""
-        record = await self.artifact(artifact_id)
+        record = await self.artifact(caller, artifact_id)
         if format not in ARTIFACT_FORMATS:
             raise InvalidParameter("format", f"format must be one of {list(ARTIFACT_FORMATS)}, got {format!r}")
         try:
@@ -359,14 +429,15 @@ class Service:
             ) from None
         return content, record.blobs[format]
 
-    async def predict(self, request: PredictRequestBody, X: np.ndarray) -> dict[str, Any]:
-        """Predictions for X from a stored artifact (`artifact_id`) or one handed back (`artifact`)."""
+    async def predict(self, caller: Caller, request: PredictRequestBody, X: np.ndarray) -> dict[str, Any]:
+        """Predictions for X from a stored artifact of `caller`'s (`artifact_id`) or one handed back
+        (`artifact`)."""
         assert self._models is not None, "the service is not running"
         if request.artifact_id is not None:
-            record = await self.artifact(request.artifact_id)
+            record = await self.artifact(caller, request.artifact_id)
             loaded = self._models.cached(record.id)
             if loaded is None:
-                native, _ = await self.artifact_file(record.id, "native")
+                native, _ = await self.artifact_file(caller, record.id, "native")
                 loaded = await anyio.to_thread.run_sync(self._models.stored, record, native)
         else:
             assert request.artifact is not None  # decode_predict_request checks that one is given

@@ -25,6 +25,7 @@ def job_view(record: JobRecord) -> dict[str, Any]:
         "model_type": record.model_type,
         "objective": record.objective,
         "device": record.device,
+        "owner": record.owner,
         "created_at": iso(record.created_at),
         "started_at": iso(record.started_at),
         "finished_at": iso(record.finished_at),

@@ -13,7 +13,7 @@ import lightgbm
 import numpy as np
 import pytest
 
-from boostream.models.signing import load_or_create_key, verify
+from boostream.models.signing import SigningKeys, load_or_create_key, verify
 from boostream.trainers.forest import Forest
 
 from conftest import Server, running_server
@@ -63,7 +63,7 @@ def booster_of(complete: dict) -> lightgbm.Booster:
 
 def test_both_formats_download_signed_and_predict_alike(server: Server, trained, diabetes):
     complete = trained["regression"]
-    key = load_or_create_key(server.data_dir / "secret.key")
+    key = SigningKeys.of(load_or_create_key(server.data_dir / "secret.key")).artifacts
     with server.client() as client:
         joblib_file = client.get(f"/artifacts/{complete['artifact_id']}")
         native_file = client.get(f"/artifacts/{complete['artifact_id']}", params={"format": "native"})

@@ -571,3 +571,43 @@ def test_a_csv_file_of_ones_own_offers_its_header_as_target_columns(dashboard: D
     page.click("#start")
     page.wait_for_selector("#job-status[data-status=succeeded]", timeout=30_000)
     assert dashboard.problems == []
+
+
+def test_on_a_server_with_keys_the_page_signs_in_once_and_watches_its_own_jobs(browser: Any, tmp_path: Path):
+    from test_access import make_key
+
+    with conftest.running_server(tmp_path, heartbeat_s=0.5) as server:
+        key = make_key(server.data_dir, "ada")
+        other = make_key(server.data_dir, "bob")
+        with server.client(headers={"authorization": f"Bearer {other}"}) as client:
+            table = client.get("/ui/demo/iris.csv").content
+            fields = {"target": "species", "objective": "multiclass", "n_estimators": "5"}
+            created = client.post("/jobs", params=fields, content=table, headers={"content-type": "text/csv"})
+            bobs = created.json()["job_id"]
+        context = browser.new_context()
+        page = context.new_page()
+        try:
+            page.goto(server.url + "/")
+            page.wait_for_selector("#sign-in:not([hidden])")
+            page.fill("#api-key", "bst_wrong")
+            page.click("#sign-in button")
+            page.wait_for_function("() => document.querySelector('#sign-in-error').textContent")
+            assert "not valid" in page.text_content("#sign-in-error")
+            page.fill("#api-key", key)
+            page.click("#sign-in button")
+            page.wait_for_selector("body[data-ready=true]")
+            assert page.is_hidden("#sign-in") and page.text_content("#who-name") == "ada"
+            cookie = next(c for c in context.cookies() if c["name"] == "boostream_session")
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+            dashboard = Dashboard(page, server, [])
+            job_id = dashboard.start_job("diabetes.csv", n_estimators=30)
+            page.wait_for_selector("#job-status[data-status=succeeded]", timeout=60_000)  # followed by EventSource
+            listed = page.eval_on_selector_all("#jobs-body tr", "rows => rows.map((row) => row.dataset.job)")
+            assert job_id in listed and bobs not in listed, "the list shows this key's jobs only"
+            page.reload()
+            page.wait_for_selector("body[data-ready=true]")
+            assert page.is_hidden("#sign-in"), "the session outlives a reload"
+            page.click("#sign-out")
+            page.wait_for_selector("#sign-in:not([hidden])")
+        finally:
+            context.close()

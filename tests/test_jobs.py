@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from boostream.client import Event
-from boostream.models.signing import load_or_create_key, verify
+from boostream.models.signing import SigningKeys, load_or_create_key, verify
 
 from conftest import Server, parse_sse, running_server, running_server_process, start_server, start_server_process
 
@@ -428,7 +428,7 @@ def test_a_webhook_is_signed_retried_and_names_the_result(tmp_path, diabetes):
     assert len(receiver.received) == 2, "one failure, then one delivery"
     (first_headers, first_body), (headers, body) = receiver.received
     assert headers["X-Boostream-Delivery"] == first_headers["X-Boostream-Delivery"] and body == first_body
-    key = load_or_create_key(server.data_dir / "secret.key")
+    key = SigningKeys.of(load_or_create_key(server.data_dir / "secret.key")).webhooks
     assert verify(key, body, headers["X-Boostream-Signature"])
     payload = json.loads(body)
     assert payload["job_id"] == job_id and payload["status"] == "succeeded"

@@ -262,7 +262,9 @@ def test_a_foreign_origin_is_refused_before_any_session(server: Server):
 def test_hosts_and_origins_the_operator_lists_are_served_and_no_others(tmp_path):
     headers = {"accept": "application/json, text/event-stream"}
     with (
-        running_server(tmp_path, mcp_hosts="models.internal", mcp_origins="https://dashboard.example") as server,
+        running_server(
+            tmp_path, allowed_hosts="models.internal", allowed_origins="https://dashboard.example"
+        ) as server,
         httpx.Client(base_url=server.url, timeout=30) as client,
     ):
 
@@ -300,7 +302,9 @@ def test_tool_arguments_over_4_mib_are_refused_and_the_server_carries_on(server:
 
 
 def test_origins_allowed_are_the_hosts_the_server_answers_to():
-    settings = transport_security("10.1.2.3", extra_hosts=["models.internal"], extra_origins=["https://dashboard.example"])
+    settings = transport_security(
+        "10.1.2.3", extra_hosts=["models.internal"], extra_origins=["https://dashboard.example"]
+    )
     assert {"127.0.0.1:*", "localhost:*", "[::1]:*", "10.1.2.3:*", "models.internal", "models.internal:*"} <= set(
         settings.allowed_hosts
     )

@@ -5,6 +5,7 @@ in `GET /jobs/{id}` (delivered, failed, refused) and deliveries owed across a re
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -27,7 +28,7 @@ from test_jobs import body_for, long_body
 from boostream import __version__
 from boostream.errors import BoostreamError
 from boostream.jobs.webhooks import WebhookPolicy, WebhookSender
-from boostream.models.signing import load_or_create_key, sign, verify
+from boostream.models.signing import SigningKeys, load_or_create_key, sign, verify
 from boostream.streaming_server.errors import status_of
 
 from conftest import Server, running_server_process, start_server
@@ -279,7 +280,9 @@ def test_empty_allow_list_says_webhooks_are_disabled_and_how_to_enable_them():
 
 def test_blank_allow_list_entries_are_ignored():
     assert_refused(WebhookPolicy(("", " ")), "https://hooks.example.com/", "disabled")
-    assert WebhookPolicy((" hooks.example.com ", "")).check("https://hooks.example.com/") == "https://hooks.example.com/"
+    assert (
+        WebhookPolicy((" hooks.example.com ", "")).check("https://hooks.example.com/") == "https://hooks.example.com/"
+    )
 
 
 def test_star_allows_any_host_but_still_checks_the_rest():
@@ -366,6 +369,26 @@ def webhook_server(tmp_path_factory) -> Iterator[Server]:
     yield from start_server(tmp_path_factory.mktemp("webhooks"), webhook_hosts="127.0.0.1")
 
 
+def test_a_signed_webhook_body_is_not_a_signed_artifact(webhook_server: Server, receiver: Receiver, diabetes):
+    # Webhooks and artifacts are signed with keys of their own: a receiver of webhooks cannot hand
+    # a body it got, with its signature, to /predict as a model the server signed.
+    job_id = webhook_server.create_job({**body_for(diabetes, 5), "callback_url": receiver.url + "/hook"})
+    webhook_server.wait_for_job(job_id)
+    wait_for_callback(webhook_server, job_id)
+    [arrived] = receiver.received
+    with webhook_server.client() as client:
+        answer = client.post(
+            "/predict",
+            json={
+                "artifact": base64.b64encode(arrived.body).decode(),
+                "signature": arrived.headers["X-Boostream-Signature"],
+                "X": diabetes[0][:2].tolist(),
+            },
+        )
+    assert answer.status_code == 403, answer.text
+    assert answer.json()["error"]["code"] == "untrusted_artifact"
+
+
 @pytest.mark.parametrize(
     "answer", [Answer(408), Answer(500), Answer(429, {"Retry-After": "0"})], ids=["408", "500", "429"]
 )
@@ -379,7 +402,7 @@ def test_the_server_retries_a_failed_delivery_and_shows_it_delivered(
     assert callback == {"url": receiver.url + "/hook", "state": "delivered"}
     first, second = receiver.received
     assert first.headers["X-Boostream-Delivery"] == second.headers["X-Boostream-Delivery"] and first.body == second.body
-    key = load_or_create_key(webhook_server.data_dir / "secret.key")
+    key = SigningKeys.of(load_or_create_key(webhook_server.data_dir / "secret.key")).webhooks
     assert verify(key, second.body, second.headers["X-Boostream-Signature"])
     assert json.loads(second.body)["job_id"] == job_id
 
@@ -418,7 +441,9 @@ def test_a_delivery_owed_when_the_server_stopped_is_made_by_the_next_one(tmp_pat
     [arrived] = receiver.received
     assert arrived.path == "/hook"
     assert verify(
-        load_or_create_key(restarted.data_dir / "secret.key"), arrived.body, arrived.headers["X-Boostream-Signature"]
+        SigningKeys.of(load_or_create_key(restarted.data_dir / "secret.key")).webhooks,
+        arrived.body,
+        arrived.headers["X-Boostream-Signature"],
     )
     payload = json.loads(arrived.body)
     assert payload["job_id"] == job_id and payload["status"] == "succeeded"

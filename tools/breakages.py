@@ -101,7 +101,7 @@ BREAKAGES = [
     Breakage("MCP argument cap lifted", "MCP tool arguments are capped at 4 MiB",
              "boostream/mcp_server.py", "MAX_BODY_BYTES = DEFAULT_MAX_REQUEST_BODY_SIZE",
              "MAX_BODY_BYTES = 64 * DEFAULT_MAX_REQUEST_BODY_SIZE", ("tests/test_mcp.py",)),
-    Breakage("--mcp-hosts ignored", "/mcp accepts the host names listed in --mcp-hosts",
+    Breakage("--allowed-hosts ignored by /mcp", "/mcp accepts the host names listed in --allowed-hosts",
              "boostream/mcp_server.py", "hosts.extend(extra_hosts)", "pass", ("tests/test_mcp.py",)),
     Breakage("404 as plain text", "every error the server sends is the JSON error body",
              "boostream/streaming_server/app.py", "HTTPException: handle_http_exception,", "",

@@ -25,15 +25,22 @@ class JobEngine(Protocol):
         """Stop; jobs queued or running stay so, for the next server to run."""
 
     async def submit(
-        self, request: JobRequest, data: TrainingData, ingest_timings: dict[str, float], saved_at: Path | None = None
+        self,
+        request: JobRequest,
+        data: TrainingData,
+        ingest_timings: dict[str, float],
+        saved_at: Path | None = None,
+        owner: str | None = None,
     ) -> JobRecord:
-        """A new job, queued; QueueFull when its device's queue has no room. `saved_at`: where its
-        arrays are kept already (`jobs.inputs`' format)."""
+        """A new job of `owner`, queued; QueueFull when its device's queue has no room.
+        `saved_at`: where its arrays are kept already (`jobs.inputs`' format)."""
 
     async def job(self, job_id: str) -> JobRecord | None: ...
 
-    async def jobs(self, statuses: list[str], limit: int, before_seq: int | None) -> list[JobRecord]:
-        """Newest first."""
+    async def jobs(
+        self, statuses: list[str], limit: int, before_seq: int | None, owner: str | None = None
+    ) -> list[JobRecord]:
+        """Newest first; only those of `owner` when it is given."""
 
     def events(self, job_id: str, after: int) -> AsyncGenerator[Event, None]:
         """The job's events after `after`, then live ones until the terminal event."""

@@ -132,7 +132,12 @@ class JobManager:
     # What the service asks for
 
     async def submit(
-        self, request: JobRequest, data: TrainingData, ingest_timings: dict[str, float], saved_at: Path | None = None
+        self,
+        request: JobRequest,
+        data: TrainingData,
+        ingest_timings: dict[str, float],
+        saved_at: Path | None = None,
+        owner: str | None = None,
     ) -> JobRecord:
         """A new job, queued. `saved_at`: where its arrays are kept already (a decoder process wrote
         them); they move to the job's folder, else they are written there."""
@@ -149,6 +154,7 @@ class JobManager:
             request=request,
             created_at=job.created_at,
             total=job.rounds,
+            owner=owner,
         )
         self.store.insert_job(record)
         self._live[job.id] = job
@@ -166,9 +172,11 @@ class JobManager:
     async def job(self, job_id: str) -> JobRecord | None:
         return self.store.job(job_id)
 
-    async def jobs(self, statuses: list[str], limit: int, before_seq: int | None) -> list[JobRecord]:
-        """Newest first."""
-        return self.store.jobs(statuses, limit, before_seq)
+    async def jobs(
+        self, statuses: list[str], limit: int, before_seq: int | None, owner: str | None = None
+    ) -> list[JobRecord]:
+        """Newest first; only those of `owner` when it is given."""
+        return self.store.jobs(statuses, limit, before_seq, owner)
 
     async def artifact(self, artifact_id: str) -> ArtifactRecord | None:
         return self.store.artifact(artifact_id)

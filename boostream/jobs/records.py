@@ -94,6 +94,9 @@ class JobRecord:
     attempts: int = 0
     callback_state: str | None = None  # pending, delivered, failed, refused; None without a callback
     seq: int = 0  # the order jobs came in; given by the store
+    # The name of the API key that created it, which alone (with admin keys) sees it; None on a
+    # server without keys.
+    owner: str | None = None
     # Queued while no worker for its device is up (a deployment on Redis); found when read, not kept.
     waiting_for_worker: bool = False
 
@@ -129,8 +132,10 @@ class JobStore(Protocol):
 
     def job(self, job_id: str) -> JobRecord | None: ...
 
-    def jobs(self, statuses: Iterable[str] = (), limit: int = 50, before_seq: int | None = None) -> list[JobRecord]:
-        """Newest first."""
+    def jobs(
+        self, statuses: Iterable[str] = (), limit: int = 50, before_seq: int | None = None, owner: str | None = None
+    ) -> list[JobRecord]:
+        """Newest first; only those of `owner` when it is given."""
 
     def unfinished_jobs(self) -> list[JobRecord]:
         """Jobs that were queued or running, oldest first: the order they came in."""

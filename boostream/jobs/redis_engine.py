@@ -127,7 +127,12 @@ class RedisEngine:
 
     @_reachable
     async def submit(
-        self, request: JobRequest, data: TrainingData, ingest_timings: dict[str, float], saved_at: Path | None = None
+        self,
+        request: JobRequest,
+        data: TrainingData,
+        ingest_timings: dict[str, float],
+        saved_at: Path | None = None,
+        owner: str | None = None,
     ) -> JobRecord:
         device = self.trainers[request.model_type].device
         served = device in await self._served_devices()
@@ -148,6 +153,7 @@ class RedisEngine:
             request=request,
             created_at=time.time(),
             total=self.trainers[request.model_type].rounds(request.params),
+            owner=owner,
         )
         await self.state.put_input(record.id, data, self.max_input_bytes, saved_at)  # first: it may be too large
         try:
@@ -179,8 +185,10 @@ class RedisEngine:
         return None if record is None else (await self._as_now([record]))[0]
 
     @_reachable
-    async def jobs(self, statuses: list[str], limit: int, before_seq: int | None) -> list[JobRecord]:
-        return await self._as_now(await self.state.jobs(statuses, limit, before_seq))
+    async def jobs(
+        self, statuses: list[str], limit: int, before_seq: int | None, owner: str | None = None
+    ) -> list[JobRecord]:
+        return await self._as_now(await self.state.jobs(statuses, limit, before_seq, owner))
 
     async def _as_now(self, records: list[JobRecord]) -> list[JobRecord]:
         """The records, those waiting for a worker that is not up saying so."""

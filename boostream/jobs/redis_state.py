@@ -373,9 +373,9 @@ class RedisState:
         return json.loads(timings) if timings else {}
 
     async def jobs(
-        self, statuses: Iterable[str] = (), limit: int = 50, before_seq: int | None = None
+        self, statuses: Iterable[str] = (), limit: int = 50, before_seq: int | None = None, owner: str | None = None
     ) -> list[JobRecord]:
-        """Newest first."""
+        """Newest first; only those of `owner` when it is given."""
         wanted, found = set(statuses), list[JobRecord]()
         top: float | str = "+inf" if before_seq is None else f"({before_seq}"
         while len(found) < limit:
@@ -387,7 +387,11 @@ class RedisState:
                     pipe.hgetall(self._job(job_id.decode()))
                 rows = await pipe.execute()
             for fields in rows:
-                if fields and (not wanted or json.loads(fields[b"status"]) in wanted):
+                if (
+                    fields
+                    and (not wanted or json.loads(fields[b"status"]) in wanted)
+                    and (owner is None or json.loads(fields.get(b"owner", b"null")) == owner)
+                ):
                     found.append(_record(fields))
             top = f"({int(page[-1][1])}"
         return found[:limit]

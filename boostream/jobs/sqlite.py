@@ -28,7 +28,7 @@ import orjson
 from boostream.jobs.records import CHANGING_FIELDS, FOUND_WHEN_READ, Event, JobRecord, JobRequest, JobStatus
 from boostream.models.artifacts import ArtifactRecord, StoredBlob
 
-SCHEMA_VERSION = 2  # 2 added the artifacts table
+SCHEMA_VERSION = 3  # 2 added the artifacts table, 3 the jobs' owner
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     error_message TEXT,
     artifact_id TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
-    callback_state TEXT
+    callback_state TEXT,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at);
@@ -103,6 +104,9 @@ class SqliteJobStore:
             raise RuntimeError(f"{self.path} was written by a newer boostream (schema {version}); upgrade to use it")
         with self._db:
             self._db.executescript(SCHEMA)
+            if version < 3 and "owner" not in {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}:
+                self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")  # jobs kept before keys: nobody's
+            self._db.execute("CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, seq)")
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -158,10 +162,15 @@ class SqliteJobStore:
         row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job_record(row) if row else None
 
-    def jobs(self, statuses: Iterable[str] = (), limit: int = 50, before_seq: int | None = None) -> list[JobRecord]:
-        """Newest first."""
+    def jobs(
+        self, statuses: Iterable[str] = (), limit: int = 50, before_seq: int | None = None, owner: str | None = None
+    ) -> list[JobRecord]:
+        """Newest first; only those of `owner` when it is given."""
         where: list[str] = []
         args: list[Any] = []
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
         wanted = list(statuses)
         if wanted:
             where.append(f"status IN ({', '.join('?' * len(wanted))})")

@@ -1,7 +1,10 @@
-"""The server's secret key, and HMAC-SHA256 signatures made with it (webhooks now, artifacts later).
+"""The server's secret key, the keys derived from it for each purpose, and HMAC-SHA256 signatures.
 
-The key lives in a file under the data directory unless the operator configures one, so that
-signatures stay valid across restarts and across processes sharing that directory.
+The key lives in a file under the data directory (or in Redis) unless the operator configures one,
+so that signatures stay valid across restarts and across processes sharing it. Nothing is signed
+with it directly: artifacts, webhooks and browser sessions each have a key of their own, derived
+from it (`SigningKeys`), so that a signature made for one purpose is worthless for another (a
+webhook body, signed and sent to a receiver, is not a signed artifact that /predict would load).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import hmac
 import os
 import secrets
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 MIN_KEY_BYTES = 16
@@ -30,6 +34,25 @@ def load_or_create_key(path: Path, configured: str | None = None) -> bytes:
     except FileNotFoundError:
         _create_key_file(path)
         return _read_key(path)
+
+
+@dataclass(frozen=True)
+class SigningKeys:
+    """One key per purpose, derived from the server's secret key."""
+
+    artifacts: bytes
+    webhooks: bytes
+    sessions: bytes
+
+    @classmethod
+    def of(cls, secret: bytes) -> SigningKeys:
+        return cls(**{purpose: derived(secret, purpose) for purpose in ("artifacts", "webhooks", "sessions")})
+
+
+def derived(secret: bytes, purpose: str) -> bytes:
+    """The key for `purpose`: HMAC-SHA256 of its name under the secret key (as HKDF's expand step
+    does with one block)."""
+    return hmac.new(secret, b"boostream signing key: " + purpose.encode(), hashlib.sha256).digest()
 
 
 def configured_key(configured: str) -> bytes:

@@ -1,5 +1,5 @@
-"""The application's wiring: one service, the HTTP routes over it, the MCP endpoint over it, and
-the error table at the edge."""
+"""The application's wiring: one service, the HTTP routes over it, the MCP endpoint over it, the
+access checks in front of both, and the error table at the edge."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
 from boostream.config import Settings
@@ -17,6 +18,7 @@ from boostream.errors import BoostreamError
 from boostream.mcp_server import PATH as MCP_PATH
 from boostream.mcp_server import McpEndpoint
 from boostream.service import Service
+from boostream.streaming_server.access import Access, Gate, HostNames, Origins, Sessions
 from boostream.streaming_server.errors import handle_domain_error, handle_http_exception, handle_unexpected_error
 from boostream.streaming_server.routes import Routes
 from boostream.streaming_server.slow_clients import BodyIdleTimeout
@@ -24,7 +26,27 @@ from boostream.streaming_server.slow_clients import BodyIdleTimeout
 
 def create_app(settings: Settings) -> Starlette:
     service = Service(settings)
-    mcp = McpEndpoint(service, settings.allowed_mcp_hosts, settings.allowed_mcp_origins)
+    mcp = McpEndpoint(service, settings.extra_hosts, settings.extra_origins)
+    gate, origins = Gate(service), Origins(settings.extra_origins)
+    sessions = Sessions(gate)
+    # Outermost first: CORS answers the preflights of the origins listed, then every request passes
+    # the access checks, then a body that stops arriving is timed out.
+    middleware = [
+        Middleware(Access, gate=gate, hosts=HostNames(settings.host, settings.extra_hosts), origins=origins),
+        Middleware(BodyIdleTimeout, idle_s=settings.body_idle_timeout_s),
+    ]
+    if origins.pattern is not None:
+        middleware.insert(
+            0,
+            Middleware(
+                CORSMiddleware,
+                allow_origin_regex=origins.pattern.pattern,
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+                expose_headers=["Location", "Retry-After", "ETag", "Content-Disposition", "X-Boostream-Signature"],
+                max_age=600,
+            ),
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -32,8 +54,14 @@ def create_app(settings: Settings) -> Starlette:
             yield
 
     return Starlette(
-        routes=[*Routes(service).routes(), Route(MCP_PATH, endpoint=StreamableHTTPASGIApp(mcp.sessions))],
-        middleware=[Middleware(BodyIdleTimeout, idle_s=settings.body_idle_timeout_s)],
+        routes=[
+            Route("/session", sessions.sign_in, methods=["POST"]),
+            Route("/session", sessions.who, methods=["GET"]),
+            Route("/session", sessions.sign_out, methods=["DELETE"]),
+            *Routes(service).routes(),
+            Route(MCP_PATH, endpoint=StreamableHTTPASGIApp(mcp.sessions)),
+        ],
+        middleware=middleware,
         lifespan=lifespan,
         exception_handlers={
             BoostreamError: handle_domain_error,

@@ -22,6 +22,7 @@ STATUS: dict[type[BoostreamError], int] = {
     errors.InvalidParameter: 422,
     errors.TooLarge: 413,
     errors.TooSlow: 408,
+    errors.Unauthorized: 401,
     errors.NotFound: 404,
     errors.Gone: 410,
     errors.Untrusted: 403,
@@ -53,7 +54,11 @@ def status_of(error: BoostreamError) -> int:
 
 
 def error_response(error: BoostreamError) -> JSONResponse:
-    headers = {"Retry-After": str(error.retry_after_s)} if isinstance(error, errors.QueueFull) else None
+    headers: dict[str, str] = {}
+    if isinstance(error, errors.QueueFull):
+        headers["Retry-After"] = str(error.retry_after_s)
+    elif isinstance(error, errors.Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="boostream"'
     return JSONResponse({"error": error.details()}, status_code=status_of(error), headers=headers)
 
 

@@ -15,6 +15,7 @@ from starlette.routing import BaseRoute, Route
 from boostream import dashboard
 from boostream.errors import InvalidParameter
 from boostream.jobs.records import Event, JobRecord, job_urls
+from boostream.keys import Caller
 from boostream.requests.spec import TrainSpec
 from boostream.service import Service
 from boostream.streaming_server.errors import ApiError
@@ -79,33 +80,37 @@ class Routes:
         limit = _int_query(query, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
         cursor = _int_query(query, "cursor", None, 1, MAX_ID)
         assert limit is not None
-        return JSONResponse(await self.service.list_jobs(statuses, limit, cursor))
+        return JSONResponse(await self.service.list_jobs(_caller(request), statuses, limit, cursor))
 
     async def job_status(self, request: Request) -> Response:
-        return JSONResponse(await self.service.status(request.path_params["job_id"]))
+        return JSONResponse(await self.service.status(_caller(request), request.path_params["job_id"]))
 
     async def job_events(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
         raw = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
-        events = await self.service.follow(job_id, _whole_number(raw, "after", 0, MAX_ID))
+        events = await self.service.follow(_caller(request), job_id, _whole_number(raw, "after", 0, MAX_ID))
         if events is None:
             # A finished job with nothing left to send: 204 tells EventSource to stop reconnecting.
             return Response(status_code=204)
         return self._event_response(job_id, events, cancel_on_leave=False)
 
     async def job_result(self, request: Request) -> Response:
-        return Response(await self.service.result(request.path_params["job_id"]), media_type=JSON)
+        return Response(await self.service.result(_caller(request), request.path_params["job_id"]), media_type=JSON)
 
     async def cancel_job(self, request: Request) -> Response:
-        return JSONResponse(await self.service.cancel(request.path_params["job_id"]), status_code=202)
+        return JSONResponse(
+            await self.service.cancel(_caller(request), request.path_params["job_id"]), status_code=202
+        )
 
     async def delete_job(self, request: Request) -> Response:
-        await self.service.delete(request.path_params["job_id"])
+        await self.service.delete(_caller(request), request.path_params["job_id"])
         return Response(status_code=204)
 
     async def download_artifact(self, request: Request) -> Response:
         artifact_id = request.path_params["artifact_id"]
-        content, blob = await self.service.artifact_file(artifact_id, request.query_params.get("format", "joblib"))
+        content, blob = await self.service.artifact_file(
+            _caller(request), artifact_id, request.query_params.get("format", "joblib")
+        )
         headers = {
             "Content-Disposition": f'attachment; filename="{artifact_id}.{blob.extension}"',
             "ETag": f'"{blob.sha256}"',
@@ -114,7 +119,9 @@ class Routes:
         return Response(content, media_type=blob.media_type, headers=headers)
 
     async def artifact_metadata(self, request: Request) -> Response:
-        return JSONResponse(await self.service.artifact_metadata(request.path_params["artifact_id"]))
+        return JSONResponse(
+            await self.service.artifact_metadata(_caller(request), request.path_params["artifact_id"])
+        )
 
     async def predict(self, request: Request) -> Response:
         media_type = _media_type(request)
@@ -126,12 +133,12 @@ class Routes:
             body = await read_body(request, self.service.settings.max_body_bytes)
             parsed, X = await self.service.decode_predict(body)
             del body  # not held while predicting: it may be a gigabyte
-        answer = await self.service.predict(parsed, X)
+        answer = await self.service.predict(_caller(request), parsed, X)
         return Response(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON)
 
     async def _submit(self, request: Request) -> JobRecord:
         spec, ingest_timings = await self._decode(request)
-        return await self.service.submit(spec, ingest_timings, str(request.base_url))
+        return await self.service.submit(_caller(request), spec, ingest_timings, str(request.base_url))
 
     async def _decode(self, request: Request) -> tuple[TrainSpec, dict[str, float]]:
         """The training request, read and checked off the loop, and how long reading the body (from
@@ -164,6 +171,12 @@ class Routes:
 
         settings = self.service.settings
         return event_response(events, on_leave, settings.heartbeat_s, settings.send_timeout_s)
+
+
+def _caller(request: Request) -> Caller:
+    """Who sent the request, as the access checks found (`access.py`)."""
+    caller: Caller = request.state.caller
+    return caller
 
 
 def _media_type(request: Request) -> str:

@@ -29,6 +29,44 @@ let models = [];
 const demoBlobs = new Map();
 let guessedTarget = ""; // the target last filled in from a CSV header: cleared for a Parquet file
 
+// ---- signing in: a server with API keys asks for one once; its session cookie does the rest ----
+
+async function signIn() {
+  const session = await request("/session");
+  if (session.keys_required && !session.signed_in) {
+    $("sign-in").hidden = false;
+    $("api-key").focus();
+    await new Promise((resolve) => {
+      $("sign-in").addEventListener("submit", async function submitted(event) {
+        event.preventDefault();
+        try {
+          const signedIn = await request("/session", {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: JSON.stringify({ api_key: $("api-key").value.trim() }),
+          });
+          $("sign-in").removeEventListener("submit", submitted);
+          Object.assign(session, signedIn, { signed_in: true });
+          resolve();
+        } catch (error) {
+          $("sign-in-error").textContent = error.message;
+        }
+      });
+    });
+    $("api-key").value = "";
+    $("sign-in").hidden = true;
+  }
+  if (session.keys_required) {
+    $("who-name").textContent = session.admin ? `${session.name} (admin)` : session.name;
+    $("who").hidden = false;
+  }
+}
+
+async function signOut() {
+  await request("/session", { method: "DELETE" });
+  location.reload();
+}
+
 // ---- the form ----
 
 async function loadModels() {
@@ -585,6 +623,7 @@ function markOpenJob() {
 async function request(url, options) {
   const response = await fetch(url, options);
   const body = await response.json().catch(() => null);
+  if (response.status === 401 && url !== "/session") location.reload(); // the session ended: sign in again
   if (!response.ok) {
     const error = new Error(body?.error?.message ?? `${response.status} ${response.statusText}`);
     throw Object.assign(error, { status: response.status, field: body?.error?.field });
@@ -648,6 +687,8 @@ async function start() {
   $("cancel").addEventListener("click", cancelJob);
   $("refresh-jobs").addEventListener("click", refreshJobs);
   document.addEventListener("visibilitychange", () => document.visibilityState === "visible" && refreshJobs());
+  $("sign-out").addEventListener("click", signOut);
+  await signIn();
   await loadModels();
   await setupTables();
   drawChart();
