@@ -190,6 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_predict(commands)
     _add_demo_data(commands)
     _add_keys(commands)
+    _add_webhook_key(commands)
     return parser
 
 
@@ -501,7 +502,7 @@ def _keys(args: argparse.Namespace) -> int:
     try:
         asyncio.run(run())
     except (ValueError, LookupError) as error:  # a name it cannot take, no such key
-        raise UsageError(str(error).strip("'\"")) from None
+        raise UsageError(str(error)) from None
     return 0
 
 
@@ -524,6 +525,46 @@ async def _key_store(settings: Settings) -> AsyncIterator[KeyStore]:
             yield store
         finally:
             store.close()
+
+
+def _add_webhook_key(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser(
+        "webhook-key",
+        help="print the key that signs webhooks (hex), for their receivers",
+        description="The key a webhook receiver checks X-Boostream-Signature with: derived from the server's secret "
+        "key (BOOSTREAM_SECRET_KEY, else the one kept in the data directory or in Redis), printed in hex.",
+    )
+    command.add_argument("--data-dir", help=f"the server's data directory (env {env_name('data_dir')})")
+    command.add_argument("--redis", metavar="URL", help=f"the servers' Redis (env {env_name('redis')})")
+    command.set_defaults(run=_webhook_key)
+
+
+def _webhook_key(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from boostream.models.signing import SigningKeys, load_or_create_key
+
+    settings = from_environment(data_dir=args.data_dir, redis=args.redis)
+    try:
+        if settings.redis:
+            from boostream.jobs.redis_state import RedisState
+
+            _wait_for_redis(settings.redis)
+
+            async def kept() -> bytes:
+                state = RedisState(settings.redis)
+                try:
+                    return await state.secret_key(settings.secret_key or None)
+                finally:
+                    await state.close()
+
+            secret = asyncio.run(kept())
+        else:
+            secret = load_or_create_key(settings.key_path, settings.secret_key or None)
+    except ValueError as error:  # a configured key too short
+        raise UsageError(str(error)) from None
+    print(SigningKeys.of(secret).webhooks.hex())
+    return 0
 
 
 def _add_demo_data(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -556,12 +597,18 @@ def _serve(args: argparse.Namespace) -> int:
     except DataDirInUse as error:
         raise Failure(str(error)) from None
     _refuse_exposure(settings)
+    for old, new in (("mcp_hosts", "allowed_hosts"), ("mcp_origins", "allowed_origins")):
+        if os.environ.get(env_name(old)):
+            logging.getLogger("boostream").warning(
+                "%s is no longer read: set %s (every route checks it, /mcp too)", env_name(old), env_name(new)
+            )
     logging.getLogger("boostream").info("data directory: %s", settings.data_dir)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        access_log=False,  # the app logs each request itself, as JSON (boostream.access)
         timeout_graceful_shutdown=5,
     )
     return 0
@@ -578,8 +625,7 @@ def _refuse_exposure(settings: Settings) -> None:
         async with _key_store(settings) as store:
             return await store.any()
 
-    where = "--redis URL" if settings.redis else f"--data-dir {settings.data_dir}"
-    if not settings.no_auth and (problem := exposure_problem(settings.host, False, asyncio.run(keys_exist()), where)):
+    if not settings.no_auth and (problem := exposure_problem(settings, asyncio.run(keys_exist()))):
         raise Failure(problem)
 
 

@@ -8,6 +8,7 @@ once: the HTTP edge to statuses (`streaming_server/errors.py`), the MCP edge to 
 
 from __future__ import annotations
 
+import errno
 from typing import Any, ClassVar
 
 # What a message quotes of a client's input (a path, a row of a file, a parser's words on it) is cut
@@ -114,6 +115,25 @@ class StorageFailed(BoostreamError):
     """What the server must keep on disk could not be written (a full or read-only disk)."""
 
     code = "storage_failed"
+
+
+class StorageFull(StorageFailed):
+    """The disk that the server keeps its jobs, tables or models on is full."""
+
+    code = "insufficient_storage"
+
+
+def disk_full(error: BaseException | None) -> bool:
+    """Whether `error`, or what caused it, is a full disk: ENOSPC or EDQUOT, or SQLite's "database
+    or disk is full"."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if getattr(error, "sqlite_errorname", None) == "SQLITE_FULL":
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 class StoreUnreachable(BoostreamError):

@@ -17,13 +17,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import json
 import re
 import secrets
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from boostream.jobs.redis_state import reachable
+
+if TYPE_CHECKING:
+    from boostream.config import Settings
 
 KEY_PREFIX = "bst_"
 KEY_BYTES = 32
@@ -39,13 +45,9 @@ class Caller:
     admin: bool = False
 
     def owns(self, owner: str | None) -> bool:
-        """Whether this caller may see and act on what `owner` created."""
+        """Whether this caller may see and act on what `owner` created (what a job this caller
+        creates belongs to is its `name`)."""
         return self.admin or (self.name is not None and owner == self.name)
-
-    @property
-    def owner(self) -> str | None:
-        """What a job this caller creates belongs to."""
-        return self.name
 
 
 # Every client of a server without keys (or with --no-auth), and `train --local`.
@@ -84,18 +86,24 @@ class KeyStore(Protocol):
         """Whether any key was ever created."""
 
 
-LOOPBACK_ADDRESSES = ("127.0.0.1", "localhost", "::1")
+def is_loopback(host: str) -> bool:
+    """Whether an address to listen on reaches this machine only (`localhost`, 127.0.0.0/8, ::1)."""
+    host = host.strip("[]").lower()
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
 
 
-def exposure_problem(host: str, no_auth: bool, keys_exist: bool, where: str) -> str | None:
-    """Why a server may not start: it would listen beyond this machine (`host`) and serve everyone,
-    though nobody said so (`no_auth`); None when it may. `where`: the option that names where its
-    keys are kept, for the command that makes one."""
-    if no_auth or keys_exist or host in LOOPBACK_ADDRESSES:
+def exposure_problem(settings: Settings, keys_exist: bool) -> str | None:
+    """Why a server may not start: it would listen beyond this machine and serve everyone, though
+    nobody said so (`--no-auth`); None when it may."""
+    if settings.no_auth or keys_exist or is_loopback(settings.host):
         return None
+    where = "--redis URL" if settings.redis else f"--data-dir {settings.data_dir}"
     return (
-        f"this server would listen on {host or 'every address'}, beyond this machine, and no API key exists: "
-        f"create one first (boostream keys create NAME {where}), or pass --no-auth to serve everyone"
+        f"this server would listen on {settings.host or 'every address'}, which is not loopback, and no API key "
+        f"exists: create one first (boostream keys create NAME {where}), or pass --no-auth to serve everyone"
     )
 
 
@@ -123,7 +131,9 @@ def _new_record(name: str, admin: bool) -> tuple[str, str, KeyRecord]:
 
 
 def _chosen(records: list[KeyRecord], id_or_name: str) -> list[KeyRecord]:
-    chosen = [r for r in records if r.revoked_at is None and (r.id == id_or_name or r.name == id_or_name)]
+    """The live key with this id, else the live keys of this name."""
+    live = [record for record in records if record.revoked_at is None]
+    chosen = [r for r in live if r.id == id_or_name] or [r for r in live if r.name == id_or_name]
     if not chosen:
         raise LookupError(f"no live key has the id or name {id_or_name!r}")
     return chosen
@@ -185,13 +195,14 @@ class SqliteKeys:
 
 class RedisKeys:
     """Keys in Redis, shared by every API process: one hash, the key's SHA-256 to its record, and
-    one from its id to its SHA-256."""
+    one from its id to its SHA-256. Redis out of reach is `StoreUnreachable` (503), as for jobs."""
 
     def __init__(self, redis: Any, prefix: str) -> None:
         self.redis = redis
         self._by_hash = f"{prefix}keys"
         self._by_id = f"{prefix}key-ids"
 
+    @reachable
     async def create(self, name: str, admin: bool) -> tuple[str, KeyRecord]:
         key, digest, record = _new_record(name, admin)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -200,10 +211,12 @@ class RedisKeys:
             await pipe.execute()
         return key, record
 
+    @reachable
     async def records(self) -> list[KeyRecord]:
         found = [KeyRecord(**json.loads(value)) for value in (await self.redis.hgetall(self._by_hash)).values()]
         return sorted(found, key=lambda record: record.created_at)
 
+    @reachable
     async def revoke(self, id_or_name: str) -> list[KeyRecord]:
         now, revoked = time.time(), []
         for record in _chosen(await self.records(), id_or_name):
@@ -212,16 +225,20 @@ class RedisKeys:
             await self.redis.hset(self._by_hash, digest, json.dumps(revoked[-1].view()))
         return revoked
 
+    @reachable
     async def find(self, key: str) -> KeyRecord | None:
         return await self._live(hashed(key))
 
+    @reachable
     async def by_id(self, key_id: str) -> KeyRecord | None:
         digest = await self.redis.hget(self._by_id, key_id)
         return None if digest is None else await self._live(digest.decode() if isinstance(digest, bytes) else digest)
 
+    @reachable
     async def any(self) -> bool:
         return bool(await self.redis.exists(self._by_hash))
 
+    @reachable
     async def _live(self, digest: str) -> KeyRecord | None:
         value = await self.redis.hget(self._by_hash, digest)
         if value is None:

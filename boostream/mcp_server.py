@@ -15,11 +15,10 @@ whose client leaves: its id is in every progress message, for `job_status` and `
 With `on_cancel: "cancel"` it stops at the next round instead. A client that merely drops a
 2025-era connection does not cancel the call: the job trains on whatever `on_cancel` says.
 
-The MCP specification requires validating `Origin` against DNS rebinding. The SDK's transport
-security does it, together with `Host`: a request whose `Origin` is present and not allowed gets
-403, one whose `Host` is not allowed gets 421, one without `Origin` (any non-browser client) is
-served. Allowed are the loopback names, the address the server binds when it is a specific one,
-pages served from those same hosts, and what the operator adds.
+The MCP specification requires validating `Origin` against DNS rebinding: the app's access checks
+(`streaming_server/access.py`) do it for `/mcp` as for every route, before a request reaches the
+SDK, together with `Host` and the caller's API key (the SDK's own check is off: one rule, and
+errors in the API's JSON). Each tool acts for the caller of the HTTP request it came in.
 """
 
 from __future__ import annotations
@@ -57,8 +56,6 @@ ON_CANCEL = ("continue", "cancel")
 # Tool arguments arrive inside one JSON-RPC body that the SDK parses on the event loop (about
 # 70 ms per MiB here), so bodies stay at the SDK's 4 MiB; bigger tables go to `POST /jobs`.
 MAX_BODY_BYTES = DEFAULT_MAX_REQUEST_BODY_SIZE
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
-WILDCARD_ADDRESSES = ("", "0.0.0.0", "::")
 DEFAULTS = TrainOptions()
 INSTRUCTIONS = (
     "Trains gradient-boosted tree models (LightGBM on the CPU, WarpGBM on an NVIDIA GPU) on tables you send. "
@@ -84,7 +81,7 @@ class Tool:
 class McpEndpoint:
     """The MCP server of one `Service`: its tools, its sessions, and the route that serves them."""
 
-    def __init__(self, service: Service, extra_hosts: Sequence[str] = (), extra_origins: Sequence[str] = ()) -> None:
+    def __init__(self, service: Service) -> None:
         self.service = service
         self.server = Server(
             "boostream",
@@ -95,7 +92,7 @@ class McpEndpoint:
         )
         self.sessions = StreamableHTTPSessionManager(
             self.server,
-            security_settings=transport_security(service.settings.host, extra_hosts, extra_origins),
+            security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
             max_request_body_size=min(MAX_BODY_BYTES, service.settings.max_body_bytes),
         )
         self.tools = {tool.definition.name: tool for tool in self._tools()}
@@ -363,25 +360,6 @@ class McpEndpoint:
                 self.predict,
             ),
         ]
-
-
-def transport_security(
-    bound_host: str, extra_hosts: Sequence[str] = (), extra_origins: Sequence[str] = ()
-) -> TransportSecuritySettings:
-    """Which `Host` and `Origin` headers `/mcp` accepts: the loopback names, the address the server
-    binds if it is a specific one, and `extra_hosts`, on any port; as origins, pages served from
-    those hosts (http or https), and `extra_origins` (`scheme://host[:port]`, or `:*` for any port)."""
-    hosts = list(LOOPBACK_HOSTS)
-    if bound_host not in WILDCARD_ADDRESSES:
-        hosts.append(f"[{bound_host}]" if ":" in bound_host else bound_host)
-    hosts.extend(extra_hosts)
-    allowed_hosts = [name for host in dict.fromkeys(hosts) for name in (host, f"{host}:*")]
-    return TransportSecuritySettings(
-        enable_dns_rebinding_protection=True,
-        allowed_hosts=allowed_hosts,
-        allowed_origins=[f"{scheme}://{host}" for host in allowed_hosts for scheme in ("http", "https")]
-        + list(extra_origins),
-    )
 
 
 def _caller(ctx: ServerRequestContext) -> Caller:

@@ -9,6 +9,7 @@ requests already read (bytes, a spooled file), answers as plain data, refusals a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Collection
 from typing import IO, Any
@@ -31,7 +32,7 @@ from boostream.keys import EVERYONE, Caller, KeyRecord, KeyStore, RedisKeys, Sql
 from boostream.models.artifacts import FORMATS as ARTIFACT_FORMATS
 from boostream.models.artifacts import ArtifactRecord, ArtifactStore, StoredBlob
 from boostream.models.predicting import LoadedModel, ModelCache, ModelLoader
-from boostream.models.signing import SigningKeys, load_or_create_key
+from boostream.models.signing import SigningKeys, load_or_create_key, sign
 from boostream.requests.json_body import PredictRequestBody, decode_predict_request, decode_train_request
 from boostream.requests.spec import TrainSpec
 from boostream.trainers import create_trainers
@@ -201,9 +202,7 @@ class Service:
 
     async def _check_exposure(self) -> None:
         """A server that listens beyond this machine must not serve everyone unless told to."""
-        settings = self.settings
-        where = "--redis URL" if settings.redis else f"--data-dir {settings.data_dir}"
-        problem = exposure_problem(settings.host, settings.no_auth, await self.keys_required(), where)
+        problem = exposure_problem(self.settings, await self.keys_required())
         if problem is not None:
             raise Exposed(problem)
 
@@ -320,6 +319,7 @@ class Service:
         `ingest_timings`: `receive_s` (reading the body, where there was one) and `decode_s`;
         `base_url`: where the client reached the server, for the absolute URLs of webhooks."""
         try:
+            self._check_memory(spec)
             job_request = JobRequest(
                 model_type=spec.trainer.name,
                 objective=spec.objective,
@@ -330,7 +330,7 @@ class Service:
                 base_url=base_url,
             )
             return await self.jobs.submit(
-                job_request, spec.data, ingest_timings, saved_at=spec.saved_at, owner=caller.owner
+                job_request, spec.data, ingest_timings, saved_at=spec.saved_at, owner=caller.name
             )
         except BaseException:
             if spec.saved_at is not None and spec.saved_at.exists():  # refused: its arrays go too
@@ -353,7 +353,7 @@ class Service:
         unknown = [s for s in statuses if s not in JOB_STATUSES]
         if unknown:
             raise InvalidParameter("status", f"unknown status {unknown[0]!r}; choose from {list(JOB_STATUSES)}")
-        records = await self.jobs.jobs(statuses, limit + 1, cursor, None if caller.admin else caller.owner)
+        records = await self.jobs.jobs(statuses, limit + 1, cursor, None if caller.admin else caller.name)
         page, more = records[:limit], len(records) > limit
         return {"jobs": [job_view(record) for record in page], "next_cursor": str(page[-1].seq) if more else None}
 
@@ -427,7 +427,10 @@ class Service:
             raise Gone(
                 f"the {format} file of artifact {record.id} is missing from the server", field="artifact_id"
             ) from None
-        return content, record.blobs[format]
+        # Signed now, with the key this server checks: one saved before artifacts had a key of their
+        # own carries a signature that /predict no longer takes.
+        blob = record.blobs[format]
+        return content, dataclasses.replace(blob, signature=sign(self.signing_keys.artifacts, content))
 
     async def predict(self, caller: Caller, request: PredictRequestBody, X: np.ndarray) -> dict[str, Any]:
         """Predictions for X from a stored artifact of `caller`'s (`artifact_id`) or one handed back
@@ -458,6 +461,24 @@ class Service:
             "predictions": values.tolist() if values.dtype == object else values,
         }
 
+    def _check_memory(self, spec: TrainSpec) -> None:
+        """Refuse a job that would need more memory to train than a training worker may hold: it
+        would fail `out_of_memory` after taking the memory, or take the machine's."""
+        limit = self.settings.worker_memory_bytes
+        terms = spec.trainer.memory(spec.data, spec.objective, spec.params)
+        needed = sum(term.bytes for term in terms)
+        if not limit or needed <= limit:
+            return
+        largest = max(terms, key=lambda term: term.bytes)
+        what = "; ".join(f"{term.what}: {_size(term.bytes)}" for term in sorted(terms, key=lambda t: -t.bytes))
+        field = f"params.{largest.params[0]}" if largest.params else "X"
+        lower = " or ".join(largest.params) if largest.params else "the table"
+        raise InvalidParameter(
+            field,
+            f"this job would need about {_size(needed)} of memory to train ({what}), more than the "
+            f"{_size(limit)} a job may use on this server (--worker-memory-mb): lower {lower}",
+        )
+
     def _check_timeout(self, timeout_s: float | None) -> float | None:
         limit = self.settings.max_training_s
         if timeout_s is not None and not 0 < timeout_s <= limit:
@@ -466,3 +487,10 @@ class Service:
                 f"timeout_s must be greater than 0 and at most {limit:g} (this server's limit), got {timeout_s:g}",
             )
         return timeout_s
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("TB", 1024**4), ("GB", 1024**3), ("MB", 1024**2)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count / 1024:.0f} KB"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +24,8 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from test_jobs import body_for, long_body
 from test_mcp import INITIALIZE, error_text
+
+from boostream.streaming_server.access import HostNames
 
 from conftest import Server, _free_port, parse_sse, running_server, stop_process
 
@@ -153,7 +157,7 @@ def test_keys_are_kept_hashed_and_a_revoked_key_is_refused_at_once(tmp_path: Pat
         unknown = subprocess.run(
             [*KEYS, "revoke", "nobody", "--data-dir", str(server.data_dir)], capture_output=True, text=True
         )
-        assert unknown.returncode == 2 and "no live key" in unknown.stderr
+        assert unknown.returncode == 2 and "no live key has the id or name 'nobody'" in unknown.stderr
     # Read once the server is gone: closing any descriptor of a SQLite file drops the locks that
     # its process holds on it, and the server runs in this process.
     kept = b"".join(path.read_bytes() for path in server.data_dir.glob("keys.sqlite3*"))
@@ -165,6 +169,8 @@ def test_a_browser_signs_in_once_and_follows_events_with_its_session_cookie(keye
     with keyed.server.client() as browser:
         wrong = browser.post("/session", json={"api_key": "bst_wrong"})
         assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
+        basic = browser.post("/session", headers={"authorization": f"Basic {keyed.alice}"})
+        assert basic.status_code == 401 and "set-cookie" not in basic.headers
         signed = browser.post("/session", json={"api_key": keyed.alice})
         assert signed.status_code == 200 and signed.json()["name"] == "alice"
         cookie = signed.headers["set-cookie"].lower()
@@ -193,6 +199,8 @@ def test_a_cross_site_request_is_refused_and_the_servers_own_pages_are_not(keyed
         for answer in (foreign, form):
             assert answer.status_code == 403 and answer.json()["error"]["code"] == "cross_origin"
         assert len(alice.get("/jobs", params={"limit": 500}).json()["jobs"]) == before, "nothing was started"
+        other_port = alice.post("/jobs", json=body_for(diabetes, 5), headers={"origin": "http://127.0.0.1:3000"})
+        assert other_port.status_code == 403, "a page of another port gets this server's cookies, but is not its own"
         own = alice.post("/jobs", json=body_for(diabetes, 5), headers={"origin": keyed.server.url})
         assert own.status_code == 202
         rebound = alice.get("/jobs", headers={"host": "evil.example"})
@@ -325,3 +333,34 @@ def test_keys_in_redis_hold_for_every_replica(tmp_path: Path, redis_server, diab
             assert alice_on_b.post(f"/jobs/{job_id}/cancel").status_code == 202
         with b.client() as nobody:
             assert nobody.get("/jobs").status_code == 401
+        redis_server.kill_9()
+        try:
+            with a.client(headers=bearer(alice)) as during:
+                out = during.get("/jobs")
+            assert out.status_code == 503 and out.json()["error"]["code"] == "store_unreachable", out.text
+        finally:
+            redis_server.start()
+
+
+def test_revoking_by_id_revokes_that_key_alone(tmp_path: Path):
+    data_dir = str(tmp_path / "data")
+    eve = make_key(tmp_path / "data", "eve")
+    listed = subprocess.run([*KEYS, "list", "--json", "--data-dir", data_dir], capture_output=True, text=True)
+    eves_id = json.loads(listed.stdout)["id"]
+    named_like_it = make_key(tmp_path / "data", eves_id)  # a name that is another key's id
+    revoked = subprocess.run([*KEYS, "revoke", eves_id, "--data-dir", data_dir], capture_output=True, text=True)
+    assert revoked.returncode == 0 and revoked.stderr.count("revoked key") == 1, revoked.stderr
+    with running_server(tmp_path) as server:
+        assert httpx.get(server.url + "/jobs", headers=bearer(eve)).status_code == 401
+        assert httpx.get(server.url + "/jobs", headers=bearer(named_like_it)).status_code == 200
+
+
+def test_a_server_on_every_address_answers_to_its_own_names_and_those_listed():
+    everywhere = HostNames("0.0.0.0", ["models.internal:*", "proxy.example:8443"])
+    own = socket.gethostname()
+    assert everywhere.allow(f"{own}:8000") and everywhere.allow("127.0.0.1:8000") and everywhere.allow("[::1]:8000")
+    for address in {info[4][0] for info in socket.getaddrinfo(own, None)}:
+        assert everywhere.allow(f"[{address}]:8000" if ":" in address else f"{address}:8000"), address
+    assert everywhere.allow("models.internal:9000") and everywhere.allow("PROXY.example:8443")
+    assert not everywhere.allow("proxy.example:8444") and not everywhere.allow("evil.example:8000")
+    assert not everywhere.allow("") and not HostNames("10.0.0.5").allow(f"{own}:8000")

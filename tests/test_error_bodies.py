@@ -120,3 +120,27 @@ def test_an_unexpected_failure_is_a_json_500_and_is_logged(tmp_path: Path):
     assert_error_body(response)
     assert response.json()["error"]["code"] == "internal_error"
     assert "Traceback" in log and "FileExistsError" in log, log
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        (b'{"X": [[1], [2], [3]], "y": [1, 2, 3], "y": [3, 2, 1]}', "y"),
+        (b'{"X": [[1], [2], [3]], "y": [1, 2, 3], "params": {"n_estimators": 3, "n_estimators": 500}}', "n_estimators"),
+        (b'{"model_type": "lightgbm", "X": [[1], [2], [3]], "model_type": "warpgbm", "y": [1, 2, 3]}', "model_type"),
+    ],
+    ids=["array", "parameter", "option"],
+)
+def test_a_key_sent_twice_is_refused_naming_it(server: Server, body: bytes, field: str):
+    # One reader keeps the first, another the last: the request would mean two things.
+    with server.client() as client:
+        answer = client.post("/jobs", content=body, headers={"content-type": "application/json"})
+        predicted = client.post(
+            "/predict",
+            content=b'{"artifact_id": "x", "X": [[1]], "X": [[2]]}',
+            headers={"content-type": "application/json"},
+        )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == {**answer.json()["error"], "code": "invalid_json", "field": field}
+    assert "twice" in answer.json()["error"]["message"]
+    assert predicted.status_code == 400 and predicted.json()["error"]["field"] == "X"

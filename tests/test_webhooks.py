@@ -14,6 +14,8 @@ import logging
 import os
 import socket
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -376,6 +378,11 @@ def test_a_signed_webhook_body_is_not_a_signed_artifact(webhook_server: Server, 
     webhook_server.wait_for_job(job_id)
     wait_for_callback(webhook_server, job_id)
     [arrived] = receiver.received
+    printed = subprocess.run(
+        [sys.executable, "-m", "boostream", "webhook-key", "--data-dir", str(webhook_server.data_dir)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert verify(bytes.fromhex(printed.stdout.strip()), arrived.body, arrived.headers["X-Boostream-Signature"])
     with webhook_server.client() as client:
         answer = client.post(
             "/predict",

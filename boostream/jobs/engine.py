@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any, Protocol
 
-from boostream.jobs.records import Event, JobRecord, JobRequest, JobStatus
+from boostream.jobs.records import Event, JobRecord, JobRequest, JobsSummary, JobStatus
 from boostream.models.artifacts import ArtifactRecord
 from boostream.trainers.base import TrainingData
 
@@ -66,6 +66,10 @@ class JobEngine(Protocol):
 
     async def counts(self) -> dict[str, dict[str, int]]:
         """Per device: jobs running and queued, and the limits."""
+
+    async def summary(self) -> list[JobsSummary]:
+        """The jobs kept (not yet expired), by backend and status, with their training seconds
+        and rounds."""
 
     async def worker_views(self) -> list[dict[str, Any]]:
         """What /health shows of each worker; `started_at` a Unix time."""

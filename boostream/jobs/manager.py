@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import functools
 import logging
 import time
@@ -25,10 +26,11 @@ from typing import Any, TypeVar
 
 import orjson
 
+from boostream.errors import disk_full
 from boostream.jobs import event_data, inputs
 from boostream.jobs.job import Job
 from boostream.jobs.queue import DeviceQueue
-from boostream.jobs.records import MAX_ATTEMPTS, Event, JobRecord, JobRequest, JobStatus, JobStore
+from boostream.jobs.records import MAX_ATTEMPTS, Event, JobRecord, JobRequest, JobsSummary, JobStatus, JobStore
 from boostream.jobs.webhooks import WebhookPolicy, WebhookSender, send_job_webhook
 from boostream.models.artifacts import Artifact, ArtifactRecord, ArtifactStore
 from boostream.progress import Progress, ProgressBridge
@@ -41,6 +43,7 @@ T = TypeVar("T")
 log = logging.getLogger("boostream.jobs")
 
 EXPIRY_BATCH = 100
+RECORD_RETRY_S = 1.0  # how often the end of a job that the store could not take is written again
 
 
 class JobManager:
@@ -87,6 +90,7 @@ class JobManager:
         self.workers = workers
         self._queues = {device: DeviceQueue(device, pool.slots, max_queued) for device, pool in workers.items()}
         self._live: dict[str, Job] = {}  # queued or running
+        self._unrecorded: dict[str, Job] = {}  # ended, where the store could not take the end yet
         self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inputs")
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
@@ -170,13 +174,24 @@ class JobManager:
         return record
 
     async def job(self, job_id: str) -> JobRecord | None:
-        return self.store.job(job_id)
+        return self._as_ended(self.store.job(job_id))
+
+    def _as_ended(self, record: JobRecord | None) -> JobRecord | None:
+        """The record, as it ended where the store could not take its end yet."""
+        job = self._unrecorded.get(record.id) if record is not None else None
+        if record is None or job is None:
+            return record
+        error = orjson.loads(job.events[-1].json)
+        return dataclasses.replace(
+            record, status=job.status, eta_s=None, error_code=error["code"], error_message=error["message"]
+        )
 
     async def jobs(
         self, statuses: list[str], limit: int, before_seq: int | None, owner: str | None = None
     ) -> list[JobRecord]:
         """Newest first; only those of `owner` when it is given."""
-        return self.store.jobs(statuses, limit, before_seq, owner)
+        records = [self._as_ended(record) for record in self.store.jobs(statuses, limit, before_seq, owner)]
+        return [record for record in records if record is not None]
 
     async def artifact(self, artifact_id: str) -> ArtifactRecord | None:
         return self.store.artifact(artifact_id)
@@ -186,11 +201,13 @@ class JobManager:
         return await self._on_disk(self.artifacts.read, artifact_id, format)
 
     async def has_events_after(self, job_id: str, after: int) -> bool:
+        if (job := self._unrecorded.get(job_id)) is not None:
+            return len(job.events) > after
         return self.store.has_events_after(job_id, after)
 
     async def events(self, job_id: str, after: int) -> AsyncGenerator[Event, None]:
         """The job's events after `after`, then live ones until the terminal event."""
-        job = self._live.get(job_id)
+        job = self._live.get(job_id) or self._unrecorded.get(job_id)
         if job is not None:
             async for event in job.follow(after):
                 yield event
@@ -238,6 +255,9 @@ class JobManager:
 
     async def counts(self) -> dict[str, dict[str, int]]:
         return {device: queue.counts() for device, queue in self._queues.items()}
+
+    async def summary(self) -> list[JobsSummary]:
+        return self.store.summary()
 
     async def worker_views(self) -> list[dict[str, Any]]:
         return [view for pool in self.workers.values() for view in pool.views()]
@@ -293,22 +313,49 @@ class JobManager:
                 self._end(job, JobStatus.FAILED, "error", {"code": "interrupted", "message": message})
                 return
             await self._train(job, data)
-        except Exception:  # the store failing, say: end the job, never leave it `running`
-            log.exception("job %s: the server failed while running it", job.id)
+        except Exception as error:  # the store failing, say: end the job, never leave it `running`
+            if disk_full(error):
+                log.warning("job %s: the disk is full (%s)", job.id, error)
+            else:
+                log.exception("job %s: the server failed while running it", job.id)
             if job.id in self._live:
-                self._fail_without_store(job)
+                self._fail_without_store(job, error)
 
-    def _fail_without_store(self, job: Job) -> None:
-        message = "the server failed while running this job; see its log"
+    def _fail_without_store(self, job: Job, error: Exception) -> None:
+        if disk_full(error):
+            code, message = "insufficient_storage", f"the server's disk filled up while it ran this job ({error})"
+        else:
+            code, message = "internal_error", "the server failed while running this job; see its log"
+        data = {"code": code, "message": message}
         try:
-            self._end(job, JobStatus.FAILED, "error", {"code": "internal_error", "message": message})
-        except Exception:
-            log.exception("job %s: could not record its failure either", job.id)
-            # End the log in memory only: followers still get an end.
+            self._end(job, JobStatus.FAILED, "error", data)
+        except Exception as again:
+            log.warning("job %s: could not record its end either (%s); it is kept until it can be", job.id, again)
+            # Ended in memory: followers get the end now, `GET /jobs/{id}` shows it, and the store
+            # gets it once it can take it (a full disk with room again), without a restart.
             job.status = JobStatus.FAILED
-            data = {"job_id": job.id, "code": "internal_error", "message": message}
-            job.append(Event(len(job.events) + 1, "error", orjson.dumps(data).decode()))
+            event = Event(len(job.events) + 1, "error", orjson.dumps({"job_id": job.id, **data}).decode())
+            job.append(event)
             self._live.pop(job.id, None)
+            self._unrecorded[job.id] = job
+            ended = {"status": JobStatus.FAILED, "finished_at": time.time(), "eta_s": None}
+            self._background(
+                self._record_when_possible(job, event, {**ended, "error_code": code, "error_message": message})
+            )
+
+    async def _record_when_possible(self, job: Job, event: Event, fields: dict[str, Any]) -> None:
+        """Write the end of a job that the store could not take, once it can."""
+        while not self._stopping:
+            try:
+                self.store.append_event(job.id, event.id, event.type, event.json.encode(), **fields)
+            except Exception as error:
+                log.debug("job %s: its end is not recorded yet: %s", job.id, error)
+                await asyncio.sleep(RECORD_RETRY_S)
+                continue
+            log.info("job %s: its end is recorded", job.id)
+            self._unrecorded.pop(job.id, None)
+            self._background(self._on_disk(inputs.remove, self._inputs_folder(job)))
+            return
 
     async def _train(self, job: Job, data: TrainingData) -> None:
         loop = asyncio.get_running_loop()
@@ -426,7 +473,12 @@ class JobManager:
 
     def _report(self, job: Job, progress: Progress) -> None:
         job.eta_s = progress.eta_s
-        self._emit(job, "progress", event_data.progress(progress), **event_data.progress_fields(progress))
+        try:
+            self._emit(job, "progress", event_data.progress(progress), **event_data.progress_fields(progress))
+        except Exception as error:  # the store: rounds the job trains go unrecorded, and unsent
+            if not job.progress_unrecorded:
+                log.warning("job %s: could not record its progress (%s); it trains on", job.id, error)
+            job.progress_unrecorded = True
 
     def _end(self, job: Job, status: JobStatus, event_type: str, data: dict[str, Any], **row_fields: Any) -> None:
         if status is JobStatus.FAILED:
@@ -535,4 +587,3 @@ class JobManager:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-

@@ -101,6 +101,17 @@ class JobRecord:
     waiting_for_worker: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class JobsSummary:
+    """The jobs of one backend with one status: how many, and the seconds and rounds they trained."""
+
+    model_type: str
+    status: str
+    jobs: int
+    training_s: float
+    rounds: int
+
+
 # The fields of a JobRecord that its engine finds when the record is read; no store keeps them.
 FOUND_WHEN_READ = frozenset({"waiting_for_worker"})
 
@@ -141,6 +152,8 @@ class JobStore(Protocol):
         """Jobs that were queued or running, oldest first: the order they came in."""
 
     def pending_callbacks(self) -> list[JobRecord]: ...
+
+    def summary(self) -> list[JobsSummary]: ...
 
     def finished_before(self, cutoff: float, limit: int) -> list[str]:
         """The ids of up to `limit` jobs that finished before `cutoff`, oldest first."""

@@ -20,24 +20,29 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
-import functools
 import logging
 import shutil
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import orjson
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from boostream.config import WHEN_NO_WORKER
 from boostream.errors import QueueFull, StoreUnreachable, Unavailable
 from boostream.jobs.queue import RETRY_AFTER_UNKNOWN_S
-from boostream.jobs.records import Event, JobRecord, JobRequest, JobStatus
-from boostream.jobs.redis_state import UNREACHABLE, RedisState, Standing, Taken, outage_waited, persisted
+from boostream.jobs.records import Event, JobRecord, JobRequest, JobsSummary, JobStatus
+from boostream.jobs.redis_state import (
+    UNREACHABLE,
+    RedisState,
+    Standing,
+    Taken,
+    outage_waited,
+    persisted,
+    reachable,
+)
 from boostream.jobs.webhooks import WebhookPolicy, WebhookSender, send_job_webhook
 from boostream.models.artifacts import ArtifactRecord
 from boostream.trainers.base import Backend, TrainingData
@@ -50,19 +55,6 @@ WEBHOOKS_IN_FLIGHT = 100  # webhooks one replica sends at once
 EXPIRY_BATCH = 100
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-def _reachable(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-    """Redis out of reach (restarting, say) is a refusal a client can retry, not a crash."""
-
-    @functools.wraps(method)
-    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return await method(*args, **kwargs)
-        except (RedisConnectionError, RedisTimeoutError) as error:
-            raise StoreUnreachable(f"the job store (Redis) cannot be reached ({error}); try again") from None
-
-    return call
 
 
 class RedisEngine:
@@ -125,7 +117,7 @@ class RedisEngine:
         await self.webhooks.aclose()
         await self.state.close()
 
-    @_reachable
+    @reachable
     async def submit(
         self,
         request: JobRequest,
@@ -179,12 +171,12 @@ class RedisEngine:
         await self.state.enqueue(device, record.id)
         return record
 
-    @_reachable
+    @reachable
     async def job(self, job_id: str) -> JobRecord | None:
         record = await self.state.job(job_id)
         return None if record is None else (await self._as_now([record]))[0]
 
-    @_reachable
+    @reachable
     async def jobs(
         self, statuses: list[str], limit: int, before_seq: int | None, owner: str | None = None
     ) -> list[JobRecord]:
@@ -241,11 +233,11 @@ class RedisEngine:
                 if self._tails.get(job_id) is tail:
                     del self._tails[job_id]
 
-    @_reachable
+    @reachable
     async def has_events_after(self, job_id: str, after: int) -> bool:
         return bool(await self.state.events(job_id, after))
 
-    @_reachable
+    @reachable
     async def cancel(self, job_id: str) -> JobStatus:
         ended = await self.state.append_event(
             job_id, "cancelled", {"iteration": 0}, terminal=True, only_if=JobStatus.QUEUED,
@@ -270,27 +262,30 @@ class RedisEngine:
         else:
             log.info("job %s: %s left", job_id, client)
 
-    @_reachable
+    @reachable
     async def delete(self, job_id: str) -> None:
         await self.state.delete_job(job_id)
 
-    @_reachable
+    @reachable
     async def result(self, job_id: str) -> str:
         last = (await self.state.events(job_id))[-1]
         return (await self._with_artifact(last)).json
 
-    @_reachable
+    @reachable
     async def artifact(self, artifact_id: str) -> ArtifactRecord | None:
         return await self.state.artifact(artifact_id)
 
-    @_reachable
+    @reachable
     async def artifact_file(self, artifact_id: str, format: str) -> bytes:
         content = await self.state.artifact_file(artifact_id, format)
         if content is None:
             raise FileNotFoundError(artifact_id)
         return content
 
-    @_reachable
+    @reachable
+    async def summary(self) -> list[JobsSummary]:
+        return await self.state.summary()
+
     async def counts(self) -> dict[str, dict[str, int]]:
         workers = (await self.state.workers()).values()
         counts = {}
@@ -304,7 +299,7 @@ class RedisEngine:
             }
         return counts
 
-    @_reachable
+    @reachable
     async def worker_views(self) -> list[dict[str, Any]]:
         return [{"id": worker_id, **view} for worker_id, view in sorted((await self.state.workers()).items())]
 

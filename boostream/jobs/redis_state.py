@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -30,10 +31,10 @@ import secrets
 import shutil
 import time
 import urllib.parse
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import redis
@@ -45,19 +46,21 @@ from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as SyncRetry
 
-from boostream.errors import TooLarge
+from boostream.errors import StoreUnreachable, TooLarge
 from boostream.jobs import inputs
-from boostream.jobs.records import FOUND_WHEN_READ, Event, JobRecord, JobRequest, JobStatus
+from boostream.jobs.records import FOUND_WHEN_READ, Event, JobRecord, JobRequest, JobsSummary, JobStatus
 from boostream.models.artifacts import ArtifactRecord, StoredBlob
 from boostream.models.signing import configured_key
 from boostream.trainers.base import TrainingData
 
 T = TypeVar("T")
+P = ParamSpec("P")
 GROUP = "workers"
 SLICE_BYTES = 64 * 1024**2  # the most of a table sent in one Redis command
 # Each client following a job's events holds a connection while it waits for the next (XREAD
 # BLOCK): redis-py's default of 100 per process refused the 101st follower of a replica.
 MAX_CONNECTIONS = 10_000
+SUMMARY_PAGE = 1000
 WEBHOOK_GROUP = "webhooks"  # API replicas, reading the jobs that ended and owe a webhook
 # The policies that never evict a key; any other can drop a job's log or its model under memory
 # pressure.
@@ -105,6 +108,19 @@ UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 # Redis answering but refusing writes for a while: a replica being promoted (READONLY), memory full
 # under noeviction (OOM, until jobs end or expire). Waited out like an outage by what must be kept.
 REFUSING = (ReadOnlyError, OutOfMemoryError)
+
+
+def reachable(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Redis out of reach (restarting, say) is a refusal a client can retry, not a crash."""
+
+    @functools.wraps(method)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            raise StoreUnreachable(f"the job store (Redis) cannot be reached ({error}); try again") from None
+
+    return call
 
 
 @contextlib.asynccontextmanager
@@ -395,6 +411,28 @@ class RedisState:
                     found.append(_record(fields))
             top = f"({int(page[-1][1])}"
         return found[:limit]
+
+    async def summary(self) -> list[JobsSummary]:
+        """Every job kept, read a page at a time: one round trip per SUMMARY_PAGE jobs."""
+        totals: dict[tuple[str, str], list[float]] = {}
+        start = 0
+        while page := await self.redis.zrange(self._jobs, start, start + SUMMARY_PAGE - 1):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in page:
+                    pipe.hmget(self._job(job_id.decode()), "model_type", "status", "elapsed_s", "iteration")
+                rows = await pipe.execute()
+            for row in rows:
+                if row[0] is not None and row[1] is not None:
+                    model_type, status, elapsed, iteration = (json.loads(value or b"null") for value in row)
+                    total = totals.setdefault((model_type, status), [0, 0.0, 0])
+                    total[0] += 1
+                    total[1] += elapsed or 0.0
+                    total[2] += iteration or 0
+            start += SUMMARY_PAGE
+        return [
+            JobsSummary(model_type, status, int(jobs), training_s, int(rounds))
+            for (model_type, status), (jobs, training_s, rounds) in sorted(totals.items())
+        ]
 
     async def delete_job(self, job_id: str) -> None:
         """The job, its events, its table and its artifact."""

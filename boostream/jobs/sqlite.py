@@ -25,7 +25,15 @@ from typing import Any
 
 import orjson
 
-from boostream.jobs.records import CHANGING_FIELDS, FOUND_WHEN_READ, Event, JobRecord, JobRequest, JobStatus
+from boostream.jobs.records import (
+    CHANGING_FIELDS,
+    FOUND_WHEN_READ,
+    Event,
+    JobRecord,
+    JobRequest,
+    JobsSummary,
+    JobStatus,
+)
 from boostream.models.artifacts import ArtifactRecord, StoredBlob
 
 SCHEMA_VERSION = 3  # 2 added the artifacts table, 3 the jobs' owner
@@ -186,6 +194,13 @@ class SqliteJobStore:
         """Jobs that were queued or running, oldest first: the order they came in."""
         rows = self._db.execute("SELECT * FROM jobs WHERE status IN ('queued', 'running') ORDER BY seq").fetchall()
         return [_job_record(row) for row in rows]
+
+    def summary(self) -> list[JobsSummary]:
+        rows = self._db.execute(
+            "SELECT model_type, status, COUNT(*), COALESCE(SUM(elapsed_s), 0), SUM(iteration) "
+            "FROM jobs GROUP BY model_type, status ORDER BY model_type, status"
+        ).fetchall()
+        return [JobsSummary(*row) for row in rows]
 
     def pending_callbacks(self) -> list[JobRecord]:
         rows = self._db.execute("SELECT * FROM jobs WHERE callback_state = 'pending' ORDER BY seq").fetchall()

@@ -11,6 +11,7 @@ at fault.
 
 from __future__ import annotations
 
+import json
 import queue
 import re
 from collections.abc import Iterator, Mapping
@@ -115,12 +116,44 @@ def decode_predict_request(body: bytes | bytearray, max_cells: int) -> tuple[Pre
 def _decode_json(body: bytes | bytearray, shape: type[msgspec.Struct]) -> Any:
     """The body's fields, the big arrays left as Raw; a domain error naming what is wrong."""
     try:
-        return msgspec.json.decode(body, type=shape)
+        request = msgspec.json.decode(body, type=shape)
     except msgspec.ValidationError as error:
         raise _shape_error(str(error)) from None
     except msgspec.DecodeError as error:
         raise _syntax_error(body, str(error), shape) from None
     except RecursionError:  # msgspec's own limit on nesting, as a Python error
+        raise InvalidJson(None, "the body nests arrays or objects too deeply to be read") from None
+    _refuse_repeated_keys(body, request)
+    return request
+
+
+def _refuse_repeated_keys(body: bytes | bytearray, request: msgspec.Struct) -> None:
+    """InvalidJson for a key that an object of the body has twice: msgspec keeps the last, another
+    reader the first, so the request would mean different things to different readers. The body
+    is read again without its arrays (each Raw span stands as 0): its options and parameters, a
+    few hundred bytes, unless a repeated array is what is there."""
+    spans = sorted(
+        (_offset_in(body, raw), len(raw))
+        for raw in (getattr(request, name) for name in request.__struct_fields__)
+        if isinstance(raw, msgspec.Raw) and len(raw)
+    )
+    parts, position = [], 0
+    for start, length in spans:
+        parts += [bytes(body[position:start]), b"0"]
+        position = start + length
+    parts.append(bytes(body[position:]))
+
+    def once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise InvalidJson(key, f"the key {quotable(key)!r} appears twice in one object; send each key once")
+            seen.add(key)
+        return dict(pairs)
+
+    try:
+        json.loads(b"".join(parts), object_pairs_hook=once)
+    except RecursionError:
         raise InvalidJson(None, "the body nests arrays or objects too deeply to be read") from None
 
 
@@ -186,10 +219,13 @@ def _training_data(request: TrainRequestBody, body: bytes | bytearray, max_cells
         raise InvalidData(missing, "X_valid and y_valid must be sent together")
     valid = None
     if request.X_valid:
-        valid = (
-            _matrix(request.X_valid, "X_valid", body, max_cells),
-            _labels(request.y_valid, "y_valid", body, request.objective),
-        )
+        X_valid = _matrix(request.X_valid, "X_valid", body, max_cells)
+        if X.size + X_valid.size > max_cells:  # the limit is on the table: both its parts
+            raise TooLarge(
+                f"X and X_valid have {X.size} + {X_valid.size} values, more than the limit of {max_cells}",
+                field="X_valid",
+            )
+        valid = (X_valid, _labels(request.y_valid, "y_valid", body, request.objective))
     return assemble_training_data(request, X, y, era=era, valid=valid)
 
 
@@ -228,7 +264,9 @@ def _table_doubles(body: bytes | bytearray, start: int, length: int, field: str,
     # Right for a table of numbers (the blocks check it), counted in steps that each hold the GIL briefly.
     rows = sum(body.count(b"[", at, min(at + ROW_BLOCK_BYTES, end)) for at in range(start, end, ROW_BLOCK_BYTES)) - 1
     if rows * width > max_cells:
-        raise TooLarge(f"{field} has {rows} x {width} = {rows * width} values, more than the limit of {max_cells}")
+        raise TooLarge(
+            f"{field} has {rows} x {width} = {rows * width} values, more than the limit of {max_cells}", field=field
+        )
     table = memory.empty((rows, width))
     parser = _parser()
     filled = 0

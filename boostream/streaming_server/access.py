@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import socket
 import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -29,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from boostream.errors import InvalidJson, InvalidParameter, Unauthorized, quotable
+from boostream.errors import BoostreamError, InvalidJson, InvalidParameter, Unauthorized, quotable
 from boostream.keys import Caller
 from boostream.service import Service, caller_of
 from boostream.streaming_server.errors import ApiError, error_response
@@ -49,10 +50,13 @@ MAX_SIGN_IN_BYTES = 4096
 
 
 class HostNames:
-    """The names a request may reach this server by: each with any port, or with the one given."""
+    """The names a request may reach this server by: each with any port (`name`, `name:*`), or with
+    the one given (`name:port`). Bound to every address, the machine's own name and addresses
+    count too (a rebinding page names its own host, never these)."""
 
     def __init__(self, bound_host: str, extra_hosts: Sequence[str] = ()) -> None:
-        names = [*LOOPBACK_NAMES, *([] if bound_host in WILDCARD_ADDRESSES else [bound_host]), *extra_hosts]
+        own = _machine_names() if bound_host in WILDCARD_ADDRESSES else [bound_host]
+        names = [name.removesuffix(":*") for name in (*LOOPBACK_NAMES, *own, *extra_hosts)]
         self.any_port = {name.lower().strip("[]") for name in names if _split_host(name)[1] is None}
         self.exact = {_split_host(name) for name in names if _split_host(name)[1] is not None}
 
@@ -62,11 +66,13 @@ class HostNames:
 
 
 class Origins:
-    """The browser origins the operator lets call this server: exact, or `scheme://host:*`."""
+    """The browser origins the operator lets call this server: exact, or `scheme://host:*`; in any
+    case, as browsers send them lower-case."""
 
     def __init__(self, listed: Sequence[str]) -> None:
         patterns = [re.escape(origin.rstrip("/")).replace(r":\*", r"(:\d+)?") for origin in listed]
-        self.pattern = re.compile("|".join(patterns), re.IGNORECASE) if patterns else None
+        # The flag inline: CORSMiddleware compiles this pattern's text again.
+        self.pattern = re.compile("(?i)" + "|".join(patterns)) if patterns else None
 
     def allow(self, origin: str) -> bool:
         return self.pattern is not None and self.pattern.fullmatch(origin) is not None
@@ -117,11 +123,14 @@ class Gate:
 class Access:
     """ASGI middleware in front of every route (the MCP endpoint's too)."""
 
-    def __init__(self, app: ASGIApp, gate: Gate, hosts: HostNames, origins: Origins) -> None:
+    def __init__(
+        self, app: ASGIApp, gate: Gate, hosts: HostNames, origins: Origins, origin_checked_paths: Sequence[str] = ()
+    ) -> None:
         self.app = app
         self.gate = gate
         self.hosts = hosts
         self.origins = origins
+        self.origin_checked_paths = frozenset(origin_checked_paths)  # on any method, not only those that change
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -139,7 +148,8 @@ class Access:
                     field="Host",
                 )
             origin = headers.get("origin")
-            if origin is not None and method not in SAFE_METHODS and not self._trusted(origin, host):
+            checked = method not in SAFE_METHODS or path in self.origin_checked_paths
+            if origin is not None and checked and not self._trusted(origin, host):
                 raise ApiError(
                     403,
                     "cross_origin",
@@ -149,16 +159,16 @@ class Access:
                 )
             if path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
                 scope.setdefault("state", {})["caller"] = await self.gate.caller(Request(scope))
-        except (ApiError, Unauthorized) as error:
+        except BoostreamError as error:  # refused, or the key store out of reach (503)
             await error_response(error)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
     def _trusted(self, origin: str, host: str) -> bool:
-        """Whether a page of `origin` may change things here: a page of a name this server answers
-        to (as /mcp's transport security has it), or of an origin the operator lists."""
-        netloc = urlsplit(origin).netloc.lower()
-        return netloc == host.lower() or self.hosts.allow(netloc) or self.origins.allow(origin)
+        """Whether a page of `origin` may change things here: one this server served (its origin
+        names the host and port the request went to), or one of an origin the operator lists. Not
+        a page of another port of the same host: browsers send it the same cookies."""
+        return urlsplit(origin).netloc.lower() == host.lower() or self.origins.allow(origin)
 
 
 class Sessions:
@@ -171,9 +181,10 @@ class Sessions:
 
     async def sign_in(self, request: Request) -> Response:
         service = self.service
-        key = request.headers.get("authorization", "").partition(" ")[2].strip()
-        if not key:
-            key = _api_key_of(await read_body(request, MAX_SIGN_IN_BYTES))
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        if scheme and scheme.lower() != "bearer":
+            raise Unauthorized("send the API key as `Authorization: Bearer KEY`, or as JSON")
+        key = key.strip() or _api_key_of(await read_body(request, MAX_SIGN_IN_BYTES))
         if not await service.keys_required():
             return JSONResponse({"keys_required": False, "name": None, "admin": True})
         record = await service.keys.find(key) if key else None
@@ -216,6 +227,16 @@ def _api_key_of(body: bytes | bytearray) -> str:
     if not isinstance(key, str):
         raise InvalidParameter("api_key", "api_key must be a string")
     return key.strip()
+
+
+def _machine_names() -> list[str]:
+    """This machine's host name and the addresses it resolves to (a container's own address)."""
+    name = socket.gethostname()
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(name, None)}
+    except OSError:
+        addresses = set()
+    return [name, *sorted(str(address) for address in addresses)]
 
 
 def _split_host(host: str) -> tuple[str, int | None]:

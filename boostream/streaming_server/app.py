@@ -4,6 +4,7 @@ access checks in front of both, and the error table at the edge."""
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
@@ -19,25 +20,38 @@ from boostream.mcp_server import PATH as MCP_PATH
 from boostream.mcp_server import McpEndpoint
 from boostream.service import Service
 from boostream.streaming_server.access import Access, Gate, HostNames, Origins, Sessions
-from boostream.streaming_server.errors import handle_domain_error, handle_http_exception, handle_unexpected_error
+from boostream.streaming_server.errors import (
+    handle_domain_error,
+    handle_http_exception,
+    handle_storage_error,
+    handle_unexpected_error,
+)
+from boostream.streaming_server.observe import Metrics, Observed
 from boostream.streaming_server.routes import Routes
 from boostream.streaming_server.slow_clients import BodyIdleTimeout
 
 
 def create_app(settings: Settings) -> Starlette:
     service = Service(settings)
-    mcp = McpEndpoint(service, settings.extra_hosts, settings.extra_origins)
+    mcp = McpEndpoint(service)
     gate, origins = Gate(service), Origins(settings.extra_origins)
-    sessions = Sessions(gate)
-    # Outermost first: CORS answers the preflights of the origins listed, then every request passes
-    # the access checks, then a body that stops arriving is timed out.
+    sessions, metrics = Sessions(gate), Metrics()
+    # Outermost first: every request is counted and logged; CORS answers the preflights of the
+    # origins listed; every request passes the access checks; a body that stops arriving is timed out.
     middleware = [
-        Middleware(Access, gate=gate, hosts=HostNames(settings.host, settings.extra_hosts), origins=origins),
+        Middleware(Observed, metrics=metrics),
+        Middleware(
+            Access,
+            gate=gate,
+            hosts=HostNames(settings.host, settings.extra_hosts),
+            origins=origins,
+            origin_checked_paths=(MCP_PATH,),  # the MCP specification: Origin checked on every request
+        ),
         Middleware(BodyIdleTimeout, idle_s=settings.body_idle_timeout_s),
     ]
     if origins.pattern is not None:
         middleware.insert(
-            0,
+            1,
             Middleware(
                 CORSMiddleware,
                 allow_origin_regex=origins.pattern.pattern,
@@ -58,7 +72,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/session", sessions.sign_in, methods=["POST"]),
             Route("/session", sessions.who, methods=["GET"]),
             Route("/session", sessions.sign_out, methods=["DELETE"]),
-            *Routes(service).routes(),
+            *Routes(service, metrics).routes(),
             Route(MCP_PATH, endpoint=StreamableHTTPASGIApp(mcp.sessions)),
         ],
         middleware=middleware,
@@ -66,6 +80,7 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers={
             BoostreamError: handle_domain_error,
             HTTPException: handle_http_exception,  # Starlette's: no such route, a method a route does not take
+            sqlite3.Error: handle_storage_error,  # the job store: a full disk is 507
             Exception: handle_unexpected_error,
         },
     )

@@ -6,6 +6,7 @@ failures."""
 from __future__ import annotations
 
 import http
+import logging
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -15,6 +16,7 @@ from starlette.routing import Match, Route
 from boostream import errors
 from boostream.errors import BoostreamError, quotable
 
+log = logging.getLogger("boostream.http")
 UNEXPECTED = "the server failed unexpectedly; its log says why. Try again, and report it if it persists"
 # The status of each domain error; a subclass takes its nearest listed ancestor's.
 STATUS: dict[type[BoostreamError], int] = {
@@ -29,6 +31,7 @@ STATUS: dict[type[BoostreamError], int] = {
     errors.Conflict: 409,
     errors.QueueFull: 429,
     errors.Unavailable: 503,
+    errors.StorageFull: 507,
     errors.StorageFailed: 503,
     errors.Interrupted: 503,
     errors.StoreUnreachable: 503,
@@ -105,3 +108,14 @@ async def handle_unexpected_error(request: Request, error: Exception) -> JSONRes
     # then closes the connection, which "Connection: close" tells the client before it reuses it.
     body = {"error": ApiError(500, "internal_error", UNEXPECTED).details()}
     return JSONResponse(body, status_code=500, headers={"Connection": "close"})
+
+
+async def handle_storage_error(request: Request, error: Exception) -> JSONResponse:
+    """The job store failing under a request: a full disk is 507 and one log line; anything else is
+    unexpected (500). (Not every OSError: a send that timed out is one, and so is a client gone.)"""
+    if not errors.disk_full(error):
+        log.error("%s %s failed", request.method, quotable(request.url.path), exc_info=error)
+        return await handle_unexpected_error(request, error)
+    log.warning("%s %s: refused, the disk is full (%s)", request.method, quotable(request.url.path), error)
+    full = errors.StorageFull(f"the server's disk is full ({error}); try again once its operator has made room")
+    return error_response(full)

@@ -13,12 +13,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from boostream import dashboard
-from boostream.errors import InvalidParameter
+from boostream.errors import InvalidParameter, StorageFull, disk_full
 from boostream.jobs.records import Event, JobRecord, job_urls
 from boostream.keys import Caller
 from boostream.requests.spec import TrainSpec
 from boostream.service import Service
 from boostream.streaming_server.errors import ApiError
+from boostream.streaming_server.observe import Metrics
 from boostream.streaming_server.sse import event_response
 from boostream.streaming_server.uploads import MULTIPART, TABLE_TYPES, read_body, receive_table
 
@@ -29,12 +30,14 @@ JSON = "application/json"
 
 
 class Routes:
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, metrics: Metrics) -> None:
         self.service = service
+        self.metrics = metrics
 
     def routes(self) -> list[BaseRoute]:
         return [
             Route("/health", self.health, methods=["GET"]),
+            Route("/metrics", self.prometheus, methods=["GET"]),
             Route("/models", self.models, methods=["GET"]),
             Route("/train/stream", self.train_stream, methods=["POST"]),
             Route("/jobs", self.create_job, methods=["POST"]),
@@ -53,6 +56,11 @@ class Routes:
     async def health(self, request: Request) -> Response:
         return JSONResponse(await self.service.health())
 
+    async def prometheus(self, request: Request) -> Response:
+        if not _caller(request).admin:  # what every key's jobs add up to is the operator's
+            raise ApiError(403, "forbidden", "only an admin key may read /metrics (boostream keys create NAME --admin)")
+        return await self.metrics.endpoint(self.service, request)
+
     async def models(self, request: Request) -> Response:
         return JSONResponse(self.service.models())
 
@@ -63,7 +71,9 @@ class Routes:
                 "on_disconnect", f"on_disconnect must be one of {list(ON_DISCONNECT)}, got {on_disconnect!r}"
             )
         job = await self._submit(request)
-        return self._event_response(job.id, self.service.events(job.id), cancel_on_leave=on_disconnect == "cancel")
+        response = self._event_response(job.id, self.service.events(job.id), cancel_on_leave=on_disconnect == "cancel")
+        response.headers["X-Boostream-Job-Id"] = job.id  # before the first event: for logs, and `curl -i`
+        return response
 
     async def create_job(self, request: Request) -> Response:
         job = await self._submit(request)
@@ -137,8 +147,13 @@ class Routes:
         return Response(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON)
 
     async def _submit(self, request: Request) -> JobRecord:
-        spec, ingest_timings = await self._decode(request)
-        return await self.service.submit(_caller(request), spec, ingest_timings, str(request.base_url))
+        try:
+            spec, ingest_timings = await self._decode(request)
+            return await self.service.submit(_caller(request), spec, ingest_timings, str(request.base_url))
+        except OSError as error:  # spooling an upload, writing a table
+            if disk_full(error):
+                raise StorageFull(f"the server's disk is full ({error}); try again once there is room") from None
+            raise
 
     async def _decode(self, request: Request) -> tuple[TrainSpec, dict[str, float]]:
         """The training request, read and checked off the loop, and how long reading the body (from
@@ -170,7 +185,9 @@ class Routes:
             self.service.client_left(job_id, "client", cancel=cancel_on_leave and not server_stopping)
 
         settings = self.service.settings
-        return event_response(events, on_leave, settings.heartbeat_s, settings.send_timeout_s)
+        return event_response(
+            events, on_leave, settings.heartbeat_s, settings.send_timeout_s, self.metrics.events_sent.inc
+        )
 
 
 def _caller(request: Request) -> Caller:

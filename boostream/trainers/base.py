@@ -150,7 +150,19 @@ class Trainer(Protocol):
     def check(self, data: TrainingData, objective: str, params: Mapping[str, Any]) -> None:
         """Raise InvalidParameter for combinations that the bounds alone cannot express."""
 
+    def memory(self, data: TrainingData, objective: str, params: Mapping[str, Any]) -> list[MemoryTerm]:
+        """What training on `data` with `params` would take of the memory of the process that
+        trains (its table, mapped from disk, aside), term by term; none where the trainer cannot
+        tell (a GPU's memory is its own)."""
+
     def fit(self, data: TrainingData, objective: str, params: Mapping[str, Any], reporter: Reporter) -> FitResult: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryTerm:
+    what: str  # "histograms: num_leaves 4096 x 20 features x 255 bins"
+    bytes: int
+    params: tuple[str, ...]  # the parameters that would make it smaller
 
 
 class Predictor(Protocol):

@@ -22,6 +22,7 @@ from boostream.trainers.base import (
     Availability,
     FitResult,
     InvalidData,
+    MemoryTerm,
     ModelShape,
     ParamSpec,
     Reporter,
@@ -114,6 +115,9 @@ class WarpGBMTrainer:
                 raise InvalidData(
                     field, f"row {row} has a missing value (null); WarpGBM cannot train on missing values"
                 )
+
+    def memory(self, data: TrainingData, objective: str, params: Mapping[str, Any]) -> list[MemoryTerm]:
+        return []  # what it needs is the GPU's memory, and its trees are bounded by max_depth 16
 
     def fit(self, data: TrainingData, objective: str, params: Mapping[str, Any], reporter: Reporter) -> FitResult:
         torch, core, node_kernel = _library()

@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from boostream.errors import Interrupted, StorageFailed
+from boostream.errors import Interrupted, StorageFailed, StorageFull, disk_full
 from boostream.jobs import inputs
 from boostream.memory import MAPPED_MIN_BYTES, populate
 from boostream.requests.json_body import decode_train_request
@@ -206,7 +206,8 @@ def _decode(
         inputs.save(folder, spec.data)
     except OSError as error:
         shutil.rmtree(folder, ignore_errors=True)
-        raise StorageFailed(f"the request's table could not be kept on disk: {error}") from None
+        kind = StorageFull if disk_full(error) else StorageFailed
+        raise kind(f"the request's table could not be kept on disk: {error}") from None
     return Decoded(
         model_type=spec.trainer.name,
         objective=spec.objective,
