@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: serve test lint bench mutation breakages
+.PHONY: serve test lint fuzz bench mutation breakages
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# The API against its own OpenAPI document (schemathesis; a minute or so): tools/fuzz_api.sh.
+fuzz: $(BIN)/.installed
+	BIN=$(BIN) bash tools/fuzz_api.sh
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/e2e_overhead.py

@@ -65,6 +65,8 @@ _SERVE_OPTIONS = {
     "allowed_origins": "browser origins whose pages may call this server (CORS, /mcp), comma-separated "
     "(scheme://host[:port], :* for any port)",
     "session_ttl_s": "seconds a browser stays signed in (POST /session)",
+    "key_max_jobs": "jobs one API key may have waiting or training at once (0: no limit)",
+    "key_requests_per_s": "requests a second one API key may send, in bursts of twice as many (0: no limit)",
     "model_cache_bytes": "memory for models kept loaded for /predict (by their native size)",
     "max_body_bytes": "largest request body accepted",
     "body_idle_timeout_s": "seconds a request body may go without a byte before it is refused (408)",
@@ -559,6 +561,10 @@ def _webhook_key(args: argparse.Namespace) -> int:
                     await state.close()
 
             secret = asyncio.run(kept())
+        elif not settings.secret_key and not settings.key_path.exists():  # never one made up: no server has it
+            raise UsageError(
+                f"no signing key in {settings.data_dir}: give the server's --data-dir (it makes its key when it starts)"
+            )
         else:
             secret = load_or_create_key(settings.key_path, settings.secret_key or None)
     except ValueError as error:  # a configured key too short

@@ -69,6 +69,10 @@ class Settings:
     allowed_origins: str = ""
     # How long a browser stays signed in with the session cookie that `POST /session` sets.
     session_ttl_s: float = 12 * 3600.0
+    # Per API key: jobs it may have waiting or training at once, and requests a second it may send
+    # (in bursts of twice as many), counted by each API process; 0: no limit.
+    key_max_jobs: int = 20
+    key_requests_per_s: float = 50.0
     # The key that webhooks, artifacts and sessions are signed with (a key for each derived from
     # it); empty: one generated and kept in the data dir (or in Redis).
     secret_key: str = ""

@@ -171,6 +171,18 @@ class QueueFull(BoostreamError):
         self.retry_after_s = retry_after_s
 
 
+class QuotaExceeded(QueueFull):
+    """One API key has as many jobs waiting or training as a key may."""
+
+    code = "too_many_jobs"
+
+
+class RateLimited(QueueFull):
+    """One API key sends requests faster than a key may."""
+
+    code = "rate_limited"
+
+
 def quotable(text: str) -> str:
     """Client input fit to quote in a message: cut short, control characters escaped, so that a
     terminal printing the message shows them rather than obeys them."""

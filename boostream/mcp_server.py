@@ -45,9 +45,14 @@ from boostream.jobs.records import JobRecord, JobStatus, job_urls
 from boostream.keys import Caller
 from boostream.models.artifacts import FORMATS as ARTIFACT_FORMATS
 from boostream.models.predicting import OUTPUTS
-from boostream.requests.spec import TrainOptions
+from boostream.requests.schema import (
+    closed_object,
+    table_schema,
+    train_request_schema,
+    with_properties,
+)
 from boostream.service import Service
-from boostream.trainers.base import OBJECTIVES, Trainer, params_schema
+from boostream.trainers.base import OBJECTIVES
 
 log = logging.getLogger("boostream.mcp")
 
@@ -56,7 +61,6 @@ ON_CANCEL = ("continue", "cancel")
 # Tool arguments arrive inside one JSON-RPC body that the SDK parses on the event loop (about
 # 70 ms per MiB here), so bodies stay at the SDK's 4 MiB; bigger tables go to `POST /jobs`.
 MAX_BODY_BYTES = DEFAULT_MAX_REQUEST_BODY_SIZE
-DEFAULTS = TrainOptions()
 INSTRUCTIONS = (
     "Trains gradient-boosted tree models (LightGBM on the CPU, WarpGBM on an NVIDIA GPU) on tables you send. "
     "`train` waits for the model and reports each round as progress; `start_job` returns at once, then poll "
@@ -212,8 +216,8 @@ class McpEndpoint:
 
     def _tools(self) -> list[Tool]:
         trainers = self.service.trainers
-        train_inputs = _train_input_schema(trainers, self.service.settings.max_training_s)
-        job_id = _object(
+        train_inputs = train_request_schema(trainers, self.service.settings.max_training_s)
+        job_id = closed_object(
             {"job_id": {"type": "string", "minLength": 1, "description": "The id `train` or `start_job` gave."}},
             ["job_id"],
         )
@@ -224,8 +228,8 @@ class McpEndpoint:
                     title="List the model backends",
                     description="The backends (lightgbm, warpgbm): whether each can train here and why not, its "
                     "device, the objectives, and each hyperparameter as JSON Schema with its default and bounds.",
-                    input_schema=_object({}, []),
-                    output_schema=_object(
+                    input_schema=closed_object({}, []),
+                    output_schema=closed_object(
                         {"models": {"type": "array", "items": {"type": "object"}}}, ["models"], closed=False
                     ),
                     annotations=types.ToolAnnotations(read_only_hint=True, open_world_hint=False),
@@ -244,7 +248,7 @@ class McpEndpoint:
                     "include_curve, the model file itself (base64) only with include_artifact. A failed or cancelled "
                     "job is a tool error. If this call is cancelled the job trains on (see job_status, cancel_job) "
                     "unless on_cancel is 'cancel'.",
-                    input_schema=_with_properties(
+                    input_schema=with_properties(
                         train_inputs,
                         {
                             "include_artifact": {
@@ -280,7 +284,7 @@ class McpEndpoint:
                     description="Start training as `train` does, but return at once with the job id and its status "
                     "(queued or running); follow it with job_status, stop it with cancel_job.",
                     input_schema=train_inputs,
-                    output_schema=_object(
+                    output_schema=closed_object(
                         {"job_id": {"type": "string"}, "status": STATUS_SCHEMA}, ["job_id", "status"], closed=False
                     ),
                     annotations=types.ToolAnnotations(
@@ -297,7 +301,7 @@ class McpEndpoint:
                     "cancelled), progress (iteration, total, percent, elapsed_s, eta_s), latest metrics, times, "
                     "error, artifact_id.",
                     input_schema=job_id,
-                    output_schema=_object(
+                    output_schema=closed_object(
                         {
                             "job_id": {"type": "string"},
                             "status": STATUS_SCHEMA,
@@ -317,7 +321,7 @@ class McpEndpoint:
                     description="Stop a job: a waiting one ends cancelled at once, a training one after its current "
                     "round. A job that has already ended is a tool error (already_finished).",
                     input_schema=job_id,
-                    output_schema=_object(
+                    output_schema=closed_object(
                         {
                             "job_id": {"type": "string"},
                             "status": STATUS_SCHEMA,
@@ -339,14 +343,14 @@ class McpEndpoint:
                     description="Predict rows of X with the model `train` made (its artifact_id). output 'value' "
                     "gives numbers for a regression and class labels for a classifier; 'proba' gives one probability "
                     "per class, in the order of `classes`.",
-                    input_schema=_object(
+                    input_schema=closed_object(
                         {
                             "artifact_id": {
                                 "type": "string",
                                 "minLength": 1,
                                 "description": "The `artifact_id` that `train` or `job_status` gave.",
                             },
-                            "X": _table_schema(
+                            "X": table_schema(
                                 "Rows to predict, each with as many values as the "
                                 "model has features; null marks a missing value."
                             ),
@@ -421,86 +425,9 @@ def _progress_message(job_id: str, kind: str, data: Mapping[str, Any], total: in
 # Schemas
 
 
-def _object(properties: dict[str, Any], required: list[str], closed: bool = True) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "object", "properties": properties, "required": required}
-    if closed:
-        schema["additionalProperties"] = False
-    return schema
-
-
-def _with_properties(schema: dict[str, Any], properties: dict[str, Any]) -> dict[str, Any]:
-    return {**schema, "properties": {**schema["properties"], **properties}}
-
-
-def _table_schema(description: str) -> dict[str, Any]:
-    row = {"type": "array", "minItems": 1, "items": {"type": ["number", "null"]}}
-    return {"type": "array", "minItems": 1, "items": row, "description": description}
-
-
-def _labels_schema(description: str) -> dict[str, Any]:
-    return {"type": "array", "minItems": 1, "items": {"type": ["number", "string"]}, "description": description}
-
-
-def _train_input_schema(trainers: Mapping[str, Trainer], max_training_s: float) -> dict[str, Any]:
-    """A training request, as the HTTP API takes it; `params` checked against the chosen backend's."""
-    properties = {
-        "X": _table_schema("Training rows, each a list of numbers; null marks a missing value (LightGBM only)."),
-        "y": _labels_schema("One target per row: numbers, or for classifiers numbers or strings."),
-        "model_type": {"type": "string", "enum": list(trainers), "default": DEFAULTS.model_type},
-        "objective": {"type": "string", "enum": list(OBJECTIVES), "default": DEFAULTS.objective},
-        "params": {
-            "type": "object",
-            "description": "The backend's hyperparameters (see list_models); each "
-            "is checked against its bounds, an unknown one is refused.",
-        },
-        "X_valid": _table_schema(
-            "Validation rows: their metrics are reported each round, and early stopping watches them."
-        ),
-        "y_valid": _labels_schema("One target per validation row."),
-        "valid_fraction": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "maximum": 0.5,
-            "description": "Instead of X_valid/y_valid: this share of the "
-            "rows is held out for validation, with a fixed seed.",
-        },
-        "feature_names": {
-            "type": "array",
-            "items": {"type": "string"},
-            "uniqueItems": True,
-            "description": "One name per column of X.",
-        },
-        "era": _labels_schema("WarpGBM only: one era id per row, for its directional era splitting."),
-        "timeout_s": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "maximum": max_training_s,
-            "description": "Stop the job (failed, timeout) if it trains longer.",
-        },
-        "artifact_format": {"type": "string", "enum": list(ARTIFACT_FORMATS), "default": DEFAULTS.artifact_format},
-        "callback_url": {
-            "type": "string",
-            "format": "uri",
-            "description": "POSTed to when the job ends; only hosts the operator allows.",
-        },
-    }
-    schema = _object(properties, ["X", "y"])
-    schema["dependentRequired"] = {"X_valid": ["y_valid"], "y_valid": ["X_valid"]}
-    schema["allOf"] = [_params_rule(name, trainer, name == DEFAULTS.model_type) for name, trainer in trainers.items()]
-    return schema
-
-
-def _params_rule(name: str, trainer: Trainer, default: bool) -> dict[str, Any]:
-    """`params` follows this backend's schema when model_type names it (or, for the default, is absent)."""
-    when: dict[str, Any] = {"properties": {"model_type": {"const": name}}}
-    if not default:
-        when["required"] = ["model_type"]
-    return {"if": when, "then": {"properties": {"params": params_schema(trainer.params)}}}
-
-
 STATUS_SCHEMA = {"type": "string", "enum": [status.value for status in JobStatus]}
 NUMBERS = {"type": "object", "additionalProperties": {"type": ["number", "null"]}}
-TRAIN_OUTPUT_SCHEMA = _object(
+TRAIN_OUTPUT_SCHEMA = closed_object(
     {
         "job_id": {"type": "string"},
         "status": {"const": JobStatus.SUCCEEDED.value},
@@ -534,7 +461,7 @@ TRAIN_OUTPUT_SCHEMA = _object(
     ["job_id", "status", "artifact_id", "metrics", "iterations", "best_iteration", "timings"],
     closed=False,
 )
-PREDICT_OUTPUT_SCHEMA = _object(
+PREDICT_OUTPUT_SCHEMA = closed_object(
     {
         "artifact_id": {"type": "string"},
         "model_type": {"type": "string"},

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 from collections.abc import AsyncGenerator, AsyncIterator, Collection
 from typing import IO, Any
 
@@ -19,10 +20,11 @@ import numpy as np
 
 from boostream import __version__
 from boostream.config import Settings
-from boostream.errors import Conflict, Gone, InvalidParameter, NotFound, Unauthorized, quotable
+from boostream.errors import Conflict, Gone, InvalidParameter, NotFound, QuotaExceeded, Unauthorized, quotable
 from boostream.jobs import inputs
 from boostream.jobs.engine import JobEngine
 from boostream.jobs.manager import JobManager
+from boostream.jobs.queue import RETRY_AFTER_UNKNOWN_S
 from boostream.jobs.records import Event, JobRecord, JobRequest, JobStatus
 from boostream.jobs.redis_engine import RedisEngine
 from boostream.jobs.redis_state import RedisState
@@ -319,7 +321,8 @@ class Service:
         `ingest_timings`: `receive_s` (reading the body, where there was one) and `decode_s`;
         `base_url`: where the client reached the server, for the absolute URLs of webhooks."""
         try:
-            self._check_memory(spec)
+            await self._check_memory(spec)
+            await self._check_quota(caller)
             job_request = JobRequest(
                 model_type=spec.trainer.name,
                 objective=spec.objective,
@@ -461,13 +464,33 @@ class Service:
             "predictions": values.tolist() if values.dtype == object else values,
         }
 
-    def _check_memory(self, spec: TrainSpec) -> None:
+    async def _check_quota(self, caller: Caller) -> None:
+        """Refuse a key its next job while it has as many waiting or training as a key may."""
+        limit = self.settings.key_max_jobs
+        if caller.name is None or limit <= 0:
+            return
+        unfinished = await self.jobs.jobs([JobStatus.QUEUED.value, JobStatus.RUNNING.value], limit, None, caller.name)
+        if len(unfinished) >= limit:
+            etas = [record.eta_s for record in unfinished if record.eta_s is not None]
+            raise QuotaExceeded(
+                f"the key {caller.name!r} has {limit} jobs waiting or training, as many as a key may "
+                f"(--key-max-jobs); start more as they end",
+                max(1, math.ceil(min(etas))) if etas else RETRY_AFTER_UNKNOWN_S,
+            )
+
+    async def _check_memory(self, spec: TrainSpec) -> None:
         """Refuse a job that would need more memory to train than a training worker may hold: it
-        would fail `out_of_memory` after taking the memory, or take the machine's."""
+        would fail `out_of_memory` after taking the memory, or take the machine's. A first estimate
+        from the shapes alone; where that is too much, a closer one from the data's values, off the
+        loop."""
         limit = self.settings.worker_memory_bytes
-        terms = spec.trainer.memory(spec.data, spec.objective, spec.params)
+        trainer = spec.trainer
+        terms = trainer.memory(spec.data, spec.objective, spec.params)
+        if not limit or sum(term.bytes for term in terms) <= limit:
+            return
+        terms = await anyio.to_thread.run_sync(trainer.memory, spec.data, spec.objective, spec.params, True)
         needed = sum(term.bytes for term in terms)
-        if not limit or needed <= limit:
+        if needed <= limit:
             return
         largest = max(terms, key=lambda term: term.bytes)
         what = "; ".join(f"{term.what}: {_size(term.bytes)}" for term in sorted(terms, key=lambda t: -t.bytes))

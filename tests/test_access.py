@@ -364,3 +364,31 @@ def test_a_server_on_every_address_answers_to_its_own_names_and_those_listed():
     assert everywhere.allow("models.internal:9000") and everywhere.allow("PROXY.example:8443")
     assert not everywhere.allow("proxy.example:8444") and not everywhere.allow("evil.example:8000")
     assert not everywhere.allow("") and not HostNames("10.0.0.5").allow(f"{own}:8000")
+
+
+def test_a_key_may_have_so_many_jobs_unfinished_and_send_so_many_requests_a_second(tmp_path: Path, diabetes):
+    with running_server(tmp_path, cpu_jobs=1, key_max_jobs=2, key_requests_per_s=5) as server:
+        alice, bob = make_key(server.data_dir, "alice"), make_key(server.data_dir, "bob")
+        with server.client(headers=bearer(alice)) as as_alice, server.client(headers=bearer(bob)) as as_bob:
+            first, second = (as_alice.post("/jobs", json=long_body(diabetes)).json()["job_id"] for _ in range(2))
+            third = as_alice.post("/jobs", json=long_body(diabetes))
+            assert third.status_code == 429 and third.json()["error"]["code"] == "too_many_jobs", third.text
+            assert int(third.headers["retry-after"]) >= 1 and "--key-max-jobs" in third.json()["error"]["message"]
+            assert as_bob.post("/jobs", json=body_for(diabetes, 3)).status_code == 202, "the quota is alice's"
+            assert as_alice.post(f"/jobs/{first}/cancel").status_code == 202
+            while as_alice.get(f"/jobs/{first}").json()["status"] != "cancelled":
+                time.sleep(0.2)
+            time.sleep(2)  # the requests above, and the polls, spent alice's burst: let it fill again
+            again = as_alice.post("/jobs", json=body_for(diabetes, 3))
+            assert again.status_code == 202, again.text
+            assert as_alice.post(f"/jobs/{second}/cancel").status_code == 202
+
+            time.sleep(2)
+            answers = [as_alice.get("/jobs").status_code for _ in range(30)]  # a burst of 10, then 5 a second
+            assert 200 in answers and 429 in answers, answers
+            limited = as_alice.get("/jobs")
+            assert limited.status_code == 429 and limited.json()["error"]["code"] == "rate_limited"
+            assert int(limited.headers["retry-after"]) >= 1
+            assert as_bob.get("/jobs").status_code == 200, "the rate is alice's"
+            time.sleep(1.5)
+            assert as_alice.get("/jobs").status_code == 200

@@ -19,7 +19,8 @@ import numpy as np
 from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from boostream.mcp_server import MAX_BODY_BYTES, _train_input_schema
+from boostream.mcp_server import MAX_BODY_BYTES
+from boostream.requests.schema import train_request_schema
 from boostream.trainers import create_trainers
 
 from conftest import Server, running_server
@@ -304,7 +305,7 @@ def test_tool_arguments_over_4_mib_are_refused_and_the_server_carries_on(server:
 
 
 def test_the_train_schema_checks_params_against_the_chosen_backend(diabetes):
-    validator = jsonschema.Draft202012Validator(_train_input_schema(create_trainers(1), max_training_s=60))
+    validator = jsonschema.Draft202012Validator(train_request_schema(create_trainers(1), max_training_s=60))
     base = {"X": [[1.0, None]], "y": [1]}
     assert validator.is_valid({**base, "params": {"num_leaves": 8}})
     assert not validator.is_valid({**base, "params": {"num_bins": 8}})  # WarpGBM's, not LightGBM's

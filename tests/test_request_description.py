@@ -10,10 +10,10 @@ import msgspec
 from boostream import cli, client
 from boostream.config import Settings
 from boostream.jobs.records import TERMINAL_EVENTS
-from boostream.mcp_server import _train_input_schema
 from boostream.models.artifacts import FORMATS
 from boostream.requests import tables
 from boostream.requests.json_body import TrainRequestBody
+from boostream.requests.schema import train_request_schema
 from boostream.requests.spec import DATA_FIELDS, TrainOptions
 from boostream.trainers import create_trainers
 from boostream.trainers.base import OBJECTIVES
@@ -27,7 +27,7 @@ def test_the_json_body_is_the_options_and_the_arrays():
 
 
 def test_the_mcp_training_tools_take_the_json_body_and_say_its_defaults():
-    schema = _train_input_schema(create_trainers(1), Settings().max_training_s)
+    schema = train_request_schema(create_trainers(1), Settings().max_training_s)
     assert set(schema["properties"]) == OPTIONS | set(DATA_FIELDS)
     for name in ("model_type", "objective", "artifact_format"):
         assert schema["properties"][name]["default"] == getattr(DEFAULTS, name)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -14,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_webhooks import Receiver, serving
 
-from conftest import Server, running_server
+from conftest import Server, parse_sse, running_server
 
 
 def trained_num_threads(server: Server, diabetes) -> int:
@@ -166,9 +169,17 @@ def fill(folder: Path) -> Path:
 
 def test_a_full_disk_fails_the_jobs_it_stops_answers_507_and_needs_no_restart_once_there_is_room(tmp_path, diabetes):
     X, y = diabetes
-    body = {"X": X.tolist(), "y": y.tolist(), "params": {"n_estimators": 3000, "learning_rate": 0.01}}
-    with small_disk(tmp_path / "disk") as disk, running_server(disk) as server, server.client() as client:
-        running = [client.post("/jobs", json=body).json()["job_id"] for _ in range(2)]
+    # Long enough to be training when the disk fills, however loaded the machine; it then trains on
+    # (its progress unrecorded) until its model cannot be saved.
+    body = {"X": X.tolist(), "y": y.tolist(), "params": {"n_estimators": 6000, "learning_rate": 0.01}}
+    with (
+        small_disk(tmp_path / "disk") as disk,
+        serving(Receiver()) as receiver,
+        running_server(disk, webhook_hosts="127.0.0.1") as server,
+        server.client() as client,
+    ):
+        running = [client.post("/jobs", json=body).json()["job_id"] for _ in range(1)]
+        running.append(client.post("/jobs", json={**body, "callback_url": receiver.url + "/hook"}).json()["job_id"])
         for job_id in running:
             server.wait_for_job(job_id, ("running",))
         filler = fill(disk)
@@ -190,6 +201,11 @@ def test_a_full_disk_fails_the_jobs_it_stops_answers_507_and_needs_no_restart_on
             assert time.monotonic() < deadline, "the ends were never written once there was room"
             time.sleep(0.1)
         assert [client.get(f"/jobs/{job_id}").json()["status"] for job_id in running] == ["failed", "failed"]
+        deadline = time.monotonic() + 20
+        while not receiver.received:  # the webhook it owed, once its end could be written
+            assert time.monotonic() < deadline, "the webhook of a job whose end was written late never went"
+            time.sleep(0.1)
+        assert json.loads(receiver.received[0].body)["job_id"] == running[1]
         small = client.post("/jobs", json={**body, "params": {"n_estimators": 5}})
         assert small.status_code == 202
         assert server.wait_for_job(small.json()["job_id"])["status"] == "succeeded", "no restart needed"
@@ -204,3 +220,51 @@ def test_the_cell_limit_counts_x_valid_with_x(tmp_path):
         both = client.post("/jobs", json={**body, "X_valid": X.tolist(), "y_valid": y.tolist()})  # 1,200
         assert both.status_code == 413, both.text
         assert both.json()["error"]["field"] == "X_valid" and "limit of 1000" in both.json()["error"]["message"]
+
+
+def test_heartbeats_never_cut_into_a_large_event_sent_to_a_slow_reader(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 8))
+    y = X @ rng.normal(size=8) + rng.normal(size=3000)
+    body = {"X": X.tolist(), "y": y.tolist(), "artifact_format": "native",
+            "params": {"n_estimators": 1500, "num_leaves": 63, "min_data_in_leaf": 2}}  # fmt: skip
+    with running_server(tmp_path, heartbeat_s=0.05) as server:
+        job_id = server.create_job(body)
+        server.wait_for_job(job_id)
+        reader = socket.socket()
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        reader.connect(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
+        reader.sendall(f"GET /jobs/{job_id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        received = bytearray()
+        while chunk := reader.recv(16384):  # some 3 MB a second: many heartbeats while `complete` goes out
+            received += chunk
+            time.sleep(0.005)
+        reader.close()
+    head, _, chunked = bytes(received).partition(b"\r\n\r\n")
+    assert b" 200 " in head.split(b"\r\n")[0]
+    text, rest = bytearray(), chunked
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        text += rest[:size]
+        rest = rest[size + 2 :]
+        if size == 0:
+            break
+    events = list(parse_sse(iter(text.decode().splitlines())))
+    complete = events[-1]
+    assert complete.type == "complete", [e.type for e in events]
+    assert len(base64.b64decode(complete.data["artifact"])) == complete.data["size_bytes"] > 4 * 1024**2
+
+
+def test_the_memory_estimate_counts_the_bins_a_table_of_few_values_needs(tmp_path):
+    rng = np.random.default_rng(0)
+    one_hot = rng.integers(0, 2, size=(10_000, 100)).astype(float)
+    params = {"num_leaves": 4096, "n_estimators": 10}
+    with running_server(tmp_path, worker_memory_mb=300) as server, server.client() as client:
+        # 4,096 leaves x 100 features x 255 bins would be 1.7 GB of histograms; a 0/1 column has 3 bins.
+        fits = client.post("/jobs", json={"X": one_hot.tolist(), "y": one_hot[:, 0].tolist(), "params": params})
+        assert fits.status_code == 202, fits.text
+        client.post(f"/jobs/{fits.json()['job_id']}/cancel")
+        continuous = one_hot + rng.normal(scale=0.01, size=one_hot.shape)
+        refused = client.post("/jobs", json={"X": continuous.tolist(), "y": one_hot[:, 0].tolist(), "params": params})
+        assert refused.status_code == 422 and refused.json()["error"]["field"] == "params.num_leaves", refused.text

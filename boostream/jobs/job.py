@@ -36,6 +36,7 @@ class Job:
         self.task: asyncio.Task[None] | None = None  # while it trains
         self.eta_s: float | None = None  # the latest estimate: how long until a slot frees
         self.timed_out = False
+        self.finished_at: float | None = None  # where its end waits for the store (manager._unrecorded)
         self.progress_unrecorded = False  # a progress event the store could not take (said once in the log)
         self._cancel_requested = False
         self._appended = asyncio.Event()

@@ -170,8 +170,25 @@ class JobManager:
             job.input_saved.set()
         else:
             self._background(self._save_inputs(job, data))
-        self._enqueue(job)
+        try:
+            self._enqueue(job)
+        except BaseException:
+            self._withdraw(job)
+            raise
         return record
+
+    def _withdraw(self, job: Job) -> None:
+        """A job refused after all (its `queued` event could not be written: a full disk): the
+        client is told so, so it must not run. Its row goes too where the store takes that."""
+        job.status = JobStatus.CANCELLED  # finished: an input still being written is removed once written
+        self._queues[job.device].remove(job)
+        self._live.pop(job.id, None)
+        try:
+            self.store.delete_jobs([job.id])
+        except Exception as error:
+            log.warning("job %s: refused, but its record could not be removed (%s)", job.id, error)
+        if job.input_saved.is_set():
+            self._background(self._on_disk(inputs.remove, self._inputs_folder(job)))
 
     async def job(self, job_id: str) -> JobRecord | None:
         return self._as_ended(self.store.job(job_id))
@@ -183,7 +200,12 @@ class JobManager:
             return record
         error = orjson.loads(job.events[-1].json)
         return dataclasses.replace(
-            record, status=job.status, eta_s=None, error_code=error["code"], error_message=error["message"]
+            record,
+            status=job.status,
+            eta_s=None,
+            finished_at=job.finished_at,
+            error_code=error["code"],
+            error_message=error["message"],
         )
 
     async def jobs(
@@ -338,7 +360,13 @@ class JobManager:
             job.append(event)
             self._live.pop(job.id, None)
             self._unrecorded[job.id] = job
-            ended = {"status": JobStatus.FAILED, "finished_at": time.time(), "eta_s": None}
+            job.finished_at = time.time()
+            ended = {
+                "status": JobStatus.FAILED,
+                "finished_at": job.finished_at,
+                "eta_s": None,
+                "callback_state": "pending" if job.request.callback_url else None,
+            }
             self._background(
                 self._record_when_possible(job, event, {**ended, "error_code": code, "error_message": message})
             )
@@ -355,6 +383,8 @@ class JobManager:
             log.info("job %s: its end is recorded", job.id)
             self._unrecorded.pop(job.id, None)
             self._background(self._on_disk(inputs.remove, self._inputs_folder(job)))
+            if job.request.callback_url:
+                self._background(self._deliver_webhook(job.id))
             return
 
     async def _train(self, job: Job, data: TrainingData) -> None:

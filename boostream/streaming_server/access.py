@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 import socket
 import time
@@ -30,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from boostream.errors import BoostreamError, InvalidJson, InvalidParameter, Unauthorized, quotable
+from boostream.errors import BoostreamError, InvalidJson, InvalidParameter, RateLimited, Unauthorized, quotable
 from boostream.keys import Caller
 from boostream.service import Service, caller_of
 from boostream.streaming_server.errors import ApiError, error_response
@@ -38,8 +39,8 @@ from boostream.streaming_server.uploads import read_body
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # What answers without a key: the health probe, the dashboard's page and assets (the page signs in),
-# and signing in.
-PUBLIC_PATHS = frozenset({"/health", "/", "/session"})
+# signing in, and the API's description.
+PUBLIC_PATHS = frozenset({"/health", "/", "/session", "/openapi.json"})
 PUBLIC_PREFIXES = ("/ui/",)
 HOST_CHECK_EXEMPT = frozenset({"/health"})
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
@@ -120,17 +121,47 @@ class Gate:
         return hmac.new(self.service.signing_keys.sessions, body.encode(), hashlib.sha256).hexdigest()
 
 
+class RateLimits:
+    """Requests a second per API key, in bursts of twice as many: a token bucket per key name, in
+    this process."""
+
+    def __init__(self, per_s: float) -> None:
+        self.per_s = per_s
+        self.burst = max(1.0, 2 * per_s)
+        self._buckets: dict[str, tuple[float, float]] = {}  # name: tokens, when counted
+
+    def wait_s(self, name: str) -> float:
+        """0 when a request of `name` may go now (and it is counted), else how long until one may."""
+        if self.per_s <= 0:
+            return 0.0
+        now = time.monotonic()
+        tokens, then = self._buckets.get(name, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - then) * self.per_s)
+        if tokens >= 1:
+            self._buckets[name] = (tokens - 1, now)
+            return 0.0
+        self._buckets[name] = (tokens, now)
+        return (1 - tokens) / self.per_s
+
+
 class Access:
     """ASGI middleware in front of every route (the MCP endpoint's too)."""
 
     def __init__(
-        self, app: ASGIApp, gate: Gate, hosts: HostNames, origins: Origins, origin_checked_paths: Sequence[str] = ()
+        self,
+        app: ASGIApp,
+        gate: Gate,
+        hosts: HostNames,
+        origins: Origins,
+        origin_checked_paths: Sequence[str] = (),
+        rates: RateLimits | None = None,
     ) -> None:
         self.app = app
         self.gate = gate
         self.hosts = hosts
         self.origins = origins
         self.origin_checked_paths = frozenset(origin_checked_paths)  # on any method, not only those that change
+        self.rates = rates or RateLimits(0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -158,7 +189,14 @@ class Access:
                     field="Origin",
                 )
             if path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
-                scope.setdefault("state", {})["caller"] = await self.gate.caller(Request(scope))
+                caller = await self.gate.caller(Request(scope))
+                scope.setdefault("state", {})["caller"] = caller
+                if caller.name is not None and (wait_s := self.rates.wait_s(caller.name)):
+                    raise RateLimited(
+                        f"the key {caller.name!r} sends more than {self.rates.per_s:g} requests a second, as many "
+                        "as a key may (--key-requests-per-s); slow down",
+                        math.ceil(wait_s),
+                    )
         except BoostreamError as error:  # refused, or the key store out of reach (503)
             await error_response(error)(scope, receive, send)
             return

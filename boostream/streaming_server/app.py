@@ -19,7 +19,7 @@ from boostream.errors import BoostreamError
 from boostream.mcp_server import PATH as MCP_PATH
 from boostream.mcp_server import McpEndpoint
 from boostream.service import Service
-from boostream.streaming_server.access import Access, Gate, HostNames, Origins, Sessions
+from boostream.streaming_server.access import Access, Gate, HostNames, Origins, RateLimits, Sessions
 from boostream.streaming_server.errors import (
     handle_domain_error,
     handle_http_exception,
@@ -46,6 +46,7 @@ def create_app(settings: Settings) -> Starlette:
             hosts=HostNames(settings.host, settings.extra_hosts),
             origins=origins,
             origin_checked_paths=(MCP_PATH,),  # the MCP specification: Origin checked on every request
+            rates=RateLimits(settings.key_requests_per_s),
         ),
         Middleware(BodyIdleTimeout, idle_s=settings.body_idle_timeout_s),
     ]

@@ -58,7 +58,7 @@ def status_of(error: BoostreamError) -> int:
 
 def error_response(error: BoostreamError) -> JSONResponse:
     headers: dict[str, str] = {}
-    if isinstance(error, errors.QueueFull):
+    if isinstance(error, errors.QueueFull):  # the queue, a key's quota or its rate
         headers["Retry-After"] = str(error.retry_after_s)
     elif isinstance(error, errors.Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="boostream"'

@@ -13,19 +13,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from boostream import dashboard
-from boostream.errors import InvalidParameter, StorageFull, disk_full
+from boostream.errors import InvalidParameter, StorageFull, disk_full, quotable
 from boostream.jobs.records import Event, JobRecord, job_urls
 from boostream.keys import Caller
 from boostream.requests.spec import TrainSpec
 from boostream.service import Service
 from boostream.streaming_server.errors import ApiError
+from boostream.streaming_server.limits import DEFAULT_PAGE, MAX_ID, MAX_PAGE, ON_DISCONNECT
 from boostream.streaming_server.observe import Metrics
+from boostream.streaming_server.openapi import openapi_document
 from boostream.streaming_server.sse import event_response
 from boostream.streaming_server.uploads import MULTIPART, TABLE_TYPES, read_body, receive_table
 
-ON_DISCONNECT = ("continue", "cancel")
-DEFAULT_PAGE, MAX_PAGE = 50, 500
-MAX_ID = 2**62  # event ids and cursors: SQLite's integers are 64-bit
+ON_DISCONNECT_FIELD = frozenset({"on_disconnect"})  # the one query field a JSON training request takes
 JSON = "application/json"
 
 
@@ -33,11 +33,13 @@ class Routes:
     def __init__(self, service: Service, metrics: Metrics) -> None:
         self.service = service
         self.metrics = metrics
+        self._openapi: bytes | None = None
 
     def routes(self) -> list[BaseRoute]:
         return [
             Route("/health", self.health, methods=["GET"]),
             Route("/metrics", self.prometheus, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
             Route("/models", self.models, methods=["GET"]),
             Route("/train/stream", self.train_stream, methods=["POST"]),
             Route("/jobs", self.create_job, methods=["POST"]),
@@ -60,6 +62,11 @@ class Routes:
         if not _caller(request).admin:  # what every key's jobs add up to is the operator's
             raise ApiError(403, "forbidden", "only an admin key may read /metrics (boostream keys create NAME --admin)")
         return await self.metrics.endpoint(self.service, request)
+
+    async def openapi(self, request: Request) -> Response:
+        if self._openapi is None:  # made once: the backends and limits do not change while it runs
+            self._openapi = orjson.dumps(openapi_document(self.service))
+        return Response(self._openapi, media_type=JSON)
 
     async def models(self, request: Request) -> Response:
         return JSONResponse(self.service.models())
@@ -97,8 +104,12 @@ class Routes:
 
     async def job_events(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
-        raw = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
-        events = await self.service.follow(_caller(request), job_id, _whole_number(raw, "after", 0, MAX_ID))
+        after = _int_query(request.query_params, "after", 0, 0, MAX_ID)  # checked even where the header wins
+        header = request.headers.get("last-event-id")
+        if header:  # EventSource's own, when it reconnects
+            after = _whole_number(header, "Last-Event-ID", 0, MAX_ID)
+        assert after is not None
+        events = await self.service.follow(_caller(request), job_id, after)
         if events is None:
             # A finished job with nothing left to send: 204 tells EventSource to stop reconnecting.
             return Response(status_code=204)
@@ -108,9 +119,7 @@ class Routes:
         return Response(await self.service.result(_caller(request), request.path_params["job_id"]), media_type=JSON)
 
     async def cancel_job(self, request: Request) -> Response:
-        return JSONResponse(
-            await self.service.cancel(_caller(request), request.path_params["job_id"]), status_code=202
-        )
+        return JSONResponse(await self.service.cancel(_caller(request), request.path_params["job_id"]), status_code=202)
 
     async def delete_job(self, request: Request) -> Response:
         await self.service.delete(_caller(request), request.path_params["job_id"])
@@ -129,9 +138,7 @@ class Routes:
         return Response(content, media_type=blob.media_type, headers=headers)
 
     async def artifact_metadata(self, request: Request) -> Response:
-        return JSONResponse(
-            await self.service.artifact_metadata(_caller(request), request.path_params["artifact_id"])
-        )
+        return JSONResponse(await self.service.artifact_metadata(_caller(request), request.path_params["artifact_id"]))
 
     async def predict(self, request: Request) -> Response:
         media_type = _media_type(request)
@@ -168,6 +175,7 @@ class Routes:
         async with service.ingest_slot():
             arrived = time.perf_counter()
             if media_type == JSON:
+                _refuse_query_fields(request)
                 body = await read_body(request, limit, service.body_buffer)
                 started = time.perf_counter()
                 spec = await service.decode_json(body)
@@ -194,6 +202,17 @@ def _caller(request: Request) -> Caller:
     """Who sent the request, as the access checks found (`access.py`)."""
     caller: Caller = request.state.caller
     return caller
+
+
+def _refuse_query_fields(request: Request) -> None:
+    """A JSON request's fields go in its body: one in the query (`?n_estimators=500`, as a table
+    upload takes it) would be silently ignored."""
+    for name in request.query_params:
+        if name not in ON_DISCONNECT_FIELD:
+            raise InvalidParameter(
+                name,
+                f"with a JSON body, send {quotable(name)!r} in the body (params for hyperparameters), not the query",
+            )
 
 
 def _media_type(request: Request) -> str:

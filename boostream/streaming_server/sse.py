@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 
+import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import AppStatus, SendTimeoutError
 from starlette.types import Receive, Scope, Send
@@ -21,12 +22,38 @@ from boostream.jobs.records import Event
 RETRY_MS = 2000  # EventSource reconnection delay, sent with the first event of every stream
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 PART_BYTES = 256 * 1024
+CLEANUP_S = 5.0  # the most a stream's generator may take to clean up after a failed send
 
 log = logging.getLogger("boostream.sse")
 
 
 class EventStream(EventSourceResponse):
-    """A stream whose subscriber is dropped, in one log line, once a send times out."""
+    """A stream whose events go out in parts, and whose subscriber is dropped, in one log line, once a
+    part takes longer than the send timeout."""
+
+    async def _stream_response(self, send: Send) -> None:
+        """sse-starlette's, but each event (bytes) sent in parts of PART_BYTES, each with the send
+        timeout, under the lock its heartbeats take: a `: ping` between two parts of one event
+        would end that event in the middle of its data for the reader."""
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async for event in self.body_iterator:
+            assert isinstance(event, bytes), event  # what _encoded yields
+            try:
+                async with self._send_lock:
+                    for start in range(0, len(event), PART_BYTES):
+                        part = event[start : start + PART_BYTES]  # the event itself, not a copy, when it is small
+                        await self._send_with_timeout(
+                            send, {"type": "http.response.body", "body": part, "more_body": True}
+                        )
+            except BaseException:
+                # The generator waits at its yield: close it, so that its cleanup (the client's
+                # leaving) runs before the error goes on.
+                with anyio.move_on_after(CLEANUP_S, shield=True):
+                    await self.body_iterator.aclose()  # type: ignore[attr-defined]
+                raise
+        async with self._send_lock:
+            self.active = False
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -77,16 +104,14 @@ async def _encoded(
     try:
         async for event in events:
             if first:  # the reconnection hint goes with the first event of each stream
-                sse = ServerSentEvent(data=event.json, event=event.type, id=str(event.id), retry=RETRY_MS).encode()
+                yield ServerSentEvent(data=event.json, event=event.type, id=str(event.id), retry=RETRY_MS).encode()
                 first = False
             else:
-                sse = event.sse
-            # In parts: the server hands each part to the connection once the last has mostly gone
-            # out, and the send timeout applies to each. Sent whole, a `complete` event of megabytes
-            # sat in the buffer of every connection at once (a copy per subscriber), and a client
-            # that read nothing was never dropped: its send returned at once.
-            for start in range(0, len(sse), PART_BYTES):
-                yield sse[start : start + PART_BYTES]  # the event itself, not a copy, when it is small
+                # Sent in parts (EventStream): each part handed to the connection once the last has
+                # mostly gone out, the send timeout on each. Sent whole, a `complete` event of
+                # megabytes sat in the buffer of every connection at once (a copy per subscriber),
+                # and a client that read nothing was never dropped: its send returned at once.
+                yield event.sse
             on_sent()
     except (asyncio.CancelledError, GeneratorExit):
         # Cancelled: the client went away, or the server is stopping (streams end before the jobs

@@ -150,10 +150,12 @@ class Trainer(Protocol):
     def check(self, data: TrainingData, objective: str, params: Mapping[str, Any]) -> None:
         """Raise InvalidParameter for combinations that the bounds alone cannot express."""
 
-    def memory(self, data: TrainingData, objective: str, params: Mapping[str, Any]) -> list[MemoryTerm]:
+    def memory(
+        self, data: TrainingData, objective: str, params: Mapping[str, Any], look: bool = False
+    ) -> list[MemoryTerm]:
         """What training on `data` with `params` would take of the memory of the process that
         trains (its table, mapped from disk, aside), term by term; none where the trainer cannot
-        tell (a GPU's memory is its own)."""
+        tell (a GPU's memory is its own). With `look`, closer, from the data's values (slower)."""
 
     def fit(self, data: TrainingData, objective: str, params: Mapping[str, Any], reporter: Reporter) -> FitResult: ...
 

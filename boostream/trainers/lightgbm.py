@@ -36,6 +36,9 @@ _OBJECTIVE_METRIC = {"regression": "l2", "binary": "binary_logloss", "multiclass
 # A training worker before its table and model: Python, numpy and LightGBM loaded.
 PROCESS_BYTES = 128 * 1024**2
 TREE_BYTES_PER_LEAF = 88
+BIN_SAMPLE_ROWS = 200_000  # LightGBM's bin_construct_sample_cnt
+SAMPLE_VALUES = 2_000_000  # at most this many values of X are looked at to count bins
+FEW_VALUES = 32
 
 
 class LightGBMTrainer:
@@ -106,26 +109,36 @@ class LightGBMTrainer:
                 "params.bagging_fraction", "has no effect while bagging_freq is 0; set bagging_freq too"
             )
 
-    def memory(self, data: TrainingData, objective: str, params: Mapping[str, Any]) -> list[MemoryTerm]:
-        """LightGBM's main allocations, measured here (4.x, 2026-11-30): its binned table; a
-        histogram per leaf, 16 bytes per bin, and a feature never has more bins than a third of the
-        rows (`min_data_in_bin` 3); and each tree's arrays, about 88 bytes per leaf it may have,
-        allocated for `num_leaves` whatever it grows to (100 trees of 131,072 leaves on 4 rows
-        took 1.1 GB). Within a few percent of the peak it reached for 20,000 x 20 rows with 4,096
-        leaves and 255 or 4,096 bins (344 MiB, 5.2 GiB)."""
+    def memory(
+        self, data: TrainingData, objective: str, params: Mapping[str, Any], look: bool = False
+    ) -> list[MemoryTerm]:
+        """LightGBM's main allocations, measured here (4.x, 2026-11-30): the rows it samples to find
+        its bins (up to 200,000, some 12 bytes a value); its binned table; a histogram per leaf, 16
+        bytes per bin, a feature never having more bins than a third of the rows (`min_data_in_bin`
+        3); each tree's arrays, about 88 bytes per leaf it may have, allocated for `num_leaves`
+        whatever it grows to (100 trees of 131,072 leaves on 4 rows took 1.1 GB). Within a few
+        percent of the peaks measured for 20,000 x 20 rows with 4,096 leaves and 255 or 4,096 bins
+        (344 MiB, 5.2 GiB), 1M x 50 (310 MiB) and 200,000 x 1,000 (2.9 GiB).
+
+        With `look`, the bins of each feature are counted on a sample of rows (a column of a few
+        values, one-hot say, has as many bins, not `max_bin`): milliseconds to a second for
+        thousands of features, so only where the estimate without it is too much."""
         rows = len(data.X) + (0 if data.X_valid is None else len(data.X_valid))
         features, leaves, bins = data.X.shape[1], params["num_leaves"], params["max_bin"]
         classes = len(data.classes or ()) if objective == "multiclass" else 1
         trees = params["n_estimators"] * classes
-        bins_used = max(2, min(bins, len(data.X) // 3))
+        most = max(2, min(bins, len(data.X) // 3))
+        total_bins = _bins_seen(data.X, most) if look else features * most
+        sampled = min(len(data.X), BIN_SAMPLE_ROWS) * features
         return [
             MemoryTerm("the process itself", PROCESS_BYTES, ()),
+            MemoryTerm(f"the rows sampled for bins: {sampled // features} x {features} features", 12 * sampled, ()),
             MemoryTerm(
                 f"the binned table: {rows} rows x {features} features", rows * features * (1 if bins < 256 else 2), ()
             ),
             MemoryTerm(
-                f"histograms: num_leaves {leaves} x {features} features x {bins_used} bins",
-                16 * leaves * features * bins_used,
+                f"histograms: num_leaves {leaves} x {total_bins} bins of {features} features",
+                16 * leaves * total_bins,
                 ("num_leaves", "max_bin"),
             ),
             MemoryTerm(
@@ -300,3 +313,14 @@ class _ReportRounds:
             return
         # The documented way to end lightgbm.train early and still get a usable booster.
         raise lightgbm.callback.EarlyStopException(env.iteration, results)
+
+
+def _bins_seen(X: np.ndarray, most: int) -> int:
+    """The bins LightGBM would make for X's features, `most` at the most each: a feature of a few
+    values (32 or fewer in a sample of rows) gets one per value, and one for missing; any other
+    gets `most`."""
+    rows, features = X.shape
+    count = max(100, min(rows, SAMPLE_VALUES // max(1, features)))
+    sample = np.sort(np.nan_to_num(X[:: max(1, rows // count)][:count], nan=np.inf), axis=0)
+    distinct = 1 + (np.diff(sample, axis=0) != 0).sum(axis=0)
+    return int(np.where(distinct <= FEW_VALUES, np.minimum(distinct + 1, most), most).sum())

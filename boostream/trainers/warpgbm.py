@@ -116,7 +116,9 @@ class WarpGBMTrainer:
                     field, f"row {row} has a missing value (null); WarpGBM cannot train on missing values"
                 )
 
-    def memory(self, data: TrainingData, objective: str, params: Mapping[str, Any]) -> list[MemoryTerm]:
+    def memory(
+        self, data: TrainingData, objective: str, params: Mapping[str, Any], look: bool = False
+    ) -> list[MemoryTerm]:
         return []  # what it needs is the GPU's memory, and its trees are bounded by max_depth 16
 
     def fit(self, data: TrainingData, objective: str, params: Mapping[str, Any], reporter: Reporter) -> FitResult:
