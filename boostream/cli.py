@@ -467,9 +467,14 @@ def _add_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     revoke = actions.add_parser("revoke", help="revoke a key by its id, or every key of a name")
     revoke.add_argument("key", metavar="ID|NAME")
     for action in (create, listing, revoke):
-        action.add_argument("--data-dir", help=f"the server's data directory (env {env_name('data_dir')})")
-        action.add_argument("--redis", metavar="URL", help=f"the servers' Redis (env {env_name('redis')})")
+        _add_store_options(action)
         action.set_defaults(run=_keys)
+
+
+def _add_store_options(command: argparse.ArgumentParser) -> None:
+    """Where the server keeps its state, for a command that reads or writes it beside the server."""
+    command.add_argument("--data-dir", help=f"the server's data directory (env {env_name('data_dir')})")
+    command.add_argument("--redis", metavar="URL", help=f"the servers' Redis (env {env_name('redis')})")
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -536,8 +541,7 @@ def _add_webhook_key(commands: argparse._SubParsersAction[argparse.ArgumentParse
         description="The key a webhook receiver checks X-Boostream-Signature with: derived from the server's secret "
         "key (BOOSTREAM_SECRET_KEY, else the one kept in the data directory or in Redis), printed in hex.",
     )
-    command.add_argument("--data-dir", help=f"the server's data directory (env {env_name('data_dir')})")
-    command.add_argument("--redis", metavar="URL", help=f"the servers' Redis (env {env_name('redis')})")
+    _add_store_options(command)
     command.set_defaults(run=_webhook_key)
 
 
