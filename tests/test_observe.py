@@ -62,7 +62,12 @@ def test_each_request_is_one_json_access_line_with_the_key_name_never_the_key(tm
                 streamed = stream.headers["x-boostream-job-id"]
                 list(stream.iter_lines())
             assert client.get("/metrics").status_code == 403, "an admin's"
-        log = server.log()
+        deadline = time.monotonic() + 10
+        # A line is written once its answer has been sent, which may be just after its client has
+        # read it: wait for those of the stream and of the last request.
+        while not all(f'"route":"{route}"' in (log := server.log()) for route in ("/train/stream", "/metrics")):
+            assert time.monotonic() < deadline, "an access line never came"
+            time.sleep(0.05)
     assert key not in log
     lines = [json.loads(line.split("boostream.access: ", 1)[1]) for line in log.splitlines() if "access: {" in line]
     posted = next(line for line in lines if line["route"] == "/jobs" and line["method"] == "POST")

@@ -279,7 +279,7 @@ class JobManager:
         return {device: queue.counts() for device, queue in self._queues.items()}
 
     async def summary(self) -> list[JobsSummary]:
-        return self.store.summary()
+        return await asyncio.to_thread(self.store.summary)  # a pass over every job kept: not on the loop
 
     async def worker_views(self) -> list[dict[str, Any]]:
         return [view for pool in self.workers.values() for view in pool.views()]

@@ -153,7 +153,8 @@ class JobStore(Protocol):
 
     def pending_callbacks(self) -> list[JobRecord]: ...
 
-    def summary(self) -> list[JobsSummary]: ...
+    def summary(self) -> list[JobsSummary]:
+        """Safe to call from any thread."""
 
     def finished_before(self, cutoff: float, limit: int) -> list[str]:
         """The ids of up to `limit` jobs that finished before `cutoff`, oldest first."""

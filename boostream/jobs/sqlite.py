@@ -15,6 +15,7 @@ process is outgrown.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import os
@@ -196,10 +197,13 @@ class SqliteJobStore:
         return [_job_record(row) for row in rows]
 
     def summary(self) -> list[JobsSummary]:
-        rows = self._db.execute(
-            "SELECT model_type, status, COUNT(*), COALESCE(SUM(elapsed_s), 0), SUM(iteration) "
-            "FROM jobs GROUP BY model_type, status ORDER BY model_type, status"
-        ).fetchall()
+        """Read on a connection of its own, so that a thread runs it: over every job kept, it took
+        0.4 s of the event loop with 500,000."""
+        with contextlib.closing(sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True)) as db:
+            rows = db.execute(
+                "SELECT model_type, status, COUNT(*), COALESCE(SUM(elapsed_s), 0), SUM(iteration) "
+                "FROM jobs GROUP BY model_type, status ORDER BY model_type, status"
+            ).fetchall()
         return [JobsSummary(*row) for row in rows]
 
     def pending_callbacks(self) -> list[JobRecord]:
