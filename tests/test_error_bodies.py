@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -144,3 +145,14 @@ def test_a_key_sent_twice_is_refused_naming_it(server: Server, body: bytes, fiel
     assert answer.json()["error"] == {**answer.json()["error"], "code": "invalid_json", "field": field}
     assert "twice" in answer.json()["error"]["message"]
     assert predicted.status_code == 400 and predicted.json()["error"]["field"] == "X"
+
+
+def test_an_array_sent_twice_is_refused_without_reading_it_all(server: Server):
+    rows = b"[" + b",".join([b"[1.5, 2.5, 3.5, 4.5]"] * 1_000_000) + b"]"  # 20 MB
+    body = b'{"X": ' + rows + b', "y": [1, 2], "X": ' + rows + b"}"
+    with server.client() as client:
+        started = time.perf_counter()
+        answer = client.post("/jobs", content=body, headers={"content-type": "application/json"})
+    # Refused for its size outside the arrays, before the second array is read as Python objects.
+    assert answer.status_code == 400 and "outside its arrays" in answer.json()["error"]["message"], answer.text
+    assert time.perf_counter() - started < 30

@@ -102,7 +102,11 @@ class ArtifactStore:
         artifact_id = uuid.uuid4().hex
         blobs = {}
         for format, content in contents.items():
-            self._write(self.path(artifact_id, format), content)
+            try:
+                self._write(self.path(artifact_id, format), content)
+            except OSError:  # a full disk, say: nothing of it is left behind to fill it more
+                self.delete(artifact_id)
+                raise
             media_type, extension = kinds[format]
             blobs[format] = StoredBlob(
                 media_type, extension, len(content), hashlib.sha256(content).hexdigest(), sign(self.key, content)
@@ -149,8 +153,12 @@ class ArtifactStore:
     @staticmethod
     def _write(path: Path, content: bytes) -> None:
         partial = path.with_suffix(".partial")
-        with open(partial, "wb") as file:
-            file.write(content)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)  # a reader never sees half an artifact
+        try:
+            with open(partial, "wb") as file:
+                file.write(content)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(partial, path)  # a reader never sees half an artifact
+        except OSError:
+            partial.unlink(missing_ok=True)
+            raise

@@ -127,6 +127,10 @@ def _decode_json(body: bytes | bytearray, shape: type[msgspec.Struct]) -> Any:
     return request
 
 
+# What a JSON request may hold besides its arrays (its options, parameters, feature names).
+MAX_OPTIONS_BYTES = 16 * 1024**2
+
+
 def _refuse_repeated_keys(body: bytes | bytearray, request: msgspec.Struct) -> None:
     """InvalidJson for a key that an object of the body has twice: msgspec keeps the last, another
     reader the first, so the request would mean different things to different readers. The body
@@ -142,6 +146,12 @@ def _refuse_repeated_keys(body: bytes | bytearray, request: msgspec.Struct) -> N
         parts += [bytes(body[position:start]), b"0"]
         position = start + length
     parts.append(bytes(body[position:]))
+    if sum(len(part) for part in parts) > MAX_OPTIONS_BYTES:  # read as Python objects, it would take seconds
+        raise InvalidJson(
+            None,
+            f"more than {MAX_OPTIONS_BYTES // 1024**2} MB of the body is outside its arrays (X, y, X_valid, y_valid, "
+            "era): an array sent twice under one key?",
+        )
 
     def once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen = set()
