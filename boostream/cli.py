@@ -37,6 +37,7 @@ from boostream.errors import BoostreamError, Conflict, Unavailable
 if TYPE_CHECKING:  # the service's modules load numpy, msgspec and pyarrow: only `train --local` needs them
     import pyarrow as pa
 
+    from boostream.jobs.redis_state import RedisState
     from boostream.keys import KeyStore
     from boostream.service import Service
 
@@ -519,19 +520,26 @@ async def _key_store(settings: Settings) -> AsyncIterator[KeyStore]:
     from boostream.keys import RedisKeys, SqliteKeys
 
     if settings.redis:
-        from boostream.jobs.redis_state import RedisState
-
-        state = RedisState(settings.redis)
-        try:
+        async with _redis_state(settings.redis) as state:
             yield RedisKeys(state.redis, state.prefix)
-        finally:
-            await state.close()
     else:
         store = SqliteKeys(settings.data_dir)
         try:
             yield store
         finally:
             store.close()
+
+
+@contextlib.asynccontextmanager
+async def _redis_state(url: str) -> AsyncIterator[RedisState]:
+    """A client of the servers' Redis, for a command that works beside them."""
+    from boostream.jobs.redis_state import RedisState
+
+    state = RedisState(url)
+    try:
+        yield state
+    finally:
+        await state.close()
 
 
 def _add_webhook_key(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -553,16 +561,11 @@ def _webhook_key(args: argparse.Namespace) -> int:
     settings = from_environment(data_dir=args.data_dir, redis=args.redis)
     try:
         if settings.redis:
-            from boostream.jobs.redis_state import RedisState
-
             _wait_for_redis(settings.redis)
 
             async def kept() -> bytes:
-                state = RedisState(settings.redis)
-                try:
+                async with _redis_state(settings.redis) as state:
                     return await state.secret_key(settings.secret_key or None)
-                finally:
-                    await state.close()
 
             secret = asyncio.run(kept())
         elif not settings.secret_key and not settings.key_path.exists():  # never one made up: no server has it

@@ -122,6 +122,11 @@ class StorageFull(StorageFailed):
 
     code = "insufficient_storage"
 
+    @classmethod
+    def of(cls, error: BaseException) -> StorageFull:
+        """The refusal of a request that `error` (a full disk) stopped."""
+        return cls(f"the server's disk is full ({error}); try again once its operator has made room")
+
 
 def disk_full(error: BaseException | None) -> bool:
     """Whether `error`, or what caused it, is a full disk: ENOSPC or EDQUOT, or SQLite's "database

@@ -30,7 +30,7 @@ from boostream.jobs.redis_engine import RedisEngine
 from boostream.jobs.redis_state import RedisState
 from boostream.jobs.sqlite import SqliteJobStore
 from boostream.jobs.webhooks import WebhookPolicy, WebhookSender
-from boostream.keys import EVERYONE, Caller, KeyRecord, KeyStore, RedisKeys, SqliteKeys, exposure_problem
+from boostream.keys import Caller, KeyRecord, KeyStore, RedisKeys, SqliteKeys, exposure_problem
 from boostream.models.artifacts import FORMATS as ARTIFACT_FORMATS
 from boostream.models.artifacts import ArtifactRecord, ArtifactStore, StoredBlob
 from boostream.models.predicting import LoadedModel, ModelCache, ModelLoader
@@ -187,11 +187,8 @@ class Service:
             self._keys_made = await self.keys.any()
         return self._keys_made
 
-    async def caller(self, key: str | None) -> Caller:
-        """Who sends `key` (None: no key was sent); Unauthorized when the server needs one and this
-        is none of its live keys."""
-        if not await self.keys_required():
-            return EVERYONE
+    async def key_of(self, key: str | None) -> KeyRecord:
+        """The live key that `key` is (None: no key was sent); Unauthorized where it is none."""
         if key is None:
             raise Unauthorized(
                 "this server needs an API key: send it as `Authorization: Bearer KEY` "
@@ -200,7 +197,7 @@ class Service:
         record = await self.keys.find(key)
         if record is None:
             raise Unauthorized("this API key is not valid: it is unknown or was revoked")
-        return caller_of(record)
+        return record
 
     async def _check_exposure(self) -> None:
         """A server that listens beyond this machine must not serve everyone unless told to."""

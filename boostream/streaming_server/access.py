@@ -5,9 +5,9 @@
   name was rebound to this machine's address (DNS rebinding) names its own host, and is refused.
   `GET /health` is exempt: probes reach a server by whatever address it has.
 - `Origin`: a browser page of another origin may not change anything (any method but GET, HEAD
-  and OPTIONS gets 403), unless it is a page of a name this server answers to, or the operator
-  lists its origin in `--allowed-origins`, which also lets it read answers (CORS). A cross-site
-  form POST is refused, whatever it would do.
+  and OPTIONS, and on /mcp any method, gets 403), unless it is one of this server's own pages (the
+  host and port the request went to) or the operator lists its origin in `--allowed-origins`,
+  which also lets it read answers (CORS). A cross-site form POST is refused, whatever it would do.
 - Who calls: once any API key exists (`boostream keys create`), every route but the public ones
   needs one, as `Authorization: Bearer KEY`, or the session cookie that `POST /session` sets for a
   browser (HttpOnly, SameSite=Strict: `EventSource` sends it, and no other site's page can). The
@@ -16,8 +16,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import math
 import re
 import socket
@@ -32,7 +30,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from boostream.errors import BoostreamError, InvalidJson, InvalidParameter, RateLimited, Unauthorized, quotable
-from boostream.keys import Caller
+from boostream.keys import EVERYONE, Caller
+from boostream.models.signing import sign, verify
 from boostream.service import Service, caller_of
 from boostream.streaming_server.errors import ApiError, error_response
 from boostream.streaming_server.uploads import read_body
@@ -57,9 +56,9 @@ class HostNames:
 
     def __init__(self, bound_host: str, extra_hosts: Sequence[str] = ()) -> None:
         own = _machine_names() if bound_host in WILDCARD_ADDRESSES else [bound_host]
-        names = [name.removesuffix(":*") for name in (*LOOPBACK_NAMES, *own, *extra_hosts)]
-        self.any_port = {name.lower().strip("[]") for name in names if _split_host(name)[1] is None}
-        self.exact = {_split_host(name) for name in names if _split_host(name)[1] is not None}
+        names = [_split_host(name.removesuffix(":*")) for name in (*LOOPBACK_NAMES, *own, *extra_hosts)]
+        self.any_port = {name for name, port in names if port is None}
+        self.exact = {(name, port) for name, port in names if port is not None}
 
     def allow(self, host_header: str) -> bool:
         name, port = _split_host(host_header)
@@ -86,29 +85,29 @@ class Gate:
         self.service = service
 
     async def caller(self, request: Request) -> Caller:
+        if not await self.service.keys_required():
+            return EVERYONE
         authorization = request.headers.get("authorization")
-        if authorization is not None and await self.service.keys_required():
+        if authorization is not None:
             scheme, _, key = authorization.partition(" ")
             if scheme.lower() != "bearer" or not key.strip():
                 raise Unauthorized("send the API key as `Authorization: Bearer KEY`")
-            return await self.service.caller(key.strip())
+            return caller_of(await self.service.key_of(key.strip()))
         cookie = request.cookies.get(SESSION_COOKIE)
-        if cookie is not None and await self.service.keys_required():
+        if cookie is not None:
             return await self.session_caller(cookie)
-        return await self.service.caller(None)
+        return caller_of(await self.service.key_of(None))
 
     # A browser session: a cookie naming the key's id and when it ends, signed with the session key.
 
     def session_token(self, key_id: str) -> str:
         body = f"{SESSION_VERSION}.{key_id}.{int(time.time() + self.service.settings.session_ttl_s)}"
-        return f"{body}.{self._signature(body)}"
+        return f"{body}.{sign(self.service.signing_keys.sessions, body.encode())}"
 
     async def session_caller(self, token: str) -> Caller:
         body, _, signature = token.rpartition(".")
         version, key_id, expires = ([*body.split("."), "", ""])[:3]
-        if version != SESSION_VERSION or not hmac.compare_digest(
-            self._signature(body).encode(), signature.encode("utf-8", "replace")
-        ):
+        if version != SESSION_VERSION or not verify(self.service.signing_keys.sessions, body.encode(), signature):
             raise Unauthorized("this session is not valid: sign in again")
         if not (expires.isdigit() and int(expires) >= time.time()):
             raise Unauthorized("this session has ended: sign in again")
@@ -116,9 +115,6 @@ class Gate:
         if record is None:
             raise Unauthorized("the key of this session was revoked: sign in with another")
         return caller_of(record)
-
-    def _signature(self, body: str) -> str:
-        return hmac.new(self.service.signing_keys.sessions, body.encode(), hashlib.sha256).hexdigest()
 
 
 class RateLimits:
@@ -225,9 +221,7 @@ class Sessions:
         key = key.strip() or _api_key_of(await read_body(request, MAX_SIGN_IN_BYTES))
         if not await service.keys_required():
             return JSONResponse({"keys_required": False, "name": None, "admin": True})
-        record = await service.keys.find(key) if key else None
-        if record is None:
-            raise Unauthorized("this API key is not valid: it is unknown or was revoked")
+        record = await service.key_of(key or None)
         response = JSONResponse({"keys_required": True, "name": record.name, "admin": record.admin})
         response.set_cookie(
             SESSION_COOKIE,

@@ -117,5 +117,4 @@ async def handle_storage_error(request: Request, error: Exception) -> JSONRespon
         log.error("%s %s failed", request.method, quotable(request.url.path), exc_info=error)
         return await handle_unexpected_error(request, error)
     log.warning("%s %s: refused, the disk is full (%s)", request.method, quotable(request.url.path), error)
-    full = errors.StorageFull(f"the server's disk is full ({error}); try again once its operator has made room")
-    return error_response(full)
+    return error_response(errors.StorageFull.of(error))

@@ -123,8 +123,8 @@ class Observed:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        # `location`: the id of the job the request made, from its answer's headers.
-        answer: dict[str, Any] = {"status": 500, "bytes": 0, "stream": False, "location": None}
+        # `made`: the id of the job the request made, from its answer's headers.
+        answer: dict[str, Any] = {"status": 500, "bytes": 0, "stream": False, "made": None}
         received = 0
 
         async def counting_receive() -> Message:
@@ -142,9 +142,9 @@ class Observed:
                         answer["stream"] = True
                         self.metrics.subscribers.inc()
                     elif name == b"location":
-                        answer["location"] = value.decode("latin-1").removeprefix("/jobs/")
+                        answer["made"] = value.decode("latin-1").removeprefix("/jobs/")
                     elif name == JOB_HEADER:
-                        answer["location"] = value.decode("latin-1")
+                        answer["made"] = value.decode("latin-1")
             elif message["type"] == "http.response.body":
                 answer["bytes"] += len(message.get("body", b""))
             await send(message)
@@ -168,7 +168,7 @@ class Observed:
         caller = scope.get("state", {}).get("caller")
         job_id = path_params.get("job_id")
         if job_id is None:
-            job_id = answer["location"]  # the job that POST /jobs or /train/stream made
+            job_id = answer["made"]  # the job that POST /jobs or /train/stream made
         client = scope.get("client")
         line = {
             "method": method,

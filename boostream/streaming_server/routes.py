@@ -159,7 +159,7 @@ class Routes:
             return await self.service.submit(_caller(request), spec, ingest_timings, str(request.base_url))
         except OSError as error:  # spooling an upload, writing a table
             if disk_full(error):
-                raise StorageFull(f"the server's disk is full ({error}); try again once there is room") from None
+                raise StorageFull.of(error) from None
             raise
 
     async def _decode(self, request: Request) -> tuple[TrainSpec, dict[str, float]]:
