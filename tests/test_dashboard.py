@@ -177,9 +177,11 @@ class Dashboard:
     def catch_up_while_running(self, rounds: int) -> dict[str, Any]:
         """What the panel shows once it has charted at least `rounds` rounds, at an instant when each curve
         has one point for every round up to the one shown (not one drawn behind) while the job runs;
-        what it shows when the job ended before such an instant."""
+        what it shows when the job ended before such an instant. Before its stream's first event the
+        panel reads `…` (then `queued`): it is waited past, not taken for an end."""
         return self.wait_until(
-            f"(c => (c.status !== 'running' || c.round >= {rounds} && Object.keys(c.points).length > 0"
+            f"(c => (['succeeded', 'failed', 'cancelled'].includes(c.status) || c.status === 'running'"
+            f" && c.round >= {rounds} && Object.keys(c.points).length > 0"
             f" && Object.values(c.points).every((n) => n === c.round)) && c)({SHOWN})"
         )
 
