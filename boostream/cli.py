@@ -70,6 +70,7 @@ _SERVE_OPTIONS = {
     "key_requests_per_s": "requests a second one API key may send, in bursts of twice as many (0: no limit)",
     "model_cache_bytes": "memory for models kept loaded for /predict (by their native size)",
     "max_body_bytes": "largest request body accepted",
+    "header_timeout_s": "seconds a request's headers may take to come whole (408, and the connection closed)",
     "body_idle_timeout_s": "seconds a request body may go without a byte before it is refused (408)",
     "max_cells": "largest table accepted, in rows x features",
     "heartbeat_s": "seconds between heartbeat comments on an idle stream",
@@ -593,7 +594,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from boostream.jobs.sqlite import DataDirInUse, check_data_dir_free
     from boostream.memory import avoid_huge_pages
-    from boostream.streaming_server.app import create_app
+    from boostream.streaming_server.app import create_app, uvicorn_options
 
     settings = from_environment(**{name: getattr(args, name) for name in _SERVE_OPTIONS})
     if settings.when_no_worker not in WHEN_NO_WORKER:
@@ -622,7 +623,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,  # the app logs each request itself, as JSON (boostream.access)
-        timeout_graceful_shutdown=5,
+        **uvicorn_options(settings),
     )
     return 0
 

@@ -17,7 +17,9 @@ TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 def _default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("boostream"))
 
+
 WHEN_NO_WORKER = ("auto", "wait", "refuse")  # Settings.when_no_worker
+
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
@@ -83,6 +85,9 @@ class Settings:
     progress_interval_s: float = 0.1
     heartbeat_s: float = 15.0
     send_timeout_s: float = 30.0
+    # A request whose headers have not come whole this long after the connection opened (or after
+    # the request's first byte, on a kept-alive connection) is answered 408 and its connection closed.
+    header_timeout_s: float = 10.0
     # A request body that goes this long without a byte is refused (408).
     body_idle_timeout_s: float = 30.0
     log_level: str = "info"

@@ -35,7 +35,7 @@ from sse_starlette.sse import AppStatus
 
 from boostream.client import Event, parse_events
 from boostream.config import from_environment
-from boostream.streaming_server.app import create_app
+from boostream.streaming_server.app import create_app, uvicorn_options
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # as `boostream serve` logs
 STARTUP_S = 60.0
@@ -162,7 +162,7 @@ def start_server(tmp: Path, **settings: Any) -> Iterator[Server]:
             log_level="warning",
             log_config=None,  # this process's logging stays pytest's
             access_log=False,
-            timeout_graceful_shutdown=5,  # as `boostream serve`
+            **uvicorn_options(app_settings),  # as `boostream serve`
         )
     )
     # boostream's own lines at the level `boostream serve` logs them; the rest as pytest has it.

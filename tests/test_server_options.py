@@ -112,6 +112,47 @@ def test_a_body_that_stops_coming_is_refused_with_408_and_holds_up_no_other_requ
         assert events[-1].type == "complete"
 
 
+def read_until_closed(connection: socket.socket, timeout: float) -> bytes:
+    connection.settimeout(timeout)
+    received = b""
+    while chunk := connection.recv(65536):
+        received += chunk
+    return received
+
+
+def test_headers_that_do_not_come_whole_in_time_get_408_and_the_connection_closed(tmp_path):
+    with running_server(tmp_path, header_timeout_s=1.0) as server:
+        address = ("127.0.0.1", int(server.url.rsplit(":", 1)[1]))
+        silent = socket.create_connection(address)  # opens, sends nothing
+        trickling = socket.create_connection(address)  # a byte every 0.2 s: each keeps it busy, none ends it
+        kept_alive = socket.create_connection(address)  # a whole request, then half of the next one
+        kept_alive.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        kept_alive.settimeout(5)
+        assert kept_alive.recv(65536).startswith(b"HTTP/1.1 200")
+        kept_alive.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.")
+        started = time.monotonic()
+        try:
+            for byte in b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: aaaaaaaaaaaaaaa":
+                try:
+                    trickling.send(bytes([byte]))
+                except OSError:  # closed by the server, as it should be
+                    break
+                time.sleep(0.2)
+            answers = [read_until_closed(connection, 5) for connection in (silent, trickling, kept_alive)]
+            assert time.monotonic() - started < 4
+            for answer in answers:
+                head, _, body = answer.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 408"), answer
+                error = json.loads(body)["error"]
+                assert error["code"] == "request_timeout" and "within 1 s" in error["message"]
+            with server.client() as client:
+                assert client.get("/health").status_code == 200
+        finally:
+            for connection in (silent, trickling, kept_alive):
+                connection.close()
+        assert "Traceback" not in server.log()
+
+
 def test_a_job_that_would_need_more_memory_than_a_worker_may_hold_is_refused_naming_its_parameters(server: Server):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(20_000, 20)).round(4)

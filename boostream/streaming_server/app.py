@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
+from typing import Any
 
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from starlette.applications import Starlette
@@ -28,7 +29,12 @@ from boostream.streaming_server.errors import (
 )
 from boostream.streaming_server.observe import Metrics, Observed
 from boostream.streaming_server.routes import Routes
-from boostream.streaming_server.slow_clients import BodyIdleTimeout
+from boostream.streaming_server.slow_clients import BodyIdleTimeout, header_timeout_protocol
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """How uvicorn serves the app, besides where: `boostream serve` and the tests' servers alike."""
+    return {"timeout_graceful_shutdown": 5, "http": header_timeout_protocol(settings.header_timeout_s)}
 
 
 def create_app(settings: Settings) -> Starlette:

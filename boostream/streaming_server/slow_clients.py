@@ -1,13 +1,70 @@
-"""Slow clients: a request body that stops coming is refused, so that a client holding a
-connection open without sending never holds one of the few slots that read and decode bodies."""
+"""Slow clients: a connection whose request's headers do not come whole in time is answered 408 and
+closed, and a request body that stops coming is refused, so that connections held open without
+sending cost nothing but a socket. (A body is received before it takes one of the few slots that
+decode bodies, so a slow one holds up no other request.)"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from boostream.errors import TooSlow
+
+log = logging.getLogger("boostream")
+
+
+def header_timeout_protocol(timeout_s: float) -> type[HttpToolsProtocol]:
+    """uvicorn's HTTP protocol (httptools), with a limit on the time a request's headers may take:
+    from a connection's opening to its first request's headers, and from the first byte of each
+    later request to its headers. uvicorn has none: a connection that sent half a request line
+    stayed open for ever."""
+    return type("HeaderTimeoutProtocol", (_HeaderTimeout,), {"timeout_s": timeout_s})
+
+
+class _HeaderTimeout(HttpToolsProtocol):
+    timeout_s: float
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._await_headers()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._await_headers()
+
+    def on_headers_complete(self) -> None:
+        self._headers_came()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._headers_came()
+        super().connection_lost(exc)
+
+    def _await_headers(self) -> None:
+        self._headers_came()
+        self._header_timer = self.loop.call_later(self.timeout_s, self._headers_too_slow)
+
+    def _headers_came(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
+            return  # a pipelined request's start, while an answer is still being sent: left to that answer
+        message = f"the request's headers did not come whole within {self.timeout_s:g} s; send them at once"
+        body = orjson.dumps({"error": TooSlow(message).details()})
+        head = f"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        self.transport.write(head.encode() + b"connection: close\r\n\r\n" + body)
+        self.transport.close()
+        client = "{}:{}".format(*self.client) if self.client else "a client"
+        log.info("%s: closed, its request's headers took more than %g s", client, self.timeout_s)
 
 
 class BodyIdleTimeout:
