@@ -176,6 +176,12 @@ class QueueFull(BoostreamError):
         self.retry_after_s = retry_after_s
 
 
+class Busy(QueueFull):
+    """The server holds as many bytes of request bodies not yet decoded as it may."""
+
+    code = "busy"
+
+
 class QuotaExceeded(QueueFull):
     """One API key has as many jobs waiting or training as a key may."""
 

@@ -60,19 +60,21 @@ def empty(
     return mapped.view(dtype).reshape(shape, order=order)
 
 
-def populate(buffer: np.ndarray | mmap.mmap) -> None:
+def populate(buffer: np.ndarray | mmap.mmap, start: int = 0, end: int | None = None) -> None:
     """Fault in the pages of a fresh writable mapping in one call (MADV_POPULATE_WRITE), where the
-    system can. Through ctypes, which lets go of the GIL: mmap.madvise holds it, up to 1 s for
-    400 MB in the server, with the event loop stopped. An older kernel refuses (EINVAL): then the
-    pages are faulted in as they are written."""
+    system can: all of them, or those of a map from `start` (a multiple of the page size) to `end`.
+    Through ctypes, which lets go of the GIL: mmap.madvise holds it, up to 1 s for 400 MB in the
+    server, with the event loop stopped. An older kernel refuses (EINVAL): then the pages are
+    faulted in as they are written."""
     if _madvise is None:
         return
     if isinstance(buffer, np.ndarray):
         _madvise(ctypes.c_void_p(buffer.ctypes.data), ctypes.c_size_t(buffer.nbytes), MADV_POPULATE_WRITE)
         return
+    end = len(buffer) if end is None else end
     anchor = ctypes.c_char.from_buffer(buffer)  # holds the map open while it is advised
     try:
-        _madvise(ctypes.c_void_p(ctypes.addressof(anchor)), ctypes.c_size_t(len(buffer)), MADV_POPULATE_WRITE)
+        _madvise(ctypes.c_void_p(ctypes.addressof(anchor) + start), ctypes.c_size_t(end - start), MADV_POPULATE_WRITE)
     finally:
         del anchor
 

@@ -205,11 +205,12 @@ class Service:
         if problem is not None:
             raise Exposed(problem)
 
-    # Reading requests (in a thread each, at most INGEST_SLOTS at once with their reading)
+    # Decoding requests (in a thread or a decoder process each, at most INGEST_SLOTS at once)
 
     @contextlib.asynccontextmanager
     async def ingest_slot(self) -> AsyncIterator[None]:
-        """Hold one of the slots for reading and decoding a request body."""
+        """Hold one of the slots for decoding a request body (received before: waiting on a slow
+        client holds none)."""
         assert self._ingest is not None, "the service is not running"
         async with self._ingest:
             yield
@@ -220,7 +221,8 @@ class Service:
         return {name: a.reason or "unavailable" for name, a in self.availability.items() if not a.available}
 
     def body_buffer(self, size: int) -> bytearray | SharedBody:
-        """Memory for a JSON training body of `size` bytes, where `decode_json` reads it best."""
+        """Memory for a JSON body of `size` bytes, where `decode_json` reads it best: shared with
+        the decoder processes where they run, its pages taken only as the bytes are written."""
         return SharedBody(size) if self._decoders is not None and size > 0 else bytearray(size)
 
     async def decode_json(self, body: bytes | bytearray | SharedBody) -> TrainSpec:
@@ -259,8 +261,20 @@ class Service:
             decode_table_request, file, kind, fields, self.trainers, self.unavailable, self.settings.max_cells, where
         )
 
-    async def decode_predict(self, body: bytes | bytearray) -> tuple[PredictRequestBody, np.ndarray]:
-        return await anyio.to_thread.run_sync(decode_predict_request, body, self.settings.max_cells)
+    async def decode_predict(self, body: bytes | bytearray | SharedBody) -> tuple[PredictRequestBody, np.ndarray]:
+        """Decode a prediction request in a thread; a body from `body_buffer` is freed once read."""
+        max_cells = self.settings.max_cells
+        if not isinstance(body, SharedBody):
+            return await anyio.to_thread.run_sync(decode_predict_request, body, max_cells)
+
+        def decode(shared: SharedBody) -> tuple[PredictRequestBody, np.ndarray]:
+            try:
+                content = shared[:]  # the decoder searches it with bytes' methods, which a map lacks
+            finally:
+                shared.close()
+            return decode_predict_request(content, max_cells)
+
+        return await anyio.to_thread.run_sync(decode, body)
 
     # What there is
 

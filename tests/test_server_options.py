@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,6 +111,75 @@ def test_a_body_that_stops_coming_is_refused_with_408_and_holds_up_no_other_requ
         # A stream that waits for its events, its request long complete, is not cut off.
         events = server.events(server.create_job(body_for(diabetes, 300, learning_rate=0.001)))
         assert events[-1].type == "complete"
+
+
+def trickling_upload(url: str, declared: int) -> socket.socket:
+    """A client that sends a training request's headers, then its body a byte at a time."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = socket.create_connection((host, int(port)))
+    connection.sendall(
+        b"POST /jobs HTTP/1.1\r\nHost: " + host.encode() + b"\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(declared).encode() + b"\r\n\r\n{"
+    )
+    return connection
+
+
+def test_bodies_that_come_a_byte_at_a_time_hold_up_no_other_request(tmp_path, diabetes):
+    from test_jobs import body_for
+
+    with running_server(tmp_path, body_idle_timeout_s=1.0, cpu_jobs=1) as server:
+        # More than the slots that decode bodies, each sending a byte more often than the idle timeout.
+        trickling = [trickling_upload(server.url, 100_000) for _ in range(4)]
+        stop = threading.Event()
+
+        def trickle() -> None:
+            while not stop.wait(0.3):
+                for connection in trickling:
+                    connection.send(b" ")
+
+        sender = threading.Thread(target=trickle)
+        sender.start()
+        try:
+            time.sleep(0.5)
+            started = time.monotonic()
+            job_id = server.create_job(body_for(diabetes, 5))
+            assert time.monotonic() - started < 3, "the request waited for the slow ones"
+            status = server.wait_for_job(job_id)
+            assert status["status"] == "succeeded"
+            with server.client() as client:
+                predicted = client.post("/predict", json={"artifact_id": status["artifact_id"], "X": [[0.0] * 10] * 3})
+                assert predicted.status_code == 200, predicted.text
+            for connection in trickling:  # still being received, not refused
+                connection.setblocking(False)
+                with pytest.raises(BlockingIOError):
+                    connection.recv(1)
+        finally:
+            stop.set()
+            sender.join()
+            for connection in trickling:
+                connection.close()
+
+
+def test_bodies_held_before_decoding_are_bounded_and_the_rest_told_to_come_back(tmp_path, diabetes):
+    from test_jobs import body_for
+
+    # Two bodies of 800 kB fit in what the server holds of bodies not yet decoded (2 x 1 MB); a third
+    # does not, as soon as its first bytes come.
+    with running_server(tmp_path, max_body_bytes=1_000_000, body_idle_timeout_s=30.0) as server:
+        waiting = [trickling_upload(server.url, 800_000) for _ in range(2)]
+        try:
+            time.sleep(0.5)
+            third = trickling_upload(server.url, 800_000)
+            answer = read_until_closed(third, 5).decode()
+            assert answer.startswith("HTTP/1.1 503"), answer
+            assert "retry-after: 1" in answer.lower(), answer
+            assert '"code":"busy"' in answer.replace(" ", ""), answer
+        finally:
+            for connection in waiting:
+                connection.close()
+        time.sleep(0.5)  # their share is given back once the server sees them gone
+        job_id = server.create_job(body_for(diabetes, 5))
+        assert server.wait_for_job(job_id)["status"] == "succeeded"
 
 
 def read_until_closed(connection: socket.socket, timeout: float) -> bytes:

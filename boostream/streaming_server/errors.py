@@ -30,6 +30,7 @@ STATUS: dict[type[BoostreamError], int] = {
     errors.Untrusted: 403,
     errors.Conflict: 409,
     errors.QueueFull: 429,
+    errors.Busy: 503,
     errors.Unavailable: 503,
     errors.StorageFull: 507,
     errors.StorageFailed: 503,

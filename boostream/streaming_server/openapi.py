@@ -46,7 +46,7 @@ STATUS_TEXT = {
     403: "A page of another origin, an untrusted artifact, or /metrics without an admin key.",
     404: "No such job or artifact (unknown, deleted, expired, or another key's).",
     405: "A method the path does not take.",
-    408: "The request body stopped arriving.",
+    408: "The request's headers did not come whole in time, or its body stopped arriving.",
     409: "The job is not where the request needs it (its `status` says where).",
     410: "The artifact's file is missing from the server.",
     411: "A multipart upload without a Content-Length.",
@@ -55,7 +55,10 @@ STATUS_TEXT = {
     421: "A Host the server does not answer to.",
     422: "An option or hyperparameter that is unknown, of the wrong type or out of bounds.",
     429: "A full queue, or a key over its jobs or its request rate; `Retry-After` says when to try again.",
-    503: "A backend that cannot train here, or a store out of reach for now.",
+    503: (
+        "A backend that cannot train here, a store out of reach for now, or as many request bodies held"
+        " as the server may (`Retry-After`)."
+    ),
     507: "The server's disk is full.",
 }
 # Every route may answer these: the access checks come first.
@@ -310,6 +313,7 @@ def openapi_document(service: Service) -> dict[str, Any]:
                     413,
                     415,
                     422,
+                    503,
                     507,
                 ),
                 "requestBody": {

@@ -17,13 +17,13 @@ from boostream.errors import InvalidParameter, StorageFull, disk_full, quotable
 from boostream.jobs.records import Event, JobRecord, job_urls
 from boostream.keys import Caller
 from boostream.requests.spec import TrainSpec
-from boostream.service import Service
+from boostream.service import INGEST_SLOTS, Service
 from boostream.streaming_server.errors import ApiError
 from boostream.streaming_server.limits import DEFAULT_PAGE, MAX_ID, MAX_PAGE, ON_DISCONNECT
 from boostream.streaming_server.observe import Metrics
 from boostream.streaming_server.openapi import openapi_document
 from boostream.streaming_server.sse import event_response
-from boostream.streaming_server.uploads import MULTIPART, TABLE_TYPES, read_body, receive_table
+from boostream.streaming_server.uploads import MULTIPART, TABLE_TYPES, BodyBudget, read_body, receive_table
 
 ON_DISCONNECT_FIELD = frozenset({"on_disconnect"})  # the one query field a JSON training request takes
 JSON = "application/json"
@@ -33,6 +33,8 @@ class Routes:
     def __init__(self, service: Service, metrics: Metrics) -> None:
         self.service = service
         self.metrics = metrics
+        # As much of bodies as the decoding slots could hold whole, but taken as the bytes come.
+        self.bodies = BodyBudget(INGEST_SLOTS * service.settings.max_body_bytes)
         self._openapi: bytes | None = None
 
     def routes(self) -> list[BaseRoute]:
@@ -146,9 +148,10 @@ class Routes:
             raise ApiError(
                 415, "unsupported_media_type", f"send the prediction request as application/json, not {media_type}"
             )
-        async with self.service.ingest_slot():
-            body = await read_body(request, self.service.settings.max_body_bytes)
-            parsed, X = await self.service.decode_predict(body)
+        with self.bodies.share() as share:
+            body = await read_body(request, self.service.settings.max_body_bytes, self.service.body_buffer, share=share)
+            async with self.service.ingest_slot():
+                parsed, X = await self.service.decode_predict(body)
             del body  # not held while predicting: it may be a gigabyte
         answer = await self.service.predict(_caller(request), parsed, X)
         return Response(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON)
@@ -172,19 +175,24 @@ class Routes:
                 415, "unsupported_media_type", f"send the training request as one of {accepted}; not {media_type}"
             )
         service, limit = self.service, self.service.settings.max_body_bytes
-        async with service.ingest_slot():
+        # Received first, then decoded in one of the few slots: a slow body holds up no other.
+        with self.bodies.share() as share:
             arrived = time.perf_counter()
             if media_type == JSON:
                 _refuse_query_fields(request)
-                body = await read_body(request, limit, service.body_buffer)
-                started = time.perf_counter()
-                spec = await service.decode_json(body)
-                return spec, {"receive_s": started - arrived, "decode_s": time.perf_counter() - started}
-            upload = await receive_table(request, media_type, limit, service.settings.uploads_dir)
+                body = await read_body(request, limit, service.body_buffer, share=share)
+                received = time.perf_counter()
+                async with service.ingest_slot():
+                    started = time.perf_counter()
+                    spec = await service.decode_json(body)
+                return spec, _timings(arrived, received, started)
+            upload = await receive_table(request, media_type, limit, service.settings.uploads_dir, share)
             try:
-                started = time.perf_counter()
-                spec = await service.decode_table(upload.file, upload.kind, upload.fields)
-                return spec, {"receive_s": started - arrived, "decode_s": time.perf_counter() - started}
+                received = time.perf_counter()
+                async with service.ingest_slot():
+                    started = time.perf_counter()
+                    spec = await service.decode_table(upload.file, upload.kind, upload.fields)
+                return spec, _timings(arrived, received, started)
             finally:
                 await upload.close()
 
@@ -202,6 +210,12 @@ def _caller(request: Request) -> Caller:
     """Who sent the request, as the access checks found (`access.py`)."""
     caller: Caller = request.state.caller
     return caller
+
+
+def _timings(arrived: float, received: float, started: float) -> dict[str, float]:
+    """How long receiving the body took, and decoding it once a slot was free (the wait between
+    them is left out: it is other requests' decoding)."""
+    return {"receive_s": received - arrived, "decode_s": time.perf_counter() - started}
 
 
 def _refuse_query_fields(request: Request) -> None:

@@ -2,6 +2,10 @@
 and tables sent as files (CSV or Parquet) spooled to disk as they arrive, so a large upload is
 never held whole in memory, then parsed from there off the event loop.
 
+A body is received before its request takes one of the few slots that decode bodies, so that one
+that comes slowly holds up no other request; what the server holds of bodies not yet decoded is
+counted as it arrives, against a `BodyBudget`.
+
 A file comes either as the whole body, with its media type as Content-Type and the request's other
 fields in the query string, or as the one file of a `multipart/form-data` upload, with the fields
 as form fields (and in the query string).
@@ -10,11 +14,12 @@ as form fields (and in the query string).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import mmap
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, overload
 
@@ -24,7 +29,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from boostream import memory
-from boostream.errors import InvalidData, InvalidJson, TooLarge
+from boostream.errors import Busy, InvalidData, InvalidJson, TooLarge
 from boostream.streaming_server.errors import ApiError
 
 TABLE_TYPES = {
@@ -41,12 +46,51 @@ MAX_FORM_FIELDS = 200
 Buffer = TypeVar("Buffer", bound=bytearray | mmap.mmap)
 # A body buffer up to this size is allocated on the event loop; a larger one in a thread.
 LOOP_ALLOCATION_BYTES = 4 << 20
+# The memory of a body with a Content-Length is taken (counted, and populated in a thread where it
+# is a map) this much at a time, ahead of the bytes as they come.
+COMMIT_STEP_BYTES = 32 << 20
 # Starlette's words for a multipart body it cannot parse (as HTTPException's detail), by their start,
 # and what to do about them.
 FORM_PROBLEMS = {
     "Too many files": "the upload has more than one file: attach only the table; the other fields go as text fields",
     "Missing boundary": "the Content-Type has no boundary: let the HTTP client write it (curl -F does), not by hand",
 }
+
+
+class BodyBudget:
+    """The bytes of request bodies the server holds before they are decoded, counted as they
+    arrive (a body that comes slowly holds only what came), against `total`: a body that would
+    take more is refused with `Busy` (503, with Retry-After) rather than waited for."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.held = 0
+
+    @contextlib.contextmanager
+    def share(self) -> Iterator[Share]:
+        """One request's part of the budget, given back when the block ends (its body decoded)."""
+        share = Share(self)
+        try:
+            yield share
+        finally:
+            self.held -= share.taken
+
+
+class Share:
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.taken = 0
+
+    def take(self, size: int) -> None:
+        budget = self.budget
+        if budget.held + size > budget.total:
+            held = budget.held >> 20
+            raise Busy(
+                f"the server holds {held} MiB of request bodies not yet decoded, as much as it may; send again shortly",
+                retry_after_s=1,
+            )
+        budget.held += size
+        self.taken += size
 
 
 @dataclasses.dataclass
@@ -59,25 +103,34 @@ class Upload:
         await anyio.to_thread.run_sync(self.file.close)
 
 
-async def receive_table(request: Request, media_type: str, limit: int, directory: Path) -> Upload:
-    """The uploaded table, spooled; refused when it is too large or not a table."""
+async def receive_table(request: Request, media_type: str, limit: int, directory: Path, share: Share) -> Upload:
+    """The uploaded table, spooled; refused when it is too large or not a table. A table sent as
+    the body counts against `share` as it comes; a multipart upload is spooled by Starlette."""
     if media_type == MULTIPART:
         return await _receive_form(request, limit)
-    return Upload(await _spool_body(request, limit, directory), TABLE_TYPES[media_type], dict(request.query_params))
+    return Upload(
+        await _spool_body(request, limit, directory, share), TABLE_TYPES[media_type], dict(request.query_params)
+    )
 
 
 @overload
-async def read_body(request: Request, limit: int) -> bytearray: ...
+async def read_body(request: Request, limit: int, *, share: Share | None = None) -> bytearray: ...
 
 
 @overload
-async def read_body(request: Request, limit: int, allocate: Callable[[int], Buffer]) -> Buffer | bytearray: ...
+async def read_body(
+    request: Request, limit: int, allocate: Callable[[int], Buffer], *, share: Share | None = None
+) -> Buffer | bytearray: ...
 
 
-async def read_body(request: Request, limit: int, allocate: Callable[[int], Any] = bytearray) -> Any:
+async def read_body(
+    request: Request, limit: int, allocate: Callable[[int], Any] = bytearray, *, share: Share | None = None
+) -> Any:
     """The body, refused (TooLarge) as soon as it is known to exceed `limit`, before reading the rest.
     With a Content-Length the buffer is allocated once, by `allocate`: growing it chunk by chunk
-    cost seconds per GB. Without one, it grows in a bytearray."""
+    cost seconds per GB. A map's pages are taken COMMIT_STEP_BYTES at a time as the bytes come,
+    each step counted against `share`; a bytearray's all at once. Without a Content-Length, the body
+    grows in a bytearray."""
     declared = declared_length(request, limit)
     if declared is not None:
         # Zero-filling fresh memory takes about 0.5 s per GB here: not on the event loop.
@@ -86,12 +139,15 @@ async def read_body(request: Request, limit: int, allocate: Callable[[int], Any]
             if declared < LOOP_ALLOCATION_BYTES
             else await anyio.to_thread.run_sync(allocate, declared)
         )
-        view, filled = memoryview(body), 0
+        view, filled, taken = memoryview(body), 0, 0
         async for chunk in request.stream():
-            if filled + len(chunk) > len(body):
+            end = filled + len(chunk)
+            if end > len(body):
                 raise InvalidJson(None, "the body is longer than its Content-Length")
-            view[filled : filled + len(chunk)] = chunk
-            filled += len(chunk)
+            if end > taken:
+                taken = await _take(body, taken, end, share)
+            view[filled:end] = chunk
+            filled = end
         view.release()
         if filled != len(body):
             raise InvalidJson(None, f"the body ended after {filled} of its {len(body)} bytes")
@@ -101,7 +157,21 @@ async def read_body(request: Request, limit: int, allocate: Callable[[int], Any]
         body += chunk
         if len(body) > limit:
             raise TooLarge(f"the body is more than the limit of {limit} bytes")
+        if share is not None:
+            share.take(len(chunk))
     return body
+
+
+async def _take(body: bytearray | mmap.mmap, taken: int, needed: int, share: Share | None) -> int:
+    """Take the body's memory on from `taken` to past `needed`, a step at a time; how far it goes."""
+    steps = -(-needed // COMMIT_STEP_BYTES)
+    until = min(len(body), steps * COMMIT_STEP_BYTES)
+    if share is not None:
+        share.take(until - taken)
+    if isinstance(body, mmap.mmap) and until - taken >= memory.MAPPED_MIN_BYTES:
+        # In one call off the loop, not a page fault per 4 KiB as it fills.
+        await anyio.to_thread.run_sync(memory.populate, body, taken, until)
+    return until
 
 
 def declared_length(request: Request, limit: int) -> int | None:
@@ -114,7 +184,7 @@ def declared_length(request: Request, limit: int) -> int | None:
     return int(declared)
 
 
-async def _spool_body(request: Request, limit: int, directory: Path) -> BinaryIO:
+async def _spool_body(request: Request, limit: int, directory: Path, share: Share) -> BinaryIO:
     declared_length(request, limit)
     directory.mkdir(parents=True, exist_ok=True)
     # Unlinked at once: the open file is all there is, and it vanishes however the request ends.
@@ -129,6 +199,7 @@ async def _spool_body(request: Request, limit: int, directory: Path) -> BinaryIO
             received += len(chunk)
             if received > limit:
                 raise TooLarge(f"the body is more than the limit of {limit} bytes")
+            share.take(len(chunk))
             rest = memoryview(chunk)
             while rest:
                 taken = min(len(rest), WRITE_BATCH_BYTES - filled)

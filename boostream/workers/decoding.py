@@ -38,7 +38,9 @@ INCOMING_PREFIX = "incoming-"
 
 class SharedBody(mmap.mmap):
     """A request body's memory that another process can map: an anonymous file (memfd), so no
-    size limit of /dev/shm applies. Written like a bytearray; `close()` frees it."""
+    size limit of /dev/shm applies. Written like a bytearray; `close()` frees it. Its pages are
+    taken as they are written (or populated, with `memory.populate`), not all at once: a body that
+    is slow to come holds only what came."""
 
     fd: int
 
@@ -51,8 +53,6 @@ class SharedBody(mmap.mmap):
             os.close(fd)
             raise
         body.fd = fd
-        if size >= MAPPED_MIN_BYTES:
-            populate(body)  # in one call, not a page fault per 4 KiB as it fills
         return body
 
     @property
@@ -169,6 +169,8 @@ class Decoders:
 
 def _shared_copy(data: bytes | bytearray) -> SharedBody:
     body = SharedBody(max(len(data), 1))  # a map cannot be empty: one space, which JSON ignores
+    if len(body) >= MAPPED_MIN_BYTES:
+        populate(body)  # in one call, not a page fault per 4 KiB as it fills
     body[: len(data)] = data
     if not data:
         body[:1] = b" "
