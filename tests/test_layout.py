@@ -76,9 +76,10 @@ def test_mcp_knows_no_http_framework():
     assert not known, known
 
 
-def test_the_cli_takes_only_the_app_factory_from_the_server():
+def test_the_cli_takes_only_the_app_factory_and_how_to_serve_it_from_the_server():
     from_server = {name for name in MODULES["boostream.cli"] if within(name, ("boostream.streaming_server",))}
-    assert from_server <= {"boostream.streaming_server.app", "boostream.streaming_server.app.create_app"}, from_server
+    app = "boostream.streaming_server.app"
+    assert from_server <= {app, f"{app}.create_app", f"{app}.uvicorn_options"}, from_server
 
 
 def test_http_statuses_are_only_at_the_http_edge():
