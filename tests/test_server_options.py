@@ -223,6 +223,16 @@ def test_headers_that_do_not_come_whole_in_time_get_408_and_the_connection_close
         assert "Traceback" not in server.log()
 
 
+def test_bytes_that_are_not_http_get_a_json_400(server: Server):
+    with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1]))) as connection:
+        connection.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: x\r\n\r\n")
+        answer = read_until_closed(connection, 5)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head.lower(), answer
+    error = json.loads(body)["error"]
+    assert error["code"] == "bad_request" and "not valid HTTP/1.1" in error["message"], error
+
+
 def test_a_job_that_would_need_more_memory_than_a_worker_may_hold_is_refused_naming_its_parameters(server: Server):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(20_000, 20)).round(4)

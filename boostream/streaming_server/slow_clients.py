@@ -12,7 +12,8 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from boostream.errors import TooSlow
+from boostream.errors import BoostreamError, TooSlow
+from boostream.streaming_server.errors import ApiError
 
 log = logging.getLogger("boostream")
 
@@ -59,12 +60,20 @@ class _HeaderTimeout(HttpToolsProtocol):
         if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
             return  # a pipelined request's start, while an answer is still being sent: left to that answer
         message = f"the request's headers did not come whole within {self.timeout_s:g} s; send them at once"
-        body = orjson.dumps({"error": TooSlow(message).details()})
-        head = f"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-        self.transport.write(head.encode() + b"connection: close\r\n\r\n" + body)
-        self.transport.close()
+        self._answer_and_close(408, "Request Timeout", TooSlow(message))
         client = "{}:{}".format(*self.client) if self.client else "a client"
         log.info("%s: closed, its request's headers took more than %g s", client, self.timeout_s)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes that are not HTTP, in the JSON every other error has."""
+        error = ApiError(400, "bad_request", f"the request is not valid HTTP/1.1 ({msg.rstrip('.')})")
+        self._answer_and_close(400, "Bad Request", error)
+
+    def _answer_and_close(self, status: int, reason: str, error: BoostreamError) -> None:
+        body = orjson.dumps({"error": error.details()})
+        head = f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        self.transport.write(head.encode() + b"connection: close\r\n\r\n" + body)
+        self.transport.close()
 
 
 class BodyIdleTimeout:
