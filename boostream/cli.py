@@ -31,7 +31,7 @@ from boostream.client import (
     server_from_environment,
     table_kind,
 )
-from boostream.config import WHEN_NO_WORKER, Settings, env_name, from_environment, threads_per_job
+from boostream.config import WHEN_NO_WORKER, Settings, env_name, from_environment, shared_cores, threads_per_job
 from boostream.errors import BoostreamError, Conflict, Unavailable
 
 if TYPE_CHECKING:  # the service's modules load numpy, msgspec and pyarrow: only `train --local` needs them
@@ -53,7 +53,7 @@ _SERVE_OPTIONS = {
     "wait (queued, saying so), or auto (wait where such a worker has been up before, else refuse)",
     "cpu_jobs": "LightGBM jobs that train at once",
     "gpu_jobs": "WarpGBM jobs that train at once",
-    "threads_per_job": "LightGBM threads per job (0: cores / cpu-jobs)",
+    "threads_per_job": "LightGBM threads per job (0: every core for a job alone, shared out among jobs at once)",
     "worker_memory_mb": "memory a training worker may hold, in MiB, before its job fails (0: 3/4 of the machine's)",
     "stop_grace_s": "seconds a cancelled or timed-out job may take to end its round before its worker is killed",
     "max_queued": "jobs that may wait per device before new ones get 429",
@@ -233,7 +233,10 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     worker.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="which jobs to take (default cpu)")
     worker.add_argument("--jobs", type=int, default=1, help="jobs trained at once (default 1)")
-    worker.add_argument("--threads-per-job", type=int, default=0, help="LightGBM threads per job (0: cores / jobs)")
+    worker.add_argument(
+        "--threads-per-job", type=int, default=0,
+        help="LightGBM threads per job (0: every core for a job alone, shared out among jobs at once)",
+    )  # fmt: skip
     worker.add_argument("--exit-when-idle", type=float, metavar="SECONDS", help="exit after this long with no job")
     worker.add_argument(
         "--dead-after", type=float, default=5.0, metavar="SECONDS",
@@ -274,7 +277,7 @@ def _worker(args: argparse.Namespace) -> int:
     avoid_huge_pages()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _wait_for_redis(settings.redis)
-    threads = threads_per_job(args.threads_per_job, args.jobs)
+    threads = threads_per_job(args.threads_per_job)
     trainers = create_trainers(threads)
     availability = {name: trainer.availability() for name, trainer in trainers.items() if trainer.device == args.device}
     if not any(a.available for a in availability.values()):
@@ -289,7 +292,8 @@ def _worker(args: argparse.Namespace) -> int:
         try:
             await state.check_policy()
             key = SigningKeys.of(await state.secret_key(settings.secret_key or None)).artifacts
-            config = WorkerConfig(args.device, threads, directory / "artifacts", key, settings.log_level)
+            cores = shared_cores(args.threads_per_job) if args.device == "cpu" else 0
+            config = WorkerConfig(args.device, threads, directory / "artifacts", key, settings.log_level, cores)
             pool = LocalWorkers(config, args.jobs, settings.worker_memory_bytes, settings.stop_grace_s)
             worker = RedisWorker(
                 state, pool, trainers, availability, ArtifactStore(directory / "artifacts", key),

@@ -29,8 +29,9 @@ class Settings:
     # Concurrent trainings per device; jobs beyond these wait, in order, as `queued`.
     cpu_jobs: int = 2
     gpu_jobs: int = 1
-    # LightGBM threads per CPU job; 0 means the cores divided by cpu_jobs, so that
-    # concurrent jobs never oversubscribe the machine.
+    # LightGBM threads per CPU job; 0: every core for a job that starts alone, the cores shared out
+    # among the jobs that train at once (a job's share falls when another starts), so that a lone
+    # job trains as fast as it can and concurrent ones never oversubscribe the machine.
     threads_per_job: int = 0
     # A worker whose own memory passes this many MiB is killed and its job fails `out_of_memory`;
     # 0: three quarters of the machine's memory (its container's, where that is less).
@@ -94,7 +95,12 @@ class Settings:
 
     @property
     def lightgbm_threads(self) -> int:
-        return threads_per_job(self.threads_per_job, self.cpu_jobs)
+        return threads_per_job(self.threads_per_job)
+
+    @property
+    def shared_cores(self) -> int:
+        """The cores the CPU jobs share out among themselves; 0 where each has its fixed threads."""
+        return shared_cores(self.threads_per_job)
 
     @property
     def worker_memory_bytes(self) -> int:
@@ -171,10 +177,16 @@ def _convert(field: dataclasses.Field[Any], raw: str) -> object:
         raise SystemExit(f"{env_name(field.name)}={raw!r} is not a valid {field.type}") from None
 
 
-def threads_per_job(asked: int, jobs: int) -> int:
-    """LightGBM threads for each of `jobs` jobs at once: `asked`, or 0 for the cores divided among
-    them, so that they never oversubscribe the machine."""
-    return asked if asked > 0 else max(1, machine_cores() // max(1, jobs))
+def threads_per_job(asked: int) -> int:
+    """LightGBM's `num_threads` for a job: `asked`, or 0 for every core (shared out among the jobs
+    running at once, `shared_cores`)."""
+    return asked if asked > 0 else machine_cores()
+
+
+def shared_cores(asked: int) -> int:
+    """The cores that the jobs running at once share out (`LocalWorkers`); 0 where the threads per
+    job were asked for, and are each job's whatever else runs."""
+    return 0 if asked > 0 else machine_cores()
 
 
 def machine_cores() -> int:

@@ -137,7 +137,12 @@ class Service:
             workers = {
                 device: LocalWorkers(
                     WorkerConfig(
-                        device, settings.lightgbm_threads, settings.artifacts_dir, keys.artifacts, settings.log_level
+                        device,
+                        settings.lightgbm_threads,
+                        settings.artifacts_dir,
+                        keys.artifacts,
+                        settings.log_level,
+                        shared_cores=settings.shared_cores if device == "cpu" else 0,
                     ),
                     slots,
                     settings.worker_memory_bytes,

@@ -12,9 +12,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 from test_jobs import body_for, check_log, long_body
 from test_redis_deployment import running_worker
 from test_restarts import kill_9, wait_until_training
+
+from boostream.config import machine_cores
 
 from conftest import Server, running_server, running_server_process
 
@@ -117,6 +120,48 @@ def test_a_stop_held_up_by_a_long_round_kills_the_worker_within_2_s(tmp_path: Pa
         # The replaced worker trains the next job.
         job_id = server.create_job(body_for(((np.arange(200.0).reshape(100, 2)), np.arange(100.0)), 5))
         assert wait_until_finished(server, job_id)["status"] == "succeeded"
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time a process has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_workers(server: Server, count: int) -> list[dict]:
+    deadline = time.monotonic() + 30
+    while len(busy := [w for w in workers(server, "busy") if w["threads"] is not None]) != count:
+        assert time.monotonic() < deadline, workers(server)
+        time.sleep(0.05)
+    return busy
+
+
+@pytest.mark.skipif(machine_cores() < 2 or not Path("/proc/self/stat").exists(), reason="needs 2 cores and /proc")
+def test_a_job_alone_trains_on_every_core_and_jobs_at_once_share_them(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50_000, 20)).round(4)
+    data = (X, X @ rng.normal(size=20))
+    cores = machine_cores()
+    with running_server(tmp_path) as server:  # the defaults: --cpu-jobs 2, --threads-per-job 0
+        wait_for_workers(server, 2)
+        first = server.create_job(long_body(data))
+        [alone] = busy_workers(server, 1)
+        assert alone["threads"] == cores
+        time.sleep(1.0)  # past binning the table, into the rounds
+        used, started = cpu_seconds(alone["pid"]), time.monotonic()
+        time.sleep(3.0)
+        ratio = (cpu_seconds(alone["pid"]) - used) / (time.monotonic() - started)
+        # One thread cannot pass 1.0; every core would reach `cores` on a machine doing nothing else.
+        assert ratio > 1.2, f"a job alone used {ratio:.2f} cores of {cores}"
+
+        second = server.create_job(long_body(data))
+        both = busy_workers(server, 2)
+        assert [w["threads"] for w in both] == [cores // 2] * 2, both
+        with server.client() as client:
+            for job_id in (first, second):
+                assert client.post(f"/jobs/{job_id}/cancel").status_code == 202
+        for job_id in (first, second):
+            assert wait_until_finished(server, job_id)["status"] == "cancelled"
 
 
 def test_a_job_over_its_workers_memory_limit_fails_out_of_memory_while_the_server_answers(

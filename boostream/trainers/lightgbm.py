@@ -8,6 +8,7 @@ LightGBM's `end of parameters` where LightGBM's own readers skip it (docs/format
 
 from __future__ import annotations
 
+import ctypes
 import math
 import subprocess
 import sys
@@ -324,3 +325,11 @@ def _bins_seen(X: np.ndarray, most: int) -> int:
     sample = np.sort(np.nan_to_num(X[:: max(1, rows // count)][:count], nan=np.inf), axis=0)
     distinct = 1 + (np.diff(sample, axis=0) != 0).sum(axis=0)
     return int(np.where(distinct <= FEW_VALUES, np.minimum(distinct + 1, most), most).sum())
+
+
+def limit_threads(threads: int) -> None:
+    """Cap the threads of LightGBM's parallel regions in this process, from its next one on
+    (`LGBM_SetMaxThreads`, LightGBM 4.2; where it is missing, a job keeps its `num_threads`)."""
+    set_max = getattr(lightgbm.basic._LIB, "LGBM_SetMaxThreads", None)  # type: ignore[attr-defined]
+    if set_max is not None:
+        set_max(ctypes.c_int(threads))

@@ -42,6 +42,7 @@ from typing import Any
 
 from boostream.models.artifacts import ArtifactStore
 from boostream.trainers import create_trainers
+from boostream.trainers.lightgbm import limit_threads as limit_lightgbm_threads
 from boostream.workers.task import Failed, Finished, Outcome, TrainTask, run_task
 
 log = logging.getLogger("boostream.workers")
@@ -65,6 +66,9 @@ class WorkerConfig:
     artifacts_dir: Path
     key: bytes  # signs the artifacts the worker writes
     log_level: str = "info"
+    # Where more than 0: the cores that the jobs running at once on these workers share out, each
+    # job's LightGBM threads capped at its share (`LocalWorkers._share_cores`).
+    shared_cores: int = 0
 
 
 class WorkerLost(Exception):
@@ -103,6 +107,8 @@ def serve(conn: Connection, config: WorkerConfig) -> None:
                 tasks.put(message[1])
             elif message[0] == "stop" and (stop := stops.get(message[1])) is not None:
                 stop.set()
+            elif message[0] == "threads":
+                limit_lightgbm_threads(message[1])
 
     threading.Thread(target=listen, name="listen", daemon=True).start()
     conn.send(("ready",))
@@ -152,6 +158,7 @@ class _Worker:
         self.last_round = 0
         self.stopping = False
         self.killed_for: str | None = None  # "stop" or "memory": why the pool killed it
+        self.threads: int | None = None  # its LightGBM threads' cap, where the cores are shared
 
     def view(self) -> dict[str, Any]:
         return {
@@ -161,6 +168,7 @@ class _Worker:
             "memory_bytes": self.memory_bytes,
             "jobs": self.jobs,
             "started_at": self.started_at,
+            "threads": self.threads if self.job_id is not None else None,
         }
 
 
@@ -211,6 +219,7 @@ class LocalWorkers:
                 outcome: asyncio.Future[Outcome] = self._loop.create_future()
                 worker.outcome = outcome
                 try:
+                    self._share_cores(starting=worker)
                     worker.conn.send(("run", task))
                 except OSError:  # it died while idle, and its end is not yet heard: take another
                     worker.outcome, worker.job_id, worker.state = None, None, "dying"
@@ -263,6 +272,24 @@ class LocalWorkers:
             pass  # it is dying already
         assert self._loop is not None
         self._loop.call_later(self.grace_s, self._kill_if_busy, worker, job_id, "stop")
+
+    def _share_cores(self, starting: _Worker) -> None:
+        """Where the cores are shared: the job `starting` gets the cores over the jobs then running
+        (itself included; all of them when alone), and a running job whose share is larger is
+        lowered to it. A share is never raised while its job runs: LightGBM sizes buffers by its
+        threads as it starts, and a round with more threads than those would write past them."""
+        cores = self.config.shared_cores
+        if cores <= 0:
+            return
+        running = [w for w in self._workers if w.job_id is not None and w.killed_for is None]
+        share = max(1, cores // max(1, len(running)))
+        for worker in running:
+            if worker is starting:
+                worker.conn.send(("threads", share))  # OSError where it died: `run` takes another
+            elif (worker.threads or cores) > share:
+                with contextlib.suppress(OSError):  # it died: its end is on the way
+                    worker.conn.send(("threads", share))
+            worker.threads = share if worker is starting else min(share, worker.threads or cores)
 
     def views(self) -> list[dict[str, Any]]:
         return [{"device": self.device, **worker.view()} for worker in self._workers]
