@@ -5,8 +5,9 @@ For each size (synthetic regression data, fixed seed), N boosting rounds:
       server uses (valid_sets=[train], verbose -1, a per-round callback that only records);
   (b) end to end: the body is serialized with orjson BEFORE timing; the timer runs from just
       before the request is sent to the receipt of the `complete` event, read with httpx.
-The server runs with --cpu-jobs 1 --threads-per-job <cores>, so its one job gets every core, and
-the in-process run gets the same thread count. The first request of each size is reported as
+The server runs with its defaults (a job alone gets every core), and the in-process run gets every
+core too; with --threads N, the server runs --cpu-jobs 1 --threads-per-job N, and the in-process
+run N threads. The first request of each size is reported as
 the cold one (it also warms the server's decoder buffers up); then in-process and end-to-end runs
 alternate. Reported: medians, the ratio e2e / in-process, the server's `timings`, and the time
 the server spends outside the fit apart from decoding, (e2e - decode_s - fit_s) as % of fit_s
@@ -19,7 +20,6 @@ the server spends outside the fit apart from decoding, (e2e - decode_s - fit_s) 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +30,7 @@ import httpx  # noqa: E402
 import lightgbm  # noqa: E402
 import numpy as np  # noqa: E402
 
+from boostream.config import machine_cores  # noqa: E402
 from boostream.trainers.base import validate_params  # noqa: E402
 from boostream.trainers.lightgbm import LightGBMTrainer  # noqa: E402
 
@@ -156,8 +157,7 @@ def main() -> int:
     parser.add_argument(
         "--threads",
         type=int,
-        default=os.cpu_count() or 1,
-        help="LightGBM threads, server and in process (default: all cores)",
+        help="LightGBM threads, server (--cpu-jobs 1) and in process (default: the server's defaults, all cores)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-seconds", type=float, default=600.0, help="hard limit for the whole run (default 600)")
@@ -166,13 +166,13 @@ def main() -> int:
 
     print_header("e2e_overhead: POST /train/stream vs in-process LightGBM")
     results = []
-    with Watchdog(args.max_seconds), Server(cpu_jobs=1, threads_per_job=args.threads) as server:
+    server = Server() if args.threads is None else Server(cpu_jobs=1, threads_per_job=args.threads)
+    threads = args.threads or machine_cores()
+    with Watchdog(args.max_seconds), server:
         print(f"# server: {' '.join(server.command[1:])}")
         with httpx.Client() as client:
             for rows, cols in sizes:
-                results.append(
-                    bench_size(client, server, rows, cols, args.rounds, args.repeats, args.threads, args.seed)
-                )
+                results.append(bench_size(client, server, rows, cols, args.rounds, args.repeats, threads, args.seed))
 
     print("\n## summary (medians; cold = first request of that size on the server)")
     print(
