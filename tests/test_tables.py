@@ -21,6 +21,7 @@ from conftest import Server, parse_sse, start_server
 
 CSV = "text/csv"
 PARQUET = "application/vnd.apache.parquet"
+ARROW = "application/vnd.apache.arrow.stream"
 PARAMS = {"n_estimators": 15, "num_leaves": 7, "learning_rate": 0.2, "seed": 3}
 
 
@@ -38,6 +39,15 @@ def parquet_bytes(table: pa.Table) -> bytes:
     sink = io.BytesIO()
     pq.write_table(table, sink)
     return sink.getvalue()
+
+
+def arrow_bytes(table: pa.Table, file_format: bool = False) -> bytes:
+    """The table as an Arrow IPC stream (or in the IPC file format), in batches of 100 rows."""
+    sink = pa.BufferOutputStream()
+    writer = pa.ipc.new_file if file_format else pa.ipc.new_stream
+    with writer(sink, table.schema) as out:
+        out.write_table(table, max_chunksize=100)
+    return sink.getvalue().to_pybytes()
 
 
 def query(**fields) -> dict[str, str]:
@@ -123,6 +133,22 @@ def test_a_parquet_body_trains_the_same_model_as_json(server: Server, breast_can
     assert from_parquet["feature_names"] == names
 
 
+def test_an_arrow_body_trains_the_same_model_as_json_and_parquet(server: Server, breast_cancer):
+    X, y = breast_cancer
+    names = [f"m{i}" for i in range(X.shape[1])]
+    from_json = completed(server.train(json_body(X, y, names, objective="binary", valid_fraction=0.25)))
+    table = table_of(X, y.astype(np.int64), names, target="diagnosis")
+    fields = {"target": "diagnosis", "objective": "binary", "valid_fraction": 0.25, **PARAMS}
+    from_parquet = completed(train_table(server, parquet_bytes(table), PARQUET, **fields))
+    for body in (arrow_bytes(table), arrow_bytes(table, file_format=True)):
+        events = train_table(server, body, ARROW, **fields)
+        assert events[0].data["n_features"] == X.shape[1]
+        from_arrow = completed(events)
+        assert_same_model(from_arrow, from_json, X)
+        assert_same_model(from_arrow, from_parquet, X)
+        assert from_arrow["feature_names"] == names and from_arrow["classes"] == [0, 1]
+
+
 def test_a_multipart_upload_trains_the_same_model_as_json(server: Server, diabetes):
     X, y = diabetes
     names = [f"f{i}" for i in range(X.shape[1])]
@@ -132,8 +158,10 @@ def test_a_multipart_upload_trains_the_same_model_as_json(server: Server, diabet
     from_parquet = completed(
         train_upload(server, "diabetes.parquet", parquet_bytes(table), target="progression", **PARAMS)
     )
+    from_arrow = completed(train_upload(server, "diabetes.arrows", arrow_bytes(table), target="progression", **PARAMS))
     assert_same_model(from_csv, from_json, X)
     assert_same_model(from_parquet, from_json, X)
+    assert_same_model(from_arrow, from_json, X)
 
 
 def test_a_csv_whose_first_column_name_starts_like_parquet_is_still_csv(server: Server, diabetes):
@@ -271,6 +299,12 @@ BAD_TABLES = [
     (
         "a string feature column in Parquet", parquet_bytes(SMALL), PARQUET, {"target": "y"}, 400, "city",
         "column 'city' holds string",
+    ),
+    ("a Parquet file sent as Arrow", PARQUET_OF_NUMBERS, ARROW, {"target": "y"}, 400, "file", "it is a Parquet file"),
+    ("CSV sent as Arrow", csv_bytes(NUMBERS), ARROW, {"target": "y"}, 400, "file", "not an Arrow IPC stream"),
+    (
+        "a cut-off Arrow stream", arrow_bytes(NUMBERS)[:-60], ARROW, {"target": "y"}, 400, "file",
+        "cannot read the table as ARROW",
     ),
     # pyarrow infers types from the first 1 MiB; the column is read as numbers all the same.
     (
@@ -452,7 +486,11 @@ def small_server(tmp_path_factory):
     yield from start_server(tmp_path_factory.mktemp("tables"), cpu_jobs=1, max_cells=600)
 
 
-@pytest.mark.parametrize("content_type, write", [(CSV, csv_bytes), (PARQUET, parquet_bytes)], ids=["csv", "parquet"])
+@pytest.mark.parametrize(
+    "content_type, write",
+    [(CSV, csv_bytes), (PARQUET, parquet_bytes), (ARROW, arrow_bytes)],
+    ids=["csv", "parquet", "arrow"],
+)
 def test_a_table_over_the_cell_limit_is_a_413(small_server: Server, content_type, write):
     X = np.arange(800, dtype=np.float64).reshape(400, 2)
     response = post_table(small_server, write(table_of(X, X[:, 0], ["a", "b"])), content_type, target="target")

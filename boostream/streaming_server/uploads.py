@@ -37,8 +37,17 @@ TABLE_TYPES = {
     "application/vnd.apache.parquet": "parquet",
     "application/x-parquet": "parquet",
     "application/parquet": "parquet",
+    "application/vnd.apache.arrow.stream": "arrow",
+    "application/vnd.apache.arrow.file": "arrow",
 }
-EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+EXTENSIONS = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".arrows": "arrow",  # an Arrow IPC stream
+    ".arrow": "arrow",  # the Arrow IPC file format (Feather 2)
+    ".feather": "arrow",
+}
 MULTIPART = "multipart/form-data"
 # Chunks are gathered to this size before each write, which runs in a thread.
 WRITE_BATCH_BYTES = 8 * 1024 * 1024
@@ -242,8 +251,8 @@ async def _receive_form(request: Request, limit: int) -> Upload:
         raise ApiError(
             415,
             "unsupported_media_type",
-            f"the file {upload.filename or name!r} is neither CSV nor Parquet: name it "
-            f".csv or .parquet, or give its part a Content-Type of {sorted(TABLE_TYPES)}",
+            f"the file {upload.filename or name!r} is not CSV, Parquet or Arrow: name it "
+            f".csv, .parquet or .arrows, or give its part a Content-Type of {sorted(TABLE_TYPES)}",
             name,
         )
     fields = {**request.query_params, **{k: v for k, v in form.multi_items() if isinstance(v, str)}}
