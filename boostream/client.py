@@ -1,26 +1,41 @@
 """A synchronous client for the boostream HTTP API (httpx): one method per endpoint, uploads streamed
-from disk, and job event streams that survive a dropped connection.
+from disk, and job event streams that survive a dropped connection; and, for notebooks, `train`:
+a DataFrame (pandas or polars), an Arrow table, numpy arrays or a file in, sent as Arrow, a live
+progress bar while it trains, the trained model out (`TrainedModel`). `AsyncClient` is its twin
+for `await`.
 
-Errors come as two exceptions: `ApiError` when the server answered with an error (its status,
-`code`, `message` and `field`), `Unreachable` when there was no answer at all.
+Errors come as exceptions: `ApiError` when the server answered with an error (its status, `code`,
+`message` and `field`), `TrainingFailed` when a job ended in an error (its `code`, `message` and
+`field` as the `error` event gave them) or was cancelled, `Unreachable` when there was no answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import httpx
 
+if TYPE_CHECKING:  # numpy, pyarrow and the trainers load only where a model is trained or loaded
+    import numpy as np
+
+    from boostream.models.predicting import LoadedModel
+
 DEFAULT_SERVER = "http://127.0.0.1:8000"
-TABLE_KINDS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-TABLE_MEDIA_TYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
+TABLE_KINDS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".arrows": "arrow", ".arrow": "arrow"}
+TABLE_MEDIA_TYPES = {
+    "csv": "text/csv",
+    "parquet": "application/vnd.apache.parquet",
+    "arrow": "application/vnd.apache.arrow.stream",
+}
 TERMINAL_EVENTS = ("complete", "error", "cancelled")
 UPLOAD_CHUNK_BYTES = 1 << 20
 # The server sends a heartbeat every 15 s by default: a read that waits much longer than that is
@@ -56,6 +71,46 @@ class ApiError(Exception):
 
 class Unreachable(Exception):
     """No answer from the server: refused, timed out, or a stream that could not be resumed."""
+
+
+class TrainingFailed(Exception):
+    """A job that ended without a model: failed (`code`, `message` and `field` as its `error` event
+    gave them) or cancelled (`code` "cancelled")."""
+
+    def __init__(self, job_id: str, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(f"job {job_id}: {code}: {message}")
+        self.job_id = job_id
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """A model trained on the server, loaded here from its native form (no pickle): a LightGBM
+    Booster, or WarpGBM's Forest, in `model`. `curve` holds every round's metrics, by metric
+    name; `predict` and `predict_proba` answer as the server's /predict does."""
+
+    model: Any
+    job_id: str
+    artifact_id: str
+    model_type: str
+    objective: str
+    metrics: dict[str, float | None]
+    curve: dict[str, list[float | None]]
+    iterations: int
+    best_iteration: int
+    feature_names: list[str]
+    classes: list[Any] | None
+    loaded: LoadedModel = dataclasses.field(repr=False)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Values for regression, class labels for classifiers."""
+        return self.loaded.predict(features_array(X, self.feature_names), "value")
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, a column per class in `classes` order (classifiers only)."""
+        return self.loaded.predict(features_array(X, self.feature_names), "proba")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,8 +202,165 @@ class Client:
     def job(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", f"/jobs/{job_id}")
 
-    def result(self, job_id: str) -> dict[str, Any]:
+    def job_result(self, job_id: str) -> dict[str, Any]:
+        """GET /jobs/{id}/result: the `complete` event's data, artifact included."""
         return self._json("GET", f"/jobs/{job_id}/result")
+
+    # Training from a notebook
+
+    def train(
+        self,
+        data: Any,
+        target: Any = None,
+        *,
+        model: str = "lightgbm",
+        objective: str = "regression",
+        params: Mapping[str, Any] | None = None,
+        valid: Any = None,
+        features: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+        progress: bool = True,
+    ) -> TrainedModel:
+        """Train on the server and return the model: `start`, `watch` (a progress bar with the
+        metrics, unless `progress=False`), then `result`. See `start` for the arguments."""
+        job_id = self.start(
+            data, target, model=model, objective=objective, params=params, valid=valid,
+            features=features, timeout_s=timeout_s,
+        )  # fmt: skip
+        self.watch(job_id, progress=progress)
+        return self.result(job_id)
+
+    def start(
+        self,
+        data: Any,
+        target: Any = None,
+        *,
+        model: str = "lightgbm",
+        objective: str = "regression",
+        params: Mapping[str, Any] | None = None,
+        valid: Any = None,
+        features: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> str:
+        """Send a training job; its id. `data`: a pandas or polars DataFrame, an Arrow table, a 2-D
+        numpy array, or the path of a CSV, Parquet or Arrow file. `target`: the label column's name,
+        or the labels themselves (an array as long as `data`). `valid`: a fraction of the rows to
+        hold out (0.2), or a table like `data` (with its labels in the same column, or as
+        `(table, labels)`). `features`: the feature columns (default: every other column).
+        Tables go as an Arrow IPC stream; to a server that takes no Arrow, as Parquet."""
+        fields: dict[str, str] = {"model_type": model, "objective": objective}
+        fields.update({name: _field_text(value) for name, value in (params or {}).items()})
+        if features is not None:
+            fields["features"] = ",".join(features)
+        if timeout_s is not None:
+            fields["timeout_s"] = str(timeout_s)
+        if isinstance(valid, float | int) and not isinstance(valid, bool):
+            fields["valid_fraction"] = str(valid)
+            valid = None
+        if isinstance(data, str | os.PathLike):
+            if valid is not None:
+                raise ValueError("a file trains with valid=<fraction>, or put its validation rows in a table")
+            if not isinstance(target, str):
+                raise ValueError("with a file, target= names its label column")
+            job: dict[str, Any] = self.upload_job(Path(data), {**fields, "target": target})
+            return str(job["job_id"])
+        return self._send_table(data, target, valid, fields)
+
+    def watch(self, job_id: str, progress: bool = True) -> dict[str, Any]:
+        """Follow a job to its end, with a progress bar of its rounds and latest metrics (tqdm's
+        auto bar: a widget in Jupyter, a line in a terminal); the `complete` event's data.
+        TrainingFailed when it fails or is cancelled."""
+        bar = None
+        try:
+            for event in self.events(job_id):
+                if event.type == "started" and progress:
+                    from tqdm.auto import tqdm  # type: ignore[import-untyped]
+
+                    bar = tqdm(total=event.data.get("n_estimators"), unit="round", desc=f"job {job_id[:8]}")
+                elif event.type == "progress" and bar is not None:
+                    bar.update(event.data["iteration"] - bar.n)
+                    bar.set_postfix({name: value for name, value in event.data["metrics"].items()}, refresh=False)
+                elif event.type == "complete":
+                    return event.data
+                elif event.type == "error":
+                    raise TrainingFailed(
+                        job_id, event.data["code"], event.data["message"], event.data.get("field")
+                    )
+                elif event.type == "cancelled":
+                    rounds = event.data.get("iteration", 0)
+                    raise TrainingFailed(job_id, "cancelled", f"the job was cancelled after round {rounds}")
+        finally:
+            if bar is not None:
+                bar.close()
+        raise Unreachable(f"the event stream of job {job_id} ended before the job did")  # events() ends at the end
+
+    def result(self, job_id: str) -> TrainedModel:
+        """The model a job trained, loaded from its native form, with its metrics and curve."""
+        from boostream.models.predicting import LoadedModel, model_classes
+        from boostream.trainers import create_trainers
+
+        done = self._json("GET", f"/jobs/{job_id}")
+        if done["status"] != "succeeded":
+            error = done.get("error") or {}
+            raise TrainingFailed(
+                job_id, error.get("code", done["status"]), error.get("message", f"the job is {done['status']}"),
+                error.get("field"),
+            )  # fmt: skip
+        complete = self.job_result(job_id)
+        artifact = self._send("GET", f"/artifacts/{complete['artifact_id']}", params={"format": "native"}).content
+        trainer = create_trainers(0)[done["model_type"]]
+        model = trainer.from_native(artifact, trusted=True)  # from this client's own server
+        shape = trainer.describe(model)
+        curve = complete.get("curve") or {}
+        loaded = LoadedModel(model, trainer, shape, model_classes(complete.get("classes"), shape), None, len(artifact))
+        return TrainedModel(
+            model=model,
+            job_id=job_id,
+            artifact_id=complete["artifact_id"],
+            model_type=done["model_type"],
+            objective=done["objective"],
+            metrics=complete["metrics"],
+            curve=dict(curve.get("metrics", {})),
+            iterations=complete["iterations"],
+            best_iteration=complete["best_iteration"],
+            feature_names=complete["feature_names"],
+            classes=complete.get("classes"),
+            loaded=loaded,
+        )
+
+    def _send_table(self, data: Any, target: Any, valid: Any, fields: dict[str, str]) -> str:
+        from boostream import frames
+
+        if target is None:
+            raise ValueError("name the label column with target=, or pass the labels as target=")
+        table, label = frames.with_target(data, target)
+        if valid is not None:
+            valid_data, valid_target = valid if isinstance(valid, tuple) else (valid, label)
+            valid_table, _ = frames.with_target(valid_data, valid_target)
+            if valid_table.num_rows == 0:
+                raise ValueError("the validation table has no rows")
+            fields["valid_rows"] = str(valid_table.num_rows)
+            table = frames.stacked(table, valid_table.rename_columns(
+                [label if name == _label_name(valid_target) else name for name in valid_table.column_names]
+            ))  # fmt: skip
+        fields["target"] = label
+        try:
+            job = self._post_table(frames.ipc_stream(table), "arrow", fields)
+        except ApiError as error:
+            if error.status != 415:
+                raise
+            job = self._post_table(frames.parquet(table), "parquet", fields)  # a server from before Arrow
+        return str(job["job_id"])
+
+    def _post_table(self, body: bytes, kind: str, fields: Mapping[str, str]) -> dict[str, Any]:
+        return self._json(
+            "POST",
+            "/jobs",
+            params=dict(fields),
+            content=body,
+            headers={"content-type": TABLE_MEDIA_TYPES[kind]},
+            timeout=httpx.Timeout(self._http.timeout.connect, read=UPLOAD_ANSWER_TIMEOUT_S),
+        )
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._json("POST", f"/jobs/{job_id}/cancel")
@@ -229,6 +441,37 @@ class Client:
         return response
 
 
+class AsyncClient:
+    """The notebook calls of `Client` (`train`, `start`, `watch`, `result`) for `await`: each runs
+    the synchronous call in a thread, so the event loop (a notebook's, a web app's) goes on while a
+    job trains, and several can be awaited at once. Takes `Client`'s arguments; `client` is the
+    synchronous one, for the other endpoints."""
+
+    def __init__(self, base_url: str = DEFAULT_SERVER, **options: Any) -> None:
+        self.client = Client(base_url, **options)
+
+    async def train(self, data: Any, target: Any = None, **options: Any) -> TrainedModel:
+        return await asyncio.to_thread(functools.partial(self.client.train, data, target, **options))
+
+    async def start(self, data: Any, target: Any = None, **options: Any) -> str:
+        return await asyncio.to_thread(functools.partial(self.client.start, data, target, **options))
+
+    async def watch(self, job_id: str, progress: bool = True) -> dict[str, Any]:
+        return await asyncio.to_thread(self.client.watch, job_id, progress)
+
+    async def result(self, job_id: str) -> TrainedModel:
+        return await asyncio.to_thread(self.client.result, job_id)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.client.close)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
 class EventParser:
     """Server-Sent Events as the HTML specification reads them, a line at a time (lines as
     httpx's `iter_lines` splits them, at CRLF, LF or CR): `field: value` (one space after the colon
@@ -296,11 +539,39 @@ def parse_events(
 
 
 def table_kind(table: Path) -> str:
-    """"csv" or "parquet", from the file's extension; ValueError for anything else."""
+    """"csv", "parquet" or "arrow", from the file's extension; ValueError for anything else."""
     kind = TABLE_KINDS.get(table.suffix.lower())
     if kind is None:
-        raise ValueError(f"{table}: name a CSV file .csv, a Parquet file .parquet or .pq")
+        raise ValueError(f"{table}: name a CSV file .csv, a Parquet file .parquet or .pq, an Arrow file .arrows")
     return kind
+
+
+def features_array(X: Any, feature_names: Sequence[str]) -> np.ndarray:
+    """Rows to predict as a float64 array: a table's columns picked by the model's feature names
+    (in their order), or a 2-D array as it is."""
+    import numpy as np
+
+    from boostream import frames
+
+    if isinstance(X, np.ndarray):
+        return np.asarray(X, dtype=np.float64)
+    table = frames.as_table(X)
+    missing = [name for name in feature_names if name not in table.column_names]
+    if missing:
+        raise ValueError(f"the table has no column {missing[0]!r}, a feature of the model")
+    columns = [table.column(name).to_numpy(zero_copy_only=False).astype(np.float64) for name in feature_names]
+    return np.column_stack(columns) if columns else np.empty((table.num_rows, 0))
+
+
+def _field_text(value: Any) -> str:
+    """A hyperparameter as the query string carries it: JSON's spelling for booleans."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _label_name(target: Any) -> str:
+    from boostream.frames import TARGET_COLUMN
+
+    return target if isinstance(target, str) else TARGET_COLUMN
 
 
 def _chunks(file: BinaryIO) -> Iterator[bytes]:

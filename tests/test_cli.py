@@ -541,7 +541,7 @@ def test_the_client_reads_health_models_results_and_artifacts_and_deletes_jobs(s
         assert "lightgbm" in [model["model_type"] for model in client.models()["models"]]
         job_id = client.create_job({"X": X.tolist(), "y": y.tolist(), "params": {"n_estimators": 5}})["job_id"]
         events = list(client.events(job_id))
-        assert events[-1].type == "complete" and events[-1].data == client.result(job_id)
+        assert events[-1].type == "complete" and events[-1].data == client.job_result(job_id)
         assert client.artifact(events[-1].data["artifact_id"], "native").content.startswith(b"tree")
         client.delete_job(job_id)
         with pytest.raises(client_module.ApiError) as raised:

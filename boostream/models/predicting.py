@@ -93,7 +93,7 @@ class ModelLoader:
         predictor = self.predictors[record.model_type]
         model = predictor.from_native(blob, trusted=True)  # this service wrote it
         shape = predictor.describe(model)
-        loaded = LoadedModel(model, predictor, shape, _classes(record.classes, shape), artifact_id, len(blob))
+        loaded = LoadedModel(model, predictor, shape, model_classes(record.classes, shape), artifact_id, len(blob))
         self.cache.put(artifact_id, loaded)
         return loaded
 
@@ -111,7 +111,7 @@ class ModelLoader:
             return cached
         model, predictor = self._signed_joblib(blob) if format == "joblib" else self._native(blob)
         shape = predictor.describe(model)
-        loaded = LoadedModel(model, predictor, shape, _classes(shape.classes, shape), None, len(blob))
+        loaded = LoadedModel(model, predictor, shape, model_classes(shape.classes, shape), None, len(blob))
         self.cache.put(key, loaded)
         return loaded
 
@@ -149,7 +149,8 @@ class ModelLoader:
             ) from None
 
 
-def _classes(known: list[Any] | None, shape: ModelShape) -> list[Any] | None:
+def model_classes(known: list[Any] | None, shape: ModelShape) -> list[Any] | None:
+    """The labels a model predicts: None for a regression, else those known or the class indices."""
     if shape.objective == "regression":
         return None
     return list(known) if known is not None else list(range(shape.n_classes))

@@ -5,7 +5,7 @@ the label; everything else is checked as for a JSON request (`build_spec`, `asse
 The request's fields come as text (a query string, form fields):
 - `target` names the label column; `features` the feature columns, comma-separated (default: every
   other column, apart from `era` and a pandas index); `era` the WarpGBM era column. Column names
-  become the feature names.
+  become the feature names. `valid_rows=N`: the table's last N rows are the validation set.
 - `model_type`, `objective`, `valid_fraction`, ...: the fields of TrainOptions, as in JSON.
 - any other name is a hyperparameter, read as its ParamSpec's kind ("100", "1e3", "0.05", "true").
 
@@ -43,7 +43,7 @@ from boostream.errors import InvalidData, InvalidParameter, TooLarge, quotable
 from boostream.requests.spec import CLASS_LABEL_HINT, TrainOptions, TrainSpec, assemble_training_data, build_spec
 from boostream.trainers.base import Trainer, TrainingData
 
-TABLE_FIELDS = frozenset({"target", "features", "era"})
+TABLE_FIELDS = frozenset({"target", "features", "era", "valid_rows"})
 OPTION_FIELDS = frozenset(TrainOptions.__struct_fields__) - {"feature_names", "params"}
 # Read by the route itself, not training fields.
 ROUTE_FIELDS = frozenset({"on_disconnect"})
@@ -159,15 +159,34 @@ def _training_data(
     columns = table.columns
     y = _labels(table.target, columns.target)
     era = None if table.era is None or columns.era is None else _labels(table.era, columns.era)
+    X, valid = table.X, None
+    if "valid_rows" in fields:
+        X, y, era, valid = _split_last(X, y, era, _valid_rows(fields["valid_rows"], len(X), options))
     try:
         return assemble_training_data(
-            msgspec.structs.replace(options, feature_names=columns.features), table.X, y, era=era
+            msgspec.structs.replace(options, feature_names=columns.features), X, y, era=era, valid=valid
         )
     except InvalidData as error:
         # The shared checks name the JSON fields; here the label is a column and the rows a file.
         renamed: dict[str | None, str | None] = {"y": columns.target, "X": "file", "feature_names": "features"}
         field = renamed.get(error.field, error.field)
         raise InvalidData(field, error.message) from None
+
+
+def _valid_rows(text: str, rows: int, options: TrainOptions) -> int:
+    if options.valid_fraction is not None:
+        raise InvalidParameter("valid_rows", "send either valid_rows or valid_fraction, not both")
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < rows:
+        raise InvalidParameter("valid_rows", f"must be a whole number of rows from 1 to {rows - 1}, not {text!r}")
+    return int(text)
+
+
+def _split_last(
+    X: np.ndarray, y: np.ndarray, era: np.ndarray | None, count: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[np.ndarray, np.ndarray]]:
+    """The table's rows but the last `count`, and those as the validation set."""
+    train = len(X) - count
+    return X[:train], y[:train], None if era is None else era[:train], (X[train:], y[train:])
 
 
 def _choose_columns(schema: pa.Schema, fields: Mapping[str, str], objective: str) -> _Columns:
