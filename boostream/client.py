@@ -274,7 +274,7 @@ class Client:
         try:
             for event in self.events(job_id):
                 if event.type == "started" and progress:
-                    from tqdm.auto import tqdm  # type: ignore[import-untyped]
+                    from tqdm.auto import tqdm
 
                     bar = tqdm(total=event.data.get("n_estimators"), unit="round", desc=f"job {job_id[:8]}")
                 elif event.type == "progress" and bar is not None:

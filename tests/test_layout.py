@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "boostream"
 # The edges: the HTTP server (with the dashboard's page and assets, which it serves) and MCP.
 HTTP_EDGE = ("boostream.streaming_server", "boostream.dashboard")
 EDGES = (*HTTP_EDGE, "boostream.mcp_server")
-CLIENTS = ("boostream.cli", "boostream.client", "boostream.__main__")
+CLIENTS = ("boostream.cli", "boostream.client", "boostream.sklearn", "boostream.__main__")
 HTTP_LIBRARIES = ("starlette", "sse_starlette", "uvicorn")
 
 
