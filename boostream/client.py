@@ -218,6 +218,7 @@ class Client:
         params: Mapping[str, Any] | None = None,
         valid: Any = None,
         features: Sequence[str] | None = None,
+        weight: Any = None,
         timeout_s: float | None = None,
         progress: bool = True,
     ) -> TrainedModel:
@@ -225,7 +226,7 @@ class Client:
         metrics, unless `progress=False`), then `result`. See `start` for the arguments."""
         job_id = self.start(
             data, target, model=model, objective=objective, params=params, valid=valid,
-            features=features, timeout_s=timeout_s,
+            features=features, weight=weight, timeout_s=timeout_s,
         )  # fmt: skip
         self.watch(job_id, progress=progress)
         return self.result(job_id)
@@ -240,6 +241,7 @@ class Client:
         params: Mapping[str, Any] | None = None,
         valid: Any = None,
         features: Sequence[str] | None = None,
+        weight: Any = None,
         timeout_s: float | None = None,
     ) -> str:
         """Send a training job; its id. `data`: a pandas or polars DataFrame, an Arrow table, a 2-D
@@ -247,7 +249,9 @@ class Client:
         or the labels themselves (an array as long as `data`). `valid`: a fraction of the rows to
         hold out (0.2), or a table like `data` (with its labels in the same column, or as
         `(table, labels)`). `features`: the feature columns (default: every other column).
-        Tables go as an Arrow IPC stream; to a server that takes no Arrow, as Parquet."""
+        `weight`: sample weights (LightGBM), the name of a column (of the validation table too,
+        where there is one) or an array as long as `data`. Tables go as an Arrow IPC stream; to a
+        server that takes no Arrow, as Parquet."""
         fields: dict[str, str] = {"model_type": model, "objective": objective}
         fields.update({name: _field_text(value) for name, value in (params or {}).items()})
         if features is not None:
@@ -257,14 +261,16 @@ class Client:
         if isinstance(valid, float | int) and not isinstance(valid, bool):
             fields["valid_fraction"] = str(valid)
             valid = None
+        if isinstance(weight, str):
+            fields["weight"] = weight
         if isinstance(data, str | os.PathLike):
             if valid is not None:
                 raise ValueError("a file trains with valid=<fraction>, or put its validation rows in a table")
-            if not isinstance(target, str):
-                raise ValueError("with a file, target= names its label column")
+            if not isinstance(target, str) or not isinstance(weight, str | None):
+                raise ValueError("with a file, target= (and weight=) name its columns")
             job: dict[str, Any] = self.upload_job(Path(data), {**fields, "target": target})
             return str(job["job_id"])
-        return self._send_table(data, target, valid, fields)
+        return self._send_table(data, target, valid, None if isinstance(weight, str) else weight, fields)
 
     def watch(self, job_id: str, progress: bool = True) -> dict[str, Any]:
         """Follow a job to its end, with a progress bar of its rounds and latest metrics (tqdm's
@@ -328,12 +334,17 @@ class Client:
             loaded=loaded,
         )
 
-    def _send_table(self, data: Any, target: Any, valid: Any, fields: dict[str, str]) -> str:
+    def _send_table(self, data: Any, target: Any, valid: Any, weight: Any, fields: dict[str, str]) -> str:
         from boostream import frames
 
         if target is None:
             raise ValueError("name the label column with target=, or pass the labels as target=")
         table, label = frames.with_target(data, target)
+        if weight is not None:
+            if valid is not None and not isinstance(valid, float | int):
+                raise ValueError("with a validation table, weight= names a column of both tables")
+            table = frames.with_column(table, frames.WEIGHT_COLUMN, weight)
+            fields["weight"] = frames.WEIGHT_COLUMN
         if valid is not None:
             valid_data, valid_target = valid if isinstance(valid, tuple) else (valid, label)
             valid_table, _ = frames.with_target(valid_data, valid_target)

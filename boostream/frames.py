@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-# The label column's name where the label comes as an array beside the features.
+# The label column's name where the label comes as an array beside the features; the sample
+# weights' likewise.
 TARGET_COLUMN = "target"
+WEIGHT_COLUMN = "weight"
 
 
 def as_table(data: Any) -> pa.Table:
@@ -49,12 +51,17 @@ def with_target(data: Any, target: Any) -> tuple[pa.Table, str]:
         if target not in table.column_names:
             raise ValueError(f"the table has no column {target!r}; its columns: {', '.join(table.column_names[:20])}")
         return table, target
-    labels = _labels(target)
-    if len(labels) != table.num_rows:
-        raise ValueError(f"target has {len(labels)} labels, but the table has {table.num_rows} rows")
-    if TARGET_COLUMN in table.column_names:
-        raise ValueError(f"the table has a column named {TARGET_COLUMN!r}: name the label column with target=")
-    return table.append_column(TARGET_COLUMN, labels), TARGET_COLUMN
+    return with_column(table, TARGET_COLUMN, target), TARGET_COLUMN
+
+
+def with_column(table: pa.Table, name: str, values: Any) -> pa.Table:
+    """The table with `values` (as long as it) added as the column `name`, which it must not have."""
+    array = _labels(values)
+    if len(array) != table.num_rows:
+        raise ValueError(f"{name} has {len(array)} values, but the table has {table.num_rows} rows")
+    if name in table.column_names:
+        raise ValueError(f"the table has a column named {name!r} already: name that column instead")
+    return table.append_column(name, array)
 
 
 def stacked(train: pa.Table, valid: pa.Table) -> pa.Table:
@@ -94,4 +101,5 @@ def _labels(target: Any) -> pa.Array:
         return pa.Array.from_pandas(target)
     if isinstance(target, np.ndarray | Sequence):
         return pa.array(np.asarray(target))
-    raise TypeError(f"target must name a column or hold the labels; not a {type(target).__name__}")
+    kind = type(target).__name__
+    raise TypeError(f"expected a column's name or its values (an array as long as the table), not a {kind}")

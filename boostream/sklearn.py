@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from boostream.client import Client, TrainedModel, api_key_from_environment, server_from_environment
 
@@ -80,18 +80,27 @@ class _BoostreamModel(BaseEstimator):
         self.params = params
         self.progress = progress
 
-    def _fit(self, X: np.ndarray, objective: str, eval_set: Any, labels: np.ndarray) -> None:
+    def _fit(
+        self, X: np.ndarray, objective: str, eval_set: Any, labels: np.ndarray, sample_weight: Any
+    ) -> None:
         params = {name: getattr(self, name) for name in HYPERPARAMETERS if getattr(self, name) is not None}
         params.update(self.params or {})
+        table, weight = _table(X), None
+        if sample_weight is not None:
+            weight = WEIGHT_COLUMN
+            table = table.append_column(weight, pa.array(_check_sample_weight(sample_weight, X)))
         valid = None
         if eval_set:
             X_valid, y_valid = eval_set[0]
             X_valid = validate_data(self, X_valid, ensure_all_finite="allow-nan", dtype=np.float64, reset=False)
-            valid = (_table(X_valid), np.asarray(y_valid))
+            valid_table = _table(X_valid)
+            if weight is not None:  # the validation rows count alike, as without weights
+                valid_table = valid_table.append_column(weight, pa.array(np.ones(len(X_valid))))
+            valid = (valid_table, np.asarray(y_valid))
         with Client(server_from_environment(self.server), api_key=api_key_from_environment(self.api_key)) as client:
             self.model_: TrainedModel = client.train(
-                _table(X), labels, model=self.model_type, objective=objective, params=params, valid=valid,
-                progress=self.progress,
+                table, labels, model=self.model_type, objective=objective, params=params, valid=valid,
+                weight=weight, progress=self.progress,
             )  # fmt: skip
         self.best_iteration_ = self.model_.best_iteration
         self.n_iter_ = self.model_.iterations
@@ -111,9 +120,9 @@ class _BoostreamModel(BaseEstimator):
 class BoostreamRegressor(RegressorMixin, _BoostreamModel):
     """A regressor trained on a boostream server (objective `regression`)."""
 
-    def fit(self, X: Any, y: Any, eval_set: Any = None) -> BoostreamRegressor:
+    def fit(self, X: Any, y: Any, sample_weight: Any = None, eval_set: Any = None) -> BoostreamRegressor:
         X, y = validate_data(self, X, y, ensure_all_finite="allow-nan", dtype=np.float64, y_numeric=True)
-        self._fit(X, "regression", eval_set, y)
+        self._fit(X, "regression", eval_set, y, sample_weight)
         return self
 
     def predict(self, X: Any) -> np.ndarray:
@@ -126,7 +135,7 @@ class BoostreamClassifier(ClassifierMixin, _BoostreamModel):
     """A classifier trained on a boostream server (objective `binary` for two classes, else
     `multiclass`); `classes_` in sorted order, as scikit-learn has them."""
 
-    def fit(self, X: Any, y: Any, eval_set: Any = None) -> BoostreamClassifier:
+    def fit(self, X: Any, y: Any, sample_weight: Any = None, eval_set: Any = None) -> BoostreamClassifier:
         X, y = validate_data(self, X, y, ensure_all_finite="allow-nan", dtype=np.float64)
         check_classification_targets(y)
         self.classes_ = np.unique(y)
@@ -141,7 +150,7 @@ class BoostreamClassifier(ClassifierMixin, _BoostreamModel):
             if len(unseen):
                 raise ValueError(f"eval_set has a label that y has not: {unseen[0]!r}")
             eval_set = [(X_valid, np.searchsorted(self.classes_, y_valid))]
-        self._fit(X, "binary" if len(self.classes_) == 2 else "multiclass", eval_set, indices)
+        self._fit(X, "binary" if len(self.classes_) == 2 else "multiclass", eval_set, indices, sample_weight)
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -153,6 +162,9 @@ class BoostreamClassifier(ClassifierMixin, _BoostreamModel):
         proba = self.predict_proba(X)
         labels: np.ndarray = self.classes_[np.argmax(proba, axis=1)]
         return labels
+
+
+WEIGHT_COLUMN = "weight"  # beside the features, which are f0, f1, ...
 
 
 def _table(X: np.ndarray) -> pa.Table:

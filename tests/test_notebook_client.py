@@ -118,3 +118,15 @@ def test_the_async_client_trains_too(server: Server, frame):
 
     trained = asyncio.run(train())
     assert trained.iterations == 30 and "train_l2" in trained.metrics
+
+
+def test_weights_go_as_an_array_or_as_a_column(server: Server, frame):
+    weight = np.where(frame["target"] > frame["target"].median(), 4.0, 1.0)
+    with Client(server.url) as client:
+        plain = client.train(frame, target="target", params=PARAMS, progress=False)
+        by_array = client.train(frame, target="target", params=PARAMS, weight=weight, progress=False)
+        by_column = client.train(frame.assign(w=weight), target="target", params=PARAMS, weight="w", progress=False)
+    X = frame.drop(columns="target").to_numpy()
+    np.testing.assert_array_equal(by_array.predict(X), by_column.predict(X))
+    assert by_column.feature_names == by_array.feature_names == plain.feature_names
+    assert not np.allclose(by_array.predict(X), plain.predict(X))

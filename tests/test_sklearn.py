@@ -17,6 +17,11 @@ from boostream.sklearn import BoostreamClassifier, BoostreamRegressor
 from conftest import Server, running_server
 
 SMALL = {"n_estimators": 10, "min_data_in_leaf": 1}
+# LightGBM's bins and its `min_data_in_leaf` count rows, not their weights: a row of weight 2 is
+# not the row twice (LightGBM's own estimators are no different).
+EXPECTED_FAILURES = {
+    "check_sample_weight_equivalence_on_dense_data": "a weight is not a repetition to LightGBM's binning",
+}
 
 
 @pytest.fixture
@@ -32,7 +37,7 @@ def on_server(server: Server, monkeypatch) -> Server:
 def test_scikit_learns_own_checks_pass(tmp_path, monkeypatch, estimator):
     with running_server(tmp_path) as server:
         monkeypatch.setenv("BOOSTREAM_SERVER", server.url)
-        results = check_estimator(estimator, on_fail=None, on_skip=None)
+        results = check_estimator(estimator, expected_failed_checks=EXPECTED_FAILURES, on_fail=None, on_skip=None)
         with server.client() as client:
             trained = client.get("/jobs", params={"status": "succeeded", "limit": 500}).json()["jobs"]
     failed = {r["check_name"]: str(r["exception"])[:300] for r in results if r["status"] == "failed"}
@@ -41,6 +46,7 @@ def test_scikit_learns_own_checks_pass(tmp_path, monkeypatch, estimator):
     # The one skipped: array API inputs (CuPy, torch tensors) need SCIPY_ARRAY_API; the estimators
     # send tables as Arrow, which takes numpy.
     assert skipped <= {"check_array_api_input"}, skipped
+    assert {r["check_name"] for r in results if r["status"] == "xfail"} == set(EXPECTED_FAILURES)
     assert len(results) > 45
     assert len(trained) >= 40, "each fit of the checks trains a job on the server"
 

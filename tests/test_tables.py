@@ -149,6 +149,51 @@ def test_an_arrow_body_trains_the_same_model_as_json_and_parquet(server: Server,
         assert from_arrow["feature_names"] == names and from_arrow["classes"] == [0, 1]
 
 
+def lightgbm_in_process(X, y, weight, rounds: int) -> lightgbm.Booster:
+    """The server's LightGBM call with the same parameters, in this process."""
+    from boostream.trainers.base import validate_params
+    from boostream.trainers.lightgbm import LightGBMTrainer
+
+    params = validate_params(LightGBMTrainer.params, {**PARAMS, "n_estimators": rounds})
+    booster_params = {k: v for k, v in params.items() if k not in ("n_estimators", "early_stopping_rounds")}
+    booster_params.update(objective="regression", metric="l2", verbose=-1)
+    dataset = lightgbm.Dataset(X, y, weight=weight, params={"max_bin": params["max_bin"], "verbose": -1})
+    return lightgbm.train(booster_params, dataset, num_boost_round=rounds)
+
+
+def test_sample_weights_change_the_model_as_lightgbms_own_weights_do(server: Server, diabetes):
+    X, y = diabetes
+    weight = np.where(y > np.median(y), 5.0, 0.2)  # the upper half counts 25 times as much
+    names = names_for(X)
+    rounds = PARAMS["n_estimators"]
+    unweighted = completed(server.train(json_body(X, y, names)))
+    from_json = completed(server.train(json_body(X, y, names, weight=weight.tolist())))
+    table = table_of(X, y, names).append_column("w", pa.array(weight))
+    from_arrow = completed(train_table(server, arrow_bytes(table), ARROW, target="target", weight="w", **PARAMS))
+    from_csv = completed(train_table(server, csv_bytes(table), CSV, target="target", weight="w", **PARAMS))
+    expected = lightgbm_in_process(X, y, weight, rounds).predict(X)
+    for complete in (from_json, from_arrow, from_csv):
+        np.testing.assert_allclose(booster_of(complete).predict(X), expected, rtol=1e-9)
+        assert complete["feature_names"] == names  # the weight column is no feature
+    assert not np.allclose(booster_of(unweighted).predict(X), expected)
+    assert booster_of(from_json).predict(X).mean() > booster_of(unweighted).predict(X).mean()
+
+
+def test_weights_are_refused_where_they_cannot_count(server: Server, diabetes):
+    X, y = diabetes
+    names = names_for(X)
+    with server.client() as client:
+        for weight, words in (([1.0] * (len(y) - 1), "has 441 values, but X has 442 rows"),
+                              ([-1.0] + [1.0] * (len(y) - 1), "0 or more; row 0"),
+                              ([0.0] * len(y), "every sample weight is 0")):  # fmt: skip
+            refused = client.post("/jobs", json=json_body(X, y, names, weight=weight))
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["error"]["field"] == "weight" and words in refused.json()["error"]["message"]
+        table = table_of(X, y, names).append_column("w", pa.array(["heavy"] * len(y)))
+        refused = post_table(server, csv_bytes(table), CSV, target="target", weight="w")
+        assert refused.status_code == 400 and refused.json()["error"]["field"] == "w", refused.text
+
+
 def test_a_multipart_upload_trains_the_same_model_as_json(server: Server, diabetes):
     X, y = diabetes
     names = [f"f{i}" for i in range(X.shape[1])]

@@ -18,7 +18,7 @@ import orjson
 from boostream.memory import save_array
 from boostream.trainers.base import TrainingData
 
-ARRAYS = ("X", "y", "X_valid", "y_valid", "era")
+ARRAYS = ("X", "y", "X_valid", "y_valid", "era", "weight", "weight_valid")
 META = "meta.json"
 
 

@@ -62,9 +62,11 @@ class TrainRequestBody(TrainOptions, forbid_unknown_fields=True, kw_only=True):
     X_valid: msgspec.Raw = msgspec.Raw()
     y_valid: msgspec.Raw = msgspec.Raw()
     era: msgspec.Raw = msgspec.Raw()
+    weight: msgspec.Raw = msgspec.Raw()
+    weight_valid: msgspec.Raw = msgspec.Raw()
 
     def __post_init__(self) -> None:
-        for name in ("X_valid", "y_valid", "era"):
+        for name in ("X_valid", "y_valid", "era", "weight", "weight_valid"):
             raw = getattr(self, name)
             if len(raw) == 4 and bytes(raw) == b"null":
                 setattr(self, name, msgspec.Raw())
@@ -236,7 +238,11 @@ def _training_data(request: TrainRequestBody, body: bytes | bytearray, max_cells
                 field="X_valid",
             )
         valid = (X_valid, _labels(request.y_valid, "y_valid", body, request.objective))
-    return assemble_training_data(request, X, y, era=era, valid=valid)
+    weight, weight_valid = (
+        _labels(raw, field, body, "regression") if raw else None
+        for field, raw in (("weight", request.weight), ("weight_valid", request.weight_valid))
+    )
+    return assemble_training_data(request, X, y, era=era, valid=valid, weight=weight, weight_valid=weight_valid)
 
 
 
@@ -413,7 +419,8 @@ def _labels(raw: msgspec.Raw, field: str, body: bytes | bytearray, objective: st
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) if numeric else isinstance(value, str)
         if not ok:
             expected = "a number" if numeric else "a string like the first value"
-            hint = f" ({CLASS_LABEL_HINT})" if objective == "regression" and isinstance(value, str) else ""
+            labels = field in ("y", "y_valid")
+            hint = f" ({CLASS_LABEL_HINT})" if labels and objective == "regression" and isinstance(value, str) else ""
             raise InvalidData(field, f"{field}[{i}] is {_describe(value)}, not {expected}{hint}")
     return np.array(items, dtype=np.float64 if numeric else str)
 

@@ -34,6 +34,10 @@ def labels_schema(description: str) -> dict[str, Any]:
     return {"type": "array", "minItems": 1, "items": {"type": ["number", "string"]}, "description": description}
 
 
+def _weights_schema(description: str) -> dict[str, Any]:
+    return {"type": "array", "minItems": 1, "items": {"type": "number", "minimum": 0}, "description": description}
+
+
 def train_request_schema(trainers: Mapping[str, Trainer], max_training_s: float) -> dict[str, Any]:
     """A training request, as the HTTP API takes it; `params` checked against the chosen backend's."""
     properties = {
@@ -64,6 +68,8 @@ def train_request_schema(trainers: Mapping[str, Trainer], max_training_s: float)
             "description": "One name per column of X.",
         },
         "era": labels_schema("WarpGBM only: one era id per row, for its directional era splitting."),
+        "weight": _weights_schema("LightGBM only: a sample weight per row of X (0 or more)."),
+        "weight_valid": _weights_schema("LightGBM only: a sample weight per row of X_valid."),
         "timeout_s": {
             "type": "number",
             "exclusiveMinimum": 0,

@@ -38,7 +38,7 @@ class TrainOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 # The arrays of a training request, beside its options: a JSON body's fields, a table's columns.
-DATA_FIELDS = ("X", "y", "X_valid", "y_valid", "era")
+DATA_FIELDS = ("X", "y", "X_valid", "y_valid", "era", "weight", "weight_valid")
 
 
 @dataclasses.dataclass
@@ -88,13 +88,19 @@ def build_spec(
     params = validate_params(trainer.params, options.params)
     data = read_data()
     if data.era is not None and not trainer.takes_era:
-        takers = [other for other in trainers.values() if other.takes_era]
-        titles, names = " or ".join(other.title for other in takers), " or ".join(repr(other.name) for other in takers)
-        raise InvalidParameter("era", f"era splitting is a {titles} feature; use model_type {names}")
+        raise _not_taken("era", "era splitting", [other for other in trainers.values() if other.takes_era])
+    if data.weight is not None and not trainer.takes_weights:
+        takers = [other for other in trainers.values() if other.takes_weights]
+        raise _not_taken("weight", "training with sample weights", takers)
     trainer.check(data, options.objective, params)
     return TrainSpec(
         trainer, options.objective, params, data, options.callback_url, options.timeout_s, options.artifact_format
     )
+
+
+def _not_taken(field: str, feature: str, takers: list[Trainer]) -> InvalidParameter:
+    titles, names = " or ".join(other.title for other in takers), " or ".join(repr(other.name) for other in takers)
+    return InvalidParameter(field, f"{feature} is a {titles} feature; use model_type {names}")
 
 
 def assemble_training_data(
@@ -103,10 +109,20 @@ def assemble_training_data(
     y: np.ndarray,
     era: np.ndarray | None = None,
     valid: tuple[np.ndarray, np.ndarray] | None = None,
+    weight: np.ndarray | None = None,
+    weight_valid: np.ndarray | None = None,
 ) -> TrainingData:
     """Arrays as read, whatever their source, checked against each other and the options: era ids
-    numbered, the validation rows split off or checked, class labels encoded."""
+    numbered, the validation rows split off or checked, class labels encoded, weights checked."""
     _check_rows("y", y, X)
+    if weight is not None:
+        _check_rows("weight", weight, X)
+        _check_weights("weight", weight)
+    if weight_valid is not None:
+        if valid is None:
+            raise InvalidData("weight_valid", "weighs validation rows: send them too (X_valid and y_valid)")
+        _check_rows("weight_valid", weight_valid, valid[0])
+        _check_weights("weight_valid", weight_valid)
     feature_names = _feature_names(options.feature_names, X.shape[1])
     if era is not None:
         _check_rows("era", era, X)
@@ -121,9 +137,12 @@ def assemble_training_data(
             raise InvalidData("X_valid", f"rows have {X_valid.shape[1]} values, but X has {X.shape[1]} features")
         _check_rows("y_valid", y_valid, X_valid)
     elif options.valid_fraction is not None:
-        X, y, X_valid, y_valid, era = _split(X, y, era, options.valid_fraction)
+        X, y, X_valid, y_valid, era, weight, weight_valid = _split(X, y, era, weight, options.valid_fraction)
 
-    data = TrainingData(X=X, y=y, feature_names=feature_names, X_valid=X_valid, y_valid=y_valid, era=era)
+    data = TrainingData(
+        X=X, y=y, feature_names=feature_names, X_valid=X_valid, y_valid=y_valid, era=era,
+        weight=weight, weight_valid=weight_valid,
+    )  # fmt: skip
     if options.objective != "regression":
         _encode_classes(data, options.objective)
     return data
@@ -131,8 +150,19 @@ def assemble_training_data(
 
 def _check_rows(field: str, values: np.ndarray, X: np.ndarray) -> None:
     if len(values) != len(X):
-        x_field = "X_valid" if field == "y_valid" else "X"
+        x_field = "X_valid" if field in ("y_valid", "weight_valid") else "X"
         raise InvalidData(field, f"has {len(values)} values, but {x_field} has {len(X)} rows")
+
+
+def _check_weights(field: str, weight: np.ndarray) -> None:
+    """Sample weights: numbers, none negative, not all zero (LightGBM would train on nothing)."""
+    if weight.dtype.kind not in "iuf":
+        raise InvalidData(field, "sample weights must be numbers")
+    negative = np.flatnonzero(weight < 0)
+    if len(negative):
+        raise InvalidData(field, f"sample weights must be 0 or more; row {negative[0]} has {weight[negative[0]]!r}")
+    if not weight.any():
+        raise InvalidData(field, "every sample weight is 0: no row would count")
 
 
 def _feature_names(names: list[str] | None, width: int) -> list[str]:
@@ -154,8 +184,8 @@ def _feature_names(names: list[str] | None, width: int) -> list[str]:
 
 
 def _split(
-    X: np.ndarray, y: np.ndarray, era: np.ndarray | None, fraction: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    X: np.ndarray, y: np.ndarray, era: np.ndarray | None, weight: np.ndarray | None, fraction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     if not 0.0 < fraction <= 0.5:
         raise InvalidParameter("valid_fraction", f"must be greater than 0 and at most 0.5, got {fraction}")
     n_valid = int(round(len(X) * fraction))
@@ -163,7 +193,8 @@ def _split(
         raise InvalidData("X", f"{len(X)} rows are too few to split off valid_fraction={fraction}")
     order = np.random.default_rng(VALID_SPLIT_SEED).permutation(len(X))
     valid, train = np.sort(order[:n_valid]), np.sort(order[n_valid:])
-    return X[train], y[train], X[valid], y[valid], None if era is None else era[train]
+    weights = (None, None) if weight is None else (weight[train], weight[valid])
+    return X[train], y[train], X[valid], y[valid], None if era is None else era[train], *weights
 
 
 def _encode_classes(data: TrainingData, objective: str) -> None:

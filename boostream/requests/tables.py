@@ -6,6 +6,7 @@ The request's fields come as text (a query string, form fields):
 - `target` names the label column; `features` the feature columns, comma-separated (default: every
   other column, apart from `era` and a pandas index); `era` the WarpGBM era column. Column names
   become the feature names. `valid_rows=N`: the table's last N rows are the validation set.
+  `weight` names a column of sample weights (LightGBM).
 - `model_type`, `objective`, `valid_fraction`, ...: the fields of TrainOptions, as in JSON.
 - any other name is a hyperparameter, read as its ParamSpec's kind ("100", "1e3", "0.05", "true").
 
@@ -43,7 +44,7 @@ from boostream.errors import InvalidData, InvalidParameter, TooLarge, quotable
 from boostream.requests.spec import CLASS_LABEL_HINT, TrainOptions, TrainSpec, assemble_training_data, build_spec
 from boostream.trainers.base import Trainer, TrainingData
 
-TABLE_FIELDS = frozenset({"target", "features", "era", "valid_rows"})
+TABLE_FIELDS = frozenset({"target", "features", "era", "valid_rows", "weight"})
 OPTION_FIELDS = frozenset(TrainOptions.__struct_fields__) - {"feature_names", "params"}
 # Read by the route itself, not training fields.
 ROUTE_FIELDS = frozenset({"on_disconnect"})
@@ -126,11 +127,13 @@ class _Columns:
     features: list[str]
     target: str
     era: str | None
+    weight: str | None = None
 
     @property
     def all(self) -> list[str]:
         # The era column may be a feature too.
-        return list(dict.fromkeys([*self.features, self.target, *([self.era] if self.era else [])]))
+        extra = [name for name in (self.era, self.weight) if name]
+        return list(dict.fromkeys([*self.features, self.target, *extra]))
 
 
 @dataclasses.dataclass
@@ -139,6 +142,7 @@ class _Table:
     X: np.ndarray
     target: pa.ChunkedArray
     era: pa.ChunkedArray | None
+    weight: pa.ChunkedArray | None = None
 
 
 def _training_data(
@@ -159,16 +163,24 @@ def _training_data(
     columns = table.columns
     y = _labels(table.target, columns.target)
     era = None if table.era is None or columns.era is None else _labels(table.era, columns.era)
-    X, valid = table.X, None
+    weight = None if table.weight is None or columns.weight is None else _labels(table.weight, columns.weight)
+    X, valid, weight_valid = table.X, None, None
     if "valid_rows" in fields:
-        X, y, era, valid = _split_last(X, y, era, _valid_rows(fields["valid_rows"], len(X), options))
+        count = _valid_rows(fields["valid_rows"], len(X), options)
+        X, y, era, valid = _split_last(X, y, era, count)
+        if weight is not None:
+            weight, weight_valid = weight[: len(X)], weight[len(X) :]
     try:
         return assemble_training_data(
-            msgspec.structs.replace(options, feature_names=columns.features), X, y, era=era, valid=valid
-        )
+            msgspec.structs.replace(options, feature_names=columns.features), X, y, era=era, valid=valid,
+            weight=weight, weight_valid=weight_valid,
+        )  # fmt: skip
     except InvalidData as error:
         # The shared checks name the JSON fields; here the label is a column and the rows a file.
-        renamed: dict[str | None, str | None] = {"y": columns.target, "X": "file", "feature_names": "features"}
+        renamed: dict[str | None, str | None] = {
+            "y": columns.target, "X": "file", "feature_names": "features", "weight": columns.weight,
+            "weight_valid": columns.weight,
+        }  # fmt: skip
         field = renamed.get(error.field, error.field)
         raise InvalidData(field, error.message) from None
 
@@ -191,11 +203,11 @@ def _split_last(
 
 def _choose_columns(schema: pa.Schema, fields: Mapping[str, str], objective: str) -> _Columns:
     names = schema.names
-    target, era = fields["target"], fields.get("era") or None
-    for field, name in (("target", target), ("era", era)):
+    target, era, weight = fields["target"], fields.get("era") or None, fields.get("weight") or None
+    for field, name in (("target", target), ("era", era), ("weight", weight)):
         if name is not None and name not in names:
             raise InvalidData(field, f"the table has no column {name!r}; its columns: {_listing(names)}")
-    columns = _Columns(_features(schema, fields, target, era), target, era)
+    columns = _Columns(_features(schema, fields, target, era, weight), target, era, weight)
     for name in columns.all:
         count = len(schema.get_all_field_indices(name))
         if count > 1:
@@ -211,13 +223,17 @@ def _choose_columns(schema: pa.Schema, fields: Mapping[str, str], objective: str
     _check_label_type(schema, target, "the target", allow_text=objective != "regression")
     if era is not None:
         _check_label_type(schema, era, "era ids", allow_text=True)
+    if weight is not None:
+        _check_label_type(schema, weight, "sample weights", allow_text=False)
     return columns
 
 
-def _features(schema: pa.Schema, fields: Mapping[str, str], target: str, era: str | None) -> list[str]:
+def _features(
+    schema: pa.Schema, fields: Mapping[str, str], target: str, era: str | None, weight: str | None
+) -> list[str]:
     names = schema.names
     if "features" not in fields:
-        excluded = {target, era, *pandas_index(schema)}
+        excluded = {target, era, weight, *pandas_index(schema)}
         features = [name for name in names if name not in excluded]
         if not features:
             raise InvalidData("features", f"the table has no feature columns, only {_listing(names)}")
@@ -228,6 +244,8 @@ def _features(schema: pa.Schema, fields: Mapping[str, str], target: str, era: st
         raise InvalidData("features", f"the table has no column {unknown[0]!r}; its columns: {_listing(names)}")
     if target in features:
         raise InvalidData("features", f"{target!r} is the target; it cannot be a feature too")
+    if weight in features:
+        raise InvalidData("features", f"{weight!r} holds the sample weights; it cannot be a feature too")
     if len(set(features)) != len(features):
         raise InvalidData("features", "names a column twice")
     return features
@@ -320,7 +338,8 @@ def _read_csv(source: pa.NativeFile, choose: Callable[[pa.Schema], _Columns], ma
     header = pcsv.open_csv(source, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False)).schema
     columns = choose(header)
     source.seek(0)
-    types = {name: _csv_type(header.field(name).type) for name in [*columns.features, columns.target]}
+    typed = [*columns.features, columns.target, *([columns.weight] if columns.weight else [])]
+    types = {name: _csv_type(header.field(name).type) for name in typed}
     reader = pcsv.open_csv(
         source,
         read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
@@ -331,7 +350,7 @@ def _read_csv(source: pa.NativeFile, choose: Callable[[pa.Schema], _Columns], ma
     # limit allows: pages that are never written take no memory, and the rest is cut off at the end.
     # Growing it instead would cost memory: ndarray.resize writes zeros into all it adds.
     X = np.empty((min(source.size() // len(header.names) + 1, max_cells // width), width))
-    rows, targets, eras = 0, [], []
+    rows, targets, eras, weights = 0, [], [], []
     for batch in _csv_batches(reader, header.names):
         if rows + batch.num_rows > len(X):
             raise TooLarge(
@@ -342,11 +361,19 @@ def _read_csv(source: pa.NativeFile, choose: Callable[[pa.Schema], _Columns], ma
         targets.append(batch.column(columns.target))
         if columns.era:
             eras.append(batch.column(columns.era))
+        if columns.weight:
+            weights.append(batch.column(columns.weight))
         rows += batch.num_rows
     if rows == 0:
         raise InvalidData("file", "the table has no rows")
     X.resize((rows, width), refcheck=False)  # in place; no view of X remains (a profiler's would fail the check)
-    return _Table(columns, X, pa.chunked_array(targets), pa.chunked_array(eras) if columns.era else None)
+    return _Table(
+        columns,
+        X,
+        pa.chunked_array(targets),
+        pa.chunked_array(eras) if columns.era else None,
+        pa.chunked_array(weights) if columns.weight else None,
+    )
 
 
 def _csv_type(inferred: pa.DataType) -> pa.DataType:
@@ -401,7 +428,8 @@ def _read_parquet(source: pa.NativeFile, choose: Callable[[pa.Schema], _Columns]
             del table
     target = parquet.read(columns=[columns.target]).column(0)
     era = parquet.read(columns=[columns.era]).column(0) if columns.era else None
-    return _Table(columns, X, target, era)
+    weight = parquet.read(columns=[columns.weight]).column(0) if columns.weight else None
+    return _Table(columns, X, target, era, weight)
 
 
 def _read_arrow(source: pa.NativeFile, choose: Callable[[pa.Schema], _Columns], max_cells: int) -> _Table:
@@ -423,7 +451,8 @@ def _read_arrow(source: pa.NativeFile, choose: Callable[[pa.Schema], _Columns], 
     for index, name in enumerate(columns.features):
         _copy_column(X[:, index], name, table.column(name))
     era = table.column(columns.era) if columns.era else None
-    return _Table(columns, X, table.column(columns.target), era)
+    weight = table.column(columns.weight) if columns.weight else None
+    return _Table(columns, X, table.column(columns.target), era, weight)
 
 
 def _copy_column(into: np.ndarray, name: str, column: pa.ChunkedArray) -> None:

@@ -104,6 +104,9 @@ class TrainingData:
     y_valid: np.ndarray | None = None
     classes: list[Any] | None = None
     era: np.ndarray | None = None
+    # Sample weights (float64, one per row, >= 0), of the training and the validation rows.
+    weight: np.ndarray | None = None
+    weight_valid: np.ndarray | None = None
 
     @property
     def has_validation(self) -> bool:
@@ -141,6 +144,7 @@ class Trainer(Protocol):
     device: str  # "cpu" or "gpu": which concurrency limit the job counts against
     params: Sequence[ParamSpec]
     takes_era: bool  # whether `TrainingData.era` means something to it
+    takes_weights: bool  # whether it trains with `TrainingData.weight`
 
     def rounds(self, params: Mapping[str, Any]) -> int:
         """The boosting rounds that `params` ask for: the `total` of the job's progress."""

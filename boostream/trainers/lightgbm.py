@@ -49,6 +49,7 @@ class LightGBMTrainer:
     native_media_type = "text/plain"  # LightGBM's text model: lightgbm.Booster(model_str=...)
     native_extension = "txt"
     takes_era = False
+    takes_weights = True
     params: Sequence[ParamSpec] = (
         ParamSpec("n_estimators", int, 100, "Boosting rounds.", minimum=1, maximum=100_000),
         ParamSpec(
@@ -162,10 +163,13 @@ class LightGBMTrainer:
         if objective == "multiclass":
             booster_params["num_class"] = len(data.classes or ())
         dataset_params = {"max_bin": params["max_bin"], "verbose": -1, "num_threads": self.num_threads}
-        train_set = lightgbm.Dataset(data.X, data.y, feature_name=data.feature_names, params=dataset_params)
+        train_set = lightgbm.Dataset(
+            data.X, data.y, weight=data.weight, feature_name=data.feature_names, params=dataset_params
+        )
         valid_sets, valid_names = [train_set], ["train"]
         if data.has_validation:
-            valid_sets.append(lightgbm.Dataset(data.X_valid, data.y_valid, reference=train_set))
+            valid_set = lightgbm.Dataset(data.X_valid, data.y_valid, weight=data.weight_valid, reference=train_set)
+            valid_sets.append(valid_set)
             valid_names.append("valid")
         history = RoundHistory(
             f"valid_{_OBJECTIVE_METRIC[objective]}" if data.has_validation else None,
