@@ -108,6 +108,8 @@ REQUEST_FIELDS = frozenset(
         "target",
         "features",
         "era",
+        "weight",
+        "valid_rows",
         "model_type",
         "objective",
         "valid_fraction",

@@ -181,6 +181,9 @@ def test_bodies_held_before_decoding_are_bounded_and_the_rest_told_to_come_back(
         time.sleep(0.5)  # their share is given back once the server sees them gone
         job_id = server.create_job(body_for(diabetes, 5))
         assert server.wait_for_job(job_id)["status"] == "succeeded"
+        log = server.log()
+        assert log.count("POST /jobs: the client left before its body came whole") == 2, log[-3000:]
+        assert "Traceback" not in log, "a client that leaves mid-upload is one line"
 
 
 def read_until_closed(connection: socket.socket, timeout: float) -> bytes:

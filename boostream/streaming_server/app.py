@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 from boostream.config import Settings
@@ -22,6 +23,7 @@ from boostream.mcp_server import McpEndpoint
 from boostream.service import Service
 from boostream.streaming_server.access import Access, Gate, HostNames, Origins, RateLimits, Sessions
 from boostream.streaming_server.errors import (
+    handle_client_gone,
     handle_domain_error,
     handle_http_exception,
     handle_storage_error,
@@ -86,6 +88,7 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
         exception_handlers={
             BoostreamError: handle_domain_error,
+            ClientDisconnect: handle_client_gone,  # a client that left mid-upload: one log line
             HTTPException: handle_http_exception,  # Starlette's: no such route, a method a route does not take
             sqlite3.Error: handle_storage_error,  # the job store: a full disk is 507
             Exception: handle_unexpected_error,

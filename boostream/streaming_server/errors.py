@@ -12,11 +12,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from boostream import errors
 from boostream.errors import BoostreamError, quotable
 
 log = logging.getLogger("boostream.http")
+# Set in a request's scope once its body has come whole (`slow_clients.BodyIdleTimeout`).
+BODY_WHOLE = "boostream.body_whole"
 UNEXPECTED = "the server failed unexpectedly; its log says why. Try again, and report it if it persists"
 # The status of each domain error; a subclass takes its nearest listed ancestor's.
 STATUS: dict[type[BoostreamError], int] = {
@@ -68,7 +71,27 @@ def error_response(error: BoostreamError) -> JSONResponse:
 
 async def handle_domain_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, BoostreamError)
-    return error_response(error)
+    response = error_response(error)
+    if body_unread(request.scope):  # refused before its body came whole: not read to its end
+        response.headers["Connection"] = "close"
+    return response
+
+
+def body_unread(scope: Scope) -> bool:
+    """Whether the request has a body that has not come whole: an answer before its end should
+    close the connection, or the server would read the rest (gigabytes, maybe) to reuse it."""
+    if scope.get(BODY_WHOLE):
+        return False
+    headers = dict(scope.get("headers") or [])
+    return headers.get(b"content-length", b"0") not in (b"0", b"") or b"transfer-encoding" in headers
+
+
+async def handle_client_gone(request: Request, error: Exception) -> JSONResponse:
+    """A client that left before its request's body came whole: one line, not a traceback. (The
+    answer goes nowhere; the access log records it.)"""
+    log.info("%s %s: the client left before its body came whole", request.method, quotable(request.url.path))
+    error = ApiError(400, "client_left", "the request's body did not come whole")
+    return JSONResponse({"error": error.details()}, status_code=400)
 
 
 async def handle_http_exception(request: Request, error: Exception) -> JSONResponse:

@@ -405,7 +405,7 @@ def _path_id(name: str, description: str) -> dict[str, Any]:
 
 
 def _table_query_parameters(trainers: Mapping[str, Any], train_request: dict[str, Any]) -> list[dict[str, Any]]:
-    """A CSV or Parquet body's fields, as query parameters: its columns, the options (with the JSON
+    """A CSV, Parquet or Arrow body's fields, as query parameters: its columns, the options (with the JSON
     request's schemas), and each backend's hyperparameters by name."""
     from boostream.requests import tables  # pyarrow loads in ~0.3 s: only when the document is made
 
@@ -428,6 +428,18 @@ def _table_query_parameters(trainers: Mapping[str, Any], train_request: dict[str
             "in": "query",
             "schema": {"type": "string"},
             "description": "A table body, WarpGBM: the column of era ids.",
+        },
+        {
+            "name": "weight",
+            "in": "query",
+            "schema": {"type": "string"},
+            "description": "A table body, LightGBM: the column of sample weights.",
+        },
+        {
+            "name": "valid_rows",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1},
+            "description": "A table body: its last this many rows are the validation set.",
         },
     ]
     assert {parameter["name"] for parameter in parameters} == set(tables.TABLE_FIELDS)

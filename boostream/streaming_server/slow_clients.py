@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from boostream.errors import BoostreamError, TooSlow
-from boostream.streaming_server.errors import ApiError
+from boostream.streaming_server.errors import BODY_WHOLE, ApiError
 
 log = logging.getLogger("boostream")
 
@@ -89,7 +89,7 @@ class BodyIdleTimeout:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        watched = _Watched(receive, self.idle_s)
+        watched = _Watched(receive, self.idle_s, scope)
         try:
             await self.app(scope, watched.receive, send)
         finally:
@@ -101,8 +101,9 @@ class _Watched:
     thousands of parts, and a timeout per part (`asyncio.wait_for`) cost 0.5 s of the event loop
     per GB."""
 
-    def __init__(self, receive: Receive, idle_s: float) -> None:
+    def __init__(self, receive: Receive, idle_s: float, scope: Scope) -> None:
         self._receive = receive
+        self._scope = scope
         self.idle_s = idle_s
         self._loop = asyncio.get_running_loop()
         self._last = self._loop.time()
@@ -133,6 +134,7 @@ class _Watched:
         self._last = self._loop.time()
         if message["type"] != "http.request" or not message.get("more_body", False):
             self._body_done = True
+            self._scope[BODY_WHOLE] = message["type"] == "http.request"
             self._timer.cancel()
         return message
 
