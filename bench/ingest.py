@@ -1,17 +1,19 @@
-"""Ingestion of the same table as JSON, CSV and Parquet: decoding alone, and training end to end.
+"""Ingestion of the same table as JSON, CSV, Parquet and Arrow: decoding alone, and training end to end.
 
 One synthetic regression table (fixed seed; 50 feature columns f0.. and the label y) is written to a
-temporary folder three ways: the JSON body of POST /train/stream (orjson), CSV and Parquet (pyarrow,
-its defaults: snappy, one row group per 1M rows). All three hold exactly the same doubles.
+temporary folder four ways: the JSON body of POST /train/stream (orjson), CSV, Parquet (pyarrow,
+its defaults: snappy, one row group per 1M rows) and an Arrow IPC stream (pyarrow, uncompressed).
+All four hold exactly the same doubles.
 
   (a) decode only, in process, each format in a fresh subprocess so that their peaks do not mix:
       the server's `decode_train_request` on the JSON body (read into memory first, as the server
-      holds it), `decode_table_request` on the CSV and Parquet files (on disk, as the server spools
-      them). Each subprocess decodes twice: `cold` is the first decode (fresh memory to fault in,
+      holds it), `decode_table_request` on the CSV, Parquet and Arrow files (on disk, as the server
+      spools them). Each subprocess decodes twice: `cold` is the first decode (fresh memory to fault in,
       pyarrow's or simdjson's first use), `warm` the second, as a long-running server would.
       Reported: seconds, CPU seconds, MB/s of the source bytes, and the peak resident memory above
       the subprocess's before it loaded anything (VmHWM - VmRSS; the JSON body in memory counts).
-      Target: Parquet decodes at least 5x faster than JSON (the same table, warm and cold).
+      Targets: Parquet decodes at least 5x faster than JSON, Arrow at least 3x faster than Parquet
+      (the same table, warm and cold).
   (b) end to end: the Parquet body POSTed to /train/stream (fields in the query string) with
       LightGBM, --rounds rounds, against the same training in process (bench/e2e_overhead.py's
       in_process_fit: the server's parameters, the same thread count); the timer runs from just
@@ -61,10 +63,16 @@ from _common import (  # noqa: E402
     verdict,
 )
 
-FORMATS = ("json", "csv", "parquet")
-CONTENT_TYPES = {"json": "application/json", "csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
+FORMATS = ("json", "csv", "parquet", "arrow")
+CONTENT_TYPES = {
+    "json": "application/json",
+    "csv": "text/csv",
+    "parquet": "application/vnd.apache.parquet",
+    "arrow": "application/vnd.apache.arrow.stream",
+}
 TARGET = "y"
 PARQUET_SPEEDUP_TARGET = 5.0
+ARROW_SPEEDUP_TARGET = 3.0
 E2E_RATIO_TARGET = 1.05
 
 
@@ -78,11 +86,13 @@ def write_sources(folder: Path, X: np.ndarray, y: np.ndarray, rounds: int) -> di
     table = pa.table({**{f"f{i}": X[:, i] for i in range(X.shape[1])}, TARGET: y})
     pcsv.write_csv(table, paths["csv"])
     pq.write_table(table, paths["parquet"])
+    with pa.ipc.new_stream(str(paths["arrow"]), table.schema) as writer:
+        writer.write_table(table)
     return paths
 
 
 def table_fields(rounds: int) -> dict[str, str]:
-    """The fields of a CSV or Parquet request that match the JSON body's."""
+    """The fields of a table request (CSV, Parquet, Arrow) that match the JSON body's."""
     return {"target": TARGET, "model_type": "lightgbm", "n_estimators": str(rounds)}
 
 
@@ -191,7 +201,7 @@ def bench_decoding(paths: dict[str, Path], args: argparse.Namespace, x_mib: floa
         results[kind]["size_mb"] = size_mb
     same = len({json.dumps(c) for c in checksums.values()}) == 1
     print(
-        f"  X is {x_mib:.0f} MiB; all three decoded the same X and y (sha256 of X's values "
+        f"  X is {x_mib:.0f} MiB; all four decoded the same X and y (sha256 of X's values "
         f"in C order and of y, shape): {same} {checksums['parquet']}; X's order: {orders}"
     )
     return results
@@ -305,7 +315,7 @@ def main() -> int:
         decode_child(args.decode_child[0], Path(args.decode_child[1]), args.rounds, args.threads)
         return 0
 
-    print_header(f"ingest: JSON, CSV and Parquet bodies of {size_label(args.rows, args.cols)}")
+    print_header(f"ingest: JSON, CSV, Parquet and Arrow bodies of {size_label(args.rows, args.cols)}")
     with Watchdog(args.max_seconds), tempfile.TemporaryDirectory(prefix="boostream-ingest-") as folder:
         started = time.perf_counter()
         X, y = regression_data(args.rows, args.cols, args.seed)
@@ -331,6 +341,9 @@ def summarize(decoded: dict[str, dict[str, float]] | None, ended: dict[str, Any]
             speedup = decoded["json"][f"{run}_s"] / decoded["parquet"][f"{run}_s"]
             met = "MET" if speedup >= PARQUET_SPEEDUP_TARGET else "MISSED"
             print(f"Parquet decode speed-up over JSON, {run}: {speedup:.1f}x -> {met} (>= {PARQUET_SPEEDUP_TARGET:g}x)")
+            speedup = decoded["parquet"][f"{run}_s"] / decoded["arrow"][f"{run}_s"]
+            met = "MET" if speedup >= ARROW_SPEEDUP_TARGET else "MISSED"
+            print(f"Arrow decode speed-up over Parquet, {run}: {speedup:.1f}x -> {met} (>= {ARROW_SPEEDUP_TARGET:g}x)")
     if ended is None:
         return
     inproc, parquet = ended["inproc_s"], ended["parquet"]

@@ -227,6 +227,42 @@ def test_headers_that_do_not_come_whole_in_time_get_408_and_the_connection_close
         assert "Traceback" not in server.log()
 
 
+def test_a_refusal_before_the_body_has_come_closes_the_connection(server: Server):
+    address = ("127.0.0.1", int(server.url.rsplit(":", 1)[1]))
+    declared = b"Content-Length: 200000000\r\n\r\n{"
+    for request, status in (
+        (b"POST /no/such/route HTTP/1.1\r\nHost: 127.0.0.1\r\n", b"404"),  # Starlette's routing
+        (b"POST /jobs HTTP/1.1\r\nHost: rebound.example\r\n", b"421"),  # the access checks
+        (b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n", b"415"),  # a domain error
+    ):
+        with socket.create_connection(address) as connection:
+            connection.sendall(request + declared)
+            answer = read_until_closed(connection, 5)  # closed, not kept to read 200 MB it will never use
+        head = answer.partition(b"\r\n\r\n")[0].lower()
+        assert head.startswith(b"http/1.1 " + status) and b"connection: close" in head, answer
+
+
+def test_a_pipelined_request_whose_headers_stall_behind_a_stream_still_gets_408(tmp_path, diabetes):
+    from test_jobs import body_for, long_body
+
+    with running_server(tmp_path, header_timeout_s=1.0) as server:
+        job_id = server.create_job(long_body(diabetes))
+        with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1]))) as connection:
+            connection.sendall(
+                f"GET /jobs/{job_id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+                + b"GET /health HTTP/1.1\r\nHo"  # the next request, half sent behind the stream
+            )
+            time.sleep(2.5)  # past the header timeout, while the stream is still being sent
+            with server.client() as client:
+                assert client.post(f"/jobs/{job_id}/cancel").status_code == 202
+            started = time.monotonic()
+            answer = read_until_closed(connection, 10)
+        assert b"event: cancelled" in answer
+        assert b"HTTP/1.1 408" in answer.split(b"event: cancelled", 1)[1], answer[-600:]
+        assert time.monotonic() - started < 5
+        assert server.wait_for_job(server.create_job(body_for(diabetes, 3)))["status"] == "succeeded"
+
+
 def test_bytes_that_are_not_http_get_a_json_400(server: Server):
     with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1]))) as connection:
         connection.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: x\r\n\r\n")
@@ -322,7 +358,8 @@ def test_a_full_disk_fails_the_jobs_it_stops_answers_507_and_needs_no_restart_on
 
         filler.unlink()
         deadline = time.monotonic() + 10
-        while "its end is recorded" not in server.log().split(running[-1])[-1]:
+        # (Not the log's last line about the job: its webhook may be logged right after.)
+        while f"job {running[-1]}: its end is recorded" not in server.log():
             assert time.monotonic() < deadline, "the ends were never written once there was room"
             time.sleep(0.1)
         assert [client.get(f"/jobs/{job_id}").json()["status"] for job_id in running] == ["failed", "failed"]

@@ -41,11 +41,11 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def arrow_bytes(table: pa.Table, file_format: bool = False) -> bytes:
+def arrow_bytes(table: pa.Table, file_format: bool = False, compression: str | None = None) -> bytes:
     """The table as an Arrow IPC stream (or in the IPC file format), in batches of 100 rows."""
     sink = pa.BufferOutputStream()
     writer = pa.ipc.new_file if file_format else pa.ipc.new_stream
-    with writer(sink, table.schema) as out:
+    with writer(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as out:
         out.write_table(table, max_chunksize=100)
     return sink.getvalue().to_pybytes()
 
@@ -349,7 +349,16 @@ BAD_TABLES = [
     ("CSV sent as Arrow", csv_bytes(NUMBERS), ARROW, {"target": "y"}, 400, "file", "not an Arrow IPC stream"),
     (
         "a cut-off Arrow stream", arrow_bytes(NUMBERS)[:-60], ARROW, {"target": "y"}, 400, "file",
-        "cannot read the table as ARROW",
+        "no end-of-stream marker",
+    ),
+    (
+        # Cut between two batches: every message whole, only the marker missing.
+        "an Arrow stream cut after a batch", arrow_bytes(NUMBERS)[:-8], ARROW, {"target": "y"}, 400, "file",
+        "no end-of-stream marker",
+    ),
+    (
+        "a compressed Arrow stream", arrow_bytes(NUMBERS, compression="zstd"), ARROW, {"target": "y"}, 400, "file",
+        "send it uncompressed",
     ),
     # pyarrow infers types from the first 1 MiB; the column is read as numbers all the same.
     (

@@ -62,6 +62,7 @@ HEAD_BYTES = 512
 PARQUET_MAGIC = b"PAR1"
 # An Arrow IPC stream starts with a message's continuation marker; the file format with its magic.
 ARROW_STREAM_MAGIC, ARROW_FILE_MAGIC = b"\xff\xff\xff\xff", b"ARROW1"
+ARROW_END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 EXPECTED = {
     "csv": "CSV text, a header row then a row per sample",
     "parquet": "a Parquet file",
@@ -434,25 +435,89 @@ def _read_parquet(source: pa.NativeFile, choose: Callable[[pa.Schema], _Columns]
 
 def _read_arrow(source: pa.NativeFile, choose: Callable[[pa.Schema], _Columns], max_cells: int) -> _Table:
     """An Arrow IPC stream or file, its buffers those of the map `_arrow_source` gives it (no copy),
-    its feature columns copied into X one at a time."""
+    its feature columns copied into X one at a time. Its messages are checked before any is
+    decoded: the rows they declare against `max_cells`, and no compressed buffers (a few kB of zstd
+    could decode to gigabytes in this process; uncompressed, the table is mapped, not read)."""
     is_file = source.read(len(ARROW_FILE_MAGIC)) == ARROW_FILE_MAGIC
+    if not is_file:
+        size = source.size()
+        source.seek(max(0, size - len(ARROW_END_OF_STREAM)))
+        if source.read(len(ARROW_END_OF_STREAM)) != ARROW_END_OF_STREAM:
+            cut = "the Arrow stream has no end-of-stream marker: it was cut short, or its writer was not closed"
+            raise InvalidData("file", cut)
+    rows, compressed = _arrow_batches(source, 8 if is_file else 0)
     source.seek(0)
     reader = ipc.open_file(source) if is_file else ipc.open_stream(source)
     columns = choose(reader.schema)
-    table = reader.read_all()
-    rows, width = table.num_rows, len(columns.features)
+    width = len(columns.features)
     if rows == 0:
         raise InvalidData("file", "the table has no rows")
     if rows * width > max_cells:
         raise TooLarge(
             f"the table has {rows} rows x {width} features = {rows * width} values, more than the limit of {max_cells}"
         )
+    if compressed:
+        raise InvalidData("file", "the Arrow stream's buffers are compressed: send it uncompressed (it is then mapped)")
+    table = reader.read_all()
     X = memory.empty((rows, width), order="F")
     for index, name in enumerate(columns.features):
         _copy_column(X[:, index], name, table.column(name))
     era = table.column(columns.era) if columns.era else None
     weight = table.column(columns.weight) if columns.weight else None
     return _Table(columns, X, table.column(columns.target), era, weight)
+
+
+def _arrow_batches(source: pa.NativeFile, start: int) -> tuple[int, bool]:
+    """The rows that an IPC stream's record batches declare, and whether any message's buffers are
+    compressed, read from the messages' metadata (flatbuffers) without decoding their bodies."""
+    source.seek(start)
+    messages = ipc.MessageReader.open_stream(source)
+    rows, compressed = 0, False
+    while True:
+        try:
+            message = messages.read_next_message()
+        except StopIteration:
+            break
+        if message.type not in ("record batch", "dictionary"):
+            continue
+        meta = _Flatbuffer(message.metadata.to_pybytes())
+        header = meta.table(meta.root, 2)  # Message.header
+        if message.type == "dictionary":
+            header = meta.table(header, 1)  # DictionaryBatch.data, a RecordBatch
+        else:
+            rows += meta.int64(header, 0)  # RecordBatch.length
+        compressed = compressed or meta.has(header, 3)  # RecordBatch.compression
+    return rows, compressed
+
+
+class _Flatbuffer:
+    """Just enough of the flatbuffers format to read a field of an Arrow message's metadata."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.root = self._u32(0)
+
+    def has(self, table: int, field: int) -> bool:
+        return self._offset(table, field) != 0
+
+    def int64(self, table: int, field: int) -> int:
+        offset = self._offset(table, field)
+        return int.from_bytes(self.data[table + offset : table + offset + 8], "little", signed=True) if offset else 0
+
+    def table(self, table: int, field: int) -> int:
+        offset = self._offset(table, field)
+        if not offset:
+            raise InvalidData("file", "an Arrow message's metadata lacks a field it needs")
+        return table + offset + self._u32(table + offset)
+
+    def _offset(self, table: int, field: int) -> int:
+        vtable = table - int.from_bytes(self.data[table : table + 4], "little", signed=True)
+        size = int.from_bytes(self.data[vtable : vtable + 2], "little")
+        at = vtable + 4 + 2 * field
+        return int.from_bytes(self.data[at : at + 2], "little") if at + 2 <= vtable + size else 0
+
+    def _u32(self, at: int) -> int:
+        return int.from_bytes(self.data[at : at + 4], "little")
 
 
 def _copy_column(into: np.ndarray, name: str, column: pa.ChunkedArray) -> None:

@@ -31,7 +31,7 @@ from boostream.streaming_server.errors import (
 )
 from boostream.streaming_server.observe import Metrics, Observed
 from boostream.streaming_server.routes import Routes
-from boostream.streaming_server.slow_clients import BodyIdleTimeout, header_timeout_protocol
+from boostream.streaming_server.slow_clients import BodyIdleTimeout, CloseUnread, header_timeout_protocol
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -44,9 +44,11 @@ def create_app(settings: Settings) -> Starlette:
     mcp = McpEndpoint(service)
     gate, origins = Gate(service), Origins(settings.extra_origins)
     sessions, metrics = Sessions(gate), Metrics()
-    # Outermost first: every request is counted and logged; CORS answers the preflights of the
-    # origins listed; every request passes the access checks; a body that stops arriving is timed out.
+    # Outermost first: an answer before the body's end closes the connection; every request is
+    # counted and logged; CORS answers the preflights of the origins listed; every request passes
+    # the access checks; a body that stops arriving is timed out.
     middleware = [
+        Middleware(CloseUnread),
         Middleware(Observed, metrics=metrics),
         Middleware(
             Access,
@@ -60,7 +62,7 @@ def create_app(settings: Settings) -> Starlette:
     ]
     if origins.pattern is not None:
         middleware.insert(
-            1,
+            2,
             Middleware(
                 CORSMiddleware,
                 allow_origin_regex=origins.pattern.pattern,

@@ -71,10 +71,7 @@ def error_response(error: BoostreamError) -> JSONResponse:
 
 async def handle_domain_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, BoostreamError)
-    response = error_response(error)
-    if body_unread(request.scope):  # refused before its body came whole: not read to its end
-        response.headers["Connection"] = "close"
-    return response
+    return error_response(error)
 
 
 def body_unread(scope: Scope) -> bool:

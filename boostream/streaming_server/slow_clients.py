@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from boostream.errors import BoostreamError, TooSlow
-from boostream.streaming_server.errors import BODY_WHOLE, ApiError
+from boostream.streaming_server.errors import BODY_WHOLE, ApiError, body_unread
 
 log = logging.getLogger("boostream")
 
@@ -57,8 +57,12 @@ class _HeaderTimeout(HttpToolsProtocol):
 
     def _headers_too_slow(self) -> None:
         self._header_timer = None
-        if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
-            return  # a pipelined request's start, while an answer is still being sent: left to that answer
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined request's start while an answer is still being sent: its time runs on.
+            self._header_timer = self.loop.call_later(self.timeout_s, self._headers_too_slow)
+            return
         message = f"the request's headers did not come whole within {self.timeout_s:g} s; send them at once"
         self._answer_and_close(408, "Request Timeout", TooSlow(message))
         client = "{}:{}".format(*self.client) if self.client else "a client"
@@ -74,6 +78,28 @@ class _HeaderTimeout(HttpToolsProtocol):
         head = f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
         self.transport.write(head.encode() + b"connection: close\r\n\r\n" + body)
         self.transport.close()
+
+
+class CloseUnread:
+    """ASGI middleware, outermost: an answer sent before the request's body came whole (a refusal
+    of any kind: a missing key, a wrong host, a body too large) closes the connection, else uvicorn
+    would read the rest of the body, gigabytes maybe, and no timeout would apply while it did."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and body_unread(scope):
+                headers = [(name, value) for name, value in message.get("headers", []) if name.lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, closing_send)
 
 
 class BodyIdleTimeout:
