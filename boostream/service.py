@@ -225,10 +225,11 @@ class Service:
         """The backends that cannot train here, with the reason."""
         return {name: a.reason or "unavailable" for name, a in self.availability.items() if not a.available}
 
-    def body_buffer(self, size: int) -> bytearray | SharedBody:
-        """Memory for a JSON body of `size` bytes, where `decode_json` reads it best: shared with
-        the decoder processes where they run, its pages taken only as the bytes are written."""
-        return SharedBody(size) if self._decoders is not None and size > 0 else bytearray(size)
+    @property
+    def body_buffer(self) -> type[bytearray] | type[SharedBody]:
+        """What holds a JSON training body, where `decode_json` reads it best: memory shared with
+        the decoder processes where they run (its pages taken only as the bytes are written)."""
+        return SharedBody if self._decoders is not None else bytearray
 
     async def decode_json(self, body: bytes | bytearray | SharedBody) -> TrainSpec:
         """Decode and check a JSON training body, in a decoder process where the system allows (the
@@ -266,20 +267,8 @@ class Service:
             decode_table_request, file, kind, fields, self.trainers, self.unavailable, self.settings.max_cells, where
         )
 
-    async def decode_predict(self, body: bytes | bytearray | SharedBody) -> tuple[PredictRequestBody, np.ndarray]:
-        """Decode a prediction request in a thread; a body from `body_buffer` is freed once read."""
-        max_cells = self.settings.max_cells
-        if not isinstance(body, SharedBody):
-            return await anyio.to_thread.run_sync(decode_predict_request, body, max_cells)
-
-        def decode(shared: SharedBody) -> tuple[PredictRequestBody, np.ndarray]:
-            try:
-                content = shared[:]  # the decoder searches it with bytes' methods, which a map lacks
-            finally:
-                shared.close()
-            return decode_predict_request(content, max_cells)
-
-        return await anyio.to_thread.run_sync(decode, body)
+    async def decode_predict(self, body: bytes | bytearray) -> tuple[PredictRequestBody, np.ndarray]:
+        return await anyio.to_thread.run_sync(decode_predict_request, body, self.settings.max_cells)
 
     # What there is
 

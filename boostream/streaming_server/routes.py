@@ -149,7 +149,7 @@ class Routes:
                 415, "unsupported_media_type", f"send the prediction request as application/json, not {media_type}"
             )
         with self.bodies.share() as share:
-            body = await read_body(request, self.service.settings.max_body_bytes, self.service.body_buffer, share=share)
+            body = await read_body(request, self.service.settings.max_body_bytes, share=share)
             async with self.service.ingest_slot():
                 parsed, X = await self.service.decode_predict(body)
             del body  # not held while predicting: it may be a gigabyte

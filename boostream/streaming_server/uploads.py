@@ -19,7 +19,7 @@ import dataclasses
 import mmap
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, overload
 
@@ -128,27 +128,33 @@ async def read_body(request: Request, limit: int, *, share: Share | None = None)
 
 @overload
 async def read_body(
-    request: Request, limit: int, allocate: Callable[[int], Buffer], *, share: Share | None = None
+    request: Request, limit: int, allocate: type[Buffer], *, share: Share | None = None
 ) -> Buffer | bytearray: ...
 
 
 async def read_body(
-    request: Request, limit: int, allocate: Callable[[int], Any] = bytearray, *, share: Share | None = None
+    request: Request, limit: int, allocate: type[Any] = bytearray, *, share: Share | None = None
 ) -> Any:
     """The body, refused (TooLarge) as soon as it is known to exceed `limit`, before reading the rest.
     With a Content-Length the buffer is allocated once, by `allocate`: growing it chunk by chunk
-    cost seconds per GB. A map's pages are taken COMMIT_STEP_BYTES at a time as the bytes come,
-    each step counted against `share`; a bytearray's all at once. Without a Content-Length, the body
-    grows in a bytearray."""
+    cost seconds per GB. Where `allocate` makes a map (a class of mmap), its pages are taken
+    COMMIT_STEP_BYTES at a time as the bytes come, each step counted against `share`; anything else
+    (a bytearray, zero-filled at once) is counted whole before it is allocated. Without a
+    Content-Length, the body grows in a bytearray, counted as it grows."""
     declared = declared_length(request, limit)
+    if declared == 0:
+        return bytearray()  # a map cannot be empty
     if declared is not None:
+        lazy = isinstance(allocate, type) and issubclass(allocate, mmap.mmap)
+        if not lazy and share is not None:
+            share.take(declared)
         # Zero-filling fresh memory takes about 0.5 s per GB here: not on the event loop.
         body = (
             allocate(declared)
             if declared < LOOP_ALLOCATION_BYTES
             else await anyio.to_thread.run_sync(allocate, declared)
         )
-        view, filled, taken = memoryview(body), 0, 0
+        view, filled, taken = memoryview(body), 0, 0 if lazy else declared
         async for chunk in request.stream():
             end = filled + len(chunk)
             if end > len(body):
