@@ -12,6 +12,7 @@ Errors come as exceptions: `ApiError` when the server answered with an error (it
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import functools
@@ -228,8 +229,8 @@ class Client:
             data, target, model=model, objective=objective, params=params, valid=valid,
             features=features, weight=weight, timeout_s=timeout_s,
         )  # fmt: skip
-        self.watch(job_id, progress=progress)
-        return self.result(job_id)
+        complete = self.watch(job_id, progress=progress)
+        return self._trained(job_id, model, objective, complete)
 
     def start(
         self,
@@ -252,7 +253,8 @@ class Client:
         `weight`: sample weights (LightGBM), the name of a column (of the validation table too,
         where there is one) or an array as long as `data`. Tables go as an Arrow IPC stream; to a
         server that takes no Arrow, as Parquet."""
-        fields: dict[str, str] = {"model_type": model, "objective": objective}
+        # Native: the model in the `complete` event is one `train` can load without another download.
+        fields: dict[str, str] = {"model_type": model, "objective": objective, "artifact_format": "native"}
         fields.update({name: _field_text(value) for name, value in (params or {}).items()})
         if features is not None:
             fields["features"] = ",".join(features)
@@ -302,9 +304,6 @@ class Client:
 
     def result(self, job_id: str) -> TrainedModel:
         """The model a job trained, loaded from its native form, with its metrics and curve."""
-        from boostream.models.predicting import LoadedModel, model_classes
-        from boostream.trainers import create_trainers
-
         done = self._json("GET", f"/jobs/{job_id}")
         if done["status"] != "succeeded":
             error = done.get("error") or {}
@@ -312,9 +311,20 @@ class Client:
                 job_id, error.get("code", done["status"]), error.get("message", f"the job is {done['status']}"),
                 error.get("field"),
             )  # fmt: skip
-        complete = self.job_result(job_id)
-        artifact = self._send("GET", f"/artifacts/{complete['artifact_id']}", params={"format": "native"}).content
-        trainer = create_trainers(0)[done["model_type"]]
+        return self._trained(job_id, done["model_type"], done["objective"], self.job_result(job_id))
+
+    def _trained(self, job_id: str, model_type: str, objective: str, complete: Mapping[str, Any]) -> TrainedModel:
+        """The model of a `complete` event's data: from the event itself where it carries the native
+        form, else downloaded in it (never a pickle)."""
+        from boostream.models.predicting import LoadedModel, model_classes
+        from boostream.trainers import create_trainers
+
+        if complete.get("format") == "native" and "artifact" in complete:
+            artifact = base64.b64decode(complete["artifact"])
+        else:
+            url = f"/artifacts/{complete['artifact_id']}"
+            artifact = self._send("GET", url, params={"format": "native"}).content
+        trainer = create_trainers(0)[model_type]
         model = trainer.from_native(artifact, trusted=True)  # from this client's own server
         shape = trainer.describe(model)
         curve = complete.get("curve") or {}
@@ -323,8 +333,8 @@ class Client:
             model=model,
             job_id=job_id,
             artifact_id=complete["artifact_id"],
-            model_type=done["model_type"],
-            objective=done["objective"],
+            model_type=model_type,
+            objective=objective,
             metrics=complete["metrics"],
             curve=dict(curve.get("metrics", {})),
             iterations=complete["iterations"],

@@ -98,6 +98,12 @@ class Settings:
         return threads_per_job(self.threads_per_job)
 
     @property
+    def predict_threads(self) -> int:
+        """LightGBM threads for /predict in the API process: those of a job, or where the cores are
+        shared out, the share of each of `cpu_jobs` (predictions run beside training)."""
+        return self.threads_per_job or max(1, machine_cores() // max(1, self.cpu_jobs))
+
+    @property
     def shared_cores(self) -> int:
         """The cores the CPU jobs share out among themselves; 0 where each has its fixed threads."""
         return shared_cores(self.threads_per_job)

@@ -15,8 +15,8 @@ import pyarrow as pa
 
 # The label column's name where the label comes as an array beside the features; the sample
 # weights' likewise.
-TARGET_COLUMN = "target"
-WEIGHT_COLUMN = "weight"
+TARGET_COLUMN = "__target__"
+WEIGHT_COLUMN = "__weight__"
 
 
 def as_table(data: Any) -> pa.Table:
@@ -60,7 +60,7 @@ def with_column(table: pa.Table, name: str, values: Any) -> pa.Table:
     if len(array) != table.num_rows:
         raise ValueError(f"{name} has {len(array)} values, but the table has {table.num_rows} rows")
     if name in table.column_names:
-        raise ValueError(f"the table has a column named {name!r} already: name that column instead")
+        raise ValueError(f"the table has a column named {name!r} already")
     return table.append_column(name, array)
 
 
@@ -69,8 +69,10 @@ def stacked(train: pa.Table, valid: pa.Table) -> pa.Table:
     missing = [name for name in train.column_names if name not in valid.column_names]
     if missing:
         raise ValueError(f"the validation table has no column {missing[0]!r}")
-    valid = valid.select(train.column_names).cast(train.schema)
-    return pa.concat_tables([train, valid])
+    valid = valid.select(train.column_names)
+    # An integer column in one and fractions in the other, say: both as the type that holds either.
+    schema = pa.unify_schemas([train.schema, valid.schema], promote_options="permissive")
+    return pa.concat_tables([train.cast(schema), valid.cast(schema)])
 
 
 def ipc_stream(table: pa.Table) -> bytes:

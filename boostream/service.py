@@ -65,7 +65,7 @@ class Service:
 
     def __init__(self, settings: Settings, model_types: Collection[str] | None = None) -> None:
         self.settings = settings
-        trainers = create_trainers(settings.lightgbm_threads)
+        trainers = create_trainers(settings.predict_threads)  # these predict here; workers train
         chosen = {
             name: trainer for name, trainer in trainers.items() if model_types is not None and name in model_types
         }

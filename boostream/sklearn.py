@@ -7,7 +7,8 @@ this process. The server is `server` (else $BOOSTREAM_SERVER, else the default),
 `fit`, so estimators clone and pickle without a connection. Hyperparameters left at None are the
 backend's defaults; `params` takes any other the backend lists in `GET /models`.
 
-scikit-learn is not a dependency of the package: this module needs it installed.
+scikit-learn is not a dependency of the package: this module needs it installed, 1.6 or later
+(`validate_data`, `__sklearn_tags__`).
 """
 
 from __future__ import annotations

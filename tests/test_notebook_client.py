@@ -130,3 +130,19 @@ def test_weights_go_as_an_array_or_as_a_column(server: Server, frame):
     np.testing.assert_array_equal(by_array.predict(X), by_column.predict(X))
     assert by_column.feature_names == by_array.feature_names == plain.feature_names
     assert not np.allclose(by_array.predict(X), plain.predict(X))
+
+
+def test_the_model_comes_once_in_the_complete_event_and_columns_of_any_name_are_kept(server: Server, frame):
+    # A feature named `weight`, weights given apart, and a validation table whose integer column
+    # holds fractions where the training table's holds whole numbers.
+    train = frame.iloc[:300].assign(weight=np.arange(300) % 3, age=lambda f: (f["age"] * 100).round().astype("int64"))
+    valid = frame.iloc[300:].assign(weight=np.arange(142) % 3, age=lambda f: f["age"] * 100.5)
+    before = server.log().count('"path":"/artifacts/')
+    with Client(server.url) as client:
+        trained = client.train(
+            train, target="target", params=PARAMS, weight=np.linspace(0.5, 2, 300), valid=0.2, progress=False
+        )
+        validated = client.train(train, target="target", params=PARAMS, valid=valid, progress=False)
+    assert "weight" in trained.feature_names and "age" in validated.feature_names
+    assert validated.metrics["valid_l2"] is not None
+    assert server.log().count('"path":"/artifacts/') == before, "train loads the model from its complete event"

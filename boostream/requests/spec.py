@@ -89,7 +89,7 @@ def build_spec(
     data = read_data()
     if data.era is not None and not trainer.takes_era:
         raise _not_taken("era", "era splitting", [other for other in trainers.values() if other.takes_era])
-    if data.weight is not None and not trainer.takes_weights:
+    if (data.weight is not None or data.weight_valid is not None) and not trainer.takes_weights:
         takers = [other for other in trainers.values() if other.takes_weights]
         raise _not_taken("weight", "training with sample weights", takers)
     trainer.check(data, options.objective, params)
