@@ -46,6 +46,9 @@ STREAM_READ_TIMEOUT_S = 60.0
 UPLOAD_ANSWER_TIMEOUT_S = 600.0
 RECONNECTS = 6
 GATEWAY_ERRORS = (502, 503, 504)
+# Refusals that say when to come back (Retry-After): the queue, the server's room for bodies, a
+# key's request rate. Not a key's quota of jobs, which frees only as its own jobs end.
+RETRIED_CODES = frozenset({"queue_full", "busy", "rate_limited"})
 MAX_BACKOFF_S = 30.0
 
 
@@ -60,14 +63,18 @@ def api_key_from_environment(given: str | None) -> str | None:
 
 
 class ApiError(Exception):
-    """The server refused a request: `status` is its HTTP status, the rest its error body."""
+    """The server refused a request: `status` is its HTTP status, the rest its error body, and
+    `retry_after_s` its Retry-After (seconds), where it said when to try again."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, field: str | None = None, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.status = status
         self.code = code
         self.message = message
         self.field = field
+        self.retry_after_s = retry_after_s
 
 
 class Unreachable(Exception):
@@ -374,14 +381,23 @@ class Client:
         return str(job["job_id"])
 
     def _post_table(self, body: bytes, kind: str, fields: Mapping[str, str]) -> dict[str, Any]:
-        return self._json(
-            "POST",
-            "/jobs",
-            params=dict(fields),
-            content=body,
-            headers={"content-type": TABLE_MEDIA_TYPES[kind]},
-            timeout=httpx.Timeout(self._http.timeout.connect, read=UPLOAD_ANSWER_TIMEOUT_S),
-        )
+        """POST /jobs with a table; a server that says to come back (a full queue, bodies enough
+        being received, a key at its rate) is asked again when it says, up to `reconnects` times."""
+        for attempt in range(self.reconnects + 1):
+            try:
+                return self._json(
+                    "POST",
+                    "/jobs",
+                    params=dict(fields),
+                    content=body,
+                    headers={"content-type": TABLE_MEDIA_TYPES[kind]},
+                    timeout=httpx.Timeout(self._http.timeout.connect, read=UPLOAD_ANSWER_TIMEOUT_S),
+                )
+            except ApiError as error:
+                if error.code not in RETRIED_CODES or error.retry_after_s is None or attempt == self.reconnects:
+                    raise
+                self._sleep(min(max(error.retry_after_s, self.backoff_s), MAX_BACKOFF_S))
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._json("POST", f"/jobs/{job_id}/cancel")
@@ -601,9 +617,11 @@ def _chunks(file: BinaryIO) -> Iterator[bytes]:
 
 
 def _api_error(response: httpx.Response) -> ApiError:
+    retry_after = response.headers.get("retry-after", "")
+    retry_after_s = float(retry_after) if retry_after.isascii() and retry_after.isdigit() else None
     try:
         error = response.json()["error"]
-        return ApiError(response.status_code, error["code"], error["message"], error.get("field"))
+        return ApiError(response.status_code, error["code"], error["message"], error.get("field"), retry_after_s)
     except (ValueError, KeyError, TypeError):
         # Not this API's error body: a proxy's page, or not a boostream server at all.
         text = response.text.strip()[:200] or response.reason_phrase

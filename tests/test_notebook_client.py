@@ -5,6 +5,8 @@ trains, and returns the model, which predicts as the server's /predict does."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -16,7 +18,7 @@ from sklearn import datasets
 
 from boostream.client import ApiError, AsyncClient, Client, TrainedModel, TrainingFailed
 
-from conftest import Server
+from conftest import Server, running_server
 
 PARAMS = {"n_estimators": 30, "num_leaves": 7, "min_data_in_leaf": 5}
 
@@ -146,3 +148,21 @@ def test_the_model_comes_once_in_the_complete_event_and_columns_of_any_name_are_
     assert "weight" in trained.feature_names and "age" in validated.feature_names
     assert validated.metrics["valid_l2"] is not None
     assert server.log().count('"path":"/artifacts/') == before, "train loads the model from its complete event"
+
+
+def test_a_server_that_says_come_back_is_asked_again_when_it_says(tmp_path, frame):
+    from test_server_options import trickling_upload
+
+    with running_server(tmp_path, max_body_bytes=100_000) as server:
+        # Two bodies that come a byte at a time hold all the room for bodies (2 x 100 kB).
+        held = [trickling_upload(server.url, 99_000) for _ in range(2)]
+        time.sleep(0.5)
+        with Client(server.url, reconnects=0) as impatient, pytest.raises(ApiError) as busy:
+            impatient.start(frame, target="target", params=PARAMS)
+        assert busy.value.status == 503 and busy.value.code == "busy" and busy.value.retry_after_s == 1
+        threading.Timer(1.5, lambda: [connection.close() for connection in held]).start()
+        with Client(server.url) as client:
+            started = time.monotonic()
+            trained = client.train(frame, target="target", params=PARAMS, progress=False)
+        assert trained.iterations == 30 and 1.0 < time.monotonic() - started < 10
+        assert server.log().count('"status":503') >= 2, "refused, then asked again"
