@@ -364,13 +364,12 @@ class Client:
             fields["weight"] = frames.WEIGHT_COLUMN
         if valid is not None:
             valid_data, valid_target = valid if isinstance(valid, tuple) else (valid, label)
-            valid_table, _ = frames.with_target(valid_data, valid_target)
+            valid_table, valid_label = frames.with_target(valid_data, valid_target)
             if valid_table.num_rows == 0:
                 raise ValueError("the validation table has no rows")
             fields["valid_rows"] = str(valid_table.num_rows)
-            table = frames.stacked(table, valid_table.rename_columns(
-                [label if name == _label_name(valid_target) else name for name in valid_table.column_names]
-            ))  # fmt: skip
+            names = [label if name == valid_label else name for name in valid_table.column_names]
+            table = frames.stacked(table, valid_table.rename_columns(names))
         fields["target"] = label
         try:
             job = self._post_table(frames.ipc_stream(table), "arrow", fields)
@@ -603,12 +602,6 @@ def features_array(X: Any, feature_names: Sequence[str]) -> np.ndarray:
 def _field_text(value: Any) -> str:
     """A hyperparameter as the query string carries it: JSON's spelling for booleans."""
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
-
-
-def _label_name(target: Any) -> str:
-    from boostream.frames import TARGET_COLUMN
-
-    return target if isinstance(target, str) else TARGET_COLUMN
 
 
 def _chunks(file: BinaryIO) -> Iterator[bytes]:

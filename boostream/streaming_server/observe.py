@@ -112,7 +112,8 @@ class Metrics:
 
 
 class Observed:
-    """ASGI middleware, outermost: counts and logs every request once it is answered."""
+    """ASGI middleware, outermost but for `CloseUnread`: counts and logs every request once it is
+    answered."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app

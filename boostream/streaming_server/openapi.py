@@ -410,37 +410,17 @@ def _table_query_parameters(trainers: Mapping[str, Any], train_request: dict[str
     from boostream.requests import tables  # pyarrow loads in ~0.3 s: only when the document is made
 
     options = train_request["properties"]
+    column, count = {"type": "string"}, {"type": "integer", "minimum": 1}
+    fields = {
+        "target": (column, "A table body: the label column (required with one)."),
+        "features": (column, "A table body: the feature columns, comma-separated (default: all the others)."),
+        "era": (column, "A table body, WarpGBM: the column of era ids."),
+        "weight": (column, "A table body, LightGBM: the column of sample weights."),
+        "valid_rows": (count, "A table body: its last this many rows are the validation set."),
+    }
     parameters = [
-        {
-            "name": "target",
-            "in": "query",
-            "schema": {"type": "string"},
-            "description": "A table body: the label column (required with one).",
-        },
-        {
-            "name": "features",
-            "in": "query",
-            "schema": {"type": "string"},
-            "description": "A table body: the feature columns, comma-separated (default: all the others).",
-        },
-        {
-            "name": "era",
-            "in": "query",
-            "schema": {"type": "string"},
-            "description": "A table body, WarpGBM: the column of era ids.",
-        },
-        {
-            "name": "weight",
-            "in": "query",
-            "schema": {"type": "string"},
-            "description": "A table body, LightGBM: the column of sample weights.",
-        },
-        {
-            "name": "valid_rows",
-            "in": "query",
-            "schema": {"type": "integer", "minimum": 1},
-            "description": "A table body: its last this many rows are the validation set.",
-        },
+        {"name": name, "in": "query", "schema": schema, "description": description}
+        for name, (schema, description) in fields.items()
     ]
     assert {parameter["name"] for parameter in parameters} == set(tables.TABLE_FIELDS)
     parameters += [{"name": name, "in": "query", "schema": options[name]} for name in sorted(tables.OPTION_FIELDS)]

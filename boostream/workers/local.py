@@ -284,12 +284,15 @@ class LocalWorkers:
         running = [w for w in self._workers if w.job_id is not None and w.killed_for is None]
         share = max(1, cores // max(1, len(running)))
         for worker in running:
-            if worker is starting:
-                worker.conn.send(("threads", share))  # OSError where it died: `run` takes another
-            elif (worker.threads or cores) > share:
-                with contextlib.suppress(OSError):  # it died: its end is on the way
-                    worker.conn.send(("threads", share))
-            worker.threads = share if worker is starting else min(share, worker.threads or cores)
+            if worker is not starting and (worker.threads or cores) <= share:
+                continue  # never raised mid-job
+            try:
+                worker.conn.send(("threads", share))
+            except OSError:
+                if worker is starting:
+                    raise  # it died while idle: `run` takes another
+                # a running one that died: its end is on the way
+            worker.threads = share
 
     def views(self) -> list[dict[str, Any]]:
         return [{"device": self.device, **worker.view()} for worker in self._workers]
