@@ -108,6 +108,7 @@ REQUEST_FIELDS = frozenset(
         "target",
         "features",
         "era",
+        "categorical",
         "weight",
         "valid_rows",
         "model_type",
@@ -393,6 +394,13 @@ def _add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     train.add_argument("--target", required=True, metavar="COLUMN", help="the label column")
     train.add_argument("--features", metavar="A,B,C", help="the feature columns (default: all the others)")
     train.add_argument("--era", metavar="COLUMN", help="WarpGBM: the column of era ids")
+    train.add_argument(
+        "--categorical",
+        metavar="A,B",
+        help="columns whose values are categories (CSV text needs naming; Parquet and Arrow strings are anyway)",
+    )
+    train.add_argument("--weight", metavar="COLUMN", help="LightGBM: the column of sample weights")
+    train.add_argument("--valid-rows", type=int, metavar="N", help="the table's last N rows are the validation set")
     train.add_argument("--model", default="lightgbm", metavar="lightgbm|warpgbm", help="the backend (default lightgbm)")
     train.add_argument(
         "--objective", default="regression", metavar="regression|binary|multiclass", help="(default regression)"
@@ -714,6 +722,9 @@ def _train_fields(args: argparse.Namespace) -> dict[str, str]:
     optional = {
         "features": args.features,
         "era": args.era,
+        "categorical": args.categorical,
+        "weight": args.weight,
+        "valid_rows": args.valid_rows,
         "valid_fraction": args.valid_fraction,
         "timeout_s": args.timeout,
     }

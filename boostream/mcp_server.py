@@ -351,8 +351,8 @@ class McpEndpoint:
                                 "description": "The `artifact_id` that `train` or `job_status` gave.",
                             },
                             "X": table_schema(
-                                "Rows to predict, each with as many values as the "
-                                "model has features; null marks a missing value."
+                                "Rows to predict, each with as many values as the model has features; null "
+                                "marks a missing value, and a categorical feature takes its values as in training."
                             ),
                             "output": {"type": "string", "enum": list(OUTPUTS), "default": "value"},
                         },

@@ -313,4 +313,6 @@ def test_the_train_schema_checks_params_against_the_chosen_backend(diabetes):
     assert not validator.is_valid({**base, "model_type": "warpgbm", "params": {"num_bins": 500}})
     assert not validator.is_valid({**base, "X_valid": [[1.0, 2.0]]})  # without y_valid
     assert not validator.is_valid({**base, "timeout_s": 61})
-    assert not validator.is_valid({**base, "X": [["a"]]})
+    assert not validator.is_valid({**base, "X": [[True]]})
+    assert not validator.is_valid({**base, "X": [[[1.0]]]})
+    assert validator.is_valid({**base, "X": [[1.0, "a"]], "categorical": ["f1"]})  # a category

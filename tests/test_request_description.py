@@ -39,8 +39,9 @@ def test_the_mcp_training_tools_take_the_json_body_and_say_its_defaults():
 
 def test_a_table_request_takes_the_options_as_text_fields_beside_its_columns():
     # feature_names come from the columns, params from every other field.
-    assert tables.OPTION_FIELDS == OPTIONS - {"feature_names", "params"}
-    assert tables.TABLE_FIELDS == {"target", "features", "era", "weight", "valid_rows"}
+    # `categorical` is a list in JSON, comma-separated text beside a table.
+    assert tables.OPTION_FIELDS == OPTIONS - {"feature_names", "params", "categorical"}
+    assert tables.TABLE_FIELDS == {"target", "features", "era", "weight", "valid_rows", "categorical"}
 
 
 def test_the_cli_keeps_every_request_field_out_of_its_params_and_knows_the_formats():

@@ -340,10 +340,14 @@ BAD_TABLES = [
     # (what is wrong, body, content type, fields, status, field, words in the message)
     ("no target", csv_bytes(NUMBERS), CSV, {}, 400, "target", "`target`"),
     ("a target that is no column", csv_bytes(NUMBERS), CSV, {"target": "label"}, 400, "target", "no column 'label'"),
-    ("a string feature column", csv_bytes(SMALL), CSV, {"target": "y"}, 400, "city", "column 'city' holds string"),
     (
-        "a string feature column in Parquet", parquet_bytes(SMALL), PARQUET, {"target": "y"}, 400, "city",
-        "column 'city' holds string",
+        "a string feature column", csv_bytes(SMALL), CSV, {"target": "y"}, 400, "city",
+        "column 'city' holds string, not numbers",
+    ),
+    (
+        # A string column in Parquet is categorical (test_categories); a timestamp is neither.
+        "a timestamp feature column in Parquet", parquet_bytes(NUMBERS.append_column("when", pa.array(
+            [0, 1, 2, 3], pa.timestamp("s")))), PARQUET, {"target": "y"}, 400, "when", "column 'when' holds timestamp",
     ),
     ("a Parquet file sent as Arrow", PARQUET_OF_NUMBERS, ARROW, {"target": "y"}, 400, "file", "it is a Parquet file"),
     ("CSV sent as Arrow", csv_bytes(NUMBERS), ARROW, {"target": "y"}, 400, "file", "not an Arrow IPC stream"),

@@ -1,8 +1,8 @@
 """A job's decoded training arrays, kept on disk until the job ends, so that a job the server was
 running when it died can run again from the start.
 
-Each array is one `.npy` file (read back with `allow_pickle=False`, memory-mapped); labels, names
-and classes go in a small JSON file, written last: a folder without it is incomplete. Files are not
+Each array is one `.npy` file (read back with `allow_pickle=False`, memory-mapped); labels, names,
+classes and categories go in a small JSON file, written last: a folder without it is incomplete. Files are not
 fsynced: they must survive the process being killed, which the page cache already ensures, and
 syncing hundreds of megabytes would slow every job down for the rare crash of the whole machine.
 """
@@ -31,6 +31,7 @@ def save(folder: Path, data: TrainingData) -> None:
     meta = {
         "feature_names": data.feature_names,
         "classes": data.classes,
+        "categories": data.categories,
         "arrays": [n for n in ARRAYS if getattr(data, n) is not None],
     }
     partial = folder / (META + ".partial")
@@ -50,7 +51,9 @@ def load(folder: Path) -> TrainingData | None:
         arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in meta["arrays"]}
     except (OSError, ValueError, KeyError):
         return None
-    return TrainingData(feature_names=meta["feature_names"], classes=meta["classes"], **arrays)
+    return TrainingData(
+        feature_names=meta["feature_names"], classes=meta["classes"], categories=meta.get("categories"), **arrays
+    )
 
 
 def remove(folder: Path) -> None:

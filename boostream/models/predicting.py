@@ -21,6 +21,7 @@ from typing import Any
 import joblib
 import numpy as np
 
+from boostream import categories
 from boostream.errors import InvalidData, InvalidParameter, Untrusted, quotable
 from boostream.models.artifacts import ArtifactRecord
 from boostream.models.signing import verify
@@ -45,11 +46,28 @@ class LoadedModel:
             )
         if output == "proba" and self.shape.objective == "regression":
             raise InvalidParameter("output", "output 'proba' needs a classifier; this model is a regression")
-        scores = self.predictor.scores(self.model, X)
+        scores = self.predictor.scores(self.model, self.rows(X))
         if output == "proba" or self.shape.objective == "regression":
             return scores
         labels: np.ndarray = np.asarray(self.classes, dtype=object)[np.argmax(scores, axis=1)]
         return labels
+
+
+    def rows(self, X: np.ndarray) -> np.ndarray:
+        """X as the model takes it, float64: each categorical feature's values (strings or numbers)
+        as their codes among its categories, NaN for one it never saw; any other feature numbers."""
+        found = self.shape.categories or {}
+        if X.dtype != object and not found:
+            return X
+        rows = np.empty(X.shape, np.float64)
+        for at in range(X.shape[1]):
+            if at in found:
+                rows[:, at] = categories.codes(X[:, at], found[at], at)
+            elif X.dtype == object:
+                rows[:, at] = categories.numbers(X[:, at], "X", at, ": the model's feature there is no categorical one")
+            else:
+                rows[:, at] = X[:, at]
+        return rows
 
 
 class ModelCache:

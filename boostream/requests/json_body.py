@@ -12,6 +12,7 @@ at fault.
 from __future__ import annotations
 
 import json
+import math
 import queue
 import re
 from collections.abc import Iterator, Mapping
@@ -22,7 +23,7 @@ import numpy as np
 import orjson
 import simdjson
 
-from boostream import memory
+from boostream import categories, memory
 from boostream.errors import BoostreamError, InvalidData, InvalidJson, InvalidParameter, TooLarge, quotable
 from boostream.models.artifacts import FORMATS as ARTIFACT_FORMATS
 from boostream.models.predicting import OUTPUTS
@@ -110,7 +111,7 @@ def decode_predict_request(body: bytes | bytearray, max_cells: int) -> tuple[Pre
         )
     if request.output not in OUTPUTS:
         raise InvalidParameter("output", f"output must be 'value' or 'proba', got {request.output!r}")
-    X = _matrix(request.X, "X", body, max_cells)  # a copy, never a view of the body
+    X = _matrix(request.X, "X", body, max_cells, text=True)  # a copy, never a view of the body
     # Without the raw X, which is a view of the body: the caller may let the body go.
     return msgspec.structs.replace(request, X=msgspec.Raw()), X
 
@@ -223,7 +224,8 @@ def _shape_error(message: str) -> BoostreamError:
 
 
 def _training_data(request: TrainRequestBody, body: bytes | bytearray, max_cells: int) -> TrainingData:
-    X = _matrix(request.X, "X", body, max_cells)
+    text = request.categorical is not None  # strings may then be categories
+    X = _matrix(request.X, "X", body, max_cells, text)
     y = _labels(request.y, "y", body, request.objective)
     era = _labels(request.era, "era", body, "multiclass") if request.era else None
     if bool(request.X_valid) != bool(request.y_valid):
@@ -231,7 +233,7 @@ def _training_data(request: TrainRequestBody, body: bytes | bytearray, max_cells
         raise InvalidData(missing, "X_valid and y_valid must be sent together")
     valid = None
     if request.X_valid:
-        X_valid = _matrix(request.X_valid, "X_valid", body, max_cells)
+        X_valid = _matrix(request.X_valid, "X_valid", body, max_cells, text)
         if X.size + X_valid.size > max_cells:  # the limit is on the table: both its parts
             raise TooLarge(
                 f"X and X_valid have {X.size} + {X_valid.size} values, more than the limit of {max_cells}",
@@ -242,14 +244,55 @@ def _training_data(request: TrainRequestBody, body: bytes | bytearray, max_cells
         _labels(raw, field, body, "regression") if raw else None
         for field, raw in (("weight", request.weight), ("weight_valid", request.weight_valid))
     )
-    return assemble_training_data(request, X, y, era=era, valid=valid, weight=weight, weight_valid=weight_valid)
+    found: dict[str, list[Any]] = {}
+    if request.categorical is not None:
+        X, coded_valid, found = _encode_categorical(request, X, None if valid is None else valid[0])
+        valid = None if valid is None or coded_valid is None else (coded_valid, valid[1])
+    return assemble_training_data(
+        request, X, y, era=era, valid=valid, weight=weight, weight_valid=weight_valid, categories=found
+    )
+
+
+def _encode_categorical(
+    request: TrainRequestBody, X: np.ndarray, X_valid: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, list[Any]]]:
+    """X and X_valid as doubles, the columns that `categorical` names as their codes (the
+    categories of both together), with those categories by name."""
+    names = request.feature_names or [f"f{i}" for i in range(X.shape[1])]
+    if len(names) != X.shape[1]:
+        raise InvalidData("feature_names", f"has {len(names)} names, but X has {X.shape[1]} features")
+    named = {}
+    for name in request.categorical or []:
+        if name not in names:
+            raise InvalidData("categorical", f"names {name!r}, which is no feature; the features: {names[:20]}")
+        named[names.index(name)] = name
+    parts = [(X, "X")] + ([] if X_valid is None else [(X_valid, "X_valid")])
+    doubles = [np.empty(part.shape) if part.dtype == object else part for part, _ in parts]
+    found: dict[str, list[Any]] = {}
+    for at in range(X.shape[1]):
+        if at in named:
+            values = np.concatenate([part[:, at] for part, _ in parts]) if X_valid is not None else X[:, at]
+            coded, found[named[at]] = categories.encode_values(values, named[at])
+            doubles[0][:, at] = coded[: len(X)]
+            if X_valid is not None:
+                doubles[1][:, at] = coded[len(X) :]
+            continue
+        hint = f": name its feature ({names[at]!r}) in categorical if its values are categories"
+        for (part, field), into in zip(parts, doubles, strict=True):
+            if part.dtype == object:
+                into[:, at] = categories.numbers(part[:, at], field, at, hint)
+    return doubles[0], doubles[1] if X_valid is not None else None, found
 
 
 
-def _matrix(raw: msgspec.Raw, field: str, body: bytes | bytearray, max_cells: int) -> np.ndarray:
+def _matrix(raw: msgspec.Raw, field: str, body: bytes | bytearray, max_cells: int, text: bool = False) -> np.ndarray:
+    """The rows of numbers as doubles; with `text`, rows that hold strings too (categories) as an
+    array of Python values instead."""
     values = _table_doubles(body, _offset_in(body, raw), len(raw), field, max_cells)
     if values is None:
-        values = _exact_matrix(raw, field)
+        values = _exact_matrix(raw, field, text)
+    if values.dtype == object:
+        return values
     if np.isinf(values).any():
         row, col = np.argwhere(np.isinf(values))[0]
         raise InvalidData(field, f"{field}[{row}][{col}] is out of the range of a double")
@@ -376,7 +419,7 @@ def _count_in(body: bytes | bytearray, raw: msgspec.Raw, byte: bytes) -> int:
     return body.count(byte, start, start + len(raw))
 
 
-def _exact_matrix(raw: msgspec.Raw, field: str) -> np.ndarray:
+def _exact_matrix(raw: msgspec.Raw, field: str, text: bool = False) -> np.ndarray:
     rows = _exact_json(raw, field)
     if not isinstance(rows, list) or not rows:
         raise InvalidData(field, "must be a non-empty list of rows, each a list of numbers")
@@ -390,10 +433,16 @@ def _exact_matrix(raw: msgspec.Raw, field: str) -> np.ndarray:
                 f"{field}[{i}] has {len(row)} values, but {field}[0] has {width}: rows must all be the same length",
             )
         for j, value in enumerate(row):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            if value is None or (text and isinstance(value, str)):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise InvalidData(
                     field, f"{field}[{i}][{j}] is {_describe(value)}, not a number (null marks a missing value)"
                 )
+            if isinstance(value, float) and math.isinf(value):
+                raise InvalidData(field, f"{field}[{i}][{j}] is out of the range of a double")
+    if text and any(isinstance(value, str) for row in rows for value in row):
+        return np.array(rows, dtype=object)
     return np.array(rows, dtype=np.float64)  # None becomes NaN: LightGBM's missing value
 
 

@@ -26,7 +26,7 @@ def with_properties(schema: dict[str, Any], properties: dict[str, Any]) -> dict[
 
 
 def table_schema(description: str) -> dict[str, Any]:
-    row = {"type": "array", "minItems": 1, "items": {"type": ["number", "null"]}}
+    row = {"type": "array", "minItems": 1, "items": {"type": ["number", "string", "null"]}}
     return {"type": "array", "minItems": 1, "items": row, "description": description}
 
 
@@ -41,7 +41,10 @@ def _weights_schema(description: str) -> dict[str, Any]:
 def train_request_schema(trainers: Mapping[str, Trainer], max_training_s: float) -> dict[str, Any]:
     """A training request, as the HTTP API takes it; `params` checked against the chosen backend's."""
     properties = {
-        "X": table_schema("Training rows, each a list of numbers; null marks a missing value (LightGBM only)."),
+        "X": table_schema(
+            "Training rows, each a list of numbers; null marks a missing value (LightGBM only). "
+            "A feature that `categorical` names may hold strings."
+        ),
         "y": labels_schema("One target per row: numbers, or for classifiers numbers or strings."),
         "model_type": {"type": "string", "enum": list(trainers), "default": DEFAULTS.model_type},
         "objective": {"type": "string", "enum": list(OBJECTIVES), "default": DEFAULTS.objective},
@@ -66,6 +69,13 @@ def train_request_schema(trainers: Mapping[str, Trainer], max_training_s: float)
             "items": {"type": "string"},
             "uniqueItems": True,
             "description": "One name per column of X.",
+        },
+        "categorical": {
+            "type": "array",
+            "items": {"type": "string"},
+            "uniqueItems": True,
+            "description": "LightGBM only: the features (by feature_names, or f0, f1, ...) whose values are "
+            "categories, strings or numbers; the model keeps them, and /predict takes the same values.",
         },
         "era": labels_schema("WarpGBM only: one era id per row, for its directional era splitting."),
         "weight": _weights_schema("LightGBM only: a sample weight per row of X (0 or more)."),

@@ -31,6 +31,9 @@ class TrainOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     objective: str = "regression"
     valid_fraction: float | None = None
     feature_names: list[str] | None = None
+    # The features whose values are categories (strings or numbers), by name (`feature_names`, or
+    # f0, f1, ... without them). A table's string and dictionary columns are categorical unnamed.
+    categorical: list[str] | None = None
     params: dict[str, Any] = {}
     callback_url: str | None = None
     timeout_s: float | None = None
@@ -92,14 +95,21 @@ def build_spec(
     if (data.weight is not None or data.weight_valid is not None) and not trainer.takes_weights:
         takers = [other for other in trainers.values() if other.takes_weights]
         raise _not_taken("weight", "training with sample weights", takers)
+    if data.categories and not trainer.takes_categories:
+        takers = [other for other in trainers.values() if other.takes_categories]
+        name = next(iter(data.categories))
+        reason = f"column {name!r} holds categories, and {trainer.title} trains on numbers only"
+        raise _not_taken(name, "training on categorical features", takers, f"{reason}: encode it as numbers, or ")
     trainer.check(data, options.objective, params)
     return TrainSpec(
         trainer, options.objective, params, data, options.callback_url, options.timeout_s, options.artifact_format
     )
 
 
-def _not_taken(field: str, feature: str, takers: list[Trainer]) -> InvalidParameter:
+def _not_taken(field: str, feature: str, takers: list[Trainer], before: str = "") -> InvalidParameter:
     titles, names = " or ".join(other.title for other in takers), " or ".join(repr(other.name) for other in takers)
+    if before:
+        return InvalidParameter(field, f"{before}use model_type {names} ({feature} is a {titles} feature)")
     return InvalidParameter(field, f"{feature} is a {titles} feature; use model_type {names}")
 
 
@@ -111,9 +121,11 @@ def assemble_training_data(
     valid: tuple[np.ndarray, np.ndarray] | None = None,
     weight: np.ndarray | None = None,
     weight_valid: np.ndarray | None = None,
+    categories: dict[str, list[Any]] | None = None,
 ) -> TrainingData:
     """Arrays as read, whatever their source, checked against each other and the options: era ids
-    numbered, the validation rows split off or checked, class labels encoded, weights checked."""
+    numbered, the validation rows split off or checked, class labels encoded, weights checked.
+    `categories` (by feature name) are those of X's categorical columns, already encoded."""
     _check_rows("y", y, X)
     if weight is not None:
         _check_rows("weight", weight, X)
@@ -141,7 +153,7 @@ def assemble_training_data(
 
     data = TrainingData(
         X=X, y=y, feature_names=feature_names, X_valid=X_valid, y_valid=y_valid, era=era,
-        weight=weight, weight_valid=weight_valid,
+        weight=weight, weight_valid=weight_valid, categories=categories or None,
     )  # fmt: skip
     if options.objective != "regression":
         _encode_classes(data, options.objective)

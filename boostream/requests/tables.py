@@ -6,13 +6,18 @@ The request's fields come as text (a query string, form fields):
 - `target` names the label column; `features` the feature columns, comma-separated (default: every
   other column, apart from `era` and a pandas index); `era` the WarpGBM era column. Column names
   become the feature names. `valid_rows=N`: the table's last N rows are the validation set.
-  `weight` names a column of sample weights (LightGBM).
+  `weight` names a column of sample weights (LightGBM). `categorical` names the feature columns
+  whose values are categories, comma-separated (`boostream.categories`).
 - `model_type`, `objective`, `valid_fraction`, ...: the fields of TrainOptions, as in JSON.
 - any other name is a hyperparameter, read as its ParamSpec's kind ("100", "1e3", "0.05", "true").
 
-Feature columns must hold numbers: integers, floats, decimals or booleans (as 0 and 1). A missing
-value becomes NaN, as `null` does in JSON; a column of anything else is refused naming it (the
-error's `field` is the column's name). The label holds numbers, or strings for a classifier.
+Feature columns hold numbers: integers, floats, decimals or booleans (as 0 and 1), or categories. A
+missing value becomes NaN, as `null` does in JSON. A Parquet or Arrow column of strings, or a
+dictionary column (a pandas `category`), is categorical; a CSV column of text only where
+`categorical` names it (text in a column of numbers is more often a mistake); any column that
+`categorical` names is, its values (numbers too) the categories. A column of anything else is
+refused naming it (the error's `field` is the column's name). The label holds numbers, or strings
+for a classifier.
 
 X is allocated once and filled as the file is read: a block of rows at a time from CSV (X in C
 order), a few columns at a time from Parquet (X in Fortran order), so the file's table is never held
@@ -39,13 +44,13 @@ import pyarrow.csv as pcsv
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from boostream import memory
+from boostream import categories, memory
 from boostream.errors import InvalidData, InvalidParameter, TooLarge, quotable
 from boostream.requests.spec import CLASS_LABEL_HINT, TrainOptions, TrainSpec, assemble_training_data, build_spec
 from boostream.trainers.base import Trainer, TrainingData
 
-TABLE_FIELDS = frozenset({"target", "features", "era", "valid_rows", "weight"})
-OPTION_FIELDS = frozenset(TrainOptions.__struct_fields__) - {"feature_names", "params"}
+TABLE_FIELDS = frozenset({"target", "features", "era", "valid_rows", "weight", "categorical"})
+OPTION_FIELDS = frozenset(TrainOptions.__struct_fields__) - {"feature_names", "params", "categorical"}
 # Read by the route itself, not training fields.
 ROUTE_FIELDS = frozenset({"on_disconnect"})
 BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
@@ -129,6 +134,7 @@ class _Columns:
     target: str
     era: str | None
     weight: str | None = None
+    categorical: frozenset[str] = frozenset()  # the features whose values are categories
 
     @property
     def all(self) -> list[str]:
@@ -144,6 +150,7 @@ class _Table:
     target: pa.ChunkedArray
     era: pa.ChunkedArray | None
     weight: pa.ChunkedArray | None = None
+    categories: dict[str, list[Any]] = dataclasses.field(default_factory=dict)  # by feature name
 
 
 def _training_data(
@@ -155,7 +162,10 @@ def _training_data(
     try:
         with _arrow_source(file, mapped=kind == "arrow") as source:
             _check_kind(source, kind)
-            table = read(source, lambda schema: _choose_columns(schema, fields, options.objective), max_cells)
+            choose = functools.partial(
+                _choose_columns, fields=fields, objective=options.objective, named_only=kind == "csv"
+            )
+            table = read(source, choose, max_cells)
     except (pa.ArrowException, OSError, UnicodeDecodeError) as error:
         # pyarrow reports corrupt data as an OSError without errno; with one, the disk failed.
         if isinstance(error, MemoryError) or (isinstance(error, OSError) and error.errno):
@@ -172,7 +182,7 @@ def _training_data(
     try:
         return assemble_training_data(
             msgspec.structs.replace(options, feature_names=columns.features), X, y, era=era, valid=valid,
-            weight=weight, weight_valid=weight_valid,
+            weight=weight, weight_valid=weight_valid, categories=table.categories,
         )  # fmt: skip
     except InvalidData as error:
         # The shared checks name the JSON fields; here the label is a column and the rows a file.
@@ -204,24 +214,34 @@ def _split_last(
     return X[:train], y[:train], None if era is None else era[:train], weights[0], (X[train:], y[train:]), weights[1]
 
 
-def _choose_columns(schema: pa.Schema, fields: Mapping[str, str], objective: str) -> _Columns:
+def _choose_columns(schema: pa.Schema, fields: Mapping[str, str], objective: str, named_only: bool) -> _Columns:
+    """The columns the request's `fields` use, checked against the table's `schema`; with
+    `named_only` (CSV), text columns are categorical only where `categorical` names them."""
     names = schema.names
     target, era, weight = fields["target"], fields.get("era") or None, fields.get("weight") or None
     for field, name in (("target", target), ("era", era), ("weight", weight)):
         if name is not None and name not in names:
             raise InvalidData(field, f"the table has no column {name!r}; its columns: {_listing(names)}")
-    columns = _Columns(_features(schema, fields, target, era, weight), target, era, weight)
+    features = _features(schema, fields, target, era, weight)
+    named = [name.strip() for name in fields.get("categorical", "").split(",") if name.strip()]
+    for name in named:
+        if name not in features:
+            features_are = f"the features: {_listing(features)}"
+            raise InvalidData("categorical", f"names {name!r}, which is no feature column; {features_are}")
+    automatic = {name for name in features if not named_only and categories.is_category_type(schema.field(name).type)}
+    columns = _Columns(features, target, era, weight, frozenset(named) | automatic)
     for name in columns.all:
         count = len(schema.get_all_field_indices(name))
         if count > 1:
             raise InvalidData(name, f"the table has {count} columns named {name!r}; a column's name must be unique")
     for name in columns.features:
         type_ = schema.field(name).type
-        if not _is_numeric(type_):
+        if name not in columns.categorical and not _is_numeric(type_):
+            hint = "; if its values are categories, name it in `categorical`" if _is_text(type_) else ""
             raise InvalidData(
                 name,
                 f"column {name!r} holds {type_}, not numbers: feature "
-                "columns must be integers, floats, decimals or booleans",
+                f"columns must be integers, floats, decimals, booleans or categories{hint}",
             )
     _check_label_type(schema, target, "the target", allow_text=objective != "regression")
     if era is not None:
@@ -343,6 +363,7 @@ def _read_csv(source: pa.NativeFile, choose: Callable[[pa.Schema], _Columns], ma
     source.seek(0)
     typed = [*columns.features, columns.target, *([columns.weight] if columns.weight else [])]
     types = {name: _csv_type(header.field(name).type) for name in typed}
+    types.update({name: pa.string() for name in columns.categorical})  # CSV's categories are text: "02134"
     reader = pcsv.open_csv(
         source,
         read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
@@ -354,13 +375,19 @@ def _read_csv(source: pa.NativeFile, choose: Callable[[pa.Schema], _Columns], ma
     # Growing it instead would cost memory: ndarray.resize writes zeros into all it adds.
     X = np.empty((min(source.size() // len(header.names) + 1, max_cells // width), width))
     rows, targets, eras, weights = 0, [], [], []
+    texts: dict[str, list[pa.Array]] = {name: [] for name in columns.categorical}
     for batch in _csv_batches(reader, header.names):
         if rows + batch.num_rows > len(X):
             raise TooLarge(
                 f"the table has at least {rows + batch.num_rows} rows x {width} features = "
                 f"{(rows + batch.num_rows) * width} values, more than the limit of {max_cells}"
             )
-        _copy_into(X, rows, 0, columns.features, [batch.column(name) for name in columns.features])
+        for name, chunks in texts.items():
+            chunks.append(batch.column(name))
+        # A categorical column's codes are known once every value has been seen: NaN until then.
+        nulls = pa.nulls(batch.num_rows, pa.float64())
+        arrays = [nulls if name in texts else batch.column(name) for name in columns.features]
+        _copy_into(X, rows, 0, columns.features, arrays)
         targets.append(batch.column(columns.target))
         if columns.era:
             eras.append(batch.column(columns.era))
@@ -370,12 +397,16 @@ def _read_csv(source: pa.NativeFile, choose: Callable[[pa.Schema], _Columns], ma
     if rows == 0:
         raise InvalidData("file", "the table has no rows")
     X.resize((rows, width), refcheck=False)  # in place; no view of X remains (a profiler's would fail the check)
+    found = {}
+    for name, chunks in texts.items():
+        X[:, columns.features.index(name)], found[name] = categories.encode(pa.chunked_array(chunks, pa.string()), name)
     return _Table(
         columns,
         X,
         pa.chunked_array(targets),
         pa.chunked_array(eras) if columns.era else None,
         pa.chunked_array(weights) if columns.weight else None,
+        found,
     )
 
 
@@ -415,19 +446,19 @@ def _read_parquet(source: pa.NativeFile, choose: Callable[[pa.Schema], _Columns]
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="parquet") as reader:
         reading = reader.submit(parquet.read, columns=groups[0], use_threads=True)
         X = memory.empty((rows, width), order="F")
-        first = 0
+        first, found = 0, dict[str, list[Any]]()
         for index, names in enumerate(groups):
             table = reading.result()
             if index + 1 < len(groups):
                 reading = reader.submit(parquet.read, columns=groups[index + 1], use_threads=True)
             for offset, name in enumerate(names):
-                _copy_column(X[:, first + offset], name, table.column(offset))
+                _copy_column(X[:, first + offset], name, table.column(offset), columns.categorical, found)
             first += len(names)
             del table
     target = parquet.read(columns=[columns.target]).column(0)
     era = parquet.read(columns=[columns.era]).column(0) if columns.era else None
     weight = parquet.read(columns=[columns.weight]).column(0) if columns.weight else None
-    return _Table(columns, X, target, era, weight)
+    return _Table(columns, X, target, era, weight, found)
 
 
 def _check_size(rows: int, width: int, max_cells: int) -> None:
@@ -463,11 +494,12 @@ def _read_arrow(source: pa.NativeFile, choose: Callable[[pa.Schema], _Columns], 
         raise InvalidData("file", "the Arrow stream's buffers are compressed: send it uncompressed (it is then mapped)")
     table = reader.read_all()
     X = memory.empty((rows, width), order="F")
+    found: dict[str, list[Any]] = {}
     for index, name in enumerate(columns.features):
-        _copy_column(X[:, index], name, table.column(name))
+        _copy_column(X[:, index], name, table.column(name), columns.categorical, found)
     era = table.column(columns.era) if columns.era else None
     weight = table.column(columns.weight) if columns.weight else None
-    return _Table(columns, X, table.column(columns.target), era, weight)
+    return _Table(columns, X, table.column(columns.target), era, weight, found)
 
 
 def _arrow_batches(source: pa.NativeFile, start: int) -> tuple[int, bool]:
@@ -523,9 +555,15 @@ class _Flatbuffer:
         return int.from_bytes(self.data[at : at + 4], "little")
 
 
-def _copy_column(into: np.ndarray, name: str, column: pa.ChunkedArray) -> None:
-    """A feature column into one column of X, as doubles, nulls as NaN (LightGBM's missing value)."""
-    if column.type != pa.float64():
+def _copy_column(
+    into: np.ndarray, name: str, column: pa.ChunkedArray, categorical: frozenset[str], found: dict[str, list[Any]]
+) -> None:
+    """A feature column into one column of X, as doubles, nulls as NaN (LightGBM's missing value);
+    a categorical one as its codes, its categories into `found`."""
+    if name in categorical:
+        codes, found[name] = categories.encode(column, name)
+        column = pa.chunked_array([codes])
+    elif column.type != pa.float64():
         column = pc.cast(column, pa.float64())
     row = 0
     for chunk in column.chunks:

@@ -417,6 +417,11 @@ def _table_query_parameters(trainers: Mapping[str, Any], train_request: dict[str
         "era": (column, "A table body, WarpGBM: the column of era ids."),
         "weight": (column, "A table body, LightGBM: the column of sample weights."),
         "valid_rows": (count, "A table body: its last this many rows are the validation set."),
+        "categorical": (
+            column,
+            "A table body, LightGBM: the feature columns whose values are categories, comma-separated "
+            "(CSV text needs naming; Parquet and Arrow string and dictionary columns are categorical unnamed).",
+        ),
     }
     parameters = [
         {"name": name, "in": "query", "schema": schema, "description": description}
@@ -467,7 +472,10 @@ def _schemas(train_request: dict[str, Any]) -> dict[str, Any]:
             "required": ["X"],
             "oneOf": [{"required": ["artifact_id"]}, {"required": ["artifact"]}],
             "properties": {
-                "X": table_schema("Rows to predict, each a list of numbers (null: missing)."),
+                "X": table_schema(
+                    "Rows to predict, each a list of numbers (null: missing); a categorical feature's values "
+                    "as in training (strings or numbers; one the model never saw is missing)."
+                ),
                 "artifact_id": {"type": "string", "pattern": ID_PATTERN},
                 "artifact": {
                     "type": "string",

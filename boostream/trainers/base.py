@@ -107,6 +107,9 @@ class TrainingData:
     # Sample weights (float64, one per row, >= 0), of the training and the validation rows.
     weight: np.ndarray | None = None
     weight_valid: np.ndarray | None = None
+    # Categorical features by name: their categories, sorted; X holds each value's index among
+    # them, NaN where it is missing (`boostream.categories`).
+    categories: dict[str, list[Any]] | None = None
 
     @property
     def has_validation(self) -> bool:
@@ -145,6 +148,7 @@ class Trainer(Protocol):
     params: Sequence[ParamSpec]
     takes_era: bool  # whether `TrainingData.era` means something to it
     takes_weights: bool  # whether it trains with `TrainingData.weight`
+    takes_categories: bool  # whether it trains with `TrainingData.categories`
 
     def rounds(self, params: Mapping[str, Any]) -> int:
         """The boosting rounds that `params` ask for: the `total` of the job's progress."""
@@ -206,6 +210,7 @@ class ModelShape:
     n_features: int
     n_classes: int = 1  # 1 for regression
     classes: list[Any] | None = None  # where the model itself knows its labels
+    categories: dict[int, list[Any]] | None = None  # of its categorical features, by index
 
 
 def check_early_stopping(data: TrainingData, params: Mapping[str, Any]) -> None:

@@ -19,6 +19,7 @@ import lightgbm
 import numpy as np
 import orjson
 
+from boostream import categories
 from boostream.progress import finite_or_none
 from boostream.trainers.base import (
     Availability,
@@ -50,6 +51,7 @@ class LightGBMTrainer:
     native_extension = "txt"
     takes_era = False
     takes_weights = True
+    takes_categories = True
     params: Sequence[ParamSpec] = (
         ParamSpec("n_estimators", int, 100, "Boosting rounds.", minimum=1, maximum=100_000),
         ParamSpec(
@@ -163,9 +165,11 @@ class LightGBMTrainer:
         if objective == "multiclass":
             booster_params["num_class"] = len(data.classes or ())
         dataset_params = {"max_bin": params["max_bin"], "verbose": -1, "num_threads": self.num_threads}
+        categorical = sorted(categories.by_index(data.categories or {}, data.feature_names))
         train_set = lightgbm.Dataset(
-            data.X, data.y, weight=data.weight, feature_name=data.feature_names, params=dataset_params
-        )
+            data.X, data.y, weight=data.weight, feature_name=data.feature_names, params=dataset_params,
+            categorical_feature=categorical or "auto",
+        )  # fmt: skip
         valid_sets, valid_names = [train_set], ["train"]
         if data.has_validation:
             valid_set = lightgbm.Dataset(data.X_valid, data.y_valid, weight=data.weight_valid, reference=train_set)
@@ -187,6 +191,9 @@ class LightGBMTrainer:
         best_iteration, metrics = history.final(early_stopped=stop.early_stopped)
         booster.best_iteration = best_iteration
         booster.classes_ = data.classes  # type: ignore[attr-defined]  # ours, on LightGBM's object
+        if categorical:  # written on the text model's last line, read back by LightGBM's Python package
+            listed = categories.by_index(data.categories or {}, data.feature_names)
+            booster.pandas_categorical = [listed[index] for index in categorical]
         return FitResult(
             booster, len(history.rounds), best_iteration, metrics, cancelled=stop.cancelled, curve=history.rounds
         )
@@ -219,12 +226,25 @@ class LightGBMTrainer:
         except (UnicodeDecodeError, lightgbm.basic.LightGBMError) as error:
             raise ValueError(f"not a LightGBM text model: {error}") from None
         model.classes_ = _read_classes(text, self.describe(model).n_classes)  # type: ignore[attr-defined]  # ours
+        if not trusted:
+            self._categories(model)  # ValueError where they do not fit the model
         return model
 
     def describe(self, model: lightgbm.Booster) -> ModelShape:
         objective = _OBJECTIVE_NAMES.get(str(model.params.get("objective", "regression")).split()[0], "regression")
         n_classes = {"regression": 1, "binary": 2}.get(objective, model.num_model_per_iteration())
-        return ModelShape(objective, model.num_feature(), n_classes, getattr(model, "classes_", None))
+        return ModelShape(
+            objective, model.num_feature(), n_classes, getattr(model, "classes_", None), self._categories(model) or None
+        )
+
+    @staticmethod
+    def _categories(model: lightgbm.Booster) -> dict[int, list[Any]]:
+        """The model's categories by feature index, from LightGBM's `pandas_categorical` and its
+        `categorical_feature` parameter. A model whose categorical features come without their
+        categories (trained on integer codes) has none: it is sent the codes."""
+        features = model.params.get("categorical_feature") or []
+        features = [int(index) for index in (features if isinstance(features, list) else [features])]
+        return categories.check(model.pandas_categorical, features, model.num_feature())
 
     def scores(self, model: lightgbm.Booster, X: np.ndarray) -> np.ndarray:
         # An array for dense X (LightGBM's annotation also allows the sparse and list results of

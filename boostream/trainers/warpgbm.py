@@ -74,6 +74,7 @@ class WarpGBMTrainer:
     native_extension = "json"
     takes_era = True
     takes_weights = False
+    takes_categories = False
     params: Sequence[ParamSpec] = (
         ParamSpec("n_estimators", int, 100, "Boosting rounds.", minimum=1, maximum=100_000),
         ParamSpec(
