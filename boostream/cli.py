@@ -59,6 +59,7 @@ _SERVE_OPTIONS = {
     "max_queued": "jobs that may wait per device before new ones get 429",
     "max_training_s": "longest a job may train, in seconds",
     "job_ttl_s": "seconds a finished job and its artifact are kept",
+    "dataset_ttl_s": "seconds a dataset is kept after it was last made or trained on",
     "webhook_hosts": "hosts callback_url may name, comma-separated (host or host:port; * for any)",
     "no_auth": "serve everyone without API keys, even on an address beyond loopback",
     "allowed_hosts": "host names clients reach this server by, besides loopback and the bound address "
@@ -111,6 +112,8 @@ REQUEST_FIELDS = frozenset(
         "categorical",
         "weight",
         "valid_rows",
+        "dataset_id",
+        "valid_dataset_id",
         "model_type",
         "objective",
         "valid_fraction",

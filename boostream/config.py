@@ -58,6 +58,8 @@ class Settings:
     max_training_s: float = 6 * 3600.0
     # Finished jobs, their events and artifacts are removed this long after they end.
     job_ttl_s: float = 7 * 24 * 3600.0
+    # Datasets (POST /datasets) are removed this long after they were last made or trained on.
+    dataset_ttl_s: float = 7 * 24 * 3600.0
     # Hosts that `callback_url` may name, comma-separated (`host` or `host:port`; `*` for any).
     # Empty: no webhooks.
     webhook_hosts: str = ""
@@ -127,6 +129,11 @@ class Settings:
     def inputs_dir(self) -> Path:
         """Where decoded tables are written: the shared directory's, with Redis and one."""
         return self.shared_path / "inputs" if self.shared_path is not None else self.data_dir / "inputs"
+
+    @property
+    def datasets_dir(self) -> Path:
+        """Where datasets are kept: the shared directory's, with Redis and one (every replica sees them)."""
+        return self.shared_path / "datasets" if self.shared_path is not None else self.data_dir / "datasets"
 
     @property
     def uploads_dir(self) -> Path:

@@ -20,6 +20,7 @@ import numpy as np
 
 from boostream import __version__
 from boostream.config import Settings
+from boostream.datasets import Dataset, DatasetStore
 from boostream.errors import Conflict, Gone, InvalidParameter, NotFound, QuotaExceeded, Unauthorized, quotable
 from boostream.jobs import inputs
 from boostream.jobs.engine import JobEngine
@@ -78,6 +79,7 @@ class Service:
         self._ingest: anyio.Semaphore | None = None
         self._keys: KeyStore | None = None
         self._keys_made = False  # once a key exists, every request needs one; none is ever deleted
+        self.datasets = DatasetStore(settings.datasets_dir, settings.dataset_ttl_s)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -101,7 +103,10 @@ class Service:
                 self._decoders.start()
             await engine.start()
             try:
-                yield
+                async with anyio.create_task_group() as housekeeping:
+                    housekeeping.start_soon(self._expire_datasets)
+                    yield
+                    housekeeping.cancel_scope.cancel()
             finally:
                 if self._decoders is not None:
                     self._decoders.close()
@@ -266,6 +271,76 @@ class Service:
         return await anyio.to_thread.run_sync(
             decode_table_request, file, kind, fields, self.trainers, self.unavailable, self.settings.max_cells, where
         )
+
+    # Datasets: uploaded once, trained on as often as one likes
+
+    async def create_dataset(self, caller: Caller, file: IO[bytes], kind: str, name: str | None) -> dict[str, Any]:
+        """Decode an uploaded table (`kind`: csv, parquet or arrow) once and keep it as `caller`'s."""
+        from boostream.requests.tables import decode_dataset  # pyarrow loads in ~0.3 s: only when used
+
+        def keep(table: Any) -> Dataset:
+            return self.datasets.create(table, caller.name, name, kind)
+
+        dataset = await anyio.to_thread.run_sync(decode_dataset, file, kind, self.settings.max_cells, keep)
+        log.info("dataset %s: %d rows x %d columns, from %s", dataset.id, dataset.rows, len(dataset.columns), kind)
+        return dataset.view(self.settings.dataset_ttl_s)
+
+    async def create_json_dataset(self, caller: Caller, body: bytes | bytearray, name: str | None) -> dict[str, Any]:
+        """A dataset sent as JSON (`{"columns": {...}}`), kept as `caller`'s."""
+        from boostream.requests.tables import decode_json_dataset
+
+        def keep(table: Any) -> Dataset:
+            return self.datasets.create(table, caller.name, name, "json")
+
+        dataset = await anyio.to_thread.run_sync(decode_json_dataset, body, self.settings.max_cells, keep)
+        return dataset.view(self.settings.dataset_ttl_s)
+
+    async def dataset(self, caller: Caller, dataset_id: str, field: str = "dataset_id") -> Dataset:
+        """The dataset, if `caller` may use it: another key's is as unknown as one that never was."""
+        return await anyio.to_thread.run_sync(self.datasets.find, dataset_id, caller.owns, field)
+
+    async def dataset_view(self, caller: Caller, dataset_id: str) -> dict[str, Any]:
+        return (await self.dataset(caller, dataset_id)).view(self.settings.dataset_ttl_s)
+
+    async def list_datasets(self, caller: Caller) -> dict[str, Any]:
+        found = await anyio.to_thread.run_sync(self.datasets.all)
+        ttl_s = self.settings.dataset_ttl_s
+        return {"datasets": [dataset.view(ttl_s) for dataset in found if caller.owns(dataset.owner)]}
+
+    async def delete_dataset(self, caller: Caller, dataset_id: str) -> None:
+        dataset = await self.dataset(caller, dataset_id)
+        await anyio.to_thread.run_sync(self.datasets.delete, dataset)
+
+    async def decode_on_dataset(self, caller: Caller, fields: dict[str, str]) -> TrainSpec:
+        """A training request on `caller`'s dataset (`dataset_id`, and `valid_dataset_id` for the
+        validation rows), its other fields as a table request's. Each is marked used."""
+        from boostream.requests.tables import decode_dataset_request
+
+        train = await self.dataset(caller, fields["dataset_id"])
+        valid = None
+        if fields.get("valid_dataset_id"):
+            valid = await self.dataset(caller, fields["valid_dataset_id"], "valid_dataset_id")
+        spec = await anyio.to_thread.run_sync(
+            decode_dataset_request,
+            train.table_path,
+            None if valid is None else valid.table_path,
+            fields,
+            self.trainers,
+            self.unavailable,
+            self.settings.max_cells,
+        )
+        for used in (train, valid):
+            if used is not None:
+                await anyio.to_thread.run_sync(self.datasets.used, used)
+        return spec
+
+    async def _expire_datasets(self) -> None:
+        period = min(self.settings.dataset_ttl_s / 4, 600.0)
+        while True:
+            removed = await anyio.to_thread.run_sync(self.datasets.expire)
+            if removed:
+                log.info("expired %d datasets", removed)
+            await anyio.sleep(period)
 
     async def decode_predict(self, body: bytes | bytearray) -> tuple[PredictRequestBody, np.ndarray]:
         return await anyio.to_thread.run_sync(decode_predict_request, body, self.settings.max_cells)

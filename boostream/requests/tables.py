@@ -34,10 +34,12 @@ import functools
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import IO, Any
+from pathlib import Path
+from typing import IO, Any, TypeVar
 
 import msgspec
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
@@ -49,10 +51,12 @@ from boostream.errors import InvalidData, InvalidParameter, TooLarge, quotable
 from boostream.requests.spec import CLASS_LABEL_HINT, TrainOptions, TrainSpec, assemble_training_data, build_spec
 from boostream.trainers.base import Trainer, TrainingData
 
+T = TypeVar("T")
 TABLE_FIELDS = frozenset({"target", "features", "era", "valid_rows", "weight", "categorical"})
 OPTION_FIELDS = frozenset(TrainOptions.__struct_fields__) - {"feature_names", "params", "categorical"}
-# Read by the route itself, not training fields.
-ROUTE_FIELDS = frozenset({"on_disconnect"})
+# Read by the route itself, not training fields: a stream's choice, and the datasets to train on
+# instead of a body (`decode_dataset_request`).
+ROUTE_FIELDS = frozenset({"on_disconnect", "dataset_id", "valid_dataset_id"})
 BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
 # pyarrow's default CSV block: 16 MiB blocks were no faster, and the reader holds several at once
 # (0.5 GB more at the peak for 1M x 50).
@@ -159,26 +163,146 @@ def _training_data(
     if not fields.get("target"):
         raise InvalidData("target", "name the label column with the field `target`")
     read = {"csv": _read_csv, "parquet": _read_parquet, "arrow": _read_arrow}[kind]
+    with _read_errors(kind), _arrow_source(file, mapped=kind == "arrow") as source:
+        _check_kind(source, kind)
+        named_only = kind == "csv"
+        choose = functools.partial(_choose_columns, fields=fields, objective=options.objective, named_only=named_only)
+        table = read(source, choose, max_cells)
+    return _finish(table, fields, options)
+
+
+@contextlib.contextmanager
+def _read_errors(kind: str) -> Iterator[None]:
+    """pyarrow's word that a table cannot be read, as InvalidData of the file."""
     try:
-        with _arrow_source(file, mapped=kind == "arrow") as source:
-            _check_kind(source, kind)
-            choose = functools.partial(
-                _choose_columns, fields=fields, objective=options.objective, named_only=kind == "csv"
-            )
-            table = read(source, choose, max_cells)
+        yield
     except (pa.ArrowException, OSError, UnicodeDecodeError) as error:
         # pyarrow reports corrupt data as an OSError without errno; with one, the disk failed.
         if isinstance(error, MemoryError) or (isinstance(error, OSError) and error.errno):
             raise
         raise InvalidData("file", f"cannot read the table as {kind.upper()}: {quotable(str(error))}") from None
+
+
+# Datasets (`boostream.datasets`): a table decoded once and kept as an Arrow file, trained on later.
+
+
+def decode_dataset(file: IO[bytes], kind: str, max_cells: int, keep: Callable[[pa.Table], T]) -> T:
+    """Read an uploaded table (CSV, Parquet or Arrow) whole and hand it, checked, to `keep` (which
+    writes it down): every column numbers (integers, floats, decimals, booleans), strings or a
+    dictionary, at most `max_cells` values in all. A pandas index is left out."""
+    with _read_errors(kind), _arrow_source(file, mapped=kind == "arrow") as source:
+        _check_kind(source, kind)
+        if kind == "csv":
+            header = pcsv.open_csv(source, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES)).schema
+            _check_size(1, len(header.names), max_cells)  # before reading the rest
+            source.seek(0)
+            types = {name: _csv_type(header.field(name).type) for name in header.names}
+            reading = pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES)
+            table = pcsv.read_csv(source, read_options=reading, convert_options=pcsv.ConvertOptions(column_types=types))
+        elif kind == "parquet":
+            parquet = pq.ParquetFile(source)
+            _check_size(parquet.metadata.num_rows, len(parquet.schema_arrow), max_cells)
+            table = parquet.read(use_threads=True)
+        else:
+            table = _arrow_table(source, max_cells)
+        table = table.drop_columns(pandas_index(table.schema)).replace_schema_metadata(None)
+        return keep(_dataset_table(table.combine_chunks() if kind == "csv" else table, max_cells))
+
+
+def decode_json_dataset(body: bytes | bytearray, max_cells: int, keep: Callable[[pa.Table], T]) -> T:
+    """A dataset sent as JSON, `{"columns": {"name": [values, ...], ...}}` (numbers, strings,
+    booleans, null for a missing value), checked and handed to `keep` as `decode_dataset` does."""
+    shape = 'a JSON dataset is {"columns": {"name": [values, ...], ...}}, each column a list as long as the others'
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise InvalidData("columns", f"the body is not JSON: {error}") from None
+    columns = document.get("columns") if isinstance(document, dict) and len(document) == 1 else None
+    if not isinstance(columns, dict) or not columns or not all(isinstance(v, list) for v in columns.values()):
+        raise InvalidData("columns", shape)
+    lengths = {len(values) for values in columns.values()}
+    if len(lengths) > 1:
+        raise InvalidData("columns", f"its columns have {sorted(lengths)} values: {shape}")
+    _check_size(lengths.pop(), len(columns), max_cells)
+    arrays = {}
+    for name, values in columns.items():
+        try:
+            arrays[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            raise InvalidData(name, f"column {name!r} mixes kinds of values: a column is numbers, or strings") from None
+    return keep(_dataset_table(pa.table(arrays), max_cells))
+
+
+def _dataset_table(table: pa.Table, max_cells: int) -> pa.Table:
+    """`table`, checked as a dataset: within `max_cells`, its column names unique, each column
+    numbers, strings or a dictionary."""
+    _check_size(table.num_rows, table.num_columns, max_cells)
+    for field in table.schema:
+        if len(table.schema.get_all_field_indices(field.name)) > 1:
+            raise InvalidData(field.name, f"the table has more than one column named {field.name!r}")
+        if not (_is_numeric(field.type) or categories.is_category_type(field.type)):
+            held = f"column {field.name!r} holds {field.type}"
+            raise InvalidData(field.name, f"{held}: a dataset's columns hold numbers, strings or categories")
+    return table
+
+
+def decode_dataset_request(
+    train: Path,
+    valid: Path | None,
+    fields: Mapping[str, str],
+    trainers: Mapping[str, Trainer],
+    unavailable: Mapping[str, str],
+    max_cells: int,
+    where: str = "on this server",
+) -> TrainSpec:
+    """A training request on a dataset (its Arrow file `train`), and `valid`'s rows as the
+    validation set where given; its `fields` as those of a table request."""
+    options = _options(fields, trainers)
+    read_data = functools.partial(_dataset_training_data, train, valid, fields, options, max_cells)
+    return build_spec(options, read_data, trainers, unavailable, where)
+
+
+def _dataset_training_data(
+    train: Path, valid: Path | None, fields: Mapping[str, str], options: TrainOptions, max_cells: int
+) -> TrainingData:
+    if not fields.get("target"):
+        raise InvalidData("target", "name the label column with the field `target`")
+    with pa.memory_map(str(train)) as source:
+        table = ipc.open_file(source).read_all()
+        columns = _choose_columns(table.schema, fields, options.objective, named_only=False)
+        valid_count = None
+        if valid is not None:
+            with pa.memory_map(str(valid)) as valid_source:
+                rows = ipc.open_file(valid_source).read_all()
+                missing = [name for name in columns.all if name not in rows.column_names]
+                if missing:
+                    raise InvalidData("valid_dataset_id", f"the validation dataset has no column {missing[0]!r}")
+                # Its own types may differ (integers where the other has fractions): both as the one that holds either.
+                parts = [table.select(columns.all), rows.select(columns.all)]
+                schema = pa.unify_schemas([part.schema for part in parts], promote_options="permissive")
+                table, valid_count = pa.concat_tables([part.cast(schema) for part in parts]), rows.num_rows
+        _check_size(table.num_rows, len(columns.features), max_cells)
+        return _finish(_from_table(table, columns), fields, options, valid_count)
+
+
+def _finish(
+    table: _Table, fields: Mapping[str, str], options: TrainOptions, valid_count: int | None = None
+) -> TrainingData:
+    """The training data of a table as read: labels checked, the validation rows (its last
+    `valid_count`, or as `valid_rows` says) split off, and the shared checks."""
     columns = table.columns
     y = _labels(table.target, columns.target)
     era = None if table.era is None or columns.era is None else _labels(table.era, columns.era)
     weight = None if table.weight is None or columns.weight is None else _labels(table.weight, columns.weight)
     X, valid, weight_valid = table.X, None, None
     if "valid_rows" in fields:
-        count = _valid_rows(fields["valid_rows"], len(X), options)
-        X, y, era, weight, valid, weight_valid = _split_last(X, y, era, weight, count)
+        if valid_count is not None:
+            raise InvalidParameter("valid_rows", "send either valid_rows or valid_dataset_id, not both")
+        valid_count = _valid_rows(fields["valid_rows"], len(X), options)
+    elif valid_count is not None and options.valid_fraction is not None:
+        raise InvalidParameter("valid_fraction", "send either valid_fraction or valid_dataset_id, not both")
+    if valid_count is not None:
+        X, y, era, weight, valid, weight_valid = _split_last(X, y, era, weight, valid_count)
     try:
         return assemble_training_data(
             msgspec.structs.replace(options, feature_names=columns.features), X, y, era=era, valid=valid,
@@ -228,7 +352,7 @@ def _choose_columns(schema: pa.Schema, fields: Mapping[str, str], objective: str
         if name not in features:
             features_are = f"the features: {_listing(features)}"
             raise InvalidData("categorical", f"names {name!r}, which is no feature column; {features_are}")
-    automatic = {name for name in features if not named_only and categories.is_category_type(schema.field(name).type)}
+    automatic = {name for name in features if _automatic_category(schema.field(name).type, named_only)}
     columns = _Columns(features, target, era, weight, frozenset(named) | automatic)
     for name in columns.all:
         count = len(schema.get_all_field_indices(name))
@@ -272,6 +396,12 @@ def _features(
     if len(set(features)) != len(features):
         raise InvalidData("features", "names a column twice")
     return features
+
+
+def _automatic_category(type_: pa.DataType, named_only: bool) -> bool:
+    """Whether a feature column of this type is categorical unnamed: a dictionary always, text
+    unless only named columns are (`named_only`, CSV's rule)."""
+    return pa.types.is_dictionary(type_) or (not named_only and categories.is_category_type(type_))
 
 
 def _check_label_type(schema: pa.Schema, name: str, what: str, allow_text: bool) -> None:
@@ -477,6 +607,22 @@ def _read_arrow(source: pa.NativeFile, choose: Callable[[pa.Schema], _Columns], 
     its feature columns copied into X one at a time. Its messages are checked before any is
     decoded: the rows they declare against `max_cells`, and no compressed buffers (a few kB of zstd
     could decode to gigabytes in this process; uncompressed, the table is mapped, not read)."""
+    reader, rows = _arrow_reader(source)
+    columns = choose(reader.schema)
+    _check_size(rows, len(columns.features), max_cells)
+    return _from_table(reader.read_all(), columns)
+
+
+def _arrow_table(source: pa.NativeFile, max_cells: int) -> pa.Table:
+    """The whole of an Arrow IPC stream or file, mapped, checked as `_read_arrow` checks it."""
+    reader, rows = _arrow_reader(source)
+    _check_size(rows, len(reader.schema), max_cells)
+    return reader.read_all()
+
+
+def _arrow_reader(source: pa.NativeFile) -> tuple[ipc.RecordBatchStreamReader | ipc.RecordBatchFileReader, int]:
+    """A reader of the stream or file, and the rows its messages declare; InvalidData for a stream
+    cut short or compressed."""
     is_file = source.read(len(ARROW_FILE_MAGIC)) == ARROW_FILE_MAGIC
     if not is_file:
         size = source.size()
@@ -486,13 +632,14 @@ def _read_arrow(source: pa.NativeFile, choose: Callable[[pa.Schema], _Columns], 
             raise InvalidData("file", cut)
     rows, compressed = _arrow_batches(source, 8 if is_file else 0)
     source.seek(0)
-    reader = ipc.open_file(source) if is_file else ipc.open_stream(source)
-    columns = choose(reader.schema)
-    width = len(columns.features)
-    _check_size(rows, width, max_cells)
     if compressed:
         raise InvalidData("file", "the Arrow stream's buffers are compressed: send it uncompressed (it is then mapped)")
-    table = reader.read_all()
+    return (ipc.open_file(source) if is_file else ipc.open_stream(source)), rows
+
+
+def _from_table(table: pa.Table, columns: _Columns) -> _Table:
+    """A table in memory (mapped), its feature columns copied into X one at a time."""
+    rows, width = table.num_rows, len(columns.features)
     X = memory.empty((rows, width), order="F")
     found: dict[str, list[Any]] = {}
     for index, name in enumerate(columns.features):

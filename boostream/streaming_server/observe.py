@@ -64,6 +64,12 @@ class Metrics:
             "boostream_ingest_bytes", "Request body bytes received (tables and requests).", registry=registry
         )
         self.subscribers = Gauge("boostream_event_streams", "Event streams open now.", registry=registry)
+        self.tables_decoded = Counter(
+            "boostream_tables_decoded",
+            "Tables decoded from request bodies (training requests and datasets), by format.",
+            ["format"],
+            registry=registry,
+        )
         self.events_sent = Counter("boostream_events_sent", "Job events sent on event streams.", registry=registry)
         self.jobs = Gauge(
             "boostream_jobs", "Jobs kept (until they expire), by backend and status.", ["backend", "status"],
@@ -142,7 +148,7 @@ class Observed:
                     if name == b"content-type" and value.startswith(EVENT_STREAM):
                         answer["stream"] = True
                         self.metrics.subscribers.inc()
-                    elif name == b"location":
+                    elif name == b"location" and value.startswith(b"/jobs/"):
                         answer["made"] = value.decode("latin-1").removeprefix("/jobs/")
                     elif name == JOB_HEADER:
                         answer["made"] = value.decode("latin-1")

@@ -41,6 +41,7 @@ SSE_EVENT = {
     },
 }
 ID_PATTERN = "^[0-9a-f]{32}$"
+DATASET_ID_PATTERN = "^ds_[0-9a-f]{24}$"
 STATUSES = "|".join(status.value for status in JobStatus)
 STATUS_TEXT = {
     400: "The body cannot be read: malformed JSON, a key sent twice, data that does not fit together.",
@@ -73,7 +74,7 @@ def openapi_document(service: Service) -> dict[str, Any]:
     train_request = train_request_schema(trainers, service.settings.max_training_s)
     job_id = _path_id("job_id", "A job's id, as `POST /jobs` answered it.")
     artifact_id = _path_id("artifact_id", "An artifact's id, from the job's `complete` event or status.")
-    submit_body = {
+    submit_body: dict[str, Any] = {
         "required": True,
         "content": {
             JSON: {"schema": {"$ref": "#/components/schemas/TrainRequest"}},
@@ -96,7 +97,25 @@ def openapi_document(service: Service) -> dict[str, Any]:
             },
         },
     }
-    table_fields = _table_query_parameters(trainers, train_request)
+    dataset_pattern = {"type": "string", "pattern": DATASET_ID_PATTERN}
+    table_fields = [
+        *_table_query_parameters(trainers, train_request),
+        *(
+            {"name": name, "in": "query", "schema": dataset_pattern, "description": it}
+            for name, it in (
+                ("dataset_id", "Train on this dataset (POST /datasets) instead of a body: send none."),
+                ("valid_dataset_id", "With dataset_id: this dataset's rows are the validation set."),
+            )
+        ),
+    ]
+    dataset_id = _path_id("dataset_id", "A dataset's id, as `POST /datasets` answered it.", DATASET_ID_PATTERN)
+    dataset_body = {
+        **submit_body,
+        "content": {
+            **submit_body["content"],
+            JSON: {"schema": {"$ref": "#/components/schemas/DatasetColumns"}},
+        },
+    }
     paths: dict[str, Any] = {
         "/": {
             "get": _operation(
@@ -305,6 +324,42 @@ def openapi_document(service: Service) -> dict[str, Any]:
             "parameters": [artifact_id],
             "get": _operation("artifact_metadata", "What is known of an artifact.", {200: _json("Artifact")}, 404),
         },
+        "/datasets": {
+            "post": {
+                **_operation(
+                    "create_dataset",
+                    "Upload a table once (CSV, Parquet, Arrow, or JSON columns), decoded once; train on it "
+                    "with `dataset_id` in a training request's query, without a body.",
+                    {201: _json("Dataset", headers={"Location": {"schema": {"type": "string"}}})},
+                    400,
+                    403,
+                    408,
+                    411,
+                    413,
+                    415,
+                    422,
+                    503,
+                    507,
+                ),
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "query",
+                        "schema": {"type": "string", "maxLength": 200},
+                        "description": "A label for people.",
+                    }
+                ],
+                "requestBody": dataset_body,
+            },
+            "get": _operation(
+                "list_datasets", "The caller's datasets (an admin's: all), newest first.", {200: _json("DatasetList")}
+            ),
+        },
+        "/datasets/{dataset_id}": {
+            "parameters": [dataset_id],
+            "get": _operation("dataset", "A dataset's shape and columns.", {200: _json("Dataset")}, 404),
+            "delete": _operation("delete_dataset", "Remove a dataset.", {204: {"description": "Removed."}}, 404),
+        },
         "/predict": {
             "post": {
                 **_operation(
@@ -399,8 +454,8 @@ def _json(schema: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
     return answer
 
 
-def _path_id(name: str, description: str) -> dict[str, Any]:
-    schema = {"type": "string", "pattern": ID_PATTERN}  # what the server makes: any other is a 404
+def _path_id(name: str, description: str, pattern: str = "") -> dict[str, Any]:
+    schema = {"type": "string", "pattern": pattern or ID_PATTERN}  # what the server makes: any other is a 404
     return {"name": name, "in": "path", "required": True, "description": description, "schema": schema}
 
 
@@ -484,6 +539,47 @@ def _schemas(train_request: dict[str, Any]) -> dict[str, Any]:
                 "artifact_format": {"type": "string", "enum": list(ARTIFACT_FORMATS), "default": "joblib"},
                 "signature": {"type": "string"},
                 "output": {"type": "string", "enum": list(OUTPUTS), "default": "value"},
+            },
+        },
+        "Dataset": {
+            "type": "object",
+            "required": ["dataset_id", "rows", "columns", "format", "size_bytes", "created_at", "expires_at"],
+            "properties": {
+                "dataset_id": {"type": "string"},
+                "name": {"type": ["string", "null"]},
+                "rows": {"type": "integer"},
+                "columns": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {"name": {"type": "string"}, "type": {"type": "string"}},
+                    },
+                },
+                "format": {"type": "string", "enum": ["json", "csv", "parquet", "arrow"]},
+                "size_bytes": {"type": "integer"},
+                "created_at": {"type": "number", "description": "Unix time."},
+                "expires_at": {"type": "number", "description": "Unix time: a use (training) pushes it back."},
+            },
+        },
+        "DatasetList": {
+            "type": "object",
+            "required": ["datasets"],
+            "properties": {"datasets": {"type": "array", "items": {"$ref": "#/components/schemas/Dataset"}}},
+        },
+        "DatasetColumns": {
+            "type": "object",
+            "required": ["columns"],
+            "additionalProperties": False,
+            "properties": {
+                "columns": {
+                    "type": "object",
+                    "minProperties": 1,
+                    "additionalProperties": {
+                        "type": "array",
+                        "items": {"type": ["number", "string", "boolean", "null"]},
+                    },
+                    "description": "Each column's values by its name, every column as long.",
+                }
             },
         },
         "JobCreated": {

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from boostream import dashboard
-from boostream.errors import InvalidParameter, StorageFull, disk_full, quotable
+from boostream.errors import InvalidData, InvalidParameter, StorageFull, disk_full, quotable
 from boostream.jobs.records import Event, JobRecord, job_urls
 from boostream.keys import Caller
 from boostream.requests.spec import TrainSpec
@@ -27,6 +27,8 @@ from boostream.streaming_server.uploads import MULTIPART, TABLE_TYPES, BodyBudge
 
 ON_DISCONNECT_FIELD = frozenset({"on_disconnect"})  # the one query field a JSON training request takes
 JSON = "application/json"
+
+MAX_NAME = 200  # characters of a dataset's name
 
 
 class Routes:
@@ -54,6 +56,10 @@ class Routes:
             Route("/artifacts/{artifact_id}", self.download_artifact, methods=["GET"]),
             Route("/artifacts/{artifact_id}/metadata", self.artifact_metadata, methods=["GET"]),
             Route("/predict", self.predict, methods=["POST"]),
+            Route("/datasets", self.create_dataset, methods=["POST"]),
+            Route("/datasets", self.list_datasets, methods=["GET"]),
+            Route("/datasets/{dataset_id}", self.dataset, methods=["GET"]),
+            Route("/datasets/{dataset_id}", self.delete_dataset, methods=["DELETE"]),
             *dashboard.routes(),
         ]
 
@@ -168,6 +174,8 @@ class Routes:
     async def _decode(self, request: Request) -> tuple[TrainSpec, dict[str, float]]:
         """The training request, read and checked off the loop, and how long reading the body (from
         the moment it may be read) and decoding it took."""
+        if "dataset_id" in request.query_params:
+            return await self._decode_on_dataset(request)
         media_type = _media_type(request)
         if media_type not in (JSON, MULTIPART, *TABLE_TYPES):
             accepted = ", ".join([JSON, *TABLE_TYPES, MULTIPART])
@@ -185,6 +193,7 @@ class Routes:
                 async with service.ingest_slot():
                     started = time.perf_counter()
                     spec = await service.decode_json(body)
+                self.metrics.tables_decoded.labels("json").inc()
                 return spec, _timings(arrived, received, started)
             upload = await receive_table(request, media_type, limit, service.settings.uploads_dir, share)
             try:
@@ -192,9 +201,64 @@ class Routes:
                 async with service.ingest_slot():
                     started = time.perf_counter()
                     spec = await service.decode_table(upload.file, upload.kind, upload.fields)
+                self.metrics.tables_decoded.labels(upload.kind).inc()
                 return spec, _timings(arrived, received, started)
             finally:
                 await upload.close()
+
+    async def _decode_on_dataset(self, request: Request) -> tuple[TrainSpec, dict[str, float]]:
+        """A training request on a dataset: its fields in the query, no body."""
+        if request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers:
+            raise InvalidData(
+                "dataset_id", "a training request on a dataset has no body: its fields go in the query string"
+            )
+        async with self.service.ingest_slot():
+            started = time.perf_counter()
+            spec = await self.service.decode_on_dataset(_caller(request), dict(request.query_params))
+        return spec, {"dataset_s": time.perf_counter() - started}  # its columns into X: decoded already
+
+    # Datasets
+
+    async def create_dataset(self, request: Request) -> Response:
+        media_type = _media_type(request)
+        if media_type not in (JSON, MULTIPART, *TABLE_TYPES):
+            accepted = ", ".join([JSON, *TABLE_TYPES, MULTIPART])
+            raise ApiError(
+                415, "unsupported_media_type", f"send a dataset's table as one of {accepted}; not {media_type}"
+            )
+        service, limit = self.service, self.service.settings.max_body_bytes
+        try:
+            with self.bodies.share() as share:
+                if media_type == JSON:
+                    name = _dataset_name(dict(request.query_params))
+                    body = await read_body(request, limit, share=share)
+                    async with service.ingest_slot():
+                        made = await service.create_json_dataset(_caller(request), body, name)
+                    kind = "json"
+                else:
+                    upload = await receive_table(request, media_type, limit, service.settings.uploads_dir, share)
+                    try:
+                        name, kind = _dataset_name(upload.fields), upload.kind
+                        async with service.ingest_slot():
+                            made = await service.create_dataset(_caller(request), upload.file, kind, name)
+                    finally:
+                        await upload.close()
+        except OSError as error:
+            if disk_full(error):
+                raise StorageFull.of(error) from None
+            raise
+        self.metrics.tables_decoded.labels(kind).inc()
+        return JSONResponse(made, status_code=201, headers={"Location": f"/datasets/{made['dataset_id']}"})
+
+    async def list_datasets(self, request: Request) -> Response:
+        return JSONResponse(await self.service.list_datasets(_caller(request)))
+
+    async def dataset(self, request: Request) -> Response:
+        return JSONResponse(await self.service.dataset_view(_caller(request), request.path_params["dataset_id"]))
+
+    async def delete_dataset(self, request: Request) -> Response:
+        await self.service.delete_dataset(_caller(request), request.path_params["dataset_id"])
+        return Response(status_code=204)
 
     def _event_response(self, job_id: str, events: AsyncIterator[Event], cancel_on_leave: bool) -> Response:
         def on_leave(server_stopping: bool) -> None:
@@ -204,6 +268,17 @@ class Routes:
         return event_response(
             events, on_leave, settings.heartbeat_s, settings.send_timeout_s, self.metrics.events_sent.inc
         )
+
+
+def _dataset_name(fields: dict[str, str]) -> str | None:
+    """A dataset's `name`, its one field: a label for people, at most 200 printable characters."""
+    unknown = [field for field in fields if field != "name"]
+    if unknown:
+        raise InvalidParameter(unknown[0], f"a dataset takes only a `name`, not {quotable(unknown[0])!r}")
+    name = fields.get("name")
+    if name is not None and (len(name) > MAX_NAME or not name.isprintable()):
+        raise InvalidParameter("name", f"name must be at most {MAX_NAME} printable characters")
+    return name
 
 
 def _caller(request: Request) -> Caller:
