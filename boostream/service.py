@@ -8,6 +8,7 @@ requests already read (bytes, a spooled file), answers as plain data, refusals a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -102,12 +103,12 @@ class Service:
                 self._decoders = Decoders(INGEST_SLOTS, settings.inputs_dir, settings.lightgbm_threads)
                 self._decoders.start()
             await engine.start()
+            # Not a task group around the yield: it would wrap the caller's errors in an ExceptionGroup.
+            housekeeping = asyncio.get_running_loop().create_task(self._expire_datasets())
             try:
-                async with anyio.create_task_group() as housekeeping:
-                    housekeeping.start_soon(self._expire_datasets)
-                    yield
-                    housekeeping.cancel_scope.cancel()
+                yield
             finally:
+                housekeeping.cancel()
                 if self._decoders is not None:
                     self._decoders.close()
                 await engine.shutdown()
@@ -337,9 +338,13 @@ class Service:
     async def _expire_datasets(self) -> None:
         period = min(self.settings.dataset_ttl_s / 4, 600.0)
         while True:
-            removed = await anyio.to_thread.run_sync(self.datasets.expire)
-            if removed:
-                log.info("expired %d datasets", removed)
+            try:
+                removed = await anyio.to_thread.run_sync(self.datasets.expire)
+            except OSError:  # the disk: tried again next time
+                log.exception("expiring datasets failed")
+            else:
+                if removed:
+                    log.info("expired %d datasets", removed)
             await anyio.sleep(period)
 
     async def decode_predict(self, body: bytes | bytearray) -> tuple[PredictRequestBody, np.ndarray]:
