@@ -122,6 +122,21 @@ class TrainedModel:
 
 
 @dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A table the server keeps decoded (`Client.upload`): train on it by passing it as `data`."""
+
+    dataset_id: str
+    name: str | None
+    rows: int
+    columns: list[dict[str, str]]  # {"name": ..., "type": ...}
+    expires_at: float  # Unix time; a training pushes it back
+
+    @classmethod
+    def of(cls, made: Mapping[str, Any]) -> Dataset:
+        return cls(made["dataset_id"], made.get("name"), made["rows"], made["columns"], made["expires_at"])
+
+
+@dataclasses.dataclass(frozen=True)
 class Event:
     id: int
     type: str
@@ -180,15 +195,15 @@ class Client:
         """POST /jobs with a JSON training request; the 202 answer (`job_id` and its URLs)."""
         return self._json("POST", "/jobs", json=request)
 
-    def upload_job(self, table: Path, fields: Mapping[str, str]) -> dict[str, Any]:
-        """POST /jobs with a CSV or Parquet file as the body, read from disk as it is sent, and the
-        request's `fields` (target, objective, hyperparameters, ...) in the query string."""
+    def upload_job(self, table: Path, fields: Mapping[str, str], path: str = "/jobs") -> dict[str, Any]:
+        """POST /jobs (or `path`) with a CSV or Parquet file as the body, read from disk as it is
+        sent, and the request's `fields` (target, objective, hyperparameters, ...) in the query string."""
         media_type = TABLE_MEDIA_TYPES[table_kind(table)]
         size = table.stat().st_size
         with open(table, "rb") as file:
             return self._json(
                 "POST",
-                "/jobs",
+                path,
                 params=dict(fields),
                 content=_chunks(file),
                 # With a length, httpx sends the body as it is, not chunked: the server can refuse
@@ -196,6 +211,26 @@ class Client:
                 headers={"content-type": media_type, "content-length": str(size)},
                 timeout=httpx.Timeout(self._http.timeout.connect, read=UPLOAD_ANSWER_TIMEOUT_S),
             )
+
+    def upload(self, data: Any, name: str | None = None) -> Dataset:
+        """Upload a table once, as a dataset the server keeps decoded (POST /datasets): a pandas or
+        polars DataFrame, an Arrow table, a 2-D numpy array, or the path of a CSV, Parquet or Arrow
+        file. Pass what it returns to `train` or `start` as their `data`, as often as you like:
+        the table is neither sent nor decoded again."""
+        fields = {} if name is None else {"name": name}
+        if isinstance(data, str | os.PathLike):
+            return Dataset.of(self.upload_job(Path(data), fields, "/datasets"))
+        from boostream import frames
+
+        table = frames.as_table(data)
+        return Dataset.of(self._post_table(frames.ipc_stream(table), "arrow", fields, "/datasets"))
+
+    def datasets(self) -> list[Dataset]:
+        return [Dataset.of(made) for made in self._json("GET", "/datasets")["datasets"]]
+
+    def delete_dataset(self, dataset: Dataset | str) -> None:
+        dataset_id = dataset.dataset_id if isinstance(dataset, Dataset) else dataset
+        self._send("DELETE", f"/datasets/{dataset_id}")
 
     def jobs(self, statuses: Sequence[str] = (), limit: int | None = None) -> list[dict[str, Any]]:
         """The newest jobs (the first page: at most `limit`, 500 at the most), with these statuses."""
@@ -253,7 +288,8 @@ class Client:
         timeout_s: float | None = None,
     ) -> str:
         """Send a training job; its id. `data`: a pandas or polars DataFrame, an Arrow table, a 2-D
-        numpy array, or the path of a CSV, Parquet or Arrow file. `target`: the label column's name,
+        numpy array, the path of a CSV, Parquet or Arrow file, or a `Dataset` (`upload`; `valid`
+        may be one too). `target`: the label column's name,
         or the labels themselves (an array as long as `data`). `valid`: a fraction of the rows to
         hold out (0.2), or a table like `data` (with its labels in the same column, or as
         `(table, labels)`). `features`: the feature columns (default: every other column).
@@ -272,6 +308,15 @@ class Client:
             valid = None
         if isinstance(weight, str):
             fields["weight"] = weight
+        if isinstance(data, Dataset):
+            if not isinstance(target, str) or not isinstance(weight, str | None):
+                raise ValueError("with a dataset, target= (and weight=) name its columns")
+            fields.update(dataset_id=data.dataset_id, target=target)
+            if valid is not None:
+                if not isinstance(valid, Dataset):
+                    raise ValueError("a dataset trains with valid=<fraction>, or valid=<another dataset>")
+                fields["valid_dataset_id"] = valid.dataset_id
+            return str(self._post_table(None, "", fields)["job_id"])
         if isinstance(data, str | os.PathLike):
             if valid is not None:
                 raise ValueError("a file trains with valid=<fraction>, or put its validation rows in a table")
@@ -379,17 +424,20 @@ class Client:
             job = self._post_table(frames.parquet(table), "parquet", fields)  # a server from before Arrow
         return str(job["job_id"])
 
-    def _post_table(self, body: bytes, kind: str, fields: Mapping[str, str]) -> dict[str, Any]:
-        """POST /jobs with a table; a server that says to come back (a full queue, bodies enough
-        being received, a key at its rate) is asked again when it says, up to `reconnects` times."""
+    def _post_table(
+        self, body: bytes | None, kind: str, fields: Mapping[str, str], path: str = "/jobs"
+    ) -> dict[str, Any]:
+        """POST /jobs (or `path`) with a table (none: a training on a dataset); a server that says
+        to come back (a full queue, bodies enough being received, a key at its rate) is asked again
+        when it says, up to `reconnects` times."""
         for attempt in range(self.reconnects + 1):
             try:
                 return self._json(
                     "POST",
-                    "/jobs",
+                    path,
                     params=dict(fields),
                     content=body,
-                    headers={"content-type": TABLE_MEDIA_TYPES[kind]},
+                    headers={"content-type": TABLE_MEDIA_TYPES[kind]} if kind else {},
                     timeout=httpx.Timeout(self._http.timeout.connect, read=UPLOAD_ANSWER_TIMEOUT_S),
                 )
             except ApiError as error:

@@ -217,3 +217,25 @@ def test_training_requests_on_a_dataset_are_checked_as_table_requests(server: Se
         )  # fmt: skip
         assert with_body.status_code == 400, with_body.text
         assert with_body.json()["error"]["field"] == "dataset_id" and "no body" in with_body.json()["error"]["message"]
+
+
+def test_the_notebook_client_uploads_a_dataframe_once_and_trains_on_it_twice(server: Server, diabetes):
+    import pandas as pd
+
+    from boostream.client import Client
+
+    X, y = diabetes
+    frame = pd.DataFrame(X, columns=[f"c{i}" for i in range(X.shape[1])]).assign(target=y)
+    with Client(server.url) as client:
+        dataset = client.upload(frame, name="diabetes")
+        assert dataset.rows == len(y) and dataset.name == "diabetes"
+        assert dataset.dataset_id in [listed.dataset_id for listed in client.datasets()]
+        after_upload = decoded_tables(server)
+        small = client.train(dataset, target="target", params=PARAMS, progress=False)
+        large = client.train(dataset, target="target", params={**PARAMS, "num_leaves": 15}, valid=0.2, progress=False)
+        assert decoded_tables(server) == after_upload
+        direct = client.train(frame, target="target", params=PARAMS, progress=False)
+        np.testing.assert_array_equal(small.predict(frame), direct.predict(frame))
+        assert "valid_l2" in large.metrics and not np.array_equal(large.predict(frame), small.predict(frame))
+        client.delete_dataset(dataset)
+        assert dataset.dataset_id not in [listed.dataset_id for listed in client.datasets()]
