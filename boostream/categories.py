@@ -12,6 +12,7 @@ training) is a missing value there as here.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,6 +26,8 @@ from boostream.errors import InvalidData
 # Distinct values one categorical column may have: beyond this, it is an identifier more than a
 # category, and the model would carry every value.
 MAX_CATEGORIES = 65_536
+# Bytes of one category: a longer string is text, not a category (and would weigh on the model).
+MAX_CATEGORY_BYTES = 1024
 
 
 def is_category_type(type_: pa.DataType) -> bool:
@@ -40,25 +43,62 @@ def is_category_type(type_: pa.DataType) -> bool:
 
 def encode(column: pa.Array | pa.ChunkedArray, name: str) -> tuple[np.ndarray, list[Any]]:
     """A column's codes (float64, NaN where a value is missing) and its categories, sorted.
-    InvalidData naming the column when it holds too many, or values that are no categories."""
+    InvalidData naming the column when it holds too many, values too long, or values that are no
+    categories. A dictionary column is encoded from its dictionaries, never expanded: a few
+    kilobytes of Parquet may hold a long string repeated a million times."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     if pa.types.is_dictionary(column.type):
-        column = column.cast(column.type.value_type)
-    if not (is_category_type(column.type) or _is_number(column.type)):
+        # Each chunk's values that its indices use (a pandas category may list unused ones).
+        values = [chunk.dictionary.take(pc.unique(chunk.indices).drop_null()) for chunk in chunks]
+    else:
+        values = list(chunks)
+    value_type = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    if not (is_category_type(value_type) or _is_number(value_type)):
         raise InvalidData(name, f"column {name!r} holds {column.type}: categories are strings or numbers")
-    if pa.types.is_floating(column.type):
-        column = pc.if_else(pc.is_nan(column), None, column)  # NaN is a missing value, not a category
-    categories = pc.unique(column).drop_null()
+    values = [_normalized(part) for part in values]
+    categories = pc.unique(pa.chunked_array(values, value_type)).drop_null() if values else pa.array([], value_type)
+    _check_categories(categories, name)
+    categories = categories.take(pc.array_sort_indices(categories))
+    coded = []
+    for chunk in chunks:
+        if pa.types.is_dictionary(chunk.type):  # the dictionary's codes, then each index's
+            of_dictionary = pc.index_in(_normalized(chunk.dictionary), value_set=categories)
+            coded.append(of_dictionary.take(chunk.indices).cast(pa.float64()))
+        else:
+            coded.append(pc.index_in(_normalized(chunk), value_set=categories).cast(pa.float64()))
+    out = np.concatenate([part.to_numpy(zero_copy_only=False) for part in coded] or [np.empty(0)])
+    return out, categories.to_pylist()
+
+
+def _normalized(values: pa.Array) -> pa.Array:
+    """Floats as categories: NaN is a missing value, and -0.0 the same category as 0.0."""
+    if not pa.types.is_floating(values.type):
+        return values
+    values = pc.add(values, pa.scalar(0.0, values.type))  # -0.0 + 0.0 is 0.0
+    return pc.if_else(pc.is_nan(values), None, values)
+
+
+def _check_categories(categories: pa.Array, name: str) -> None:
     if len(categories) > MAX_CATEGORIES:
         raise InvalidData(
             name,
             f"column {name!r} has {len(categories)} distinct values, more than {MAX_CATEGORIES} categories: "
             "it looks like an identifier rather than a category",
         )
-    categories = categories.take(pc.array_sort_indices(categories))
-    coded = pc.index_in(column, value_set=categories).cast(pa.float64())
-    chunks = coded.chunks if isinstance(coded, pa.ChunkedArray) else [coded]
-    values = np.concatenate([chunk.to_numpy(zero_copy_only=False) for chunk in chunks] or [np.empty(0)])
-    return values, categories.to_pylist()
+    if is_category_type(categories.type) and len(categories):
+        longest = pc.max(pc.binary_length(categories.cast(pa.large_string()))).as_py()
+        if longest > MAX_CATEGORY_BYTES:
+            raise InvalidData(
+                name, f"column {name!r} has a value of {longest} bytes: a category is at most {MAX_CATEGORY_BYTES}"
+            )
+    if pa.types.is_integer(categories.type) and len(categories):
+        bounds = pc.min_max(categories).as_py()
+        if max(abs(bounds["min"]), abs(bounds["max"])) > 2**53:
+            raise InvalidData(
+                name,
+                f"column {name!r} has integers beyond 2**53, which a double (as predictions take them) "
+                "cannot tell apart: send them as strings",
+            )
 
 
 def encode_values(values: Sequence[Any] | np.ndarray, name: str) -> tuple[np.ndarray, list[Any]]:
@@ -71,22 +111,35 @@ def encode_values(values: Sequence[Any] | np.ndarray, name: str) -> tuple[np.nda
     return encode(column, name)
 
 
-def codes(values: np.ndarray, categories: Sequence[Any], at: int) -> np.ndarray:
-    """The codes of `values` (a column of X, feature `at`) among a model's `categories`: NaN for a
+@dataclasses.dataclass(frozen=True)
+class Lookup:
+    """A model's categories of one feature, ready to look values up in."""
+
+    index: dict[Any, float]
+    text: bool  # whether its categories are strings (else numbers)
+
+
+def lookup(categories: Sequence[Any]) -> Lookup:
+    return Lookup(
+        {category: float(code) for code, category in enumerate(categories)},
+        all(isinstance(category, str) for category in categories),
+    )
+
+
+def codes(values: np.ndarray, found: Lookup, at: int) -> np.ndarray:
+    """The codes of `values` (a column of X, feature `at`) among a model's categories: NaN for a
     missing value and for one the model never saw. A number where the categories are strings, or a
     string where they are numbers, is InvalidData naming it: a code sent for its category, say,
     would otherwise predict as a missing value without a word."""
-    index = {category: float(code) for code, category in enumerate(categories)}
-    text = all(isinstance(category, str) for category in categories)
     coded = np.empty(len(values))
     for row, value in enumerate(values.tolist()):
         if value is None or (isinstance(value, float) and math.isnan(value)):
             coded[row] = math.nan
-        elif isinstance(value, str) != text:
-            kind = "strings" if text else "numbers"
+        elif isinstance(value, str) != found.text:
+            kind = "strings" if found.text else "numbers"
             raise InvalidData("X", f"X[{row}][{at}] is {value!r}, but feature {at}'s categories are {kind}")
         else:
-            coded[row] = index.get(value, math.nan)
+            coded[row] = found.index.get(value, math.nan)
     return coded
 
 
@@ -112,6 +165,8 @@ def check(categories: Any, features: Sequence[int], n_features: int) -> dict[int
             raise ValueError("its categories must be lists of strings or finite numbers")
         if len(set(listed)) != len(listed):
             raise ValueError("a feature's categories must be unique")
+        if len(listed) > MAX_CATEGORIES:
+            raise ValueError(f"a feature has {len(listed)} categories, more than {MAX_CATEGORIES}")
     if any(not 0 <= feature < n_features for feature in features):
         raise ValueError(f"a categorical feature is beyond its {n_features} features")
     return dict(zip(sorted(features), categories, strict=True))

@@ -738,7 +738,7 @@ def _train_fields(args: argparse.Namespace) -> dict[str, str]:
         if not equals or not name:
             raise UsageError(f"--param {param!r}: write it NAME=VALUE, e.g. n_estimators=300")
         if name in REQUEST_FIELDS:
-            raise UsageError(f"--param {name}: not a hyperparameter; it has its own option (see --help)")
+            raise UsageError(f"--param {name}: not a hyperparameter but a field of the request (see --help)")
         if name in fields:
             raise UsageError(f"--param {name} is given twice")
         fields[name] = value.strip()

@@ -75,6 +75,8 @@ class DatasetStore:
         folder = self.root / dataset_id
         folder.mkdir(parents=True)
         try:
+            # One dictionary per column for the whole file (the IPC file format takes no replacements).
+            table = table.unify_dictionaries()
             with pa.OSFile(str(folder / TABLE), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
                 writer.write_table(table)
             now = time.time()
@@ -161,6 +163,13 @@ class DatasetStore:
             used_at = meta_path.stat().st_mtime
         except (OSError, orjson.JSONDecodeError):
             return None
+        try:
+            return DatasetStore._of(meta, used_at, folder)
+        except (KeyError, TypeError):  # not a meta.json this wrote: no dataset
+            return None
+
+    @staticmethod
+    def _of(meta: dict[str, Any], used_at: float, folder: Path) -> Dataset:
         return Dataset(
             id=meta["id"],
             owner=meta["owner"],

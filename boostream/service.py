@@ -329,6 +329,7 @@ class Service:
             self.trainers,
             self.unavailable,
             self.settings.max_cells,
+            train.format == "csv",
         )
         for used in (train, valid):
             if used is not None:
@@ -336,11 +337,11 @@ class Service:
         return spec
 
     async def _expire_datasets(self) -> None:
-        period = min(self.settings.dataset_ttl_s / 4, 600.0)
+        period = max(1.0, min(self.settings.dataset_ttl_s / 4, 600.0))
         while True:
             try:
                 removed = await anyio.to_thread.run_sync(self.datasets.expire)
-            except OSError:  # the disk: tried again next time
+            except Exception:  # the disk, say: tried again next time
                 log.exception("expiring datasets failed")
             else:
                 if removed:

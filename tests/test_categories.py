@@ -248,3 +248,40 @@ def test_a_model_whose_categories_do_not_fit_it_is_refused():
     with pytest.raises(ValueError, match="beyond its 3 features"):
         categories.check([["a"]], [7], 3)
     assert categories.check(None, [1], 3) == {}  # trained on codes: it is sent codes
+
+
+def test_minus_zero_is_the_category_zero_and_integers_beyond_a_double_are_refused():
+    coded, found = categories.encode(pa.array([-0.0, 0.0, 1.0, float("nan")]), "x")
+    assert found == [0.0, 1.0]
+    np.testing.assert_array_equal(coded, [0.0, 0.0, 1.0, np.nan])
+    np.testing.assert_array_equal(categories.codes(np.array([-0.0, 0.0]), categories.lookup(found), 0), [0.0, 0.0])
+    with pytest.raises(InvalidData, match="beyond 2\\*\\*53"):
+        categories.encode(pa.array([2**53 + 1, 1]), "id")
+
+
+def long_strings(rows: int) -> pa.Table:
+    """One string of 100 kB, the same in every row: a few kilobytes once compressed or in a dictionary."""
+    text = "x" * 100_000
+    return pa.table({"a": np.arange(rows, dtype=np.float64), "note": [text] * rows, "y": np.arange(rows) % 2})
+
+
+def test_a_long_string_repeated_is_refused_before_it_is_copied_for_every_row(server: Server):
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(long_strings(600), sink, compression="zstd")
+    parquet = sink.getvalue().to_pybytes()
+    assert len(parquet) < 20_000  # 60 MB of text
+    dictionary = long_strings(600)
+    dictionary = dictionary.set_column(1, "note", dictionary.column("note").dictionary_encode())
+    for body, content_type in ((parquet, PARQUET), (arrow_bytes(dictionary), ARROW)):
+        for path in ("/train/stream", "/datasets"):
+            with server.client() as client:
+                fields = {"target": "y"} if path == "/train/stream" else {}
+                refused = client.post(path, content=body, headers={"content-type": content_type}, params=fields)
+            if path == "/datasets" and refused.status_code == 201:  # kept as a dictionary, not expanded
+                assert refused.json()["size_bytes"] < 1_000_000
+                continue
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["error"]["field"] == "note"
+            assert "has a value of 100000 bytes: a category is at most 1024" in refused.json()["error"]["message"]

@@ -74,6 +74,10 @@ def test_a_dataset_uploaded_once_trains_twice_with_different_parameters_and_is_d
     second_params = {**PARAMS, "num_leaves": 15, "n_estimators": 25}
     second = completed(train_dataset(server, dataset_id=made["dataset_id"], target="progression", **second_params))
     assert decoded_tables(server) == after_upload  # neither training decoded a table
+    # What is kept is the decoded table, mapped by whoever trains; not the Parquet file.
+    kept = server.data_dir / "datasets" / made["dataset_id"]
+    assert sorted(path.name for path in kept.iterdir()) == ["meta.json", "table.arrow"]
+    assert (kept / "table.arrow").read_bytes()[:6] == b"ARROW1"
     assert first["iterations"] == PARAMS["n_estimators"] and second["iterations"] == 25
     assert first["feature_names"] == names
     # The same models as the table sent with each request.
@@ -154,17 +158,25 @@ def test_a_dataset_belongs_to_its_creator(tmp_path: Path, diabetes):
 def test_a_dataset_expires_once_unused_for_its_time_to_live_and_survives_a_restart(tmp_path: Path, diabetes):
     X, y = diabetes
     body = parquet_bytes(table_of(X, y, [f"c{i}" for i in range(X.shape[1])]))
-    with running_server(tmp_path, dataset_ttl_s=3.0) as server:
+    ttl_s = 8.0
+    with running_server(tmp_path, dataset_ttl_s=ttl_s) as server:
         kept, dropped = upload(server, body, PARQUET)["dataset_id"], upload(server, body, PARQUET)["dataset_id"]
-        time.sleep(2.0)
-        completed(train_dataset(server, dataset_id=kept, target="target", n_estimators=3))  # a use: 3 s more
-    with running_server(tmp_path, dataset_ttl_s=3.0) as server:
-        time.sleep(1.5)  # past `dropped`'s time, within `kept`'s
+        made = time.monotonic()
+        time.sleep(3.0)
+        completed(train_dataset(server, dataset_id=kept, target="target", n_estimators=3))  # a use: 8 s from now
+    with running_server(tmp_path, dataset_ttl_s=ttl_s) as server:
+        time.sleep(max(0.0, made + ttl_s + 0.5 - time.monotonic()))  # past `dropped`'s time
+        assert time.monotonic() < made + 3.0 + ttl_s, "the restart took too long for this test's times"
         with server.client() as client:
             assert client.get(f"/datasets/{kept}").status_code == 200
             assert client.get(f"/datasets/{dropped}").status_code == 404
-            listed = [d["dataset_id"] for d in client.get("/datasets").json()["datasets"]]
-        assert listed == [kept]
+            assert [d["dataset_id"] for d in client.get("/datasets").json()["datasets"]] == [kept]
+        # The sweep (every ttl / 4) removes its files.
+        deadline = time.monotonic() + ttl_s / 4 + 3
+        while (server.data_dir / "datasets" / dropped).exists():
+            assert time.monotonic() < deadline, "the expired dataset's files were never removed"
+            time.sleep(0.1)
+        assert (server.data_dir / "datasets" / kept / "table.arrow").exists()
 
 
 TIMESTAMPS = pa.table({"a": [1.0, 2.0], "when": pa.array([0, 1], pa.timestamp("s")), "y": [1.0, 2.0]})
@@ -177,6 +189,7 @@ BAD_UPLOADS = [
     ("an empty table", b"", CSV, 400, "file", "the table is empty"),
     ("a column that is no number or category", parquet_bytes(TIMESTAMPS), PARQUET, 400, "when", "timestamp"),
     ("Parquet sent as CSV", parquet_bytes(TIMESTAMPS), CSV, 400, "file", "looks like a Parquet file"),
+    ("a CSV column name twice", b"a,a,y\n1,2,3\n", CSV, 400, "a", "2 columns named 'a'"),
 ]
 
 
@@ -192,9 +205,46 @@ def test_a_bad_upload_is_refused_naming_what_is_wrong(server: Server, case, body
 def test_a_dataset_over_the_cell_limit_is_a_413(tmp_path: Path):
     table = pa.table({f"c{i}": np.arange(100.0) for i in range(10)})
     with running_server(tmp_path, max_cells=999) as server, server.client() as client:
-        refused = client.post("/datasets", content=parquet_bytes(table), headers={"content-type": PARQUET})
-    assert refused.status_code == 413, refused.text
-    assert "1000 values, more than the limit of 999" in refused.json()["error"]["message"]
+        for body, content_type in ((parquet_bytes(table), PARQUET), (csv_bytes(table), CSV)):
+            refused = client.post("/datasets", content=body, headers={"content-type": content_type})
+            assert refused.status_code == 413, refused.text
+            assert "more than the limit of 999" in refused.json()["error"]["message"]
+        columns = {f"c{i}": list(range(100)) for i in range(10)}
+        refused = client.post("/datasets", json={"columns": columns})
+        assert refused.status_code == 413, refused.text
+
+
+def test_a_csv_dataset_trains_the_same_model_as_the_csv_sent_whole(server: Server):
+    rng = np.random.default_rng(1)
+    zips = rng.choice(["02134", "10001", "94105"], 900)
+    towns = rng.choice(["Oslo", "Lima"], 900)
+    y = rng.normal(size=900) + (zips == "10001") * 2 + (towns == "Lima")
+    body = csv_bytes(pa.table({"zip": zips, "town": towns, "x": rng.normal(size=900), "y": y}))
+    fields = {"target": "y", "categorical": "zip,town", **PARAMS}
+    whole = completed(train_table(server, body, CSV, **fields))
+    dataset = upload(server, body, CSV)["dataset_id"]
+    from_dataset = completed(train_dataset(server, dataset_id=dataset, **fields))
+    assert from_dataset["metrics"] == whole["metrics"]
+    # As with the whole CSV, its text is categorical only where named.
+    with server.client() as client:
+        refused = client.post("/jobs", params={"dataset_id": dataset, "target": "y"})
+    assert refused.status_code == 400 and refused.json()["error"]["field"] == "town", refused.text
+
+
+def test_a_validation_dataset_of_other_types_is_stacked_or_refused_naming_the_column(server: Server):
+    rng = np.random.default_rng(2)
+    frame = {"x": rng.normal(size=600), "town": rng.choice(["Oslo", "Lima", "Pune"], 600), "y": rng.normal(size=600)}
+    as_category = pa.table(frame).set_column(1, "town", pa.array(frame["town"]).dictionary_encode())
+    train = upload(server, parquet_bytes(as_category.slice(0, 400)), PARQUET)["dataset_id"]
+    valid = upload(server, arrow_bytes(pa.table(frame).slice(400)), ARROW)["dataset_id"]  # plain strings
+    events = train_dataset(server, dataset_id=train, valid_dataset_id=valid, target="y", **PARAMS)
+    assert events[0].data["n_valid_rows"] == 200 and "valid_l2" in completed(events)["metrics"]
+    numbers = upload(server, arrow_bytes(pa.table({**frame, "town": rng.normal(size=600)})), ARROW)["dataset_id"]
+    with server.client() as client:
+        refused = client.post("/jobs", params={"dataset_id": train, "valid_dataset_id": numbers, "target": "y"})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["field"] == "valid_dataset_id"
+    assert "column 'town' holds" in refused.json()["error"]["message"]
 
 
 def test_training_requests_on_a_dataset_are_checked_as_table_requests(server: Server, diabetes):
@@ -217,6 +267,11 @@ def test_training_requests_on_a_dataset_are_checked_as_table_requests(server: Se
         )  # fmt: skip
         assert with_body.status_code == 400, with_body.text
         assert with_body.json()["error"]["field"] == "dataset_id" and "no body" in with_body.json()["error"]["message"]
+        alone = client.post(
+            "/jobs", params={"valid_dataset_id": made["dataset_id"], "target": "target"}, content=b"a,target\n1,2\n",
+            headers={"content-type": CSV},
+        )  # fmt: skip
+        assert alone.status_code == 422 and alone.json()["error"]["field"] == "valid_dataset_id", alone.text
 
 
 def test_the_notebook_client_uploads_a_dataframe_once_and_trains_on_it_twice(server: Server, diabetes):

@@ -38,6 +38,8 @@ class LoadedModel:
     classes: list[Any] | None  # labels for classifiers; class indices when unknown
     artifact_id: str | None
     size_bytes: int  # what it counts for against the cache's bound
+    # Each categorical feature's code by category, made at its first use and kept with the model.
+    _lookups: dict[int, categories.Lookup] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def predict(self, X: np.ndarray, output: str) -> np.ndarray:
         if X.shape[1] != self.shape.n_features:
@@ -62,7 +64,9 @@ class LoadedModel:
         rows = np.empty(X.shape, np.float64)
         for at in range(X.shape[1]):
             if at in found:
-                rows[:, at] = categories.codes(X[:, at], found[at], at)
+                if at not in self._lookups:
+                    self._lookups[at] = categories.lookup(found[at])
+                rows[:, at] = categories.codes(X[:, at], self._lookups[at], at)
             elif X.dtype == object:
                 rows[:, at] = categories.numbers(X[:, at], "X", at, ": the model's feature there is no categorical one")
             else:

@@ -39,15 +39,15 @@ from typing import IO, Any, TypeVar
 
 import msgspec
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
+import simdjson
 
 from boostream import categories, memory
-from boostream.errors import InvalidData, InvalidParameter, TooLarge, quotable
+from boostream.errors import InvalidData, InvalidParameter, NotFound, TooLarge, quotable
 from boostream.requests.spec import CLASS_LABEL_HINT, TrainOptions, TrainSpec, assemble_training_data, build_spec
 from boostream.trainers.base import Trainer, TrainingData
 
@@ -193,14 +193,9 @@ def decode_dataset(file: IO[bytes], kind: str, max_cells: int, keep: Callable[[p
     with _read_errors(kind), _arrow_source(file, mapped=kind == "arrow") as source:
         _check_kind(source, kind)
         if kind == "csv":
-            header = pcsv.open_csv(source, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES)).schema
-            _check_size(1, len(header.names), max_cells)  # before reading the rest
-            source.seek(0)
-            types = {name: _csv_type(header.field(name).type) for name in header.names}
-            reading = pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES)
-            table = pcsv.read_csv(source, read_options=reading, convert_options=pcsv.ConvertOptions(column_types=types))
+            table = _csv_dataset(source, max_cells)
         elif kind == "parquet":
-            parquet = pq.ParquetFile(source)
+            parquet = _parquet_file(source)
             _check_size(parquet.metadata.num_rows, len(parquet.schema_arrow), max_cells)
             table = parquet.read(use_threads=True)
         else:
@@ -209,28 +204,71 @@ def decode_dataset(file: IO[bytes], kind: str, max_cells: int, keep: Callable[[p
         return keep(_dataset_table(table.combine_chunks() if kind == "csv" else table, max_cells))
 
 
+def _csv_dataset(source: pa.NativeFile, max_cells: int) -> pa.Table:
+    """A CSV table whole, its columns typed as a training request's CSV reads them (`_csv_type`),
+    read a block at a time and refused once past `max_cells`."""
+    header = pcsv.open_csv(source, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES)).schema
+    for name in header.names:
+        count = header.names.count(name)
+        if count > 1:
+            raise InvalidData(name, f"the table has {count} columns named {name!r}; a column's name must be unique")
+    source.seek(0)
+    types = {field.name: _csv_type(field.type) for field in header}
+    reader = pcsv.open_csv(
+        source,
+        read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+        convert_options=pcsv.ConvertOptions(column_types=types),
+    )
+    batches, rows = [], 0
+    for batch in _csv_batches(reader, header.names):
+        rows += batch.num_rows
+        if rows * len(header.names) > max_cells:
+            raise TooLarge(
+                f"the table has at least {rows} rows x {len(header.names)} columns = "
+                f"{rows * len(header.names)} values, more than the limit of {max_cells}"
+            )
+        batches.append(batch)
+    return pa.Table.from_batches(batches, reader.schema).combine_chunks()
+
+
 def decode_json_dataset(body: bytes | bytearray, max_cells: int, keep: Callable[[pa.Table], T]) -> T:
     """A dataset sent as JSON, `{"columns": {"name": [values, ...], ...}}` (numbers, strings,
-    booleans, null for a missing value), checked and handed to `keep` as `decode_dataset` does."""
+    booleans, null for a missing value), checked and handed to `keep` as `decode_dataset` does. A
+    column of numbers only is read by simdjson straight into doubles; any other as Python values."""
     shape = 'a JSON dataset is {"columns": {"name": [values, ...], ...}}, each column a list as long as the others'
     try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as error:
+        document = simdjson.Parser().parse(bytes(body))
+    except ValueError as error:
         raise InvalidData("columns", f"the body is not JSON: {error}") from None
-    columns = document.get("columns") if isinstance(document, dict) and len(document) == 1 else None
-    if not isinstance(columns, dict) or not columns or not all(isinstance(v, list) for v in columns.values()):
+    columns = document.get("columns") if isinstance(document, simdjson.Object) and len(document) == 1 else None
+    if not isinstance(columns, simdjson.Object) or not len(columns):
         raise InvalidData("columns", shape)
-    lengths = {len(values) for values in columns.values()}
+    lists: dict[str, simdjson.Array] = {}
+    for name in columns.keys():
+        values = columns[name]
+        if not isinstance(values, simdjson.Array):
+            raise InvalidData("columns", f"column {name!r} is not a list: {shape}")
+        lists[name] = values
+    lengths = sorted({len(values) for values in lists.values()})
     if len(lengths) > 1:
-        raise InvalidData("columns", f"its columns have {sorted(lengths)} values: {shape}")
-    _check_size(lengths.pop(), len(columns), max_cells)
-    arrays = {}
-    for name, values in columns.items():
-        try:
-            arrays[name] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            raise InvalidData(name, f"column {name!r} mixes kinds of values: a column is numbers, or strings") from None
-    return keep(_dataset_table(pa.table(arrays), max_cells))
+        raise InvalidData("columns", f"its columns have {lengths} values: {shape}")
+    _check_size(lengths[0], len(lists), max_cells)  # before any is converted
+    table = pa.table({name: _json_column(values, name) for name, values in lists.items()})
+    del lists, columns, document  # the parser's document, before the table is written
+    return keep(_dataset_table(table, max_cells))
+
+
+def _json_column(values: Any, name: str) -> pa.Array:
+    try:
+        doubles = np.frombuffer(values.as_buffer(of_type="d"), dtype=np.float64)
+        if len(doubles) == len(values):  # simdjson flattens nested lists: a count that differs is one
+            return pa.array(doubles)
+    except (TypeError, ValueError, RuntimeError):
+        pass  # null, strings, booleans, or numbers beyond a double
+    try:
+        return pa.array(values.as_list())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        raise InvalidData(name, f"column {name!r} mixes kinds of values: a column is numbers, or strings") from None
 
 
 def _dataset_table(table: pa.Table, max_cells: int) -> pa.Table:
@@ -253,36 +291,78 @@ def decode_dataset_request(
     trainers: Mapping[str, Trainer],
     unavailable: Mapping[str, str],
     max_cells: int,
+    named_only: bool = False,
     where: str = "on this server",
 ) -> TrainSpec:
     """A training request on a dataset (its Arrow file `train`), and `valid`'s rows as the
-    validation set where given; its `fields` as those of a table request."""
+    validation set where given; its `fields` as those of a table request (`named_only` for a
+    dataset made from CSV: its text columns are categorical where `categorical` names them, as
+    the CSV sent whole would have them)."""
     options = _options(fields, trainers)
-    read_data = functools.partial(_dataset_training_data, train, valid, fields, options, max_cells)
+    read_data = functools.partial(_dataset_training_data, train, valid, fields, options, max_cells, named_only)
     return build_spec(options, read_data, trainers, unavailable, where)
 
 
 def _dataset_training_data(
-    train: Path, valid: Path | None, fields: Mapping[str, str], options: TrainOptions, max_cells: int
+    train: Path, valid: Path | None, fields: Mapping[str, str], options: TrainOptions, max_cells: int, named_only: bool
 ) -> TrainingData:
     if not fields.get("target"):
         raise InvalidData("target", "name the label column with the field `target`")
-    with pa.memory_map(str(train)) as source:
+    with _mapped(train, "dataset_id") as source:
         table = ipc.open_file(source).read_all()
-        columns = _choose_columns(table.schema, fields, options.objective, named_only=False)
+        columns = _choose_columns(table.schema, fields, options.objective, named_only=named_only)
         valid_count = None
         if valid is not None:
-            with pa.memory_map(str(valid)) as valid_source:
+            with _mapped(valid, "valid_dataset_id") as valid_source:
                 rows = ipc.open_file(valid_source).read_all()
-                missing = [name for name in columns.all if name not in rows.column_names]
-                if missing:
-                    raise InvalidData("valid_dataset_id", f"the validation dataset has no column {missing[0]!r}")
-                # Its own types may differ (integers where the other has fractions): both as the one that holds either.
-                parts = [table.select(columns.all), rows.select(columns.all)]
-                schema = pa.unify_schemas([part.schema for part in parts], promote_options="permissive")
-                table, valid_count = pa.concat_tables([part.cast(schema) for part in parts]), rows.num_rows
+                table, valid_count = _stacked(table, rows, columns.all), rows.num_rows
         _check_size(table.num_rows, len(columns.features), max_cells)
         return _finish(_from_table(table, columns), fields, options, valid_count)
+
+
+@contextlib.contextmanager
+def _mapped(path: Path, field: str) -> Iterator[pa.MemoryMappedFile]:
+    """A dataset's Arrow file, mapped; NotFound naming `field` when it went (deleted, expired) since
+    it was found."""
+    try:
+        source = pa.memory_map(str(path))
+    except FileNotFoundError:
+        raise NotFound("the dataset is gone (deleted, or expired)", field=field) from None
+    with source:
+        yield source
+
+
+def _stacked(table: pa.Table, valid: pa.Table, names: list[str]) -> pa.Table:
+    """The validation dataset's rows after the dataset's, in the columns `names`, each column of
+    a type that holds both: numbers as the wider, categories as dictionaries (never expanded)."""
+    missing = [name for name in names if name not in valid.column_names]
+    if missing:
+        raise InvalidData("valid_dataset_id", f"the validation dataset has no column {missing[0]!r}")
+    parts = [table.select(names), valid.select(names)]
+    for name in names:
+        types = [part.schema.field(name).type for part in parts]
+        if any(_is_text(type_) for type_ in types) and not all(_is_text(type_) for type_ in types):
+            raise InvalidData("valid_dataset_id", _types_differ(name, types))
+        if _is_text(types[0]):
+            parts = [part.set_column(part.column_names.index(name), name, _dictionary(part.column(name)))
+                     for part in parts]  # fmt: skip
+    try:
+        return pa.concat_tables(parts, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        name = next(name for name in names if parts[0].schema.field(name).type != parts[1].schema.field(name).type)
+        types = [part.schema.field(name).type for part in parts]
+        raise InvalidData("valid_dataset_id", _types_differ(name, types)) from None
+
+
+def _dictionary(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A column of strings, or a dictionary of them, as dictionary<int32, string> (not expanded)."""
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column)
+    return column.cast(pa.dictionary(pa.int32(), pa.string()))
+
+
+def _types_differ(name: str, types: list[pa.DataType]) -> str:
+    return f"column {name!r} holds {types[0]} in the dataset and {types[1]} in the validation dataset"
 
 
 def _finish(
@@ -352,12 +432,12 @@ def _choose_columns(schema: pa.Schema, fields: Mapping[str, str], objective: str
         if name not in features:
             features_are = f"the features: {_listing(features)}"
             raise InvalidData("categorical", f"names {name!r}, which is no feature column; {features_are}")
-    automatic = {name for name in features if _automatic_category(schema.field(name).type, named_only)}
-    columns = _Columns(features, target, era, weight, frozenset(named) | automatic)
-    for name in columns.all:
+    for name in _Columns(features, target, era, weight).all:
         count = len(schema.get_all_field_indices(name))
         if count > 1:
             raise InvalidData(name, f"the table has {count} columns named {name!r}; a column's name must be unique")
+    automatic = {name for name in features if _automatic_category(schema.field(name).type, named_only)}
+    columns = _Columns(features, target, era, weight, frozenset(named) | automatic)
     for name in columns.features:
         type_ = schema.field(name).type
         if name not in columns.categorical and not _is_numeric(type_):
@@ -493,7 +573,6 @@ def _read_csv(source: pa.NativeFile, choose: Callable[[pa.Schema], _Columns], ma
     source.seek(0)
     typed = [*columns.features, columns.target, *([columns.weight] if columns.weight else [])]
     types = {name: _csv_type(header.field(name).type) for name in typed}
-    types.update({name: pa.string() for name in columns.categorical})  # CSV's categories are text: "02134"
     reader = pcsv.open_csv(
         source,
         read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
@@ -529,7 +608,7 @@ def _read_csv(source: pa.NativeFile, choose: Callable[[pa.Schema], _Columns], ma
     X.resize((rows, width), refcheck=False)  # in place; no view of X remains (a profiler's would fail the check)
     found = {}
     for name, chunks in texts.items():
-        X[:, columns.features.index(name)], found[name] = categories.encode(pa.chunked_array(chunks, pa.string()), name)
+        X[:, columns.features.index(name)], found[name] = categories.encode(pa.chunked_array(chunks), name)
     return _Table(
         columns,
         X,
@@ -562,8 +641,18 @@ def _csv_batches(reader: pcsv.CSVStreamingReader, names: list[str]) -> Iterator[
         yield batch
 
 
+def _parquet_file(source: pa.NativeFile) -> pq.ParquetFile:
+    """The file, its string columns read as dictionaries: a page of one long string repeated
+    stays one string, where read plain it would be copied for every row (a few kilobytes of zstd
+    could make gigabytes)."""
+    schema = pq.ParquetFile(source).schema_arrow
+    texts = [field.name for field in schema if _is_text(field.type) and not pa.types.is_dictionary(field.type)]
+    source.seek(0)
+    return pq.ParquetFile(source, read_dictionary=texts or None)
+
+
 def _read_parquet(source: pa.NativeFile, choose: Callable[[pa.Schema], _Columns], max_cells: int) -> _Table:
-    parquet = pq.ParquetFile(source)
+    parquet = _parquet_file(source)
     columns = choose(parquet.schema_arrow)
     rows, width = parquet.metadata.num_rows, len(columns.features)
     _check_size(rows, width, max_cells)
@@ -744,14 +833,29 @@ def _refuse_infinite(block: np.ndarray, names: Sequence[str], first_row: int) ->
         raise InvalidData(name, f"column {name!r} is infinite in row {first_row + int(at_row)} (rows count from 0)")
 
 
+def _text_labels(column: pa.ChunkedArray, name: str) -> np.ndarray:
+    """String labels as an array of Python strings, each distinct one made once (a dictionary's
+    value repeated a million times is not copied a million times); none longer than a category."""
+    encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
+    encoded = encoded.unify_dictionaries() if isinstance(encoded, pa.ChunkedArray) else pa.chunked_array([encoded])
+    dictionary = encoded.chunk(0).dictionary if encoded.num_chunks else pa.array([], pa.string())
+    if len(dictionary):
+        longest = pc.max(pc.binary_length(dictionary.cast(pa.large_string()))).as_py()
+        most = categories.MAX_CATEGORY_BYTES
+        if longest > most:
+            raise InvalidData(name, f"column {name!r} has a value of {longest} bytes: a label is at most {most}")
+    indices = np.concatenate([chunk.indices.to_numpy(zero_copy_only=False) for chunk in encoded.chunks] or [[]])
+    labels: np.ndarray = np.asarray(dictionary.cast(pa.string()).to_pylist(), dtype=object)[indices.astype(np.intp)]
+    return labels
+
+
 def _labels(column: pa.ChunkedArray, name: str) -> np.ndarray:
     """The target's or the era's values: numbers as doubles, or strings; none may be missing."""
     if column.null_count:
         row = pc.index(pc.is_null(column), True).as_py()
         raise InvalidData(name, f"column {name!r} has no value in row {row} (rows count from 0)")
     if _is_text(column.type):
-        labels: np.ndarray = pc.cast(column, pa.string()).to_numpy().astype(str)
-        return labels
+        return _text_labels(column, name)
     values: np.ndarray = pc.cast(column, pa.float64()).to_numpy()
     bad = ~np.isfinite(values)
     if bad.any():

@@ -176,6 +176,8 @@ class Routes:
         the moment it may be read) and decoding it took."""
         if "dataset_id" in request.query_params:
             return await self._decode_on_dataset(request)
+        if "valid_dataset_id" in request.query_params:
+            raise InvalidParameter("valid_dataset_id", "is the validation set of a dataset: send dataset_id too")
         media_type = _media_type(request)
         if media_type not in (JSON, MULTIPART, *TABLE_TYPES):
             accepted = ", ".join([JSON, *TABLE_TYPES, MULTIPART])
