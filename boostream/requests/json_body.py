@@ -11,12 +11,16 @@ at fault.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import mmap
+import os
 import queue
 import re
-from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar
+import signal
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, ClassVar, NoReturn
 
 import msgspec
 import numpy as np
@@ -305,7 +309,8 @@ def _table_doubles(body: bytes | bytearray, start: int, length: int, field: str,
 
     It is parsed a block of rows at a time, each block its own small document: simdjson's buffers
     then stay a few megabytes instead of growing with the table, and no single call holds the
-    GIL for long, so the event loop keeps answering while a large body is decoded."""
+    GIL for long, so the event loop keeps answering while a large body is decoded. A large table's
+    blocks are parsed by several processes at once where this process allows it (`_forked_table`)."""
     end = start + length
     if body[start : start + 1] != b"[":
         raise InvalidData(field, "must be a list of rows, each a list of numbers")
@@ -320,23 +325,218 @@ def _table_doubles(body: bytes | bytearray, start: int, length: int, field: str,
     if not body[first + 1 : first_end].strip():
         raise InvalidData(field, f"{field}[0] is an empty row: rows need at least one value")
     width = body.count(b",", first, first_end) + 1
-    # Right for a table of numbers (the blocks check it), counted in steps that each hold the GIL briefly.
-    rows = sum(body.count(b"[", at, min(at + ROW_BLOCK_BYTES, end)) for at in range(start, end, ROW_BLOCK_BYTES)) - 1
+    last = _rows_end(body, start, end)
+    blocks = list(_row_blocks(body, first, last))
+    processes = min(_TABLE_PROCESSES.processes, len(blocks)) if length >= FORKED_TABLE_MIN_BYTES else 1
+    if processes > 1:
+        try:
+            return _forked_table(body, blocks, width, field, max_cells, processes)
+        except _ShareFailed:
+            pass  # a process died (out of memory, say): this one parses the table alone
+    rows = _rows_in(body, blocks)
+    _refuse_cells(field, rows, width, max_cells)
+    table = memory.empty((rows, width))
+    filled = _fill(table, 0, body, blocks, width)
+    return table if filled == rows else None
+
+
+def _refuse_cells(field: str, rows: int, width: int, max_cells: int) -> None:
     if rows * width > max_cells:
         raise TooLarge(
             f"{field} has {rows} x {width} = {rows * width} values, more than the limit of {max_cells}", field=field
         )
-    table = memory.empty((rows, width))
+
+
+def _fill(
+    table: np.ndarray, at: int, body: bytes | bytearray, blocks: Iterable[tuple[int, int]], width: int
+) -> int | None:
+    """Parse the row blocks `blocks` into `table` from its row `at`: the row after the last one
+    written, or None where a block is not rows of `width` numbers or would run past the table."""
     parser = _parser()
-    filled = 0
-    for block_start, block_end in _row_blocks(body, first, _rows_end(body, start, end)):
+    for block_start, block_end in blocks:
         values = _block_doubles(parser, body, block_start, block_end, width)
-        if values is None or filled + len(values) > rows:
+        if values is None or at + len(values) > len(table):
             return None
-        table[filled : filled + len(values)] = values
-        filled += len(values)
+        table[at : at + len(values)] = values
+        at += len(values)
     _PARSERS.put(parser)  # not after an error: the traceback may still hold proxies into a document
-    return table if filled == rows else None
+    return at
+
+
+# Tables from this size on are parsed by several processes where `parse_tables_with` allowed it:
+# below it, forking saves a few tens of milliseconds at best, and costs more on a busy machine
+# (docs/benchmarks.md, section 19).
+FORKED_TABLE_MIN_BYTES = 32 * 1024 * 1024
+
+
+@dataclasses.dataclass
+class _TableProcesses:
+    processes: int = 1
+
+
+_TABLE_PROCESSES = _TableProcesses()
+
+
+def parse_tables_with(processes: int) -> None:
+    """Parse each large table with `processes` processes at once from now on, this one and others
+    forked from it (1, the default: this one alone). Only for a process that forks safely, with no
+    thread that a fork could catch holding a lock its children need: a decoder process
+    (`workers/decoding.py`), not the server with its event loop and thread pools."""
+    _TABLE_PROCESSES.processes = max(1, processes) if hasattr(os, "fork") and hasattr(os, "memfd_create") else 1
+
+
+class _ShareFailed(Exception):
+    """A process to parse a share of a table could not start, or died: the table is then parsed by
+    this process alone."""
+
+
+def _forked_table(
+    body: bytes | bytearray, blocks: list[tuple[int, int]], width: int, field: str, max_cells: int, processes: int
+) -> np.ndarray | None:
+    """The table of `_table_doubles` from its row blocks, parsed by `processes` processes at once:
+    this one and processes forked from it, which read the body where it is (a fork copies none of
+    its pages) and write their rows into memory that this one maps too (a memfd). simdjson holds
+    the GIL while it parses, so threads would take turns (docs/benchmarks.md, section 19).
+    Each process counts the rows of its share of the blocks; this one adds them up, checks the limit
+    and tells each where its rows start. None where a block is not rows of numbers, as one process
+    would find."""
+    shares = _shares(blocks, processes)
+    output = os.memfd_create("boostream-table", os.MFD_CLOEXEC)
+    children: list[_Share] = []
+    try:
+        for share in shares[1:]:
+            children.append(_Share(body, share, width, output, children))
+        counts = [_rows_in(body, shares[0]), *(child.rows() for child in children)]
+        rows = sum(counts)
+        _refuse_cells(field, rows, width, max_cells)
+        os.ftruncate(output, rows * width * 8)
+        mapping = mmap.mmap(output, rows * width * 8)
+        at = counts[0]
+        for child, count in zip(children, counts[1:], strict=True):
+            child.start_at(at)
+            at += count
+        table = np.frombuffer(mapping, np.float64).reshape(rows, width)  # keeps the map alive
+        _populate_rows(mapping, 0, counts[0], width)
+        if _fill(table, 0, body, shares[0], width) != counts[0]:
+            return None
+        for child in children:
+            if not child.wait():
+                return None
+        return table
+    finally:
+        for child in children:
+            child.end()  # and stop those still parsing, when a share was not rows of numbers
+        os.close(output)
+
+
+def _shares(blocks: list[tuple[int, int]], processes: int) -> list[list[tuple[int, int]]]:
+    """The blocks in `processes` runs of about as many bytes each, in order."""
+    first, size = blocks[0][0], blocks[-1][1] - blocks[0][0]
+    shares: list[list[tuple[int, int]]] = [[] for _ in range(processes)]
+    for block in blocks:
+        shares[min(processes - 1, (block[0] - first) * processes // size)].append(block)
+    return [share for share in shares if share]
+
+
+def _rows_in(body: bytes | bytearray, blocks: list[tuple[int, int]]) -> int:
+    """The rows in `blocks`, as their '[' count them: right for rows of numbers, which the blocks
+    then check. numpy counts twice as fast as bytes.count, and lets go of the GIL while it does."""
+    opens = (np.frombuffer(body, np.uint8, end - start, start) == ord("[") for start, end in blocks)
+    return sum(int(np.count_nonzero(block)) for block in opens)
+
+
+def _populate_rows(mapping: mmap.mmap, start: int, end: int, width: int) -> None:
+    """Fault in the pages of rows start to end of a table in `mapping` at once (`memory.populate`)."""
+    first, last = start * width * 8, end * width * 8
+    memory.populate(mapping, first - first % mmap.PAGESIZE, last)
+
+
+class _Share:
+    """A process forked to parse a share of a table's row blocks (see `_forked_table`), and the
+    pipes to it: it sends its count of rows up, and is sent the row where they start."""
+
+    pid: int
+    _counts: int
+    _starts: int
+
+    def __init__(
+        self, body: bytes | bytearray, blocks: list[tuple[int, int]], width: int, output: int, others: list[_Share]
+    ) -> None:
+        count_read, count_write = os.pipe()
+        start_read, start_write = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:  # no room for another process
+            for fd in (count_read, count_write, start_read, start_write):
+                os.close(fd)
+            raise _ShareFailed from None
+        if pid == 0:
+            # The other ends, its siblings' too: each share sees the end of its pipe when this process goes.
+            others_ends = [count_read, start_write, *(fd for other in others for fd in (other._counts, other._starts))]
+            _parse_share(body, blocks, width, output, count_write, start_read, others_ends)
+        os.close(count_write)
+        os.close(start_read)
+        self.pid, self._counts, self._starts = pid, count_read, start_write
+
+    def rows(self) -> int:
+        count = os.read(self._counts, 8)
+        if len(count) != 8:  # it died before it counted
+            raise _ShareFailed
+        return int.from_bytes(count, "little")
+
+    def start_at(self, row: int) -> None:
+        try:
+            os.write(self._starts, row.to_bytes(8, "little"))
+        except BrokenPipeError:  # it died after it counted
+            raise _ShareFailed from None
+
+    def wait(self) -> bool:
+        """Whether its blocks were rows of numbers."""
+        _, status = os.waitpid(self.pid, 0)
+        self.pid = 0
+        code = os.waitstatus_to_exitcode(status)
+        if code not in (0, 1):
+            raise _ShareFailed
+        return code == 0
+
+    def end(self) -> None:
+        for fd in (self._counts, self._starts):
+            os.close(fd)
+        if self.pid:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            self.pid = 0
+
+
+def _parse_share(
+    body: bytes | bytearray,
+    blocks: list[tuple[int, int]],
+    width: int,
+    output: int,
+    counts: int,
+    starts: int,
+    others_ends: list[int],
+) -> NoReturn:
+    """In a forked process: count the rows of `blocks`, then parse them into the table in `output`
+    from the row it is sent. It exits 0 when they were rows of numbers, 1 when not, 2 on a failure,
+    and leaves nothing else: no exit handlers, no flushing of what its parent had buffered."""
+    code = 2
+    try:
+        for fd in others_ends:
+            os.close(fd)
+        rows = _rows_in(body, blocks)
+        os.write(counts, rows.to_bytes(8, "little"))
+        start = os.read(starts, 8)
+        if len(start) != 8:  # the limit refused the table, or the parent went
+            code = 0
+        else:
+            row = int.from_bytes(start, "little")
+            mapping = mmap.mmap(output, 0)
+            _populate_rows(mapping, row, row + rows, width)
+            table = np.frombuffer(mapping, np.float64).reshape(-1, width)
+            code = 0 if _fill(table, row, body, blocks, width) == row + rows else 1
+    finally:
+        os._exit(code)
 
 
 def _row_blocks(body: bytes | bytearray, first: int, last: int) -> Iterator[tuple[int, int]]:

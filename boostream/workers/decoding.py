@@ -7,6 +7,7 @@ A body arrives in a `SharedBody`: memory of its own (a memfd) that a decoder pro
 (`decode_train_request`) and writes the arrays where the job's worker will read them (an
 `incoming-*` folder under the inputs directory, which the job manager renames to the job's); what
 comes back is the request without its arrays (`Decoded`). Domain errors come back as themselves.
+A large table in the body is parsed on every core this process may use (`parse_tables_with`).
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from boostream.config import machine_cores
 from boostream.errors import Interrupted, StorageFailed, StorageFull, disk_full
 from boostream.jobs import inputs
 from boostream.memory import MAPPED_MIN_BYTES, populate
-from boostream.requests.json_body import decode_train_request
+from boostream.requests.json_body import decode_train_request, parse_tables_with
 from boostream.trainers import create_trainers
 from boostream.trainers.base import Backend
 from boostream.workers.local import forkserver_context, ignore_stop_signals
@@ -200,6 +202,7 @@ def _decode(
 ) -> Decoded:
     if not _TRAINERS:
         _TRAINERS.update(create_trainers(lightgbm_threads))
+        parse_tables_with(machine_cores())  # this process has no thread but `alive`'s, which holds no lock
     with open(source, "rb") as file:
         body = file.read(size)  # the decoder searches it with bytes' methods, which a map lacks
     spec = decode_train_request(body, _TRAINERS, unavailable, max_cells)
