@@ -637,22 +637,10 @@ def features_array(X: Any, feature_names: Sequence[str]) -> np.ndarray:
     import numpy as np
 
     from boostream import frames
-    from boostream.categories import is_category_type
 
     if isinstance(X, np.ndarray):
         return X if X.dtype == object else np.asarray(X, dtype=np.float64)
-    table = frames.as_table(X)
-    missing = [name for name in feature_names if name not in table.column_names]
-    if missing:
-        raise ValueError(f"the table has no column {missing[0]!r}, a feature of the model")
-    columns = [
-        # A category's values as they are, for the model to look up among its categories.
-        np.array(column.to_pylist(), dtype=object)
-        if is_category_type(column.type)
-        else column.to_numpy(zero_copy_only=False).astype(np.float64)
-        for column in (table.column(name) for name in feature_names)
-    ]
-    return np.column_stack(columns) if columns else np.empty((table.num_rows, 0))
+    return frames.feature_rows(frames.as_table(X), feature_names)
 
 
 def _field_text(value: Any) -> str:

@@ -75,6 +75,24 @@ def stacked(train: pa.Table, valid: pa.Table) -> pa.Table:
     return pa.concat_tables([train.cast(schema), valid.cast(schema)])
 
 
+def feature_rows(table: pa.Table, feature_names: Sequence[str]) -> np.ndarray:
+    """The table's columns that a model's features name, in their order, as rows to predict: float64,
+    or Python values where a column holds categories (strings, a dictionary), for the model to look
+    up among its own. ValueError naming a feature the table lacks."""
+    from boostream.categories import is_category_type
+
+    missing = [name for name in feature_names if name not in table.column_names]
+    if missing:
+        raise ValueError(f"the table has no column {missing[0]!r}, a feature of the model")
+    columns = [
+        np.array(column.to_pylist(), dtype=object)
+        if is_category_type(column.type)
+        else column.to_numpy(zero_copy_only=False).astype(np.float64)
+        for column in (table.column(name) for name in feature_names)
+    ]
+    return np.column_stack(columns) if columns else np.empty((table.num_rows, 0))
+
+
 def ipc_stream(table: pa.Table) -> bytes:
     """The table as an Arrow IPC stream."""
     sink = pa.BufferOutputStream()

@@ -22,7 +22,16 @@ import numpy as np
 from boostream import __version__
 from boostream.config import Settings
 from boostream.datasets import Dataset, DatasetStore
-from boostream.errors import Conflict, Gone, InvalidParameter, NotFound, QuotaExceeded, Unauthorized, quotable
+from boostream.errors import (
+    Conflict,
+    Gone,
+    InvalidData,
+    InvalidParameter,
+    NotFound,
+    QuotaExceeded,
+    Unauthorized,
+    quotable,
+)
 from boostream.jobs import inputs
 from boostream.jobs.engine import JobEngine
 from boostream.jobs.manager import JobManager
@@ -348,7 +357,7 @@ class Service:
                     log.info("expired %d datasets", removed)
             await anyio.sleep(period)
 
-    async def decode_predict(self, body: bytes | bytearray) -> tuple[PredictRequestBody, np.ndarray]:
+    async def decode_predict(self, body: bytes | bytearray) -> tuple[PredictRequestBody, np.ndarray | None]:
         return await anyio.to_thread.run_sync(decode_predict_request, body, self.settings.max_cells)
 
     # What there is
@@ -521,18 +530,22 @@ class Service:
         blob = record.blobs[format]
         return content, dataclasses.replace(blob, signature=sign(self.signing_keys.artifacts, content))
 
-    async def predict(self, caller: Caller, request: PredictRequestBody, X: np.ndarray) -> dict[str, Any]:
+    async def predict(self, caller: Caller, request: PredictRequestBody, X: np.ndarray | None) -> dict[str, Any]:
         """Predictions for X from a stored artifact of `caller`'s (`artifact_id`) or one handed back
-        (`artifact`)."""
+        (`artifact`); for every row of `caller`'s dataset (`dataset_id`) where X is None."""
         assert self._models is not None, "the service is not running"
         if request.artifact_id is not None:
             record = await self.artifact(caller, request.artifact_id)
+            if X is None:
+                assert request.dataset_id is not None  # decode_predict_request checks that one is given
+                dataset = await self.dataset(caller, request.dataset_id)
+                X = await anyio.to_thread.run_sync(_dataset_rows, dataset, record.feature_names)
             loaded = self._models.cached(record.id)
             if loaded is None:
                 native, _ = await self.artifact_file(caller, record.id, "native")
                 loaded = await anyio.to_thread.run_sync(self._models.stored, record, native)
         else:
-            assert request.artifact is not None  # decode_predict_request checks that one is given
+            assert request.artifact is not None and X is not None  # decode_predict_request checks them
             loaded = await anyio.to_thread.run_sync(
                 self._models.uploaded, request.artifact, request.artifact_format, request.signature
             )
@@ -596,6 +609,21 @@ class Service:
                 f"timeout_s must be greater than 0 and at most {limit:g} (this server's limit), got {timeout_s:g}",
             )
         return timeout_s
+
+
+def _dataset_rows(dataset: Dataset, feature_names: list[str]) -> np.ndarray:
+    """A dataset's rows to predict: its columns that the model's features name, in their order."""
+    import pyarrow as pa
+
+    from boostream import frames
+
+    try:
+        with pa.memory_map(str(dataset.table_path)) as source:
+            return frames.feature_rows(pa.ipc.open_file(source).read_all(), feature_names)
+    except FileNotFoundError:
+        raise NotFound("the dataset is gone (deleted, or expired)", field="dataset_id") from None
+    except ValueError as error:
+        raise InvalidData("dataset_id", f"the dataset cannot be predicted with this model: {error}") from None
 
 
 def _size(count: int) -> str:

@@ -294,3 +294,26 @@ def test_the_notebook_client_uploads_a_dataframe_once_and_trains_on_it_twice(ser
         assert "valid_l2" in large.metrics and not np.array_equal(large.predict(frame), small.predict(frame))
         client.delete_dataset(dataset)
         assert dataset.dataset_id not in [listed.dataset_id for listed in client.datasets()]
+
+
+def test_predict_takes_a_dataset_instead_of_rows(server: Server):
+    from test_categories import FIELDS, TABLE
+
+    complete = completed(train_table(server, arrow_bytes(TABLE), ARROW, **FIELDS))
+    dataset = upload(server, parquet_bytes(TABLE), PARQUET)["dataset_id"]
+    rows = TABLE.select(["x", "city", "color"]).to_pandas().astype(object)
+    rows = rows.where(rows.notna(), None).values.tolist()
+    with server.client() as client:
+        by_rows = client.post("/predict", json={"artifact_id": complete["artifact_id"], "X": rows})
+        by_dataset = client.post("/predict", json={"artifact_id": complete["artifact_id"], "dataset_id": dataset})
+        assert by_dataset.status_code == 200, by_dataset.text
+        assert by_dataset.json()["predictions"] == by_rows.json()["predictions"]
+        assert by_dataset.json()["shape"] == [TABLE.num_rows]
+        for body, status, field in (
+            ({"artifact_id": complete["artifact_id"], "dataset_id": dataset, "X": rows[:1]}, 400, "X"),
+            ({"artifact": complete["artifact"], "artifact_format": "native", "dataset_id": dataset}, 422, "dataset_id"),
+            ({"artifact_id": complete["artifact_id"], "dataset_id": "ds_" + "0" * 24}, 404, "dataset_id"),
+        ):
+            refused = client.post("/predict", json=body)
+            assert refused.status_code == status, refused.text
+            assert refused.json()["error"]["field"] == field

@@ -93,7 +93,8 @@ def decode_train_request(
 class PredictRequestBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     expected: ClassVar[str] = "a JSON object with X (a list of rows of numbers) and artifact_id (or artifact)"
 
-    X: msgspec.Raw
+    X: msgspec.Raw = msgspec.Raw()  # empty where `dataset_id` names the rows instead
+    dataset_id: str | None = None  # every row of a dataset, its columns picked by the model's feature names
     artifact_id: str | None = None
     artifact: str | None = None  # base64, as a `complete` event or a download gave it
     artifact_format: str = "joblib"
@@ -101,9 +102,17 @@ class PredictRequestBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     output: str = "value"
 
 
-def decode_predict_request(body: bytes | bytearray, max_cells: int) -> tuple[PredictRequestBody, np.ndarray]:
-    """The request and its rows; a domain error naming the field at fault."""
+def decode_predict_request(
+    body: bytes | bytearray, max_cells: int
+) -> tuple[PredictRequestBody, np.ndarray | None]:
+    """The request and its rows (None where a dataset holds them); a domain error naming the field
+    at fault."""
     request = _decode_json(body, PredictRequestBody)
+    if bool(request.X) == (request.dataset_id is not None):
+        raise InvalidData("X", "send the rows to predict as X, or name a dataset of them as dataset_id: one of the two")
+    if request.dataset_id is not None and request.artifact_id is None:
+        needs = "predicting a dataset takes artifact_id: its feature names pick the columns"
+        raise InvalidParameter("dataset_id", needs)
     if (request.artifact_id is None) == (request.artifact is None):
         raise InvalidParameter(
             "artifact_id", "send either artifact_id or artifact (with its artifact_format), not both or neither"
@@ -115,6 +124,8 @@ def decode_predict_request(body: bytes | bytearray, max_cells: int) -> tuple[Pre
         )
     if request.output not in OUTPUTS:
         raise InvalidParameter("output", f"output must be 'value' or 'proba', got {request.output!r}")
+    if request.dataset_id is not None:
+        return request, None
     X = _matrix(request.X, "X", body, max_cells, text=True)  # a copy, never a view of the body
     # Without the raw X, which is a view of the body: the caller may let the body go.
     return msgspec.structs.replace(request, X=msgspec.Raw()), X

@@ -524,9 +524,17 @@ def _schemas(train_request: dict[str, Any]) -> dict[str, Any]:
         "PredictRequest": {
             "type": "object",
             "additionalProperties": False,
-            "required": ["X"],
-            "oneOf": [{"required": ["artifact_id"]}, {"required": ["artifact"]}],
+            "allOf": [
+                {"oneOf": [{"required": ["artifact_id"]}, {"required": ["artifact"]}]},
+                {"oneOf": [{"required": ["X"]}, {"required": ["dataset_id", "artifact_id"]}]},
+            ],
             "properties": {
+                "dataset_id": {
+                    "type": "string",
+                    "pattern": DATASET_ID_PATTERN,
+                    "description": "Instead of X: every row of this dataset, its columns picked by the "
+                    "model's feature names (with artifact_id).",
+                },
                 "X": table_schema(
                     "Rows to predict, each a list of numbers (null: missing); a categorical feature's values "
                     "as in training (strings or numbers; one the model never saw is missing)."
