@@ -13,7 +13,9 @@ import contextlib
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Collection
+from pathlib import Path
 from typing import IO, Any
 
 import anyio
@@ -46,10 +48,16 @@ from boostream.models.artifacts import FORMATS as ARTIFACT_FORMATS
 from boostream.models.artifacts import ArtifactRecord, ArtifactStore, StoredBlob
 from boostream.models.predicting import LoadedModel, ModelCache, ModelLoader
 from boostream.models.signing import SigningKeys, load_or_create_key, sign
-from boostream.requests.json_body import PredictRequestBody, decode_predict_request, decode_train_request
+from boostream.requests.json_body import (
+    PredictRequestBody,
+    decode_predict_request,
+    decode_train_request,
+    decode_tune_request,
+)
 from boostream.requests.spec import TrainSpec
 from boostream.trainers import create_trainers
-from boostream.trainers.base import OBJECTIVES, Availability, params_schema
+from boostream.trainers.base import OBJECTIVE_METRICS, OBJECTIVES, Availability, TrainingData, params_schema
+from boostream.tuning import Tune, Tuner, check_search, describe_unknown, new_tune_id, save_inputs
 from boostream.views import artifact_view, availability_view, iso, job_view
 from boostream.workers.decoding import Decoders, SharedBody, shared_bodies_work
 from boostream.workers.local import LocalWorkers, WorkerConfig
@@ -90,6 +98,9 @@ class Service:
         self._keys: KeyStore | None = None
         self._keys_made = False  # once a key exists, every request needs one; none is ever deleted
         self.datasets = DatasetStore(settings.datasets_dir, settings.dataset_ttl_s)
+        self._tunes: dict[str, Tune] = {}  # searches, by id, until they expire
+        self._searches: dict[str, asyncio.Task[None]] = {}  # those running
+        self._tuners: dict[str, Tuner] = {}
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -118,6 +129,8 @@ class Service:
                 yield
             finally:
                 housekeeping.cancel()
+                for running in self._searches.values():
+                    running.cancel()
                 if self._decoders is not None:
                     self._decoders.close()
                 await engine.shutdown()
@@ -344,6 +357,82 @@ class Service:
             if used is not None:
                 await anyio.to_thread.run_sync(self.datasets.used, used)
         return spec
+
+    # Hyperparameter searches (`boostream.tuning`): each trial a job of the caller's
+
+    async def start_tune(self, caller: Caller, body: bytes | bytearray, base_url: str = "") -> Tune:
+        """Decode and check a search request, and start the search; the `Tune` to follow."""
+        spec, request = await anyio.to_thread.run_sync(
+            decode_tune_request, body, self.trainers, self.unavailable, self.settings.max_cells
+        )
+        trainer = spec.trainer
+        options = request.tune_options()
+        slots = self.settings.cpu_jobs if trainer.device == "cpu" else self.settings.gpu_jobs
+        space = check_search(options, trainer, request.params, spec.data, slots if not self.settings.redis else 64)
+        await self._check_memory(spec)
+        tune = Tune(new_tune_id(), caller.name, options, f"valid_{OBJECTIVE_METRICS[spec.objective]}", trainer.name)
+        folder = self.settings.inputs_dir / f"tune-{tune.id}"
+        data = await anyio.to_thread.run_sync(save_inputs, folder, spec.data)
+
+        async def submit(data: TrainingData, params: dict[str, Any], saved_at: Path) -> JobRecord:
+            trial = dataclasses.replace(spec, params=params, data=data, saved_at=saved_at, callback_url=None)
+            return await self.submit(caller, trial, {}, base_url)
+
+        tuner = Tuner(
+            tune, space, trainer, spec.objective, spec.params, data, folder,
+            submit, lambda job_id: self.jobs.events(job_id, 0), self.jobs.cancel,
+        )  # fmt: skip
+        self._expire_tunes()
+        self._tunes[tune.id], self._tuners[tune.id] = tune, tuner
+        task = asyncio.get_running_loop().create_task(tuner.run())
+        self._searches[tune.id] = task
+        task.add_done_callback(lambda _: (self._searches.pop(tune.id, None), self._tuners.pop(tune.id, None)))
+        log.info("tune %s: %d trials of %s, %s", tune.id, tuner.n_trials, trainer.name, sorted(space.distributions))
+        return tune
+
+    def tune(self, caller: Caller, tune_id: str) -> Tune:
+        """The search, if `caller` may see it: another key's is as unknown as one that never was."""
+        self._expire_tunes()
+        tune = self._tunes.get(tune_id)
+        if tune is None or not caller.owns(tune.owner):
+            raise NotFound(describe_unknown(tune_id), field="tune_id")
+        return tune
+
+    def list_tunes(self, caller: Caller) -> dict[str, Any]:
+        self._expire_tunes()
+        mine = [tune for tune in self._tunes.values() if caller.owns(tune.owner)]
+        return {"tunes": [tune.view() for tune in sorted(mine, key=lambda tune: tune.created_at, reverse=True)]}
+
+    async def cancel_tune(self, caller: Caller, tune_id: str) -> dict[str, Any]:
+        tune = self.tune(caller, tune_id)
+        if tune.finished:
+            raise Conflict("already_finished", f"tune {tune.id} already ended {tune.status}", tune.status)
+        tune.cancel_requested = True
+        tuner = self._tuners.get(tune.id)
+        if tuner is not None:
+            await tuner.stop_trials()
+        return {"tune_id": tune.id, "status": tune.status, "cancel_requested": True}
+
+    def delete_tune(self, caller: Caller, tune_id: str) -> None:
+        """Forget a finished search (its trials' jobs and models stay, as jobs of their own)."""
+        tune = self.tune(caller, tune_id)
+        if not tune.finished:
+            raise Conflict("not_finished", f"tune {tune.id} is running: cancel it first", tune.status)
+        del self._tunes[tune.id]
+
+    def tune_result(self, caller: Caller, tune_id: str) -> dict[str, Any]:
+        tune = self.tune(caller, tune_id)
+        result = tune.result()
+        if result is None:
+            if tune.finished:
+                raise Conflict("no_result", f"tune {tune.id} ended {tune.status}; it has no result", tune.status)
+            raise Conflict("not_finished", f"tune {tune.id} is running; its result is not ready yet", tune.status)
+        return result
+
+    def _expire_tunes(self) -> None:
+        cutoff = time.time() - self.settings.job_ttl_s
+        for tune_id in [t.id for t in self._tunes.values() if t.finished_at is not None and t.finished_at < cutoff]:
+            del self._tunes[tune_id]
 
     async def _expire_datasets(self) -> None:
         period = max(1.0, min(self.settings.dataset_ttl_s / 4, 600.0))

@@ -40,6 +40,7 @@ from boostream.requests.spec import (
     build_spec,
 )
 from boostream.trainers.base import Trainer, TrainingData
+from boostream.tuning import TuneOptions
 
 # A table is parsed this many bytes of rows at a time (see _table_doubles).
 ROW_BLOCK_BYTES = 2 * 1024 * 1024
@@ -79,6 +80,24 @@ class TrainRequestBody(TrainOptions, forbid_unknown_fields=True, kw_only=True):
 
 
 
+class TuneRequestBody(TrainRequestBody, forbid_unknown_fields=True, kw_only=True):
+    """A JSON search request: a training request's fields and its arrays, and the search's own
+    (`boostream.tuning.TuneOptions`; `timeout_s` is the search's)."""
+
+    search: dict[str, Any]
+    n_trials: int = 20
+    parallel: int = 1
+    sampler: str = "tpe"
+    pruner: str = "median"
+    seed: int | None = None
+
+    def tune_options(self) -> TuneOptions:
+        return TuneOptions(
+            search=self.search, n_trials=self.n_trials, parallel=self.parallel, timeout_s=self.timeout_s,
+            sampler=self.sampler, pruner=self.pruner, seed=self.seed,
+        )  # fmt: skip
+
+
 _PARSERS: queue.SimpleQueue[simdjson.Parser] = queue.SimpleQueue()
 
 
@@ -88,6 +107,19 @@ def decode_train_request(
     """Decode and validate; a domain error naming the field at fault (see build_spec)."""
     request = _decode_json(body, TrainRequestBody)
     return build_spec(request, lambda: _training_data(request, body, max_cells), trainers, unavailable)
+
+
+def decode_tune_request(
+    body: bytes | bytearray, trainers: Mapping[str, Trainer], unavailable: Mapping[str, str], max_cells: int
+) -> tuple[TrainSpec, TuneRequestBody]:
+    """A search request: its training part as `decode_train_request` checks it (its `timeout_s`,
+    the search's, is not the trials'), and the request, whose search fields are checked later
+    (`tuning.check_search`) against the backend and the server."""
+    request = _decode_json(body, TuneRequestBody)
+    spec = build_spec(request, lambda: _training_data(request, body, max_cells), trainers, unavailable)
+    spec.timeout_s = None
+    # Without its arrays, views of the body: the caller may let the body go.
+    return spec, msgspec.structs.replace(request, **{name: msgspec.Raw() for name in DATA_FIELDS})
 
 
 class PredictRequestBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -17,9 +17,11 @@ from boostream import __version__
 from boostream.jobs.records import JobStatus
 from boostream.models.artifacts import FORMATS as ARTIFACT_FORMATS
 from boostream.models.predicting import OUTPUTS
-from boostream.requests.schema import table_schema, train_request_schema
+from boostream.requests.schema import table_schema, train_request_schema, with_properties
 from boostream.service import Service
 from boostream.streaming_server.limits import DEFAULT_PAGE, MAX_ID, MAX_PAGE, ON_DISCONNECT
+from boostream.tuning import MAX_TRIALS, PRUNERS, SAMPLERS
+from boostream.tuning import STATUSES as TUNE_STATUSES
 
 JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
@@ -98,6 +100,13 @@ def openapi_document(service: Service) -> dict[str, Any]:
         },
     }
     dataset_pattern = {"type": "string", "pattern": DATASET_ID_PATTERN}
+    tune_id = _path_id("tune_id", "A search's id, as `POST /tunes` answered it.")
+    # Where a job's or a search's events resume: EventSource's header, or the query.
+    follow_parameters = [
+        {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}},
+        {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string", "pattern": "^([0-9]{1,18})?$"}},
+    ]
+    tune_body = {"required": True, "content": {JSON: {"schema": {"$ref": "#/components/schemas/TuneRequest"}}}}
     table_fields = [
         *_table_query_parameters(trainers, train_request),
         *(
@@ -267,14 +276,7 @@ def openapi_document(service: Service) -> dict[str, Any]:
                     404,
                     422,
                 ),
-                "parameters": [
-                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}},
-                    {
-                        "name": "Last-Event-ID",
-                        "in": "header",
-                        "schema": {"type": "string", "pattern": "^([0-9]{1,18})?$"},
-                    },
-                ],
+                "parameters": follow_parameters,
             },
         },
         "/jobs/{job_id}/result": {
@@ -323,6 +325,67 @@ def openapi_document(service: Service) -> dict[str, Any]:
         "/artifacts/{artifact_id}/metadata": {
             "parameters": [artifact_id],
             "get": _operation("artifact_metadata", "What is known of an artifact.", {200: _json("Artifact")}, 404),
+        },
+        "/tune/stream": {
+            "post": {
+                **_operation(
+                    "tune_stream",
+                    "Run a hyperparameter search, each trial a job, and stream its events to its end.",
+                    {200: {"description": "The search's events.", "content": {EVENT_STREAM: {"schema": SSE_EVENT}}}},
+                    400, 403, 408, 411, 413, 415, 422, 503, 507,
+                ),  # fmt: skip
+                "requestBody": tune_body,
+            }
+        },
+        "/tunes": {
+            "post": {
+                **_operation(
+                    "create_tune",
+                    "Start a hyperparameter search; follow it by the URLs answered.",
+                    {202: _json("TuneCreated", headers={"Location": {"schema": {"type": "string"}}})},
+                    400, 403, 408, 411, 413, 415, 422, 503, 507,
+                ),  # fmt: skip
+                "requestBody": tune_body,
+            },
+            "get": _operation(
+                "list_tunes", "The caller's searches (an admin's: all), newest first.", {200: _json("TuneList")}
+            ),
+        },
+        "/tunes/{tune_id}": {
+            "parameters": [tune_id],
+            "get": _operation("tune_status", "A search's status, trials and best trial.", {200: _json("Tune")}, 404),
+            "delete": _operation(
+                "delete_tune", "Forget a finished search (its trials' jobs stay).", {204: {"description": "Gone."}},
+                404, 409,
+            ),  # fmt: skip
+        },
+        "/tunes/{tune_id}/events": {
+            "parameters": [tune_id],
+            "get": {
+                **_operation(
+                    "tune_events",
+                    "The search's events after Last-Event-ID (or `after`), then live ones, to its end.",
+                    {
+                        200: {"description": "The events.", "content": {EVENT_STREAM: {"schema": SSE_EVENT}}},
+                        204: {"description": "The search has ended and nothing is left after that id."},
+                    },
+                    404,
+                    422,
+                ),
+                "parameters": follow_parameters,
+            },
+        },
+        "/tunes/{tune_id}/result": {
+            "parameters": [tune_id],
+            "get": _operation(
+                "tune_result", "The `complete` event of a search that succeeded.", {200: _json("TuneResult")}, 404, 409
+            ),
+        },
+        "/tunes/{tune_id}/cancel": {
+            "parameters": [tune_id],
+            "post": _operation(
+                "cancel_tune", "Stop a search, each trial after its round.", {202: _json("TuneCancelled")}, 404, 409
+            ),
         },
         "/datasets": {
             "post": {
@@ -454,6 +517,38 @@ def _json(schema: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
     return answer
 
 
+def _tune_request(train_request: dict[str, Any]) -> dict[str, Any]:
+    """A search request: a training request (its `timeout_s` the search's) and the search's fields."""
+    space = {
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["low", "high"],
+                "additionalProperties": False,
+                "properties": {"low": {"type": "number"}, "high": {"type": "number"}, "log": {"type": "boolean"}},
+            },
+            {"type": "array", "minItems": 1, "items": {"type": ["number", "boolean"]}},
+        ]
+    }
+    schema = with_properties(
+        train_request,
+        {
+            "search": {
+                "type": "object",
+                "minProperties": 1,
+                "additionalProperties": space,
+                "description": 'Per hyperparameter: a range {"low", "high", "log"} or a list of choices.',
+            },
+            "n_trials": {"type": "integer", "minimum": 1, "maximum": MAX_TRIALS, "default": 20},
+            "parallel": {"type": "integer", "minimum": 1, "default": 1, "description": "Trials at once."},
+            "sampler": {"type": "string", "enum": list(SAMPLERS), "default": "tpe"},
+            "pruner": {"type": "string", "enum": list(PRUNERS), "default": "median"},
+            "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
+        },
+    )
+    return {**schema, "required": [*schema["required"], "search"]}
+
+
 def _path_id(name: str, description: str, pattern: str = "") -> dict[str, Any]:
     schema = {"type": "string", "pattern": pattern or ID_PATTERN}  # what the server makes: any other is a 404
     return {"name": name, "in": "path", "required": True, "description": description, "schema": schema}
@@ -521,6 +616,57 @@ def _schemas(train_request: dict[str, Any]) -> dict[str, Any]:
             },
         },
         "TrainRequest": train_request,
+        "TuneRequest": _tune_request(train_request),
+        "TuneCreated": {
+            "type": "object",
+            "required": ["tune_id", "status", "status_url", "events_url", "result_url", "cancel_url"],
+            "properties": {
+                "tune_id": {"type": "string"},
+                "status": {"type": "string", "enum": list(TUNE_STATUSES)},
+                **{name: {"type": "string"} for name in ("status_url", "events_url", "result_url", "cancel_url")},
+            },
+        },
+        "Tune": {
+            "type": "object",
+            "required": ["tune_id", "status", "n_trials", "trials", "best", "created_at"],
+            "properties": {
+                "tune_id": {"type": "string"},
+                "status": {"type": "string", "enum": list(TUNE_STATUSES)},
+                "metric": {"type": "string"},
+                "n_trials": {"type": "integer"},
+                "trials": {"type": "object", "description": "Trials by state: running, complete, pruned, failed."},
+                "best": {"type": ["object", "null"]},
+                "created_at": {"type": "number"},
+                "finished_at": {"type": ["number", "null"]},
+                "error": {"type": ["object", "null"]},
+            },
+        },
+        "TuneCancelled": {
+            "type": "object",
+            "required": ["tune_id", "status", "cancel_requested"],
+            "properties": {
+                "tune_id": {"type": "string"},
+                "status": {"type": "string", "enum": list(TUNE_STATUSES)},
+                "cancel_requested": {"type": "boolean"},
+            },
+        },
+        "TuneList": {
+            "type": "object",
+            "required": ["tunes"],
+            "properties": {"tunes": {"type": "array", "items": {"$ref": "#/components/schemas/Tune"}}},
+        },
+        "TuneResult": {
+            "type": "object",
+            "required": ["best", "best_params", "best_value", "artifact_id", "leaderboard"],
+            "properties": {
+                "best": {"type": "object"},
+                "best_params": {"type": "object"},
+                "best_value": {"type": "number"},
+                "artifact_id": {"type": "string", "description": "The best trial's model, trained in the search."},
+                "leaderboard": {"type": "array", "items": {"type": "object"}},
+                "importances": {"type": ["object", "null"]},
+            },
+        },
         "PredictRequest": {
             "type": "object",
             "additionalProperties": False,

@@ -24,6 +24,7 @@ from boostream.streaming_server.observe import Metrics
 from boostream.streaming_server.openapi import openapi_document
 from boostream.streaming_server.sse import event_response
 from boostream.streaming_server.uploads import MULTIPART, TABLE_TYPES, BodyBudget, read_body, receive_table
+from boostream.tuning import Tune
 
 ON_DISCONNECT_FIELD = frozenset({"on_disconnect"})  # the one query field a JSON training request takes
 JSON = "application/json"
@@ -56,6 +57,14 @@ class Routes:
             Route("/artifacts/{artifact_id}", self.download_artifact, methods=["GET"]),
             Route("/artifacts/{artifact_id}/metadata", self.artifact_metadata, methods=["GET"]),
             Route("/predict", self.predict, methods=["POST"]),
+            Route("/tune/stream", self.tune_stream, methods=["POST"]),
+            Route("/tunes", self.create_tune, methods=["POST"]),
+            Route("/tunes", self.list_tunes, methods=["GET"]),
+            Route("/tunes/{tune_id}", self.tune_status, methods=["GET"]),
+            Route("/tunes/{tune_id}", self.delete_tune, methods=["DELETE"]),
+            Route("/tunes/{tune_id}/events", self.tune_events, methods=["GET"]),
+            Route("/tunes/{tune_id}/result", self.tune_result, methods=["GET"]),
+            Route("/tunes/{tune_id}/cancel", self.cancel_tune, methods=["POST"]),
             Route("/datasets", self.create_dataset, methods=["POST"]),
             Route("/datasets", self.list_datasets, methods=["GET"]),
             Route("/datasets/{dataset_id}", self.dataset, methods=["GET"]),
@@ -218,6 +227,75 @@ class Routes:
             started = time.perf_counter()
             spec = await self.service.decode_on_dataset(_caller(request), dict(request.query_params))
         return spec, {"dataset_s": time.perf_counter() - started}  # its columns into X: decoded already
+
+    # Hyperparameter searches
+
+    async def tune_stream(self, request: Request) -> Response:
+        tune = await self._start_tune(request)
+        response = self._tune_response(tune.follow(0))
+        response.headers["X-Boostream-Tune-Id"] = tune.id
+        return response
+
+    async def create_tune(self, request: Request) -> Response:
+        tune = await self._start_tune(request)
+        base = f"/tunes/{tune.id}"
+        urls = {"status_url": base, "events_url": f"{base}/events", "result_url": f"{base}/result",
+                "cancel_url": f"{base}/cancel"}  # fmt: skip
+        return JSONResponse(
+            {"tune_id": tune.id, "status": tune.status, **urls}, status_code=202, headers={"Location": base}
+        )
+
+    async def list_tunes(self, request: Request) -> Response:
+        return JSONResponse(self.service.list_tunes(_caller(request)))
+
+    async def tune_status(self, request: Request) -> Response:
+        return JSONResponse(self.service.tune(_caller(request), request.path_params["tune_id"]).view())
+
+    async def tune_events(self, request: Request) -> Response:
+        tune = self.service.tune(_caller(request), request.path_params["tune_id"])
+        after = _int_query(request.query_params, "after", 0, 0, MAX_ID)
+        header = request.headers.get("last-event-id")
+        if header:
+            after = _whole_number(header, "Last-Event-ID", 0, MAX_ID)
+        assert after is not None
+        if tune.finished and after >= len(tune.events):
+            return Response(status_code=204)
+        return self._tune_response(tune.follow(after))
+
+    async def tune_result(self, request: Request) -> Response:
+        return JSONResponse(self.service.tune_result(_caller(request), request.path_params["tune_id"]))
+
+    async def cancel_tune(self, request: Request) -> Response:
+        answer = await self.service.cancel_tune(_caller(request), request.path_params["tune_id"])
+        return JSONResponse(answer, status_code=202)
+
+    async def delete_tune(self, request: Request) -> Response:
+        self.service.delete_tune(_caller(request), request.path_params["tune_id"])
+        return Response(status_code=204)
+
+    async def _start_tune(self, request: Request) -> Tune:
+        media_type = _media_type(request)
+        if media_type != JSON:
+            wanted = f"send the search request as application/json, not {media_type}"
+            raise ApiError(415, "unsupported_media_type", wanted)
+        _refuse_query_fields(request)
+        with self.bodies.share() as share:
+            body = await read_body(request, self.service.settings.max_body_bytes, share=share)
+            async with self.service.ingest_slot():
+                try:
+                    return await self.service.start_tune(_caller(request), body, str(request.base_url))
+                except OSError as error:  # writing the search's table
+                    if disk_full(error):
+                        raise StorageFull.of(error) from None
+                    raise
+
+    def _tune_response(self, events: AsyncIterator[Event]) -> Response:
+        settings = self.service.settings
+        # A client that leaves a search's stream leaves the search running: it is followed again by its id.
+        return event_response(
+            events, lambda server_stopping: None, settings.heartbeat_s, settings.send_timeout_s,
+            self.metrics.events_sent.inc,
+        )  # fmt: skip
 
     # Datasets
 

@@ -19,6 +19,9 @@ from boostream.errors import InvalidData, InvalidParameter
 __all__ = ["InvalidData", "InvalidParameter"]  # raised by trainers, defined with the other domain errors
 
 OBJECTIVES = ("regression", "binary", "multiclass")
+# The metric each backend reports for an objective, on the training rows (`train_<metric>`) and the
+# validation rows (`valid_<metric>`, which early stopping and a search watch; lower is better).
+OBJECTIVE_METRICS = {"regression": "l2", "binary": "binary_logloss", "multiclass": "multi_logloss"}
 
 
 @dataclasses.dataclass(frozen=True)

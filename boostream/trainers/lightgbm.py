@@ -22,6 +22,7 @@ import orjson
 from boostream import categories
 from boostream.progress import finite_or_none
 from boostream.trainers.base import (
+    OBJECTIVE_METRICS,
     Availability,
     FitResult,
     InvalidParameter,
@@ -34,7 +35,6 @@ from boostream.trainers.base import (
     check_early_stopping,
 )
 
-_OBJECTIVE_METRIC = {"regression": "l2", "binary": "binary_logloss", "multiclass": "multi_logloss"}
 # A training worker before its table and model: Python, numpy and LightGBM loaded.
 PROCESS_BYTES = 128 * 1024**2
 TREE_BYTES_PER_LEAF = 88
@@ -158,7 +158,7 @@ class LightGBMTrainer:
         booster_params = {k: v for k, v in params.items() if k not in ("n_estimators", "early_stopping_rounds")}
         booster_params.update(
             objective=objective,
-            metric=_OBJECTIVE_METRIC[objective],
+            metric=OBJECTIVE_METRICS[objective],
             num_threads=self.num_threads,
             verbose=-1,
         )
@@ -176,7 +176,7 @@ class LightGBMTrainer:
             valid_sets.append(valid_set)
             valid_names.append("valid")
         history = RoundHistory(
-            f"valid_{_OBJECTIVE_METRIC[objective]}" if data.has_validation else None,
+            f"valid_{OBJECTIVE_METRICS[objective]}" if data.has_validation else None,
             params["early_stopping_rounds"],
         )
         stop = _StopState()

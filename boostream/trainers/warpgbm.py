@@ -19,6 +19,7 @@ import numpy as np
 
 from boostream.progress import finite_or_none
 from boostream.trainers.base import (
+    OBJECTIVE_METRICS,
     Availability,
     FitResult,
     InvalidData,
@@ -34,7 +35,6 @@ from boostream.trainers.forest import Forest
 
 log = logging.getLogger("boostream.warpgbm")
 
-_METRIC = {"regression": "l2", "binary": "binary_logloss", "multiclass": "multi_logloss"}
 # WarpGBM builds its CUDA extension against the torch already installed, so it cannot come with the
 # other packages in one `pip install` (build isolation would hide torch from it).
 INSTALL_RECIPE = (
@@ -199,7 +199,7 @@ class _RoundHook:
         self.data = data
         self.objective = objective
         self.reporter = reporter
-        metric = _METRIC[objective]
+        metric = OBJECTIVE_METRICS[objective]
         self.train_metric = f"train_{metric}"
         self.valid_metric = f"valid_{metric}" if data.has_validation else None
         self.history = RoundHistory(self.valid_metric, patience)

@@ -1,0 +1,524 @@
+"""Streamed hyperparameter search: one request, many trials, pruned on their live curves.
+
+Optuna does the searching (its samplers and pruners, through its ask-and-tell interface); this
+module runs the trials. Each trial is a job of its own, submitted as any job is (its queue, its
+worker, its events, its model), with the search's hyperparameters over the request's `params`.
+Its `progress` events carry every round's validation metric, reported to its Optuna trial as they
+come; when the pruner says so, the job is cancelled (it stops after its current round) and the
+trial ends `pruned`. The search's own events (`started`, `trial_started`, `progress`,
+`trial_pruned`, `trial_complete`, `trial_failed`, `best`, then `complete`, `error` or `cancelled`)
+are kept in order for as long as the search is, and followed from any id (`Last-Event-ID`).
+
+The trials share the request's table: it is written once to the search's folder among the jobs'
+inputs, and each trial's job gets hard links to its files (nothing is copied).
+
+A search lives in the process that runs it: a restart ends it (its finished trials' jobs and models
+remain). Nothing here knows HTTP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import orjson
+
+from boostream.errors import BoostreamError, InvalidParameter, quotable
+from boostream.jobs import inputs
+from boostream.jobs.records import Event, JobRecord
+from boostream.trainers.base import ParamSpec, Trainer, TrainingData, validate_params
+
+log = logging.getLogger("boostream.tuning")
+
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "hyperband", "none")
+MAX_TRIALS = 1000
+# The pruner's patience: it prunes no trial before this many have completed, nor before this round.
+STARTUP_TRIALS, WARMUP_ROUNDS = 4, 5
+STATUSES = ("running", "succeeded", "failed", "cancelled")
+
+
+class TuneOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A search's own fields, beside those of a training request."""
+
+    search: dict[str, Any]
+    n_trials: int = 20
+    parallel: int = 1
+    timeout_s: float | None = None
+    sampler: str = "tpe"
+    pruner: str = "median"
+    seed: int | None = None
+
+
+TUNE_FIELDS = frozenset(TuneOptions.__struct_fields__)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """The searched hyperparameters as Optuna distributions, and as the request gave them."""
+
+    distributions: dict[str, Any]
+    given: dict[str, Any]
+
+    @property
+    def grid(self) -> dict[str, list[Any]]:
+        return {name: list(dist.choices) for name, dist in self.distributions.items()}
+
+
+def check_search(
+    options: TuneOptions, trainer: Trainer, params: Mapping[str, Any], data: TrainingData, most_parallel: int
+) -> SearchSpace:
+    """The search space, checked against the backend's bounds; InvalidParameter naming the field
+    (`search.<name>`, `n_trials`, ...) at fault. `params` are the request's fixed ones, as given."""
+    import optuna
+
+    if not data.has_validation:
+        raise InvalidParameter(
+            "valid_fraction", "a search optimises a validation metric: send X_valid and y_valid, or valid_fraction"
+        )
+    if not 1 <= options.n_trials <= MAX_TRIALS:
+        raise InvalidParameter("n_trials", f"n_trials must be from 1 to {MAX_TRIALS}, got {options.n_trials}")
+    if not 1 <= options.parallel <= most_parallel:
+        raise InvalidParameter(
+            "parallel",
+            f"parallel must be from 1 to {most_parallel} (the {trainer.title} jobs this server trains at once), "
+            f"got {options.parallel}",
+        )
+    if options.timeout_s is not None and not (math.isfinite(options.timeout_s) and options.timeout_s > 0):
+        raise InvalidParameter("timeout_s", f"timeout_s must be a number of seconds above 0, got {options.timeout_s}")
+    for field, value, known in (("sampler", options.sampler, SAMPLERS), ("pruner", options.pruner, PRUNERS)):
+        if value not in known:
+            raise InvalidParameter(field, f"unknown {field} {value!r}; choose one of {list(known)}")
+    if options.seed is not None and not 0 <= options.seed < 2**32:
+        raise InvalidParameter("seed", f"seed must be from 0 to 2**32 - 1, got {options.seed}")
+    if not options.search:
+        raise InvalidParameter("search", 'name at least one hyperparameter to search, e.g. {"num_leaves": [15, 63]}')
+    specs = {spec.name: spec for spec in trainer.params}
+    distributions: dict[str, Any] = {}
+    for name, given in options.search.items():
+        field = f"search.{name}"
+        if name not in specs:
+            raise InvalidParameter(field, f"unknown parameter; known: {', '.join(sorted(specs))}")
+        if name in params:
+            raise InvalidParameter(field, f"{name} is searched: leave it out of params")
+        distributions[name] = _distribution(specs[name], given, field, optuna)
+    if options.sampler == "grid":
+        ranges = [name for name, dist in distributions.items() if not hasattr(dist, "choices")]
+        if ranges:
+            raise InvalidParameter(f"search.{ranges[0]}", "the grid sampler takes lists of choices, not ranges")
+    return SearchSpace(distributions, dict(options.search))
+
+
+def _distribution(spec: ParamSpec, given: Any, field: str, optuna: Any) -> Any:
+    if isinstance(given, list):
+        if not given:
+            raise InvalidParameter(field, "an empty list of choices")
+        choices = [_bound(spec, value, field) for value in given]
+        if len(set(choices)) != len(choices):
+            raise InvalidParameter(field, "a choice is listed twice")
+        return optuna.distributions.CategoricalDistribution(choices)
+    if not isinstance(given, dict) or not {"low", "high"} <= set(given) or not set(given) <= {"low", "high", "log"}:
+        raise InvalidParameter(
+            field, 'a range {"low": ..., "high": ..., "log": true|false} or a list of choices, e.g. [15, 31, 63]'
+        )
+    if spec.kind is bool:
+        raise InvalidParameter(field, "a true/false parameter is searched as the list [true, false]")
+    low, high = _bound(spec, given["low"], f"{field}.low"), _bound(spec, given["high"], f"{field}.high")
+    log_scale = given.get("log", False)
+    if not isinstance(log_scale, bool):
+        raise InvalidParameter(f"{field}.log", f"log must be true or false, got {log_scale!r}")
+    if not low < high:
+        raise InvalidParameter(field, f"low ({low}) must be below high ({high})")
+    if log_scale and low <= 0:
+        raise InvalidParameter(f"{field}.low", f"a log range needs low above 0, got {low}")
+    if spec.kind is int:
+        return optuna.distributions.IntDistribution(low, high, log=log_scale)
+    return optuna.distributions.FloatDistribution(low, high, log=log_scale)
+
+
+def _bound(spec: ParamSpec, value: Any, field: str) -> Any:
+    """`value` checked as the parameter's own check does, the error naming `field`."""
+    try:
+        return spec.validate(value)
+    except InvalidParameter as error:
+        raise InvalidParameter(field, error.message) from None
+
+
+@dataclasses.dataclass
+class Trial:
+    number: int
+    params: dict[str, Any]
+    job_id: str | None = None
+    state: str = "running"  # running, complete, pruned, failed
+    value: float | None = None
+    best_iteration: int | None = None
+    iterations: int | None = None
+    artifact_id: str | None = None
+    pruned_at: int | None = None
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "trial": self.number,
+            "state": self.state,
+            "value": self.value,
+            "params": self.params,
+            "job_id": self.job_id,
+            "best_iteration": self.best_iteration,
+            "iterations": self.iterations,
+            "pruned_at": self.pruned_at,
+            "artifact_id": self.artifact_id,
+        }
+
+
+class Tune:
+    """A search: its state, its trials and its events, kept in order and followed live."""
+
+    def __init__(self, tune_id: str, owner: str | None, options: TuneOptions, metric: str, model_type: str) -> None:
+        self.id = tune_id
+        self.owner = owner
+        self.options = options
+        self.metric = metric
+        self.model_type = model_type
+        self.status = "running"
+        self.created_at = time.time()
+        self.finished_at: float | None = None
+        self.trials: list[Trial] = []
+        self.best: Trial | None = None
+        self.error: dict[str, Any] | None = None
+        self.cancel_requested = False
+        self.events: list[Event] = []
+        self._changed = anyio.Event()
+
+    def emit(self, kind: str, data: dict[str, Any]) -> None:
+        self.events.append(Event(len(self.events) + 1, kind, orjson.dumps({"tune_id": self.id, **data}).decode()))
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def follow(self, after: int = 0) -> AsyncIterator[Event]:
+        """The events after `after`, then live ones, to the last."""
+        while True:
+            changed = self._changed
+            while after < len(self.events):
+                event = self.events[after]
+                after += 1
+                yield event
+                if event.terminal:
+                    return
+            await changed.wait()
+
+    @property
+    def finished(self) -> bool:
+        return self.status != "running"
+
+    def counts(self) -> dict[str, int]:
+        counted = {state: 0 for state in ("running", "complete", "pruned", "failed")}
+        for trial in self.trials:
+            counted[trial.state] += 1
+        return counted
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "tune_id": self.id,
+            "status": self.status,
+            "owner": self.owner,
+            "model_type": self.model_type,
+            "metric": self.metric,
+            "n_trials": self.options.n_trials,
+            "trials": self.counts(),
+            "best": None if self.best is None else self.best.row(),
+            "created_at": self.created_at,
+            "finished_at": self.finished_at,
+            "error": self.error,
+        }
+
+    def result(self) -> dict[str, Any] | None:
+        """The `complete` event's data, once there is one."""
+        done = next((event for event in reversed(self.events) if event.type == "complete"), None)
+        return None if done is None else dict(orjson.loads(done.json))
+
+
+# What a search needs of the service: submit a trial's job, follow its events, cancel it.
+Submit = Callable[[TrainingData, dict[str, Any], Path], Awaitable[JobRecord]]
+Follow = Callable[[str], AsyncIterator[Event]]
+Cancel = Callable[[str], Awaitable[Any]]
+
+
+class Tuner:
+    """Runs one search to its end: asks Optuna for trials, runs each as a job, tells Optuna how it
+    went, and writes the search's events."""
+
+    def __init__(
+        self,
+        tune: Tune,
+        space: SearchSpace,
+        trainer: Trainer,
+        objective: str,
+        params: dict[str, Any],
+        data: TrainingData,
+        folder: Path,
+        submit: Submit,
+        follow: Follow,
+        cancel: Cancel,
+    ) -> None:
+        import optuna
+
+        self.tune, self.space, self.trainer, self.objective = tune, space, trainer, objective
+        self.params, self.data, self.folder = params, data, folder
+        self._submit, self._follow, self._cancel = submit, follow, cancel
+        options = tune.options
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        rounds = trainer.rounds(validate_params(trainer.params, {**params, **_largest(space)}))
+        self.study = optuna.create_study(
+            direction="minimize", sampler=_sampler(options, space), pruner=_pruner(options.pruner, rounds)
+        )
+        self.n_trials = options.n_trials
+        if options.sampler == "grid":
+            self.n_trials = min(self.n_trials, math.prod(len(choices) for choices in space.grid.values()))
+        self._jobs: dict[int, str] = {}  # running trials' jobs, by trial number
+        self.timed_out = False
+
+    async def run(self) -> None:
+        tune, options = self.tune, self.tune.options
+        tune.emit(
+            "started",
+            {
+                "space": self.space.given, "n_trials": self.n_trials, "parallel": options.parallel,
+                "sampler": options.sampler, "pruner": options.pruner, "seed": options.seed, "metric": tune.metric,
+                "model_type": self.trainer.name, "objective": self.objective, "params": self.params,
+            },
+        )  # fmt: skip
+        deadline = None if options.timeout_s is None else time.monotonic() + options.timeout_s
+        try:
+            async with anyio.create_task_group() as outer:
+                if deadline is not None:
+                    outer.start_soon(self._watch, deadline)
+                async with anyio.create_task_group() as trials:
+                    slots = anyio.Semaphore(options.parallel)
+                    for _ in range(self.n_trials):
+                        await slots.acquire()
+                        if tune.cancel_requested or self.timed_out:
+                            slots.release()
+                            break
+                        trial = await anyio.to_thread.run_sync(self.study.ask, self.space.distributions)
+                        trials.start_soon(self._trial, trial, slots)
+                outer.cancel_scope.cancel()  # every trial has ended: the watch too
+        except Exception as error:  # a failure of the search itself, not of a trial
+            log.exception("tune %s failed", tune.id)
+            self._end("failed", "error", {"code": "internal_error", "message": f"the search failed: {error}"})
+            return
+        finally:
+            await anyio.to_thread.run_sync(inputs.remove, self.folder)
+        if tune.cancel_requested:
+            self._end("cancelled", "cancelled", {**self._summary(), "message": "the search was cancelled"})
+        elif tune.best is None:
+            reason = "the search's time ran out before" if self.timed_out else "no trial"
+            self._end("failed", "error", {"code": "no_trial_completed", "message": f"{reason} a trial completed"})
+        else:
+            importances = await anyio.to_thread.run_sync(self._importances)
+            self._end(
+                "succeeded", "complete", {**self._summary(), "importances": importances, "timed_out": self.timed_out}
+            )
+
+    async def _watch(self, deadline: float) -> None:
+        """At the search's deadline: no trial more, and those running stop after their round."""
+        await anyio.sleep(max(0.0, deadline - time.monotonic()))
+        self.timed_out = True
+        await self.stop_trials()
+
+    async def stop_trials(self) -> None:
+        """Cancel every running trial's job: each stops after its current round."""
+        for job_id in list(self._jobs.values()):
+            await self._cancel(job_id)
+
+    async def _trial(self, optuna_trial: Any, slots: anyio.Semaphore) -> None:
+
+        tune = self.tune
+        trial = Trial(optuna_trial.number, dict(optuna_trial.params))
+        tune.trials.append(trial)
+        try:
+            params = validate_params(self.trainer.params, {**self.params, **trial.params})
+            self.trainer.check(self.data, self.objective, params)
+            record = await self._submit(self.data, params, self._linked_inputs())
+        except BoostreamError as error:
+            self._failed(trial, optuna_trial, error.code, error.message, error.field)
+            slots.release()
+            return
+        trial.job_id = record.id
+        self._jobs[trial.number] = record.id
+        tune.emit("trial_started", {"trial": trial.number, "params": trial.params, "job_id": record.id})
+        try:
+            async for event in self._follow(record.id):
+                data = orjson.loads(event.json)
+                if event.type == "progress":
+                    await self._progress(trial, optuna_trial, data)
+                elif event.type == "complete":
+                    if trial.state == "running":
+                        self._complete(trial, optuna_trial, data)
+                elif event.type == "error":
+                    if trial.state == "running":
+                        self._failed(trial, optuna_trial, data.get("code", "error"), data.get("message", ""))
+                elif event.type == "cancelled" and trial.state == "running":
+                    stopped = "the search was cancelled" if tune.cancel_requested else "the search's time ran out"
+                    self._failed(
+                        trial, optuna_trial, "stopped", f"stopped after round {data.get('iteration')}: {stopped}"
+                    )
+        finally:
+            self._jobs.pop(trial.number, None)
+            slots.release()
+
+    async def _progress(self, trial: Trial, optuna_trial: Any, data: dict[str, Any]) -> None:
+        import optuna
+
+        tune = self.tune
+        tune.emit(
+            "progress",
+            {"trial": trial.number, "job_id": trial.job_id, "iteration": data["iteration"], "metrics": data["metrics"]},
+        )
+        if trial.state != "running":
+            return
+        history = data.get("history") or {}
+        values = (history.get("metrics") or {}).get(tune.metric) or []
+        for offset, value in enumerate(values):
+            if value is None:
+                continue
+            step = history["first"] + offset
+            optuna_trial.report(value, step)
+            if optuna_trial.should_prune():
+                trial.state, trial.pruned_at, trial.value = "pruned", step, value
+                self.study.tell(optuna_trial, state=optuna.trial.TrialState.PRUNED)
+                tune.emit(
+                    "trial_pruned", {"trial": trial.number, "job_id": trial.job_id, "round": step, "value": value}
+                )
+                assert trial.job_id is not None
+                await self._cancel(trial.job_id)
+                return
+
+    def _complete(self, trial: Trial, optuna_trial: Any, data: dict[str, Any]) -> None:
+        tune = self.tune
+        value = (data.get("metrics") or {}).get(tune.metric)
+        if value is None:
+            self._failed(trial, optuna_trial, "no_metric", f"the job reported no {tune.metric}")
+            return
+        trial.state, trial.value = "complete", float(value)
+        trial.best_iteration, trial.iterations = data.get("best_iteration"), data.get("iterations")
+        trial.artifact_id = data.get("artifact_id")
+        self.study.tell(optuna_trial, trial.value)
+        tune.emit(
+            "trial_complete",
+            {
+                "trial": trial.number, "job_id": trial.job_id, "value": trial.value, "params": trial.params,
+                "best_iteration": trial.best_iteration, "iterations": trial.iterations,
+                "artifact_id": trial.artifact_id,
+            },
+        )  # fmt: skip
+        if tune.best is None or trial.value < (tune.best.value or math.inf):
+            tune.best = trial
+            tune.emit("best", trial.row())
+
+    def _failed(self, trial: Trial, optuna_trial: Any, code: str, message: str, field: str | None = None) -> None:
+        import optuna
+
+        trial.state = "failed"
+        self.study.tell(optuna_trial, state=optuna.trial.TrialState.FAIL)
+        self.tune.emit(
+            "trial_failed",
+            {"trial": trial.number, "job_id": trial.job_id, "params": trial.params, "code": code,
+             "message": message, "field": field},
+        )  # fmt: skip
+
+    def _summary(self) -> dict[str, Any]:
+        tune = self.tune
+        ranked = sorted((t for t in tune.trials if t.state == "complete"), key=lambda t: (t.value, t.number))
+        others = [t for t in tune.trials if t.state != "complete"]
+        best = tune.best
+        return {
+            "best": None if best is None else best.row(),
+            "best_params": None if best is None else {**self.params, **best.params},
+            "best_value": None if best is None else best.value,
+            "artifact_id": None if best is None else best.artifact_id,
+            "metric": tune.metric,
+            "trials": tune.counts(),
+            "leaderboard": [t.row() for t in ranked] + [t.row() for t in others],
+        }
+
+    def _importances(self) -> dict[str, float] | None:
+        """Optuna's parameter importances, where there is enough to say (two completed trials or more)."""
+        import optuna
+
+        if sum(t.state == "complete" for t in self.tune.trials) < 2:
+            return None
+        try:
+            return {name: float(value) for name, value in optuna.importance.get_param_importances(self.study).items()}
+        except (ValueError, RuntimeError):  # every completed trial the same value, say
+            return None
+
+    def _end(self, status: str, kind: str, data: dict[str, Any]) -> None:
+        tune = self.tune
+        tune.status, tune.finished_at = status, time.time()
+        if kind == "error":
+            tune.error = {"code": data["code"], "message": data["message"]}
+        tune.emit(kind, data)
+        log.info("tune %s %s: %s", tune.id, status, tune.counts())
+
+    def _linked_inputs(self) -> Path:
+        """A folder of hard links to the search's arrays, for a trial's job to take as its own."""
+        incoming = self.folder.parent / f"incoming-{uuid.uuid4().hex}"
+        incoming.mkdir()
+        for path in self.folder.iterdir():
+            os.link(path, incoming / path.name)
+        return incoming
+
+
+def _sampler(options: TuneOptions, space: SearchSpace) -> Any:
+    import optuna
+
+    if options.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=options.seed)
+    if options.sampler == "grid":
+        return optuna.samplers.GridSampler(space.grid, seed=options.seed)
+    return optuna.samplers.TPESampler(seed=options.seed)
+
+
+def _pruner(name: str, rounds: int) -> Any:
+    """Optuna's pruner: `median` waits for STARTUP_TRIALS trials and WARMUP_ROUNDS rounds before it
+    prunes; `hyperband` takes a round as its resource, up to the trials' rounds."""
+    import optuna
+
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=STARTUP_TRIALS, n_warmup_steps=WARMUP_ROUNDS)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(rounds, 3))
+    return optuna.pruners.NopPruner()
+
+
+def _largest(space: SearchSpace) -> dict[str, Any]:
+    """The largest value of each searched parameter: the most rounds a trial may train, which the
+    hyperband pruner takes as its largest resource."""
+    return {
+        name: max(dist.choices) if hasattr(dist, "choices") else dist.high for name, dist in space.distributions.items()
+    }
+
+
+def new_tune_id() -> str:
+    return uuid.uuid4().hex
+
+
+def save_inputs(folder: Path, data: TrainingData) -> TrainingData:
+    """Write the search's arrays once, and map them back: the trials' jobs link to these files."""
+    inputs.save(folder, data)
+    loaded = inputs.load(folder)
+    assert loaded is not None, folder
+    return loaded
+
+
+def describe_unknown(tune_id: str) -> str:
+    return f"no tune {quotable(tune_id)!r} (unknown, deleted, or expired)"

@@ -1,0 +1,198 @@
+"""Streamed hyperparameter search against a real server on scikit-learn's bundled data: every
+event kind in order, trials that are jobs of their own, pruning that stops a trial's training early,
+the best model predicting through /predict, the same trials for the same seed, and a cancel that
+leaves no trial running."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_diabetes, load_digits
+
+from conftest import Server, parse_sse
+
+ROUNDS = 150
+SPACE = {
+    "num_leaves": {"low": 4, "high": 64, "log": True},
+    "learning_rate": {"low": 0.01, "high": 0.3, "log": True},
+    "min_data_in_leaf": [5, 20, 60],
+}
+
+
+def digits_search(**fields) -> dict:
+    X, y = load_digits(return_X_y=True)
+    return {
+        "X": X.tolist(), "y": y.tolist(), "objective": "multiclass", "valid_fraction": 0.25,
+        "params": {"n_estimators": ROUNDS}, "search": SPACE, "n_trials": 20, "parallel": 2, "seed": 11, **fields,
+    }  # fmt: skip
+
+
+def tune_stream(server: Server, body: dict) -> list:
+    with server.client() as client:
+        with client.stream("POST", "/tune/stream", json=body) as response:
+            assert response.status_code == 200, response.read()
+            assert response.headers["x-boostream-tune-id"]
+            return list(parse_sse(response.iter_lines()))
+
+
+@pytest.fixture(scope="module")
+def searched(server: Server) -> list:
+    return tune_stream(server, digits_search())
+
+
+def test_a_search_streams_every_event_kind_in_order(server: Server, searched):
+    kinds = Counter(event.type for event in searched)
+    assert searched[0].type == "started" and searched[-1].type == "complete", kinds
+    started = searched[0].data
+    assert started["n_trials"] == 20 and started["sampler"] == "tpe" and started["pruner"] == "median"
+    assert started["space"] == SPACE and started["metric"] == "valid_multi_logloss"
+    assert kinds["trial_started"] == 20 and kinds["progress"] >= 20 and kinds["best"] >= 1
+    assert kinds["trial_complete"] >= 1 and kinds["trial_pruned"] >= 1
+    assert kinds["trial_complete"] + kinds["trial_pruned"] + kinds["trial_failed"] == 20
+    assert [event.id for event in searched] == list(range(1, len(searched) + 1))
+    # Each trial: started, then its rounds, then how it ended; its job id resolves.
+    seen: dict[int, list[str]] = {}
+    for event in searched[1:-1]:
+        if "trial" in event.data:
+            seen.setdefault(event.data["trial"], []).append(event.type)
+    assert sorted(seen) == list(range(20))
+    for trial, order in seen.items():
+        assert order[0] == "trial_started", (trial, order)
+        ends = [kind for kind in order if kind in ("trial_complete", "trial_pruned", "trial_failed")]
+        assert len(ends) == 1, (trial, order)
+        after_end = order[order.index(ends[0]) + 1 :]
+        assert set(after_end) <= {"best", "progress"}, (trial, order)  # rounds already on their way
+    with server.client() as client:
+        for event in searched:
+            if event.type == "trial_started":
+                job = client.get(f"/jobs/{event.data['job_id']}")
+                assert job.status_code == 200, job.text
+                assert job.json()["status"] in ("succeeded", "cancelled")
+
+
+def test_pruning_stops_a_trial_early_and_the_best_model_predicts(server: Server, searched):
+    pruned = [event.data for event in searched if event.type == "trial_pruned"]
+    with server.client() as client:
+        rounds = [client.get(f"/jobs/{p['job_id']}").json()["progress"]["iteration"] for p in pruned]
+        assert min(rounds) < ROUNDS, rounds  # a pruned trial's job trained fewer rounds than asked
+        complete = searched[-1].data
+        best = complete["best"]
+        assert complete["artifact_id"] == best["artifact_id"] and complete["best_value"] == best["value"]
+        values = [row["value"] for row in complete["leaderboard"] if row["state"] == "complete"]
+        assert values == sorted(values) and values[0] == best["value"]
+        assert set(complete["importances"]) == set(SPACE)
+        assert complete["best_params"]["n_estimators"] == ROUNDS
+        assert {name: complete["best_params"][name] for name in SPACE} == best["params"]
+        X, y = load_digits(return_X_y=True)
+        predicted = client.post("/predict", json={"artifact_id": complete["artifact_id"], "X": X[:300].tolist()})
+        assert predicted.status_code == 200, predicted.text
+        assert np.mean(np.array(predicted.json()["predictions"]) == y[:300]) > 0.9
+        assert client.get(f"/tunes/{complete['tune_id']}/result").json() == complete
+        status = client.get(f"/tunes/{complete['tune_id']}").json()
+        assert status["status"] == "succeeded" and status["best"] == best
+        assert status["trials"]["complete"] + status["trials"]["pruned"] == 20
+
+
+def test_the_events_resume_after_an_id_and_a_finished_search_is_deleted(server: Server, searched):
+    tune_id = searched[0].data["tune_id"]
+    with server.client() as client:
+        with client.stream("GET", f"/tunes/{tune_id}/events", headers={"last-event-id": "5"}) as response:
+            resumed = list(parse_sse(response.iter_lines()))
+        assert [event.id for event in resumed] == [event.id for event in searched[5:]]
+        assert client.get(f"/tunes/{tune_id}/events", params={"after": len(searched)}).status_code == 204
+        assert tune_id in [tune["tune_id"] for tune in client.get("/tunes").json()["tunes"]]
+
+
+def test_the_same_seed_one_trial_at_a_time_gives_the_same_trials(server: Server):
+    X, y = load_diabetes(return_X_y=True)
+    body = {
+        "X": X.tolist(), "y": y.tolist(), "valid_fraction": 0.2, "params": {"n_estimators": 40},
+        "search": {"num_leaves": {"low": 4, "high": 64}, "lambda_l2": {"low": 0.001, "high": 10.0, "log": True}},
+        "n_trials": 8, "parallel": 1, "seed": 5, "pruner": "none",
+    }  # fmt: skip
+    runs = []
+    for _ in range(2):
+        events = tune_stream(server, body)
+        runs.append(
+            [(e.data["trial"], e.data["params"], e.data["value"]) for e in events if e.type == "trial_complete"]
+        )
+    assert len(runs[0]) == 8 and runs[0] == runs[1]
+    other = tune_stream(server, {**body, "seed": 6})
+    assert [e.data["params"] for e in other if e.type == "trial_complete"] != [params for _, params, _ in runs[0]]
+
+
+def test_cancel_ends_the_search_cancelled_with_no_trial_left_running(server: Server):
+    body = digits_search(params={"n_estimators": 5000, "learning_rate": 0.01}, search={"num_leaves": [7, 15, 31]},
+                         n_trials=6, pruner="none")  # fmt: skip
+    body["search"] = {"num_leaves": [7, 15, 31]}
+    with server.client() as client:
+        created = client.post("/tunes", json=body)
+        assert created.status_code == 202, created.text
+        tune_id = created.json()["tune_id"]
+        deadline = time.monotonic() + 60
+        while client.get(f"/tunes/{tune_id}").json()["trials"]["running"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert client.delete(f"/tunes/{tune_id}").status_code == 409  # running: cancel it first
+        cancelled = client.post(f"/tunes/{tune_id}/cancel")
+        assert cancelled.status_code == 202 and cancelled.json()["cancel_requested"] is True
+        with client.stream("GET", f"/tunes/{tune_id}/events") as response:
+            events = list(parse_sse(response.iter_lines()))
+        assert events[-1].type == "cancelled"
+        assert client.get(f"/tunes/{tune_id}").json()["status"] == "cancelled"
+        jobs = [event.data["job_id"] for event in events if event.type == "trial_started"]
+        assert 2 <= len(jobs) < 6
+        for job_id in jobs:
+            status = client.get(f"/jobs/{job_id}").json()["status"]
+            assert status in ("cancelled", "succeeded", "failed"), status
+        assert client.post(f"/tunes/{tune_id}/cancel").status_code == 409
+        assert client.delete(f"/tunes/{tune_id}").status_code == 204
+        assert client.get(f"/tunes/{tune_id}").status_code == 404
+
+
+BAD = [
+    # (what is wrong, fields over a good request, status, field, words)
+    ("no validation data", {"valid_fraction": None}, 422, "valid_fraction", "validation metric"),
+    ("an unknown parameter", {"search": {"leaves": [4, 8]}}, 422, "search.leaves", "unknown parameter"),
+    (
+        "a range past its bound",
+        {"search": {"num_leaves": {"low": 1, "high": 8}}},
+        422,
+        "search.num_leaves.low",
+        "at least 2",
+    ),
+    ("low above high", {"search": {"num_leaves": {"low": 9, "high": 8}}}, 422, "search.num_leaves", "below high"),
+    (
+        "a log range from 0",
+        {"search": {"lambda_l1": {"low": 0, "high": 1, "log": True}}},
+        422,
+        "search.lambda_l1.low",
+        "above 0",
+    ),
+    ("searched and fixed", {"params": {"num_leaves": 8}}, 422, "search.num_leaves", "leave it out of params"),
+    ("more at once than the server trains", {"parallel": 3}, 422, "parallel", "from 1 to 2"),
+    ("a grid of ranges", {"sampler": "grid"}, 422, "search.num_leaves", "lists of choices"),
+    ("an unknown pruner", {"pruner": "asha"}, 422, "pruner", "unknown pruner"),
+    ("no trials", {"n_trials": 0}, 422, "n_trials", "from 1 to"),
+]
+
+
+@pytest.mark.parametrize("case, fields, status, field, words", BAD, ids=[c[0] for c in BAD])
+def test_a_bad_search_is_refused_naming_its_field(server: Server, case, fields, status, field, words):
+    X, y = load_diabetes(return_X_y=True)
+    body = {
+        "X": X[:100].tolist(),
+        "y": y[:100].tolist(),
+        "valid_fraction": 0.2,
+        "search": {"num_leaves": {"low": 4, "high": 8}},
+    }
+    body.update(fields)
+    body = {name: value for name, value in body.items() if value is not None}
+    with server.client() as client:
+        refused = client.post("/tunes", json=body)
+    assert refused.status_code == status, refused.text
+    assert refused.json()["error"]["field"] == field
+    assert words in refused.json()["error"]["message"]
