@@ -56,7 +56,14 @@ from boostream.requests.json_body import (
 )
 from boostream.requests.spec import TrainSpec
 from boostream.trainers import create_trainers
-from boostream.trainers.base import OBJECTIVE_METRICS, OBJECTIVES, Availability, TrainingData, params_schema
+from boostream.trainers.base import (
+    OBJECTIVE_METRICS,
+    OBJECTIVES,
+    Availability,
+    TrainingData,
+    params_schema,
+    validate_params,
+)
 from boostream.tuning import Tune, Tuner, check_search, describe_unknown, new_tune_id, save_inputs
 from boostream.views import artifact_view, availability_view, iso, job_view
 from boostream.workers.decoding import Decoders, SharedBody, shared_bodies_work
@@ -129,6 +136,12 @@ class Service:
                 yield
             finally:
                 housekeeping.cancel()
+                # A search lives in this process: it ends here, and its trials' jobs are stopped
+                # (a job still running is run again after a restart, with no search to read it).
+                for tuner in list(self._tuners.values()):
+                    tuner.tune.cancel_requested = True
+                    with contextlib.suppress(Exception):
+                        await tuner.stop_trials()
                 for running in self._searches.values():
                     running.cancel()
                 if self._decoders is not None:
@@ -369,10 +382,17 @@ class Service:
         options = request.tune_options()
         slots = self.settings.cpu_jobs if trainer.device == "cpu" else self.settings.gpu_jobs
         space = check_search(options, trainer, request.params, spec.data, slots if not self.settings.redis else 64)
-        await self._check_memory(spec)
+        # Refused now what would fail every trial: a combination the backend refuses, or memory
+        # beyond a worker's with the largest values searched.
+        largest = validate_params(trainer.params, {**request.params, **space.largest})
+        for bound in (largest, validate_params(trainer.params, {**request.params, **space.smallest})):
+            trainer.check(spec.data, spec.objective, bound)
+        await self._check_memory(dataclasses.replace(spec, params=largest))
         tune = Tune(new_tune_id(), caller.name, options, f"valid_{OBJECTIVE_METRICS[spec.objective]}", trainer.name)
         folder = self.settings.inputs_dir / f"tune-{tune.id}"
-        data = await anyio.to_thread.run_sync(save_inputs, folder, spec.data)
+        # The trials read the arrays mapped from the search's files, not this request's copy.
+        spec = dataclasses.replace(spec, data=await anyio.to_thread.run_sync(save_inputs, folder, spec.data))
+        data = spec.data
 
         async def submit(data: TrainingData, params: dict[str, Any], saved_at: Path) -> JobRecord:
             trial = dataclasses.replace(spec, params=params, data=data, saved_at=saved_at, callback_url=None)

@@ -73,6 +73,22 @@ class SearchSpace:
     def grid(self) -> dict[str, list[Any]]:
         return {name: list(dist.choices) for name, dist in self.distributions.items()}
 
+    @property
+    def smallest(self) -> dict[str, Any]:
+        return {
+            name: min(dist.choices) if hasattr(dist, "choices") else dist.low
+            for name, dist in self.distributions.items()
+        }
+
+    @property
+    def largest(self) -> dict[str, Any]:
+        """The largest value of each searched parameter: the most rounds a trial may train (the
+        hyperband pruner's largest resource), the most memory it may take."""
+        return {
+            name: max(dist.choices) if hasattr(dist, "choices") else dist.high
+            for name, dist in self.distributions.items()
+        }
+
 
 def check_search(
     options: TuneOptions, trainer: Trainer, params: Mapping[str, Any], data: TrainingData, most_parallel: int
@@ -204,8 +220,10 @@ class Tune:
         self._changed = anyio.Event()
 
     async def follow(self, after: int = 0) -> AsyncIterator[Event]:
-        """The events after `after`, then live ones, to the last."""
-        while True:
+        """The events after `after`, then live ones, to the last (none past the last of a search
+        that has ended)."""
+        after = min(after, len(self.events))
+        while not (self.finished and after >= len(self.events)):
             changed = self._changed
             while after < len(self.events):
                 event = self.events[after]
@@ -276,7 +294,7 @@ class Tuner:
         self._submit, self._follow, self._cancel = submit, follow, cancel
         options = tune.options
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        rounds = trainer.rounds(validate_params(trainer.params, {**params, **_largest(space)}))
+        rounds = trainer.rounds(validate_params(trainer.params, {**params, **space.largest}))
         self.study = optuna.create_study(
             direction="minimize", sampler=_sampler(options, space), pruner=_pruner(options.pruner, rounds)
         )
@@ -309,19 +327,26 @@ class Tuner:
                             slots.release()
                             break
                         trial = await anyio.to_thread.run_sync(self.study.ask, self.space.distributions)
+                        if tune.cancel_requested or self.timed_out:  # while Optuna was asked
+                            self._tell(trial, state="FAIL")
+                            slots.release()
+                            break
                         trials.start_soon(self._trial, trial, slots)
                 outer.cancel_scope.cancel()  # every trial has ended: the watch too
         except Exception as error:  # a failure of the search itself, not of a trial
             log.exception("tune %s failed", tune.id)
+            with anyio.CancelScope(shield=True):
+                await self.stop_trials()
             self._end("failed", "error", {"code": "internal_error", "message": f"the search failed: {error}"})
             return
         finally:
-            await anyio.to_thread.run_sync(inputs.remove, self.folder)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(inputs.remove, self.folder)
         if tune.cancel_requested:
             self._end("cancelled", "cancelled", {**self._summary(), "message": "the search was cancelled"})
         elif tune.best is None:
-            reason = "the search's time ran out before" if self.timed_out else "no trial"
-            self._end("failed", "error", {"code": "no_trial_completed", "message": f"{reason} a trial completed"})
+            said = "the search's time ran out before any trial completed" if self.timed_out else "no trial completed"
+            self._end("failed", "error", {"code": "no_trial_completed", "message": said})
         else:
             importances = await anyio.to_thread.run_sync(self._importances)
             self._end(
@@ -344,17 +369,27 @@ class Tuner:
         tune = self.tune
         trial = Trial(optuna_trial.number, dict(optuna_trial.params))
         tune.trials.append(trial)
+        incoming: Path | None = None
         try:
             params = validate_params(self.trainer.params, {**self.params, **trial.params})
             self.trainer.check(self.data, self.objective, params)
-            record = await self._submit(self.data, params, self._linked_inputs())
-        except BoostreamError as error:
-            self._failed(trial, optuna_trial, error.code, error.message, error.field)
+            incoming = self._linked_inputs()
+            record = await self._submit(self.data, params, incoming)
+        except Exception as error:  # refused (a full queue, the memory limit...), or the disk
+            if incoming is not None and incoming.exists():
+                await anyio.to_thread.run_sync(inputs.remove, incoming)
+            if isinstance(error, BoostreamError):
+                self._failed(trial, optuna_trial, error.code, error.message, error.field)
+            else:
+                log.exception("tune %s: trial %d could not start", tune.id, trial.number)
+                self._failed(trial, optuna_trial, "error", str(error))
             slots.release()
             return
         trial.job_id = record.id
         self._jobs[trial.number] = record.id
         tune.emit("trial_started", {"trial": trial.number, "params": trial.params, "job_id": record.id})
+        if tune.cancel_requested or self.timed_out:  # while it was submitted
+            await self._cancel(record.id)
         try:
             async for event in self._follow(record.id):
                 data = orjson.loads(event.json)
@@ -371,12 +406,18 @@ class Tuner:
                     self._failed(
                         trial, optuna_trial, "stopped", f"stopped after round {data.get('iteration')}: {stopped}"
                     )
+            if trial.state == "running":  # its events ended without saying how the job did
+                self._failed(trial, optuna_trial, "job_lost", f"job {record.id} ended without a result")
+        except Exception as error:  # following it failed (the store out of reach, say)
+            log.exception("tune %s: trial %d", tune.id, trial.number)
+            await self._cancel(record.id)
+            if trial.state == "running":
+                self._failed(trial, optuna_trial, "error", f"following job {record.id} failed: {error}")
         finally:
             self._jobs.pop(trial.number, None)
             slots.release()
 
     async def _progress(self, trial: Trial, optuna_trial: Any, data: dict[str, Any]) -> None:
-        import optuna
 
         tune = self.tune
         tune.emit(
@@ -394,7 +435,7 @@ class Tuner:
             optuna_trial.report(value, step)
             if optuna_trial.should_prune():
                 trial.state, trial.pruned_at, trial.value = "pruned", step, value
-                self.study.tell(optuna_trial, state=optuna.trial.TrialState.PRUNED)
+                self._tell(optuna_trial, state="PRUNED")
                 tune.emit(
                     "trial_pruned", {"trial": trial.number, "job_id": trial.job_id, "round": step, "value": value}
                 )
@@ -411,7 +452,7 @@ class Tuner:
         trial.state, trial.value = "complete", float(value)
         trial.best_iteration, trial.iterations = data.get("best_iteration"), data.get("iterations")
         trial.artifact_id = data.get("artifact_id")
-        self.study.tell(optuna_trial, trial.value)
+        self._tell(optuna_trial, value=trial.value)
         tune.emit(
             "trial_complete",
             {
@@ -425,15 +466,26 @@ class Tuner:
             tune.emit("best", trial.row())
 
     def _failed(self, trial: Trial, optuna_trial: Any, code: str, message: str, field: str | None = None) -> None:
-        import optuna
 
         trial.state = "failed"
-        self.study.tell(optuna_trial, state=optuna.trial.TrialState.FAIL)
+        self._tell(optuna_trial, state="FAIL")
         self.tune.emit(
             "trial_failed",
             {"trial": trial.number, "job_id": trial.job_id, "params": trial.params, "code": code,
              "message": message, "field": field},
         )  # fmt: skip
+
+    def _tell(self, optuna_trial: Any, value: float | None = None, state: str = "COMPLETE") -> None:
+        """Tell Optuna how a trial ended. Its grid sampler calls `study.stop()` once the grid is
+        done, which outside `optimize()` raises, after the trial is stored: the count of trials
+        is capped at the grid's size already."""
+        import optuna
+
+        try:
+            self.study.tell(optuna_trial, value, state=getattr(optuna.trial.TrialState, state))
+        except RuntimeError as error:
+            if "Study.stop" not in str(error):
+                raise
 
     def _summary(self) -> dict[str, Any]:
         tune = self.tune
@@ -498,14 +550,6 @@ def _pruner(name: str, rounds: int) -> Any:
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(rounds, 3))
     return optuna.pruners.NopPruner()
-
-
-def _largest(space: SearchSpace) -> dict[str, Any]:
-    """The largest value of each searched parameter: the most rounds a trial may train, which the
-    hyperband pruner takes as its largest resource."""
-    return {
-        name: max(dist.choices) if hasattr(dist, "choices") else dist.high for name, dist in space.distributions.items()
-    }
 
 
 def new_tune_id() -> str:
