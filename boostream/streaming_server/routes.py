@@ -187,12 +187,7 @@ class Routes:
             return await self._decode_on_dataset(request)
         if "valid_dataset_id" in request.query_params:
             raise InvalidParameter("valid_dataset_id", "is the validation set of a dataset: send dataset_id too")
-        media_type = _media_type(request)
-        if media_type not in (JSON, MULTIPART, *TABLE_TYPES):
-            accepted = ", ".join([JSON, *TABLE_TYPES, MULTIPART])
-            raise ApiError(
-                415, "unsupported_media_type", f"send the training request as one of {accepted}; not {media_type}"
-            )
+        media_type = _table_media_type(request, "the training request")
         service, limit = self.service, self.service.settings.max_body_bytes
         # Received first, then decoded in one of the few slots: a slow body holds up no other.
         with self.bodies.share() as share:
@@ -300,12 +295,7 @@ class Routes:
     # Datasets
 
     async def create_dataset(self, request: Request) -> Response:
-        media_type = _media_type(request)
-        if media_type not in (JSON, MULTIPART, *TABLE_TYPES):
-            accepted = ", ".join([JSON, *TABLE_TYPES, MULTIPART])
-            raise ApiError(
-                415, "unsupported_media_type", f"send a dataset's table as one of {accepted}; not {media_type}"
-            )
+        media_type = _table_media_type(request, "a dataset's table")
         service, limit = self.service, self.service.settings.max_body_bytes
         try:
             with self.bodies.share() as share:
@@ -386,6 +376,16 @@ def _refuse_query_fields(request: Request) -> None:
 
 def _media_type(request: Request) -> str:
     return request.headers.get("content-type", JSON).split(";")[0].strip().lower()
+
+
+def _table_media_type(request: Request, what: str) -> str:
+    """The media type of a body that holds a table (JSON, CSV, Parquet, Arrow, a multipart
+    upload); 415 naming those for any other."""
+    media_type = _media_type(request)
+    if media_type not in (JSON, MULTIPART, *TABLE_TYPES):
+        accepted = ", ".join([JSON, *TABLE_TYPES, MULTIPART])
+        raise ApiError(415, "unsupported_media_type", f"send {what} as one of {accepted}; not {media_type}")
+    return media_type
 
 
 def _int_query(query: QueryParams, name: str, default: int | None, minimum: int, maximum: int) -> int | None:
