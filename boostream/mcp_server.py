@@ -49,6 +49,7 @@ from boostream.requests.schema import (
     closed_object,
     table_schema,
     train_request_schema,
+    tune_request_schema,
     with_properties,
 )
 from boostream.service import Service
@@ -176,6 +177,38 @@ class McpEndpoint:
         answer = await self.service.predict(_caller(ctx), parsed, X)
         return {**answer, "predictions": np.asarray(answer["predictions"]).tolist()}
 
+    async def tune(self, ctx: ServerRequestContext, arguments: dict[str, Any]) -> dict[str, Any]:
+        """A search, followed to its end: a progress notification as each trial ends."""
+        async with self.service.ingest_slot():
+            body = await anyio.to_thread.run_sync(_as_json, arguments)
+            base_url = getattr(ctx.request, "base_url", "")
+            tune = await self.service.start_tune(_caller(ctx), body, str(base_url))
+        n_trials, ended, best = tune.options.n_trials, 0, None
+        try:
+            async with contextlib.aclosing(tune.follow(0)) as events:
+                async for event in events:
+                    data = orjson.loads(event.json)
+                    if event.type == "started":
+                        n_trials = data["n_trials"]
+                        await ctx.session.report_progress(0, n_trials, f"tune {tune.id}: {n_trials} trials")
+                    elif event.type == "best":
+                        best = data["value"]
+                    elif event.type in ("trial_complete", "trial_pruned", "trial_failed"):
+                        ended += 1
+                        said = f"best {best:.6g}" if best is not None else "no trial complete yet"
+                        message = f"tune {tune.id}: {ended} of {n_trials} trials done ({event.type[6:]}); {said}"
+                        await ctx.session.report_progress(ended, n_trials, message)
+                    elif event.type == "complete":
+                        return {"tune_id": tune.id, "status": tune.status, **data}
+                    elif event.type in ("error", "cancelled"):
+                        raise ToolError(data.get("code", event.type), f"tune {tune.id}: {data['message']}")
+        except anyio.get_cancelled_exc_class():
+            if not self._stopping:  # the caller went: the search's trials would train for nobody
+                with anyio.CancelScope(shield=True):
+                    await self.service.cancel_tune(_caller(ctx), tune.id)
+            raise
+        raise ToolError("interrupted", f"tune {tune.id} ended without a result")
+
     # Jobs
 
     async def _submit(self, ctx: ServerRequestContext, arguments: dict[str, Any]) -> JobRecord:
@@ -276,6 +309,36 @@ class McpEndpoint:
                     ),
                 ),
                 self.train,
+            ),
+            Tool(
+                types.Tool(
+                    name="tune",
+                    title="Search hyperparameters and wait for the best model",
+                    description="A hyperparameter search over a training request (X, y and validation data: X_valid "
+                    "and y_valid, or valid_fraction): `search` gives each hyperparameter a range {low, high, log} or "
+                    "a list of choices; n_trials, parallel, sampler (tpe, random, grid), pruner (median, hyperband, "
+                    "none), seed, timeout_s (the search's). Each trial is a job; trials whose validation curve lags "
+                    "are stopped early. With a progress token, each trial's end comes as a progress notification "
+                    "(trials done of the total, the best value so far). Returns the best params and value, the "
+                    "best model's `artifact_id` (to `predict` with), the leaderboard and the parameter importances. "
+                    "If this call is cancelled, the search is cancelled.",
+                    input_schema=tune_request_schema(train_inputs),
+                    output_schema=closed_object(
+                        {
+                            "tune_id": {"type": "string"},
+                            "best_params": {"type": "object"},
+                            "best_value": {"type": "number"},
+                            "artifact_id": {"type": "string"},
+                            "leaderboard": {"type": "array", "items": {"type": "object"}},
+                        },
+                        ["tune_id", "best_params", "best_value", "artifact_id", "leaderboard"],
+                        closed=False,
+                    ),
+                    annotations=types.ToolAnnotations(
+                        read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+                    ),
+                ),
+                self.tune,
             ),
             Tool(
                 types.Tool(

@@ -24,7 +24,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +221,7 @@ class Tune:
         self._changed.set()
         self._changed = anyio.Event()
 
-    async def follow(self, after: int = 0) -> AsyncIterator[Event]:
+    async def follow(self, after: int = 0) -> AsyncGenerator[Event, None]:
         """The events after `after`, then live ones, to the last (none past the last of a search
         that has ended)."""
         after = min(after, len(self.events))

@@ -25,7 +25,7 @@ from boostream.trainers import create_trainers
 
 from conftest import Server, running_server
 
-TOOLS = {"list_models", "train", "start_job", "job_status", "cancel_job", "predict"}
+TOOLS = {"list_models", "train", "tune", "start_job", "job_status", "cancel_job", "predict"}
 INITIALIZE = {
     "jsonrpc": "2.0",
     "id": 1,
@@ -214,6 +214,38 @@ def test_a_cancelled_train_call_leaves_its_job_training_unless_asked_to_stop_it(
     assert kept_status["status"] == "running" and kept_status["progress"]["iteration"] > 1
     assert server.wait_for_job(stopped)["status"] == "cancelled"
     assert "MCP caller left; the job keeps training" in server.log()
+
+
+def test_an_agent_searches_hyperparameters_with_a_notification_per_trial_and_predicts_with_the_best(
+    server: Server, diabetes
+):
+    X, y = diabetes
+    arguments = {
+        **train_arguments(diabetes, 30), "valid_fraction": 0.2, "n_trials": 5, "seed": 2,
+        "search": {"num_leaves": {"low": 4, "high": 32, "log": True}, "learning_rate": [0.05, 0.2]},
+    }  # fmt: skip
+
+    async def agent():
+        progress = ProgressLog()
+        async with mcp_session(server) as session:
+            tools = {tool.name: tool for tool in (await session.list_tools()).tools}
+            tuned = await session.call_tool("tune", arguments, progress_callback=progress)
+            predicted = await session.call_tool(
+                "predict", {"artifact_id": tuned.structured_content["artifact_id"], "X": X[:5].tolist()}
+            )
+            refused = await session.call_tool("tune", {**arguments, "search": {"num_leaves": {"low": 1, "high": 8}}})
+            return tools, progress, tuned, predicted, refused
+
+    tools, progress, tuned, predicted, refused = asyncio.run(agent())
+    assert {"search", "n_trials", "pruner"} <= set(tools["tune"].input_schema["properties"])
+    assert not tuned.is_error, tuned.content
+    result = tuned.structured_content
+    assert result["status"] == "succeeded" and len(result["leaderboard"]) == 5
+    assert set(result["best_params"]) >= {"num_leaves", "learning_rate", "n_estimators"}
+    assert [note[0] for note in progress.notes] == [0, 1, 2, 3, 4, 5] and progress.notes[-1][1] == 5
+    assert f"tune {result['tune_id']}: 5 of 5 trials done" in progress.notes[-1][2]
+    assert not predicted.is_error and len(predicted.structured_content["predictions"]) == 5
+    assert refused.is_error and "search.num_leaves.low" in refused.content[0].text
 
 
 def test_a_2026_client_trains_with_progress_too(server: Server, iris):

@@ -10,6 +10,7 @@ from typing import Any
 from boostream.models.artifacts import FORMATS as ARTIFACT_FORMATS
 from boostream.requests.spec import TrainOptions
 from boostream.trainers.base import OBJECTIVES, Trainer, params_schema
+from boostream.tuning import MAX_TRIALS, PRUNERS, SAMPLERS
 
 DEFAULTS = TrainOptions()
 
@@ -105,3 +106,35 @@ def _params_rule(name: str, trainer: Trainer, default: bool) -> dict[str, Any]:
     if not default:
         when["required"] = ["model_type"]
     return {"if": when, "then": {"properties": {"params": params_schema(trainer.params)}}}
+
+
+def tune_request_schema(train_request: dict[str, Any]) -> dict[str, Any]:
+    """A search request: a training request (its `timeout_s` the search's) and the search's fields."""
+    space = {
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["low", "high"],
+                "additionalProperties": False,
+                "properties": {"low": {"type": "number"}, "high": {"type": "number"}, "log": {"type": "boolean"}},
+            },
+            {"type": "array", "minItems": 1, "items": {"type": ["number", "boolean"]}},
+        ]
+    }
+    schema = with_properties(
+        train_request,
+        {
+            "search": {
+                "type": "object",
+                "minProperties": 1,
+                "additionalProperties": space,
+                "description": 'Per hyperparameter: a range {"low", "high", "log"} or a list of choices.',
+            },
+            "n_trials": {"type": "integer", "minimum": 1, "maximum": MAX_TRIALS, "default": 20},
+            "parallel": {"type": "integer", "minimum": 1, "default": 1, "description": "Trials at once."},
+            "sampler": {"type": "string", "enum": list(SAMPLERS), "default": "tpe"},
+            "pruner": {"type": "string", "enum": list(PRUNERS), "default": "median"},
+            "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
+        },
+    )
+    return {**schema, "required": [*schema["required"], "search"]}

@@ -17,10 +17,9 @@ from boostream import __version__
 from boostream.jobs.records import JobStatus
 from boostream.models.artifacts import FORMATS as ARTIFACT_FORMATS
 from boostream.models.predicting import OUTPUTS
-from boostream.requests.schema import table_schema, train_request_schema, with_properties
+from boostream.requests.schema import table_schema, train_request_schema, tune_request_schema
 from boostream.service import Service
 from boostream.streaming_server.limits import DEFAULT_PAGE, MAX_ID, MAX_PAGE, ON_DISCONNECT
-from boostream.tuning import MAX_TRIALS, PRUNERS, SAMPLERS
 from boostream.tuning import STATUSES as TUNE_STATUSES
 
 JSON = "application/json"
@@ -517,38 +516,6 @@ def _json(schema: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
     return answer
 
 
-def _tune_request(train_request: dict[str, Any]) -> dict[str, Any]:
-    """A search request: a training request (its `timeout_s` the search's) and the search's fields."""
-    space = {
-        "oneOf": [
-            {
-                "type": "object",
-                "required": ["low", "high"],
-                "additionalProperties": False,
-                "properties": {"low": {"type": "number"}, "high": {"type": "number"}, "log": {"type": "boolean"}},
-            },
-            {"type": "array", "minItems": 1, "items": {"type": ["number", "boolean"]}},
-        ]
-    }
-    schema = with_properties(
-        train_request,
-        {
-            "search": {
-                "type": "object",
-                "minProperties": 1,
-                "additionalProperties": space,
-                "description": 'Per hyperparameter: a range {"low", "high", "log"} or a list of choices.',
-            },
-            "n_trials": {"type": "integer", "minimum": 1, "maximum": MAX_TRIALS, "default": 20},
-            "parallel": {"type": "integer", "minimum": 1, "default": 1, "description": "Trials at once."},
-            "sampler": {"type": "string", "enum": list(SAMPLERS), "default": "tpe"},
-            "pruner": {"type": "string", "enum": list(PRUNERS), "default": "median"},
-            "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
-        },
-    )
-    return {**schema, "required": [*schema["required"], "search"]}
-
-
 def _path_id(name: str, description: str, pattern: str = "") -> dict[str, Any]:
     schema = {"type": "string", "pattern": pattern or ID_PATTERN}  # what the server makes: any other is a 404
     return {"name": name, "in": "path", "required": True, "description": description, "schema": schema}
@@ -616,7 +583,7 @@ def _schemas(train_request: dict[str, Any]) -> dict[str, Any]:
             },
         },
         "TrainRequest": train_request,
-        "TuneRequest": _tune_request(train_request),
+        "TuneRequest": tune_request_schema(train_request),
         "TuneCreated": {
             "type": "object",
             "required": ["tune_id", "status", "status_url", "events_url", "result_url", "cancel_url"],
