@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 import time
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Collection
 from pathlib import Path
 from typing import IO, Any
@@ -64,7 +65,7 @@ from boostream.trainers.base import (
     params_schema,
     validate_params,
 )
-from boostream.tuning import Tune, Tuner, check_search, describe_unknown, new_tune_id, save_inputs
+from boostream.tuning import Tune, Tuner, check_search, save_inputs
 from boostream.views import artifact_view, availability_view, iso, job_view
 from boostream.workers.decoding import Decoders, SharedBody, shared_bodies_work
 from boostream.workers.local import LocalWorkers, WorkerConfig
@@ -388,7 +389,7 @@ class Service:
         for bound in (largest, validate_params(trainer.params, {**request.params, **space.smallest})):
             trainer.check(spec.data, spec.objective, bound)
         await self._check_memory(dataclasses.replace(spec, params=largest))
-        tune = Tune(new_tune_id(), caller.name, options, f"valid_{OBJECTIVE_METRICS[spec.objective]}", trainer.name)
+        tune = Tune(uuid.uuid4().hex, caller.name, options, f"valid_{OBJECTIVE_METRICS[spec.objective]}", trainer.name)
         folder = self.settings.inputs_dir / f"tune-{tune.id}"
         # The trials read the arrays mapped from the search's files, not this request's copy.
         spec = dataclasses.replace(spec, data=await anyio.to_thread.run_sync(save_inputs, folder, spec.data))
@@ -415,7 +416,7 @@ class Service:
         self._expire_tunes()
         tune = self._tunes.get(tune_id)
         if tune is None or not caller.owns(tune.owner):
-            raise NotFound(describe_unknown(tune_id), field="tune_id")
+            raise NotFound(f"no tune {quotable(tune_id)!r} (unknown, deleted, or expired)", field="tune_id")
         return tune
 
     def list_tunes(self, caller: Caller) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,9 @@ import anyio
 import msgspec
 import orjson
 
-from boostream.errors import BoostreamError, InvalidParameter, quotable
+from boostream.errors import BoostreamError, InvalidParameter
 from boostream.jobs import inputs
+from boostream.jobs.job import EventLog
 from boostream.jobs.records import Event, JobRecord
 from boostream.trainers.base import ParamSpec, Trainer, TrainingData, validate_params
 
@@ -61,7 +62,7 @@ class TuneOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     seed: int | None = None
 
 
-TUNE_FIELDS = frozenset(TuneOptions.__struct_fields__)
+TUNE_FIELDS = TuneOptions.__struct_fields__
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,17 +78,18 @@ class SearchSpace:
 
     @property
     def smallest(self) -> dict[str, Any]:
-        return {
-            name: min(dist.choices) if hasattr(dist, "choices") else dist.low
-            for name, dist in self.distributions.items()
-        }
+        return self._ends("low")
 
     @property
     def largest(self) -> dict[str, Any]:
         """The largest value of each searched parameter: the most rounds a trial may train (the
         hyperband pruner's largest resource), the most memory it may take."""
+        return self._ends("high")
+
+    def _ends(self, end: str) -> dict[str, Any]:
+        pick = min if end == "low" else max
         return {
-            name: max(dist.choices) if hasattr(dist, "choices") else dist.high
+            name: pick(dist.choices) if hasattr(dist, "choices") else getattr(dist, end)
             for name, dist in self.distributions.items()
         }
 
@@ -184,23 +186,16 @@ class Trial:
     pruned_at: int | None = None
 
     def row(self) -> dict[str, Any]:
-        return {
-            "trial": self.number,
-            "state": self.state,
-            "value": self.value,
-            "params": self.params,
-            "job_id": self.job_id,
-            "best_iteration": self.best_iteration,
-            "iterations": self.iterations,
-            "pruned_at": self.pruned_at,
-            "artifact_id": self.artifact_id,
-        }
+        """As the events and the leaderboard show it: its number as `trial`."""
+        row = dataclasses.asdict(self)
+        return {"trial": row.pop("number"), **row}
 
 
-class Tune:
+class Tune(EventLog):
     """A search: its state, its trials and its events, kept in order and followed live."""
 
     def __init__(self, tune_id: str, owner: str | None, options: TuneOptions, metric: str, model_type: str) -> None:
+        super().__init__()
         self.id = tune_id
         self.owner = owner
         self.options = options
@@ -213,27 +208,9 @@ class Tune:
         self.best: Trial | None = None
         self.error: dict[str, Any] | None = None
         self.cancel_requested = False
-        self.events: list[Event] = []
-        self._changed = anyio.Event()
 
     def emit(self, kind: str, data: dict[str, Any]) -> None:
-        self.events.append(Event(len(self.events) + 1, kind, orjson.dumps({"tune_id": self.id, **data}).decode()))
-        self._changed.set()
-        self._changed = anyio.Event()
-
-    async def follow(self, after: int = 0) -> AsyncGenerator[Event, None]:
-        """The events after `after`, then live ones, to the last (none past the last of a search
-        that has ended)."""
-        after = min(after, len(self.events))
-        while not (self.finished and after >= len(self.events)):
-            changed = self._changed
-            while after < len(self.events):
-                event = self.events[after]
-                after += 1
-                yield event
-                if event.terminal:
-                    return
-            await changed.wait()
+        self.append(Event(len(self.events) + 1, kind, orjson.dumps({"tune_id": self.id, **data}).decode()))
 
     @property
     def finished(self) -> bool:
@@ -367,7 +344,6 @@ class Tuner:
             await self._cancel(job_id)
 
     async def _trial(self, optuna_trial: Any, slots: anyio.Semaphore) -> None:
-
         tune = self.tune
         trial = Trial(optuna_trial.number, dict(optuna_trial.params))
         tune.trials.append(trial)
@@ -420,7 +396,6 @@ class Tuner:
             slots.release()
 
     async def _progress(self, trial: Trial, optuna_trial: Any, data: dict[str, Any]) -> None:
-
         tune = self.tune
         tune.emit(
             "progress",
@@ -468,7 +443,6 @@ class Tuner:
             tune.emit("best", trial.row())
 
     def _failed(self, trial: Trial, optuna_trial: Any, code: str, message: str, field: str | None = None) -> None:
-
         trial.state = "failed"
         self._tell(optuna_trial, state="FAIL")
         self.tune.emit(
@@ -556,17 +530,9 @@ def pruner(name: str, rounds: int) -> Any:
     return optuna.pruners.NopPruner()
 
 
-def new_tune_id() -> str:
-    return uuid.uuid4().hex
-
-
 def save_inputs(folder: Path, data: TrainingData) -> TrainingData:
     """Write the search's arrays once, and map them back: the trials' jobs link to these files."""
     inputs.save(folder, data)
     loaded = inputs.load(folder)
     assert loaded is not None, folder
     return loaded
-
-
-def describe_unknown(tune_id: str) -> str:
-    return f"no tune {quotable(tune_id)!r} (unknown, deleted, or expired)"

@@ -17,8 +17,42 @@ from boostream.progress import ProgressBridge
 from boostream.trainers.base import Backend
 
 
-class Job:
+class EventLog:
+    """Events in order, appended on the event loop and followed from any position by any number of
+    subscribers, each waking when the next is appended: a job's, and a search's (`tuning.Tune`)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._appended = asyncio.Event()
+
+    def append(self, event: Event) -> None:
+        """Add the next event and wake every subscriber."""
+        assert event.id == len(self.events) + 1, (event.id, len(self.events))
+        self.events.append(event)
+        # Wake everyone waiting, then give later waiters a fresh event to wait on.
+        self._appended.set()
+        self._appended = asyncio.Event()
+
+    async def follow(self, after: int = 0) -> AsyncGenerator[Event, None]:
+        """The events with ids above `after`, then live ones, ending after the terminal event."""
+        position = max(after, 0)
+        while True:
+            while position < len(self.events):
+                event = self.events[position]
+                position += 1
+                yield event
+                if event.terminal:
+                    return
+            if self.events and self.events[-1].terminal:
+                return
+            await self._appended.wait()
+
+
+class Job(EventLog):
+    """Its events are appended by the `JobManager`, which writes each to the store first."""
+
     def __init__(self, job_id: str, request: JobRequest, trainer: Backend, created_at: float) -> None:
+        super().__init__()
         self.id = job_id
         self.request = request
         self.trainer = trainer
@@ -30,7 +64,6 @@ class Job:
         self.started_at: float | None = None
         self.attempts = 0
         self.ingest_timings: dict[str, float] = {}  # receive_s, decode_s: how the request was read
-        self.events: list[Event] = []
         self.bridge: ProgressBridge | None = None
         self.stop_training: Callable[[], None] | None = None  # while it trains: tells its worker
         self.task: asyncio.Task[None] | None = None  # while it trains
@@ -39,7 +72,6 @@ class Job:
         self.finished_at: float | None = None  # where its end waits for the store (manager._unrecorded)
         self.progress_unrecorded = False  # a progress event the store could not take (said once in the log)
         self._cancel_requested = False
-        self._appended = asyncio.Event()
 
     @property
     def device(self) -> str:
@@ -66,25 +98,3 @@ class Job:
     def time_out(self) -> None:
         self.timed_out = True
         self.cancel()
-
-    def append(self, event: Event) -> None:
-        """Add the next event (the store has it already) and wake every subscriber."""
-        assert event.id == len(self.events) + 1, (event.id, len(self.events))
-        self.events.append(event)
-        # Wake everyone waiting, then give later waiters a fresh event to wait on.
-        self._appended.set()
-        self._appended = asyncio.Event()
-
-    async def follow(self, after: int = 0) -> AsyncGenerator[Event, None]:
-        """The events with ids above `after`, then live ones, ending after the terminal event."""
-        position = max(after, 0)
-        while True:
-            while position < len(self.events):
-                event = self.events[position]
-                position += 1
-                yield event
-                if event.terminal:
-                    return
-            if self.events and self.events[-1].terminal:
-                return
-            await self._appended.wait()

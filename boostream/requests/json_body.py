@@ -40,7 +40,7 @@ from boostream.requests.spec import (
     build_spec,
 )
 from boostream.trainers.base import Trainer, TrainingData
-from boostream.tuning import TuneOptions
+from boostream.tuning import TUNE_FIELDS, TuneOptions
 
 # A table is parsed this many bytes of rows at a time (see _table_doubles).
 ROW_BLOCK_BYTES = 2 * 1024 * 1024
@@ -92,10 +92,7 @@ class TuneRequestBody(TrainRequestBody, forbid_unknown_fields=True, kw_only=True
     seed: int | None = None
 
     def tune_options(self) -> TuneOptions:
-        return TuneOptions(
-            search=self.search, n_trials=self.n_trials, parallel=self.parallel, timeout_s=self.timeout_s,
-            sampler=self.sampler, pruner=self.pruner, seed=self.seed,
-        )  # fmt: skip
+        return TuneOptions(**{name: getattr(self, name) for name in TUNE_FIELDS})
 
 
 _PARSERS: queue.SimpleQueue[simdjson.Parser] = queue.SimpleQueue()
