@@ -85,12 +85,8 @@ def _check_categories(categories: pa.Array, name: str) -> None:
             f"column {name!r} has {len(categories)} distinct values, more than {MAX_CATEGORIES} categories: "
             "it looks like an identifier rather than a category",
         )
-    if is_category_type(categories.type) and len(categories):
-        longest = pc.max(pc.binary_length(categories.cast(pa.large_string()))).as_py()
-        if longest > MAX_CATEGORY_BYTES:
-            raise InvalidData(
-                name, f"column {name!r} has a value of {longest} bytes: a category is at most {MAX_CATEGORY_BYTES}"
-            )
+    if is_category_type(categories.type):
+        check_lengths(categories, name, "a category")
     if pa.types.is_integer(categories.type) and len(categories):
         bounds = pc.min_max(categories).as_py()
         if max(abs(bounds["min"]), abs(bounds["max"])) > 2**53:
@@ -98,6 +94,17 @@ def _check_categories(categories: pa.Array, name: str) -> None:
                 name,
                 f"column {name!r} has integers beyond 2**53, which a double (as predictions take them) "
                 "cannot tell apart: send them as strings",
+            )
+
+
+def check_lengths(values: pa.Array, name: str, what: str) -> None:
+    """InvalidData naming column `name` when one of its distinct `values` (strings) is longer than
+    MAX_CATEGORY_BYTES: text, not `what` ("a category", "a label")."""
+    if len(values):
+        longest = pc.max(pc.binary_length(values.cast(pa.large_string()))).as_py()
+        if longest > MAX_CATEGORY_BYTES:
+            raise InvalidData(
+                name, f"column {name!r} has a value of {longest} bytes: {what} is at most {MAX_CATEGORY_BYTES}"
             )
 
 

@@ -311,25 +311,22 @@ class Service:
 
     # Datasets: uploaded once, trained on as often as one likes
 
-    async def create_dataset(self, caller: Caller, file: IO[bytes], kind: str, name: str | None) -> dict[str, Any]:
-        """Decode an uploaded table (`kind`: csv, parquet or arrow) once and keep it as `caller`'s."""
-        from boostream.requests.tables import decode_dataset  # pyarrow loads in ~0.3 s: only when used
+    async def create_dataset(
+        self, caller: Caller, source: IO[bytes] | bytes | bytearray, kind: str, name: str | None
+    ) -> dict[str, Any]:
+        """Decode a table once and keep it as `caller`'s: an uploaded file (`kind`: csv, parquet or
+        arrow), or a JSON body (`kind` json: `{"columns": {...}}`)."""
+        from boostream.requests import tables  # pyarrow loads in ~0.3 s: only when used
 
         def keep(table: Any) -> Dataset:
             return self.datasets.create(table, caller.name, name, kind)
 
-        dataset = await anyio.to_thread.run_sync(decode_dataset, file, kind, self.settings.max_cells, keep)
+        max_cells = self.settings.max_cells
+        if isinstance(source, bytes | bytearray):
+            dataset = await anyio.to_thread.run_sync(tables.decode_json_dataset, source, max_cells, keep)
+        else:
+            dataset = await anyio.to_thread.run_sync(tables.decode_dataset, source, kind, max_cells, keep)
         log.info("dataset %s: %d rows x %d columns, from %s", dataset.id, dataset.rows, len(dataset.columns), kind)
-        return dataset.view(self.settings.dataset_ttl_s)
-
-    async def create_json_dataset(self, caller: Caller, body: bytes | bytearray, name: str | None) -> dict[str, Any]:
-        """A dataset sent as JSON (`{"columns": {...}}`), kept as `caller`'s."""
-        from boostream.requests.tables import decode_json_dataset
-
-        def keep(table: Any) -> Dataset:
-            return self.datasets.create(table, caller.name, name, "json")
-
-        dataset = await anyio.to_thread.run_sync(decode_json_dataset, body, self.settings.max_cells, keep)
         return dataset.view(self.settings.dataset_ttl_s)
 
     async def dataset(self, caller: Caller, dataset_id: str, field: str = "dataset_id") -> Dataset:

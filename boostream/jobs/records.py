@@ -172,7 +172,11 @@ class JobStore(Protocol):
 
 def job_urls(job_id: str, base_url: str = "") -> dict[str, str]:
     """Where a job is followed, relative to the server's root unless `base_url` is given."""
-    base = f"{base_url.rstrip('/')}/jobs/{job_id}"
+    return follow_urls(f"{base_url.rstrip('/')}/jobs/{job_id}")
+
+
+def follow_urls(base: str) -> dict[str, str]:
+    """Where a job or a search at `base` is seen, followed, and cancelled, and its result read."""
     return {
         "status_url": base,
         "events_url": f"{base}/events",

@@ -27,13 +27,14 @@ order) straight from the map, a column at a time.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
 import functools
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -208,10 +209,7 @@ def _csv_dataset(source: pa.NativeFile, max_cells: int) -> pa.Table:
     """A CSV table whole, its columns typed as a training request's CSV reads them (`_csv_type`),
     read a block at a time and refused once past `max_cells`."""
     header = pcsv.open_csv(source, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES)).schema
-    for name in header.names:
-        count = header.names.count(name)
-        if count > 1:
-            raise InvalidData(name, f"the table has {count} columns named {name!r}; a column's name must be unique")
+    _refuse_repeated(header.names, header.names)
     source.seek(0)
     types = {field.name: _csv_type(field.type) for field in header}
     reader = pcsv.open_csv(
@@ -275,9 +273,8 @@ def _dataset_table(table: pa.Table, max_cells: int) -> pa.Table:
     """`table`, checked as a dataset: within `max_cells`, its column names unique, each column
     numbers, strings or a dictionary."""
     _check_size(table.num_rows, table.num_columns, max_cells)
+    _refuse_repeated(table.column_names, table.column_names)
     for field in table.schema:
-        if len(table.schema.get_all_field_indices(field.name)) > 1:
-            raise InvalidData(field.name, f"the table has more than one column named {field.name!r}")
         if not (_is_numeric(field.type) or categories.is_category_type(field.type)):
             held = f"column {field.name!r} holds {field.type}"
             raise InvalidData(field.name, f"{held}: a dataset's columns hold numbers, strings or categories")
@@ -432,10 +429,7 @@ def _choose_columns(schema: pa.Schema, fields: Mapping[str, str], objective: str
         if name not in features:
             features_are = f"the features: {_listing(features)}"
             raise InvalidData("categorical", f"names {name!r}, which is no feature column; {features_are}")
-    for name in _Columns(features, target, era, weight).all:
-        count = len(schema.get_all_field_indices(name))
-        if count > 1:
-            raise InvalidData(name, f"the table has {count} columns named {name!r}; a column's name must be unique")
+    _refuse_repeated(schema.names, _Columns(features, target, era, weight).all)
     automatic = {name for name in features if _automatic_category(schema.field(name).type, named_only)}
     columns = _Columns(features, target, era, weight, frozenset(named) | automatic)
     for name in columns.features:
@@ -476,6 +470,16 @@ def _features(
     if len(set(features)) != len(features):
         raise InvalidData("features", "names a column twice")
     return features
+
+
+def _refuse_repeated(names: Sequence[str], used: Iterable[str]) -> None:
+    """InvalidData naming the first of the `used` columns that the table's `names` hold twice or more."""
+    counts = collections.Counter(names)
+    for name in used:
+        if counts[name] > 1:
+            raise InvalidData(
+                name, f"the table has {counts[name]} columns named {name!r}; a column's name must be unique"
+            )
 
 
 def _automatic_category(type_: pa.DataType, named_only: bool) -> bool:
@@ -839,11 +843,7 @@ def _text_labels(column: pa.ChunkedArray, name: str) -> np.ndarray:
     encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
     encoded = encoded.unify_dictionaries() if isinstance(encoded, pa.ChunkedArray) else pa.chunked_array([encoded])
     dictionary = encoded.chunk(0).dictionary if encoded.num_chunks else pa.array([], pa.string())
-    if len(dictionary):
-        longest = pc.max(pc.binary_length(dictionary.cast(pa.large_string()))).as_py()
-        most = categories.MAX_CATEGORY_BYTES
-        if longest > most:
-            raise InvalidData(name, f"column {name!r} has a value of {longest} bytes: a label is at most {most}")
+    categories.check_lengths(dictionary, name, "a label")
     indices = np.concatenate([chunk.indices.to_numpy(zero_copy_only=False) for chunk in encoded.chunks] or [[]])
     labels: np.ndarray = np.asarray(dictionary.cast(pa.string()).to_pylist(), dtype=object)[indices.astype(np.intp)]
     return labels

@@ -3,8 +3,9 @@ domain errors, which `errors.py` turns into statuses."""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import orjson
 from starlette.datastructures import QueryParams
@@ -14,7 +15,7 @@ from starlette.routing import BaseRoute, Route
 
 from boostream import dashboard
 from boostream.errors import InvalidData, InvalidParameter, StorageFull, disk_full, quotable
-from boostream.jobs.records import Event, JobRecord, job_urls
+from boostream.jobs.records import Event, JobRecord, follow_urls, job_urls
 from boostream.keys import Caller
 from boostream.requests.spec import TrainSpec
 from boostream.service import INGEST_SLOTS, Service
@@ -121,12 +122,7 @@ class Routes:
 
     async def job_events(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
-        after = _int_query(request.query_params, "after", 0, 0, MAX_ID)  # checked even where the header wins
-        header = request.headers.get("last-event-id")
-        if header:  # EventSource's own, when it reconnects
-            after = _whole_number(header, "Last-Event-ID", 0, MAX_ID)
-        assert after is not None
-        events = await self.service.follow(_caller(request), job_id, after)
+        events = await self.service.follow(_caller(request), job_id, _resume_after(request))
         if events is None:
             # A finished job with nothing left to send: 204 tells EventSource to stop reconnecting.
             return Response(status_code=204)
@@ -158,11 +154,7 @@ class Routes:
         return JSONResponse(await self.service.artifact_metadata(_caller(request), request.path_params["artifact_id"]))
 
     async def predict(self, request: Request) -> Response:
-        media_type = _media_type(request)
-        if media_type != JSON:
-            raise ApiError(
-                415, "unsupported_media_type", f"send the prediction request as application/json, not {media_type}"
-            )
+        _json_only(request, "the prediction request")
         with self.bodies.share() as share:
             body = await read_body(request, self.service.settings.max_body_bytes, share=share)
             async with self.service.ingest_slot():
@@ -172,13 +164,9 @@ class Routes:
         return Response(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON)
 
     async def _submit(self, request: Request) -> JobRecord:
-        try:
+        with _full_disk_is_507():  # spooling an upload, writing a table
             spec, ingest_timings = await self._decode(request)
             return await self.service.submit(_caller(request), spec, ingest_timings, str(request.base_url))
-        except OSError as error:  # spooling an upload, writing a table
-            if disk_full(error):
-                raise StorageFull.of(error) from None
-            raise
 
     async def _decode(self, request: Request) -> tuple[TrainSpec, dict[str, float]]:
         """The training request, read and checked off the loop, and how long reading the body (from
@@ -233,12 +221,9 @@ class Routes:
 
     async def create_tune(self, request: Request) -> Response:
         tune = await self._start_tune(request)
-        base = f"/tunes/{tune.id}"
-        urls = {"status_url": base, "events_url": f"{base}/events", "result_url": f"{base}/result",
-                "cancel_url": f"{base}/cancel"}  # fmt: skip
-        return JSONResponse(
-            {"tune_id": tune.id, "status": tune.status, **urls}, status_code=202, headers={"Location": base}
-        )
+        urls = follow_urls(f"/tunes/{tune.id}")
+        created = {"tune_id": tune.id, "status": tune.status, **urls}
+        return JSONResponse(created, status_code=202, headers={"Location": urls["status_url"]})
 
     async def list_tunes(self, request: Request) -> Response:
         return JSONResponse(self.service.list_tunes(_caller(request)))
@@ -248,11 +233,7 @@ class Routes:
 
     async def tune_events(self, request: Request) -> Response:
         tune = self.service.tune(_caller(request), request.path_params["tune_id"])
-        after = _int_query(request.query_params, "after", 0, 0, MAX_ID)
-        header = request.headers.get("last-event-id")
-        if header:
-            after = _whole_number(header, "Last-Event-ID", 0, MAX_ID)
-        assert after is not None
+        after = _resume_after(request)
         if tune.finished and after >= len(tune.events):
             return Response(status_code=204)
         return self._tune_response(tune.follow(after))
@@ -269,20 +250,13 @@ class Routes:
         return Response(status_code=204)
 
     async def _start_tune(self, request: Request) -> Tune:
-        media_type = _media_type(request)
-        if media_type != JSON:
-            wanted = f"send the search request as application/json, not {media_type}"
-            raise ApiError(415, "unsupported_media_type", wanted)
+        _json_only(request, "the search request")
         _refuse_query_fields(request)
         with self.bodies.share() as share:
             body = await read_body(request, self.service.settings.max_body_bytes, share=share)
             async with self.service.ingest_slot():
-                try:
+                with _full_disk_is_507():  # writing the search's table
                     return await self.service.start_tune(_caller(request), body, str(request.base_url))
-                except OSError as error:  # writing the search's table
-                    if disk_full(error):
-                        raise StorageFull.of(error) from None
-                    raise
 
     def _tune_response(self, events: AsyncIterator[Event]) -> Response:
         settings = self.service.settings
@@ -297,26 +271,21 @@ class Routes:
     async def create_dataset(self, request: Request) -> Response:
         media_type = _table_media_type(request, "a dataset's table")
         service, limit = self.service, self.service.settings.max_body_bytes
-        try:
-            with self.bodies.share() as share:
-                if media_type == JSON:
-                    name = _dataset_name(dict(request.query_params))
-                    body = await read_body(request, limit, share=share)
+        with _full_disk_is_507(), self.bodies.share() as share:
+            if media_type == JSON:
+                name = _dataset_name(dict(request.query_params))
+                body = await read_body(request, limit, share=share)
+                async with service.ingest_slot():
+                    made = await service.create_dataset(_caller(request), body, "json", name)
+                kind = "json"
+            else:
+                upload = await receive_table(request, media_type, limit, service.settings.uploads_dir, share)
+                try:
+                    name, kind = _dataset_name(upload.fields), upload.kind
                     async with service.ingest_slot():
-                        made = await service.create_json_dataset(_caller(request), body, name)
-                    kind = "json"
-                else:
-                    upload = await receive_table(request, media_type, limit, service.settings.uploads_dir, share)
-                    try:
-                        name, kind = _dataset_name(upload.fields), upload.kind
-                        async with service.ingest_slot():
-                            made = await service.create_dataset(_caller(request), upload.file, kind, name)
-                    finally:
-                        await upload.close()
-        except OSError as error:
-            if disk_full(error):
-                raise StorageFull.of(error) from None
-            raise
+                        made = await service.create_dataset(_caller(request), upload.file, kind, name)
+                finally:
+                    await upload.close()
         self.metrics.tables_decoded.labels(kind).inc()
         return JSONResponse(made, status_code=201, headers={"Location": f"/datasets/{made['dataset_id']}"})
 
@@ -376,6 +345,34 @@ def _refuse_query_fields(request: Request) -> None:
 
 def _media_type(request: Request) -> str:
     return request.headers.get("content-type", JSON).split(";")[0].strip().lower()
+
+
+def _json_only(request: Request, what: str) -> None:
+    media_type = _media_type(request)
+    if media_type != JSON:
+        raise ApiError(415, "unsupported_media_type", f"send {what} as application/json, not {media_type}")
+
+
+def _resume_after(request: Request) -> int:
+    """Where an event stream resumes: after `Last-Event-ID` (EventSource's own, when it reconnects)
+    or the query's `after`, which is checked even where the header wins."""
+    after = _int_query(request.query_params, "after", 0, 0, MAX_ID)
+    header = request.headers.get("last-event-id")
+    if header:
+        after = _whole_number(header, "Last-Event-ID", 0, MAX_ID)
+    assert after is not None
+    return after
+
+
+@contextlib.contextmanager
+def _full_disk_is_507() -> Iterator[None]:
+    """A write that found the disk full (spooling an upload, writing a table) as 507."""
+    try:
+        yield
+    except OSError as error:
+        if disk_full(error):
+            raise StorageFull.of(error) from None
+        raise
 
 
 def _table_media_type(request: Request, what: str) -> str:
