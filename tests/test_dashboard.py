@@ -387,7 +387,9 @@ def test_a_finished_job_opened_from_the_list_replays_its_curve(dashboard: Dashbo
 
 
 def test_a_dropped_connection_resumes_without_gaps_or_duplicates(dashboard: Dashboard):
-    job_id = dashboard.start_job("diabetes.csv", **WATCHED)
+    # Three times WATCHED's rounds: a job alone trains on every core now, and in 10,000 rounds (about
+    # 5 s) a busy machine's browser sometimes never drew every round so far before the job ended.
+    job_id = dashboard.start_job("diabetes.csv", **{**WATCHED, "n_estimators": 30_000})
     charted = 100
     for after in ("0", ""):  # 0 replays every event, all already seen; none resumes after the last event seen
         dashboard.wait_until(f"s.lastRound >= {charted}")
