@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -345,17 +346,21 @@ class Service:
         dataset = await self.dataset(caller, dataset_id)
         await anyio.to_thread.run_sync(self.datasets.delete, dataset)
 
-    async def decode_on_dataset(self, caller: Caller, fields: dict[str, str]) -> TrainSpec:
+    async def decode_on_dataset(
+        self, caller: Caller, fields: dict[str, str], params: dict[str, Any] | None = None
+    ) -> TrainSpec:
         """A training request on `caller`'s dataset (`dataset_id`, and `valid_dataset_id` for the
-        validation rows), its other fields as a table request's. Each is marked used."""
+        validation rows), its other fields as a table request's (the hyperparameters among them,
+        unless `params` holds them). Each is marked used."""
         from boostream.requests.tables import decode_dataset_request
 
         train = await self.dataset(caller, fields["dataset_id"])
         valid = None
         if fields.get("valid_dataset_id"):
             valid = await self.dataset(caller, fields["valid_dataset_id"], "valid_dataset_id")
+        decode = functools.partial(decode_dataset_request, params=params)
         spec = await anyio.to_thread.run_sync(
-            decode_dataset_request,
+            decode,
             train.table_path,
             None if valid is None else valid.table_path,
             fields,
@@ -373,9 +378,11 @@ class Service:
 
     async def start_tune(self, caller: Caller, body: bytes | bytearray, base_url: str = "") -> Tune:
         """Decode and check a search request, and start the search; the `Tune` to follow."""
-        spec, request = await anyio.to_thread.run_sync(
+        found, request = await anyio.to_thread.run_sync(
             decode_tune_request, body, self.trainers, self.unavailable, self.settings.max_cells
         )
+        spec = found or await self.decode_on_dataset(caller, request.dataset_fields(), request.params)
+        spec.timeout_s = None  # the search's, not its trials'
         trainer = spec.trainer
         options = request.tune_options()
         slots = self.settings.cpu_jobs if trainer.device == "cpu" else self.settings.gpu_jobs

@@ -230,3 +230,60 @@ def test_a_bad_search_is_refused_naming_its_field(server: Server, case, fields, 
     assert refused.status_code == status, refused.text
     assert refused.json()["error"]["field"] == field
     assert words in refused.json()["error"]["message"]
+
+
+# A search on an uploaded dataset
+
+
+def diabetes_csv() -> tuple[bytes, list[str], np.ndarray, np.ndarray]:
+    X, y = load_diabetes(return_X_y=True)
+    names = [f"x{index}" for index in range(X.shape[1])]
+    lines = [",".join([*names, "progression"])]
+    lines += [",".join(repr(float(value)) for value in [*row, label]) for row, label in zip(X, y, strict=True)]
+    return ("\n".join(lines) + "\n").encode(), names, X, y
+
+
+def test_a_search_on_a_dataset_runs_the_trials_of_the_same_table_sent_whole(server: Server):
+    csv, names, X, y = diabetes_csv()
+    search = {
+        "valid_fraction": 0.2, "params": {"n_estimators": 30}, "search": {"num_leaves": {"low": 4, "high": 32}},
+        "n_trials": 4, "parallel": 1, "seed": 3, "pruner": "none",
+    }  # fmt: skip
+    with server.client() as client:
+        made = client.post("/datasets", content=csv, headers={"content-type": "text/csv"})
+        assert made.status_code == 201, made.text
+        dataset = {"dataset_id": made.json()["dataset_id"], "target": "progression"}
+        on_dataset = tune_stream(server, {**search, "dataset": dataset})
+    whole = tune_stream(server, {**search, "X": X.tolist(), "y": y.tolist(), "feature_names": names})
+    for events in (on_dataset, whole):
+        assert events[-1].type == "complete", events[-1]
+
+    def trials(events: list) -> list:
+        return [(e.data["trial"], e.data["params"], e.data["value"]) for e in events if e.type == "trial_complete"]
+
+    assert len(trials(on_dataset)) == 4 and trials(on_dataset) == trials(whole)
+    with server.client() as client:
+        best = client.get(f"/artifacts/{on_dataset[-1].data['artifact_id']}/metadata").json()
+        assert best["feature_names"] == names
+
+
+BAD_ON_DATASET = [
+    # (what is wrong, the request's table fields, status, field)
+    ("neither a table nor a dataset", {}, 400, "X"),
+    ("a dataset and X", {"dataset": {"dataset_id": "d", "target": "t"}, "X": [[1.0]]}, 400, "X"),
+    ("a hyperparameter among the dataset's fields", {"dataset": {"dataset_id": "d", "n_estimators": 5}}, 422,
+     "dataset.n_estimators"),
+    ("no dataset id", {"dataset": {"target": "t"}}, 422, "dataset.dataset_id"),
+    ("feature names beside a dataset", {"dataset": {"dataset_id": "d"}, "feature_names": ["a"]}, 422,
+     "feature_names"),
+    ("an unknown dataset", {"dataset": {"dataset_id": "nope", "target": "t"}}, 404, "dataset_id"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case, table, status, field", BAD_ON_DATASET, ids=[c[0] for c in BAD_ON_DATASET])
+def test_a_search_names_its_table_once(server: Server, case, table, status, field):
+    body = {"valid_fraction": 0.2, "search": {"num_leaves": {"low": 4, "high": 8}}, **table}
+    with server.client() as client:
+        refused = client.post("/tunes", json=body)
+    assert refused.status_code == status, refused.text
+    assert refused.json()["error"]["field"] == field

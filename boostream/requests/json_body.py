@@ -34,6 +34,8 @@ from boostream.models.predicting import OUTPUTS
 from boostream.requests.spec import (
     CLASS_LABEL_HINT,
     DATA_FIELDS,
+    DATASET_FIELDS,
+    TABLE_FIELDS,
     TrainOptions,
     TrainSpec,
     assemble_training_data,
@@ -84,6 +86,11 @@ class TuneRequestBody(TrainRequestBody, forbid_unknown_fields=True, kw_only=True
     """A JSON search request: a training request's fields and its arrays, and the search's own
     (`boostream.tuning.TuneOptions`; `timeout_s` is the search's)."""
 
+    X: msgspec.Raw = msgspec.Raw()  # absent where `dataset` names the table
+    y: msgspec.Raw = msgspec.Raw()
+    # A search on an uploaded dataset, instead of X and y: the fields that a training request on
+    # a dataset takes in its query string (`dataset_id`, `target`, `features`, `valid_dataset_id`, ...).
+    dataset: dict[str, str | int | float] | None = None
     search: dict[str, Any]
     n_trials: int = 20
     parallel: int = 1
@@ -93,6 +100,15 @@ class TuneRequestBody(TrainRequestBody, forbid_unknown_fields=True, kw_only=True
 
     def tune_options(self) -> TuneOptions:
         return TuneOptions(**{name: getattr(self, name) for name in TUNE_FIELDS})
+
+    def dataset_fields(self) -> dict[str, str]:
+        """A search on a dataset as a training request on it: its fields as its query string
+        would have them, the hyperparameters aside (`params`)."""
+        assert self.dataset is not None
+        options = {"model_type": self.model_type, "objective": self.objective, "artifact_format": self.artifact_format}
+        if self.valid_fraction is not None:
+            options["valid_fraction"] = repr(self.valid_fraction)
+        return {**{name: str(value) for name, value in self.dataset.items()}, **options}
 
 
 _PARSERS: queue.SimpleQueue[simdjson.Parser] = queue.SimpleQueue()
@@ -108,15 +124,39 @@ def decode_train_request(
 
 def decode_tune_request(
     body: bytes | bytearray, trainers: Mapping[str, Trainer], unavailable: Mapping[str, str], max_cells: int
-) -> tuple[TrainSpec, TuneRequestBody]:
+) -> tuple[TrainSpec | None, TuneRequestBody]:
     """A search request: its training part as `decode_train_request` checks it (its `timeout_s`,
     the search's, is not the trials'), and the request, whose search fields are checked later
-    (`tuning.check_search`) against the backend and the server."""
+    (`tuning.check_search`) against the backend and the server. No spec where the request names
+    a dataset: the caller finds it (`TuneRequestBody.dataset_fields`)."""
     request = _decode_json(body, TuneRequestBody)
+    if request.dataset is not None:
+        _check_dataset_fields(request)
+        return None, request
+    for name in ("X", "y"):
+        if not getattr(request, name):
+            raise InvalidData(name, f"send the table as X and y, or name an uploaded one as dataset: no {name}")
     spec = build_spec(request, lambda: _training_data(request, body, max_cells), trainers, unavailable)
-    spec.timeout_s = None
     # Without its arrays, views of the body: the caller may let the body go.
     return spec, msgspec.structs.replace(request, **{name: msgspec.Raw() for name in DATA_FIELDS})
+
+
+def _check_dataset_fields(request: TuneRequestBody) -> None:
+    """A search on a dataset names its columns in `dataset`, as a training request on one does in
+    its query string; the arrays and column options of a JSON table have no place beside it."""
+    assert request.dataset is not None
+    for name in DATA_FIELDS:
+        if getattr(request, name):
+            raise InvalidData(name, "a search on a dataset takes its table from the dataset: send dataset or X")
+    for name, instead in (("feature_names", "dataset.features"), ("categorical", "dataset.categorical")):
+        if getattr(request, name) is not None:
+            raise InvalidParameter(name, f"a search on a dataset names its columns in {instead}")
+    for name in request.dataset:
+        if name not in TABLE_FIELDS | DATASET_FIELDS:
+            allowed = ", ".join(sorted(TABLE_FIELDS | DATASET_FIELDS))
+            raise InvalidParameter(f"dataset.{name}", f"not a field of a search on a dataset: it takes {allowed}")
+    if not request.dataset.get("dataset_id"):
+        raise InvalidParameter("dataset.dataset_id", "name the dataset to search on (POST /datasets made it)")
 
 
 class PredictRequestBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from boostream.models.artifacts import FORMATS as ARTIFACT_FORMATS
-from boostream.requests.spec import TrainOptions
+from boostream.requests.spec import DATASET_FIELDS, TABLE_FIELDS, TrainOptions
 from boostream.trainers.base import OBJECTIVES, Trainer, params_schema
 from boostream.tuning import MAX_TRIALS, PRUNERS, SAMPLERS
 
@@ -135,6 +135,21 @@ def tune_request_schema(train_request: dict[str, Any]) -> dict[str, Any]:
             "sampler": {"type": "string", "enum": list(SAMPLERS), "default": "tpe"},
             "pruner": {"type": "string", "enum": list(PRUNERS), "default": "median"},
             "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
+            "dataset": {
+                "type": "object",
+                "required": ["dataset_id"],
+                "additionalProperties": False,
+                "properties": {
+                    name: {"type": ["string", "integer"] if name == "valid_rows" else "string"}
+                    for name in sorted(TABLE_FIELDS | DATASET_FIELDS)
+                },
+                "description": "Instead of X and y: an uploaded dataset to search on (POST /datasets), and "
+                "the fields a training request on it takes in its query string (target, features, "
+                "valid_dataset_id, ...).",
+            },
         },
     )
-    return {**schema, "required": [*schema["required"], "search"]}
+    # The table: X and y, or a dataset.
+    required = [name for name in schema["required"] if name not in ("X", "y")]
+    tables = [{"required": ["X", "y"]}, {"required": ["dataset"]}]
+    return {**schema, "required": [*required, "search"], "oneOf": tables}

@@ -42,6 +42,10 @@ class TrainOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 # The arrays of a training request, beside its options: a JSON body's fields, a table's columns.
 DATA_FIELDS = ("X", "y", "X_valid", "y_valid", "era", "weight", "weight_valid")
+# A table request's fields that pick its columns and rows (`boostream.requests.tables`).
+TABLE_FIELDS = frozenset({"target", "features", "era", "valid_rows", "weight", "categorical"})
+# Where a request names datasets to train on instead of sending a table.
+DATASET_FIELDS = frozenset({"dataset_id", "valid_dataset_id"})
 
 
 @dataclasses.dataclass

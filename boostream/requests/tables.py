@@ -49,15 +49,22 @@ import simdjson
 
 from boostream import categories, memory
 from boostream.errors import InvalidData, InvalidParameter, NotFound, TooLarge, quotable
-from boostream.requests.spec import CLASS_LABEL_HINT, TrainOptions, TrainSpec, assemble_training_data, build_spec
+from boostream.requests.spec import (
+    CLASS_LABEL_HINT,
+    DATASET_FIELDS,
+    TABLE_FIELDS,
+    TrainOptions,
+    TrainSpec,
+    assemble_training_data,
+    build_spec,
+)
 from boostream.trainers.base import Trainer, TrainingData
 
 T = TypeVar("T")
-TABLE_FIELDS = frozenset({"target", "features", "era", "valid_rows", "weight", "categorical"})
 OPTION_FIELDS = frozenset(TrainOptions.__struct_fields__) - {"feature_names", "params", "categorical"}
 # Read by the route itself, not training fields: a stream's choice, and the datasets to train on
 # instead of a body (`decode_dataset_request`).
-ROUTE_FIELDS = frozenset({"on_disconnect", "dataset_id", "valid_dataset_id"})
+ROUTE_FIELDS = frozenset({"on_disconnect", *DATASET_FIELDS})
 BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
 # pyarrow's default CSV block: 16 MiB blocks were no faster, and the reader holds several at once
 # (0.5 GB more at the peak for 1M x 50).
@@ -290,12 +297,16 @@ def decode_dataset_request(
     max_cells: int,
     named_only: bool = False,
     where: str = "on this server",
+    params: dict[str, Any] | None = None,
 ) -> TrainSpec:
     """A training request on a dataset (its Arrow file `train`), and `valid`'s rows as the
     validation set where given; its `fields` as those of a table request (`named_only` for a
     dataset made from CSV: its text columns are categorical where `categorical` names them, as
-    the CSV sent whole would have them)."""
+    the CSV sent whole would have them). `params`, where given, are the hyperparameters, as a JSON
+    request has them, and `fields` hold none."""
     options = _options(fields, trainers)
+    if params is not None:
+        options.params = params
     read_data = functools.partial(_dataset_training_data, train, valid, fields, options, max_cells, named_only)
     return build_spec(options, read_data, trainers, unavailable, where)
 

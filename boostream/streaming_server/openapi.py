@@ -18,6 +18,7 @@ from boostream.jobs.records import JobStatus
 from boostream.models.artifacts import FORMATS as ARTIFACT_FORMATS
 from boostream.models.predicting import OUTPUTS
 from boostream.requests.schema import table_schema, train_request_schema, tune_request_schema
+from boostream.requests.spec import TABLE_FIELDS
 from boostream.service import Service
 from boostream.streaming_server.limits import DEFAULT_PAGE, MAX_ID, MAX_PAGE, ON_DISCONNECT
 from boostream.tuning import STATUSES as TUNE_STATUSES
@@ -544,7 +545,7 @@ def _table_query_parameters(trainers: Mapping[str, Any], train_request: dict[str
         {"name": name, "in": "query", "schema": schema, "description": description}
         for name, (schema, description) in fields.items()
     ]
-    assert {parameter["name"] for parameter in parameters} == set(tables.TABLE_FIELDS)
+    assert {parameter["name"] for parameter in parameters} == set(TABLE_FIELDS)
     parameters += [{"name": name, "in": "query", "schema": options[name]} for name in sorted(tables.OPTION_FIELDS)]
     seen = {parameter["name"] for parameter in parameters}
     for trainer in trainers.values():
