@@ -1,10 +1,12 @@
-"""The `boostream` command: `serve` runs the server; `train`, `watch`, `jobs`, `cancel` and `predict`
-talk to one over HTTP (`boostream.client`), and `train --local` trains in this process instead."""
+"""The `boostream` command: `serve` runs the server; `train`, `tune`, `watch`, `jobs`, `cancel` and
+`predict` talk to one over HTTP (`boostream.client`), and `train --local` trains in this process
+instead."""
 
 from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import contextlib
 import csv
 import dataclasses
@@ -87,9 +89,9 @@ EXIT_BROKEN_PIPE = 141
 EPILOG = f"""\
 The server is --server URL, else $BOOSTREAM_SERVER, else http://127.0.0.1:8000.
 Progress and messages go to stderr; `train` and `watch` print the model's artifact id to stdout
-when the job succeeds (`train --detach`: the job id). Ctrl-C during `train` cancels the job on the
-server and waits for it to stop (press it again to quit at once); during `watch` it only stops
-watching.
+when the job succeeds (`train --detach`: the job id), `tune` the best trial's. Ctrl-C during
+`train` (or `tune`) cancels the job (or search) on the server and waits for it to stop (press it
+again to quit at once); during `watch` it only stops watching.
 
 exit codes:
   {EXIT_SUCCEEDED}    done: the job succeeded, or the command did what it was asked
@@ -124,6 +126,10 @@ REQUEST_FIELDS = frozenset(
     }
 )
 BAR_WIDTH = 16
+# A search needs validation rows: this share of them, unless --valid-rows or --valid-fraction says.
+TUNE_VALID_FRACTION = 0.2
+# Trials of the leaderboard drawn live on a terminal, and printed when the search ends.
+LEADERBOARD_LIVE, LEADERBOARD_FINAL = 5, 10
 NOT_FINITE = "infinite: a model takes finite numbers (a missing value is an empty cell, or null)"
 # The first round also carries the trainer's setup (binning, building LightGBM's Dataset), which
 # can take longer than many rounds: the ETA is measured from the first round seen, not from the
@@ -194,6 +200,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_worker(commands)
     _add_train(commands)
+    _add_tune(commands)
     _add_watch(commands)
     _add_jobs(commands)
     _add_cancel(commands)
@@ -393,34 +400,7 @@ def _add_outputs(command: argparse.ArgumentParser) -> None:
 
 def _add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     train = _client_command(commands, "train", "train a model on a CSV or Parquet file, showing its progress", _train)
-    train.add_argument("data", type=Path, metavar="DATA", help="the table: a .csv file with a header, or .parquet")
-    train.add_argument("--target", required=True, metavar="COLUMN", help="the label column")
-    train.add_argument("--features", metavar="A,B,C", help="the feature columns (default: all the others)")
-    train.add_argument("--era", metavar="COLUMN", help="WarpGBM: the column of era ids")
-    train.add_argument(
-        "--categorical",
-        metavar="A,B",
-        help="columns whose values are categories (CSV text needs naming; Parquet and Arrow strings are anyway)",
-    )
-    train.add_argument("--weight", metavar="COLUMN", help="LightGBM: the column of sample weights")
-    train.add_argument("--valid-rows", type=int, metavar="N", help="the table's last N rows are the validation set")
-    train.add_argument("--model", default="lightgbm", metavar="lightgbm|warpgbm", help="the backend (default lightgbm)")
-    train.add_argument(
-        "--objective", default="regression", metavar="regression|binary|multiclass", help="(default regression)"
-    )
-    train.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a hyperparameter, e.g. n_estimators=300; repeat for more (see GET /models)",
-    )
-    train.add_argument(
-        "--valid-fraction",
-        type=float,
-        metavar="F",
-        help="hold out this share of rows (0 < F <= 0.5) for validation metrics",
-    )
+    _add_table_options(train, "hold out this share of rows (0 < F <= 0.5) for validation metrics")
     train.add_argument("--timeout", type=float, metavar="SECONDS", help="fail the job if it trains longer than this")
     _add_outputs(train)
     where = train.add_mutually_exclusive_group()
@@ -428,6 +408,72 @@ def _add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--detach", action="store_true", help="print the job id and return at once (follow it with `boostream watch`)"
     )
     where.add_argument("--local", action="store_true", help="train in this process, without a server (needs --out)")
+
+
+def _add_table_options(command: argparse.ArgumentParser, valid_fraction: str) -> None:
+    """The table and what to train on it: `train`'s and `tune`'s."""
+    command.add_argument(
+        "data", type=Path, metavar="DATA", help="the table: a .csv file with a header, .parquet, or .arrow"
+    )
+    command.add_argument("--target", required=True, metavar="COLUMN", help="the label column")
+    command.add_argument("--features", metavar="A,B,C", help="the feature columns (default: all the others)")
+    command.add_argument("--era", metavar="COLUMN", help="WarpGBM: the column of era ids")
+    command.add_argument(
+        "--categorical",
+        metavar="A,B",
+        help="columns whose values are categories (CSV text needs naming; Parquet and Arrow strings are anyway)",
+    )
+    command.add_argument("--weight", metavar="COLUMN", help="LightGBM: the column of sample weights")
+    command.add_argument("--valid-rows", type=int, metavar="N", help="the table's last N rows are the validation set")
+    command.add_argument(
+        "--model", default="lightgbm", metavar="lightgbm|warpgbm", help="the backend (default lightgbm)"
+    )
+    command.add_argument(
+        "--objective", default="regression", metavar="regression|binary|multiclass", help="(default regression)"
+    )
+    command.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a hyperparameter, e.g. n_estimators=300; repeat for more (see GET /models)",
+    )
+    command.add_argument("--valid-fraction", type=float, metavar="F", help=valid_fraction)
+
+
+def _add_tune(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tune = _client_command(
+        commands,
+        "tune",
+        "search hyperparameters on a CSV, Parquet or Arrow file: trials pruned on their live curves, "
+        "a live leaderboard, the best model written",
+        _tune,
+    )
+    _add_table_options(tune, f"hold out this share of rows for the validation metric (default {TUNE_VALID_FRACTION})")
+    tune.add_argument(
+        "--search",
+        action="append",
+        default=[],
+        required=True,
+        metavar="NAME=SPACE",
+        help="a hyperparameter to search: a range LOW..HIGH (LOW..HIGH:log to sample it on a log scale) or "
+        "choices A,B,C; e.g. num_leaves=8..256:log; repeat for more",
+    )
+    tune.add_argument("--trials", type=int, default=20, metavar="N", help="trials to run (default 20)")
+    tune.add_argument("--parallel", type=int, default=1, metavar="N", help="trials at once (default 1)")
+    tune.add_argument("--sampler", default="tpe", metavar="tpe|random|grid", help="Optuna's sampler (default tpe)")
+    tune.add_argument(
+        "--pruner", default="median", metavar="median|hyperband|none", help="what stops bad trials (default median)"
+    )
+    tune.add_argument("--seed", type=int, metavar="N", help="the sampler's seed: with --parallel 1, the same trials")
+    tune.add_argument("--timeout", type=float, metavar="SECONDS", help="end the search after this long")
+    tune.add_argument("--out", type=Path, metavar="FILE", help="write the best trial's model here")
+    tune.add_argument(
+        "--format", choices=ARTIFACT_FORMATS, default="joblib", help="the model file's format (default joblib)"
+    )
+    tune.add_argument(
+        "--detach", action="store_true", help="print the search's id and return at once (GET /tunes/{id} follows it)"
+    )
 
 
 def _add_watch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -732,17 +778,24 @@ def _train_fields(args: argparse.Namespace) -> dict[str, str]:
         "timeout_s": args.timeout,
     }
     fields.update({name: str(value) for name, value in optional.items() if value is not None})
-    for param in args.param:
+    fields.update(_params(args.param, set(fields)))
+    return fields
+
+
+def _params(given: list[str], taken: set[str]) -> dict[str, str]:
+    """`--param NAME=VALUE` options, by name, their values as text; none may be in `taken`."""
+    params: dict[str, str] = {}
+    for param in given:
         name, equals, value = param.partition("=")
         name = name.strip()
         if not equals or not name:
             raise UsageError(f"--param {param!r}: write it NAME=VALUE, e.g. n_estimators=300")
         if name in REQUEST_FIELDS:
             raise UsageError(f"--param {name}: not a hyperparameter but a field of the request (see --help)")
-        if name in fields:
+        if name in params or name in taken:
             raise UsageError(f"--param {name} is given twice")
-        fields[name] = value.strip()
-    return fields
+        params[name] = value.strip()
+    return params
 
 
 def _follow(
@@ -811,10 +864,17 @@ def _save_model(client: Client | None, complete: dict[str, Any], out: Path, form
     """The model file, from the `complete` event when it carries that format, else downloaded;
     written only once its sha256 matches what the server states."""
     if complete["format"] == format or client is None:
-        content, expected = base64.b64decode(complete["artifact"]), complete["sha256"]
+        _write_checked(out, base64.b64decode(complete["artifact"]), complete["sha256"])
     else:
-        artifact = client.artifact(complete["artifact_id"], format)
-        content, expected = artifact.content, artifact.sha256
+        _download_model(client, complete["artifact_id"], out, format)
+
+
+def _download_model(client: Client, artifact_id: str, out: Path, format: str) -> None:
+    artifact = client.artifact(artifact_id, format)
+    _write_checked(out, artifact.content, artifact.sha256)
+
+
+def _write_checked(out: Path, content: bytes, expected: str) -> None:
     actual = hashlib.sha256(content).hexdigest()
     if actual != expected:
         raise Failure(f"the model's sha256 is {actual}, but the server states {expected}: not written")
@@ -889,6 +949,130 @@ def _stop_local(service: Service, job_id: str, display: ProgressDisplay, stoppin
             pass  # it ended meanwhile: its last event says how
 
     stopping.append(asyncio.get_running_loop().create_task(cancel()))
+
+
+# tune
+
+
+def _tune(args: argparse.Namespace) -> int:
+    _check_table(args.data)
+    request, columns = _tune_request(args)
+    outputs = OutputFiles(args.out, args.format, None)
+    for option, path in outputs.asked().items():
+        _check_writable(option, path)
+    if args.detach and args.out is not None:
+        raise UsageError("--out needs the search followed to its end: drop --detach")
+    with _client(args) as client:
+        # The table goes up once, as a dataset; the search keeps its own copy of what it decoded,
+        # so the dataset goes as soon as the search has started (or was refused).
+        dataset = client.upload(args.data, name=f"tune {args.data.name}")
+        try:
+            started = client.start_tune({**request, "dataset": {**columns, "dataset_id": dataset.dataset_id}})
+        finally:
+            with contextlib.suppress(ApiError, Unreachable):
+                client.delete_dataset(dataset)
+        if args.detach:
+            print(started["tune_id"])
+            return EXIT_SUCCEEDED
+        return _follow_tune(client, started["tune_id"], TuneDisplay(sys.stderr), outputs)
+
+
+def _tune_request(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+    """The search request without its table, and the fields that pick the table's columns."""
+    columns = {
+        name: str(value)
+        for name, value in {
+            "target": args.target, "features": args.features, "era": args.era,
+            "categorical": args.categorical, "weight": args.weight, "valid_rows": args.valid_rows,
+        }.items()
+        if value is not None
+    }  # fmt: skip
+    request: dict[str, Any] = {
+        "model_type": args.model,
+        "objective": args.objective,
+        "artifact_format": args.format,
+        "params": {name: _json_value(text) for name, text in _params(args.param, set()).items()},
+        "search": _search_space(args.search),
+        "n_trials": args.trials,
+        "parallel": args.parallel,
+        "sampler": args.sampler,
+        "pruner": args.pruner,
+    }
+    if args.valid_fraction is not None or args.valid_rows is None:
+        request["valid_fraction"] = TUNE_VALID_FRACTION if args.valid_fraction is None else args.valid_fraction
+    optional = {"seed": args.seed, "timeout_s": args.timeout}
+    request.update({name: value for name, value in optional.items() if value is not None})
+    return request, columns
+
+
+def _search_space(given: list[str]) -> dict[str, Any]:
+    """`--search` options as the request's `search`: `NAME=LOW..HIGH[:log]` a range,
+    `NAME=A,B,C` choices."""
+    space: dict[str, Any] = {}
+    for option in given:
+        name, equals, text = option.partition("=")
+        name, text = name.strip(), text.strip()
+        if not equals or not name or not text:
+            raise UsageError(f"--search {option!r}: write it NAME=LOW..HIGH, NAME=LOW..HIGH:log or NAME=A,B,C")
+        if name in space:
+            raise UsageError(f"--search {name} is given twice")
+        if ".." in text:
+            bounds, colon, scale = text.partition(":")
+            if colon and scale != "log":
+                raise UsageError(f"--search {option!r}: a range ends in :log or nothing, not :{scale}")
+            low, _, high = bounds.partition("..")
+            ends = [_json_value(end.strip()) for end in (low, high)]
+            if not all(isinstance(end, int | float) and not isinstance(end, bool) for end in ends):
+                raise UsageError(f"--search {option!r}: a range's ends are numbers")
+            space[name] = {"low": ends[0], "high": ends[1], "log": bool(colon)}
+        else:
+            space[name] = [_json_value(choice.strip()) for choice in text.split(",")]
+    return space
+
+
+def _json_value(text: str) -> Any:
+    """A value typed on the command line as JSON would give it: an integer, a number, true or
+    false, else text (which the server checks against the parameter)."""
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def _follow_tune(client: Client, tune_id: str, display: TuneDisplay, outputs: OutputFiles) -> int:
+    """Show a search's events to its end, and write its best model. The first Ctrl-C cancels
+    the search (every running trial stops after its round) and waits for it to end; the second
+    quits at once."""
+    last: Event | None = None
+    interrupted = False
+    while last is None or last.type not in TERMINAL_EVENTS:
+        after = last.id if last else 0  # resume after the last event seen
+        try:
+            for last in client.tune_events(tune_id, after):
+                display.show(last)
+        except KeyboardInterrupt:
+            if interrupted:
+                raise
+            interrupted = True
+            display.note(f"cancelling search {tune_id}: each running trial stops after its round (Ctrl-C again quits)")
+            try:
+                client.cancel_tune(tune_id)
+            except ApiError as error:
+                if error.status != 409:
+                    raise
+    display.close()
+    if last.type == "complete":
+        if outputs.model is not None:
+            _download_model(client, last.data["artifact_id"], outputs.model, outputs.format)
+            trial = last.data["best"]["trial"]
+            display.note(f"wrote the best model (trial {trial}) to {outputs.model} ({outputs.format})")
+        print(last.data["artifact_id"])
+        return EXIT_SUCCEEDED
+    if last.type == "error":
+        return EXIT_FAILED
+    return EXIT_INTERRUPTED if interrupted else EXIT_CANCELLED
 
 
 # jobs, cancel, predict
@@ -1168,6 +1352,178 @@ class ProgressDisplay:
         else:
             self.stream.write(progress_line(progress, eta_s) + "\n")
         self.stream.flush()
+
+
+class TuneDisplay:
+    """A search's events as text: a line as each trial ends and as the best changes; on a
+    terminal, below them, a block redrawn in place (at most every `redraw_s`): the trials done,
+    the leaderboard so far and the running trials' rounds. Elsewhere (logs, CI, pipes) that block
+    is a one-line summary at most every `interval_s`. When the search ends, its leaderboard."""
+
+    def __init__(
+        self,
+        stream: TextIO,
+        interval_s: float = 10.0,
+        redraw_s: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stream = stream
+        self.interactive = stream.isatty()
+        self.interval_s = redraw_s if self.interactive else interval_s
+        self._clock = clock
+        self._shown_at = clock()
+        self._drawn = 0  # on a terminal: the lines of the live block below the cursor's line
+        self.metric = "value"
+        self.n_trials = 0
+        self.rounds: int | None = None
+        self.trials: dict[int, dict[str, Any]] = {}  # by number: state, params, value, round
+        self.best: dict[str, Any] | None = None
+
+    def show(self, event: Event) -> None:
+        data = event.data
+        kind = event.type
+        if kind == "started":
+            self.metric, self.n_trials = data["metric"], data["n_trials"]
+            self.rounds = (data.get("params") or {}).get("n_estimators")
+            searched = ", ".join(f"{name} {_space_text(space)}" for name, space in data["space"].items())
+            self.note(
+                f"search {data['tune_id']}: {self.n_trials} trials of {data['model_type']} {data['objective']}, "
+                f"{data['parallel']} at once, minimising {self.metric} ({data['sampler']} sampler, "
+                f"{data['pruner']} pruner); searching {searched}"
+            )
+        elif kind == "trial_started":
+            self.trials[data["trial"]] = {"state": "running", "params": data["params"], "value": None, "round": 0}
+        elif kind == "progress":
+            trial = self.trials.get(data["trial"])
+            if trial is not None and trial["state"] == "running":
+                trial["round"], trial["value"] = data["iteration"], data["metrics"].get(self.metric)
+            if self._clock() - self._shown_at >= self.interval_s:
+                self._draw()
+        elif kind in ("trial_complete", "trial_pruned", "trial_failed"):
+            self._ended(kind, data)
+        elif kind == "best":
+            self.best = data
+            self.note(f"  best so far: trial {data['trial']}, {self.metric} {data['value']:.6g}")
+        elif kind == "complete":
+            self.note(self._leaderboard(data["leaderboard"], LEADERBOARD_FINAL, final=True))
+            importances = data.get("importances") or {}
+            if importances:
+                self.note("importances: " + ", ".join(f"{name} {value:.2f}" for name, value in importances.items()))
+            best = data["best"]
+            self.note(
+                f"done: best trial {best['trial']}, {self.metric} {data['best_value']:.6g} with "
+                f"{_params_text(best['params'])}; artifact {data['artifact_id']}"
+            )
+        elif kind == "error":
+            self.note(f"search failed: {data['code']}: {data['message']}")
+        elif kind == "cancelled":
+            done = data.get("trials") or {}
+            self.note(f"search cancelled: {done.get('complete', 0)} trials complete, {done.get('pruned', 0)} pruned")
+            if data.get("leaderboard"):
+                self.note(self._leaderboard(data["leaderboard"], LEADERBOARD_FINAL, final=True))
+
+    def _ended(self, kind: str, data: dict[str, Any]) -> None:
+        trial = self.trials.setdefault(data["trial"], {"params": data.get("params", {}), "round": 0})
+        number, params = data["trial"], _params_text(trial["params"])
+        if kind == "trial_complete":
+            trial.update(state="complete", value=data["value"], round=data["iterations"])
+            rounds = f"best round {data['best_iteration']} of {data['iterations']}"
+            self.note(f"trial {number} complete: {self.metric} {data['value']:.6g}, {rounds}; {params}")
+        elif kind == "trial_pruned":
+            trial.update(state="pruned", value=data["value"], round=data["round"])
+            self.note(f"trial {number} pruned at round {data['round']}: {self.metric} {data['value']:.6g}; {params}")
+        else:
+            trial.update(state="failed")
+            self.note(f"trial {number} failed: {data['code']}: {data['message']}; {params}")
+
+    def note(self, text: str) -> None:
+        """Lines of their own, above the live block."""
+        self._erase()
+        self.stream.write(text + "\n")
+        if self.interactive:
+            self._draw()
+        self.stream.flush()
+
+    def close(self) -> None:
+        """The search ended: the live block goes."""
+        self._erase()
+        self.stream.flush()
+
+    def _draw(self) -> None:
+        self._shown_at = self._clock()
+        if not self.interactive:
+            self.stream.write(self._summary() + "\n")
+            self.stream.flush()
+            return
+        self._erase()
+        width = shutil.get_terminal_size().columns - 1  # a line that wraps cannot be redrawn
+        lines = [self._summary(), *self._leaderboard(self._rows(), LEADERBOARD_LIVE).splitlines()]
+        lines += [
+            f"  trial {number} running: round {trial['round']}{'' if self.rounds is None else f'/{self.rounds}'}"
+            f"  {self.metric} {_number_text(trial['value'])}  {_params_text(trial['params'])}"
+            for number, trial in self.trials.items()
+            if trial["state"] == "running"
+        ]
+        self.stream.write("".join(line[:width] + "\n" for line in lines))
+        self.stream.flush()
+        self._drawn = len(lines)
+
+    def _erase(self) -> None:
+        if self._drawn:
+            # Up to the block's first line, and everything from there down cleared.
+            self.stream.write(f"\x1b[{self._drawn}F\x1b[J")
+            self._drawn = 0
+
+    def _summary(self) -> str:
+        states = collections.Counter(trial["state"] for trial in self.trials.values())
+        ended = states["complete"] + states["pruned"] + states["failed"]
+        best = "" if self.best is None else f"; best trial {self.best['trial']}, {self.best['value']:.6g}"
+        return (
+            f"trials {ended}/{self.n_trials} done ({states['complete']} complete, {states['pruned']} pruned, "
+            f"{states['failed']} failed), {states['running']} running{best}"
+        )
+
+    def _rows(self) -> list[dict[str, Any]]:
+        """The trials that completed, best first, as the leaderboard rows of the `complete` event."""
+        done = [(number, trial) for number, trial in self.trials.items() if trial["state"] == "complete"]
+        done.sort(key=lambda item: (item[1]["value"], item[0]))
+        return [{"trial": number, **trial} for number, trial in done]
+
+    def _leaderboard(self, rows: list[dict[str, Any]], limit: int, final: bool = False) -> str:
+        """The first `limit` rows: rank, trial, state, value, its params."""
+        shown = rows[:limit]
+        if not shown:
+            return ""
+        table = [("RANK", "TRIAL", "STATE", self.metric.upper(), "PARAMS")]
+        # Ranked: the trials that completed. A pruned trial's value is of an earlier round.
+        table += [
+            (str(rank) if row["state"] == "complete" else "-", str(row["trial"]), row["state"],
+             _number_text(row["value"]), _params_text(row["params"]))
+            for rank, row in enumerate(shown, 1)
+        ]  # fmt: skip
+        widths = [max(len(line[column]) for line in table) for column in range(4)]
+        text = "\n".join(
+            "  ".join(cell.ljust(width) for cell, width in zip(line[:4], widths, strict=True)) + "  " + line[4]
+            for line in table
+        )
+        more = len(rows) - len(shown)
+        return text + (f"\n({more} more)" if final and more > 0 else "")
+
+
+def _space_text(space: Any) -> str:
+    if isinstance(space, list):
+        return "{" + ",".join(str(choice) for choice in space) + "}"
+    return f"{space['low']}..{space['high']}{':log' if space.get('log') else ''}"
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return " ".join(f"{name}={_number_text(value)}" for name, value in params.items())
+
+
+def _number_text(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 class EtaEstimate:

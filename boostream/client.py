@@ -470,10 +470,29 @@ class Client:
         reopened with `Last-Event-ID`, so no event is missed or repeated; after `reconnects`
         failures in a row without an event in between, Unreachable. The first connection is not
         retried: a server that cannot be reached at all is reported at once."""
+        return self._events(f"/jobs/{job_id}/events", f"job {job_id}", after)
+
+    # Hyperparameter searches
+
+    def start_tune(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """POST /tunes with a JSON search request; the 202 answer (`tune_id` and its URLs)."""
+        return self._json("POST", "/tunes", json=request)
+
+    def tune(self, tune_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/tunes/{tune_id}")
+
+    def tune_events(self, tune_id: str, after: int = 0) -> Iterator[Event]:
+        """A search's events after event `after`, to its end; resumed as `events` resumes a job's."""
+        return self._events(f"/tunes/{tune_id}/events", f"search {tune_id}", after)
+
+    def cancel_tune(self, tune_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/tunes/{tune_id}/cancel")
+
+    def _events(self, path: str, what: str, after: int) -> Iterator[Event]:
         connected, failures, backoff_s = False, 0, self.backoff_s
         while True:
             try:
-                with self._event_stream(job_id, after) as response:
+                with self._event_stream(path, after) as response:
                     connected = True
                     if response.status_code == 204:  # the job ended and nothing is left after `after`
                         return
@@ -484,7 +503,7 @@ class Client:
                         yield event
                         if event.type in TERMINAL_EVENTS:
                             return
-                reason = "the stream ended before the job did"
+                reason = f"the stream ended before the {what.split()[0]} did"
             except httpx.TransportError as error:
                 if not connected:
                     raise Unreachable(_describe(error, self.base_url)) from None
@@ -496,16 +515,16 @@ class Client:
                 reason = str(error)
             failures += 1
             if failures > self.reconnects:
-                raise Unreachable(f"lost the event stream of job {job_id} after event {after}: {reason}")
+                raise Unreachable(f"lost the event stream of {what} after event {after}: {reason}")
             self._sleep(min(backoff_s * 2 ** (failures - 1), MAX_BACKOFF_S))
 
     # Transport
 
     @contextlib.contextmanager
-    def _event_stream(self, job_id: str, after: int) -> Iterator[httpx.Response]:
+    def _event_stream(self, path: str, after: int) -> Iterator[httpx.Response]:
         headers = {"accept": "text/event-stream", "last-event-id": str(after)}
         timeout = httpx.Timeout(self._http.timeout.connect, read=STREAM_READ_TIMEOUT_S)
-        with self._http.stream("GET", f"/jobs/{job_id}/events", headers=headers, timeout=timeout) as response:
+        with self._http.stream("GET", path, headers=headers, timeout=timeout) as response:
             if response.is_error:
                 response.read()
                 raise _api_error(response)
