@@ -1401,6 +1401,12 @@ class TuneDisplay:
                 self._draw()
         elif kind in ("trial_complete", "trial_pruned", "trial_failed"):
             self._ended(kind, data)
+        elif kind == "restarted":
+            self.note(f"search {data['tune_id']}: {data['reason']}; it goes on")
+        elif kind == "trial_restarted":  # its job trains again from its first round
+            if data["trial"] in self.trials:
+                self.trials[data["trial"]].update(round=0, value=None)
+            self.note(f"trial {data['trial']} starts over: {data['reason']}")
         elif kind == "best":
             self.best = data
             self.note(f"  best so far: trial {data['trial']}, {self.metric} {data['value']:.6g}")

@@ -182,7 +182,7 @@ class McpEndpoint:
         async with self.service.ingest_slot():
             body = await anyio.to_thread.run_sync(_as_json, arguments)
             base_url = getattr(ctx.request, "base_url", "")
-            tune = await self.service.start_tune(_caller(ctx), body, str(base_url))
+            tune = await self.service.searches.start(_caller(ctx), body, str(base_url))
         n_trials, ended, best = tune.options.n_trials, 0, None
         try:
             async with contextlib.aclosing(tune.follow(0)) as events:
@@ -205,7 +205,7 @@ class McpEndpoint:
         except anyio.get_cancelled_exc_class():
             if not self._stopping:  # the caller went: the search's trials would train for nobody
                 with anyio.CancelScope(shield=True):
-                    await self.service.cancel_tune(_caller(ctx), tune.id)
+                    await self.service.searches.cancel(_caller(ctx), tune.id)
             raise
         raise ToolError("interrupted", f"tune {tune.id} ended without a result")
 

@@ -14,10 +14,7 @@ import dataclasses
 import functools
 import logging
 import math
-import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Collection
-from pathlib import Path
 from typing import IO, Any
 
 import anyio
@@ -54,19 +51,15 @@ from boostream.requests.json_body import (
     PredictRequestBody,
     decode_predict_request,
     decode_train_request,
-    decode_tune_request,
 )
 from boostream.requests.spec import TrainSpec
+from boostream.searches import Searches
 from boostream.trainers import create_trainers
 from boostream.trainers.base import (
-    OBJECTIVE_METRICS,
     OBJECTIVES,
     Availability,
-    TrainingData,
     params_schema,
-    validate_params,
 )
-from boostream.tuning import Tune, Tuner, check_search, save_inputs
 from boostream.views import artifact_view, availability_view, iso, job_view
 from boostream.workers.decoding import Decoders, SharedBody, shared_bodies_work
 from boostream.workers.local import LocalWorkers, WorkerConfig
@@ -107,9 +100,7 @@ class Service:
         self._keys: KeyStore | None = None
         self._keys_made = False  # once a key exists, every request needs one; none is ever deleted
         self.datasets = DatasetStore(settings.datasets_dir, settings.dataset_ttl_s)
-        self._tunes: dict[str, Tune] = {}  # searches, by id, until they expire
-        self._searches: dict[str, asyncio.Task[None]] = {}  # those running
-        self._tuners: dict[str, Tuner] = {}
+        self.searches = Searches(self)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -132,20 +123,14 @@ class Service:
                 self._decoders = Decoders(INGEST_SLOTS, settings.inputs_dir, settings.lightgbm_threads)
                 self._decoders.start()
             await engine.start()
+            await self.searches.recover()
             # Not a task group around the yield: it would wrap the caller's errors in an ExceptionGroup.
             housekeeping = asyncio.get_running_loop().create_task(self._expire_datasets())
             try:
                 yield
             finally:
                 housekeeping.cancel()
-                # A search lives in this process: it ends here, and its trials' jobs are stopped
-                # (a job still running is run again after a restart, with no search to read it).
-                for tuner in list(self._tuners.values()):
-                    tuner.tune.cancel_requested = True
-                    with contextlib.suppress(Exception):
-                        await tuner.stop_trials()
-                for running in self._searches.values():
-                    running.cancel()
+                await self.searches.stop()  # each goes on after a restart, as its trials' jobs do
                 if self._decoders is not None:
                     self._decoders.close()
                 await engine.shutdown()
@@ -374,91 +359,6 @@ class Service:
                 await anyio.to_thread.run_sync(self.datasets.used, used)
         return spec
 
-    # Hyperparameter searches (`boostream.tuning`): each trial a job of the caller's
-
-    async def start_tune(self, caller: Caller, body: bytes | bytearray, base_url: str = "") -> Tune:
-        """Decode and check a search request, and start the search; the `Tune` to follow."""
-        found, request = await anyio.to_thread.run_sync(
-            decode_tune_request, body, self.trainers, self.unavailable, self.settings.max_cells
-        )
-        spec = found or await self.decode_on_dataset(caller, request.dataset_fields(), request.params)
-        spec.timeout_s = None  # the search's, not its trials'
-        trainer = spec.trainer
-        options = request.tune_options()
-        slots = self.settings.cpu_jobs if trainer.device == "cpu" else self.settings.gpu_jobs
-        space = check_search(options, trainer, request.params, spec.data, slots if not self.settings.redis else 64)
-        # Refused now what would fail every trial: a combination the backend refuses, or memory
-        # beyond a worker's with the largest values searched.
-        largest = validate_params(trainer.params, {**request.params, **space.largest})
-        for bound in (largest, validate_params(trainer.params, {**request.params, **space.smallest})):
-            trainer.check(spec.data, spec.objective, bound)
-        await self._check_memory(dataclasses.replace(spec, params=largest))
-        tune = Tune(uuid.uuid4().hex, caller.name, options, f"valid_{OBJECTIVE_METRICS[spec.objective]}", trainer.name)
-        folder = self.settings.inputs_dir / f"tune-{tune.id}"
-        # The trials read the arrays mapped from the search's files, not this request's copy.
-        spec = dataclasses.replace(spec, data=await anyio.to_thread.run_sync(save_inputs, folder, spec.data))
-        data = spec.data
-
-        async def submit(data: TrainingData, params: dict[str, Any], saved_at: Path) -> JobRecord:
-            trial = dataclasses.replace(spec, params=params, data=data, saved_at=saved_at, callback_url=None)
-            return await self.submit(caller, trial, {}, base_url)
-
-        tuner = Tuner(
-            tune, space, trainer, spec.objective, spec.params, data, folder,
-            submit, lambda job_id: self.jobs.events(job_id, 0), self.jobs.cancel,
-        )  # fmt: skip
-        self._expire_tunes()
-        self._tunes[tune.id], self._tuners[tune.id] = tune, tuner
-        task = asyncio.get_running_loop().create_task(tuner.run())
-        self._searches[tune.id] = task
-        task.add_done_callback(lambda _: (self._searches.pop(tune.id, None), self._tuners.pop(tune.id, None)))
-        log.info("tune %s: %d trials of %s, %s", tune.id, tuner.n_trials, trainer.name, sorted(space.distributions))
-        return tune
-
-    def tune(self, caller: Caller, tune_id: str) -> Tune:
-        """The search, if `caller` may see it: another key's is as unknown as one that never was."""
-        self._expire_tunes()
-        tune = self._tunes.get(tune_id)
-        if tune is None or not caller.owns(tune.owner):
-            raise NotFound(f"no tune {quotable(tune_id)!r} (unknown, deleted, or expired)", field="tune_id")
-        return tune
-
-    def list_tunes(self, caller: Caller) -> dict[str, Any]:
-        self._expire_tunes()
-        mine = [tune for tune in self._tunes.values() if caller.owns(tune.owner)]
-        return {"tunes": [tune.view() for tune in sorted(mine, key=lambda tune: tune.created_at, reverse=True)]}
-
-    async def cancel_tune(self, caller: Caller, tune_id: str) -> dict[str, Any]:
-        tune = self.tune(caller, tune_id)
-        if tune.finished:
-            raise Conflict("already_finished", f"tune {tune.id} already ended {tune.status}", tune.status)
-        tune.cancel_requested = True
-        tuner = self._tuners.get(tune.id)
-        if tuner is not None:
-            await tuner.stop_trials()
-        return {"tune_id": tune.id, "status": tune.status, "cancel_requested": True}
-
-    def delete_tune(self, caller: Caller, tune_id: str) -> None:
-        """Forget a finished search (its trials' jobs and models stay, as jobs of their own)."""
-        tune = self.tune(caller, tune_id)
-        if not tune.finished:
-            raise Conflict("not_finished", f"tune {tune.id} is running: cancel it first", tune.status)
-        del self._tunes[tune.id]
-
-    def tune_result(self, caller: Caller, tune_id: str) -> dict[str, Any]:
-        tune = self.tune(caller, tune_id)
-        result = tune.result()
-        if result is None:
-            if tune.finished:
-                raise Conflict("no_result", f"tune {tune.id} ended {tune.status}; it has no result", tune.status)
-            raise Conflict("not_finished", f"tune {tune.id} is running; its result is not ready yet", tune.status)
-        return result
-
-    def _expire_tunes(self) -> None:
-        cutoff = time.time() - self.settings.job_ttl_s
-        for tune_id in [t.id for t in self._tunes.values() if t.finished_at is not None and t.finished_at < cutoff]:
-            del self._tunes[tune_id]
-
     async def _expire_datasets(self) -> None:
         period = max(1.0, min(self.settings.dataset_ttl_s / 4, 600.0))
         while True:
@@ -530,7 +430,7 @@ class Service:
         `ingest_timings`: `receive_s` (reading the body, where there was one) and `decode_s`;
         `base_url`: where the client reached the server, for the absolute URLs of webhooks."""
         try:
-            await self._check_memory(spec)
+            await self.check_memory(spec)
             await self._check_quota(caller)
             job_request = JobRequest(
                 model_type=spec.trainer.name,
@@ -691,7 +591,7 @@ class Service:
                 max(1, math.ceil(min(etas))) if etas else RETRY_AFTER_UNKNOWN_S,
             )
 
-    async def _check_memory(self, spec: TrainSpec) -> None:
+    async def check_memory(self, spec: TrainSpec) -> None:
         """Refuse a job that would need more memory to train than a training worker may hold: it
         would fail `out_of_memory` after taking the memory, or take the machine's. A first estimate
         from the shapes alone; where that is too much, a closer one from the data's values, off the

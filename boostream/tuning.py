@@ -12,12 +12,17 @@ are kept in order for as long as the search is, and followed from any id (`Last-
 The trials share the request's table: it is written once to the search's folder among the jobs'
 inputs, and each trial's job gets hard links to its files (nothing is copied).
 
-A search lives in the process that runs it: a restart ends it (its finished trials' jobs and models
-remain). Nothing here knows HTTP.
+A search outlives its server as a job does (`boostream.searches` keeps it on disk): each event is
+written as it is emitted, and each ended trial with every value it reported, so that a search the
+server was running when it stopped goes on after a restart. Its ended trials go back into a new
+Optuna study (`Resumed`); a running trial is followed again from the last event of its job that
+the search read, and when its job starts over, the trial does (`trial_restarted`). Nothing here
+knows HTTP.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -48,6 +53,9 @@ MAX_TRIALS = 1000
 # than it ends (bench/tune.py: with 5 rounds of 200, the best value found was 15% worse).
 STARTUP_TRIALS, WARMUP_SHARE, WARMUP_ROUNDS = 5, 0.25, 5
 STATUSES = ("running", "succeeded", "failed", "cancelled")
+# How a search ends, by its last event.
+ENDINGS = {"complete": "succeeded", "error": "failed", "cancelled": "cancelled"}
+TRIAL_ENDS = {"trial_complete": "complete", "trial_pruned": "pruned", "trial_failed": "failed"}
 
 
 class TuneOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -192,9 +200,19 @@ class Trial:
 
 
 class Tune(EventLog):
-    """A search: its state, its trials and its events, kept in order and followed live."""
+    """A search: its state, its trials and its events, kept in order and followed live. `journal`
+    keeps each event as it is emitted (`boostream.searches`)."""
 
-    def __init__(self, tune_id: str, owner: str | None, options: TuneOptions, metric: str, model_type: str) -> None:
+    def __init__(
+        self,
+        tune_id: str,
+        owner: str | None,
+        options: TuneOptions,
+        metric: str,
+        model_type: str,
+        created_at: float | None = None,
+        journal: Callable[[Event], None] | None = None,
+    ) -> None:
         super().__init__()
         self.id = tune_id
         self.owner = owner
@@ -202,15 +220,48 @@ class Tune(EventLog):
         self.metric = metric
         self.model_type = model_type
         self.status = "running"
-        self.created_at = time.time()
+        self.created_at = time.time() if created_at is None else created_at
         self.finished_at: float | None = None
         self.trials: list[Trial] = []
         self.best: Trial | None = None
         self.error: dict[str, Any] | None = None
         self.cancel_requested = False
+        self.restarts = 0  # times the server stopped while it ran
+        self.job_events: dict[int, int] = {}  # running trials: the last event of its job read, by trial
+        self._journal = journal
 
     def emit(self, kind: str, data: dict[str, Any]) -> None:
-        self.append(Event(len(self.events) + 1, kind, orjson.dumps({"tune_id": self.id, **data}).decode()))
+        event = Event(len(self.events) + 1, kind, orjson.dumps({"tune_id": self.id, **data}).decode())
+        if self._journal is not None:
+            self._journal(event)  # first: an event followed is an event kept
+        self.append(event)
+
+    def replay(self, events: list[Event], finished_at: float | None) -> None:
+        """The state its events say it reached: its trials, its best, how it ended; and for each
+        running trial, the last event of its job that it read."""
+        for event in events:
+            self.append(event)
+            data = orjson.loads(event.json)
+            number = data.get("trial")
+            if event.type == "trial_started":
+                self.trials.append(Trial(number, data["params"], data["job_id"]))
+            elif event.type == "progress" and "job_event" in data:
+                self.job_events[number] = data["job_event"]
+            elif event.type in TRIAL_ENDS:
+                trial = self.trials[number]
+                trial.state = TRIAL_ENDS[event.type]
+                trial.value = data.get("value")
+                trial.pruned_at = data.get("round")
+                for name in ("best_iteration", "iterations", "artifact_id"):
+                    setattr(trial, name, data.get(name))
+            elif event.type == "best":
+                self.best = self.trials[number]
+            elif event.type == "restarted":
+                self.restarts += 1
+            elif event.type in ENDINGS:
+                self.status, self.finished_at = ENDINGS[event.type], data.get("finished_at", finished_at)
+                if event.type == "error":
+                    self.error = {"code": data["code"], "message": data["message"]}
 
     @property
     def finished(self) -> bool:
@@ -243,10 +294,20 @@ class Tune(EventLog):
         return None if done is None else dict(orjson.loads(done.json))
 
 
-# What a search needs of the service: submit a trial's job, follow its events, cancel it.
+# What a search needs of the service: submit a trial's job, follow its events (after an id),
+# cancel it; and keep each trial as it ends (with the values it reported, by round).
 Submit = Callable[[TrainingData, dict[str, Any], Path], Awaitable[JobRecord]]
-Follow = Callable[[str], AsyncIterator[Event]]
+Follow = Callable[[str, int], AsyncIterator[Event]]
 Cancel = Callable[[str], Awaitable[Any]]
+KeepTrial = Callable[[dict[str, Any]], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Resumed:
+    """A search taken up after a restart: its ended trials as `Tuner` kept them (`KeepTrial`)."""
+
+    ended: list[dict[str, Any]]
+    reason: str
 
 
 class Tuner:
@@ -265,12 +326,13 @@ class Tuner:
         submit: Submit,
         follow: Follow,
         cancel: Cancel,
+        keep_trial: KeepTrial = lambda row: None,
     ) -> None:
         import optuna
 
         self.tune, self.space, self.trainer, self.objective = tune, space, trainer, objective
         self.params, self.data, self.folder = params, data, folder
-        self._submit, self._follow, self._cancel = submit, follow, cancel
+        self._submit, self._follow, self._cancel, self._keep_trial = submit, follow, cancel, keep_trial
         options = tune.options
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         rounds = trainer.rounds(validate_params(trainer.params, {**params, **space.largest}))
@@ -281,46 +343,59 @@ class Tuner:
         if options.sampler == "grid":
             self.n_trials = min(self.n_trials, math.prod(len(choices) for choices in space.grid.values()))
         self._jobs: dict[int, str] = {}  # running trials' jobs, by trial number
+        self._reported: dict[int, dict[int, float]] = {}  # running trials' values, by trial and round
         self.timed_out = False
 
-    async def run(self) -> None:
+    async def run(self, resumed: Resumed | None = None) -> None:
+        """The search to its end; or, cancelled (the server stopping), left as it is on disk, to go on
+        after a restart (`resumed`)."""
         tune, options = self.tune, self.tune.options
-        tune.emit(
-            "started",
-            {
-                "space": self.space.given, "n_trials": self.n_trials, "parallel": options.parallel,
-                "sampler": options.sampler, "pruner": options.pruner, "seed": options.seed, "metric": tune.metric,
-                "model_type": self.trainer.name, "objective": self.objective, "params": self.params,
-            },
-        )  # fmt: skip
-        deadline = None if options.timeout_s is None else time.monotonic() + options.timeout_s
+        if resumed is None:
+            tune.emit(
+                "started",
+                {
+                    "space": self.space.given, "n_trials": self.n_trials, "parallel": options.parallel,
+                    "sampler": options.sampler, "pruner": options.pruner, "seed": options.seed,
+                    "metric": tune.metric, "model_type": self.trainer.name, "objective": self.objective,
+                    "params": self.params,
+                },
+            )  # fmt: skip
+        else:
+            tune.emit("restarted", {"reason": resumed.reason, "restarts": tune.restarts + 1})
+            tune.restarts += 1
+        # Wall-clock time from the search's start: a restart does not give it more.
+        deadline = None if options.timeout_s is None else tune.created_at + options.timeout_s
         try:
             async with anyio.create_task_group() as outer:
                 if deadline is not None:
                     outer.start_soon(self._watch, deadline)
                 async with anyio.create_task_group() as trials:
                     slots = anyio.Semaphore(options.parallel)
-                    for _ in range(self.n_trials):
+                    for trial, optuna_trial in self._restore(resumed) if resumed else ():
+                        await slots.acquire()
+                        trials.start_soon(self._follow_trial, trial, optuna_trial, slots)
+                    for _ in range(self.n_trials - len(tune.trials)):
                         await slots.acquire()
                         if tune.cancel_requested or self.timed_out:
                             slots.release()
                             break
-                        trial = await anyio.to_thread.run_sync(self.study.ask, self.space.distributions)
+                        optuna_trial = await anyio.to_thread.run_sync(self.study.ask, self.space.distributions)
                         if tune.cancel_requested or self.timed_out:  # while Optuna was asked
-                            self._tell(trial, state="FAIL")
+                            self._tell(optuna_trial, state="FAIL")
                             slots.release()
                             break
-                        trials.start_soon(self._trial, trial, slots)
+                        trial = Trial(len(tune.trials), dict(optuna_trial.params))
+                        tune.trials.append(trial)
+                        trials.start_soon(self._trial, trial, optuna_trial, slots)
                 outer.cancel_scope.cancel()  # every trial has ended: the watch too
         except Exception as error:  # a failure of the search itself, not of a trial
             log.exception("tune %s failed", tune.id)
             with anyio.CancelScope(shield=True):
                 await self.stop_trials()
-            self._end("failed", "error", {"code": "internal_error", "message": f"the search failed: {error}"})
-            return
-        finally:
-            with anyio.CancelScope(shield=True):
+                self._end("failed", "error", {"code": "internal_error", "message": f"the search failed: {error}"})
                 await anyio.to_thread.run_sync(inputs.remove, self.folder)
+            return
+        await anyio.to_thread.run_sync(inputs.remove, self.folder)  # ended: no trial more will read them
         if tune.cancel_requested:
             self._end("cancelled", "cancelled", {**self._summary(), "message": "the search was cancelled"})
         elif tune.best is None:
@@ -332,9 +407,33 @@ class Tuner:
                 "succeeded", "complete", {**self._summary(), "importances": importances, "timed_out": self.timed_out}
             )
 
+    def _restore(self, resumed: Resumed) -> list[tuple[Trial, Any]]:
+        """The ended trials back in the study, with the values they reported; each running trial
+        a new Optuna trial with its params (its job may start over: its values come again)."""
+        import optuna
+
+        states = {"complete": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL"}
+        for row in sorted(resumed.ended, key=lambda row: row["trial"]):
+            state = getattr(optuna.trial.TrialState, states[row["state"]])
+            self.study.add_trial(
+                optuna.trial.create_trial(
+                    params=row["params"],
+                    distributions={name: self.space.distributions[name] for name in row["params"]},
+                    value=row["value"] if row["state"] == "complete" else None,
+                    state=state,
+                    intermediate_values={int(step): value for step, value in row["reported"].items()},
+                )
+            )
+        running = []
+        for trial in self.tune.trials:
+            if trial.state == "running":
+                self.study.enqueue_trial(trial.params)
+                running.append((trial, self.study.ask(self.space.distributions)))
+        return running
+
     async def _watch(self, deadline: float) -> None:
         """At the search's deadline: no trial more, and those running stop after their round."""
-        await anyio.sleep(max(0.0, deadline - time.monotonic()))
+        await anyio.sleep(max(0.0, deadline - time.time()))
         self.timed_out = True
         await self.stop_trials()
 
@@ -343,10 +442,8 @@ class Tuner:
         for job_id in list(self._jobs.values()):
             await self._cancel(job_id)
 
-    async def _trial(self, optuna_trial: Any, slots: anyio.Semaphore) -> None:
+    async def _trial(self, trial: Trial, optuna_trial: Any, slots: anyio.Semaphore) -> None:
         tune = self.tune
-        trial = Trial(optuna_trial.number, dict(optuna_trial.params))
-        tune.trials.append(trial)
         incoming: Path | None = None
         try:
             params = validate_params(self.trainer.params, {**self.params, **trial.params})
@@ -364,14 +461,23 @@ class Tuner:
             slots.release()
             return
         trial.job_id = record.id
-        self._jobs[trial.number] = record.id
         tune.emit("trial_started", {"trial": trial.number, "params": trial.params, "job_id": record.id})
+        await self._follow_trial(trial, optuna_trial, slots)
+
+    async def _follow_trial(self, trial: Trial, optuna_trial: Any, slots: anyio.Semaphore) -> None:
+        """The trial's job to its end, from the last of its events the search read."""
+        tune, job_id = self.tune, trial.job_id
+        assert job_id is not None
+        self._jobs[trial.number] = job_id
         if tune.cancel_requested or self.timed_out:  # while it was submitted
-            await self._cancel(record.id)
+            await self._cancel(job_id)
         try:
-            async for event in self._follow(record.id):
+            async for event in self._follow(job_id, tune.job_events.get(trial.number, 0)):
+                tune.job_events[trial.number] = event.id
                 data = orjson.loads(event.json)
-                if event.type == "progress":
+                if event.type == "restarted":  # its job starts over: so does the trial's curve
+                    tune.emit("trial_restarted", {"trial": trial.number, "job_id": job_id, "reason": data["reason"]})
+                elif event.type == "progress":
                     await self._progress(trial, optuna_trial, data)
                 elif event.type == "complete":
                     if trial.state == "running":
@@ -385,22 +491,27 @@ class Tuner:
                         trial, optuna_trial, "stopped", f"stopped after round {data.get('iteration')}: {stopped}"
                     )
             if trial.state == "running":  # its events ended without saying how the job did
-                self._failed(trial, optuna_trial, "job_lost", f"job {record.id} ended without a result")
-        except Exception as error:  # following it failed (the store out of reach, say)
+                self._failed(trial, optuna_trial, "job_lost", f"job {job_id} ended without a result")
+        except Exception as error:  # following it failed (the store out of reach, a job expired)
             log.exception("tune %s: trial %d", tune.id, trial.number)
-            await self._cancel(record.id)
+            with contextlib.suppress(Exception):
+                await self._cancel(job_id)
             if trial.state == "running":
-                self._failed(trial, optuna_trial, "error", f"following job {record.id} failed: {error}")
+                self._failed(trial, optuna_trial, "error", f"following job {job_id} failed: {error}")
         finally:
             self._jobs.pop(trial.number, None)
+            tune.job_events.pop(trial.number, None)
             slots.release()
 
     async def _progress(self, trial: Trial, optuna_trial: Any, data: dict[str, Any]) -> None:
         tune = self.tune
         tune.emit(
             "progress",
-            {"trial": trial.number, "job_id": trial.job_id, "iteration": data["iteration"], "metrics": data["metrics"]},
-        )
+            {
+                "trial": trial.number, "job_id": trial.job_id, "iteration": data["iteration"],
+                "metrics": data["metrics"], "job_event": tune.job_events[trial.number],
+            },
+        )  # fmt: skip
         if trial.state != "running":
             return
         history = data.get("history") or {}
@@ -409,10 +520,11 @@ class Tuner:
             if value is None:
                 continue
             step = history["first"] + offset
+            self._reported.setdefault(trial.number, {})[step] = value
             optuna_trial.report(value, step)
             if optuna_trial.should_prune():
                 trial.state, trial.pruned_at, trial.value = "pruned", step, value
-                self._tell(optuna_trial, state="PRUNED")
+                self._tell(optuna_trial, trial, state="PRUNED")
                 tune.emit(
                     "trial_pruned", {"trial": trial.number, "job_id": trial.job_id, "round": step, "value": value}
                 )
@@ -429,7 +541,7 @@ class Tuner:
         trial.state, trial.value = "complete", float(value)
         trial.best_iteration, trial.iterations = data.get("best_iteration"), data.get("iterations")
         trial.artifact_id = data.get("artifact_id")
-        self._tell(optuna_trial, value=trial.value)
+        self._tell(optuna_trial, trial, value=trial.value)
         tune.emit(
             "trial_complete",
             {
@@ -444,19 +556,28 @@ class Tuner:
 
     def _failed(self, trial: Trial, optuna_trial: Any, code: str, message: str, field: str | None = None) -> None:
         trial.state = "failed"
-        self._tell(optuna_trial, state="FAIL")
+        self._tell(optuna_trial, trial, state="FAIL")
         self.tune.emit(
             "trial_failed",
             {"trial": trial.number, "job_id": trial.job_id, "params": trial.params, "code": code,
              "message": message, "field": field},
         )  # fmt: skip
 
-    def _tell(self, optuna_trial: Any, value: float | None = None, state: str = "COMPLETE") -> None:
-        """Tell Optuna how a trial ended. Its grid sampler calls `study.stop()` once the grid is
-        done, which outside `optimize()` raises, after the trial is stored: the count of trials
-        is capped at the grid's size already."""
+    def _tell(
+        self, optuna_trial: Any, trial: Trial | None = None, value: float | None = None, state: str = "COMPLETE"
+    ) -> None:
+        """Tell Optuna how a trial ended, and keep it (`KeepTrial`) for a study after a restart.
+        Optuna's grid sampler calls `study.stop()` once the grid is done, which outside
+        `optimize()` raises, after the trial is stored: the count of trials is capped at the grid's
+        size already."""
         import optuna
 
+        if trial is not None:
+            reported = {str(step): value for step, value in self._reported.pop(trial.number, {}).items()}
+            self._keep_trial(
+                {"trial": trial.number, "params": trial.params, "state": trial.state, "value": trial.value,
+                 "reported": reported}
+            )  # fmt: skip
         try:
             self.study.tell(optuna_trial, value, state=getattr(optuna.trial.TrialState, state))
         except RuntimeError as error:
@@ -490,12 +611,7 @@ class Tuner:
             return None
 
     def _end(self, status: str, kind: str, data: dict[str, Any]) -> None:
-        tune = self.tune
-        tune.status, tune.finished_at = status, time.time()
-        if kind == "error":
-            tune.error = {"code": data["code"], "message": data["message"]}
-        tune.emit(kind, data)
-        log.info("tune %s %s: %s", tune.id, status, tune.counts())
+        end(self.tune, status, kind, data)
 
     def _linked_inputs(self) -> Path:
         """A folder of hard links to the search's arrays, for a trial's job to take as its own."""
@@ -504,6 +620,15 @@ class Tuner:
         for path in self.folder.iterdir():
             os.link(path, incoming / path.name)
         return incoming
+
+
+def end(tune: Tune, status: str, kind: str, data: dict[str, Any]) -> None:
+    """The search's last event, and its status."""
+    tune.status, tune.finished_at = status, time.time()
+    if kind == "error":
+        tune.error = {"code": data["code"], "message": data["message"]}
+    tune.emit(kind, {**data, "finished_at": tune.finished_at})
+    log.info("tune %s %s: %s", tune.id, status, tune.counts())
 
 
 def _sampler(options: TuneOptions, space: SearchSpace) -> Any:

@@ -109,7 +109,8 @@ class JobManager:
             self._recover(record)
         keep = set(self._live)
         for folder in self.inputs_dir.glob("*") if self.inputs_dir.exists() else ():
-            if folder.name not in keep:
+            # A search's table (`tune-<id>`) is the search's to keep or remove (`boostream.searches`).
+            if folder.name not in keep and not folder.name.startswith("tune-"):
                 await self._on_disk(inputs.remove, folder)
         await self._on_disk(self.artifacts.remove_unknown, self.store.artifact_ids())
         for record in owed:

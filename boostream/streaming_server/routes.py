@@ -226,27 +226,27 @@ class Routes:
         return JSONResponse(created, status_code=202, headers={"Location": urls["status_url"]})
 
     async def list_tunes(self, request: Request) -> Response:
-        return JSONResponse(self.service.list_tunes(_caller(request)))
+        return JSONResponse(self.service.searches.visible(_caller(request)))
 
     async def tune_status(self, request: Request) -> Response:
-        return JSONResponse(self.service.tune(_caller(request), request.path_params["tune_id"]).view())
+        return JSONResponse(self.service.searches.get(_caller(request), request.path_params["tune_id"]).view())
 
     async def tune_events(self, request: Request) -> Response:
-        tune = self.service.tune(_caller(request), request.path_params["tune_id"])
+        tune = self.service.searches.get(_caller(request), request.path_params["tune_id"])
         after = _resume_after(request)
         if tune.finished and after >= len(tune.events):
             return Response(status_code=204)
         return self._tune_response(tune.follow(after))
 
     async def tune_result(self, request: Request) -> Response:
-        return JSONResponse(self.service.tune_result(_caller(request), request.path_params["tune_id"]))
+        return JSONResponse(self.service.searches.result(_caller(request), request.path_params["tune_id"]))
 
     async def cancel_tune(self, request: Request) -> Response:
-        answer = await self.service.cancel_tune(_caller(request), request.path_params["tune_id"])
+        answer = await self.service.searches.cancel(_caller(request), request.path_params["tune_id"])
         return JSONResponse(answer, status_code=202)
 
     async def delete_tune(self, request: Request) -> Response:
-        self.service.delete_tune(_caller(request), request.path_params["tune_id"])
+        await self.service.searches.delete(_caller(request), request.path_params["tune_id"])
         return Response(status_code=204)
 
     async def _start_tune(self, request: Request) -> Tune:
@@ -256,7 +256,7 @@ class Routes:
             body = await read_body(request, self.service.settings.max_body_bytes, share=share)
             async with self.service.ingest_slot():
                 with _full_disk_is_507():  # writing the search's table
-                    return await self.service.start_tune(_caller(request), body, str(request.base_url))
+                    return await self.service.searches.start(_caller(request), body, str(request.base_url))
 
     def _tune_response(self, events: AsyncIterator[Event]) -> Response:
         settings = self.service.settings
