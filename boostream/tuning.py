@@ -37,7 +37,7 @@ import anyio
 import msgspec
 import orjson
 
-from boostream.errors import BoostreamError, InvalidParameter
+from boostream.errors import BoostreamError, InvalidParameter, QueueFull
 from boostream.jobs import inputs
 from boostream.jobs.job import EventLog
 from boostream.jobs.records import Event, JobRecord
@@ -53,6 +53,9 @@ MAX_TRIALS = 1000
 # than it ends (bench/tune.py: with 5 rounds of 200, the best value found was 15% worse).
 STARTUP_TRIALS, WARMUP_SHARE, WARMUP_ROUNDS = 5, 0.25, 5
 STATUSES = ("running", "succeeded", "failed", "cancelled")
+# A trial refused for want of room (a full queue, the key's quota) asks again after the time the
+# refusal suggests, within these bounds.
+WAIT_MIN_S, WAIT_MAX_S = 0.5, 5.0
 # How a search ends, by its last event.
 ENDINGS = {"complete": "succeeded", "error": "failed", "cancelled": "cancelled"}
 TRIAL_ENDS = {"trial_complete": "complete", "trial_pruned": "pruned", "trial_failed": "failed"}
@@ -444,22 +447,36 @@ class Tuner:
 
     async def _trial(self, trial: Trial, optuna_trial: Any, slots: anyio.Semaphore) -> None:
         tune = self.tune
-        incoming: Path | None = None
-        try:
-            params = validate_params(self.trainer.params, {**self.params, **trial.params})
-            self.trainer.check(self.data, self.objective, params)
-            incoming = self._linked_inputs()
-            record = await self._submit(self.data, params, incoming)
-        except Exception as error:  # refused (a full queue, the memory limit...), or the disk
-            if incoming is not None and incoming.exists():
-                await anyio.to_thread.run_sync(inputs.remove, incoming)
-            if isinstance(error, BoostreamError):
-                self._failed(trial, optuna_trial, error.code, error.message, error.field)
-            else:
-                log.exception("tune %s: trial %d could not start", tune.id, trial.number)
-                self._failed(trial, optuna_trial, "error", str(error))
-            slots.release()
-            return
+        waited = False
+        while True:
+            if tune.cancel_requested or self.timed_out:  # while it waited for room
+                self._failed(trial, optuna_trial, "stopped", f"never started: {self._stopped_why()}")
+                slots.release()
+                return
+            incoming: Path | None = None
+            try:
+                params = validate_params(self.trainer.params, {**self.params, **trial.params})
+                self.trainer.check(self.data, self.objective, params)
+                incoming = self._linked_inputs()
+                record = await self._submit(self.data, params, incoming)
+                break
+            except Exception as error:  # refused (a full queue, the memory limit...), or the disk
+                if incoming is not None and incoming.exists():
+                    await anyio.to_thread.run_sync(inputs.remove, incoming)
+                if isinstance(error, QueueFull):  # no room for it yet: it waits, as a client would
+                    if not waited:
+                        waiting = {"trial": trial.number, "code": error.code, "message": error.message}
+                        tune.emit("trial_waiting", {**waiting, "retry_after_s": error.retry_after_s})
+                    waited = True
+                    await anyio.sleep(min(max(error.retry_after_s, WAIT_MIN_S), WAIT_MAX_S))
+                    continue
+                if isinstance(error, BoostreamError):
+                    self._failed(trial, optuna_trial, error.code, error.message, error.field)
+                else:
+                    log.exception("tune %s: trial %d could not start", tune.id, trial.number)
+                    self._failed(trial, optuna_trial, "error", str(error))
+                slots.release()
+                return
         trial.job_id = record.id
         tune.emit("trial_started", {"trial": trial.number, "params": trial.params, "job_id": record.id})
         await self._follow_trial(trial, optuna_trial, slots)
@@ -486,10 +503,10 @@ class Tuner:
                     if trial.state == "running":
                         self._failed(trial, optuna_trial, data.get("code", "error"), data.get("message", ""))
                 elif event.type == "cancelled" and trial.state == "running":
-                    stopped = "the search was cancelled" if tune.cancel_requested else "the search's time ran out"
                     self._failed(
-                        trial, optuna_trial, "stopped", f"stopped after round {data.get('iteration')}: {stopped}"
-                    )
+                        trial, optuna_trial, "stopped",
+                        f"stopped after round {data.get('iteration')}: {self._stopped_why()}",
+                    )  # fmt: skip
             if trial.state == "running":  # its events ended without saying how the job did
                 self._failed(trial, optuna_trial, "job_lost", f"job {job_id} ended without a result")
         except Exception as error:  # following it failed (the store out of reach, a job expired)
@@ -502,6 +519,9 @@ class Tuner:
             self._jobs.pop(trial.number, None)
             tune.job_events.pop(trial.number, None)
             slots.release()
+
+    def _stopped_why(self) -> str:
+        return "the search was cancelled" if self.tune.cancel_requested else "the search's time ran out"
 
     async def _progress(self, trial: Trial, optuna_trial: Any, data: dict[str, Any]) -> None:
         tune = self.tune

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_diabetes, load_digits
 
-from conftest import Server, parse_sse
+from conftest import Server, parse_sse, start_server
 
 ROUNDS = 150
 SPACE = {
@@ -287,3 +287,39 @@ def test_a_search_names_its_table_once(server: Server, case, table, status, fiel
         refused = client.post("/tunes", json=body)
     assert refused.status_code == status, refused.text
     assert refused.json()["error"]["field"] == field
+
+
+def test_a_trial_with_no_room_in_the_queue_waits_for_it_rather_than_fails(tmp_path):
+    """One job trains, one waits, and no other may: the search's first trial is refused a place,
+    says so, and starts once there is room."""
+    server_gen = start_server(tmp_path, cpu_jobs=1, max_queued=1, heartbeat_s=0.5)
+    server = next(server_gen)
+    try:
+        X, y = load_diabetes(return_X_y=True)
+        long = {"X": X.tolist(), "y": y.tolist(), "params": {"n_estimators": 100_000, "learning_rate": 0.001}}
+        blocking = [server.create_job(long) for _ in range(2)]  # training, and waiting
+        search = {
+            "X": X.tolist(), "y": y.tolist(), "valid_fraction": 0.2, "params": {"n_estimators": 20},
+            "search": {"num_leaves": [4, 8]}, "sampler": "grid", "n_trials": 2, "pruner": "none",
+        }  # fmt: skip
+        with server.client() as client:
+            tune_id = client.post("/tunes", json=search).json()["tune_id"]
+            with client.stream("GET", f"/tunes/{tune_id}/events") as response:
+                seen = next(event for event in parse_sse(response.iter_lines()) if event.type != "started")
+            assert seen.type == "trial_waiting", seen  # no trial starts while there is no room
+            for job_id in blocking:
+                assert client.post(f"/jobs/{job_id}/cancel").status_code == 202
+        events = list_events(server, tune_id)
+        kinds = [event.type for event in events]
+        assert kinds[-1] == "complete" and kinds.count("trial_complete") == 2, kinds
+        waiting = events[kinds.index("trial_waiting")].data
+        assert waiting["trial"] == 0 and waiting["code"] == "queue_full" and waiting["retry_after_s"] >= 1
+        assert kinds.index("trial_waiting") < kinds.index("trial_started")
+    finally:
+        next(server_gen, None)
+
+
+def list_events(server: Server, tune_id: str) -> list:
+    with server.client() as client:
+        with client.stream("GET", f"/tunes/{tune_id}/events") as response:
+            return list(parse_sse(response.iter_lines()))
