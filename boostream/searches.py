@@ -4,7 +4,8 @@ expired, and kept on disk, so that a restart takes them up as it takes up jobs.
 Each search has a folder of its own under the data directory, `tunes/<id>/`:
 - `search.json`: what it searches and how, and for whom (written once, as it starts);
 - `events.jsonl`: its events, a line each, written as each is emitted;
-- `trials.jsonl`: each ended trial, with every value it reported, for Optuna after a restart.
+- `trials.jsonl`: each ended trial, with every value it reported, for Optuna after a restart;
+- `cancelled`: there once a cancel is asked for, so that a restart does not undo it.
 Its table waits among the jobs' inputs (`tune-<id>`), where its trials' jobs link to it, until the
 search ends. Lines are appended, not fsynced, as jobs' inputs are: they survive the process being
 killed; a line torn by a crash of the machine is skipped.
@@ -46,7 +47,7 @@ from boostream.tuning import Resumed, Tune, TuneOptions, Tuner, check_search, en
 
 log = logging.getLogger("boostream.searches")
 
-SEARCH, EVENTS, TRIALS = "search.json", "events.jsonl", "trials.jsonl"
+SEARCH, EVENTS, TRIALS, CANCELLED = "search.json", "events.jsonl", "trials.jsonl", "cancelled"
 # A search's trials at once, where workers elsewhere train (Redis): the server cannot count their slots.
 MOST_PARALLEL_WITH_WORKERS = 64
 
@@ -68,6 +69,13 @@ class SearchFolder:
 
     def keep_trial(self, row: dict[str, Any]) -> None:
         self._append(TRIALS, row)
+
+    def keep_cancel(self) -> None:
+        (self.path / CANCELLED).touch()
+
+    @property
+    def cancelled(self) -> bool:
+        return (self.path / CANCELLED).exists()
 
     def read(self) -> tuple[dict[str, Any], list[Event], list[dict[str, Any]], float]:
         """Its search, events and ended trials, and when its events were last written."""
@@ -199,6 +207,7 @@ class Searches:
         if tune.finished:
             raise Conflict("already_finished", f"tune {tune.id} already ended {tune.status}", tune.status)
         tune.cancel_requested = True
+        await anyio.to_thread.run_sync(SearchFolder(self.folder / tune.id).keep_cancel)
         tuner = self._tuners.get(tune.id)
         if tuner is not None:
             await tuner.stop_trials()
@@ -252,6 +261,11 @@ class Searches:
     # Inside
 
     async def _resume(self, tune: Tune, search: dict[str, Any], ended: list[dict[str, Any]]) -> None:
+        record = SearchFolder(self.folder / tune.id)
+        tune.cancel_requested = record.cancelled
+        # A pruned trial's job may have been stopping as the server stopped: it would train again
+        # for nobody.
+        await self._cancel_jobs([trial.job_id for trial in tune.trials if trial.state == "pruned"])
         trainer = self.service.trainers.get(tune.model_type)
         availability = self.service.availability.get(tune.model_type)
         table = self._table_folder(tune.id)
@@ -271,18 +285,21 @@ class Searches:
                 problem = f"its search no longer fits {trainer.title}: {error}"
         if problem is not None or data is None or trainer is None:
             log.warning("tune %s was running when the server stopped; it ends interrupted: %s", tune.id, problem)
-            for trial in tune.trials:
-                if trial.state == "running" and trial.job_id is not None:
-                    with contextlib.suppress(Exception):  # it may have ended, or gone
-                        await self.service.jobs.cancel(trial.job_id)
+            await self._cancel_jobs([trial.job_id for trial in tune.trials if trial.state == "running"])
             end(tune, "failed", "error", {"code": "interrupted", "message": problem})
             await anyio.to_thread.run_sync(inputs.remove, table)
             return
         log.info("tune %s was running when the server stopped; it goes on", tune.id)
         spec = TrainSpec(trainer, search["objective"], search["params"], data)
         spec.artifact_format = search["artifact_format"]
-        tuner = self._tuner(tune, search, spec, space, SearchFolder(self.folder / tune.id))
+        tuner = self._tuner(tune, search, spec, space, record)
         self._run(tuner, Resumed(ended, "the server restarted while the search ran"))
+
+    async def _cancel_jobs(self, job_ids: list[str | None]) -> None:
+        for job_id in job_ids:
+            if job_id is not None:
+                with contextlib.suppress(Exception):  # it ended already, or expired
+                    await self.service.jobs.cancel(job_id)
 
     def _tune(self, search: dict[str, Any], record: SearchFolder) -> Tune:
         options = msgspec.convert(search["options"], TuneOptions)

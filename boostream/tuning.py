@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import math
 import os
@@ -248,7 +249,7 @@ class Tune(EventLog):
             number = data.get("trial")
             if event.type == "trial_started":
                 self.trials.append(Trial(number, data["params"], data["job_id"]))
-            elif event.type == "progress" and "job_event" in data:
+            elif event.type in ("progress", "trial_restarted") and "job_event" in data:
                 self.job_events[number] = data["job_event"]
             elif event.type in TRIAL_ENDS:
                 trial = self.trials[number]
@@ -432,6 +433,14 @@ class Tuner:
             if trial.state == "running":
                 self.study.enqueue_trial(trial.params)
                 running.append((trial, self.study.ask(self.space.distributions)))
+        if self.tune.options.sampler == "grid":
+            # The grid sampler counts as done only the points it handed out itself: the rest of
+            # the grid is handed out as fixed trials instead, in order.
+            grid = self.space.grid
+            seen = {tuple(trial.params[name] for name in grid) for trial in self.tune.trials}
+            for point in itertools.product(*grid.values()):
+                if point not in seen:
+                    self.study.enqueue_trial(dict(zip(grid, point, strict=True)))
         return running
 
     async def _watch(self, deadline: float) -> None:
@@ -458,7 +467,12 @@ class Tuner:
                 params = validate_params(self.trainer.params, {**self.params, **trial.params})
                 self.trainer.check(self.data, self.objective, params)
                 incoming = self._linked_inputs()
-                record = await self._submit(self.data, params, incoming)
+                # A job submitted is a trial started, even as the server stops: never a job on
+                # its own that nobody follows after a restart.
+                with anyio.CancelScope(shield=True):
+                    record = await self._submit(self.data, params, incoming)
+                    trial.job_id = record.id
+                    tune.emit("trial_started", {"trial": trial.number, "params": trial.params, "job_id": record.id})
                 break
             except Exception as error:  # refused (a full queue, the memory limit...), or the disk
                 if incoming is not None and incoming.exists():
@@ -477,8 +491,6 @@ class Tuner:
                     self._failed(trial, optuna_trial, "error", str(error))
                 slots.release()
                 return
-        trial.job_id = record.id
-        tune.emit("trial_started", {"trial": trial.number, "params": trial.params, "job_id": record.id})
         await self._follow_trial(trial, optuna_trial, slots)
 
     async def _follow_trial(self, trial: Trial, optuna_trial: Any, slots: anyio.Semaphore) -> None:
@@ -493,7 +505,8 @@ class Tuner:
                 tune.job_events[trial.number] = event.id
                 data = orjson.loads(event.json)
                 if event.type == "restarted":  # its job starts over: so does the trial's curve
-                    tune.emit("trial_restarted", {"trial": trial.number, "job_id": job_id, "reason": data["reason"]})
+                    restarted = {"trial": trial.number, "job_id": job_id, "reason": data["reason"]}
+                    tune.emit("trial_restarted", {**restarted, "job_event": event.id})
                 elif event.type == "progress":
                     await self._progress(trial, optuna_trial, data)
                 elif event.type == "complete":
