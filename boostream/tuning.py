@@ -538,17 +538,20 @@ class Tuner:
 
     async def _progress(self, trial: Trial, optuna_trial: Any, data: dict[str, Any]) -> None:
         tune = self.tune
+        history = data.get("history") or {}
+        values = (history.get("metrics") or {}).get(tune.metric) or []
+        # Every round's value of the searched metric since the job's last event: a trial's curve
+        # is whole, however many rounds an event carries.
+        rounds = {"first": history.get("first", data["iteration"]), "metrics": {tune.metric: values}}
         tune.emit(
             "progress",
             {
                 "trial": trial.number, "job_id": trial.job_id, "iteration": data["iteration"],
-                "metrics": data["metrics"], "job_event": tune.job_events[trial.number],
+                "metrics": data["metrics"], "history": rounds, "job_event": tune.job_events[trial.number],
             },
         )  # fmt: skip
         if trial.state != "running":
             return
-        history = data.get("history") or {}
-        values = (history.get("metrics") or {}).get(tune.metric) or []
         for offset, value in enumerate(values):
             if value is None:
                 continue

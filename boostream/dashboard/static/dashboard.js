@@ -1,5 +1,6 @@
-// The boostream dashboard: start a training job, watch it live over EventSource, open recent jobs.
-// One module with no framework and no build step; everything it loads comes from the server itself.
+// The boostream dashboard: start a training job or a hyperparameter search, watch it live over
+// EventSource, open recent jobs. One module with no framework and no build step; everything it loads
+// comes from the server itself.
 
 const DEMOS = [
   { file: "diabetes.csv", label: "Demo: diabetes (regression)", objective: "regression" },
@@ -10,9 +11,28 @@ const OWN_FILE = "";
 const TABLE_TYPES = { csv: "text/csv", parquet: "application/vnd.apache.parquet", pq: "application/vnd.apache.parquet" };
 // The hyperparameters the form offers, where the backend has them; the others keep their defaults.
 const MAIN_PARAMS = ["n_estimators", "learning_rate", "num_leaves", "max_depth", "early_stopping_rounds"];
+// What the search editor offers, where the backend has the parameter: its range, and whether it is
+// searched unless the user says otherwise. The ranges are the usual ones for a table of a few thousand rows.
+const SEARCHABLE = [
+  { name: "learning_rate", low: 0.01, high: 0.3, log: true, searched: true },
+  { name: "num_leaves", low: 8, high: 128, log: true, searched: true },
+  { name: "min_data_in_leaf", low: 5, high: 100, log: true, searched: false },
+  { name: "max_depth", low: 3, high: 12, log: false, searched: false },
+  { name: "feature_fraction", low: 0.5, high: 1, log: false, searched: false },
+  { name: "lambda_l2", low: 0.001, high: 10, log: true, searched: false },
+];
+// A CSV cell that is a number, and those that mean a missing value (as the server's CSV reader has them).
+const NUMBER = /^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$/;
+const MISSING = new Set(["", "NA", "N/A", "n/a", "NaN", "nan", "null", "NULL"]);
 const STATUS_AFTER = {
   queued: "queued", restarted: "queued", started: "running", progress: "running",
   complete: "succeeded", error: "failed", cancelled: "cancelled",
+};
+// A search's status after each of its events (`boostream/tuning.py`).
+const TUNE_STATUS_AFTER = {
+  started: "running", restarted: "running", trial_waiting: "running", trial_started: "running",
+  trial_restarted: "running", progress: "running", trial_pruned: "running", trial_complete: "running",
+  trial_failed: "running", best: "running", complete: "succeeded", error: "failed", cancelled: "cancelled",
 };
 const TERMINAL = new Set(["complete", "error", "cancelled"]);
 const LIVE = new Set(["queued", "running"]);
@@ -87,7 +107,7 @@ async function loadModels() {
   const unavailable = models.filter((model) => !model.available);
   $("backend-note").textContent = unavailable.map((model) => `${model.model_type} is unavailable: ${model.reason}`).join(" ");
   $("backend-note").hidden = !unavailable.length;
-  $("start").disabled = !select.value;
+  $("start").disabled = $("search-start").disabled = !select.value;
   renderBackend();
 }
 
@@ -99,6 +119,7 @@ function renderBackend() {
   objective.replaceChildren(...model.objectives.map((name) => new Option(name, name)));
   if (model.objectives.includes(chosen)) objective.value = chosen;
   renderParams(model.params.properties);
+  renderSearchSpace(model.params.properties);
 }
 
 function renderParams(schemas) {
@@ -119,6 +140,27 @@ function renderParams(schemas) {
     ].filter(Boolean).join(", ");
     const hint = el("span", { id: `hint-${name}`, class: "note" }, `${schema.description} ${bounds}`.trim());
     fieldset.append(el("div", { class: "param" }, el("label", { for: input.id }, name), input, hint));
+  }
+}
+
+// One row per searchable parameter the backend has: ticked to search it, its low and high, log scale.
+function renderSearchSpace(schemas) {
+  const body = $("search-params");
+  const typed = Object.fromEntries([...body.querySelectorAll("input")].map((input) => [input.id, input.type === "checkbox" ? input.checked : input.value]));
+  body.replaceChildren();
+  for (const offered of SEARCHABLE.filter((candidate) => candidate.name in schemas)) {
+    const { name } = offered;
+    const step = schemas[name].type === "integer" ? 1 : "any";
+    const searched = el("input", { id: `search-${name}`, type: "checkbox" });
+    searched.checked = typed[searched.id] ?? offered.searched;
+    const low = el("input", { id: `search-${name}-low`, type: "number", step, "aria-label": `${name}: low` });
+    const high = el("input", { id: `search-${name}-high`, type: "number", step, "aria-label": `${name}: high` });
+    low.value = typed[low.id] ?? offered.low;
+    high.value = typed[high.id] ?? offered.high;
+    const log = el("input", { id: `search-${name}-log`, type: "checkbox", "aria-label": `${name}: on a log scale` });
+    log.checked = typed[log.id] ?? offered.log;
+    const label = el("label", { for: searched.id }, name);
+    body.append(el("tr", { "data-param": name }, el("th", { scope: "row" }, searched, label), ...[low, high, log].map((input) => el("td", {}, input))));
   }
 }
 
@@ -168,21 +210,69 @@ async function chosenTable() {
   return { blob: file, type };
 }
 
-// The names in a CSV's first line (quoted fields allowed); unnamed columns, such as an index, left out.
+// The names in a CSV's first line; unnamed columns, such as an index, left out.
 function csvHeader(text) {
-  const names = [];
-  let name = "";
+  return (csvRows(text, 1)[0] ?? []).filter((name) => name.trim() !== "");
+}
+
+// A CSV's rows of fields, at most `limit` of them: quoted fields may hold commas, line breaks and
+// doubled quotes; blank lines are skipped.
+function csvRows(text, limit = Infinity) {
+  const rows = [];
+  let row = [];
+  let field = "";
   let quoted = false;
-  for (let i = text.charCodeAt(0) === 0xfeff ? 1 : 0; i < text.length; i++) {
+  const endRow = () => {
+    row.push(field);
+    if (row.length > 1 || row[0] !== "") rows.push(row);
+    row = [];
+    field = "";
+  };
+  for (let i = text.charCodeAt(0) === 0xfeff ? 1 : 0; i < text.length && rows.length < limit; i++) {
     const c = text[i];
-    if (quoted && c === '"' && text[i + 1] === '"') { name += '"'; i++; }
+    if (quoted && c === '"' && text[i + 1] === '"') { field += '"'; i++; }
     else if (c === '"') quoted = !quoted;
-    else if (!quoted && c === ",") { names.push(name); name = ""; }
-    else if (!quoted && (c === "\n" || c === "\r")) break;
-    else name += c;
+    else if (!quoted && c === ",") { row.push(field); field = ""; }
+    else if (!quoted && (c === "\n" || c === "\r")) {
+      if (c === "\r" && text[i + 1] === "\n") i++;
+      endRow();
+    } else field += c;
   }
-  names.push(name);
-  return names.filter((candidate) => candidate.trim() !== "");
+  if (rows.length < limit && (field !== "" || row.length)) endRow();
+  return rows;
+}
+
+// The chosen table as a JSON request's arrays, for a search (which takes JSON only). A CSV is parsed
+// here: a column all of numbers (or missing values) is numbers, any other is text, sent as a
+// categorical feature (or as class labels, for the target). A Parquet file cannot be read in the page.
+async function tableAsJson(target) {
+  const table = await chosenTable();
+  if (!table) throw fieldError("Pick a CSV file first.", "file");
+  if (table.type !== TABLE_TYPES.csv) {
+    throw fieldError("A search sends its table as JSON, which this page makes from a CSV file only: pick a CSV (Start training takes Parquet as it is).", "file");
+  }
+  const [header = [], ...rows] = csvRows(await table.blob.text());
+  const ragged = rows.findIndex((row) => row.length !== header.length);
+  if (ragged >= 0) throw fieldError(`Row ${ragged + 1} of the table has ${rows[ragged].length} fields, but its header ${header.length}.`, "file");
+  const named = header.map((name, index) => ({ name, index })).filter(({ name }) => name.trim() !== "");
+  const label = named.find(({ name }) => name === target);
+  if (!label) throw fieldError(`The table has no column named ${JSON.stringify(target)}.`, "target");
+  const features = named.filter((column) => column !== label);
+  const columns = features.map(({ index }) => csvColumn(rows, index));
+  return {
+    X: rows.map((_, r) => columns.map((column) => column.values[r])),
+    y: csvColumn(rows, label.index).values,
+    feature_names: features.map(({ name }) => name),
+    ...(columns.some((column) => column.text) && { categorical: features.filter((_, c) => columns[c].text).map(({ name }) => name) }),
+  };
+}
+
+// One CSV column's values: numbers where every cell is a number or missing (null), else its text.
+function csvColumn(rows, index) {
+  const cells = rows.map((row) => row[index].trim());
+  const text = cells.some((cell) => !MISSING.has(cell) && !NUMBER.test(cell));
+  const values = cells.map((cell) => (MISSING.has(cell) ? null : text ? cell : Number(cell)));
+  return { text, values };
 }
 
 async function startJob(event) {
@@ -192,8 +282,8 @@ async function startJob(event) {
   start.disabled = true;
   try {
     const table = await chosenTable();
-    if (!table) throw Object.assign(new Error("Pick a CSV or Parquet file first."), { field: "file" });
-    if (!$("target").value.trim()) throw Object.assign(new Error("Name the target column."), { field: "target" });
+    if (!table) throw fieldError("Pick a CSV or Parquet file first.", "file");
+    if (!$("target").value.trim()) throw fieldError("Name the target column.", "target");
     const fields = new URLSearchParams({ target: $("target").value.trim(), model_type: $("model_type").value, objective: $("objective").value });
     if ($("valid_fraction").value !== "") fields.set("valid_fraction", $("valid_fraction").value);
     for (const input of $("params").querySelectorAll("input")) if (input.value !== "") fields.set(input.name, input.value);
@@ -207,16 +297,172 @@ async function startJob(event) {
   }
 }
 
+// A search: the form's table (as JSON), target, backend, objective, validation share and fixed
+// hyperparameters (but those searched), and the search editor's ranges and settings.
+async function startSearch() {
+  showFormError("");
+  const button = $("search-start");
+  button.disabled = true;
+  try {
+    const target = $("target").value.trim();
+    if (!target) throw fieldError("Name the target column.", "target");
+    const space = searchSpace();
+    const body = {
+      ...(await tableAsJson(target)),
+      model_type: $("model_type").value,
+      objective: $("objective").value,
+      valid_fraction: numberOrNothing("valid_fraction"),
+      params: fixedParams(space),
+      search: space,
+      n_trials: numberOrNothing("n_trials"),
+      parallel: numberOrNothing("parallel"),
+      pruner: $("pruner").value,
+      sampler: $("sampler").value,
+      seed: numberOrNothing("seed"),
+    };
+    const created = await request("/tunes", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    openTune(created.tune_id);
+    refreshJobs();
+  } catch (error) {
+    showFormError(error.message, error.field);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// The ticked rows of the search editor: {name: {low, high, log}}.
+function searchSpace() {
+  const space = {};
+  for (const row of $("search-params").rows) {
+    const name = row.dataset.param;
+    if (!$(`search-${name}`).checked) continue;
+    const [low, high] = ["low", "high"].map((end) => numberOrNothing(`search-${name}-${end}`));
+    if (low === undefined || high === undefined) throw fieldError("give the range's low and high", `search.${name}.${low === undefined ? "low" : "high"}`);
+    space[name] = { low, high, log: $(`search-${name}-log`).checked };
+  }
+  if (!Object.keys(space).length) throw fieldError("Tick at least one hyperparameter to search.", "search");
+  return space;
+}
+
+// The hyperparameters filled in, as numbers, but those searched (the server refuses a parameter both fixed and searched).
+function fixedParams(space) {
+  const params = {};
+  for (const input of $("params").querySelectorAll("input")) if (input.value !== "" && !(input.name in space)) params[input.name] = Number(input.value);
+  return params;
+}
+
+// An input's number; nothing (left out of the request, for the server's default) when it is empty.
+function numberOrNothing(id) {
+  const value = $(id).value.trim();
+  return value === "" ? undefined : Number(value);
+}
+
+function fieldError(message, field) {
+  return Object.assign(new Error(message), { field });
+}
+
 function showFormError(message, field) {
   $("form-error").textContent = message && field ? `${field}: ${message}` : message;
   document.querySelectorAll("[aria-invalid]").forEach((node) => node.removeAttribute("aria-invalid"));
-  const input = field && ($(field) || $(`param-${field.replace(/^params\./, "")}`));
+  const input = field && fieldInput(field);
   if (input) input.setAttribute("aria-invalid", "true");
+}
+
+// The input a refusal's field names: a form input by its id, `params.x` or `x` a hyperparameter,
+// `search.x.low` (or `search.x`) a row of the search editor.
+function fieldInput(field) {
+  const searched = /^search\.([^.]+)(?:\.(low|high|log))?$/.exec(field);
+  if (searched) return $(`search-${searched[1]}-${searched[2] ?? "low"}`);
+  if (field === "search") return $("search-params").querySelector("input");
+  return $(field) || $(`param-${field.replace(/^params\./, "")}`);
+}
+
+// ---- following a stream of events, a job's or a search's, resumed where it broke off ----
+// A view (`watch`, `search`) holds its `path` (/jobs/ID or /tunes/ID), its stream (`source`,
+// `connections`, `lastEventId`, `finished`), the event `kinds` it takes and `receive(kind, data)`,
+// `gone()` for a job or search that no longer exists, and the `ids` of its status badge, cancel
+// button and connection note.
+
+function connect(view, after) {
+  const source = new EventSource(`${view.path}/events?after=${after}`);
+  view.source = source;
+  view.connections++;
+  for (const kind of view.kinds) {
+    source.addEventListener(kind, (message) => {
+      const id = Number(message.lastEventId);
+      if (source !== view.source || !(id > view.lastEventId)) return; // already seen, or from a stream since closed
+      view.lastEventId = id;
+      view.receive(kind, JSON.parse(message.data));
+    });
+  }
+  source.onopen = () => setConnection(view, "live");
+  source.onerror = () => connectionFailed(view, source);
+}
+
+function closeSource(view) {
+  view.source?.close();
+  view.source = null;
+  setConnection(view, "");
+}
+
+// A test hook, and what a dropped connection looks like: close the stream and resume after `after`
+// (by default the last event seen; an earlier id replays events, which must be ignored).
+function dropConnection(view, after = view.lastEventId) {
+  closeSource(view);
+  connect(view, after);
+}
+
+function connectionFailed(view, source) {
+  if (source !== view.source) return;
+  if (source.readyState === EventSource.CONNECTING) {
+    setConnection(view, "reconnecting…"); // the browser retries by itself, sending Last-Event-ID
+    return;
+  }
+  // Closed for good (an HTTP error): try again from the last event seen, unless it is gone.
+  const path = view.path;
+  view.source = null;
+  setConnection(view, "disconnected");
+  request(path).then(() => true, (error) => error.status !== 404).then((retry) => {
+    if (!retry) view.gone();
+    else setTimeout(() => view.path === path && !view.source && !view.finished && connect(view, view.lastEventId), RECONNECT_MS);
+  });
+}
+
+function setConnection(view, text) {
+  $(view.ids.connection).textContent = text;
+}
+
+// The status badge, and the cancel button: enabled while there is something to cancel.
+function showStatus(view, status) {
+  const cancelling = view.cancelling && LIVE.has(status);
+  view.status = status;
+  setText(view.ids.status, cancelling ? "cancelling…" : status); // until the `cancelled` event
+  $(view.ids.status).dataset.status = status;
+  $(view.ids.cancel).disabled = cancelling || !LIVE.has(status);
+}
+
+// POST its cancel; the status reads "cancelling…" until the `cancelled` event comes.
+async function requestCancel(view, showError) {
+  const path = view.path;
+  $(view.ids.cancel).disabled = true;
+  try {
+    await request(`${path}/cancel`, { method: "POST" });
+    if (view.path !== path) return;
+    view.cancelling = true;
+    showStatus(view, view.status);
+  } catch (error) {
+    if (view.path === path) showError(error.message);
+  }
 }
 
 // ---- watching a job ----
 
-const watch = { jobId: null, source: null, connections: 0, ...jobState() };
+const watch = {
+  path: null, jobId: null, source: null, connections: 0, kinds: Object.keys(STATUS_AFTER),
+  ids: { status: "job-status", cancel: "cancel", connection: "connection" },
+  receive: receiveJobEvent, gone: () => showJobError("No such job (deleted or expired)."),
+  ...jobState(),
+};
 
 // What the panel knows of the open job; all of it starts over when another job is opened.
 function jobState() {
@@ -227,8 +473,8 @@ function jobState() {
 }
 
 function openJob(jobId) {
-  closeSource();
-  Object.assign(watch, { jobId, ...jobState() });
+  closeSource(watch);
+  Object.assign(watch, { jobId, path: `/jobs/${encodeURIComponent(jobId)}`, ...jobState() });
   history.replaceState(null, "", `#${jobId}`);
   $("job-id").textContent = jobId;
   $("job-meta").textContent = "";
@@ -237,60 +483,18 @@ function openJob(jobId) {
   clearProgress();
   setStatus("…");
   markOpenJob();
-  request(`/jobs/${jobId}`).then((job) => {
+  request(watch.path).then((job) => {
     if (watch.jobId !== jobId) return;
     if (watch.lastEventId === 0) setStatus(job.status);
     if (!$("job-meta").textContent) $("job-meta").textContent = `${job.model_type} · ${job.objective}`;
-  }, (error) => error.status === 404 && showJobError("No such job (deleted or expired)."));
-  connect(0);
+  }, (error) => error.status === 404 && watch.gone());
+  connect(watch, 0);
 }
 
-function connect(after) {
-  const source = new EventSource(`/jobs/${encodeURIComponent(watch.jobId)}/events?after=${after}`);
-  watch.source = source;
-  watch.connections++;
-  for (const type of Object.keys(STATUS_AFTER)) source.addEventListener(type, (message) => receive(source, type, message));
-  source.onopen = () => setConnection("live");
-  source.onerror = () => connectionFailed(source);
-}
-
-function closeSource() {
-  watch.source?.close();
-  watch.source = null;
-  setConnection("");
-}
-
-// A test hook, and what a dropped connection looks like: close the stream and resume after `after`
-// (by default the last event seen; an earlier id replays events, which must be ignored).
-function dropConnection(after = watch.lastEventId) {
-  closeSource();
-  connect(after);
-}
-
-function connectionFailed(source) {
-  if (source !== watch.source) return;
-  if (source.readyState === EventSource.CONNECTING) {
-    setConnection("reconnecting…"); // the browser retries by itself, sending Last-Event-ID
-    return;
-  }
-  // Closed for good (an HTTP error): try again from the last event seen, unless the job is gone.
-  const jobId = watch.jobId;
-  watch.source = null;
-  setConnection("disconnected");
-  request(`/jobs/${jobId}`).then(() => true, (error) => error.status !== 404).then((retry) => {
-    if (!retry) showJobError("No such job (deleted or expired).");
-    else setTimeout(() => watch.jobId === jobId && !watch.source && !watch.finished && connect(watch.lastEventId), RECONNECT_MS);
-  });
-}
-
-function receive(source, type, message) {
-  const id = Number(message.lastEventId);
-  if (source !== watch.source || !(id > watch.lastEventId)) return; // already seen, or from a stream since closed
-  watch.lastEventId = id;
-  const data = JSON.parse(message.data);
-  setStatus(STATUS_AFTER[type]);
-  HANDLERS[type](data);
-  if (TERMINAL.has(type)) endWatch();
+function receiveJobEvent(kind, data) {
+  setStatus(STATUS_AFTER[kind]);
+  HANDLERS[kind](data);
+  if (TERMINAL.has(kind)) endWatch();
   showOpenJobRow();
 }
 
@@ -336,20 +540,12 @@ const HANDLERS = {
 function endWatch() {
   watch.finished = true;
   $("job-eta").textContent = "–";
-  closeSource(); // or EventSource would reconnect forever once the server ends the stream
+  closeSource(watch); // or EventSource would reconnect forever once the server ends the stream
   refreshJobs();
 }
 
 function setStatus(status) {
-  const cancelling = watch.cancelling && LIVE.has(status);
-  watch.status = status;
-  $("job-status").textContent = cancelling ? "cancelling…" : status; // until the `cancelled` event
-  $("job-status").dataset.status = status;
-  $("cancel").disabled = cancelling || !LIVE.has(status);
-}
-
-function setConnection(text) {
-  $("connection").textContent = text;
+  showStatus(watch, status);
 }
 
 function showProgress(progress) {
@@ -390,17 +586,8 @@ function showJobError(message) {
   $("job-error").textContent = message;
 }
 
-async function cancelJob() {
-  const jobId = watch.jobId;
-  $("cancel").disabled = true;
-  try {
-    await request(`/jobs/${jobId}/cancel`, { method: "POST" });
-    if (watch.jobId !== jobId) return;
-    watch.cancelling = true;
-    setStatus(watch.status);
-  } catch (error) {
-    if (watch.jobId === jobId) showJobError(error.message);
-  }
+function cancelJob() {
+  return requestCancel(watch, showJobError);
 }
 
 // ---- the curve: every round's metrics, one column per metric ----
@@ -429,32 +616,43 @@ const BOX = { width: 640, height: 300, left: 64, right: 16, top: 30, bottom: 40 
 const PLOT = { width: BOX.width - BOX.left - BOX.right, height: BOX.height - BOX.top - BOX.bottom };
 const COLORS = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#0891b2"];
 const MAX_POINTS_PER_COLUMN = 4;
-let chartPending = false;
 
-function scheduleChart() {
-  if (chartPending) return;
-  chartPending = true;
-  requestAnimationFrame(() => { chartPending = false; drawChart(); });
+// `draw`, at the next animation frame: once, however often it was asked for before then.
+function onNextFrame(draw) {
+  let pending = false;
+  return () => {
+    if (pending) return;
+    pending = true;
+    requestAnimationFrame(() => { pending = false; draw(); });
+  };
 }
+
+const scheduleChart = onNextFrame(drawChart);
 
 function drawChart() {
   const svg = $("chart");
-  svg.querySelectorAll(":scope > :not(title)").forEach((node) => node.remove());
   const curve = watch.curve;
   const names = Object.keys(curve.metrics).sort(); // train_* before valid_*
   const values = names.flatMap((name) => curve.metrics[name]).filter(Number.isFinite);
-  if (!values.length) {
-    const text = watch.jobId ? "Waiting for the first round…" : "Start or open a job to see its metrics.";
-    svgEl(svg, "text", { x: BOX.width / 2, y: BOX.height / 2, class: "empty", "text-anchor": "middle" }, text);
-    return;
-  }
+  if (!startChart(svg, values, watch.jobId ? "Waiting for the first round…" : "Start or open a job to see its metrics.")) return;
   // The rounds planned; once early stopping has ended the job, the rounds it trained.
   const rounds = watch.trained ?? Math.max(watch.total, curve.iterations.at(-1), 1);
-  const [lo, hi] = values.reduce(([min, max], value) => [Math.min(min, value), Math.max(max, value)], [Infinity, -Infinity]);
-  const scale = chartScale(niceTicks(0, rounds), niceTicks(lo, hi));
+  const scale = chartScale(niceTicks(0, rounds), niceTicks(...extent(values)));
   drawAxes(svg, scale);
   names.forEach((name, index) => drawSeries(svg, scale, curve, name, index));
   if (watch.best !== null && watch.best < watch.trained) drawBestRound(svg, scale, curve, names, watch.best);
+}
+
+// Empties the chart; false, with `empty` written in it, when there is no value to draw.
+function startChart(svg, values, empty) {
+  svg.querySelectorAll(":scope > :not(title)").forEach((node) => node.remove());
+  if (values.length) return true;
+  svgEl(svg, "text", { x: BOX.width / 2, y: BOX.height / 2, class: "empty", "text-anchor": "middle" }, empty);
+  return false;
+}
+
+function extent(values) {
+  return values.reduce(([min, max], value) => [Math.min(min, value), Math.max(max, value)], [Infinity, -Infinity]);
 }
 
 function chartScale(xTicks, yTicks) {
@@ -482,21 +680,27 @@ function drawAxes(svg, { xTicks, yTicks, x, y }) {
 }
 
 // Every round with a value; `data-rounds` says how many, `data-points` how many points were drawn.
-function drawSeries(svg, { x, y }, curve, name, index) {
+function drawSeries(svg, scale, curve, name, index) {
   const style = { class: "series", stroke: COLORS[index % COLORS.length], "stroke-dasharray": name.startsWith("valid") ? "6 3" : "none" };
   const values = curve.metrics[name];
-  const commands = [];
-  let pen = "M";
-  for (const j of drawnRounds(curve.iterations, values, x)) {
-    if (j === null) { pen = "M"; continue; } // a gap where the metric is null
-    commands.push(`${pen}${x(curve.iterations[j]).toFixed(1)},${y(values[j]).toFixed(1)}`);
-    pen = "L";
-  }
+  const { d, points } = seriesPath(scale, curve.iterations, values);
   const rounds = values.filter(Number.isFinite).length;
-  svgEl(svg, "path", { d: commands.join(""), "data-name": name, "data-rounds": rounds, "data-points": commands.length, ...style });
+  svgEl(svg, "path", { d, "data-name": name, "data-rounds": rounds, "data-points": points, ...style });
   const left = BOX.left + index * 170;
   svgEl(svg, "line", { x1: left, x2: left + 24, y1: 14, y2: 14, ...style });
   svgEl(svg, "text", { x: left + 30, y: 18, class: "legend" }, name);
+}
+
+// A path's `d` through the rounds' values (a gap where a value is null), and how many points it has.
+function seriesPath({ x, y }, iterations, values) {
+  const commands = [];
+  let pen = "M";
+  for (const j of drawnRounds(iterations, values, x)) {
+    if (j === null) { pen = "M"; continue; }
+    commands.push(`${pen}${x(iterations[j]).toFixed(1)},${y(values[j]).toFixed(1)}`);
+    pen = "L";
+  }
+  return { d: commands.join(""), points: commands.length };
 }
 
 // The rounds to draw, as indices (null for a gap): all of them while they are a few per pixel column;
@@ -554,6 +758,241 @@ function niceTicks(lo, hi, count = 5) {
   const first = Math.floor(lo / step);
   const last = Math.ceil(hi / step);
   return Array.from({ length: last - first + 1 }, (_, i) => Number(((first + i) * step).toPrecision(12)));
+}
+
+// ---- watching a search: every trial's curve on one chart, the leaderboard, the best so far ----
+
+const search = {
+  path: null, tuneId: null, source: null, connections: 0, kinds: Object.keys(TUNE_STATUS_AFTER),
+  ids: { status: "tune-status", cancel: "tune-cancel", connection: "tune-connection" },
+  receive: receiveTuneEvent, gone: () => showTuneError("No such search (deleted or expired)."),
+  ...searchState(),
+};
+
+// What the panel knows of the open search; all of it starts over when another search is opened.
+// `trials` holds each trial as the server's leaderboard has it (trial, params, job_id, state, value,
+// best_iteration, iterations, artifact_id, pruned_at), and its curve of the search's metric.
+function searchState() {
+  return {
+    lastEventId: 0, status: "idle", finished: false, cancelling: false,
+    nTrials: 0, metric: null, plannedRounds: 0, trials: new Map(), best: null, shownRows: "",
+  };
+}
+
+function openTune(tuneId) {
+  closeSource(search);
+  Object.assign(search, { tuneId, path: `/tunes/${encodeURIComponent(tuneId)}`, ...searchState() });
+  history.replaceState(null, "", `#tune/${tuneId}`);
+  $("tune").hidden = false;
+  $("tune-id").textContent = tuneId;
+  for (const id of ["tune-meta", "tune-error", "tune-importances"]) $(id).textContent = "";
+  $("tune-download").hidden = $("tune-importances").hidden = true;
+  showStatus(search, "…");
+  request(search.path).then((tune) => {
+    if (search.tuneId !== tuneId || search.lastEventId > 0) return; // its events say more
+    Object.assign(search, { nTrials: tune.n_trials, metric: tune.metric });
+    showStatus(search, tune.status);
+    showTune();
+  }, (error) => search.tuneId === tuneId && error.status === 404 && search.gone());
+  showTune();
+  connect(search, 0);
+}
+
+function receiveTuneEvent(kind, data) {
+  showStatus(search, TUNE_STATUS_AFTER[kind]);
+  TUNE_HANDLERS[kind](data);
+  if (TERMINAL.has(kind)) {
+    search.finished = true;
+    closeSource(search); // or EventSource would reconnect once the server ends the stream
+    showTune(); // at once: the search's end is shown whole, with its status
+    refreshJobs();
+  } else {
+    scheduleTune();
+  }
+}
+
+const TUNE_HANDLERS = {
+  started: (data) => {
+    Object.assign(search, { nTrials: data.n_trials, metric: data.metric, plannedRounds: data.params?.n_estimators ?? 0 });
+    const searched = Object.keys(data.space).join(", ");
+    $("tune-meta").textContent = `${data.model_type} · ${data.objective} · ${searched} · ${data.sampler} sampler, `
+      + `${data.pruner} pruner · ${data.parallel} at once · minimising ${data.metric}`;
+  },
+  // The server stopped while the search ran, and it goes on.
+  restarted: (data) => { $("tune-meta").textContent += ` · restarted (${data.reason})`; },
+  // No room for the trial's job yet (a full queue, the key's quota): it asks again until there is.
+  trial_waiting: (data) => Object.assign(trialOf(data), { waiting: `${data.code}: ${data.message}` }),
+  trial_started: (data) => Object.assign(trialOf(data), { params: data.params, job_id: data.job_id, waiting: null }),
+  // Its job starts over (the server stopped while it trained): so does its curve, whose rounds come again.
+  trial_restarted: (data) => { trialOf(data).curve = newCurve(); },
+  progress: (data) => {
+    // A round of a trial's job (with `history`, every round since the previous event): its metric joins the trial's curve.
+    const rounds = data.history ?? { first: data.iteration, metrics: mapValues(data.metrics, (value) => [value]) };
+    const values = rounds.metrics[search.metric];
+    if (values) addRounds(trialOf(data).curve, rounds.first, { [search.metric]: values });
+  },
+  trial_pruned: (data) => Object.assign(trialOf(data), { state: "pruned", pruned_at: data.round, value: data.value }),
+  trial_complete: (data) => {
+    const { tune_id: _, ...ended } = data; // its value, best round, rounds, model, as the leaderboard has them
+    Object.assign(trialOf(data), ended, { state: "complete" });
+  },
+  trial_failed: (data) => Object.assign(trialOf(data), { state: "failed", params: data.params, error: `${data.code}: ${data.message}` }),
+  best: (data) => { search.best = data.trial; },
+  complete: (data) => {
+    endSearch(data);
+    for (const format of ["joblib", "native"]) $(`tune-download-${format}`).href = `/artifacts/${data.artifact_id}?format=${format}`;
+    $("tune-download").hidden = !data.artifact_id;
+    if (data.importances) {
+      const ranked = Object.entries(data.importances).sort(([, a], [, b]) => b - a);
+      $("tune-importances").textContent = `Importance: ${ranked.map(([name, value]) => `${name} ${formatNumber(value)}`).join(" · ")}`;
+      $("tune-importances").hidden = false;
+    }
+    if (data.timed_out) $("tune-meta").textContent += " · stopped when its time ran out";
+  },
+  error: (data) => showTuneError(`${data.code}: ${data.message}`),
+  cancelled: (data) => {
+    endSearch(data);
+    $("tune-meta").textContent += " · cancelled";
+  },
+};
+
+function newTrial(number) {
+  return {
+    trial: number, params: {}, job_id: null, state: "running", value: null, best_iteration: null,
+    iterations: null, artifact_id: null, pruned_at: null, waiting: null, curve: newCurve(),
+  };
+}
+
+function trialOf(data) {
+  if (!search.trials.has(data.trial)) search.trials.set(data.trial, newTrial(data.trial));
+  return search.trials.get(data.trial);
+}
+
+// A search's last word: its leaderboard, the server's own account of every trial.
+function endSearch(summary) {
+  for (const { trial, ...row } of summary.leaderboard ?? []) Object.assign(trialOf({ trial }), row);
+  if (summary.best) search.best = summary.best.trial;
+}
+
+function cancelTune() {
+  return requestCancel(search, showTuneError);
+}
+
+function showTuneError(message) {
+  $("tune-error").textContent = message;
+}
+
+const scheduleTune = onNextFrame(showTune);
+
+function showTune() {
+  showTrialCounts();
+  showBest();
+  showLeaderboard();
+  drawTuneChart();
+}
+
+function showTrialCounts() {
+  const counts = { running: 0, complete: 0, pruned: 0, failed: 0 };
+  for (const trial of search.trials.values()) counts[trial.state]++;
+  const done = counts.complete + counts.pruned + counts.failed;
+  const total = Math.max(search.nTrials, search.trials.size);
+  $("tune-progress").max = total || 1;
+  $("tune-progress").value = done;
+  const running = counts.running ? ` · ${counts.running} running` : "";
+  setText("tune-counts", `${done} of ${total} trials done: ${counts.complete} complete, ${counts.pruned} pruned, ${counts.failed} failed${running}`);
+}
+
+function showBest() {
+  const best = search.trials.get(search.best);
+  $("tune-best-value").textContent = best ? `${formatNumber(best.value)} (${search.metric})` : "–";
+  $("tune-best-trial").textContent = best ? `${best.trial}${best.best_iteration ? `, best round ${best.best_iteration} of ${best.iterations}` : ""}` : "–";
+  $("tune-best-params").textContent = best ? paramsText(best.params) : "–";
+}
+
+// The trials as the server ranks them: the complete ones by value (lowest first), then the others by number.
+function rankedTrials() {
+  const trials = [...search.trials.values()];
+  const complete = trials.filter((trial) => trial.state === "complete").sort((a, b) => a.value - b.value || a.trial - b.trial);
+  return [...complete, ...trials.filter((trial) => trial.state !== "complete").sort((a, b) => a.trial - b.trial)];
+}
+
+function showLeaderboard() {
+  const ranked = rankedTrials();
+  const shown = ranked.map((trial) => [trial.trial, trial.job_id, stateText(trial), trial.value, trial.best_iteration, paramsText(trial.params), trial.trial === search.best]);
+  const fingerprint = JSON.stringify(shown);
+  if (fingerprint === search.shownRows) return; // unchanged: keep the rows, and the focus in them
+  search.shownRows = fingerprint;
+  $("leaderboard-body").replaceChildren(...ranked.map(leaderboardRow));
+}
+
+function leaderboardRow(trial) {
+  let number = String(trial.trial);
+  if (trial.job_id) { // its job, with every round of its curve, opens in the job panel
+    number = el("button", { type: "button", class: "link", "aria-label": `Open trial ${trial.trial}'s job` }, number);
+    number.addEventListener("click", () => openJob(trial.job_id));
+  }
+  const value = trial.state === "complete" || trial.state === "pruned" ? formatNumber(trial.value) : "–";
+  const cells = [number, stateText(trial), value, trial.best_iteration ?? "–", paramsText(trial.params)];
+  const row = el("tr", { "data-trial": trial.trial, "data-state": trial.state }, ...cells.map((cell) => el("td", {}, cell)));
+  row.toggleAttribute("aria-current", trial.trial === search.best);
+  if (trial.error || trial.waiting) row.title = trial.error || trial.waiting;
+  return row;
+}
+
+function stateText(trial) {
+  if (trial.state === "pruned") return `pruned at round ${trial.pruned_at}`;
+  if (trial.state === "running" && trial.waiting) return "waiting for room";
+  if (trial.state === "failed" && trial.error) return `failed (${trial.error.split(":")[0]})`;
+  return trial.state;
+}
+
+function paramsText(params) {
+  return Object.entries(params ?? {}).map(([name, value]) => `${name} ${formatNumber(value)}`).join(" · ") || "–";
+}
+
+// One path per trial. The pruned and failed ones are drawn first (faded, under the others), the best
+// last, on top. `data-rounds` is the last round charted: the rounds its job trained once it has ended.
+function drawTuneChart() {
+  const svg = $("tune-chart");
+  const trials = [...search.trials.values()];
+  const values = trials.flatMap((trial) => trial.curve.metrics[search.metric] ?? []).filter(Number.isFinite);
+  if (!startChart(svg, values, search.tuneId ? "Waiting for the first trial's rounds…" : "")) return;
+  const rounds = Math.max(search.plannedRounds, ...trials.map((trial) => trial.curve.iterations.at(-1) ?? 0), 1);
+  const scale = chartScale(niceTicks(0, rounds), niceTicks(...extent(values)));
+  drawAxes(svg, scale);
+  const layer = { pruned: 0, failed: 0, complete: 1, running: 2 };
+  const isBest = (trial) => trial.trial === search.best;
+  trials.sort((a, b) => isBest(a) - isBest(b) || layer[a.state] - layer[b.state] || a.trial - b.trial);
+  for (const trial of trials) drawTrial(svg, scale, trial, isBest(trial));
+  svgEl(svg, "text", { x: 12, y: BOX.top + PLOT.height / 2, transform: `rotate(-90 12 ${BOX.top + PLOT.height / 2})`, "text-anchor": "middle", class: "label" }, search.metric);
+  drawTuneLegend(svg, new Set(trials.map((trial) => trial.state)));
+}
+
+function drawTrial(svg, scale, trial, best) {
+  const values = trial.curve.metrics[search.metric] ?? [];
+  const { d, points } = seriesPath(scale, trial.curve.iterations, values);
+  const path = svgEl(svg, "path", {
+    d, class: `trial ${trial.state}${best ? " best" : ""}`, "data-trial": trial.trial, "data-state": trial.state,
+    "data-rounds": trial.curve.iterations.at(-1) ?? 0, "data-points": points,
+  });
+  svgEl(path, "title", {}, `trial ${trial.trial}: ${stateText(trial)}; ${paramsText(trial.params)}`);
+  const last = values.findLastIndex(Number.isFinite);
+  if (best && last >= 0) {
+    const [x, y] = [scale.x(trial.curve.iterations[last]), scale.y(values[last])];
+    const right = x > BOX.left + PLOT.width * 0.8; // keep the label inside the plot
+    svgEl(svg, "text", { x: right ? x - 6 : x + 6, y: y - 6, "text-anchor": right ? "end" : "start", class: "best-label" }, `best: trial ${trial.trial}`);
+  }
+}
+
+// What each kind of line means, for the states the chart has now.
+function drawTuneLegend(svg, states) {
+  const kinds = ["complete", "running", "pruned", "failed"].filter((state) => states.has(state)).map((state) => [state, `trial ${state}`]);
+  if (search.best !== null) kinds.unshift(["best", "trial best"]);
+  kinds.forEach(([name, classes], index) => {
+    const left = BOX.left + index * 100;
+    svgEl(svg, "line", { x1: left, x2: left + 24, y1: 14, y2: 14, class: `key ${classes}` });
+    svgEl(svg, "text", { x: left + 30, y: 18, class: "legend" }, name);
+  });
 }
 
 // ---- the jobs list: polled, faster while a listed job waits or trains; the open job's row follows its stream ----
@@ -631,6 +1070,12 @@ async function request(url, options) {
   return body;
 }
 
+// An element's text, replaced only when it changes: a screen reader may read a live region (role=status,
+// aria-live) out again whenever its text is replaced, and a status is set on every event.
+function setText(id, text) {
+  if ($(id).textContent !== text) $(id).textContent = text;
+}
+
 function el(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
   for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
@@ -671,7 +1116,8 @@ function duration(seconds) {
 // ---- start ----
 
 window.__boostream = {
-  dropConnection,
+  dropConnection: (after) => dropConnection(watch, after),
+  dropTuneConnection: (after) => dropConnection(search, after),
   // `rounds` counts the chart's rounds; with `firstRound` 1 and `lastRound` equal to it, none is missing or twice.
   state: () => ({
     jobId: watch.jobId, status: watch.status, lastEventId: watch.lastEventId, connections: watch.connections,
@@ -679,12 +1125,22 @@ window.__boostream = {
     lastRound: watch.curve.iterations.at(-1) ?? null,
   }),
   curve: () => structuredClone(watch.curve),
+  // The open search; each trial's `lastRound` is the last round its curve has, `rounds` how many it has.
+  tuneState: () => ({
+    tuneId: search.tuneId, status: search.status, lastEventId: search.lastEventId, connections: search.connections,
+    open: Boolean(search.source), nTrials: search.nTrials, metric: search.metric, best: search.best,
+    trials: rankedTrials().map(({ curve, ...trial }) => ({ ...trial, rounds: curve.iterations.length, lastRound: curve.iterations.at(-1) ?? null })),
+  }),
+  // Each trial's curve: {trial: {iterations: [...], values: [...]}}.
+  tuneCurves: () => Object.fromEntries([...search.trials.values()].map((trial) => [trial.trial, { iterations: trial.curve.iterations, values: trial.curve.metrics[search.metric] ?? [] }])),
 };
 
 async function start() {
   $("job-form").addEventListener("submit", startJob);
   $("model_type").addEventListener("change", renderBackend);
   $("cancel").addEventListener("click", cancelJob);
+  $("search-start").addEventListener("click", startSearch);
+  $("tune-cancel").addEventListener("click", cancelTune);
   $("refresh-jobs").addEventListener("click", refreshJobs);
   document.addEventListener("visibilitychange", () => document.visibilityState === "visible" && refreshJobs());
   $("sign-out").addEventListener("click", signOut);
@@ -693,7 +1149,9 @@ async function start() {
   await setupTables();
   drawChart();
   await refreshJobs();
-  if (location.hash.length > 1) openJob(decodeURIComponent(location.hash.slice(1)));
+  const opened = decodeURIComponent(location.hash.slice(1)); // #JOB_ID, or #tune/TUNE_ID
+  if (opened.startsWith("tune/")) openTune(opened.slice("tune/".length));
+  else if (opened) openJob(opened);
   document.body.dataset.ready = "true"; // for tests: the form is filled in
 }
 
