@@ -1035,9 +1035,12 @@ def _json_value(text: str) -> Any:
     false, else text (which the server checks against the parameter)."""
     for number in (int, float):
         try:
-            return number(text)
+            value = number(text)
         except ValueError:
-            pass
+            continue
+        if not math.isfinite(value):
+            raise UsageError(f"{text!r}: not a finite number (JSON has none such)")
+        return value
     return {"true": True, "false": False}.get(text.lower(), text)
 
 

@@ -427,19 +427,25 @@ class Client:
     def _post_table(
         self, body: bytes | None, kind: str, fields: Mapping[str, str], path: str = "/jobs"
     ) -> dict[str, Any]:
-        """POST /jobs (or `path`) with a table (none: a training on a dataset); a server that says
-        to come back (a full queue, bodies enough being received, a key at its rate) is asked again
-        when it says, up to `reconnects` times."""
+        """POST /jobs (or `path`) with a table (none: a training on a dataset), asked again when the
+        server says to come back (`_asked_again`)."""
+        return self._asked_again(
+            lambda: self._json(
+                "POST",
+                path,
+                params=dict(fields),
+                content=body,
+                headers={"content-type": TABLE_MEDIA_TYPES[kind]} if kind else {},
+                timeout=httpx.Timeout(self._http.timeout.connect, read=UPLOAD_ANSWER_TIMEOUT_S),
+            )
+        )
+
+    def _asked_again(self, send: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """`send`'s answer; a server that says to come back (a full queue, bodies enough being
+        received, a key at its rate) is asked again when it says, up to `reconnects` times."""
         for attempt in range(self.reconnects + 1):
             try:
-                return self._json(
-                    "POST",
-                    path,
-                    params=dict(fields),
-                    content=body,
-                    headers={"content-type": TABLE_MEDIA_TYPES[kind]} if kind else {},
-                    timeout=httpx.Timeout(self._http.timeout.connect, read=UPLOAD_ANSWER_TIMEOUT_S),
-                )
+                return send()
             except ApiError as error:
                 if error.code not in RETRIED_CODES or error.retry_after_s is None or attempt == self.reconnects:
                     raise
@@ -475,8 +481,11 @@ class Client:
     # Hyperparameter searches
 
     def start_tune(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        """POST /tunes with a JSON search request; the 202 answer (`tune_id` and its URLs)."""
-        return self._json("POST", "/tunes", json=request)
+        """POST /tunes with a JSON search request; the 202 answer (`tune_id` and its URLs). The
+        server reads and writes the search's table before it answers: as long as a training
+        request may take, and asked again as one is."""
+        timeout = httpx.Timeout(self._http.timeout.connect, read=UPLOAD_ANSWER_TIMEOUT_S)
+        return self._asked_again(lambda: self._json("POST", "/tunes", json=request, timeout=timeout))
 
     def tune(self, tune_id: str) -> dict[str, Any]:
         return self._json("GET", f"/tunes/{tune_id}")

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import shutil
 import time
 import uuid
@@ -89,20 +90,26 @@ class SearchFolder:
         shutil.rmtree(self.path, ignore_errors=True)
 
     def _append(self, name: str, line: dict[str, Any]) -> None:
-        # One write of one whole line: a reader never sees half of one, short of a crash.
-        with open(self.path / name, "ab", buffering=0) as file:
+        with open(self.path / name, "ab") as file:  # written whole, or OSError
             file.write(orjson.dumps(line) + b"\n")
 
     def _lines(self, name: str) -> Iterator[dict[str, Any]]:
+        """Its lines; a last one torn by a crash (no newline) is cut off the file, so that the
+        next line appended starts a line of its own."""
+        path = self.path / name
         try:
-            content = (self.path / name).read_bytes()
+            content = path.read_bytes()
         except FileNotFoundError:
             return
-        for line in content.splitlines():
+        whole = content.rfind(b"\n") + 1
+        if whole < len(content):
+            log.warning("%s: cut off a last line that was not written whole", path)
+            os.truncate(path, whole)
+        for line in content[:whole].splitlines():
             try:
                 yield orjson.loads(line)
-            except orjson.JSONDecodeError:  # torn by a crash: the last line, if any
-                log.warning("%s: skipped a line that was not written whole", self.path / name)
+            except orjson.JSONDecodeError:
+                log.warning("%s: skipped a line that is not JSON", path)
 
 
 class Service(Protocol):
@@ -178,12 +185,13 @@ class Searches:
             await anyio.to_thread.run_sync(record.create, search)
             # The trials read the arrays mapped from the search's files, not this request's copy.
             data = await anyio.to_thread.run_sync(save_inputs, table, spec.data)
+            tune = self._tune(search, record)
+            tuner = self._tuner(tune, search, dataclasses.replace(spec, data=data), space, record)
         except BaseException:
-            await anyio.to_thread.run_sync(record.remove)
-            await anyio.to_thread.run_sync(inputs.remove, table)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(record.remove)
+                await anyio.to_thread.run_sync(inputs.remove, table)
             raise
-        tune = self._tune(search, record)
-        tuner = self._tuner(tune, search, dataclasses.replace(spec, data=data), space, record)
         self._run(tuner, None)
         log.info("tune %s: %d trials of %s, %s", tune_id, tuner.n_trials, trainer.name, sorted(space.distributions))
         return tune
@@ -241,14 +249,29 @@ class Searches:
                 search, events, ended, written_at = await anyio.to_thread.run_sync(record.read)
                 tune = self._tune(search, record)
                 tune.replay(events, finished_at=written_at)
-            except (OSError, ValueError, KeyError, TypeError, msgspec.ValidationError) as error:
-                log.warning("%s: not a search that can be read (%s); removed", path, error)
+            except Exception as error:  # one search that cannot be read stops no server
+                log.warning("%s: not a search that can be read (%r); removed", path, error)
                 await anyio.to_thread.run_sync(record.remove)
                 continue
             self._tunes[tune.id] = tune
             if not tune.finished:
-                await self._resume(tune, search, ended)
+                try:
+                    await self._resume(tune, search, ended)
+                except Exception as error:  # nor one that cannot go on
+                    log.exception("tune %s could not go on", tune.id)
+                    await self._interrupt(tune, f"it could not go on: {error}")
         self._expire()
+        await self._sweep_tables()
+
+    async def _sweep_tables(self) -> None:
+        """The tables of searches that are not running: a search whose folder went, or that ended
+        as the server stopped. Not in a shared directory, whose tables are other servers' too."""
+        if self.settings.shared_path is not None or not self.settings.inputs_dir.is_dir():
+            return
+        running = {f"tune-{tune.id}" for tune in self._tunes.values() if not tune.finished}
+        for folder in self.settings.inputs_dir.glob("tune-*"):
+            if folder.name not in running:
+                await anyio.to_thread.run_sync(inputs.remove, folder)
 
     async def stop(self) -> None:
         """The server is stopping: each running search stops where it is, on disk, its trials'
@@ -285,15 +308,28 @@ class Searches:
                 problem = f"its search no longer fits {trainer.title}: {error}"
         if problem is not None or data is None or trainer is None:
             log.warning("tune %s was running when the server stopped; it ends interrupted: %s", tune.id, problem)
-            await self._cancel_jobs([trial.job_id for trial in tune.trials if trial.state == "running"])
-            end(tune, "failed", "error", {"code": "interrupted", "message": problem})
-            await anyio.to_thread.run_sync(inputs.remove, table)
+            await self._interrupt(tune, problem or "it cannot go on")
             return
         log.info("tune %s was running when the server stopped; it goes on", tune.id)
         spec = TrainSpec(trainer, search["objective"], search["params"], data)
         spec.artifact_format = search["artifact_format"]
         tuner = self._tuner(tune, search, spec, space, record)
         self._run(tuner, Resumed(ended, "the server restarted while the search ran"))
+
+    async def _interrupt(self, tune: Tune, problem: str) -> None:
+        """End a search that cannot go on after a restart: its running trials fail, their jobs are
+        cancelled, and it ends `failed` (`interrupted`), or `cancelled` where that was asked for."""
+        stopped = [trial for trial in tune.trials if trial.state == "running"]
+        for trial in stopped:
+            trial.state = "failed"
+            failed = {"trial": trial.number, "job_id": trial.job_id, "params": trial.params}
+            tune.emit("trial_failed", {**failed, "code": "interrupted", "message": problem, "field": None})
+        await self._cancel_jobs([trial.job_id for trial in stopped])
+        if tune.cancel_requested:
+            end(tune, "cancelled", "cancelled", {"message": f"the search was cancelled; {problem}"})
+        else:
+            end(tune, "failed", "error", {"code": "interrupted", "message": problem})
+        await anyio.to_thread.run_sync(inputs.remove, self._table_folder(tune.id))
 
     async def _cancel_jobs(self, job_ids: list[str | None]) -> None:
         for job_id in job_ids:

@@ -237,35 +237,45 @@ class Tune(EventLog):
     def emit(self, kind: str, data: dict[str, Any]) -> None:
         event = Event(len(self.events) + 1, kind, orjson.dumps({"tune_id": self.id, **data}).decode())
         if self._journal is not None:
-            self._journal(event)  # first: an event followed is an event kept
+            try:
+                self._journal(event)  # first: an event followed is an event kept
+            except OSError:  # a full disk, say: the search goes on; a restart would lose it
+                log.exception("tune %s: event %d could not be kept on disk", self.id, event.id)
         self.append(event)
+
+    def next_number(self) -> int:
+        return self.trials[-1].number + 1 if self.trials else 0
 
     def replay(self, events: list[Event], finished_at: float | None) -> None:
         """The state its events say it reached: its trials, its best, how it ended; and for each
-        running trial, the last event of its job that it read."""
+        running trial, the last event of its job that it read. A trial is known from its first
+        event, whichever it is: trials start in any order, and some end without starting."""
+        trials: dict[int, Trial] = {}
         for event in events:
             self.append(event)
             data = orjson.loads(event.json)
             number = data.get("trial")
+            if event.type in ("trial_waiting", "trial_started", *TRIAL_ENDS):
+                trial = trials.setdefault(number, Trial(number, data.get("params") or {}))
             if event.type == "trial_started":
-                self.trials.append(Trial(number, data["params"], data["job_id"]))
+                trial.params, trial.job_id = data["params"], data["job_id"]
             elif event.type in ("progress", "trial_restarted") and "job_event" in data:
                 self.job_events[number] = data["job_event"]
             elif event.type in TRIAL_ENDS:
-                trial = self.trials[number]
                 trial.state = TRIAL_ENDS[event.type]
                 trial.value = data.get("value")
                 trial.pruned_at = data.get("round")
                 for name in ("best_iteration", "iterations", "artifact_id"):
                     setattr(trial, name, data.get(name))
             elif event.type == "best":
-                self.best = self.trials[number]
+                self.best = trials[number]
             elif event.type == "restarted":
                 self.restarts += 1
             elif event.type in ENDINGS:
                 self.status, self.finished_at = ENDINGS[event.type], data.get("finished_at", finished_at)
                 if event.type == "error":
                     self.error = {"code": data["code"], "message": data["message"]}
+        self.trials = sorted(trials.values(), key=lambda trial: trial.number)
 
     @property
     def finished(self) -> bool:
@@ -341,7 +351,12 @@ class Tuner:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         rounds = trainer.rounds(validate_params(trainer.params, {**params, **space.largest}))
         self.study = optuna.create_study(
-            direction="minimize", sampler=_sampler(options, space), pruner=pruner(options.pruner, rounds)
+            # Named: the hyperband pruner puts a trial in its bracket by a hash of the study's name,
+            # so a seeded search's is its seed's (the same trials), another's its own.
+            study_name=tune.id if options.seed is None else f"search-{options.seed}",
+            direction="minimize",
+            sampler=_sampler(options, space),
+            pruner=pruner(options.pruner, rounds),
         )
         self.n_trials = options.n_trials
         if options.sampler == "grid":
@@ -377,7 +392,9 @@ class Tuner:
                     slots = anyio.Semaphore(options.parallel)
                     for trial, optuna_trial in self._restore(resumed) if resumed else ():
                         await slots.acquire()
-                        trials.start_soon(self._follow_trial, trial, optuna_trial, slots)
+                        # Followed where its job is; started where it had none yet.
+                        restore = self._follow_trial if trial.job_id else self._trial
+                        trials.start_soon(restore, trial, optuna_trial, slots)
                     for _ in range(self.n_trials - len(tune.trials)):
                         await slots.acquire()
                         if tune.cancel_requested or self.timed_out:
@@ -388,14 +405,18 @@ class Tuner:
                             self._tell(optuna_trial, state="FAIL")
                             slots.release()
                             break
-                        trial = Trial(len(tune.trials), dict(optuna_trial.params))
+                        trial = Trial(tune.next_number(), dict(optuna_trial.params))
                         tune.trials.append(trial)
                         trials.start_soon(self._trial, trial, optuna_trial, slots)
                 outer.cancel_scope.cancel()  # every trial has ended: the watch too
         except Exception as error:  # a failure of the search itself, not of a trial
             log.exception("tune %s failed", tune.id)
             with anyio.CancelScope(shield=True):
-                await self.stop_trials()
+                # Not `stop_trials`: each trial's task, cancelled by now, has let its job go.
+                for trial in tune.trials:
+                    if trial.state == "running" and trial.job_id is not None:
+                        with contextlib.suppress(Exception):
+                            await self._cancel(trial.job_id)
                 self._end("failed", "error", {"code": "internal_error", "message": f"the search failed: {error}"})
                 await anyio.to_thread.run_sync(inputs.remove, self.folder)
             return
@@ -435,7 +456,8 @@ class Tuner:
                 running.append((trial, self.study.ask(self.space.distributions)))
         if self.tune.options.sampler == "grid":
             # The grid sampler counts as done only the points it handed out itself: the rest of
-            # the grid is handed out as fixed trials instead, in order.
+            # the grid is handed out as fixed trials instead, in order, and no sampler asked.
+            self.study.sampler = optuna.samplers.RandomSampler(self.tune.options.seed)
             grid = self.space.grid
             seen = {tuple(trial.params[name] for name in grid) for trial in self.tune.trials}
             for point in itertools.product(*grid.values()):
@@ -479,7 +501,8 @@ class Tuner:
                     await anyio.to_thread.run_sync(inputs.remove, incoming)
                 if isinstance(error, QueueFull):  # no room for it yet: it waits, as a client would
                     if not waited:
-                        waiting = {"trial": trial.number, "code": error.code, "message": error.message}
+                        waiting = {"trial": trial.number, "params": trial.params, "code": error.code,
+                                   "message": error.message}  # fmt: skip
                         tune.emit("trial_waiting", {**waiting, "retry_after_s": error.retry_after_s})
                     waited = True
                     await anyio.sleep(min(max(error.retry_after_s, WAIT_MIN_S), WAIT_MAX_S))

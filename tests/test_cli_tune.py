@@ -99,6 +99,8 @@ def test_ctrl_c_cancels_the_search_and_leaves_no_trial_running(server: Server, t
         (["--search", "num_leaves"], "NAME=LOW..HIGH"),
         (["--search", "num_leaves=a..b"], "a range's ends are numbers"),
         (["--search", "learning_rate=0.01..0.3:lin"], "not :lin"),
+        (["--search", "lambda_l1=nan,1"], "not a finite number"),
+        (["--search", "lambda_l1=0..inf"], "not a finite number"),
         (["--search", "num_leaves=4,8", "--search", "num_leaves=2..8"], "--search num_leaves is given twice"),
         (["--search", "num_leaves=4,8", "--param", "target=x"], "not a hyperparameter"),
         (["--search", "num_leaves=4,8", "--detach", "--out", "model.txt"], "drop --detach"),

@@ -139,22 +139,30 @@ def test_a_search_out_of_time_stops_its_trials(server: Server):
             assert client.get(f"/jobs/{trial['job_id']}").json()["status"] == "cancelled"
 
 
-def test_the_same_seed_one_trial_at_a_time_gives_the_same_trials(server: Server):
+@pytest.mark.parametrize("pruner", ["none", "hyperband"])
+def test_the_same_seed_one_trial_at_a_time_gives_the_same_trials(server: Server, pruner: str):
     X, y = load_diabetes(return_X_y=True)
     body = {
         "X": X.tolist(), "y": y.tolist(), "valid_fraction": 0.2, "params": {"n_estimators": 40},
         "search": {"num_leaves": {"low": 4, "high": 64}, "lambda_l2": {"low": 0.001, "high": 10.0, "log": True}},
-        "n_trials": 8, "parallel": 1, "seed": 5, "pruner": "none",
+        "n_trials": 8, "parallel": 1, "seed": 5, "pruner": pruner,
     }  # fmt: skip
     runs = []
     for _ in range(2):
         events = tune_stream(server, body)
+        # Each trial's params and how it ended: its value, or the round it was pruned at.
         runs.append(
-            [(e.data["trial"], e.data["params"], e.data["value"]) for e in events if e.type == "trial_complete"]
+            [
+                (e.data["trial"], e.type, e.data.get("params"), e.data.get("value"), e.data.get("round"))
+                for e in events
+                if e.type in ("trial_complete", "trial_pruned")
+            ]
         )
     assert len(runs[0]) == 8 and runs[0] == runs[1]
     other = tune_stream(server, {**body, "seed": 6})
-    assert [e.data["params"] for e in other if e.type == "trial_complete"] != [params for _, params, _ in runs[0]]
+    assert [e.data["params"] for e in other if e.type == "trial_started"] != [
+        e.data["params"] for e in events if e.type == "trial_started"
+    ]
 
 
 def test_cancel_ends_the_search_cancelled_with_no_trial_left_running(server: Server):

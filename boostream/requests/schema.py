@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from boostream.models.artifacts import FORMATS as ARTIFACT_FORMATS
-from boostream.requests.spec import DATASET_FIELDS, TABLE_FIELDS, TrainOptions
+from boostream.requests.spec import DATA_FIELDS, DATASET_FIELDS, TABLE_FIELDS, TrainOptions
 from boostream.trainers.base import OBJECTIVES, Trainer, params_schema
 from boostream.tuning import MAX_TRIALS, PRUNERS, SAMPLERS
 
@@ -149,7 +149,11 @@ def tune_request_schema(train_request: dict[str, Any]) -> dict[str, Any]:
             },
         },
     )
-    # The table: X and y, or a dataset.
+    # The table: X and y, or a dataset, whose columns are named in it (nothing of a JSON table beside it).
     required = [name for name in schema["required"] if name not in ("X", "y")]
-    tables = [{"required": ["X", "y"]}, {"required": ["dataset"]}]
+    beside_a_dataset = [*DATA_FIELDS, "feature_names", "categorical"]
+    tables = [
+        {"required": ["X", "y"], "not": {"required": ["dataset"]}},
+        {"required": ["dataset"], "not": {"anyOf": [{"required": [name]} for name in beside_a_dataset]}},
+    ]
     return {**schema, "required": [*required, "search"], "oneOf": tables}
