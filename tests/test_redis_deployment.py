@@ -308,4 +308,8 @@ def test_with_a_shared_directory_tables_go_through_it_and_none_is_left(tmp_path:
         upload = post_table(a, body, PARQUET, path="/jobs", target="y", n_estimators=20)
         assert upload.status_code == 202, upload.text
         check_log(events_from(a, upload.json()["job_id"]), "complete")
+        # The worker drops a table just after it writes the job's end: a moment after a client reads it.
+        deadline = time.monotonic() + 10
+        while list((shared / "inputs").iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.05)
     assert [path.name for path in (shared / "inputs").iterdir()] == [], "each table is removed once its job ends"
