@@ -36,13 +36,13 @@ import msgspec
 import orjson
 
 from boostream.config import Settings
-from boostream.errors import Conflict, NotFound, quotable
+from boostream.errors import BoostreamError, Conflict, NotFound, quotable
 from boostream.jobs import inputs
 from boostream.jobs.engine import JobEngine
 from boostream.jobs.records import MAX_ATTEMPTS, Event, JobRecord
 from boostream.keys import Caller
 from boostream.requests.json_body import decode_tune_request
-from boostream.requests.spec import TrainSpec
+from boostream.requests.spec import DATASET_FIELDS, TABLE_FIELDS, TrainSpec
 from boostream.trainers.base import OBJECTIVE_METRICS, Availability, Backend, TrainingData, validate_params
 from boostream.tuning import Resumed, Tune, TuneOptions, Tuner, check_search, end, save_inputs
 
@@ -159,7 +159,7 @@ class Searches:
         found, request = await anyio.to_thread.run_sync(
             decode_tune_request, body, service.trainers, service.unavailable, settings.max_cells
         )
-        spec = found or await service.decode_on_dataset(caller, request.dataset_fields(), request.params)
+        spec = found or await self._on_dataset(caller, request.dataset_fields(), request.params)
         spec.timeout_s = None  # the search's, not its trials'
         trainer = spec.trainer
         options = request.tune_options()
@@ -195,6 +195,16 @@ class Searches:
         self._run(tuner, None)
         log.info("tune %s: %d trials of %s, %s", tune_id, tuner.n_trials, trainer.name, sorted(space.distributions))
         return tune
+
+    async def _on_dataset(self, caller: Caller, fields: dict[str, str], params: dict[str, Any]) -> TrainSpec:
+        """A search's table from a dataset, as a training request on it takes it; an error names
+        the field where the search request has it (`dataset.target`, not `target`)."""
+        try:
+            return await self.service.decode_on_dataset(caller, fields, params)
+        except BoostreamError as error:
+            if error.field in TABLE_FIELDS | DATASET_FIELDS:
+                error.field = f"dataset.{error.field}"
+            raise
 
     def get(self, caller: Caller, tune_id: str) -> Tune:
         """The search, if `caller` may see it: another key's is as unknown as one that never was."""

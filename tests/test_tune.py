@@ -284,7 +284,7 @@ BAD_ON_DATASET = [
     ("no dataset id", {"dataset": {"target": "t"}}, 422, "dataset.dataset_id"),
     ("feature names beside a dataset", {"dataset": {"dataset_id": "d"}, "feature_names": ["a"]}, 422,
      "feature_names"),
-    ("an unknown dataset", {"dataset": {"dataset_id": "nope", "target": "t"}}, 404, "dataset_id"),
+    ("an unknown dataset", {"dataset": {"dataset_id": "nope", "target": "t"}}, 404, "dataset.dataset_id"),
 ]  # fmt: skip
 
 
