@@ -68,7 +68,8 @@ STATUS_TEXT = {
 }
 # Every route may answer these: the access checks come first.
 ALWAYS = (401, 421, 429)
-SUBMIT_ERRORS = (400, 403, 408, 411, 413, 415, 422, 503, 507)
+# 404: a dataset the request names is not (or no longer) there.
+SUBMIT_ERRORS = (400, 403, 404, 408, 411, 413, 415, 422, 503, 507)
 
 
 def openapi_document(service: Service) -> dict[str, Any]:
@@ -332,7 +333,7 @@ def openapi_document(service: Service) -> dict[str, Any]:
                     "tune_stream",
                     "Run a hyperparameter search, each trial a job, and stream its events to its end.",
                     {200: {"description": "The search's events.", "content": {EVENT_STREAM: {"schema": SSE_EVENT}}}},
-                    400, 403, 408, 411, 413, 415, 422, 503, 507,
+                    *SUBMIT_ERRORS,
                 ),  # fmt: skip
                 "requestBody": tune_body,
             }
@@ -343,7 +344,7 @@ def openapi_document(service: Service) -> dict[str, Any]:
                     "create_tune",
                     "Start a hyperparameter search; follow it by the URLs answered.",
                     {202: _json("TuneCreated", headers={"Location": {"schema": {"type": "string"}}})},
-                    400, 403, 408, 411, 413, 415, 422, 503, 507,
+                    *SUBMIT_ERRORS,
                 ),  # fmt: skip
                 "requestBody": tune_body,
             },
