@@ -183,6 +183,8 @@ TIMESTAMPS = pa.table({"a": [1.0, 2.0], "when": pa.array([0, 1], pa.timestamp("s
 BAD_UPLOADS = [
     # (what is wrong, body, content type, status, field, words)
     ("a training body as JSON", b'{"X": [[1]], "y": [1]}', "application/json", 400, "columns", '{"columns": {'),
+    ("a JSON column name with a NUL", b'{"columns": {"a\\u0000b": [1, 2]}}', "application/json", 400, "columns",
+     "NUL character"),
     ("JSON columns of two lengths", b'{"columns": {"a": [1, 2], "b": [1]}}', "application/json", 400, "columns",
      "its columns have [1, 2] values"),
     ("a text body", b"a,b", "text/plain", 415, None, "application/vnd.apache.parquet"),

@@ -250,6 +250,8 @@ def decode_json_dataset(body: bytes | bytearray, max_cells: int, keep: Callable[
         raise InvalidData("columns", shape)
     lists: dict[str, simdjson.Array] = {}
     for name in columns.keys():
+        if "\x00" in name:  # simdjson finds no such key (a C string ends there), and no reader wants one
+            raise InvalidData("columns", f"column name {quotable(name)!r} holds a NUL character")
         values = columns[name]
         if not isinstance(values, simdjson.Array):
             raise InvalidData("columns", f"column {name!r} is not a list: {shape}")

@@ -466,6 +466,11 @@ def openapi_document(service: Service) -> dict[str, Any]:
         paths["/jobs"]["post"], "202", "job_id", ("job_status", "job_events", "job_result", "cancel_job", "delete_job")
     )
     _link(paths["/jobs/{job_id}"]["get"], "200", "artifact_id", ("download_artifact", "artifact_metadata"))
+    _link(
+        paths["/tunes"]["post"], "202", "tune_id",
+        ("tune_status", "tune_events", "tune_result", "cancel_tune", "delete_tune"),
+    )  # fmt: skip
+    _link(paths["/datasets"]["post"], "201", "dataset_id", ("dataset", "delete_dataset"))
     return {
         "openapi": "3.1.0",
         "info": {
