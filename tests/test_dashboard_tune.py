@@ -1,13 +1,14 @@
 """The dashboard's search view, driven in a real Chromium against a server of its own: a search
-started from the page's form on a bundled demo table (parsed in the page and sent as JSON) and
-watched to its end: one curve per trial, as many rounds as the trial's job trained, the pruned ones
-faded and the best one on top; the leaderboard and the best as the server has them; the best model
-downloadable; its events followed again after dropped connections without a point lost or twice.
-Then a search cancelled with its button, which leaves no trial's job running; a search followed
-across a restart of the server, each trial's curve starting over with its job; a CSV with text
-searched with that text as categories; and refusals explained next to the form. The browser
-fixtures and the skip reasons are test_dashboard's; the finished search's screenshot is saved as
-`dashboard-tune.png` beside its `dashboard.png`.
+started from the page's form on a bundled demo table (uploaded as a dataset, which the page deletes
+once the search has started) and watched to its end: one curve per trial, as many rounds as the
+trial's job trained, the pruned ones faded and the best one on top; the leaderboard and the best as
+the server has them; the best model downloadable; its events followed again after dropped
+connections without a point lost or twice. Then a search cancelled with its button, which leaves no
+trial's job running; a search followed across a restart of the server, each trial's curve starting
+over with its job; a CSV with text searched with that text as categories; a Parquet file searched;
+and refusals explained next to the form, leaving no dataset behind. The browser fixtures and the
+skip reasons are test_dashboard's; the finished search's screenshot is saved as `dashboard-tune.png`
+beside its `dashboard.png`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
 import pytest
 from test_dashboard import Dashboard, artifacts_dir, browser, open_dashboard  # noqa: F401 - browser: a fixture
 
@@ -25,6 +28,7 @@ import conftest
 from conftest import Server, parse_sse, running_server_process, start_server
 
 TABLE, TARGET = "breast_cancer.csv", "diagnosis"
+DEMO = Path(__file__).parent.parent / "boostream" / "dashboard" / "static" / "demo"
 ROUNDS = 1000
 # About three seconds of search on two cores: 8 trials of 1000 rounds, two at a time. The learning
 # rate is searched from 0.001: seed 2 draws rates under 0.003 for the last trials, which learn too
@@ -81,13 +85,23 @@ def fill_search(dashboard: Dashboard, table: str, n_estimators: int, **settings:
 
 
 def start_search(dashboard: Dashboard) -> str:
-    """Click Search; the new search's id, once the page follows it."""
+    """Click Search; the new search's id, once the page follows it (and has deleted the dataset it
+    uploaded: the search keeps its own copy of the table)."""
     dashboard.page.click("#search-start")
     wait_for_tune(dashboard, "t.tuneId || document.querySelector('#form-error').textContent")
     assert dashboard.page.text_content("#form-error") == ""
     tune_id: str = tune_state(dashboard)["tuneId"]
     assert dashboard.page.is_visible("#tune") and dashboard.page.text_content("#tune-id") == tune_id
+    assert datasets_left(dashboard.server) == [], "the page deleted its dataset once the search started"
     return tune_id
+
+
+def datasets_left(server: Server) -> list[Any]:
+    with server.client() as client:
+        listed = client.get("/datasets")
+    assert listed.status_code == 200, listed.text
+    datasets: list[Any] = listed.json()["datasets"]
+    return datasets
 
 
 def tune_events(server: Server, tune_id: str) -> list[Any]:
@@ -285,8 +299,9 @@ def test_a_search_is_followed_across_a_restart_of_the_server(
 
 
 def test_a_table_with_text_is_searched_with_its_text_as_categories(dashboard: Dashboard, tmp_path: Path):
-    """A CSV of one's own, a column of words among its features: the page sends it as a categorical
-    feature (the JSON way), and the best model has it so; the unnamed index column is left out."""
+    """A CSV of one's own, a column of words among its features: the page names it as a categorical
+    feature of the dataset it uploads (a CSV's text is a category only where named), and the best
+    model has it so; the unnamed index column is left out, as the target list leaves it out."""
     path = tmp_path / "fruit.csv"
     with open(path, "w", newline="") as file:
         writer = csv.writer(file)
@@ -324,7 +339,20 @@ def test_a_refused_search_is_explained_next_to_the_form(dashboard: Dashboard, tm
     assert page.is_hidden("#tune") and tune_state(dashboard)["tuneId"] is None
     assert dashboard.problems and all("422" in problem for problem in dashboard.problems), dashboard.problems
 
-    # A Parquet file cannot be read in the page: the search says so, and sends nothing.
+    assert datasets_left(dashboard.server) == [], "the dataset of a refused search is deleted"
+
+    # A target the table does not have: the server names it (as the search's dataset.target).
+    dashboard.problems.clear()
+    page.fill("#search-num_leaves-low", "8")
+    page.fill("#target", "nope")
+    page.click("#search-start")
+    page.wait_for_selector("#target[aria-invalid=true]")
+    assert page.text_content("#form-error").startswith("dataset.target: the table has no column 'nope'")
+    assert page.get_attribute("#search-num_leaves-low", "aria-invalid") is None
+    assert page.is_hidden("#tune") and datasets_left(dashboard.server) == []
+    assert dashboard.problems and all("422" in problem or "400" in problem for problem in dashboard.problems)
+
+    # A file the server cannot read as Parquet: refused as it is uploaded, the file marked.
     dashboard.problems.clear()
     path = tmp_path / "table.parquet"
     path.write_bytes(b"PAR1")
@@ -333,5 +361,33 @@ def test_a_refused_search_is_explained_next_to_the_form(dashboard: Dashboard, tm
     page.fill("#target", TARGET)
     page.click("#search-start")
     page.wait_for_selector("#file[aria-invalid=true]")
-    assert "makes from a CSV file only" in page.text_content("#form-error")
-    assert page.is_hidden("#tune") and dashboard.problems == []
+    assert page.text_content("#form-error").startswith("file: ")
+    assert page.is_hidden("#tune") and tune_state(dashboard)["tuneId"] is None
+    assert datasets_left(dashboard.server) == []
+    assert dashboard.problems and all("400" in problem for problem in dashboard.problems), dashboard.problems
+
+
+def test_a_parquet_file_is_searched(dashboard: Dashboard, tmp_path: Path):
+    """A Parquet file of one's own (a demo table written by pyarrow), its target named by hand: the
+    page uploads it as it is, and the best model's features are the file's other columns."""
+    path = tmp_path / "iris.parquet"
+    table = pcsv.read_csv(DEMO / "iris.csv")
+    pq.write_table(table, path)
+    target = "species"
+    page = dashboard.page
+    page.select_option("#table", "")
+    page.set_input_files("#file", path)
+    page.fill("#target", target)
+    page.select_option("#objective", "multiclass")
+    page.fill("#param-n_estimators", "20")
+    page.fill("#n_trials", "2")
+    tune_id = start_search(dashboard)
+    page.wait_for_selector("#tune-status[data-status=succeeded]", timeout=30_000)
+    assert page.text_content("#tune-counts") == "2 of 2 trials done: 2 complete, 0 pruned, 0 failed"
+    with dashboard.server.client() as client:
+        result = client.get(f"/tunes/{tune_id}/result").json()
+    assert result["trials"]["complete"] == 2 and result["metric"] == "valid_multi_logloss"
+    model = httpx.get(dashboard.server.url + page.get_attribute("#tune-download-native", "href")).text
+    features = [name for name in table.column_names if name != target]
+    assert f"\nfeature_names={' '.join(features)}\n" in model
+    assert dashboard.problems == []

@@ -21,9 +21,8 @@ const SEARCHABLE = [
   { name: "feature_fraction", low: 0.5, high: 1, log: false, searched: false },
   { name: "lambda_l2", low: 0.001, high: 10, log: true, searched: false },
 ];
-// A CSV cell that is a number, and those that mean a missing value (as the server's CSV reader has them).
-const NUMBER = /^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$/;
-const MISSING = new Set(["", "NA", "N/A", "n/a", "NaN", "nan", "null", "NULL"]);
+// A dataset column's Arrow type that holds text (`GET /datasets/{id}`'s `columns`).
+const TEXT_TYPES = new Set(["string", "large_string", "string_view"]);
 const STATUS_AFTER = {
   queued: "queued", restarted: "queued", started: "running", progress: "running",
   complete: "succeeded", error: "failed", cancelled: "cancelled",
@@ -192,7 +191,7 @@ async function tableChanged() {
   target.placeholder = columns.length ? "" : "the label column's name";
 }
 
-// The table to send: a bundled demo or the picked file, with its media type; null when none is picked.
+// The table to send: a bundled demo or the picked file, with its media type and name; null when none is picked.
 async function chosenTable() {
   const demo = DEMOS.find((candidate) => candidate.file === $("table").value);
   if (demo) {
@@ -201,13 +200,13 @@ async function chosenTable() {
       if (!response.ok) throw new Error(`Cannot load the demo table ${demo.file}: ${response.status}`);
       demoBlobs.set(demo.file, await response.blob());
     }
-    return { blob: demoBlobs.get(demo.file), type: TABLE_TYPES.csv };
+    return { blob: demoBlobs.get(demo.file), type: TABLE_TYPES.csv, name: demo.file };
   }
   const file = $("file").files[0];
   if (!file) return null;
   const type = TABLE_TYPES[file.name.split(".").pop().toLowerCase()];
   if (!type) throw new Error(`${file.name} is neither .csv nor .parquet`);
-  return { blob: file, type };
+  return { blob: file, type, name: file.name };
 }
 
 // The names in a CSV's first line; unnamed columns, such as an index, left out.
@@ -242,39 +241,6 @@ function csvRows(text, limit = Infinity) {
   return rows;
 }
 
-// The chosen table as a JSON request's arrays, for a search (which takes JSON only). A CSV is parsed
-// here: a column all of numbers (or missing values) is numbers, any other is text, sent as a
-// categorical feature (or as class labels, for the target). A Parquet file cannot be read in the page.
-async function tableAsJson(target) {
-  const table = await chosenTable();
-  if (!table) throw fieldError("Pick a CSV file first.", "file");
-  if (table.type !== TABLE_TYPES.csv) {
-    throw fieldError("A search sends its table as JSON, which this page makes from a CSV file only: pick a CSV (Start training takes Parquet as it is).", "file");
-  }
-  const [header = [], ...rows] = csvRows(await table.blob.text());
-  const ragged = rows.findIndex((row) => row.length !== header.length);
-  if (ragged >= 0) throw fieldError(`Row ${ragged + 1} of the table has ${rows[ragged].length} fields, but its header ${header.length}.`, "file");
-  const named = header.map((name, index) => ({ name, index })).filter(({ name }) => name.trim() !== "");
-  const label = named.find(({ name }) => name === target);
-  if (!label) throw fieldError(`The table has no column named ${JSON.stringify(target)}.`, "target");
-  const features = named.filter((column) => column !== label);
-  const columns = features.map(({ index }) => csvColumn(rows, index));
-  return {
-    X: rows.map((_, r) => columns.map((column) => column.values[r])),
-    y: csvColumn(rows, label.index).values,
-    feature_names: features.map(({ name }) => name),
-    ...(columns.some((column) => column.text) && { categorical: features.filter((_, c) => columns[c].text).map(({ name }) => name) }),
-  };
-}
-
-// One CSV column's values: numbers where every cell is a number or missing (null), else its text.
-function csvColumn(rows, index) {
-  const cells = rows.map((row) => row[index].trim());
-  const text = cells.some((cell) => !MISSING.has(cell) && !NUMBER.test(cell));
-  const values = cells.map((cell) => (MISSING.has(cell) ? null : text ? cell : Number(cell)));
-  return { text, values };
-}
-
 async function startJob(event) {
   event.preventDefault();
   showFormError("");
@@ -297,18 +263,27 @@ async function startJob(event) {
   }
 }
 
-// A search: the form's table (as JSON), target, backend, objective, validation share and fixed
-// hyperparameters (but those searched), and the search editor's ranges and settings.
+// A search: the form's table, uploaded once as a dataset, with its target, backend, objective,
+// validation share and fixed hyperparameters (but those searched), and the search editor's ranges
+// and settings. The dataset is deleted once the search has started (it keeps its own copy of the
+// table) or was refused.
 async function startSearch() {
   showFormError("");
   const button = $("search-start");
   button.disabled = true;
+  let columns;
   try {
     const target = $("target").value.trim();
     if (!target) throw fieldError("Name the target column.", "target");
     const space = searchSpace();
+    const table = await chosenTable();
+    if (!table) throw fieldError("Pick a CSV or Parquet file first.", "file");
+    const dataset = await request(`/datasets?${new URLSearchParams({ name: table.name })}`, {
+      method: "POST", headers: { "content-type": table.type }, body: table.blob,
+    });
+    columns = dataset.columns.map(({ name }) => name);
     const body = {
-      ...(await tableAsJson(target)),
+      dataset: datasetFields(dataset, target),
       model_type: $("model_type").value,
       objective: $("objective").value,
       valid_fraction: numberOrNothing("valid_fraction"),
@@ -320,14 +295,39 @@ async function startSearch() {
       sampler: $("sampler").value,
       seed: numberOrNothing("seed"),
     };
-    const created = await request("/tunes", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    let created;
+    try {
+      created = await request("/tunes", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    } finally {
+      await deleteDataset(dataset.dataset_id);
+    }
     openTune(created.tune_id);
     refreshJobs();
   } catch (error) {
-    showFormError(error.message, error.field);
+    showFormError(error.message, error.field, columns);
   } finally {
     button.disabled = false;
   }
+}
+
+// What a search names of its dataset, in a table request's fields (as Start training sends them):
+// the target; every other column a feature, but for unnamed ones (an index), left out as the target
+// list leaves them out; and, of a CSV, whose text columns are categories only where named, the
+// columns the server read as text. A Parquet file's string columns are categories unnamed.
+function datasetFields(dataset, target) {
+  const fields = { dataset_id: dataset.dataset_id, target };
+  const others = dataset.columns.filter(({ name }) => name !== target);
+  const named = others.filter(({ name }) => name.trim() !== "");
+  if (named.length < others.length) fields.features = named.map(({ name }) => name).join(",");
+  const text = named.filter(({ type }) => TEXT_TYPES.has(type)).map(({ name }) => name);
+  if (dataset.format === "csv" && text.length) fields.categorical = text.join(",");
+  return fields;
+}
+
+// A dataset the page uploaded, once it is of no more use; one left behind (a lost connection)
+// expires on the server by itself.
+async function deleteDataset(datasetId) {
+  await fetch(`/datasets/${encodeURIComponent(datasetId)}`, { method: "DELETE" }).catch(() => {});
 }
 
 // The ticked rows of the search editor: {name: {low, high, log}}.
@@ -361,16 +361,22 @@ function fieldError(message, field) {
   return Object.assign(new Error(message), { field });
 }
 
-function showFormError(message, field) {
+// The form's error; the input its `field` names marked. `columns`: the table's, where a refusal
+// may name one of them (by default those of the CSV header read for the target list).
+function showFormError(message, field, columns = [...$("columns").options].map((option) => option.value)) {
   $("form-error").textContent = message && field ? `${field}: ${message}` : message;
   document.querySelectorAll("[aria-invalid]").forEach((node) => node.removeAttribute("aria-invalid"));
-  const input = field && fieldInput(field);
+  const input = field && fieldInput(field, columns);
   if (input) input.setAttribute("aria-invalid", "true");
 }
 
-// The input a refusal's field names: a form input by its id, `params.x` or `x` a hyperparameter,
-// `search.x.low` (or `search.x`) a row of the search editor.
-function fieldInput(field) {
+// The input a refusal's field names: `target` (a search's `dataset.target`, or the target's own
+// column) the target; `file`, a search's other `dataset.x` and any other column of the table the
+// table; `search.x.low` (or `search.x`) a row of the search editor; else a form input by its id,
+// `params.x` or `x` a hyperparameter.
+function fieldInput(field, columns) {
+  if (field === "target" || field === "dataset.target" || field === $("target").value.trim()) return $("target");
+  if (field === "file" || field.startsWith("dataset.") || columns.includes(field)) return $("file-row").hidden ? $("table") : $("file");
   const searched = /^search\.([^.]+)(?:\.(low|high|log))?$/.exec(field);
   if (searched) return $(`search-${searched[1]}-${searched[2] ?? "low"}`);
   if (field === "search") return $("search-params").querySelector("input");
