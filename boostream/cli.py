@@ -1297,11 +1297,21 @@ def _say(text: str) -> None:
 # Progress display
 
 
-class ProgressDisplay:
-    """A job's events as text. On a terminal the progress line is redrawn in place (`\\r`), at most
-    every `redraw_s`; elsewhere (logs, CI, pipes) a progress line is printed at most every
-    `interval_s`, so a log stays short however fast the rounds come. The last round, and the
-    latest one before any other line, are always shown."""
+class _Display:
+    """Events as text on `stream`: on a terminal, what changes is redrawn in place at most every
+    `redraw_s`; elsewhere (logs, CI, pipes) printed at most every `interval_s`, so that a log stays
+    short however fast events come."""
+
+    def __init__(self, stream: TextIO, interval_s: float, redraw_s: float, clock: Callable[[], float]) -> None:
+        self.stream = stream
+        self.interactive = stream.isatty()
+        self.interval_s = redraw_s if self.interactive else interval_s
+        self._clock = clock
+
+
+class ProgressDisplay(_Display):
+    """A job's events as text (`_Display`): its progress line redrawn in place (`\\r`) on a
+    terminal. The last round, and the latest one before any other line, are always shown."""
 
     def __init__(
         self,
@@ -1310,10 +1320,7 @@ class ProgressDisplay:
         redraw_s: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.stream = stream
-        self.interactive = stream.isatty()
-        self.interval_s = redraw_s if self.interactive else interval_s
-        self._clock = clock
+        super().__init__(stream, interval_s, redraw_s, clock)
         self._held: dict[str, Any] | None = None  # the latest progress, not shown yet
         self._shown_at = -math.inf
         self._bar_drawn = False  # on a terminal: the cursor is at the end of a progress line
@@ -1357,11 +1364,11 @@ class ProgressDisplay:
         self.stream.flush()
 
 
-class TuneDisplay:
-    """A search's events as text: a line as each trial ends and as the best changes; on a
-    terminal, below them, a block redrawn in place (at most every `redraw_s`): the trials done,
-    the leaderboard so far and the running trials' rounds. Elsewhere (logs, CI, pipes) that block
-    is a one-line summary at most every `interval_s`. When the search ends, its leaderboard."""
+class TuneDisplay(_Display):
+    """A search's events as text (`_Display`): a line as each trial ends and as the best changes;
+    on a terminal, below them, a block redrawn in place: the trials done, the leaderboard so far
+    and the running trials' rounds; in a log, a one-line summary instead. When the search ends,
+    its leaderboard."""
 
     def __init__(
         self,
@@ -1370,10 +1377,7 @@ class TuneDisplay:
         redraw_s: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.stream = stream
-        self.interactive = stream.isatty()
-        self.interval_s = redraw_s if self.interactive else interval_s
-        self._clock = clock
+        super().__init__(stream, interval_s, redraw_s, clock)
         self._shown_at = clock()
         self._drawn = 0  # on a terminal: the lines of the live block below the cursor's line
         self.metric = "value"
