@@ -93,6 +93,17 @@ class TrainingFailed(Exception):
         self.field = field
 
 
+class SearchFailed(Exception):
+    """A search that ended without a best model: no trial completed (`code` and `message` as its
+    `error` event gave them), or it was cancelled (`code` "cancelled")."""
+
+    def __init__(self, tune_id: str, code: str, message: str) -> None:
+        super().__init__(f"search {tune_id}: {code}: {message}")
+        self.tune_id = tune_id
+        self.code = code
+        self.message = message
+
+
 @dataclasses.dataclass
 class TrainedModel:
     """A model trained on the server, loaded here from its native form (no pickle): a LightGBM
@@ -119,6 +130,21 @@ class TrainedModel:
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, a column per class in `classes` order (classifiers only)."""
         return self.loaded.predict(features_array(X, self.feature_names), "proba")
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """A finished search (`Client.tune`): the best trial's model (trained during the search) and
+    params, its value of `metric`, every trial as the leaderboard ranks them (`pandas.DataFrame(
+    result.leaderboard)` makes a table of it), and Optuna's parameter importances."""
+
+    tune_id: str
+    model: TrainedModel
+    best_params: dict[str, Any]
+    best_value: float
+    metric: str
+    leaderboard: list[dict[str, Any]]
+    importances: dict[str, float] | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -487,7 +513,7 @@ class Client:
         timeout = httpx.Timeout(self._http.timeout.connect, read=UPLOAD_ANSWER_TIMEOUT_S)
         return self._asked_again(lambda: self._json("POST", "/tunes", json=request, timeout=timeout))
 
-    def tune(self, tune_id: str) -> dict[str, Any]:
+    def tune_status(self, tune_id: str) -> dict[str, Any]:
         return self._json("GET", f"/tunes/{tune_id}")
 
     def tune_events(self, tune_id: str, after: int = 0) -> Iterator[Event]:
@@ -496,6 +522,93 @@ class Client:
 
     def cancel_tune(self, tune_id: str) -> dict[str, Any]:
         return self._json("POST", f"/tunes/{tune_id}/cancel")
+
+    def tune(
+        self,
+        data: Any,
+        target: str,
+        *,
+        search: Mapping[str, Any],
+        trials: int = 20,
+        parallel: int = 1,
+        model: str = "lightgbm",
+        objective: str = "regression",
+        params: Mapping[str, Any] | None = None,
+        valid: Any = 0.2,
+        features: Sequence[str] | None = None,
+        sampler: str = "tpe",
+        pruner: str = "median",
+        seed: int | None = None,
+        timeout_s: float | None = None,
+        progress: bool = True,
+    ) -> SearchResult:
+        """Search hyperparameters on the server and return the best trial's model, with the
+        leaderboard. `data`: a pandas or polars DataFrame, an Arrow table, the path of a CSV,
+        Parquet or Arrow file, or a `Dataset`; anything but a dataset goes up once as one, removed
+        once the search has its copy. `target`: its label column. `search`: per hyperparameter a
+        range `{"low": ..., "high": ..., "log": True}` or a list of choices. `valid`: the share of
+        rows held out for the validation metric the search minimises, or a `Dataset` of
+        validation rows. A progress bar counts the trials done and shows the best value so far
+        (unless `progress=False`); KeyboardInterrupt cancels the search. SearchFailed when no
+        trial completed, or the search was cancelled."""
+        uploaded = None if isinstance(data, Dataset) else self.upload(data)
+        dataset = data if isinstance(data, Dataset) else uploaded
+        assert dataset is not None
+        columns: dict[str, Any] = {"dataset_id": dataset.dataset_id, "target": target}
+        if features is not None:
+            columns["features"] = ",".join(features)
+        request: dict[str, Any] = {
+            "dataset": columns, "model_type": model, "objective": objective, "params": dict(params or {}),
+            "search": dict(search), "n_trials": trials, "parallel": parallel, "sampler": sampler, "pruner": pruner,
+            "artifact_format": "native",
+        }  # fmt: skip
+        if isinstance(valid, Dataset):
+            columns["valid_dataset_id"] = valid.dataset_id
+        elif valid is not None:
+            request["valid_fraction"] = valid
+        request.update({name: value for name, value in (("seed", seed), ("timeout_s", timeout_s)) if value is not None})
+        try:
+            tune_id = self.start_tune(request)["tune_id"]
+        finally:
+            if uploaded is not None:
+                with contextlib.suppress(ApiError, Unreachable):
+                    self.delete_dataset(uploaded)
+        try:
+            done = self._watch_tune(tune_id, progress)
+        except KeyboardInterrupt:
+            with contextlib.suppress(ApiError, Unreachable):
+                self.cancel_tune(tune_id)  # every running trial stops after its round
+            raise
+        best_job = done["best"]["job_id"]
+        trained = self._trained(best_job, model, objective, self.job_result(best_job))
+        return SearchResult(
+            tune_id, trained, done["best_params"], done["best_value"], done["metric"], done["leaderboard"],
+            done.get("importances"),
+        )  # fmt: skip
+
+    def _watch_tune(self, tune_id: str, progress: bool) -> dict[str, Any]:
+        """A search's events to its end, with a bar of trials done; the `complete` event's data."""
+        bar = None
+        try:
+            for event in self.tune_events(tune_id):
+                if event.type == "started" and progress:
+                    from tqdm.auto import tqdm
+
+                    bar = tqdm(total=event.data["n_trials"], unit="trial", desc=f"search {tune_id[:8]}")
+                elif event.type in ("trial_complete", "trial_pruned", "trial_failed") and bar is not None:
+                    bar.update(1)
+                elif event.type == "best" and bar is not None:
+                    bar.set_postfix({"best": event.data["value"], "trial": event.data["trial"]}, refresh=False)
+                elif event.type == "complete":
+                    return event.data
+                elif event.type == "error":
+                    raise SearchFailed(tune_id, event.data["code"], event.data["message"])
+                elif event.type == "cancelled":
+                    raise SearchFailed(tune_id, "cancelled", event.data.get("message", "the search was cancelled"))
+        finally:
+            if bar is not None:
+                bar.close()
+        raise Unreachable(f"the event stream of search {tune_id} ended before the search did")
 
     def _events(self, path: str, what: str, after: int) -> Iterator[Event]:
         connected, failures, backoff_s = False, 0, self.backoff_s
@@ -554,7 +667,7 @@ class Client:
 
 
 class AsyncClient:
-    """The notebook calls of `Client` (`train`, `start`, `watch`, `result`) for `await`: each runs
+    """The notebook calls of `Client` (`train`, `start`, `watch`, `result`, `tune`) for `await`: each runs
     the synchronous call in a thread, so the event loop (a notebook's, a web app's) goes on while a
     job trains, and several can be awaited at once. Takes `Client`'s arguments; `client` is the
     synchronous one, for the other endpoints."""
@@ -573,6 +686,9 @@ class AsyncClient:
 
     async def result(self, job_id: str) -> TrainedModel:
         return await asyncio.to_thread(self.client.result, job_id)
+
+    async def tune(self, data: Any, target: str, **options: Any) -> SearchResult:
+        return await asyncio.to_thread(functools.partial(self.client.tune, data, target, **options))
 
     async def close(self) -> None:
         await asyncio.to_thread(self.client.close)

@@ -166,3 +166,39 @@ def test_a_server_that_says_come_back_is_asked_again_when_it_says(tmp_path, fram
             trained = client.train(frame, target="target", params=PARAMS, progress=False)
         assert trained.iterations == 30 and 1.0 < time.monotonic() - started < 10
         assert server.log().count('"status":503') >= 2, "refused, then asked again"
+
+
+SEARCH = {"num_leaves": {"low": 4, "high": 32, "log": True}, "learning_rate": [0.05, 0.1, 0.2]}
+
+
+def test_a_search_from_a_frame_returns_the_best_model_with_its_leaderboard(server: Server, frame, capsys):
+    with Client(server.url) as client:
+        before = {dataset.dataset_id for dataset in client.datasets()}
+        found = client.tune(
+            frame, "target", search=SEARCH, trials=6, parallel=2, params={"n_estimators": 30}, seed=1
+        )
+        after = {dataset.dataset_id for dataset in client.datasets()}
+        status = client.tune_status(found.tune_id)
+    bar = capsys.readouterr().err
+    assert "6/6" in bar and "trial" in bar and "best" in bar, bar
+    assert after == before, "the table went up once as a dataset, removed once the search had its copy"
+    assert status["status"] == "succeeded" and status["best"]["artifact_id"] == found.model.artifact_id
+    assert len(found.leaderboard) == 6 and found.metric == "valid_l2"
+    complete = [row["value"] for row in found.leaderboard if row["state"] == "complete"]
+    assert found.best_value == min(complete) == status["best"]["value"]
+    assert {"num_leaves", "learning_rate", "n_estimators"} <= set(found.best_params)
+    assert set(found.importances or {}) == {"num_leaves", "learning_rate"}
+    # The model the search trained, loaded here: it predicts as the server does.
+    assert found.model.feature_names == [name for name in frame.columns if name != "target"]
+    X = frame.drop(columns="target").to_numpy()
+    np.testing.assert_allclose(found.model.predict(frame), served_predictions(server, found.model, X))
+
+
+def test_a_search_the_server_refuses_leaves_no_dataset_behind(server: Server, frame):
+    with Client(server.url) as client:
+        before = {dataset.dataset_id for dataset in client.datasets()}
+        with pytest.raises(ApiError) as refused:
+            client.tune(frame, "target", search={"leaves": [4, 8]}, progress=False)
+        after = {dataset.dataset_id for dataset in client.datasets()}
+    assert refused.value.status == 422 and refused.value.field == "search.leaves"
+    assert after == before
