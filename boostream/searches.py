@@ -81,10 +81,12 @@ class SearchFolder:
     def read(self) -> tuple[dict[str, Any], list[Event], list[dict[str, Any]], float]:
         """Its search, events and ended trials, and when its events were last written."""
         search = orjson.loads((self.path / SEARCH).read_bytes())
+        return search, self.events(), list(self._lines(TRIALS)), (self.path / EVENTS).stat().st_mtime
+
+    def events(self) -> list[Event]:
         events = [Event(line["id"], line["type"], orjson.dumps(line["data"]).decode()) for line in self._lines(EVENTS)]
         # An event torn off the end leaves ids in order: whatever follows a gap is not the search's.
-        events = [event for index, event in enumerate(events, 1) if event.id == index]
-        return search, events, list(self._lines(TRIALS)), (self.path / EVENTS).stat().st_mtime
+        return [event for index, event in enumerate(events, 1) if event.id == index]
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -270,6 +272,7 @@ class Searches:
                 except Exception as error:  # nor one that cannot go on
                     log.exception("tune %s could not go on", tune.id)
                     await self._interrupt(tune, f"it could not go on: {error}")
+            tune.let_go()  # where it has ended
         self._expire()
         await self._sweep_tables()
 
@@ -351,7 +354,7 @@ class Searches:
         options = msgspec.convert(search["options"], TuneOptions)
         return Tune(
             search["tune_id"], search["owner"], options, search["metric"], search["model_type"],
-            created_at=search["created_at"], journal=record.keep_event,
+            created_at=search["created_at"], journal=record.keep_event, kept=record.events,
         )  # fmt: skip
 
     def _tuner(self, tune: Tune, search: dict[str, Any], spec: TrainSpec, space: Any, record: SearchFolder) -> Tuner:
@@ -373,7 +376,12 @@ class Searches:
         self._tunes[tune.id], self._tuners[tune.id] = tune, tuner
         task = asyncio.get_running_loop().create_task(tuner.run(resumed))
         self._tasks[tune.id] = task
-        task.add_done_callback(lambda _: (self._tasks.pop(tune.id, None), self._tuners.pop(tune.id, None)))
+        task.add_done_callback(lambda _: self._ran(tune))
+
+    def _ran(self, tune: Tune) -> None:
+        self._tasks.pop(tune.id, None)
+        self._tuners.pop(tune.id, None)
+        tune.let_go()  # where it has ended (not where the server stops under it)
 
     def _table_folder(self, tune_id: str) -> Path:
         return self.settings.inputs_dir / f"tune-{tune_id}"

@@ -30,7 +30,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +216,7 @@ class Tune(EventLog):
         model_type: str,
         created_at: float | None = None,
         journal: Callable[[Event], None] | None = None,
+        kept: Callable[[], list[Event]] | None = None,
     ) -> None:
         super().__init__()
         self.id = tune_id
@@ -233,6 +234,31 @@ class Tune(EventLog):
         self.restarts = 0  # times the server stopped while it ran
         self.job_events: dict[int, int] = {}  # running trials: the last event of its job read, by trial
         self._journal = journal
+        # Once it has ended, its events are read from where `journal` kept them (`kept`), not
+        # held: a server keeps its finished searches for days.
+        self._kept = kept
+        self._last_id = 0  # the last event's id, once they are let go
+        self._result: dict[str, Any] | None = None
+
+    @property
+    def last_id(self) -> int:
+        return self._last_id or len(self.events)
+
+    def let_go(self) -> None:
+        """A finished search's events leave memory; followers read them from where they were kept."""
+        if self.finished and self._kept is not None and self.events:
+            self._result = self.result()
+            self._last_id = len(self.events)
+            self.events = []
+
+    async def follow(self, after: int = 0) -> AsyncGenerator[Event, None]:
+        if not self._last_id:
+            async for event in super().follow(after):
+                yield event
+            return
+        for event in await anyio.to_thread.run_sync(self._kept or list):
+            if event.id > after:
+                yield event
 
     def emit(self, kind: str, data: dict[str, Any]) -> None:
         event = Event(len(self.events) + 1, kind, orjson.dumps({"tune_id": self.id, **data}).decode())
@@ -241,6 +267,7 @@ class Tune(EventLog):
                 self._journal(event)  # first: an event followed is an event kept
             except OSError:  # a full disk, say: the search goes on; a restart would lose it
                 log.exception("tune %s: event %d could not be kept on disk", self.id, event.id)
+                self._kept = None  # what was kept is not the whole log: it stays in memory
         self.append(event)
 
     def next_number(self) -> int:
@@ -304,6 +331,8 @@ class Tune(EventLog):
 
     def result(self) -> dict[str, Any] | None:
         """The `complete` event's data, once there is one."""
+        if self._last_id:
+            return self._result
         done = next((event for event in reversed(self.events) if event.type == "complete"), None)
         return None if done is None else dict(orjson.loads(done.json))
 

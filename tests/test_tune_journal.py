@@ -4,6 +4,7 @@ the next one stands alone, and a disk that refuses a line costing the search not
 
 from __future__ import annotations
 
+import asyncio
 import errno
 from pathlib import Path
 
@@ -79,3 +80,26 @@ def test_a_line_the_disk_refuses_costs_the_search_nothing_else(caplog: pytest.Lo
     tune.emit("cancelled", {})
     assert [e.type for e in tune.events] == ["started", "cancelled"]  # followers still get them, and the end
     assert "could not be kept on disk" in caplog.text
+
+
+def test_a_finished_search_lets_its_events_go_and_reads_them_back_whole(tmp_path: Path):
+    record = SearchFolder(tmp_path / "t")
+    record.create({"tune_id": "t"})
+    tune = Tune("t", None, OPTIONS, "valid_l2", "lightgbm", journal=record.keep_event, kept=record.events)
+    tune.emit("started", {})
+    tune.emit("complete", {"best_value": 2.5})
+
+    async def read(events) -> list[str]:
+        return [event.type async for event in events]
+
+    async def follow_across_the_end() -> list[str]:
+        following = tune.follow(0)  # a follower that had not read the end when the search ended
+        first = await anext(following)
+        tune.status = "succeeded"
+        tune.let_go()
+        return [first.type, *await read(following)]
+
+    assert asyncio.run(asyncio.wait_for(follow_across_the_end(), 5)) == ["started", "complete"]  # not a hang
+    assert tune.events == [] and tune.last_id == 2 and tune.result() == {"tune_id": "t", "best_value": 2.5}
+    assert asyncio.run(read(tune.follow(0))) == ["started", "complete"]
+    assert asyncio.run(read(tune.follow(1))) == ["complete"]

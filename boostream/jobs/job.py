@@ -35,15 +35,16 @@ class EventLog:
 
     async def follow(self, after: int = 0) -> AsyncGenerator[Event, None]:
         """The events with ids above `after`, then live ones, ending after the terminal event."""
+        events = self.events  # this list, to its end, even if the log lets it go meanwhile
         position = max(after, 0)
         while True:
-            while position < len(self.events):
-                event = self.events[position]
+            while position < len(events):
+                event = events[position]
                 position += 1
                 yield event
                 if event.terminal:
                     return
-            if self.events and self.events[-1].terminal:
+            if events and events[-1].terminal:
                 return
             await self._appended.wait()
 

@@ -234,7 +234,7 @@ class Routes:
     async def tune_events(self, request: Request) -> Response:
         tune = self.service.searches.get(_caller(request), request.path_params["tune_id"])
         after = _resume_after(request)
-        if tune.finished and after >= len(tune.events):
+        if tune.finished and after >= tune.last_id:
             return Response(status_code=204)
         return self._tune_response(tune.follow(after))
 
