@@ -2,7 +2,8 @@
 Chromium through Playwright: start a job on a bundled demo table and watch it to its end, with one
 point per round on its chart; cancel one; open a finished one from the list; lose the connection
 mid-job without a gap or a duplicate; see where early stopping left the model; and find the figures
-of the panel and of the jobs list the same, live and once a job has ended.
+of the panel and of the jobs list the same, live and once a job has ended; train on a CSV of one's
+own with a column of text, that column a categorical feature of the model.
 
 The browser is Debian's `chromium` (`.ci/run` installs it), another on PATH named by
 `$BOOSTREAM_CHROMIUM`, or Playwright's own; where there is none, or no Playwright, the browser tests
@@ -103,8 +104,20 @@ def test_each_demo_table_trains_as_the_dashboard_sends_it(dashboard_server: Serv
         table = client.get(f"/ui/demo/{demo}")
         assert table.headers["content-type"].startswith("text/csv")
         assert next(csv.reader(io.StringIO(table.text)))[-1] == target
-        fields = {"target": target, "objective": objective, "valid_fraction": "0.2", "n_estimators": "20"}
-        created = client.post("/jobs", params=fields, content=table.content, headers={"content-type": "text/csv"})
+        uploaded = client.post(
+            "/datasets", params={"name": demo}, content=table.content, headers={"content-type": "text/csv"}
+        )
+        assert uploaded.status_code == 201, uploaded.text
+        dataset_id = uploaded.json()["dataset_id"]
+        fields = {
+            "dataset_id": dataset_id,
+            "target": target,
+            "objective": objective,
+            "valid_fraction": "0.2",
+            "n_estimators": "20",
+        }
+        created = client.post("/jobs", params=fields)  # no body: the table is the dataset's
+        assert client.delete(f"/datasets/{dataset_id}").status_code == 204
     assert created.status_code == 202, created.text
     assert dashboard_server.wait_for_job(created.json()["job_id"])["status"] == "succeeded"
 
@@ -574,6 +587,44 @@ def test_a_csv_file_of_ones_own_offers_its_header_as_target_columns(dashboard: D
     page.fill("#param-n_estimators", "30")
     page.click("#start")
     page.wait_for_selector("#job-status[data-status=succeeded]", timeout=30_000)
+    assert dashboard.problems == []
+
+
+def test_a_csv_file_with_text_trains_with_its_text_as_categories(dashboard: Dashboard, tmp_path: Path):
+    """A CSV of one's own, a column of words among its features: the page uploads it as a dataset,
+    names that column in `categorical` (a CSV's text is a category only where named), the job trains
+    with it as a categorical feature, and the dataset is deleted once the job is created."""
+    with dashboard.server.client() as client:
+        rows = list(csv.reader(io.StringIO(client.get("/ui/demo/diabetes.csv").text)))
+    cities = ("Oslo", "Lima", "Porto, Norte")
+    path = tmp_path / "patients.csv"
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["city", *rows[0]])
+        writer.writerows([cities[i % 3], *row] for i, row in enumerate(rows[1:]))
+    page = dashboard.page
+    page.select_option("#table", "")
+    page.set_input_files("#file", path)
+    page.wait_for_function("() => document.querySelector('#target').value === 'progression'")
+    page.select_option("#objective", "regression")
+    page.fill("#param-n_estimators", "20")
+    before = dashboard.state()["jobId"]
+    page.click("#start")
+    page.wait_for_function(
+        "(before) => window.__boostream.state().jobId !== before || document.querySelector('#form-error').textContent",
+        arg=before,
+    )
+    assert page.text_content("#form-error") == ""
+    job_id = dashboard.state()["jobId"]
+    page.wait_for_selector("#job-status[data-status=succeeded]", timeout=30_000)
+    artifact_id = dashboard.server.job(job_id)["artifact_id"]
+    with dashboard.server.client() as client:
+        metadata = client.get(f"/artifacts/{artifact_id}/metadata").json()
+        model = client.get(f"/artifacts/{artifact_id}", params={"format": "native"}).text
+        assert client.get("/datasets").json()["datasets"] == [], "the page deleted its dataset once the job was created"
+    assert metadata["feature_names"] == ["city", *rows[0][:-1]]
+    assert f"\nfeature_names={' '.join(metadata['feature_names'])}\n" in model
+    assert '["Lima", "Oslo", "Porto, Norte"]' in model.split("pandas_categorical:")[1]
     assert dashboard.problems == []
 
 

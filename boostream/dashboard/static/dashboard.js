@@ -23,6 +23,8 @@ const SEARCHABLE = [
 ];
 // A dataset column's Arrow type that holds text (`GET /datasets/{id}`'s `columns`).
 const TEXT_TYPES = new Set(["string", "large_string", "string_view"]);
+// A job's refused fields that name the table (a search's are `dataset.x`): the table input is marked.
+const TABLE_FIELDS = new Set(["file", "dataset_id", "features", "categorical"]);
 const STATUS_AFTER = {
   queued: "queued", restarted: "queued", started: "running", progress: "running",
   complete: "succeeded", error: "failed", cancelled: "cancelled",
@@ -241,23 +243,36 @@ function csvRows(text, limit = Infinity) {
   return rows;
 }
 
+// A job: the form's table, uploaded as a dataset (as a search's is, so that a CSV's text columns are
+// named as categories), trained on with the form's target, backend, objective, validation share and
+// hyperparameters in the query string and no body. The dataset is deleted once the job is created
+// (it keeps its own copy of the table) or was refused.
 async function startJob(event) {
   event.preventDefault();
   showFormError("");
   const start = $("start");
   start.disabled = true;
+  let columns;
   try {
     const table = await chosenTable();
     if (!table) throw fieldError("Pick a CSV or Parquet file first.", "file");
-    if (!$("target").value.trim()) throw fieldError("Name the target column.", "target");
-    const fields = new URLSearchParams({ target: $("target").value.trim(), model_type: $("model_type").value, objective: $("objective").value });
+    const target = $("target").value.trim();
+    if (!target) throw fieldError("Name the target column.", "target");
+    const dataset = await uploadDataset(table);
+    columns = dataset.columns.map(({ name }) => name);
+    const fields = new URLSearchParams({ ...datasetFields(dataset, target), model_type: $("model_type").value, objective: $("objective").value });
     if ($("valid_fraction").value !== "") fields.set("valid_fraction", $("valid_fraction").value);
     for (const input of $("params").querySelectorAll("input")) if (input.value !== "") fields.set(input.name, input.value);
-    const job = await request(`/jobs?${fields}`, { method: "POST", headers: { "content-type": table.type }, body: table.blob });
+    let job;
+    try {
+      job = await request(`/jobs?${fields}`, { method: "POST" });
+    } finally {
+      await deleteDataset(dataset.dataset_id);
+    }
     openJob(job.job_id);
     refreshJobs();
   } catch (error) {
-    showFormError(error.message, error.field);
+    showFormError(error.message, error.field, columns);
   } finally {
     start.disabled = false;
   }
@@ -278,9 +293,7 @@ async function startSearch() {
     const space = searchSpace();
     const table = await chosenTable();
     if (!table) throw fieldError("Pick a CSV or Parquet file first.", "file");
-    const dataset = await request(`/datasets?${new URLSearchParams({ name: table.name })}`, {
-      method: "POST", headers: { "content-type": table.type }, body: table.blob,
-    });
+    const dataset = await uploadDataset(table);
     columns = dataset.columns.map(({ name }) => name);
     const body = {
       dataset: datasetFields(dataset, target),
@@ -310,7 +323,14 @@ async function startSearch() {
   }
 }
 
-// What a search names of its dataset, in a table request's fields (as Start training sends them):
+// The chosen table, uploaded once as a dataset (`POST /datasets`): its id, format and columns' names and types.
+function uploadDataset(table) {
+  return request(`/datasets?${new URLSearchParams({ name: table.name })}`, {
+    method: "POST", headers: { "content-type": table.type }, body: table.blob,
+  });
+}
+
+// What a job or a search names of its dataset, in a table request's fields:
 // the target; every other column a feature, but for unnamed ones (an index), left out as the target
 // list leaves them out; and, of a CSV, whose text columns are categories only where named, the
 // columns the server read as text. A Parquet file's string columns are categories unnamed.
@@ -371,12 +391,12 @@ function showFormError(message, field, columns = [...$("columns").options].map((
 }
 
 // The input a refusal's field names: `target` (a search's `dataset.target`, or the target's own
-// column) the target; `file`, a search's other `dataset.x` and any other column of the table the
-// table; `search.x.low` (or `search.x`) a row of the search editor; else a form input by its id,
-// `params.x` or `x` a hyperparameter.
+// column) the target; `file`, a job's `dataset_id`, `features` or `categorical`, a search's other
+// `dataset.x` and any other column of the table the table; `search.x.low` (or `search.x`) a row of
+// the search editor; else a form input by its id, `params.x` or `x` a hyperparameter.
 function fieldInput(field, columns) {
   if (field === "target" || field === "dataset.target" || field === $("target").value.trim()) return $("target");
-  if (field === "file" || field.startsWith("dataset.") || columns.includes(field)) return $("file-row").hidden ? $("table") : $("file");
+  if (TABLE_FIELDS.has(field) || field.startsWith("dataset.") || columns.includes(field)) return $("file-row").hidden ? $("table") : $("file");
   const searched = /^search\.([^.]+)(?:\.(low|high|log))?$/.exec(field);
   if (searched) return $(`search-${searched[1]}-${searched[2] ?? "low"}`);
   if (field === "search") return $("search-params").querySelector("input");
