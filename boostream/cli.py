@@ -803,23 +803,43 @@ def _follow(
 ) -> int:
     """Show a job's events to its end; the exit code its end calls for. Ctrl-C either cancels the
     job and waits for it to stop (a second Ctrl-C quits at once), or only stops watching."""
+    last, interrupted = _shown_to_the_end(
+        lambda after: client.events(job_id, after),
+        display,
+        (lambda: _request_cancel(client.cancel, job_id)) if cancel_on_interrupt else None,
+        f"cancelling job {job_id} (Ctrl-C again to quit at once)",
+        f"stopped watching; job {job_id} goes on (`boostream cancel {job_id}` stops it)",
+    )
+    return _ended(client, last, outputs, display, interrupted)
+
+
+def _shown_to_the_end(
+    events: Callable[[int], Iterable[Event]],
+    display: ProgressDisplay | TuneDisplay,
+    cancel: Callable[[], None] | None,
+    cancelling: str,
+    leaving: str = "",
+) -> tuple[Event, bool]:
+    """Events shown to the terminal one, each stream resumed after the last event seen; that
+    event, and whether Ctrl-C asked for a cancel. With `cancel`, the first Ctrl-C calls it and the
+    events go on to their end (a second quits at once); without, Ctrl-C stops watching."""
     last: Event | None = None
     interrupted = False
     while last is None or last.type not in TERMINAL_EVENTS:
-        after = last.id if last else 0  # resume after the last event seen
+        after = last.id if last else 0
         try:
-            for last in client.events(job_id, after):
+            for last in events(after):
                 display.show(last)
         except KeyboardInterrupt:
-            if not cancel_on_interrupt:
-                display.note(f"stopped watching; job {job_id} goes on (`boostream cancel {job_id}` stops it)")
+            if cancel is None:
+                display.note(leaving)
                 raise
             if interrupted:
                 raise
             interrupted = True
-            display.note(f"cancelling job {job_id} (Ctrl-C again to quit at once)")
-            _request_cancel(client, job_id)
-    return _ended(client, last, outputs, display, interrupted)
+            display.note(cancelling)
+            cancel()
+    return last, interrupted
 
 
 def _ended(
@@ -836,9 +856,9 @@ def _ended(
     return EXIT_INTERRUPTED if interrupted else EXIT_CANCELLED
 
 
-def _request_cancel(client: Client, job_id: str) -> None:
+def _request_cancel(cancel: Callable[[str], Any], what_id: str) -> None:
     try:
-        client.cancel(job_id)
+        cancel(what_id)
     except ApiError as error:
         if error.status != 409:
             raise
@@ -1048,23 +1068,12 @@ def _follow_tune(client: Client, tune_id: str, display: TuneDisplay, outputs: Ou
     """Show a search's events to its end, and write its best model. The first Ctrl-C cancels
     the search (every running trial stops after its round) and waits for it to end; the second
     quits at once."""
-    last: Event | None = None
-    interrupted = False
-    while last is None or last.type not in TERMINAL_EVENTS:
-        after = last.id if last else 0  # resume after the last event seen
-        try:
-            for last in client.tune_events(tune_id, after):
-                display.show(last)
-        except KeyboardInterrupt:
-            if interrupted:
-                raise
-            interrupted = True
-            display.note(f"cancelling search {tune_id}: each running trial stops after its round (Ctrl-C again quits)")
-            try:
-                client.cancel_tune(tune_id)
-            except ApiError as error:
-                if error.status != 409:
-                    raise
+    last, interrupted = _shown_to_the_end(
+        lambda after: client.tune_events(tune_id, after),
+        display,
+        lambda: _request_cancel(client.cancel_tune, tune_id),
+        f"cancelling search {tune_id}: each running trial stops after its round (Ctrl-C again quits)",
+    )
     display.close()
     if last.type == "complete":
         if outputs.model is not None:
