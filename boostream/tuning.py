@@ -390,7 +390,6 @@ class Tuner:
         self.n_trials = options.n_trials
         if options.sampler == "grid":
             self.n_trials = min(self.n_trials, math.prod(len(choices) for choices in space.grid.values()))
-        self._jobs: dict[int, str] = {}  # running trials' jobs, by trial number
         self._reported: dict[int, dict[int, float]] = {}  # running trials' values, by trial and round
         self.timed_out = False
 
@@ -441,11 +440,7 @@ class Tuner:
         except Exception as error:  # a failure of the search itself, not of a trial
             log.exception("tune %s failed", tune.id)
             with anyio.CancelScope(shield=True):
-                # Not `stop_trials`: each trial's task, cancelled by now, has let its job go.
-                for trial in tune.trials:
-                    if trial.state == "running" and trial.job_id is not None:
-                        with contextlib.suppress(Exception):
-                            await self._cancel(trial.job_id)
+                await self.stop_trials()
                 self._end("failed", "error", {"code": "internal_error", "message": f"the search failed: {error}"})
                 await anyio.to_thread.run_sync(inputs.remove, self.folder)
             return
@@ -501,9 +496,16 @@ class Tuner:
         await self.stop_trials()
 
     async def stop_trials(self) -> None:
-        """Cancel every running trial's job: each stops after its current round."""
-        for job_id in list(self._jobs.values()):
-            await self._cancel(job_id)
+        """Cancel every running trial's job: each stops after its current round. A job that does
+        not take the cancel (it ended meanwhile, the store is out of reach) is said in the log, and
+        the others are cancelled all the same."""
+        for trial in list(self.tune.trials):
+            if trial.state == "running" and trial.job_id is not None:
+                try:
+                    await self._cancel(trial.job_id)
+                except Exception as error:
+                    log.warning("tune %s: trial %d's job %s not cancelled: %s", self.tune.id, trial.number,
+                                trial.job_id, error)  # fmt: skip
 
     async def _trial(self, trial: Trial, optuna_trial: Any, slots: anyio.Semaphore) -> None:
         tune = self.tune
@@ -549,7 +551,6 @@ class Tuner:
         """The trial's job to its end, from the last of its events the search read."""
         tune, job_id = self.tune, trial.job_id
         assert job_id is not None
-        self._jobs[trial.number] = job_id
         if tune.cancel_requested or self.timed_out:  # while it was submitted
             await self._cancel(job_id)
         try:
@@ -581,7 +582,6 @@ class Tuner:
             if trial.state == "running":
                 self._failed(trial, optuna_trial, "error", f"following job {job_id} failed: {error}")
         finally:
-            self._jobs.pop(trial.number, None)
             tune.job_events.pop(trial.number, None)
             slots.release()
 
